@@ -1,0 +1,89 @@
+// common.h — what every file shares: the user-error type and fail(), checked calls for CUDA, cuBLAS,
+// NCCL and MPI, bf16 helpers and timers. Knows nothing of the model, the data or ZeRO.
+//
+// Error policy: a mistake a user can make (a bad flag, a missing file, a malformed row) is reported with
+// fail("what (where)"), which throws Error; main() prints it as one line `error: ...` and exits non-zero
+// (on every rank, through MPI_Abort, when several run). Tests catch Error to check each bad input.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// A user-facing error: one line saying what is wrong and where (file, field or flag).
+[[noreturn]] inline void fail(const std::string& message) { throw Error(message); }
+
+// Prints `error: message` and ends the process; when MPI runs several ranks, ends all of them.
+[[noreturn]] inline void exit_with_error(const std::string& message) {
+    std::fprintf(stderr, "error: %s\n", message.c_str());
+    std::fflush(stderr);
+    int initialized = 0, finalized = 0, size = 1;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (initialized && !finalized) {
+        MPI_Comm_size(MPI_COMM_WORLD, &size);
+        if (size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    std::exit(1);
+}
+
+// Checked library calls: a failure names the call that failed. These are programming or system
+// errors (out of memory aside, which callers turn into a user error with sizes), so they end the run.
+inline void check_cuda(cudaError_t status, const char* what) {
+    if (status != cudaSuccess) exit_with_error(std::string(what) + ": CUDA error: " + cudaGetErrorString(status));
+}
+inline void check_cublas(cublasStatus_t status, const char* what) {
+    if (status != CUBLAS_STATUS_SUCCESS)
+        exit_with_error(std::string(what) + ": cuBLAS error: " + cublasGetStatusString(status));
+}
+inline void check_nccl(ncclResult_t status, const char* what) {
+    if (status != ncclSuccess) exit_with_error(std::string(what) + ": NCCL error: " + ncclGetErrorString(status));
+}
+inline void check_mpi(int status, const char* what) {
+    if (status != MPI_SUCCESS) {
+        char text[MPI_MAX_ERROR_STRING];
+        int length = 0;
+        MPI_Error_string(status, text, &length);
+        exit_with_error(std::string(what) + ": MPI error: " + std::string(text, length));
+    }
+}
+// After every kernel launch: catches bad launch configurations at the launch that made them.
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+// True when a CUDA device can be used (tests skip GPU cases when not).
+inline bool gpu_available() {
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+// bf16 <-> fp32 on the host, round-to-nearest-even like the GPU's conversion.
+inline float bf16_to_float(uint16_t bits) {
+    uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+
+// Wall-clock seconds since an arbitrary start (host timer; GPU work is timed with CUDA events).
+inline double wall_seconds() {
+    using clock = std::chrono::steady_clock;
+    return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}

@@ -1,0 +1,957 @@
+// data.cpp — text to training batches (see data.h). Four parts, in order:
+//   JSON     a strict recursive-descent reader; errors name FILE:LINE:COL.
+//   UTF-8    decoding with U+FFFD for ill-formed bytes (the maximal-subpart rule).
+//   BPE      the Llama-3 tokenizer. Encoding a text is
+//              pieces = split(text)                 (the pre-tokenizer pattern, below)
+//              ids    = concat over pieces of bpe(bytes(piece))
+//            where bpe starts from one token per byte and repeatedly merges the adjacent pair with the
+//            lowest merge rank, leftmost first, until no adjacent pair has a rank (Sennrich et al. 2016).
+//   Datasets corpora and JSONL rows -> Examples (ids + labels), then epoch order, rank shards, batches.
+#include "data.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <queue>
+#include <sstream>
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include "common.h"
+#include "unicode_table.h"
+
+// ================================================================================================ JSON
+
+const Json* Json::find(std::string_view key) const {
+    for (const auto& [k, v] : object)
+        if (k == key) return &v;
+    return nullptr;
+}
+
+const char* json_type_name(Json::Type type) {
+    static const char* names[] = {"null", "a boolean", "a number", "a string", "an array", "an object"};
+    return names[type];
+}
+
+namespace {
+
+bool utf8_valid(std::string_view s);
+
+struct JsonParser {
+    std::string_view s;
+    const std::string& source;
+    int first_line;
+    size_t i = 0;
+    int depth = 0;
+
+    [[noreturn]] void error(const std::string& what, size_t at) const {
+        int line = first_line, col = 1;
+        for (size_t k = 0; k < at && k < s.size(); ++k) {
+            if (s[k] == '\n') ++line, col = 1;
+            else ++col;
+        }
+        fail(source + ":" + std::to_string(line) + ":" + std::to_string(col) + ": " + what);
+    }
+    void skip_space() {
+        while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+    }
+    void expect(char c) {
+        if (i >= s.size() || s[i] != c) error(std::string("expected '") + c + "'" + found(), i);
+        ++i;
+    }
+    std::string found() const {
+        if (i >= s.size()) return " but the text ended";
+        unsigned char c = s[i];
+        if (c < 0x20 || c >= 0x7f) return "";
+        return std::string(" but found '") + char(c) + "'";
+    }
+
+    Json value() {
+        skip_space();
+        if (i >= s.size()) error("expected a value but the text ended", i);
+        if (++depth > 512) error("nesting deeper than 512 levels", i);
+        Json v;
+        char c = s[i];
+        if (c == '{') parse_object(v);
+        else if (c == '[') parse_array(v);
+        else if (c == '"') v.type = Json::String, v.string = parse_string();
+        else if (c == '-' || (c >= '0' && c <= '9')) parse_number(v);
+        else if (literal("true")) v.type = Json::Bool, v.boolean = true;
+        else if (literal("false")) v.type = Json::Bool, v.boolean = false;
+        else if (literal("null")) v.type = Json::Null;
+        else error("expected a value" + found(), i);
+        --depth;
+        return v;
+    }
+    bool literal(std::string_view word) {
+        if (s.substr(i, word.size()) != word) return false;
+        i += word.size();
+        return true;
+    }
+    void parse_object(Json& v) {
+        v.type = Json::Object;
+        ++i;
+        skip_space();
+        if (i < s.size() && s[i] == '}') { ++i; return; }
+        for (;;) {
+            skip_space();
+            if (i >= s.size() || s[i] != '"') error("expected a string key" + found(), i);
+            std::string key = parse_string();
+            skip_space();
+            expect(':');
+            v.object.emplace_back(std::move(key), value());
+            skip_space();
+            if (i < s.size() && s[i] == ',') { ++i; continue; }
+            if (i < s.size() && s[i] == '}') { ++i; return; }
+            error("expected ',' or '}' in an object" + found(), i);
+        }
+    }
+    void parse_array(Json& v) {
+        v.type = Json::Array;
+        ++i;
+        skip_space();
+        if (i < s.size() && s[i] == ']') { ++i; return; }
+        for (;;) {
+            v.array.push_back(value());
+            skip_space();
+            if (i < s.size() && s[i] == ',') { ++i; continue; }
+            if (i < s.size() && s[i] == ']') { ++i; return; }
+            error("expected ',' or ']' in an array" + found(), i);
+        }
+    }
+    unsigned hex4(size_t at) {
+        if (at + 4 > s.size()) error("truncated \\u escape", at);
+        unsigned u = 0;
+        for (size_t k = at; k < at + 4; ++k) {
+            char c = s[k];
+            int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                  : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+            if (d < 0) error("bad hex digit in \\u escape", k);
+            u = u * 16 + unsigned(d);
+        }
+        return u;
+    }
+    static void append_utf8(std::string& out, uint32_t cp) {
+        if (cp < 0x80) out += char(cp);
+        else if (cp < 0x800) out += char(0xC0 | cp >> 6), out += char(0x80 | (cp & 0x3F));
+        else if (cp < 0x10000)
+            out += char(0xE0 | cp >> 12), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+        else
+            out += char(0xF0 | cp >> 18), out += char(0x80 | ((cp >> 12) & 0x3F)),
+                out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+    }
+    std::string parse_string() {
+        size_t start = i++;
+        std::string out;
+        for (;;) {
+            size_t run = i;  // copy plain runs in one go: most strings have no escapes
+            while (i < s.size() && s[i] != '"' && s[i] != '\\' && (unsigned char)s[i] >= 0x20) ++i;
+            out.append(s.data() + run, i - run);
+            if (i >= s.size()) error("unterminated string", start);
+            char c = s[i];
+            if (c == '"') { ++i; break; }
+            if ((unsigned char)c < 0x20) error("control character in a string (escape it)", i);
+            char e = i + 1 < s.size() ? s[i + 1] : '\0';
+            i += 2;
+            switch (e) {
+                case '"': out += '"'; break;
+                case '\\': out += '\\'; break;
+                case '/': out += '/'; break;
+                case 'b': out += '\b'; break;
+                case 'f': out += '\f'; break;
+                case 'n': out += '\n'; break;
+                case 'r': out += '\r'; break;
+                case 't': out += '\t'; break;
+                case 'u': {
+                    uint32_t cp = hex4(i);
+                    i += 4;
+                    if (cp >= 0xDC00 && cp <= 0xDFFF) error("lone low surrogate in \\u escape", i - 6);
+                    if (cp >= 0xD800 && cp <= 0xDBFF) {
+                        if (s.substr(i, 2) != "\\u") error("high surrogate without its low half", i - 6);
+                        uint32_t lo = hex4(i + 2);
+                        if (lo < 0xDC00 || lo > 0xDFFF) error("high surrogate without its low half", i - 6);
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                        i += 6;
+                    }
+                    append_utf8(out, cp);
+                    break;
+                }
+                default: error("unknown escape in a string", i - 2);
+            }
+        }
+        if (!utf8_valid(out)) error("string is not valid UTF-8", start);
+        return out;
+    }
+    void parse_number(Json& v) {
+        size_t start = i;
+        bool integral = true;
+        if (s[i] == '-') ++i;
+        auto digits = [&] {
+            size_t d = i;
+            while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+            if (i == d) error("expected a digit", i);
+        };
+        if (i < s.size() && s[i] == '0') {
+            ++i;
+            if (i < s.size() && s[i] >= '0' && s[i] <= '9') error("leading zero in a number", start);
+        } else {
+            digits();
+        }
+        if (i < s.size() && s[i] == '.') ++i, digits(), integral = false;
+        if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+            ++i, integral = false;
+            if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+            digits();
+        }
+        std::string text(s.substr(start, i - start));
+        v.type = Json::Number;
+        v.number = std::strtod(text.c_str(), nullptr);
+        if (integral) {
+            errno = 0;
+            long long n = std::strtoll(text.c_str(), nullptr, 10);
+            if (errno == 0) v.integral = true, v.integer = n;
+        }
+    }
+};
+
+}  // namespace
+
+Json parse_json(std::string_view text, const std::string& source, int first_line) {
+    JsonParser p{text, source, first_line};
+    Json v = p.value();
+    p.skip_space();
+    if (p.i != text.size()) p.error("unexpected text after the JSON value", p.i);
+    return v;
+}
+
+std::string read_file(const std::string& path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) fail("cannot read " + path + ": " + std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) fail("cannot read " + path + ": it is a directory");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("cannot read " + path + ": " + std::strerror(errno));
+    std::string text(size_t(st.st_size), '\0');
+    in.read(text.data(), std::streamsize(text.size()));
+    if (size_t(in.gcount()) != text.size()) fail("cannot read " + path + ": short read");
+    return text;
+}
+
+Json read_json_file(const std::string& path) { return parse_json(read_file(path), path); }
+
+std::string json_quote(std::string_view text) {
+    std::string out = "\"";
+    for (unsigned char c : text) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (c < 0x20) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                    out += buf;
+                } else {
+                    out += char(c);
+                }
+        }
+    }
+    return out + "\"";
+}
+
+// ================================================================================================ UTF-8
+
+namespace {
+
+// Decodes one code point at s[i]; returns its length, or 0 with `bad` = the length of the ill-formed
+// maximal subpart to replace by one U+FFFD.
+size_t utf8_decode(std::string_view s, size_t i, uint32_t& cp, size_t& bad) {
+    unsigned char c = s[i];
+    if (c < 0x80) { cp = c; return 1; }
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) need = 1, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) need = 2, cp = c & 0x0F, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+    else if (c >= 0xF0 && c <= 0xF4) need = 3, cp = c & 0x07, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+    else { bad = 1; return 0; }
+    for (size_t k = 1; k <= need; ++k) {
+        unsigned char b = i + k < s.size() ? (unsigned char)s[i + k] : 0;
+        bool ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+        if (!ok) { bad = k; return 0; }
+        cp = (cp << 6) | (b & 0x3F);
+    }
+    return need + 1;
+}
+
+bool utf8_valid(std::string_view s) {
+    for (size_t i = 0; i < s.size();) {
+        uint32_t cp;
+        size_t bad, n = (unsigned char)s[i] < 0x80 ? 1 : utf8_decode(s, i, cp, bad);
+        if (n == 0) return false;
+        i += n;
+    }
+    return true;
+}
+
+}  // namespace
+
+std::string utf8_sanitize(std::string_view bytes) {
+    std::string out;
+    out.reserve(bytes.size());
+    size_t i = 0;
+    while (i < bytes.size()) {
+        size_t start = i;  // copy valid runs whole
+        while (i < bytes.size()) {
+            uint32_t cp;
+            size_t bad;
+            size_t n = (unsigned char)bytes[i] < 0x80 ? 1 : utf8_decode(bytes, i, cp, bad);
+            if (n == 0) break;
+            i += n;
+        }
+        out.append(bytes.data() + start, i - start);
+        if (i < bytes.size()) {
+            uint32_t cp;
+            size_t bad = 1;
+            utf8_decode(bytes, i, cp, bad);
+            out += "\xEF\xBF\xBD";
+            i += bad;
+        }
+    }
+    return out;
+}
+
+// ================================================================================================ BPE
+
+namespace {
+
+// The Llama-3 pre-tokenizer pattern, as tokenizer.json stores it. Its alternatives, tried in order at
+// each position (the first that matches wins; the whole text is covered by matches):
+//   1 (?i:'s|'t|'re|'ve|'m|'ll|'d)    English contractions, any case
+//   2 [^\r\n\p{L}\p{N}]?\p{L}+         a word, with at most one leading non-letter (" the", "$x")
+//   3 \p{N}{1,3}                        numbers, in groups of up to three digits
+//   4  ?[^\s\p{L}\p{N}]+[\r\n]*        punctuation runs, with one leading space and trailing newlines
+//   5 \s*[\r\n]+                        whitespace up to and including the last newline of its run
+//   6 \s+(?!\S)                         whitespace, leaving the last space to lead the next word
+//   7 \s+                               any other whitespace
+const char* kLlama3Pattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+enum : uint8_t { kLetter = 1, kNumber = 2, kSpace = 4, kNewline = 8 };
+
+bool is_white_space(uint32_t cp) {  // Unicode White_Space, what \s matches
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
+}
+
+uint8_t char_class(uint32_t cp) {
+    if (cp == '\r' || cp == '\n') return kSpace | kNewline;
+    if (is_white_space(cp)) return kSpace;
+    if (cp < 0x80) {
+        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return kLetter;
+        return cp >= '0' && cp <= '9' ? kNumber : 0;
+    }
+    size_t lo = 0, hi = sizeof(kUnicodeRanges) / sizeof(kUnicodeRanges[0]);
+    while (lo < hi) {  // the last range with first <= cp
+        size_t mid = (lo + hi) / 2;
+        if (kUnicodeRanges[mid].first <= cp) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo == 0 || kUnicodeRanges[lo - 1].last < cp) return 0;
+    return kUnicodeRanges[lo - 1].cls == 1 ? kLetter : kNumber;
+}
+
+struct CodePoint {
+    uint32_t cp;
+    uint32_t offset;  // byte offset in the text
+    uint8_t cls;
+};
+
+// Length (in code points) of the match of the Llama-3 pattern at c[k] (alternatives as listed above).
+size_t match_at(const std::vector<CodePoint>& c, size_t k) {
+    size_t n = c.size();
+    auto has = [&](size_t j, uint8_t bits) { return j < n && (c[j].cls & bits); };
+    auto run = [&](size_t j, auto pred) { while (j < n && pred(c[j])) ++j; return j; };
+    auto lower = [&](size_t j) -> uint32_t {
+        if (j >= n) return 0;
+        uint32_t cp = c[j].cp;
+        if (cp == 0x17F) return 's';  // LATIN SMALL LETTER LONG S case-folds to 's'
+        return cp < 0x80 ? (cp | 0x20) : cp;
+    };
+    if (c[k].cp == '\'') {  // 1
+        uint32_t a = lower(k + 1), b = lower(k + 2);
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+    }
+    size_t j = k;  // 2
+    if (!has(k, kLetter | kNumber | kNewline) && has(k + 1, kLetter)) j = k + 1;
+    if (has(j, kLetter)) return run(j, [](const CodePoint& p) { return p.cls & kLetter; }) - k;
+    if (has(k, kNumber)) return std::min<size_t>(3, run(k, [](const CodePoint& p) { return p.cls & kNumber; }) - k);
+    auto punct = [](const CodePoint& p) { return !(p.cls & (kSpace | kLetter | kNumber)); };  // 4
+    j = (c[k].cp == ' ' && k + 1 < n && punct(c[k + 1])) ? k + 1 : k;
+    if (punct(c[j])) {
+        j = run(j, punct);
+        return run(j, [](const CodePoint& p) { return p.cls & kNewline; }) - k;
+    }
+    size_t end = run(k, [](const CodePoint& p) { return p.cls & kSpace; });  // c[k] is white space here
+    for (size_t m = end; m > k; --m)  // 5: through the last newline of the run
+        if (c[m - 1].cls & kNewline) return m - k;
+    if (end == n || end - 1 == k) return end - k;  // 6 at the end of the text, else 7 for one space
+    return end - 1 - k;                               // 6: leave the last space to the next piece
+}
+
+// GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes are
+// shifted to code points 256.., so every token is a printable string.
+std::vector<uint32_t> byte_to_code_point() {
+    std::vector<uint32_t> table(256);
+    uint32_t next = 256;
+    for (uint32_t b = 0; b < 256; ++b) {
+        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        table[b] = printable ? b : next++;
+    }
+    return table;
+}
+
+const Json& field(const Json& object, const char* key, Json::Type type, const std::string& where) {
+    const Json* v = object.find(key);
+    if (!v) fail(where + ": missing field \"" + key + "\"");
+    if (v->type != type)
+        fail(where + ": field \"" + key + "\" must be " + json_type_name(type) + ", not " + json_type_name(v->type));
+    return *v;
+}
+
+}  // namespace
+
+std::vector<std::string_view> Tokenizer::split(std::string_view text) const {
+    std::vector<CodePoint> c;
+    c.reserve(text.size());
+    for (size_t i = 0; i < text.size();) {
+        uint32_t cp;
+        size_t bad, n = (unsigned char)text[i] < 0x80 ? (cp = (unsigned char)text[i], 1) : utf8_decode(text, i, cp, bad);
+        if (n == 0) cp = 0xFFFD, n = bad;  // callers pass sanitized text; stay safe anyway
+        c.push_back({cp, uint32_t(i), char_class(cp)});
+        i += n;
+    }
+    std::vector<std::string_view> pieces;
+    for (size_t k = 0; k < c.size();) {
+        size_t len = match_at(c, k);
+        size_t begin = c[k].offset, end = k + len < c.size() ? c[k + len].offset : text.size();
+        pieces.push_back(text.substr(begin, end - begin));
+        k += len;
+    }
+    return pieces;
+}
+
+Tokenizer Tokenizer::load(const std::string& path) {
+    Json file = read_json_file(path);
+    std::string where = path;
+    if (file.type != Json::Object) fail(path + ": not a tokenizer.json (expected a JSON object)");
+    const Json& model = field(file, "model", Json::Object, where);
+    const Json* type = model.find("type");
+    if (!type || !type->is_string() || type->string != "BPE")
+        fail(path + ": unsupported tokenizer model (only byte-level BPE, as Llama 3 uses)");
+    const Json* normalizer = file.find("normalizer");
+    if (normalizer && normalizer->type != Json::Null) fail(path + ": unsupported normalizer (Llama 3 has none)");
+    const Json* pre = file.find("pre_tokenizer");
+    bool llama3 = false;
+    if (pre && pre->type == Json::Object) {
+        const Json* list = pre->find("pretokenizers");
+        if (list && list->type == Json::Array && list->array.size() == 2) {
+            const Json* pattern = list->array[0].find("pattern");
+            const Json* regex = pattern ? pattern->find("Regex") : nullptr;
+            const Json* byte_level = list->array[1].find("type");
+            llama3 = regex && regex->is_string() && regex->string == kLlama3Pattern && byte_level &&
+                     byte_level->is_string() && byte_level->string == "ByteLevel";
+        }
+    }
+    if (!llama3) fail(path + ": unsupported pre_tokenizer (this reader implements the Llama-3 split pattern)");
+
+    Tokenizer tok;
+    tok.path_ = path;
+    const Json* ignore = model.find("ignore_merges");
+    tok.ignore_merges_ = ignore && ignore->type == Json::Bool && ignore->boolean;
+
+    std::vector<int32_t> cp_to_byte(512, -1);
+    std::vector<uint32_t> table = byte_to_code_point();
+    for (int b = 0; b < 256; ++b) cp_to_byte[table[b]] = b;
+    auto to_bytes = [&](const std::string& token) {
+        std::string bytes;
+        for (size_t i = 0; i < token.size();) {
+            uint32_t cp;
+            size_t bad, n = utf8_decode(token, i, cp, bad);
+            if (n == 0 || cp >= 512 || cp_to_byte[cp] < 0)
+                fail(path + ": vocabulary entry " + json_quote(token) + " is not in the byte-level alphabet");
+            bytes += char(cp_to_byte[cp]);
+            i += n;
+        }
+        return bytes;
+    };
+
+    const Json& vocab = field(model, "vocab", Json::Object, where + ": model");
+    std::vector<std::string> id_to_bytes;
+    std::vector<bool> seen;
+    auto assign = [&](int64_t id, std::string bytes, const std::string& name) {
+        if (id < 0 || id >= (1 << 24)) fail(path + ": token " + json_quote(name) + " has an id out of range");
+        if (size_t(id) >= id_to_bytes.size()) id_to_bytes.resize(size_t(id) + 1), seen.resize(size_t(id) + 1);
+        if (seen[size_t(id)]) fail(path + ": id " + std::to_string(id) + " is used twice");
+        seen[size_t(id)] = true;
+        id_to_bytes[size_t(id)] = std::move(bytes);
+    };
+    for (const auto& [token, id] : vocab.object) {
+        if (!id.is_int()) fail(path + ": vocabulary entry " + json_quote(token) + " has no integer id");
+        std::string bytes = to_bytes(token);
+        assign(id.integer, bytes, token);
+        tok.bytes_to_id_.emplace(std::move(bytes), int32_t(id.integer));
+    }
+    for (int b = 0; b < 256; ++b) {
+        auto it = tok.bytes_to_id_.find(std::string(1, char(b)));
+        if (it == tok.bytes_to_id_.end()) fail(path + ": vocabulary lacks the token for byte " + std::to_string(b));
+        tok.byte_id_[b] = it->second;
+    }
+
+    const Json& merges = field(model, "merges", Json::Array, where + ": model");
+    for (size_t rank = 0; rank < merges.array.size(); ++rank) {
+        const Json& m = merges.array[rank];
+        std::string left, right;
+        if (m.is_string()) {  // "left right"
+            size_t space = m.string.find(' ');
+            if (space == std::string::npos) fail(path + ": merge " + json_quote(m.string) + " has no space");
+            left = m.string.substr(0, space), right = m.string.substr(space + 1);
+        } else if (m.type == Json::Array && m.array.size() == 2 && m.array[0].is_string() && m.array[1].is_string()) {
+            left = m.array[0].string, right = m.array[1].string;  // ["left", "right"]
+        } else {
+            fail(path + ": merge " + std::to_string(rank) + " is neither \"a b\" nor [\"a\", \"b\"]");
+        }
+        std::string lb = to_bytes(left), rb = to_bytes(right);
+        auto l = tok.bytes_to_id_.find(lb), r = tok.bytes_to_id_.find(rb), lr = tok.bytes_to_id_.find(lb + rb);
+        if (l == tok.bytes_to_id_.end() || r == tok.bytes_to_id_.end() || lr == tok.bytes_to_id_.end())
+            fail(path + ": merge " + json_quote(left + " " + right) + " names a token not in the vocabulary");
+        uint64_t key = uint64_t(uint32_t(l->second)) << 32 | uint32_t(r->second);
+        tok.merges_.emplace(key, std::make_pair(int32_t(rank), lr->second));  // the first (lowest) rank wins
+    }
+
+    if (const Json* added = file.find("added_tokens"); added && added->type == Json::Array) {
+        for (const Json& a : added->array) {
+            const Json& content = field(a, "content", Json::String, where + ": added_tokens");
+            const Json& id = field(a, "id", Json::Number, where + ": added_tokens");
+            if (content.string.empty()) fail(path + ": an added token is empty");
+            if (!id.is_int()) fail(path + ": added token " + json_quote(content.string) + " has no integer id");
+            if (size_t(id.integer) < seen.size() && seen[size_t(id.integer)] &&
+                id_to_bytes[size_t(id.integer)] == content.string)
+                continue;  // already a vocabulary entry
+            assign(id.integer, content.string, content.string);
+            tok.added_.emplace_back(content.string, int32_t(id.integer));
+        }
+    }
+    std::stable_sort(tok.added_.begin(), tok.added_.end(),
+                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+    for (const auto& a : tok.added_) tok.added_first_[(unsigned char)a.first[0]] = true;
+    for (size_t id = 0; id < seen.size(); ++id)
+        if (!seen[id]) fail(path + ": id " + std::to_string(id) + " is missing (ids must be contiguous)");
+    tok.id_to_bytes_ = std::move(id_to_bytes);
+    return tok;
+}
+
+void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
+    std::string key(piece);
+    if (ignore_merges_) {
+        if (auto it = bytes_to_id_.find(key); it != bytes_to_id_.end()) { out.push_back(it->second); return; }
+    }
+    if (auto it = cache_.find(key); it != cache_.end()) {
+        out.insert(out.end(), it->second.begin(), it->second.end());
+        return;
+    }
+    // Symbols in a linked list over byte positions; a min-heap of candidate merges (rank, position).
+    int n = int(piece.size());
+    std::vector<int32_t> id(n), next(n), prev(n);
+    for (int i = 0; i < n; ++i) id[i] = byte_id_[(unsigned char)piece[i]], prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
+    struct Candidate { int32_t rank, pos, left, right; };
+    auto later = [](const Candidate& a, const Candidate& b) { return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos; };
+    std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> heap(later);
+    auto consider = [&](int pos) {
+        if (pos < 0 || next[pos] < 0) return;
+        auto it = merges_.find(uint64_t(uint32_t(id[pos])) << 32 | uint32_t(id[next[pos]]));
+        if (it != merges_.end()) heap.push({it->second.first, pos, id[pos], id[next[pos]]});
+    };
+    for (int i = 0; i + 1 < n; ++i) consider(i);
+    while (!heap.empty()) {
+        Candidate c = heap.top();
+        heap.pop();
+        int q = next[c.pos];
+        if (id[c.pos] != c.left || q < 0 || id[q] != c.right) continue;  // stale: a neighbour merged first
+        id[c.pos] = merges_.at(uint64_t(uint32_t(c.left)) << 32 | uint32_t(c.right)).second;
+        id[q] = -1;
+        next[c.pos] = next[q];
+        if (next[q] >= 0) prev[next[q]] = c.pos;
+        consider(prev[c.pos]);
+        consider(c.pos);
+    }
+    std::vector<int32_t> result;
+    for (int i = 0; i >= 0 && n > 0; i = next[i]) result.push_back(id[i]);
+    out.insert(out.end(), result.begin(), result.end());
+    if (cache_.size() > 200000) cache_.clear();
+    cache_.emplace(std::move(key), std::move(result));
+}
+
+void Tokenizer::encode_text(std::string_view text, std::vector<int32_t>& out) const {
+    for (std::string_view piece : split(text)) bpe(piece, out);
+}
+
+std::vector<int32_t> Tokenizer::encode_ordinary(std::string_view text) const {
+    std::string clean = utf8_sanitize(text);
+    std::vector<int32_t> ids;
+    encode_text(clean, ids);
+    return ids;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+    std::string clean = utf8_sanitize(text);
+    std::string_view s = clean;
+    std::vector<int32_t> ids;
+    size_t start = 0;
+    for (size_t i = 0; i < s.size();) {
+        const std::pair<std::string, int32_t>* match = nullptr;
+        if (!added_first_[(unsigned char)s[i]]) { ++i; continue; }
+        for (const auto& a : added_)  // longest first: the leftmost-longest match
+            if (a.first[0] == s[i] && s.compare(i, a.first.size(), a.first) == 0) { match = &a; break; }
+        if (!match) { ++i; continue; }
+        encode_text(s.substr(start, i - start), ids);
+        ids.push_back(match->second);
+        i += match->first.size();
+        start = i;
+    }
+    encode_text(s.substr(start), ids);
+    return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+    std::string bytes;
+    for (int32_t id : ids) {
+        if (id < 0 || id >= vocab_size()) fail("token id " + std::to_string(id) + " is outside the vocabulary (" + path_ + ")");
+        bytes += id_to_bytes_[size_t(id)];
+    }
+    return utf8_sanitize(bytes);
+}
+
+int32_t Tokenizer::special_id(const std::string& content) const {
+    for (const auto& a : added_)
+        if (a.first == content) return a.second;
+    fail(path_ + ": the tokenizer has no special token " + content);
+}
+
+// ================================================================================================ datasets
+
+namespace {
+
+bool is_directory(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::vector<std::string> list_files(const std::string& dir) {
+    std::vector<std::string> files;
+    DIR* d = opendir(dir.c_str());
+    if (!d) fail("cannot read dataset directory " + dir + ": " + std::strerror(errno));
+    while (dirent* e = readdir(d)) {
+        std::string name = e->d_name;
+        if (name.empty() || name[0] == '.') continue;
+        std::string path = dir + "/" + name;
+        if (!is_directory(path)) files.push_back(path);
+    }
+    closedir(d);
+    std::sort(files.begin(), files.end());
+    return files;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int64_t count_targets(const std::vector<int32_t>& labels) {  // positions 1.. take loss (HF's shift)
+    int64_t n = 0;
+    for (size_t t = 1; t < labels.size(); ++t) n += labels[t] != kIgnoreIndex;
+    return n;
+}
+
+// Truncates to seq_len (counted), then adds the row to the dataset.
+void add_row(Dataset& data, Example row, int seq_len) {
+    if (int64_t(row.ids.size()) > seq_len) {
+        data.stats.truncated_rows++;
+        data.stats.truncated_tokens += int64_t(row.ids.size()) - seq_len;
+        row.ids.resize(size_t(seq_len));
+        row.labels.resize(size_t(seq_len));
+    }
+    int64_t targets = count_targets(row.labels);
+    if (targets == 0) data.stats.rows_without_targets++;
+    data.stats.tokens += int64_t(row.ids.size());
+    data.stats.target_tokens += targets;
+    data.rows.push_back(std::move(row));
+}
+
+void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer& tok, int seq_len) {
+    int32_t bos = tok.special_id("<|begin_of_text|>"), eos = tok.special_id("<|end_of_text|>");
+    std::vector<int32_t> stream;
+    for (const std::string& path : files) {
+        std::string text = read_file(path);
+        if (text.empty()) fail(path + ": empty document");
+        stream.push_back(bos);
+        std::vector<int32_t> ids = tok.encode(text);
+        stream.insert(stream.end(), ids.begin(), ids.end());
+        stream.push_back(eos);
+        data.stats.documents++;
+    }
+    for (size_t start = 0; start < stream.size(); start += size_t(seq_len)) {
+        size_t end = std::min(stream.size(), start + size_t(seq_len));
+        Example row;
+        row.ids.assign(stream.begin() + long(start), stream.begin() + long(end));
+        row.labels = row.ids;
+        add_row(data, std::move(row), seq_len);
+    }
+}
+
+std::string string_field(const Json& row, const char* key, const std::string& where, bool required) {
+    const Json* v = row.find(key);
+    if (!v) {
+        if (required) fail(where + ": missing field \"" + key + "\"");
+        return "";
+    }
+    if (!v->is_string()) fail(where + ": field \"" + key + "\" must be a string, not " + json_type_name(v->type));
+    return v->string;
+}
+
+std::vector<int32_t> id_array(const Json& row, const char* key, const std::string& where, int32_t vocab,
+                              bool allow_ignore) {
+    const Json* v = row.find(key);
+    if (v->type != Json::Array) fail(where + ": field \"" + key + "\" must be an array of token ids");
+    std::vector<int32_t> ids;
+    for (const Json& x : v->array) {
+        bool ok = x.is_int() && ((x.integer >= 0 && x.integer < vocab) || (allow_ignore && x.integer == kIgnoreIndex));
+        if (!ok)
+            fail(where + ": field \"" + key + "\" holds " + (x.is_int() ? std::to_string(x.integer) : json_type_name(x.type)) +
+                 ", not a token id in [0, " + std::to_string(vocab) + ")" + (allow_ignore ? " or -100" : ""));
+        ids.push_back(int32_t(x.integer));
+    }
+    return ids;
+}
+
+// One JSONL row -> Example. The prompt part takes no loss unless train_on_prompt.
+Example row_example(const Json& row, const std::string& where, const Tokenizer& tok, const DataOptions& opt) {
+    if (row.type != Json::Object) fail(where + ": a row must be a JSON object, not " + std::string(json_type_name(row.type)));
+    bool ids = row.find("input_ids"), text = row.find("text"), qa = row.find("question") || row.find("answer"),
+         pc = row.find("prompt") || row.find("completion");
+    int forms = ids + text + qa + pc;
+    if (forms == 0)
+        fail(where + ": unknown row form (expected \"text\", \"question\"+\"answer\", \"prompt\"+\"completion\" or \"input_ids\")");
+    if (forms > 1) fail(where + ": the row mixes fields of different forms (text, question/answer, prompt/completion, input_ids)");
+    int32_t bos = tok.special_id("<|begin_of_text|>");
+    Example ex;
+    if (ids) {
+        ex.ids = id_array(row, "input_ids", where, tok.vocab_size(), false);
+        if (ex.ids.empty()) fail(where + ": field \"input_ids\" is empty");
+        ex.labels = row.find("labels") ? id_array(row, "labels", where, tok.vocab_size(), true) : ex.ids;
+        if (ex.labels.size() != ex.ids.size())
+            fail(where + ": \"labels\" has " + std::to_string(ex.labels.size()) + " entries but \"input_ids\" has " +
+                 std::to_string(ex.ids.size()));
+        return ex;
+    }
+    auto nonempty = [&](const std::string& value, const char* key) {
+        if (tok.encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
+        return value;
+    };
+    if (text) {
+        std::vector<int32_t> body = tok.encode(nonempty(string_field(row, "text", where, true), "text"));
+        ex.ids.push_back(bos);
+        ex.ids.insert(ex.ids.end(), body.begin(), body.end());
+        ex.ids.push_back(tok.special_id("<|end_of_text|>"));
+        ex.labels = ex.ids;
+        return ex;
+    }
+    std::string user, answer;
+    if (qa) {
+        std::string q = nonempty(string_field(row, "question", where, true), "question");
+        std::string c = string_field(row, "context", where, false);
+        answer = nonempty(string_field(row, "answer", where, true), "answer");
+        user = opt.chat_template ? "Question: " + q + (c.empty() ? "" : "\nContext: " + c) : qa_prompt(q, c);
+        if (!opt.chat_template) answer = " " + answer;
+    } else {
+        user = nonempty(string_field(row, "prompt", where, true), "prompt");
+        answer = nonempty(string_field(row, "completion", where, true), "completion");
+    }
+    std::vector<int32_t> prompt{bos}, completion;
+    auto append = [](std::vector<int32_t>& to, const std::vector<int32_t>& ids) { to.insert(to.end(), ids.begin(), ids.end()); };
+    if (opt.chat_template) {  // <|start_header_id|>user<|end_header_id|>\n\nUSER<|eot_id|><|start_header_id|>assistant...
+        auto trim = [](const std::string& s) {
+            size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
+            return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+        };
+        int32_t start = tok.special_id("<|start_header_id|>"), end = tok.special_id("<|end_header_id|>"),
+                eot = tok.special_id("<|eot_id|>");
+        prompt.push_back(start), append(prompt, tok.encode_ordinary("user")), prompt.push_back(end);
+        append(prompt, tok.encode_ordinary("\n\n" + trim(user)));
+        prompt.push_back(eot), prompt.push_back(start), append(prompt, tok.encode_ordinary("assistant"));
+        prompt.push_back(end), append(prompt, tok.encode_ordinary("\n\n"));
+        append(completion, tok.encode_ordinary(trim(answer)));
+        completion.push_back(eot);
+    } else {
+        append(prompt, tok.encode_ordinary(user));
+        append(completion, tok.encode_ordinary(answer));
+        completion.push_back(tok.special_id("<|end_of_text|>"));
+    }
+    ex.ids = prompt;
+    append(ex.ids, completion);
+    ex.labels.assign(prompt.size(), kIgnoreIndex);
+    if (opt.train_on_prompt) ex.labels = prompt;
+    append(ex.labels, completion);
+    return ex;
+}
+
+// JSON Lines (one row object per line), or a .json file holding one array of row objects.
+void load_jsonl(Dataset& data, const std::string& path, const Tokenizer& tok, const DataOptions& opt) {
+    std::string text = read_file(path);
+    std::vector<Example> rows;
+    size_t first = text.find_first_not_of(" \t\r\n");
+    if (ends_with(path, ".json") && first != std::string::npos && text[first] == '[') {
+        Json array = parse_json(text, path);
+        for (size_t i = 0; i < array.array.size(); ++i, data.stats.documents++)
+            rows.push_back(row_example(array.array[i], path + ": row " + std::to_string(i + 1), tok, opt));
+        text.clear();
+    }
+    size_t line_start = 0;
+    for (int line = 1; line_start < text.size(); ++line) {
+        size_t end = text.find('\n', line_start);
+        if (end == std::string::npos) end = text.size();
+        std::string_view s(text.data() + line_start, end - line_start);
+        line_start = end + 1;
+        if (s.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
+        std::string where = path + ":" + std::to_string(line);
+        rows.push_back(row_example(parse_json(s, path, line), where, tok, opt));
+        data.stats.documents++;
+    }
+    if (!opt.pack) {
+        for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
+        return;
+    }
+    Example packed;  // greedy: append rows while they fit; a row never straddles two sequences
+    for (Example& row : rows) {
+        if (!packed.ids.empty() && packed.ids.size() + row.ids.size() > size_t(opt.seq_len))
+            add_row(data, std::move(packed), opt.seq_len), packed = Example();
+        packed.ids.insert(packed.ids.end(), row.ids.begin(), row.ids.end());
+        packed.labels.insert(packed.labels.end(), row.labels.begin(), row.labels.end());
+    }
+    if (!packed.ids.empty()) add_row(data, std::move(packed), opt.seq_len);
+}
+
+}  // namespace
+
+std::string qa_prompt(const std::string& question, const std::string& context) {
+    return "Question: " + question + "\n" + (context.empty() ? "" : "Context: " + context + "\n") + "Answer:";
+}
+
+Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options) {
+    if (options.seq_len < 2) fail("sequence length must be at least 2 (--seq)");
+    Dataset data;
+    data.source = path;
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) fail("cannot read dataset " + path + ": " + std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) {
+        std::vector<std::string> files = list_files(path);
+        if (files.empty()) fail("dataset directory " + path + " has no files");
+        load_corpus(data, files, tok, options.seq_len);
+    } else if (ends_with(path, ".jsonl") || ends_with(path, ".json")) {
+        load_jsonl(data, path, tok, options);
+    } else {
+        load_corpus(data, {path}, tok, options.seq_len);
+    }
+    if (data.rows.empty()) fail("dataset " + path + " is empty");
+    if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");
+    return data;
+}
+
+Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
+    int64_t n = int64_t(train.rows.size());
+    if (!(fraction > 0 && fraction < 1)) fail("eval fraction must be in (0, 1) (--eval-fraction)");
+    int64_t k = std::max<int64_t>(1, int64_t(std::llround(fraction * double(n))));
+    if (k >= n) fail("dataset " + train.source + " has too few rows (" + std::to_string(n) + ") to split off an eval set");
+    std::vector<int64_t> order = epoch_order(n, seed ^ 0x5EED5EED5EED5EEDull, 0, true);
+    std::vector<bool> is_eval(size_t(n), false);
+    for (int64_t i = 0; i < k; ++i) is_eval[size_t(order[size_t(i)])] = true;
+    Dataset eval, rest;
+    eval.source = train.source + " (eval split)";
+    rest.source = train.source;
+    rest.stats = eval.stats = DataStats();
+    for (int64_t i = 0; i < n; ++i) {
+        Dataset& to = is_eval[size_t(i)] ? eval : rest;
+        to.stats.tokens += int64_t(train.rows[size_t(i)].ids.size());
+        to.stats.target_tokens += count_targets(train.rows[size_t(i)].labels);
+        to.rows.push_back(std::move(train.rows[size_t(i)]));
+    }
+    rest.stats.documents = train.stats.documents;  // truncation counts stay with the training set
+    rest.stats.truncated_rows = train.stats.truncated_rows, rest.stats.truncated_tokens = train.stats.truncated_tokens;
+    rest.stats.rows_without_targets = train.stats.rows_without_targets;
+    train = std::move(rest);
+    return eval;
+}
+
+// ================================================================================================ batches
+
+uint64_t Rng::next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+uint64_t Rng::below(uint64_t n) { return uint64_t((unsigned __int128)next() * n >> 64); }
+float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }
+
+std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) order[size_t(i)] = i;
+    if (!shuffle) return order;
+    Rng rng(seed ^ (0xD1B54A32D192ED03ull * uint64_t(epoch + 1)));
+    for (int64_t i = n - 1; i > 0; --i) std::swap(order[size_t(i)], order[size_t(rng.below(uint64_t(i + 1)))]);
+    return order;
+}
+
+Loader::Loader(const Dataset& data, int micro_batch, int seq_len, int rank, int world, uint64_t seed, bool shuffle,
+               int32_t pad_id)
+    : data_(data), B_(micro_batch), T_(seq_len), rank_(rank), world_(world), seed_(seed), shuffle_(shuffle), pad_id_(pad_id) {
+    if (micro_batch < 1) fail("micro-batch size must be at least 1 (--micro-batch)");
+    if (world < 1 || rank < 0 || rank >= world) fail("rank " + std::to_string(rank) + " is outside a world of " + std::to_string(world));
+    int64_t n = int64_t(data.rows.size());
+    if (n == 0) fail("dataset " + data.source + " is empty");
+    int64_t per_rank = (n + world - 1) / world;
+    batches_per_epoch_ = (per_rank + micro_batch - 1) / micro_batch;
+}
+
+std::vector<int64_t> Loader::batch_rows(int64_t epoch, int64_t index) const {
+    if (epoch != cached_epoch_) order_ = epoch_order(int64_t(data_.rows.size()), seed_, epoch, shuffle_), cached_epoch_ = epoch;
+    std::vector<int64_t> rows(size_t(B_), -1);
+    for (int b = 0; b < B_; ++b) {
+        int64_t pos = rank_ + (index * B_ + b) * int64_t(world_);  // this rank's j-th row is order[rank + j*W]
+        if (index >= 0 && index < batches_per_epoch_ && pos < int64_t(order_.size())) rows[size_t(b)] = order_[size_t(pos)];
+    }
+    return rows;
+}
+
+Batch Loader::batch(int64_t epoch, int64_t index) const {
+    Batch batch;
+    batch.B = B_, batch.T = T_;
+    batch.ids.assign(size_t(B_) * size_t(T_), pad_id_);
+    batch.labels.assign(size_t(B_) * size_t(T_), kIgnoreIndex);
+    std::vector<int64_t> rows = batch_rows(epoch, index);
+    for (int b = 0; b < B_; ++b) {
+        if (rows[size_t(b)] < 0) continue;
+        const Example& ex = data_.rows[size_t(rows[size_t(b)])];
+        size_t len = std::min(ex.ids.size(), size_t(T_));
+        std::copy(ex.ids.begin(), ex.ids.begin() + long(len), batch.ids.begin() + long(size_t(b) * size_t(T_)));
+        std::copy(ex.labels.begin(), ex.labels.begin() + long(len), batch.labels.begin() + long(size_t(b) * size_t(T_)));
+        batch.real_rows++;
+        for (size_t t = 1; t < len; ++t) batch.target_tokens += ex.labels[t] != kIgnoreIndex;
+    }
+    return batch;
+}

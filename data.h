@@ -1,0 +1,167 @@
+// data.h — text to training batches, exactly as Hugging Face would make them: a strict JSON reader, the
+// Llama-3 byte-level BPE tokenizer read from an HF tokenizer.json, datasets (plain-text corpora and JSONL
+// rows), label masks (-100 = ignored), packing/padding, a deterministic shuffle and per-rank sharding.
+// Knows nothing of CUDA or the model.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+// ---------------------------------------------------------------------------------------------- JSON
+// A parsed JSON value. Objects keep their keys in file order.
+struct Json {
+    enum Type { Null, Bool, Number, String, Array, Object };
+    Type type = Null;
+    bool boolean = false;
+    double number = 0;
+    bool integral = false;  // the literal had no fraction or exponent and fits int64
+    int64_t integer = 0;
+    std::string string;
+    std::vector<Json> array;
+    std::vector<std::pair<std::string, Json>> object;
+
+    const Json* find(std::string_view key) const;  // nullptr when absent (or not an object)
+    bool is_string() const { return type == String; }
+    bool is_int() const { return type == Number && integral; }
+};
+
+const char* json_type_name(Json::Type type);
+
+// Parses `text` strictly (RFC 8259: no comments, no trailing commas). Errors name `source:LINE:COL`.
+Json parse_json(std::string_view text, const std::string& source, int first_line = 1);
+Json read_json_file(const std::string& path);
+std::string json_quote(std::string_view text);  // a JSON string literal for `text`
+
+std::string read_file(const std::string& path);  // whole file; fails naming the path
+
+// ---------------------------------------------------------------------------------------------- UTF-8
+// Replaces every ill-formed UTF-8 subsequence by U+FFFD (maximal-subpart rule, as Python's
+// errors="replace" and Rust's from_utf8_lossy do). Valid text is returned unchanged.
+std::string utf8_sanitize(std::string_view bytes);
+
+// ---------------------------------------------------------------------------------------------- tokenizer
+// Llama-3 tokenizer: pre-tokenizer split by the Llama-3 pattern, byte-level mapping, BPE by merge rank
+// (ignore_merges: a piece that is a whole vocabulary entry is one token), added/special tokens matched
+// in the text first (leftmost-longest).
+class Tokenizer {
+  public:
+    static Tokenizer load(const std::string& path);
+
+    // Ids for `text` (no BOS added). Special-token strings in the text become their ids.
+    std::vector<int32_t> encode(std::string_view text) const;
+    // The same, but special-token strings are ordinary text (for user content inside templates).
+    std::vector<int32_t> encode_ordinary(std::string_view text) const;
+    // Text for ids; byte sequences that are not UTF-8 become U+FFFD. Fails on an unknown id.
+    std::string decode(const std::vector<int32_t>& ids) const;
+
+    int32_t special_id(const std::string& content) const;  // fails if the file has no such token
+    int32_t vocab_size() const { return int32_t(id_to_bytes_.size()); }  // all ids, specials included
+    const std::string& path() const { return path_; }
+
+    // The pre-tokenizer alone: the pieces `text` splits into (exposed for tests).
+    std::vector<std::string_view> split(std::string_view text) const;
+
+  private:
+    void bpe(std::string_view piece, std::vector<int32_t>& out) const;
+    void encode_text(std::string_view text, std::vector<int32_t>& out) const;
+
+    std::string path_;
+    std::unordered_map<std::string, int32_t> bytes_to_id_;         // BPE vocabulary, keys in raw bytes
+    std::vector<std::string> id_to_bytes_;                          // every id (specials: their content)
+    std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left<<32|right) -> (rank, merged)
+    int32_t byte_id_[256] = {};                                    // id of each single byte
+    std::vector<std::pair<std::string, int32_t>> added_;           // added tokens, longest first
+    bool added_first_[256] = {};                                   // bytes an added token starts with
+    bool ignore_merges_ = false;
+    mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
+};
+
+// ---------------------------------------------------------------------------------------------- datasets
+constexpr int32_t kIgnoreIndex = -100;  // label of a position that takes no loss (HF convention)
+
+// One training row before padding: ids and the labels aligned with them (the loss shifts by one, as
+// HF does: position t predicts labels[t+1]).
+struct Example {
+    std::vector<int32_t> ids, labels;
+};
+
+struct DataOptions {
+    int seq_len = 1024;            // rows are truncated (counted) to this and padded up to it
+    bool train_on_prompt = false;  // loss on every token, not only the answer/completion + EOS
+    bool chat_template = false;    // QA/prompt rows in the Llama-3 chat template (Instruct models)
+    bool pack = false;             // JSONL rows: fill each sequence with several rows
+};
+
+struct DataStats {
+    int64_t documents = 0;         // corpus files or JSONL rows read
+    int64_t tokens = 0;            // tokens kept, padding excluded
+    int64_t target_tokens = 0;     // tokens that take loss
+    int64_t truncated_rows = 0, truncated_tokens = 0;
+    int64_t rows_without_targets = 0;  // rows whose answer was cut off entirely by truncation
+};
+
+struct Dataset {
+    std::string source;
+    std::vector<Example> rows;
+    DataStats stats;
+};
+
+// Loads a dataset: a directory (every non-hidden file, sorted, is a plain-text document), a .jsonl file
+// (rows {"text"}, {"question","answer"[,"context"]}, {"prompt","completion"}, {"input_ids"[,"labels"]}),
+// a .json file (the same rows as JSON Lines or as one array), or another file (one plain-text document). Plain text is packed into seq_len sequences with
+// <|begin_of_text|> ... <|end_of_text|> around each document.
+Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);
+
+// The QA prompt template: "Question: ...\nContext: ...\nAnswer:" (Context line only when present).
+std::string qa_prompt(const std::string& question, const std::string& context);
+
+// Moves a deterministic `fraction` of rows (at least one) into the returned eval set.
+Dataset split_eval(Dataset& train, double fraction, uint64_t seed);
+
+// ---------------------------------------------------------------------------------------------- batches
+// A deterministic random stream (splitmix64), the same on every platform.
+struct Rng {
+    uint64_t state;
+    explicit Rng(uint64_t seed) : state(seed) {}
+    uint64_t next();
+    uint64_t below(uint64_t n);  // uniform in [0, n)
+    float uniform();             // uniform in [0, 1)
+};
+
+// The row order of one epoch: a Fisher-Yates shuffle seeded by (seed, epoch), or 0..n-1.
+std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
+
+// B rows of T tokens, padded: pad ids are `pad_id`, pad labels kIgnoreIndex.
+struct Batch {
+    int B = 0, T = 0;
+    std::vector<int32_t> ids, labels;
+    int64_t target_tokens = 0;  // labels[b][t] != -100 for t >= 1 (the positions that take loss)
+    int real_rows = 0;          // rows that came from the data (the rest are fully masked padding)
+};
+
+// Shards an epoch across ranks: rank r takes rows r, r+W, r+2W, ... of the epoch order, so ranks get
+// disjoint rows that together cover the data, and every rank gets the same number of micro-batches
+// (ceil(ceil(n/W)/B)); missing rows are fully masked, so every rank runs the same collectives.
+class Loader {
+  public:
+    Loader(const Dataset& data, int micro_batch, int seq_len, int rank, int world, uint64_t seed, bool shuffle,
+           int32_t pad_id);
+    int64_t micro_batches_per_epoch() const { return batches_per_epoch_; }
+    // Micro-batch `index` (0-based) of `epoch` for this rank.
+    Batch batch(int64_t epoch, int64_t index) const;
+    // The dataset rows in that micro-batch (-1 for padding rows); for tests and logs.
+    std::vector<int64_t> batch_rows(int64_t epoch, int64_t index) const;
+
+  private:
+    const Dataset& data_;
+    int B_, T_, rank_, world_;
+    uint64_t seed_;
+    bool shuffle_;
+    int32_t pad_id_;
+    int64_t batches_per_epoch_;
+    mutable int64_t cached_epoch_ = -1;  // the epoch order last computed
+    mutable std::vector<int64_t> order_;
+};

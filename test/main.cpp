@@ -1,0 +1,110 @@
+// test/main.cpp — the doctest runner. Prints the closing line "N passed, N failed, N skipped".
+#define DOCTEST_CONFIG_IMPLEMENT
+#include "test.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+
+#include "data.h"
+
+namespace {
+std::set<std::string> skipped;  // names of test cases that skipped
+int failed_cases = 0, run_cases = 0;
+
+struct Counter : doctest::IReporter {
+    explicit Counter(const doctest::ContextOptions&) {}
+    void report_query(const doctest::QueryData&) override {}
+    void test_run_start() override {}
+    void test_run_end(const doctest::TestRunStats& stats) override {
+        run_cases = int(stats.numTestCasesPassingFilters);
+        failed_cases = int(stats.numTestCasesFailed);
+    }
+    void test_case_start(const doctest::TestCaseData&) override {}
+    void test_case_reenter(const doctest::TestCaseData&) override {}
+    void test_case_end(const doctest::CurrentTestCaseStats&) override {}
+    void test_case_exception(const doctest::TestCaseException&) override {}
+    void subcase_start(const doctest::SubcaseSignature&) override {}
+    void subcase_end() override {}
+    void log_assert(const doctest::AssertData&) override {}
+    void log_message(const doctest::MessageData&) override {}
+    void test_case_skipped(const doctest::TestCaseData&) override {}
+};
+REGISTER_LISTENER("counter", 1, Counter);
+
+std::string run_dir() {
+    static std::string dir = [] {
+        char tmpl[] = "/tmp/lora_zero3_tests_XXXXXX";
+        if (!mkdtemp(tmpl)) std::abort();
+        return std::string(tmpl);
+    }();
+    return dir;
+}
+}  // namespace
+
+std::string temp_file(const std::string& name, const std::string& content) {
+    std::string path = run_dir() + "/" + name;
+    std::ofstream(path, std::ios::binary) << content;
+    return path;
+}
+
+std::string temp_dir(const std::string& name) {
+    std::string path = run_dir() + "/" + name;
+    mkdir(path.c_str(), 0755);
+    return path;
+}
+
+std::string random_text(uint64_t seed, size_t code_points) {
+    Rng rng(seed);
+    static const uint32_t pools[][2] = {{0x20, 0x7E}, {0x20, 0x7E}, {0x20, 0x7E}, {0x09, 0x0D}, {0xA0, 0x24F},
+                                        {0x370, 0x3FF}, {0x400, 0x4FF}, {0x4E00, 0x9FFF}, {0x1F300, 0x1F6FF},
+                                        {0x600, 0x6FF}, {0x900, 0x97F}, {0x3000, 0x303F}, {0x2000, 0x206F}};
+    std::string out;
+    for (size_t i = 0; i < code_points; ++i) {
+        const uint32_t* pool = pools[rng.below(sizeof(pools) / sizeof(pools[0]))];
+        uint32_t cp = pool[0] + uint32_t(rng.below(pool[1] - pool[0] + 1));
+        if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
+        if (cp < 0x80) out += char(cp);
+        else if (cp < 0x800) out += char(0xC0 | cp >> 6), out += char(0x80 | (cp & 0x3F));
+        else if (cp < 0x10000)
+            out += char(0xE0 | cp >> 12), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+        else
+            out += char(0xF0 | cp >> 18), out += char(0x80 | ((cp >> 12) & 0x3F)),
+                out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+    }
+    return out;
+}
+
+void skip_test(const std::string& why) {
+    std::string name = doctest::getContextOptions()->currentTest ? doctest::getContextOptions()->currentTest->m_name : "?";
+    if (skipped.insert(name).second) std::printf("skipped: %s (%s)\n", name.c_str(), why.c_str());
+}
+
+bool need_gpu() {
+    if (gpu_available()) return true;
+    skip_test("no GPU");
+    return false;
+}
+
+const Tokenizer& default_tokenizer() {
+    static Tokenizer tok = [] {
+        if (access("data/tokenizer.json", R_OK) != 0)
+            FAIL("data/tokenizer.json is missing: run `make data` (or `bash data/fetch.sh`) first");
+        return Tokenizer::load("data/tokenizer.json");
+    }();
+    return tok;
+}
+
+int main(int argc, char** argv) {
+    doctest::Context context;
+    context.applyCommandLine(argc, argv);
+    int status = context.run();
+    if (context.shouldExit()) return status;
+    int skip = int(skipped.size());
+    std::printf("%d passed, %d failed, %d skipped\n", run_cases - failed_cases - skip, failed_cases, skip);
+    return status;
+}

@@ -1,0 +1,24 @@
+// test/test.h — what the tests share: doctest, temporary files, random text, the GPU skip.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "common.h"
+
+// Writes `content` to a fresh file under a per-run temporary directory and returns its path.
+std::string temp_file(const std::string& name, const std::string& content);
+std::string temp_dir(const std::string& name);  // a fresh empty directory
+
+// Random valid UTF-8 text mixing ASCII, whitespace, Latin, CJK, emoji and other scripts.
+std::string random_text(uint64_t seed, size_t code_points);
+
+// Marks the current test as skipped (counted in the closing line) and says why.
+void skip_test(const std::string& why);
+
+// True when a GPU is present; otherwise marks the test skipped. Use: if (!need_gpu()) return;
+bool need_gpu();
+
+// The default tokenizer (data/tokenizer.json), loaded once.
+class Tokenizer;
+const Tokenizer& default_tokenizer();

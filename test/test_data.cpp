@@ -1,0 +1,272 @@
+// test/test_data.cpp — datasets (every row form, corpora, masks, truncation, packing), each bad input,
+// the train/eval split, the deterministic shuffle, and rank sharding for 1..8 ranks.
+#include "test.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "data.h"
+
+namespace {
+
+std::vector<int32_t> cat(std::initializer_list<std::vector<int32_t>> parts) {
+    std::vector<int32_t> out;
+    for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+}
+std::vector<int32_t> masked(size_t n) { return std::vector<int32_t>(n, kIgnoreIndex); }
+
+Dataset load_rows(const std::string& name, const std::string& jsonl, DataOptions opt = DataOptions()) {
+    return load_dataset(temp_file(name, jsonl), default_tokenizer(), opt);
+}
+
+}  // namespace
+
+TEST_CASE("data: QA rows use the template and mask the prompt") {
+    const Tokenizer& tok = default_tokenizer();
+    int32_t bos = 128000, eos = 128001;
+    Dataset d = load_rows("qa.jsonl", "{\"question\": \"What is a harbor?\", \"answer\": \"a sheltered port\"}\n"
+                                      "\n"
+                                      "{\"question\": \"Q2\", \"context\": \"some context\", \"answer\": \"A2\"}\n");
+    REQUIRE(d.rows.size() == 2);
+    std::vector<int32_t> prompt = cat({{bos}, tok.encode("Question: What is a harbor?\nAnswer:")});
+    std::vector<int32_t> answer = cat({tok.encode(" a sheltered port"), {eos}});
+    CHECK(d.rows[0].ids == cat({prompt, answer}));
+    CHECK(d.rows[0].labels == cat({masked(prompt.size()), answer}));
+    // Tokenizing prompt and answer apart gives the same ids as the whole text.
+    CHECK(d.rows[0].ids == cat({{bos}, tok.encode("Question: What is a harbor?\nAnswer: a sheltered port"), {eos}}));
+    CHECK(tok.decode(d.rows[1].ids) == "<|begin_of_text|>Question: Q2\nContext: some context\nAnswer: A2<|end_of_text|>");
+    CHECK(d.stats.documents == 2);
+    CHECK(d.stats.target_tokens == int64_t(answer.size()) + int64_t(tok.encode(" A2").size()) + 1);
+
+    DataOptions all;
+    all.train_on_prompt = true;
+    Dataset a = load_rows("qa_all.jsonl", "{\"question\": \"What is a harbor?\", \"answer\": \"a sheltered port\"}\n", all);
+    CHECK(a.rows[0].labels == a.rows[0].ids);
+}
+
+TEST_CASE("data: prompt/completion, text and pre-tokenized rows") {
+    const Tokenizer& tok = default_tokenizer();
+    Dataset d = load_rows("forms.jsonl",
+                          "{\"prompt\": \"Translate: chat\", \"completion\": \" cat\"}\n"
+                          "{\"text\": \"Plain text row.\"}\n"
+                          "{\"input_ids\": [128000, 9906, 1917], \"labels\": [-100, -100, 1917]}\n"
+                          "{\"input_ids\": [5, 6, 7, 8]}\n");
+    REQUIRE(d.rows.size() == 4);
+    std::vector<int32_t> p = cat({{128000}, tok.encode("Translate: chat")}), c = cat({tok.encode(" cat"), {128001}});
+    CHECK(d.rows[0].ids == cat({p, c}));
+    CHECK(d.rows[0].labels == cat({masked(p.size()), c}));
+    CHECK(d.rows[1].ids == cat({{128000}, tok.encode("Plain text row."), {128001}}));
+    CHECK(d.rows[1].labels == d.rows[1].ids);
+    CHECK(d.rows[2].ids == std::vector<int32_t>{128000, 9906, 1917});
+    CHECK(d.rows[2].labels == std::vector<int32_t>{-100, -100, 1917});
+    CHECK(d.rows[3].labels == d.rows[3].ids);
+    Dataset array = load_dataset(temp_file("rows.json", " [{\"input_ids\": [1, 2]}, {\"text\": \"x\"}]"), tok, DataOptions());
+    CHECK(array.rows.size() == 2);
+    CHECK(array.rows[0].ids == std::vector<int32_t>{1, 2});
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("rows2.json", "[{\"input_ids\": [1, 2]}, {\"txt\": 1}]"), tok, DataOptions()),
+                         doctest::Contains("rows2.json: row 2: unknown row form"), Error);
+}
+
+TEST_CASE("data: the Llama-3 chat template for Instruct models") {
+    const Tokenizer& tok = default_tokenizer();
+    DataOptions opt;
+    opt.chat_template = true;
+    Dataset d = load_rows("chat.jsonl", "{\"prompt\": \"Hi <|eot_id|> there\", \"completion\": \" Hello! \"}\n", opt);
+    REQUIRE(d.rows.size() == 1);
+    CHECK(tok.decode(d.rows[0].ids) ==
+          "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi <|eot_id|> there<|eot_id|>"
+          "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>");
+    int eots = int(std::count(d.rows[0].ids.begin(), d.rows[0].ids.end(), 128009));
+    CHECK(eots == 2);  // the user's literal "<|eot_id|>" stays text
+    std::vector<int32_t> answer = cat({tok.encode("Hello!"), {128009}});
+    size_t n = d.rows[0].ids.size();
+    CHECK(std::vector<int32_t>(d.rows[0].labels.end() - long(answer.size()), d.rows[0].labels.end()) == answer);
+    CHECK(std::count(d.rows[0].labels.begin(), d.rows[0].labels.end(), kIgnoreIndex) == long(n - answer.size()));
+}
+
+TEST_CASE("data: a plain-text corpus is packed with BOS/EOS between documents") {
+    const Tokenizer& tok = default_tokenizer();
+    std::string dir = temp_dir("corpus");
+    std::string a = random_text(uint64_t(time(nullptr)), 300), b = "Second document.\nWith two lines.\n";
+    temp_file("corpus/a.txt", a);
+    temp_file("corpus/b.txt", b);
+    temp_file("corpus/.hidden", "ignored");
+    DataOptions opt;
+    opt.seq_len = 37;
+    Dataset d = load_dataset(dir, tok, opt);
+    std::vector<int32_t> stream = cat({{128000}, tok.encode(a), {128001}, {128000}, tok.encode(b), {128001}});
+    std::vector<int32_t> joined;
+    for (const Example& row : d.rows) {
+        CHECK(row.ids.size() <= 37);
+        CHECK(row.labels == row.ids);
+        joined.insert(joined.end(), row.ids.begin(), row.ids.end());
+    }
+    CHECK(joined == stream);
+    CHECK(d.rows.size() == (stream.size() + 36) / 37);
+    CHECK(d.stats.documents == 2);
+    CHECK(d.stats.truncated_rows == 0);
+    Dataset single = load_dataset(dir + "/b.txt", tok, opt);  // a file that is not .jsonl: one document
+    CHECK(single.rows[0].ids == cat({{128000}, tok.encode(b), {128001}}));
+}
+
+TEST_CASE("data: truncation is counted, packing fills sequences") {
+    DataOptions opt;
+    opt.seq_len = 8;
+    Dataset d = load_rows("long.jsonl", "{\"input_ids\": [1,2,3,4,5,6,7,8,9,10,11]}\n{\"input_ids\": [1,2,3]}\n"
+                                        "{\"input_ids\": [1,2,3,4,5,6,7,8,9], \"labels\": [-100,-100,-100,-100,-100,-100,-100,-100,9]}\n", opt);
+    CHECK(d.stats.truncated_rows == 2);
+    CHECK(d.stats.truncated_tokens == 3 + 1);
+    CHECK(d.stats.rows_without_targets == 1);
+    CHECK(d.rows[0].ids.size() == 8);
+    opt.pack = true;
+    Dataset p = load_rows("pack.jsonl", "{\"input_ids\": [1,2,3]}\n{\"input_ids\": [4,5,6]}\n{\"input_ids\": [7,8,9]}\n"
+                                        "{\"input_ids\": [10], \"labels\": [-100]}\n", opt);
+    REQUIRE(p.rows.size() == 2);
+    CHECK(p.rows[0].ids == std::vector<int32_t>{1, 2, 3, 4, 5, 6});
+    CHECK(p.rows[1].ids == std::vector<int32_t>{7, 8, 9, 10});
+    CHECK(p.rows[1].labels == std::vector<int32_t>{7, 8, 9, -100});
+}
+
+TEST_CASE("data: each bad input is one error naming file, line and field") {
+    const struct { const char* jsonl; const char* message; } cases[] = {
+        {"{\"text\": \"ok\"}\n{\"text\": \"broken\n", "bad.jsonl:2:10: unterminated string"},
+        {"{\"text\": \"ok\"}\n\n[1, 2]\n", "bad.jsonl:3: a row must be a JSON object"},
+        {"{\"title\": \"x\"}\n", "bad.jsonl:1: unknown row form"},
+        {"{\"text\": \"x\", \"question\": \"q\", \"answer\": \"a\"}\n", "bad.jsonl:1: the row mixes fields"},
+        {"{\"question\": \"q\", \"answer\": 5}\n", "bad.jsonl:1: field \"answer\" must be a string, not a number"},
+        {"{\"question\": \"q\"}\n", "bad.jsonl:1: missing field \"answer\""},
+        {"{\"prompt\": \"p\", \"completion\": null}\n", "bad.jsonl:1: field \"completion\" must be a string, not null"},
+        {"{\"text\": \"\"}\n", "bad.jsonl:1: field \"text\" tokenizes to nothing"},
+        {"{\"question\": \"\", \"answer\": \"a\"}\n", "bad.jsonl:1: field \"question\" tokenizes to nothing"},
+        {"{\"input_ids\": [1, 999999]}\n", "bad.jsonl:1: field \"input_ids\" holds 999999, not a token id"},
+        {"{\"input_ids\": [1, \"2\"]}\n", "bad.jsonl:1: field \"input_ids\" holds a string"},
+        {"{\"input_ids\": []}\n", "bad.jsonl:1: field \"input_ids\" is empty"},
+        {"{\"input_ids\": [1, 2], \"labels\": [1]}\n", "bad.jsonl:1: \"labels\" has 1 entries but \"input_ids\" has 2"},
+        {"{\"input_ids\": [1, 2], \"labels\": [-5, 2]}\n", "bad.jsonl:1: field \"labels\" holds -5"},
+        {"{\"input_ids\": 7}\n", "bad.jsonl:1: field \"input_ids\" must be an array"},
+        {"\n  \n", "is empty"},
+        {"{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n", "has no tokens that take loss"},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.jsonl);
+        CHECK_THROWS_WITH_AS(load_rows("bad.jsonl", c.jsonl), doctest::Contains(c.message), Error);
+    }
+    const Tokenizer& tok = default_tokenizer();
+    CHECK_THROWS_WITH_AS(load_dataset("/nonexistent/train.jsonl", tok, DataOptions()),
+                         doctest::Contains("cannot read dataset /nonexistent/train.jsonl"), Error);
+    std::string empty_dir = temp_dir("empty_corpus");
+    CHECK_THROWS_WITH_AS(load_dataset(empty_dir, tok, DataOptions()), doctest::Contains("has no files"), Error);
+    std::string with_empty = temp_dir("corpus_with_empty");
+    temp_file("corpus_with_empty/a.txt", "text");
+    temp_file("corpus_with_empty/b.txt", "");
+    CHECK_THROWS_WITH_AS(load_dataset(with_empty, tok, DataOptions()), doctest::Contains("b.txt: empty document"), Error);
+    DataOptions tiny;
+    tiny.seq_len = 1;
+    CHECK_THROWS_WITH_AS(load_rows("ok.jsonl", "{\"text\": \"x\"}\n", tiny), doctest::Contains("--seq"), Error);
+}
+
+TEST_CASE("data: the eval split is deterministic, disjoint and complete") {
+    std::string jsonl;
+    for (int i = 0; i < 100; ++i) jsonl += "{\"input_ids\": [" + std::to_string(i + 1) + ", 7]}\n";
+    Dataset a = load_rows("split.jsonl", jsonl), b = load_rows("split.jsonl", jsonl);
+    Dataset ea = split_eval(a, 0.1, 42), eb = split_eval(b, 0.1, 42);
+    CHECK(ea.rows.size() == 10);
+    CHECK(a.rows.size() == 90);
+    std::set<int32_t> seen;
+    for (const Example& r : a.rows) seen.insert(r.ids[0]);
+    for (const Example& r : ea.rows) CHECK(seen.insert(r.ids[0]).second);
+    CHECK(seen.size() == 100);
+    for (size_t i = 0; i < ea.rows.size(); ++i) CHECK(ea.rows[i].ids == eb.rows[i].ids);
+    Dataset c = load_rows("split.jsonl", jsonl);
+    Dataset ec = split_eval(c, 0.1, 43);
+    bool differs = false;
+    for (size_t i = 0; i < ec.rows.size(); ++i) differs |= ec.rows[i].ids != ea.rows[i].ids;
+    CHECK(differs);
+    CHECK_THROWS_WITH_AS(split_eval(c, 1.5, 1), doctest::Contains("--eval-fraction"), Error);
+    Dataset one = load_rows("one.jsonl", "{\"input_ids\": [1, 2]}\n");
+    CHECK_THROWS_WITH_AS(split_eval(one, 0.5, 1), doctest::Contains("too few rows"), Error);
+}
+
+TEST_CASE("data: shuffle is a deterministic permutation per seed and epoch") {
+    for (int64_t n : {1, 2, 17, 1000}) {
+        std::vector<int64_t> o1 = epoch_order(n, 7, 3, true), o2 = epoch_order(n, 7, 3, true);
+        CHECK(o1 == o2);
+        std::vector<int64_t> sorted = o1;
+        std::sort(sorted.begin(), sorted.end());
+        CHECK(sorted == epoch_order(n, 7, 3, false));
+        if (n >= 17) {
+            CHECK(o1 != epoch_order(n, 7, 4, true));
+            CHECK(o1 != epoch_order(n, 8, 3, true));
+        }
+    }
+    Rng r(1);
+    CHECK(r.next() == 0x910a2dec89025cc1ull);  // splitmix64 reference value: the stream is fixed forever
+}
+
+TEST_CASE("data: ranks get disjoint rows covering the data and equal micro-batch counts") {
+    uint64_t seed = uint64_t(time(nullptr));
+    for (int n : {1, 5, 13, 64, 101}) {
+        std::string jsonl;
+        for (int i = 0; i < n; ++i) jsonl += "{\"input_ids\": [" + std::to_string(i + 1) + ", 2, 3]}\n";
+        Dataset d = load_rows("shard.jsonl", jsonl);
+        for (int world = 1; world <= 8; ++world) {
+            for (int B : {1, 3}) {
+                CAPTURE(n);
+                CAPTURE(world);
+                CAPTURE(B);
+                std::map<int64_t, int> owners;
+                int64_t batches = -1;
+                for (int rank = 0; rank < world; ++rank) {
+                    Loader loader(d, B, 6, rank, world, seed, true, 128001);
+                    if (batches >= 0) CHECK(loader.micro_batches_per_epoch() == batches);
+                    batches = loader.micro_batches_per_epoch();
+                    for (int64_t i = 0; i < batches; ++i) {
+                        Batch b = loader.batch(2, i);
+                        std::vector<int64_t> rows = loader.batch_rows(2, i);
+                        for (int r = 0; r < B; ++r) {
+                            const int32_t* ids = &b.ids[size_t(r) * 6];
+                            const int32_t* labels = &b.labels[size_t(r) * 6];
+                            if (rows[size_t(r)] < 0) {  // padding: fully masked
+                                CHECK(std::all_of(labels, labels + 6, [](int32_t l) { return l == kIgnoreIndex; }));
+                                continue;
+                            }
+                            owners[rows[size_t(r)]]++;
+                            CHECK(ids[0] == rows[size_t(r)] + 1);
+                            CHECK(ids[3] == 128001);  // padded after the row's 3 tokens
+                            CHECK(labels[3] == kIgnoreIndex);
+                        }
+                    }
+                }
+                CHECK(int(owners.size()) == n);
+                for (const auto& [row, count] : owners) CHECK(count == 1);
+                CHECK(batches == ((n + world - 1) / world + B - 1) / B);
+            }
+        }
+    }
+}
+
+TEST_CASE("data: batches count the positions that take loss") {
+    Dataset d = load_rows("targets.jsonl", "{\"input_ids\": [1, 2, 3, 4], \"labels\": [1, -100, 3, 4]}\n"
+                                           "{\"input_ids\": [5, 6], \"labels\": [5, 6]}\n");
+    Loader loader(d, 2, 5, 0, 1, 1, false, 0);
+    Batch b = loader.batch(0, 0);
+    CHECK(b.target_tokens == 2 + 1);  // position 0 never takes loss (HF shifts labels by one)
+    CHECK(b.real_rows == 2);
+    CHECK(b.ids == std::vector<int32_t>{1, 2, 3, 4, 0, 5, 6, 0, 0, 0});
+    CHECK_THROWS_WITH_AS(Loader(d, 0, 5, 0, 1, 1, false, 0), doctest::Contains("--micro-batch"), Error);
+}
+
+TEST_CASE("data: the default QA set and corpus load") {
+    const Tokenizer& tok = default_tokenizer();
+    DataOptions opt;
+    opt.seq_len = 256;
+    Dataset qa = load_dataset("data/qa_train.jsonl", tok, opt);
+    CHECK(qa.rows.size() > 10000);
+    CHECK(qa.stats.truncated_rows == 0);
+    Dataset eval = load_dataset("data/qa_eval.jsonl", tok, opt);
+    CHECK(eval.rows.size() > 500);
+    Dataset corpus = load_dataset("data/corpus", tok, opt);
+    CHECK(corpus.stats.tokens > 400000);
+}
