@@ -1,0 +1,141 @@
+// test/test_llama.cpp — model configuration (HF config.json, presets), parameter names and shapes, and
+// safetensors files: round trips, sharded models, and each broken file.
+#include "test.h"
+
+#include <cmath>
+#include <fstream>
+
+#include "data.h"
+#include "llama.h"
+
+TEST_CASE("llama: presets and config.json round trip") {
+    LlamaConfig c = preset_config("llama-3.2-1b");
+    CHECK(c.num_parameters() == 1235814400LL);  // Llama-3.2-1B's published count
+    LlamaConfig tiny = preset_config("tiny");
+    CHECK(tiny.num_parameters() > 20000000LL);
+    CHECK(tiny.num_parameters() < 60000000LL);
+    LlamaConfig back = load_config(temp_file("config.json", config_json(c)));
+    CHECK(back.hidden_size == 2048);
+    CHECK(back.intermediate_size == 8192);
+    CHECK(back.num_hidden_layers == 16);
+    CHECK(back.num_attention_heads == 32);
+    CHECK(back.num_key_value_heads == 8);
+    CHECK(back.head_dim == 64);
+    CHECK(back.vocab_size == 128256);
+    CHECK(back.tie_word_embeddings);
+    CHECK(back.rope_llama3);
+    CHECK(back.rope_factor == 32.0f);
+    CHECK(back.rope_theta == 500000.0f);
+    CHECK(back.eos_token_ids == std::vector<int>{128001, 128008, 128009});
+    CHECK(back.num_parameters() == c.num_parameters());
+    CHECK_THROWS_WITH_AS(preset_config("huge"), doctest::Contains("unknown preset \"huge\""), Error);
+}
+
+TEST_CASE("llama: transformers 5 rope_parameters and defaults") {
+    LlamaConfig c = load_config(temp_file("config5.json", R"({"model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300,
+        "rope_parameters": {"rope_type": "llama3", "rope_theta": 1000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, "eos_token_id": 5})"));
+    CHECK(c.num_key_value_heads == 4);
+    CHECK(c.head_dim == 16);
+    CHECK(c.rope_theta == 1000.0f);
+    CHECK(c.rope_llama3);
+    CHECK(c.rope_original_max_position == 64);
+    CHECK(c.eos_token_ids == std::vector<int>{5});
+    CHECK_FALSE(c.tie_word_embeddings);
+    std::vector<TensorSpec> specs = parameter_specs(c);
+    CHECK(specs.back().name == "lm_head.weight");
+    CHECK(specs[2].name == "model.layers.0.self_attn.q_proj.weight");
+    CHECK(specs[2].shape == std::vector<int64_t>{64, 64});
+}
+
+TEST_CASE("llama: llama3 RoPE frequencies keep short, slow long, blend between") {
+    LlamaConfig c = preset_config("llama-3.2-1b");
+    std::vector<float> inv = rope_inv_freq(c);
+    REQUIRE(inv.size() == 32);
+    for (int i = 0; i < 32; ++i) {
+        float base = 1.0f / std::pow(500000.0f, float(2 * i) / 64.0f);
+        float wavelen = 2 * float(M_PI) / base;
+        CAPTURE(i);
+        if (wavelen < 8192.0f / 4) CHECK(inv[size_t(i)] == base);
+        else if (wavelen > 8192.0f) CHECK(inv[size_t(i)] == doctest::Approx(base / 32).epsilon(1e-6));
+        else CHECK((inv[size_t(i)] < base && inv[size_t(i)] > base / 32));
+    }
+    c.rope_llama3 = false;
+    CHECK(rope_inv_freq(c)[31] == 1.0f / std::pow(500000.0f, 62.0f / 64.0f));
+}
+
+TEST_CASE("llama: config errors name the file and field") {
+    const struct { const char* json; const char* message; } cases[] = {
+        {R"({"model_type": "mistral", "hidden_size": 8})", "model_type must be \"llama\", not \"mistral\""},
+        {R"({"hidden_size": 8})", "model_type must be \"llama\""},
+        {R"({"model_type": "llama", "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9})",
+         "missing field \"hidden_size\""},
+        {R"({"model_type": "llama", "hidden_size": -8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9})",
+         "field \"hidden_size\" must be a positive whole number"},
+        {R"({"model_type": "llama", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3, "vocab_size": 9})",
+         "must be a multiple of num_key_value_heads"},
+        {R"({"model_type": "llama", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9, "rope_scaling": {"rope_type": "yarn", "factor": 4}})",
+         "rope type \"yarn\" is not supported"},
+        {R"({"model_type": "llama", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9, "attention_bias": true})",
+         "attention_bias is true"},
+        {R"({"model_type": "llama", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9, "hidden_act": "gelu"})",
+         "hidden_act must be \"silu\""},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.json);
+        std::string path = temp_file("bad_config.json", c.json);
+        CHECK_THROWS_WITH_AS(load_config(path), doctest::Contains(c.message), Error);
+        CHECK_THROWS_WITH_AS(load_config(path), doctest::Contains("bad_config.json"), Error);
+    }
+    CHECK_THROWS_WITH_AS(load_config("/nonexistent/config.json"), doctest::Contains("cannot read /nonexistent/config.json"), Error);
+}
+
+TEST_CASE("safetensors: write and read back bf16 and fp32, one file and shards") {
+    Rng rng(uint64_t(time(nullptr)));
+    std::vector<float> a(6 * 5), b(7);
+    for (float& x : a) x = rng.uniform() * 4 - 2;
+    for (float& x : b) x = rng.uniform() * 100 - 50;
+    std::vector<uint16_t> a16(a.size());
+    for (size_t i = 0; i < a.size(); ++i) a16[i] = float_to_bf16(a[i]);
+    std::string dir = temp_dir("model_one");
+    write_safetensors(dir + "/model.safetensors", {{"w.a", "BF16", {6, 5}, a16.data()}, {"w.b", "F32", {7}, b.data()}},
+                      {{"format", "pt"}});
+    SafetensorsReader r(dir);
+    CHECK(r.tensors().size() == 2);
+    std::vector<float> ra = r.read_float("w.a", {6, 5}), rb = r.read_float("w.b", {7});
+    for (size_t i = 0; i < a.size(); ++i) CHECK(ra[i] == bf16_to_float(a16[i]));
+    CHECK(rb == b);
+    CHECK_THROWS_WITH_AS(r.read_float("w.a", {5, 6}), doctest::Contains("tensor w.a has shape [6, 5], the config needs [5, 6]"), Error);
+    CHECK_THROWS_WITH_AS(r.read_float("w.c", {1}), doctest::Contains("missing tensor w.c"), Error);
+
+    std::string shards = temp_dir("model_sharded");
+    write_safetensors(shards + "/part-1.safetensors", {{"w.a", "BF16", {6, 5}, a16.data()}});
+    write_safetensors(shards + "/part-2.safetensors", {{"w.b", "F32", {7}, b.data()}});
+    temp_file("model_sharded/model.safetensors.index.json",
+              R"({"metadata": {}, "weight_map": {"w.a": "part-1.safetensors", "w.b": "part-2.safetensors"}})");
+    SafetensorsReader s(shards);
+    CHECK(s.read_float("w.b", {7}) == b);
+    CHECK(s.find("w.a")->file == shards + "/part-1.safetensors");
+}
+
+TEST_CASE("safetensors: broken files are refused with the file and tensor named") {
+    std::vector<float> x(16, 1.0f);
+    std::string dir = temp_dir("model_broken");
+    std::string good = dir + "/good.safetensors";
+    write_safetensors(good, {{"t", "F32", {16}, x.data()}});
+    std::string bytes = read_file(good);
+    temp_file("model_broken/truncated.safetensors", bytes.substr(0, bytes.size() - 4));
+    CHECK_THROWS_WITH_AS(SafetensorsReader(dir + "/truncated.safetensors"), doctest::Contains("beyond the end of the file"), Error);
+    temp_file("model_broken/short.safetensors", "abc");
+    CHECK_THROWS_WITH_AS(SafetensorsReader(dir + "/short.safetensors"), doctest::Contains("not a safetensors file"), Error);
+    std::string garbage = bytes;
+    garbage[8] = '[';
+    temp_file("model_broken/garbage.safetensors", garbage);
+    CHECK_THROWS_WITH_AS(SafetensorsReader(dir + "/garbage.safetensors"), doctest::Contains("garbage.safetensors (header)"), Error);
+    std::string empty = temp_dir("model_empty");
+    CHECK_THROWS_WITH_AS(SafetensorsReader{empty}, doctest::Contains("no *.safetensors weights in"), Error);
+    std::string idx = temp_dir("model_bad_index");
+    temp_file("model_bad_index/model.safetensors.index.json", R"({"weight_map": {"t": "missing.safetensors"}})");
+    CHECK_THROWS_WITH_AS(SafetensorsReader{idx}, doctest::Contains("missing.safetensors"), Error);
+}
