@@ -6,6 +6,8 @@
 // (on every rank, through MPI_Abort, when several run). Tests catch Error to check each bad input.
 #pragma once
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -45,7 +47,7 @@ inline void check_cuda(cudaError_t status, const char* what) {
 }
 inline void check_cublas(cublasStatus_t status, const char* what) {
     if (status != CUBLAS_STATUS_SUCCESS)
-        exit_with_error(std::string(what) + ": cuBLAS error: " + cublasGetStatusString(status));
+        exit_with_error(std::string(what) + ": cuBLAS error: " + cublasLtGetStatusString(status));
 }
 inline void check_nccl(ncclResult_t status, const char* what) {
     if (status != ncclSuccess) exit_with_error(std::string(what) + ": NCCL error: " + ncclGetErrorString(status));
@@ -60,6 +62,27 @@ inline void check_mpi(int status, const char* what) {
 }
 // After every kernel launch: catches bad launch configurations at the launch that made them.
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+// cudaMalloc that turns "out of memory" into a user error saying what needed how much, and what is free.
+template <typename T>
+T* device_alloc(size_t count, const char* what) {
+    void* p = nullptr;
+    size_t bytes = count * sizeof(T);
+    if (bytes == 0) return nullptr;
+    cudaError_t status = cudaMalloc(&p, bytes);
+    if (status == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t free_bytes = 0, total = 0;
+        cudaMemGetInfo(&free_bytes, &total);
+        char msg[256];
+        std::snprintf(msg, sizeof msg, "GPU out of memory: %s needs %.2f GiB, %.2f GiB of %.2f GiB free "
+                      "(lower --micro-batch or --seq, or use a higher ZeRO stage)", what, double(bytes) / (1 << 30),
+                      double(free_bytes) / (1 << 30), double(total) / (1 << 30));
+        fail(msg);
+    }
+    check_cuda(status, what);
+    return static_cast<T*>(p);
+}
 
 // True when a CUDA device can be used (tests skip GPU cases when not).
 inline bool gpu_available() {

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <unordered_map>
 
 #include "common.h"
 #include "data.h"
@@ -412,4 +413,688 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
         if (!out) fail("cannot write " + tmp + ": disk full?");
     }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
+}
+
+// ================================================================================================ units
+
+int num_units(const LlamaConfig& c) { return c.num_hidden_layers + 2; }
+
+int64_t unit_numel(const LlamaConfig& c, int unit) {
+    int64_t n = 0;
+    std::vector<TensorSpec> specs = parameter_specs(c);
+    for (int i = 0; i < int(specs.size()); ++i) {
+        int u;
+        int64_t off;
+        locate_parameter(c, i, u, off);
+        if (u == unit) n += specs[size_t(i)].numel();
+    }
+    return n;
+}
+
+void locate_parameter(const LlamaConfig& c, int index, int& unit, int64_t& offset) {
+    // parameter_specs order: embed, then 9 tensors per layer, then norm (+ lm_head).
+    int64_t d = c.hidden_size, f = c.intermediate_size, q = int64_t(c.num_attention_heads) * c.head_dim,
+            kv = int64_t(c.num_key_value_heads) * c.head_dim;
+    const int64_t layer_sizes[9] = {d, q * d, kv * d, kv * d, d * q, d, f * d, f * d, d * f};
+    int L = c.num_hidden_layers;
+    if (index == 0) { unit = 0, offset = 0; return; }
+    if (index <= 9 * L) {
+        unit = 1 + (index - 1) / 9, offset = 0;
+        for (int k = 0; k < (index - 1) % 9; ++k) offset += layer_sizes[k];
+        return;
+    }
+    unit = L + 1;
+    offset = index == 9 * L + 1 ? 0 : d;  // model.norm.weight, then lm_head.weight
+}
+
+// ================================================================================================ GEMM
+
+Gemm gemm_create(cudaStream_t stream) {
+    Gemm g;
+    g.stream = stream;
+    check_cublas(cublasLtCreate(&g.lt), "cublasLtCreate");
+    g.workspace_bytes = 64u << 20;
+    g.workspace = device_alloc<char>(g.workspace_bytes, "cuBLASLt workspace");
+    return g;
+}
+
+void gemm_destroy(Gemm& g) {
+    if (g.lt) cublasLtDestroy(g.lt);
+    if (g.workspace) cudaFree(g.workspace);
+    g = Gemm();
+}
+
+namespace {
+
+struct GemmKey {
+    bool ta, tb, c32;
+    int M, N, K, lda, ldb, ldc, batch;
+    int64_t sa, sb, sc;
+    bool beta0;
+    bool operator==(const GemmKey& o) const { return std::memcmp(this, &o, sizeof *this) == 0; }
+};
+struct GemmPlan {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+struct GemmKeyHash {
+    size_t operator()(const GemmKey& k) const {
+        const unsigned char* p = reinterpret_cast<const unsigned char*>(&k);
+        size_t h = 1469598103934665603ull;
+        for (size_t i = 0; i < sizeof k; ++i) h = (h ^ p[i]) * 1099511628211ull;
+        return h;
+    }
+};
+
+cublasLtMatrixLayout_t layout(cudaDataType_t type, int rows, int cols, int ld, int batch, int64_t stride) {
+    cublasLtMatrixLayout_t l;
+    check_cublas(cublasLtMatrixLayoutCreate(&l, type, uint64_t(rows), uint64_t(cols), int64_t(ld)), "cublasLtMatrixLayoutCreate");
+    if (batch > 1) {
+        check_cublas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch), "layout batch");
+        check_cublas(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride),
+                     "layout stride");
+    }
+    return l;
+}
+
+}  // namespace
+
+void gemm(const Gemm& g, bool transA, bool transB, int M, int N, int K, const bf16* A, int lda, const bf16* B, int ldb,
+          void* C, bool c_fp32, int ldc, float alpha, float beta, int batch, int64_t strideA, int64_t strideB,
+          int64_t strideC) {
+    // cuBLAS is column-major: a row-major X is the column-major X^T, so C = op(A) op(B) is computed as
+    // C^T = op(B)^T op(A)^T with the operands swapped.
+    static std::unordered_map<GemmKey, GemmPlan, GemmKeyHash> plans;
+    GemmKey key{transA, transB, c_fp32, M, N, K, lda, ldb, ldc, batch, strideA, strideB, strideC, beta == 0.0f};
+    auto it = plans.find(key);
+    if (it == plans.end()) {
+        GemmPlan p;
+        check_cublas(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+        cublasOperation_t op1 = transB ? CUBLAS_OP_T : CUBLAS_OP_N, op2 = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+        check_cublas(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op1, sizeof op1), "transa");
+        check_cublas(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op2, sizeof op2), "transb");
+        p.a = transB ? layout(CUDA_R_16BF, K, N, ldb, batch, strideB) : layout(CUDA_R_16BF, N, K, ldb, batch, strideB);
+        p.b = transA ? layout(CUDA_R_16BF, M, K, lda, batch, strideA) : layout(CUDA_R_16BF, K, M, lda, batch, strideA);
+        p.c = layout(c_fp32 ? CUDA_R_32F : CUDA_R_16BF, N, M, ldc, batch, strideC);
+        cublasLtMatmulPreference_t pref;
+        check_cublas(cublasLtMatmulPreferenceCreate(&pref), "preference");
+        check_cublas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g.workspace_bytes,
+                                                          sizeof g.workspace_bytes), "preference workspace");
+        cublasLtMatmulHeuristicResult_t result;
+        int found = 0;
+        check_cublas(cublasLtMatmulAlgoGetHeuristic(g.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found), "heuristic");
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (found == 0) exit_with_error("cuBLASLt has no algorithm for a " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + " product");
+        p.algo = result.algo;
+        it = plans.emplace(key, p).first;
+    }
+    const GemmPlan& p = it->second;
+    check_cublas(cublasLtMatmul(g.lt, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo, g.workspace,
+                                g.workspace_bytes, g.stream), "cublasLtMatmul");
+}
+
+// ================================================================================================ kernels
+// Layouts: activations are row-major [N = B*T, features]; attention works on [B, heads, T, head_dim].
+
+namespace {
+
+constexpr int kThreads = 256;
+inline int blocks_for(int64_t n, int threads = kThreads) { return int(std::min<int64_t>((n + threads - 1) / threads, 1 << 30)); }
+
+__device__ float block_sum(float v) {  // sum over the block; every thread gets the total
+    __shared__ float partial[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    float total = 0;
+    for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) total += partial[w];
+    return total;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float partial[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) m = fmaxf(m, partial[w]);
+    return m;
+}
+
+// h[n, :] = E[ids[n], :]
+__global__ void embedding_forward_kernel(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * D; i += int64_t(gridDim.x) * blockDim.x)
+        h[i] = E[int64_t(ids[i / D]) * D + i % D];
+}
+
+// dE[ids[n], :] += dh[n, :]
+__global__ void embedding_backward_kernel(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * D; i += int64_t(gridDim.x) * blockDim.x)
+        atomicAdd(&dE[int64_t(ids[i / D]) * D + i % D], __bfloat162float(dh[i]));
+}
+
+// y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does)
+__global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, float* rstd, int D, float eps) {
+    const bf16* xr = x + int64_t(blockIdx.x) * D;
+    float ss = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) { float v = __bfloat162float(xr[i]); ss += v * v; }
+    float r = rsqrtf(block_sum(ss) / float(D) + eps);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+    bf16* yr = y + int64_t(blockIdx.x) * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float xhat = __bfloat162float(__float2bfloat16(__bfloat162float(xr[i]) * r));
+        yr[i] = __float2bfloat16(__bfloat162float(w[i]) * xhat);
+    }
+}
+
+// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd
+__global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
+                                        const bf16* residual, bf16* dx, int D) {
+    int64_t row = blockIdx.x;
+    const bf16 *xr = x + row * D, *dyr = dy + row * D;
+    float r = rstd[row], dot = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+        dot += __bfloat162float(dyr[i]) * __bfloat162float(w[i]) * __bfloat162float(xr[i]) * r;
+    float mean = block_sum(dot) / float(D);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float g = __bfloat162float(dyr[i]) * __bfloat162float(w[i]), xhat = __bfloat162float(xr[i]) * r;
+        dx[row * D + i] = __float2bfloat16(__bfloat162float(residual[row * D + i]) + r * (g - xhat * mean));
+    }
+}
+
+// dw[i] += sum_n dy[n,i] * x[n,i] * rstd[n]   (columns across threads, rows split across blockIdx.y)
+__global__ void rmsnorm_weight_grad_kernel(const bf16* x, const float* rstd, const bf16* dy, float* dw, int64_t N, int D) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= D) return;
+    float acc = 0;
+    for (int64_t n = blockIdx.y; n < N; n += gridDim.y)
+        acc += __bfloat162float(dy[n * D + i]) * __bfloat162float(__float2bfloat16(__bfloat162float(x[n * D + i]) * rstd[n]));
+    atomicAdd(&dw[i], acc);
+}
+
+// RoPE, and [B,T,nh,Dh] -> [B,nh,T,Dh]:  (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the halves of
+// each head (HF's rotate_half), angle = t * inv_freq[i].  rotate = false only transposes (for V).
+__global__ void rope_forward_kernel(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T,
+                                    int nh, int Dh, bool rotate) {
+    int half = Dh / 2;
+    int64_t total = int64_t(B) * T * nh * half;
+    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
+        int i = int(idx % half);
+        int64_t rest = idx / half;
+        int h = int(rest % nh);
+        rest /= nh;
+        int t = int(rest % T), b = int(rest / T);
+        const bf16* xp = x + ((int64_t(b) * T + t) * nh + h) * Dh;
+        bf16* op = out + ((int64_t(b) * nh + h) * T + t) * Dh;
+        float x1 = __bfloat162float(xp[i]), x2 = __bfloat162float(xp[i + half]);
+        if (rotate) {
+            float c = cos_t[t * half + i], s = sin_t[t * half + i];
+            op[i] = __float2bfloat16(x1 * c - x2 * s);
+            op[i + half] = __float2bfloat16(x2 * c + x1 * s);
+        } else {
+            op[i] = xp[i], op[i + half] = xp[i + half];
+        }
+    }
+}
+
+// The transpose of the rotation (rotate by -angle), and [B,nh,T,Dh] -> [B,T,nh,Dh].
+__global__ void rope_backward_kernel(const bf16* dout, bf16* dx, const float* cos_t, const float* sin_t, int B, int T,
+                                     int nh, int Dh, bool rotate) {
+    int half = Dh / 2;
+    int64_t total = int64_t(B) * T * nh * half;
+    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
+        int i = int(idx % half);
+        int64_t rest = idx / half;
+        int h = int(rest % nh);
+        rest /= nh;
+        int t = int(rest % T), b = int(rest / T);
+        const bf16* gp = dout + ((int64_t(b) * nh + h) * T + t) * Dh;
+        bf16* xp = dx + ((int64_t(b) * T + t) * nh + h) * Dh;
+        float g1 = __bfloat162float(gp[i]), g2 = __bfloat162float(gp[i + half]);
+        if (rotate) {
+            float c = cos_t[t * half + i], s = sin_t[t * half + i];
+            xp[i] = __float2bfloat16(g1 * c + g2 * s);
+            xp[i + half] = __float2bfloat16(g2 * c - g1 * s);
+        } else {
+            xp[i] = gp[i], xp[i + half] = gp[i + half];
+        }
+    }
+}
+
+// P = softmax(scale * S) over columns 0..t of each row (row r of a (b, kv-group) block is position
+// t = r % T), 0 beyond; lse = log sum exp of the scaled row.  One block per row.
+__global__ void causal_softmax_kernel(const float* S, bf16* P, float* lse, int T, float scale) {
+    int64_t row = blockIdx.x;
+    int t = int(row % T);
+    const float* s = S + row * T;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) m = fmaxf(m, s[j] * scale);
+    m = block_max(m);
+    float sum = 0;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) sum += __expf(s[j] * scale - m);
+    sum = block_sum(sum);
+    float l = m + logf(sum);
+    if (threadIdx.x == 0) lse[row] = l;
+    for (int j = threadIdx.x; j < T; j += blockDim.x)
+        P[row * T + j] = __float2bfloat16(j <= t ? __expf(s[j] * scale - l) : 0.0f);
+}
+
+// Recomputes P = exp(scale * S - lse) (causal) into P.
+__global__ void causal_probs_kernel(const float* S, const float* lse, bf16* P, int T, float scale) {
+    int64_t row = blockIdx.x;
+    int t = int(row % T);
+    float l = lse[row];
+    for (int j = threadIdx.x; j < T; j += blockDim.x)
+        P[row * T + j] = __float2bfloat16(j <= t ? __expf(S[row * T + j] * scale - l) : 0.0f);
+}
+
+// dS = scale * P * (dP - D_row)  written over P;  D_row = sum_d dO * O (the softmax backward).
+__global__ void softmax_backward_kernel(const float* dP, const float* rowdot, bf16* P, int T, float scale) {
+    int64_t row = blockIdx.x;
+    int t = int(row % T);
+    float d = rowdot[row];
+    for (int j = threadIdx.x; j < T; j += blockDim.x) {
+        float p = __bfloat162float(P[row * T + j]);
+        P[row * T + j] = __float2bfloat16(j <= t ? scale * p * (dP[row * T + j] - d) : 0.0f);
+    }
+}
+
+// rowdot[(b,h,t)] = sum_d dO[b,t,h,d] * O[b,t,h,d]   (one warp per row)
+__global__ void attention_rowdot_kernel(const bf16* dO, const bf16* O, float* rowdot, int B, int T, int H, int Dh) {
+    int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= int64_t(B) * H * T) return;
+    int t = int(row % T), h = int((row / T) % H), b = int(row / (int64_t(T) * H));
+    int64_t base = ((int64_t(b) * T + t) * H + h) * Dh;
+    float acc = 0;
+    for (int d = lane; d < Dh; d += 32) acc += __bfloat162float(dO[base + d]) * __bfloat162float(O[base + d]);
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+    if (lane == 0) rowdot[row] = acc;
+}
+
+// act = silu(g) * u,  silu(g) = g * sigmoid(g)
+__global__ void swiglu_forward_kernel(const bf16* g, const bf16* u, bf16* act, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        float x = __bfloat162float(g[i]);
+        act[i] = __float2bfloat16(x / (1.0f + __expf(-x)) * __bfloat162float(u[i]));
+    }
+}
+
+// dg = dact * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  du = dact * silu(g)
+__global__ void swiglu_backward_kernel(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        float x = __bfloat162float(g[i]), s = 1.0f / (1.0f + __expf(-x)), d = __bfloat162float(dact[i]);
+        dg[i] = __float2bfloat16(d * __bfloat162float(u[i]) * s * (1.0f + x * (1.0f - s)));
+        du[i] = __float2bfloat16(d * x * s);
+    }
+}
+
+// targets[n] = labels[n + 1] within a row, -100 at its last position (HF's shift)
+__global__ void shift_labels_kernel(const int32_t* labels, int32_t* targets, int64_t N, int T) {
+    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x)
+        targets[n] = (n % T == T - 1) ? -100 : labels[n + 1];
+}
+
+// Cross-entropy of one row of logits:  loss = logsumexp(z) - z[target];
+// dz = (softmax(z) - onehot(target)) / divisor  (0 for rows without a target).  One block per row.
+__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, bf16* dlogits, float* loss_sum, int V,
+                                     float inv_divisor, bool backward) {
+    int64_t row = blockIdx.x;
+    const float* z = logits + row * V;
+    int target = targets[row];
+    if (target < 0) {
+        if (backward)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) dlogits[row * V + j] = __float2bfloat16(0.0f);
+        return;
+    }
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, z[j]);
+    m = block_max(m);
+    float sum = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += __expf(z[j] - m);
+    float lse = m + logf(block_sum(sum));
+    if (threadIdx.x == 0) atomicAdd(loss_sum, lse - z[target]);
+    if (backward)
+        for (int j = threadIdx.x; j < V; j += blockDim.x)
+            dlogits[row * V + j] = __float2bfloat16((__expf(z[j] - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
+}
+
+}  // namespace
+
+// ================================================================================================ model
+
+struct LlamaModel::Layer {  // what backward needs of one layer's forward
+    const bf16* h = nullptr;          // input (a slice of hidden_)
+    bf16 *n, *qt, *kt, *vt, *o, *a, *m, *g, *u, *act;
+    float *rstd1, *rstd2, *lse;
+    bf16* lora_u[kTargets] = {};      // x A^T of each adapted projection
+};
+
+namespace {
+
+struct LayerWeights {  // pointers into one gathered layer unit (parameter_specs order)
+    const bf16 *norm1, *q, *k, *v, *o, *norm2, *gate, *up, *down;
+    float *dnorm1, *dq, *dk, *dv, *do_, *dnorm2, *dgate, *dup, *ddown;
+};
+
+LayerWeights layer_weights(const LlamaConfig& c, const UnitView& u) {
+    int64_t d = c.hidden_size, f = c.intermediate_size, q = int64_t(c.num_attention_heads) * c.head_dim,
+            kv = int64_t(c.num_key_value_heads) * c.head_dim;
+    const int64_t sizes[9] = {d, q * d, kv * d, kv * d, d * q, d, f * d, f * d, d * f};
+    const bf16* w[9];
+    float* g[9];
+    int64_t off = 0;
+    for (int k = 0; k < 9; ++k) {
+        w[k] = u.weights + off;
+        g[k] = u.grads ? u.grads + off : nullptr;
+        off += sizes[k];
+    }
+    return {w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream)
+    : c_(c), r_(lora_rank), lora_scale_(lora_scale), B_(B), T_(T), N_(B * T), stream_(stream) {
+    gemm_ = gemm_create(stream);
+    int64_t N = N_, D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KVH = c.num_key_value_heads,
+            Dh = c.head_dim, Hd = H * Dh, KVd = KVH * Dh, L = c.num_hidden_layers;
+    auto alloc_bf16 = [&](int64_t n, const char* what) { activation_bytes_ += size_t(n) * 2; return device_alloc<bf16>(size_t(n), what); };
+    auto alloc_f32 = [&](int64_t n, const char* what) { activation_bytes_ += size_t(n) * 4; return device_alloc<float>(size_t(n), what); };
+    hidden_ = alloc_bf16((L + 1) * N * D, "activations (hidden states)");
+    for (int l = 0; l < L; ++l) {
+        Layer* a = new Layer();
+        a->n = alloc_bf16(N * D, "activations"), a->a = alloc_bf16(N * D, "activations"), a->m = alloc_bf16(N * D, "activations");
+        a->qt = alloc_bf16(N * Hd, "activations"), a->o = alloc_bf16(N * Hd, "activations");
+        a->kt = alloc_bf16(N * KVd, "activations"), a->vt = alloc_bf16(N * KVd, "activations");
+        a->g = alloc_bf16(N * F, "activations"), a->u = alloc_bf16(N * F, "activations"), a->act = alloc_bf16(N * F, "activations");
+        a->rstd1 = alloc_f32(N, "activations"), a->rstd2 = alloc_f32(N, "activations"), a->lse = alloc_f32(N * H, "activations");
+        if (r_ > 0)
+            for (int t = 0; t < kTargets; ++t) a->lora_u[t] = alloc_bf16(N * r_, "LoRA activations");
+        layers_.push_back(a);
+    }
+    final_norm_ = alloc_bf16(N * D, "activations");
+    final_rstd_ = alloc_f32(N, "activations");
+    int64_t widest = std::max<int64_t>({D, Hd, F});
+    d_hidden_ = alloc_bf16(N * D, "gradient scratch"), d_a_ = alloc_bf16(N * D, "gradient scratch");
+    d_n_ = alloc_bf16(N * D, "gradient scratch");
+    d_ff_ = alloc_bf16(N * F, "gradient scratch"), d_g_ = alloc_bf16(N * F, "gradient scratch"), d_u_ = alloc_bf16(N * F, "gradient scratch");
+    d_q_ = alloc_bf16(N * std::max(Hd, widest), "gradient scratch"), d_k_ = alloc_bf16(N * KVd, "gradient scratch");
+    d_v_ = alloc_bf16(N * KVd, "gradient scratch");
+    d_qt_ = alloc_bf16(N * Hd, "gradient scratch"), d_kt_ = alloc_bf16(N * KVd, "gradient scratch");
+    d_vt_ = alloc_bf16(N * KVd, "gradient scratch"), d_ot_ = alloc_bf16(N * Hd, "gradient scratch");
+    if (r_ > 0) lora_du_ = alloc_bf16(N * r_, "LoRA scratch");
+    // Attention scores for `attn_chunk_` (batch, kv-group) blocks at a time, at most ~512 MiB of them.
+    int64_t group = H / KVH, per_block = group * int64_t(T) * T;
+    attn_chunk_ = int(std::max<int64_t>(1, std::min<int64_t>(int64_t(B) * KVH, (512ll << 20) / (per_block * 6))));
+    attn_scores_ = alloc_f32(attn_chunk_ * per_block, "attention scores");
+    attn_probs_ = alloc_bf16(attn_chunk_ * per_block, "attention scores");
+    attn_rowdot_ = alloc_f32(N * H, "attention scratch");
+    // The lm_head + cross-entropy works on head_rows_ tokens at a time: fp32 logits never exceed ~256 MiB.
+    head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N, (256ll << 20) / (int64_t(c.vocab_size) * 6))));
+    logits_ = alloc_f32(int64_t(head_rows_) * c.vocab_size, "logits chunk");
+    dlogits_ = alloc_bf16(int64_t(head_rows_) * c.vocab_size, "logits chunk");
+    targets_ = device_alloc<int32_t>(size_t(N), "targets");
+    loss_sum_ = device_alloc<float>(1, "loss");
+    check_cuda(cudaMemsetAsync(loss_sum_, 0, sizeof(float), stream_), "memset loss");
+    // RoPE tables: angle = t * inv_freq[i]; cos and sin rounded to bf16 as HF's are.
+    std::vector<float> inv = rope_inv_freq(c), cos_h(size_t(T) * size_t(Dh / 2)), sin_h(cos_h.size());
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < Dh / 2; ++i) {
+            float angle = float(t) * inv[size_t(i)];
+            cos_h[size_t(t * (Dh / 2) + i)] = bf16_to_float(float_to_bf16(std::cos(angle)));
+            sin_h[size_t(t * (Dh / 2) + i)] = bf16_to_float(float_to_bf16(std::sin(angle)));
+        }
+    rope_cos_ = alloc_f32(int64_t(cos_h.size()), "RoPE table"), rope_sin_ = alloc_f32(int64_t(sin_h.size()), "RoPE table");
+    check_cuda(cudaMemcpy(rope_cos_, cos_h.data(), cos_h.size() * 4, cudaMemcpyHostToDevice), "copy RoPE table");
+    check_cuda(cudaMemcpy(rope_sin_, sin_h.data(), sin_h.size() * 4, cudaMemcpyHostToDevice), "copy RoPE table");
+}
+
+LlamaModel::~LlamaModel() {
+    for (Layer* a : layers_) {
+        for (void* p : {(void*)a->n, (void*)a->a, (void*)a->m, (void*)a->qt, (void*)a->o, (void*)a->kt, (void*)a->vt,
+                        (void*)a->g, (void*)a->u, (void*)a->act, (void*)a->rstd1, (void*)a->rstd2, (void*)a->lse})
+            cudaFree(p);
+        for (bf16* p : a->lora_u) cudaFree(p);
+        delete a;
+    }
+    for (void* p : {(void*)hidden_, (void*)final_norm_, (void*)final_rstd_, (void*)d_hidden_, (void*)d_a_, (void*)d_n_,
+                    (void*)d_ff_, (void*)d_g_, (void*)d_u_, (void*)d_q_, (void*)d_k_, (void*)d_v_, (void*)d_qt_,
+                    (void*)d_kt_, (void*)d_vt_, (void*)d_ot_, (void*)lora_du_, (void*)attn_scores_, (void*)attn_probs_,
+                    (void*)attn_rowdot_, (void*)logits_, (void*)dlogits_, (void*)targets_, (void*)loss_sum_,
+                    (void*)rope_cos_, (void*)rope_sin_})
+        cudaFree(p);
+    gemm_destroy(gemm_);
+}
+
+// y = beta * y + x W^T  (+ scale * (x A^T) B^T when the target has an adapter; x A^T kept in lora_u)
+void LlamaModel::linear_forward(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+                                const LoraLayerView& lora, bf16* lora_u) {
+    gemm(gemm_, false, true, N_, out, in, x, in, W, in, y, false, out, 1.0f, beta);
+    if (!lora.A[t]) return;
+    gemm(gemm_, false, true, N_, r_, in, x, in, lora.A[t], in, lora_u, false, r_, 1.0f, 0.0f);
+    gemm(gemm_, false, true, N_, out, r_, lora_u, r_, lora.B[t], r_, y, false, out, lora_scale_, 1.0f);
+}
+
+// dx = dx_beta * dx + dy W (+ LoRA's part);  dW += dy^T x when W trains;  dB += s dy^T u,  dA += (s dy B)^T x
+void LlamaModel::linear_backward(const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
+                                 float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u) {
+    gemm(gemm_, false, false, N_, in, out, dy, out, W, in, dx, false, in, 1.0f, dx_beta);
+    if (dW) gemm(gemm_, true, false, out, in, N_, dy, out, x, in, dW, true, in, 1.0f, 1.0f);
+    if (!lora.A[t]) return;
+    gemm(gemm_, true, false, out, r_, N_, dy, out, lora_u, r_, lora.dB[t], true, r_, lora_scale_, 1.0f);
+    gemm(gemm_, false, false, N_, r_, out, dy, out, lora.B[t], r_, lora_du_, false, r_, lora_scale_, 0.0f);
+    gemm(gemm_, true, false, r_, in, N_, lora_du_, r_, x, in, lora.dA[t], true, in, 1.0f, 1.0f);
+    gemm(gemm_, false, false, N_, in, r_, lora_du_, r_, lora.A[t], in, dx, false, in, 1.0f, 1.0f);
+}
+
+void LlamaModel::attention_forward(Layer& a) {
+    int H = c_.num_attention_heads, KVH = c_.num_key_value_heads, Dh = c_.head_dim, group = H / KVH, T = T_;
+    int64_t q_block = int64_t(group) * T * Dh, kv_block = int64_t(T) * Dh, s_block = int64_t(group) * T * T;
+    float scale = 1.0f / std::sqrt(float(Dh));
+    for (int p0 = 0; p0 < B_ * KVH; p0 += attn_chunk_) {  // p = b * KVH + g: one query group and its K, V
+        int n = std::min(attn_chunk_, B_ * KVH - p0);
+        gemm(gemm_, false, true, group * T, T, Dh, a.qt + p0 * q_block, Dh, a.kt + p0 * kv_block, Dh, attn_scores_, true, T,
+             1.0f, 0.0f, n, q_block, kv_block, s_block);
+        causal_softmax_kernel<<<unsigned(n * group * T), kThreads, 0, stream_>>>(attn_scores_, attn_probs_,
+                                                                                   a.lse + p0 * int64_t(group) * T, T, scale);
+        check_launch("causal_softmax_kernel");
+        gemm(gemm_, false, false, group * T, Dh, T, attn_probs_, T, a.vt + p0 * kv_block, Dh, d_ot_ + p0 * q_block, false,
+             Dh, 1.0f, 0.0f, n, s_block, kv_block, q_block);
+    }
+}
+
+void LlamaModel::attention_backward(Layer& a, const bf16* d_o_t, bf16* dq_t, bf16* dk_t, bf16* dv_t) {
+    int H = c_.num_attention_heads, KVH = c_.num_key_value_heads, Dh = c_.head_dim, group = H / KVH, T = T_;
+    int64_t q_block = int64_t(group) * T * Dh, kv_block = int64_t(T) * Dh, s_block = int64_t(group) * T * T;
+    float scale = 1.0f / std::sqrt(float(Dh));
+    // d_o_t holds dO as [B,H,T,Dh]; the row dots need dO and O in one layout: both as [B,T,H,Dh] (d_q_ and a.o).
+    attention_rowdot_kernel<<<blocks_for(int64_t(N_) * H * 32), kThreads, 0, stream_>>>(d_q_, a.o, attn_rowdot_, B_, T, H, Dh);
+    check_launch("attention_rowdot_kernel");
+    for (int p0 = 0; p0 < B_ * KVH; p0 += attn_chunk_) {
+        int n = std::min(attn_chunk_, B_ * KVH - p0);
+        const bf16 *q = a.qt + p0 * q_block, *k = a.kt + p0 * kv_block, *v = a.vt + p0 * kv_block, *dO = d_o_t + p0 * q_block;
+        gemm(gemm_, false, true, group * T, T, Dh, q, Dh, k, Dh, attn_scores_, true, T, 1.0f, 0.0f, n, q_block, kv_block, s_block);
+        unsigned rows = unsigned(n * group * T);
+        causal_probs_kernel<<<rows, kThreads, 0, stream_>>>(attn_scores_, a.lse + p0 * int64_t(group) * T, attn_probs_, T, scale);
+        check_launch("causal_probs_kernel");
+        // dV = P^T dO  (summing the group's query heads)
+        gemm(gemm_, true, false, T, Dh, group * T, attn_probs_, T, dO, Dh, dv_t + p0 * kv_block, false, Dh, 1.0f, 0.0f, n,
+             s_block, q_block, kv_block);
+        // dP = dO V^T, then dS = scale * P * (dP - rowdot)
+        gemm(gemm_, false, true, group * T, T, Dh, dO, Dh, v, Dh, attn_scores_, true, T, 1.0f, 0.0f, n, q_block, kv_block, s_block);
+        softmax_backward_kernel<<<rows, kThreads, 0, stream_>>>(attn_scores_, attn_rowdot_ + p0 * int64_t(group) * T,
+                                                                  attn_probs_, T, scale);
+        check_launch("softmax_backward_kernel");
+        // dQ = dS K,  dK = dS^T Q
+        gemm(gemm_, false, false, group * T, Dh, T, attn_probs_, T, k, Dh, dq_t + p0 * q_block, false, Dh, 1.0f, 0.0f, n,
+             s_block, kv_block, q_block);
+        gemm(gemm_, true, false, T, Dh, group * T, attn_probs_, T, q, Dh, dk_t + p0 * kv_block, false, Dh, 1.0f, 0.0f, n,
+             s_block, q_block, kv_block);
+    }
+}
+
+void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16* h_out) {
+    Layer& a = *layers_[size_t(l)];
+    LayerWeights w = layer_weights(c_, uv);
+    const LoraLayerView& lora = uv.lora;
+    int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
+        Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
+    a.h = h_in;
+    rmsnorm_forward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(h_in, w.norm1, a.n, a.rstd1, D, c_.rms_norm_eps);
+    check_launch("rmsnorm_forward_kernel");
+    linear_forward(a.n, D, w.q, Hd, d_q_, 0.0f, kQ, lora, a.lora_u[kQ]);
+    linear_forward(a.n, D, w.k, KVd, d_k_, 0.0f, kK, lora, a.lora_u[kK]);
+    linear_forward(a.n, D, w.v, KVd, d_v_, 0.0f, kV, lora, a.lora_u[kV]);
+    int64_t half = Dh / 2;
+    rope_forward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_q_, a.qt, rope_cos_, rope_sin_, B_, T_, H, Dh, true);
+    rope_forward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_k_, a.kt, rope_cos_, rope_sin_, B_, T_, KVH, Dh, true);
+    rope_forward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_v_, a.vt, rope_cos_, rope_sin_, B_, T_, KVH, Dh, false);
+    check_launch("rope_forward_kernel");
+    attention_forward(a);  // -> d_ot_ [B,H,T,Dh]
+    rope_backward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_ot_, a.o, rope_cos_, rope_sin_, B_, T_, H, Dh, false);
+    check_launch("rope_backward_kernel (transpose)");
+    // a = h + o_proj(o)
+    check_cuda(cudaMemcpyAsync(a.a, h_in, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
+    linear_forward(a.o, Hd, w.o, D, a.a, 1.0f, kO, lora, a.lora_u[kO]);
+    rmsnorm_forward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(a.a, w.norm2, a.m, a.rstd2, D, c_.rms_norm_eps);
+    check_launch("rmsnorm_forward_kernel");
+    linear_forward(a.m, D, w.gate, F, a.g, 0.0f, kGate, lora, a.lora_u[kGate]);
+    linear_forward(a.m, D, w.up, F, a.u, 0.0f, kUp, lora, a.lora_u[kUp]);
+    swiglu_forward_kernel<<<blocks_for(int64_t(N_) * F), kThreads, 0, stream_>>>(a.g, a.u, a.act, int64_t(N_) * F);
+    check_launch("swiglu_forward_kernel");
+    // h_out = a + down_proj(act)
+    check_cuda(cudaMemcpyAsync(h_out, a.a, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
+    linear_forward(a.act, F, w.down, D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);
+}
+
+void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
+    Layer& a = *layers_[size_t(l)];
+    LayerWeights w = layer_weights(c_, uv);
+    const LoraLayerView& lora = uv.lora;
+    int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
+        Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
+    int64_t half = Dh / 2;
+    // MLP: h_out = a + down(silu(gate(m)) * up(m)),  m = rmsnorm(a)
+    linear_backward(a.act, F, w.down, w.ddown, D, dh, d_ff_, 0.0f, kDown, lora, a.lora_u[kDown]);
+    swiglu_backward_kernel<<<blocks_for(int64_t(N_) * F), kThreads, 0, stream_>>>(a.g, a.u, d_ff_, d_g_, d_u_, int64_t(N_) * F);
+    check_launch("swiglu_backward_kernel");
+    linear_backward(a.m, D, w.gate, w.dgate, F, d_g_, d_n_, 0.0f, kGate, lora, a.lora_u[kGate]);
+    linear_backward(a.m, D, w.up, w.dup, F, d_u_, d_n_, 1.0f, kUp, lora, a.lora_u[kUp]);
+    rmsnorm_backward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(a.a, w.norm2, a.rstd2, d_n_, dh, d_a_, D);
+    check_launch("rmsnorm_backward_kernel");
+    if (w.dnorm2) {
+        rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, stream_>>>(a.a, a.rstd2, d_n_, w.dnorm2, N_, D);
+        check_launch("rmsnorm_weight_grad_kernel");
+    }
+    // Attention: a = h + o_proj(attn(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
+    linear_backward(a.o, Hd, w.o, w.do_, D, d_a_, d_q_, 0.0f, kO, lora, a.lora_u[kO]);  // dO [B,T,H,Dh] in d_q_
+    rope_forward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_q_, d_ot_, rope_cos_, rope_sin_, B_, T_, H, Dh, false);
+    check_launch("rope_forward_kernel (transpose)");
+    attention_backward(a, d_ot_, d_qt_, d_kt_, d_vt_);
+    rope_backward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_qt_, d_q_, rope_cos_, rope_sin_, B_, T_, H, Dh, true);
+    rope_backward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_kt_, d_k_, rope_cos_, rope_sin_, B_, T_, KVH, Dh, true);
+    rope_backward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_vt_, d_v_, rope_cos_, rope_sin_, B_, T_, KVH, Dh, false);
+    check_launch("rope_backward_kernel");
+    linear_backward(a.n, D, w.q, w.dq, Hd, d_q_, d_n_, 0.0f, kQ, lora, a.lora_u[kQ]);
+    linear_backward(a.n, D, w.k, w.dk, KVd, d_k_, d_n_, 1.0f, kK, lora, a.lora_u[kK]);
+    linear_backward(a.n, D, w.v, w.dv, KVd, d_v_, d_n_, 1.0f, kV, lora, a.lora_u[kV]);
+    rmsnorm_backward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(a.h, w.norm1, a.rstd1, d_n_, d_a_, dh, D);
+    check_launch("rmsnorm_backward_kernel");
+    if (w.dnorm1) {
+        rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, stream_>>>(a.h, a.rstd1, d_n_, w.dnorm1, N_, D);
+        check_launch("rmsnorm_weight_grad_kernel");
+    }
+}
+
+// Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary fp32 logits exist
+// only for one chunk. With backward, writes d(h_L) into d_hidden_ and accumulates the head's gradients.
+void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward,
+                                       float* logits_out) {
+    int L = c_.num_hidden_layers, D = c_.hidden_size, V = c_.vocab_size;
+    UnitView fin = store.gather(L + 1);
+    UnitView emb = c_.tie_word_embeddings ? store.gather(0) : UnitView();
+    const bf16* norm_w = fin.weights;
+    const bf16* head_w = c_.tie_word_embeddings ? emb.weights : fin.weights + D;
+    float* head_g = c_.tie_word_embeddings ? emb.grads : (fin.grads ? fin.grads + D : nullptr);
+    const bf16* h = hidden_ + int64_t(L) * N_ * D;
+    rmsnorm_forward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(h, norm_w, final_norm_, final_rstd_, D, c_.rms_norm_eps);
+    check_launch("rmsnorm_forward_kernel");
+    shift_labels_kernel<<<blocks_for(N_), kThreads, 0, stream_>>>(batch.labels, targets_, N_, T_);
+    check_launch("shift_labels_kernel");
+    for (int r0 = 0; r0 < N_; r0 += head_rows_) {
+        int rows = std::min(head_rows_, N_ - r0);
+        const bf16* x = final_norm_ + int64_t(r0) * D;
+        gemm(gemm_, false, true, rows, V, D, x, D, head_w, D, logits_, true, V, 1.0f, 0.0f);
+        if (logits_out)
+            check_cuda(cudaMemcpyAsync(logits_out + int64_t(r0) * V, logits_, size_t(rows) * V * 4, cudaMemcpyDeviceToDevice, stream_),
+                       "copy logits");
+        cross_entropy_kernel<<<unsigned(rows), 1024, 0, stream_>>>(logits_, targets_ + r0, dlogits_, loss_sum_, V,
+                                                                    1.0f / loss_divisor, backward);
+        check_launch("cross_entropy_kernel");
+        if (!backward) continue;
+        gemm(gemm_, false, false, rows, D, V, dlogits_, V, head_w, D, d_n_ + int64_t(r0) * D, false, D, 1.0f, 0.0f);
+        if (head_g) gemm(gemm_, true, false, V, D, rows, dlogits_, V, x, D, head_g, true, D, 1.0f, 1.0f);
+    }
+    if (backward) {
+        // d h_L = rmsnorm backward of d(final_norm) (no residual: zeros)
+        check_cuda(cudaMemsetAsync(d_a_, 0, size_t(N_) * D * 2, stream_), "memset");
+        rmsnorm_backward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(h, norm_w, final_rstd_, d_n_, d_a_, d_hidden_, D);
+        check_launch("rmsnorm_backward_kernel");
+        if (fin.grads) {
+            rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, stream_>>>(h, final_rstd_, d_n_, fin.grads, N_, D);
+            check_launch("rmsnorm_weight_grad_kernel");
+        }
+    }
+    if (c_.tie_word_embeddings) store.release(0);
+    store.release(L + 1);
+    if (backward) store.reduce_grads(L + 1);
+}
+
+void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logits) {
+    if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward: batch shape differs from the model's");
+    int L = c_.num_hidden_layers, D = c_.hidden_size;
+    UnitView emb = store.gather(0);
+    embedding_forward_kernel<<<blocks_for(int64_t(N_) * D), kThreads, 0, stream_>>>(batch.ids, emb.weights, hidden_, N_, D);
+    check_launch("embedding_forward_kernel");
+    store.release(0);
+    for (int l = 0; l < L; ++l) {
+        UnitView w = store.gather(l + 1);
+        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
+        store.release(l + 1);
+    }
+    head_forward_backward(batch, store, 1.0f, false, logits);
+}
+
+void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor) {
+    if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward_backward: batch shape differs from the model's");
+    int L = c_.num_hidden_layers, D = c_.hidden_size;
+    UnitView emb = store.gather(0);
+    embedding_forward_kernel<<<blocks_for(int64_t(N_) * D), kThreads, 0, stream_>>>(batch.ids, emb.weights, hidden_, N_, D);
+    check_launch("embedding_forward_kernel");
+    store.release(0);
+    for (int l = 0; l < L; ++l) {
+        UnitView w = store.gather(l + 1);
+        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
+        store.release(l + 1);
+    }
+    head_forward_backward(batch, store, loss_divisor, true, nullptr);
+    for (int l = L - 1; l >= 0; --l) {
+        UnitView w = store.gather(l + 1);
+        layer_backward(l, w, d_hidden_);
+        store.release(l + 1);
+        store.reduce_grads(l + 1);
+    }
+    emb = store.gather(0);
+    if (emb.grads) {
+        embedding_backward_kernel<<<blocks_for(int64_t(N_) * D), kThreads, 0, stream_>>>(batch.ids, d_hidden_, emb.grads, N_, D);
+        check_launch("embedding_backward_kernel");
+    }
+    store.release(0);
+    store.reduce_grads(0);
 }

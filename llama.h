@@ -1,6 +1,10 @@
 // llama.h — the Llama model: its configuration (HF config.json or a named preset), its parameters by HF
 // name and shape, and safetensors files. Knows nothing of NCCL, MPI or where weights live.
 #pragma once
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
@@ -76,3 +80,119 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
                        const std::map<std::string, std::string>& metadata = {});
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2048, 512]"
+
+// ================================================================================================ GPU
+
+using bf16 = __nv_bfloat16;
+
+// Matrix products through cuBLASLt, in row-major terms (bf16 inputs, fp32 accumulation):
+//   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C
+// A is stored [M,K] (transA: [K,M]), B is stored [K,N] (transB: [N,K]); C is bf16 or fp32.
+// `batch` > 1 runs strided batches (stride in elements).
+struct Gemm {
+    cublasLtHandle_t lt = nullptr;
+    void* workspace = nullptr;
+    size_t workspace_bytes = 0;
+    cudaStream_t stream = nullptr;
+};
+Gemm gemm_create(cudaStream_t stream);
+void gemm_destroy(Gemm& g);
+void gemm(const Gemm& g, bool transA, bool transB, int M, int N, int K, const bf16* A, int lda, const bf16* B,
+          int ldb, void* C, bool c_fp32, int ldc, float alpha, float beta, int batch = 1, int64_t strideA = 0,
+          int64_t strideB = 0, int64_t strideC = 0);
+
+// The trainable adapters of one layer, if any (see lora.h). Pointers are null for absent targets.
+enum LoraTarget { kQ, kK, kV, kO, kGate, kUp, kDown, kTargets };
+struct LoraLayerView {
+    const bf16* A[kTargets] = {};  // [r, in]
+    const bf16* B[kTargets] = {};  // [out, r]
+    float* dA[kTargets] = {};      // fp32 gradients, accumulated
+    float* dB[kTargets] = {};
+};
+
+// One unit's weights as the model sees them while it is gathered: the base weights (bf16, in
+// parameter_specs order), their fp32 gradients when they train (full fine-tuning), and the LoRA view.
+struct UnitView {
+    const bf16* weights = nullptr;
+    float* grads = nullptr;
+    LoraLayerView lora;
+};
+
+// Where the model gets its weights: the ZeRO partitioner implements this (zero3.h). Units are
+//   0 = embed_tokens (and the tied lm_head), 1..L = decoder layers, L+1 = final norm (+ untied lm_head).
+struct UnitStore {
+    virtual UnitView gather(int unit) = 0;     // full weights of `unit`, valid until release
+    virtual void release(int unit) = 0;        // the gathered buffer may be reused
+    virtual void reduce_grads(int unit) = 0;   // the unit's gradients for this micro-batch are complete
+    virtual ~UnitStore() = default;
+};
+int64_t unit_numel(const LlamaConfig& c, int unit);  // base elements of a unit
+int num_units(const LlamaConfig& c);
+// The element offset of parameter `index` (in parameter_specs order) within its unit, and its unit.
+void locate_parameter(const LlamaConfig& c, int index, int& unit, int64_t& offset);
+
+// A micro-batch on the GPU.
+struct DeviceBatch {
+    int B = 0, T = 0;
+    int32_t* ids = nullptr;     // [B*T]
+    int32_t* labels = nullptr;  // [B*T], -100 = no loss; position t predicts labels[t+1]
+};
+
+// The model's activations and workspace for batches up to B x T, and the forward/backward passes.
+class LlamaModel {
+  public:
+    LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream);
+    ~LlamaModel();
+    LlamaModel(const LlamaModel&) = delete;
+    LlamaModel& operator=(const LlamaModel&) = delete;
+
+    // Forward and backward of one micro-batch. Gradients accumulate (scaled by 1/loss_divisor, the
+    // number of target tokens in the whole optimizer step). Returns nothing; the summed CE of this
+    // micro-batch is added to the device scalar loss_sum() (read it when logging).
+    void forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor);
+    // Forward only: adds summed CE to loss_sum(); when `logits` is given (B*T*V floats), writes them.
+    void forward(const DeviceBatch& batch, UnitStore& store, float* logits = nullptr);
+    float* loss_sum() { return loss_sum_; }  // device fp32 scalar
+    size_t activation_bytes() const { return activation_bytes_; }
+    const LlamaConfig& config() const { return c_; }
+    Gemm& gemm_handle() { return gemm_; }
+
+  private:
+    struct Layer;  // saved activations of one layer
+    void layer_forward(int l, const UnitView& w, const bf16* h_in, bf16* h_out);
+    void layer_backward(int l, const UnitView& w, bf16* dh);  // dh: in = d h_out, out = d h_in
+    void attention_forward(Layer& a);
+    void attention_backward(Layer& a, const bf16* d_o_t, bf16* dq_t, bf16* dk_t, bf16* dv_t);
+    void head_forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward,
+                               float* logits);
+    void linear_forward(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+                        const LoraLayerView& lora, bf16* lora_u);
+    void linear_backward(const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
+                         float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u);
+
+    LlamaConfig c_;
+    int r_;
+    float lora_scale_;
+    int B_, T_, N_ = 0;
+    cudaStream_t stream_;
+    Gemm gemm_;
+    std::vector<Layer*> layers_;
+    bf16* hidden_ = nullptr;  // [L+1][N, D]: h_0 .. h_L
+    bf16* final_norm_ = nullptr;
+    float* final_rstd_ = nullptr;
+    float* rope_cos_ = nullptr, *rope_sin_ = nullptr;  // [T, Dh/2]
+    // scratch (reused by every layer)
+    bf16 *d_hidden_ = nullptr, *d_a_ = nullptr, *d_n_ = nullptr, *d_ff_ = nullptr, *d_g_ = nullptr, *d_u_ = nullptr;
+    bf16 *d_q_ = nullptr, *d_k_ = nullptr, *d_v_ = nullptr, *d_qt_ = nullptr, *d_kt_ = nullptr, *d_vt_ = nullptr;
+    bf16 *d_ot_ = nullptr, *lora_du_ = nullptr;
+    float* attn_scores_ = nullptr;  // [chunk, group*T, T]
+    bf16* attn_probs_ = nullptr;
+    float* attn_rowdot_ = nullptr;
+    int attn_chunk_ = 1;
+    float* logits_ = nullptr;  // [head_rows, V]
+    bf16* dlogits_ = nullptr;
+    int head_rows_ = 0;
+    int32_t* targets_ = nullptr;
+    float* loss_sum_ = nullptr;
+    size_t activation_bytes_ = 0;
+};
