@@ -766,13 +766,118 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
 
 }  // namespace
 
+// ================================================================================================ launchers
+
+void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s) {
+    embedding_forward_kernel<<<blocks_for(N * D), kThreads, 0, s>>>(ids, E, h, N, D);
+    check_launch("embedding_forward_kernel");
+}
+void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s) {
+    embedding_backward_kernel<<<blocks_for(N * D), kThreads, 0, s>>>(ids, dh, dE, N, D);
+    check_launch("embedding_backward_kernel");
+}
+void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
+    rmsnorm_forward_kernel<<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
+    check_launch("rmsnorm_forward_kernel");
+}
+void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
+                      float* dw, int64_t N, int D, cudaStream_t s) {
+    rmsnorm_backward_kernel<<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    check_launch("rmsnorm_backward_kernel");
+    if (!dw) return;
+    rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, s>>>(x, rstd, dy, dw, N, D);
+    check_launch("rmsnorm_weight_grad_kernel");
+}
+void rope_forward(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
+                  bool rotate, cudaStream_t s) {
+    rope_forward_kernel<<<blocks_for(int64_t(B) * T * nh * (Dh / 2)), kThreads, 0, s>>>(x, out, cos_t, sin_t, B, T, nh, Dh, rotate);
+    check_launch("rope_forward_kernel");
+}
+void rope_backward(const bf16* dout, bf16* dx, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
+                   bool rotate, cudaStream_t s) {
+    rope_backward_kernel<<<blocks_for(int64_t(B) * T * nh * (Dh / 2)), kThreads, 0, s>>>(dout, dx, cos_t, sin_t, B, T, nh, Dh, rotate);
+    check_launch("rope_backward_kernel");
+}
+void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s) {
+    swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(g, u, act, n);
+    check_launch("swiglu_forward_kernel");
+}
+void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s) {
+    swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(g, u, dact, dg, du, n);
+    check_launch("swiglu_backward_kernel");
+}
+void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s) {
+    shift_labels_kernel<<<blocks_for(N), kThreads, 0, s>>>(labels, targets, N, T);
+    check_launch("shift_labels_kernel");
+}
+void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* loss_sum, int rows, int V,
+                   float inv_divisor, bool backward, cudaStream_t s) {
+    cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, dlogits, loss_sum, V, inv_divisor, backward);
+    check_launch("cross_entropy_kernel");
+}
+
+AttentionShape::AttentionShape(int B_, int T_, int H_, int KVH_, int Dh_, int64_t budget_bytes)
+    : B(B_), T(T_), H(H_), KVH(KVH_), Dh(Dh_) {
+    int64_t per_block = int64_t(H / KVH) * T * T * 6;  // fp32 scores + bf16 probabilities
+    chunk = int(std::max<int64_t>(1, std::min<int64_t>(int64_t(B) * KVH, budget_bytes / per_block)));
+}
+int64_t AttentionShape::scratch_elems() const { return int64_t(chunk) * (H / KVH) * T * T; }
+
+// For each (batch b, kv head g): the group's queries Q_bg [group*T, Dh] (rows t of head g*group+j are at
+// j*T + t in [B,H,T,Dh]) against K_bg, V_bg [T, Dh]:  S = Q K^T,  P = causal softmax(S / sqrt(Dh)),  O = P V.
+void attention_forward(const Gemm& gm, const AttentionShape& a, const bf16* qt, const bf16* kt, const bf16* vt, bf16* ot,
+                       float* lse, float* scores, bf16* probs) {
+    int group = a.H / a.KVH, T = a.T, Dh = a.Dh;
+    int64_t q_block = int64_t(group) * T * Dh, kv_block = int64_t(T) * Dh, s_block = int64_t(group) * T * T;
+    float scale = 1.0f / std::sqrt(float(Dh));
+    for (int p0 = 0; p0 < a.B * a.KVH; p0 += a.chunk) {  // p = b * KVH + g
+        int n = std::min(a.chunk, a.B * a.KVH - p0);
+        gemm(gm, false, true, group * T, T, Dh, qt + p0 * q_block, Dh, kt + p0 * kv_block, Dh, scores, true, T, 1.0f, 0.0f,
+             n, q_block, kv_block, s_block);
+        causal_softmax_kernel<<<unsigned(n * group * T), kThreads, 0, gm.stream>>>(scores, probs, lse + p0 * int64_t(group) * T, T, scale);
+        check_launch("causal_softmax_kernel");
+        gemm(gm, false, false, group * T, Dh, T, probs, T, vt + p0 * kv_block, Dh, ot + p0 * q_block, false, Dh, 1.0f, 0.0f, n,
+             s_block, kv_block, q_block);
+    }
+}
+
+// Recomputes P from S and lse, then  dV = P^T dO,  dP = dO V^T,  dS = P (dP - rowdot) / sqrt(Dh),
+// dQ = dS K,  dK = dS^T Q;  rowdot = sum_d dO * O per query row. o and d_o are [B,T,H,Dh]; d_ot is d_o
+// as [B,H,T,Dh].
+void attention_backward(const Gemm& gm, const AttentionShape& a, const bf16* qt, const bf16* kt, const bf16* vt,
+                        const bf16* o, const bf16* d_o, const bf16* d_ot, const float* lse, bf16* dqt, bf16* dkt,
+                        bf16* dvt, float* rowdot, float* scores, bf16* probs) {
+    int group = a.H / a.KVH, T = a.T, Dh = a.Dh;
+    int64_t q_block = int64_t(group) * T * Dh, kv_block = int64_t(T) * Dh, s_block = int64_t(group) * T * T;
+    float scale = 1.0f / std::sqrt(float(Dh));
+    attention_rowdot_kernel<<<blocks_for(int64_t(a.B) * T * a.H * 32), kThreads, 0, gm.stream>>>(d_o, o, rowdot, a.B, T, a.H, Dh);
+    check_launch("attention_rowdot_kernel");
+    for (int p0 = 0; p0 < a.B * a.KVH; p0 += a.chunk) {
+        int n = std::min(a.chunk, a.B * a.KVH - p0);
+        const bf16 *q = qt + p0 * q_block, *k = kt + p0 * kv_block, *v = vt + p0 * kv_block, *dO = d_ot + p0 * q_block;
+        unsigned rows = unsigned(n * group * T);
+        gemm(gm, false, true, group * T, T, Dh, q, Dh, k, Dh, scores, true, T, 1.0f, 0.0f, n, q_block, kv_block, s_block);
+        causal_probs_kernel<<<rows, kThreads, 0, gm.stream>>>(scores, lse + p0 * int64_t(group) * T, probs, T, scale);
+        check_launch("causal_probs_kernel");
+        gemm(gm, true, false, T, Dh, group * T, probs, T, dO, Dh, dvt + p0 * kv_block, false, Dh, 1.0f, 0.0f, n, s_block,
+             q_block, kv_block);
+        gemm(gm, false, true, group * T, T, Dh, dO, Dh, v, Dh, scores, true, T, 1.0f, 0.0f, n, q_block, kv_block, s_block);
+        softmax_backward_kernel<<<rows, kThreads, 0, gm.stream>>>(scores, rowdot + p0 * int64_t(group) * T, probs, T, scale);
+        check_launch("softmax_backward_kernel");
+        gemm(gm, false, false, group * T, Dh, T, probs, T, k, Dh, dqt + p0 * q_block, false, Dh, 1.0f, 0.0f, n, s_block,
+             kv_block, q_block);
+        gemm(gm, true, false, T, Dh, group * T, probs, T, q, Dh, dkt + p0 * kv_block, false, Dh, 1.0f, 0.0f, n, s_block,
+             q_block, kv_block);
+    }
+}
+
 // ================================================================================================ model
 
 struct LlamaModel::Layer {  // what backward needs of one layer's forward
-    const bf16* h = nullptr;          // input (a slice of hidden_)
+    const bf16* h = nullptr;  // input (a slice of hidden_)
     bf16 *n, *qt, *kt, *vt, *o, *a, *m, *g, *u, *act;
     float *rstd1, *rstd2, *lse;
-    bf16* lora_u[kTargets] = {};      // x A^T of each adapted projection
+    bf16* lora_u[kTargets] = {};  // x A^T of each adapted projection
 };
 
 namespace {
@@ -800,7 +905,8 @@ LayerWeights layer_weights(const LlamaConfig& c, const UnitView& u) {
 }  // namespace
 
 LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream)
-    : c_(c), r_(lora_rank), lora_scale_(lora_scale), B_(B), T_(T), N_(B * T), stream_(stream) {
+    : c_(c), r_(lora_rank), lora_scale_(lora_scale), B_(B), T_(T), N_(B * T), stream_(stream),
+      attn_(B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim) {
     gemm_ = gemm_create(stream);
     int64_t N = N_, D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KVH = c.num_key_value_heads,
             Dh = c.head_dim, Hd = H * Dh, KVd = KVH * Dh, L = c.num_hidden_layers;
@@ -820,20 +926,16 @@ LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, in
     }
     final_norm_ = alloc_bf16(N * D, "activations");
     final_rstd_ = alloc_f32(N, "activations");
-    int64_t widest = std::max<int64_t>({D, Hd, F});
     d_hidden_ = alloc_bf16(N * D, "gradient scratch"), d_a_ = alloc_bf16(N * D, "gradient scratch");
     d_n_ = alloc_bf16(N * D, "gradient scratch");
     d_ff_ = alloc_bf16(N * F, "gradient scratch"), d_g_ = alloc_bf16(N * F, "gradient scratch"), d_u_ = alloc_bf16(N * F, "gradient scratch");
-    d_q_ = alloc_bf16(N * std::max(Hd, widest), "gradient scratch"), d_k_ = alloc_bf16(N * KVd, "gradient scratch");
+    d_q_ = alloc_bf16(N * Hd, "gradient scratch"), d_k_ = alloc_bf16(N * KVd, "gradient scratch");
     d_v_ = alloc_bf16(N * KVd, "gradient scratch");
     d_qt_ = alloc_bf16(N * Hd, "gradient scratch"), d_kt_ = alloc_bf16(N * KVd, "gradient scratch");
     d_vt_ = alloc_bf16(N * KVd, "gradient scratch"), d_ot_ = alloc_bf16(N * Hd, "gradient scratch");
     if (r_ > 0) lora_du_ = alloc_bf16(N * r_, "LoRA scratch");
-    // Attention scores for `attn_chunk_` (batch, kv-group) blocks at a time, at most ~512 MiB of them.
-    int64_t group = H / KVH, per_block = group * int64_t(T) * T;
-    attn_chunk_ = int(std::max<int64_t>(1, std::min<int64_t>(int64_t(B) * KVH, (512ll << 20) / (per_block * 6))));
-    attn_scores_ = alloc_f32(attn_chunk_ * per_block, "attention scores");
-    attn_probs_ = alloc_bf16(attn_chunk_ * per_block, "attention scores");
+    attn_scores_ = alloc_f32(attn_.scratch_elems(), "attention scores");
+    attn_probs_ = alloc_bf16(attn_.scratch_elems(), "attention scores");
     attn_rowdot_ = alloc_f32(N * H, "attention scratch");
     // The lm_head + cross-entropy works on head_rows_ tokens at a time: fp32 logits never exceed ~256 MiB.
     head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N, (256ll << 20) / (int64_t(c.vocab_size) * 6))));
@@ -841,7 +943,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, in
     dlogits_ = alloc_bf16(int64_t(head_rows_) * c.vocab_size, "logits chunk");
     targets_ = device_alloc<int32_t>(size_t(N), "targets");
     loss_sum_ = device_alloc<float>(1, "loss");
-    check_cuda(cudaMemsetAsync(loss_sum_, 0, sizeof(float), stream_), "memset loss");
+    check_cuda(cudaMemset(loss_sum_, 0, sizeof(float)), "memset loss");
     // RoPE tables: angle = t * inv_freq[i]; cos and sin rounded to bf16 as HF's are.
     std::vector<float> inv = rope_inv_freq(c), cos_h(size_t(T) * size_t(Dh / 2)), sin_h(cos_h.size());
     for (int t = 0; t < T; ++t)
@@ -872,7 +974,7 @@ LlamaModel::~LlamaModel() {
     gemm_destroy(gemm_);
 }
 
-// y = beta * y + x W^T  (+ scale * (x A^T) B^T when the target has an adapter; x A^T kept in lora_u)
+// y = beta * y + x W^T  (+ s * (x A^T) B^T when the target has an adapter; u = x A^T is kept for backward)
 void LlamaModel::linear_forward(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
                                 const LoraLayerView& lora, bf16* lora_u) {
     gemm(gemm_, false, true, N_, out, in, x, in, W, in, y, false, out, 1.0f, beta);
@@ -881,7 +983,7 @@ void LlamaModel::linear_forward(const bf16* x, int in, const bf16* W, int out, b
     gemm(gemm_, false, true, N_, out, r_, lora_u, r_, lora.B[t], r_, y, false, out, lora_scale_, 1.0f);
 }
 
-// dx = dx_beta * dx + dy W (+ LoRA's part);  dW += dy^T x when W trains;  dB += s dy^T u,  dA += (s dy B)^T x
+// dx = dx_beta * dx + dy W;  dW += dy^T x when W trains;  LoRA: dB += s dy^T u,  du = s dy B,  dA += du^T x,  dx += du A
 void LlamaModel::linear_backward(const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
                                  float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u) {
     gemm(gemm_, false, false, N_, in, out, dy, out, W, in, dx, false, in, 1.0f, dx_beta);
@@ -893,52 +995,6 @@ void LlamaModel::linear_backward(const bf16* x, int in, const bf16* W, float* dW
     gemm(gemm_, false, false, N_, in, r_, lora_du_, r_, lora.A[t], in, dx, false, in, 1.0f, 1.0f);
 }
 
-void LlamaModel::attention_forward(Layer& a) {
-    int H = c_.num_attention_heads, KVH = c_.num_key_value_heads, Dh = c_.head_dim, group = H / KVH, T = T_;
-    int64_t q_block = int64_t(group) * T * Dh, kv_block = int64_t(T) * Dh, s_block = int64_t(group) * T * T;
-    float scale = 1.0f / std::sqrt(float(Dh));
-    for (int p0 = 0; p0 < B_ * KVH; p0 += attn_chunk_) {  // p = b * KVH + g: one query group and its K, V
-        int n = std::min(attn_chunk_, B_ * KVH - p0);
-        gemm(gemm_, false, true, group * T, T, Dh, a.qt + p0 * q_block, Dh, a.kt + p0 * kv_block, Dh, attn_scores_, true, T,
-             1.0f, 0.0f, n, q_block, kv_block, s_block);
-        causal_softmax_kernel<<<unsigned(n * group * T), kThreads, 0, stream_>>>(attn_scores_, attn_probs_,
-                                                                                   a.lse + p0 * int64_t(group) * T, T, scale);
-        check_launch("causal_softmax_kernel");
-        gemm(gemm_, false, false, group * T, Dh, T, attn_probs_, T, a.vt + p0 * kv_block, Dh, d_ot_ + p0 * q_block, false,
-             Dh, 1.0f, 0.0f, n, s_block, kv_block, q_block);
-    }
-}
-
-void LlamaModel::attention_backward(Layer& a, const bf16* d_o_t, bf16* dq_t, bf16* dk_t, bf16* dv_t) {
-    int H = c_.num_attention_heads, KVH = c_.num_key_value_heads, Dh = c_.head_dim, group = H / KVH, T = T_;
-    int64_t q_block = int64_t(group) * T * Dh, kv_block = int64_t(T) * Dh, s_block = int64_t(group) * T * T;
-    float scale = 1.0f / std::sqrt(float(Dh));
-    // d_o_t holds dO as [B,H,T,Dh]; the row dots need dO and O in one layout: both as [B,T,H,Dh] (d_q_ and a.o).
-    attention_rowdot_kernel<<<blocks_for(int64_t(N_) * H * 32), kThreads, 0, stream_>>>(d_q_, a.o, attn_rowdot_, B_, T, H, Dh);
-    check_launch("attention_rowdot_kernel");
-    for (int p0 = 0; p0 < B_ * KVH; p0 += attn_chunk_) {
-        int n = std::min(attn_chunk_, B_ * KVH - p0);
-        const bf16 *q = a.qt + p0 * q_block, *k = a.kt + p0 * kv_block, *v = a.vt + p0 * kv_block, *dO = d_o_t + p0 * q_block;
-        gemm(gemm_, false, true, group * T, T, Dh, q, Dh, k, Dh, attn_scores_, true, T, 1.0f, 0.0f, n, q_block, kv_block, s_block);
-        unsigned rows = unsigned(n * group * T);
-        causal_probs_kernel<<<rows, kThreads, 0, stream_>>>(attn_scores_, a.lse + p0 * int64_t(group) * T, attn_probs_, T, scale);
-        check_launch("causal_probs_kernel");
-        // dV = P^T dO  (summing the group's query heads)
-        gemm(gemm_, true, false, T, Dh, group * T, attn_probs_, T, dO, Dh, dv_t + p0 * kv_block, false, Dh, 1.0f, 0.0f, n,
-             s_block, q_block, kv_block);
-        // dP = dO V^T, then dS = scale * P * (dP - rowdot)
-        gemm(gemm_, false, true, group * T, T, Dh, dO, Dh, v, Dh, attn_scores_, true, T, 1.0f, 0.0f, n, q_block, kv_block, s_block);
-        softmax_backward_kernel<<<rows, kThreads, 0, stream_>>>(attn_scores_, attn_rowdot_ + p0 * int64_t(group) * T,
-                                                                  attn_probs_, T, scale);
-        check_launch("softmax_backward_kernel");
-        // dQ = dS K,  dK = dS^T Q
-        gemm(gemm_, false, false, group * T, Dh, T, attn_probs_, T, k, Dh, dq_t + p0 * q_block, false, Dh, 1.0f, 0.0f, n,
-             s_block, kv_block, q_block);
-        gemm(gemm_, true, false, T, Dh, group * T, attn_probs_, T, q, Dh, dk_t + p0 * kv_block, false, Dh, 1.0f, 0.0f, n,
-             s_block, q_block, kv_block);
-    }
-}
-
 void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16* h_out) {
     Layer& a = *layers_[size_t(l)];
     LayerWeights w = layer_weights(c_, uv);
@@ -946,31 +1002,23 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
         Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
     a.h = h_in;
-    rmsnorm_forward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(h_in, w.norm1, a.n, a.rstd1, D, c_.rms_norm_eps);
-    check_launch("rmsnorm_forward_kernel");
+    rmsnorm_forward(h_in, w.norm1, a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
     linear_forward(a.n, D, w.q, Hd, d_q_, 0.0f, kQ, lora, a.lora_u[kQ]);
     linear_forward(a.n, D, w.k, KVd, d_k_, 0.0f, kK, lora, a.lora_u[kK]);
     linear_forward(a.n, D, w.v, KVd, d_v_, 0.0f, kV, lora, a.lora_u[kV]);
-    int64_t half = Dh / 2;
-    rope_forward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_q_, a.qt, rope_cos_, rope_sin_, B_, T_, H, Dh, true);
-    rope_forward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_k_, a.kt, rope_cos_, rope_sin_, B_, T_, KVH, Dh, true);
-    rope_forward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_v_, a.vt, rope_cos_, rope_sin_, B_, T_, KVH, Dh, false);
-    check_launch("rope_forward_kernel");
-    attention_forward(a);  // -> d_ot_ [B,H,T,Dh]
-    rope_backward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_ot_, a.o, rope_cos_, rope_sin_, B_, T_, H, Dh, false);
-    check_launch("rope_backward_kernel (transpose)");
-    // a = h + o_proj(o)
+    rope_forward(d_q_, a.qt, rope_cos_, rope_sin_, B_, T_, H, Dh, true, stream_);
+    rope_forward(d_k_, a.kt, rope_cos_, rope_sin_, B_, T_, KVH, Dh, true, stream_);
+    rope_forward(d_v_, a.vt, rope_cos_, rope_sin_, B_, T_, KVH, Dh, false, stream_);
+    attention_forward(gemm_, attn_, a.qt, a.kt, a.vt, d_ot_, a.lse, attn_scores_, attn_probs_);
+    rope_backward(d_ot_, a.o, rope_cos_, rope_sin_, B_, T_, H, Dh, false, stream_);  // [B,H,T,Dh] -> [B,T,H,Dh]
     check_cuda(cudaMemcpyAsync(a.a, h_in, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
-    linear_forward(a.o, Hd, w.o, D, a.a, 1.0f, kO, lora, a.lora_u[kO]);
-    rmsnorm_forward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(a.a, w.norm2, a.m, a.rstd2, D, c_.rms_norm_eps);
-    check_launch("rmsnorm_forward_kernel");
+    linear_forward(a.o, Hd, w.o, D, a.a, 1.0f, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
+    rmsnorm_forward(a.a, w.norm2, a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
     linear_forward(a.m, D, w.gate, F, a.g, 0.0f, kGate, lora, a.lora_u[kGate]);
     linear_forward(a.m, D, w.up, F, a.u, 0.0f, kUp, lora, a.lora_u[kUp]);
-    swiglu_forward_kernel<<<blocks_for(int64_t(N_) * F), kThreads, 0, stream_>>>(a.g, a.u, a.act, int64_t(N_) * F);
-    check_launch("swiglu_forward_kernel");
-    // h_out = a + down_proj(act)
+    swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
     check_cuda(cudaMemcpyAsync(h_out, a.a, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
-    linear_forward(a.act, F, w.down, D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);
+    linear_forward(a.act, F, w.down, D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
 }
 
 void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
@@ -979,37 +1027,24 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
         Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
-    int64_t half = Dh / 2;
     // MLP: h_out = a + down(silu(gate(m)) * up(m)),  m = rmsnorm(a)
     linear_backward(a.act, F, w.down, w.ddown, D, dh, d_ff_, 0.0f, kDown, lora, a.lora_u[kDown]);
-    swiglu_backward_kernel<<<blocks_for(int64_t(N_) * F), kThreads, 0, stream_>>>(a.g, a.u, d_ff_, d_g_, d_u_, int64_t(N_) * F);
-    check_launch("swiglu_backward_kernel");
+    swiglu_backward(a.g, a.u, d_ff_, d_g_, d_u_, int64_t(N_) * F, stream_);
     linear_backward(a.m, D, w.gate, w.dgate, F, d_g_, d_n_, 0.0f, kGate, lora, a.lora_u[kGate]);
     linear_backward(a.m, D, w.up, w.dup, F, d_u_, d_n_, 1.0f, kUp, lora, a.lora_u[kUp]);
-    rmsnorm_backward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(a.a, w.norm2, a.rstd2, d_n_, dh, d_a_, D);
-    check_launch("rmsnorm_backward_kernel");
-    if (w.dnorm2) {
-        rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, stream_>>>(a.a, a.rstd2, d_n_, w.dnorm2, N_, D);
-        check_launch("rmsnorm_weight_grad_kernel");
-    }
+    rmsnorm_backward(a.a, w.norm2, a.rstd2, d_n_, dh, d_a_, w.dnorm2, N_, D, stream_);
     // Attention: a = h + o_proj(attn(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
-    linear_backward(a.o, Hd, w.o, w.do_, D, d_a_, d_q_, 0.0f, kO, lora, a.lora_u[kO]);  // dO [B,T,H,Dh] in d_q_
-    rope_forward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_q_, d_ot_, rope_cos_, rope_sin_, B_, T_, H, Dh, false);
-    check_launch("rope_forward_kernel (transpose)");
-    attention_backward(a, d_ot_, d_qt_, d_kt_, d_vt_);
-    rope_backward_kernel<<<blocks_for(int64_t(N_) * H * half), kThreads, 0, stream_>>>(d_qt_, d_q_, rope_cos_, rope_sin_, B_, T_, H, Dh, true);
-    rope_backward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_kt_, d_k_, rope_cos_, rope_sin_, B_, T_, KVH, Dh, true);
-    rope_backward_kernel<<<blocks_for(int64_t(N_) * KVH * half), kThreads, 0, stream_>>>(d_vt_, d_v_, rope_cos_, rope_sin_, B_, T_, KVH, Dh, false);
-    check_launch("rope_backward_kernel");
+    linear_backward(a.o, Hd, w.o, w.do_, D, d_a_, d_q_, 0.0f, kO, lora, a.lora_u[kO]);  // dO as [B,T,H,Dh] in d_q_
+    rope_forward(d_q_, d_ot_, rope_cos_, rope_sin_, B_, T_, H, Dh, false, stream_);     // and as [B,H,T,Dh]
+    attention_backward(gemm_, attn_, a.qt, a.kt, a.vt, a.o, d_q_, d_ot_, a.lse, d_qt_, d_kt_, d_vt_, attn_rowdot_,
+                       attn_scores_, attn_probs_);
+    rope_backward(d_qt_, d_q_, rope_cos_, rope_sin_, B_, T_, H, Dh, true, stream_);
+    rope_backward(d_kt_, d_k_, rope_cos_, rope_sin_, B_, T_, KVH, Dh, true, stream_);
+    rope_backward(d_vt_, d_v_, rope_cos_, rope_sin_, B_, T_, KVH, Dh, false, stream_);
     linear_backward(a.n, D, w.q, w.dq, Hd, d_q_, d_n_, 0.0f, kQ, lora, a.lora_u[kQ]);
     linear_backward(a.n, D, w.k, w.dk, KVd, d_k_, d_n_, 1.0f, kK, lora, a.lora_u[kK]);
     linear_backward(a.n, D, w.v, w.dv, KVd, d_v_, d_n_, 1.0f, kV, lora, a.lora_u[kV]);
-    rmsnorm_backward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(a.h, w.norm1, a.rstd1, d_n_, d_a_, dh, D);
-    check_launch("rmsnorm_backward_kernel");
-    if (w.dnorm1) {
-        rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, stream_>>>(a.h, a.rstd1, d_n_, w.dnorm1, N_, D);
-        check_launch("rmsnorm_weight_grad_kernel");
-    }
+    rmsnorm_backward(a.h, w.norm1, a.rstd1, d_n_, d_a_, dh, w.dnorm1, N_, D, stream_);
 }
 
 // Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary fp32 logits exist
@@ -1023,10 +1058,8 @@ void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& stor
     const bf16* head_w = c_.tie_word_embeddings ? emb.weights : fin.weights + D;
     float* head_g = c_.tie_word_embeddings ? emb.grads : (fin.grads ? fin.grads + D : nullptr);
     const bf16* h = hidden_ + int64_t(L) * N_ * D;
-    rmsnorm_forward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(h, norm_w, final_norm_, final_rstd_, D, c_.rms_norm_eps);
-    check_launch("rmsnorm_forward_kernel");
-    shift_labels_kernel<<<blocks_for(N_), kThreads, 0, stream_>>>(batch.labels, targets_, N_, T_);
-    check_launch("shift_labels_kernel");
+    rmsnorm_forward(h, norm_w, final_norm_, final_rstd_, N_, D, c_.rms_norm_eps, stream_);
+    shift_labels(batch.labels, targets_, N_, T_, stream_);
     for (int r0 = 0; r0 < N_; r0 += head_rows_) {
         int rows = std::min(head_rows_, N_ - r0);
         const bf16* x = final_norm_ + int64_t(r0) * D;
@@ -1034,34 +1067,24 @@ void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& stor
         if (logits_out)
             check_cuda(cudaMemcpyAsync(logits_out + int64_t(r0) * V, logits_, size_t(rows) * V * 4, cudaMemcpyDeviceToDevice, stream_),
                        "copy logits");
-        cross_entropy_kernel<<<unsigned(rows), 1024, 0, stream_>>>(logits_, targets_ + r0, dlogits_, loss_sum_, V,
-                                                                    1.0f / loss_divisor, backward);
-        check_launch("cross_entropy_kernel");
+        cross_entropy(logits_, targets_ + r0, dlogits_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);
         if (!backward) continue;
         gemm(gemm_, false, false, rows, D, V, dlogits_, V, head_w, D, d_n_ + int64_t(r0) * D, false, D, 1.0f, 0.0f);
         if (head_g) gemm(gemm_, true, false, V, D, rows, dlogits_, V, x, D, head_g, true, D, 1.0f, 1.0f);
     }
-    if (backward) {
-        // d h_L = rmsnorm backward of d(final_norm) (no residual: zeros)
+    if (backward) {  // d h_L through the final norm (no residual term)
         check_cuda(cudaMemsetAsync(d_a_, 0, size_t(N_) * D * 2, stream_), "memset");
-        rmsnorm_backward_kernel<<<unsigned(N_), kThreads, 0, stream_>>>(h, norm_w, final_rstd_, d_n_, d_a_, d_hidden_, D);
-        check_launch("rmsnorm_backward_kernel");
-        if (fin.grads) {
-            rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, stream_>>>(h, final_rstd_, d_n_, fin.grads, N_, D);
-            check_launch("rmsnorm_weight_grad_kernel");
-        }
+        rmsnorm_backward(h, norm_w, final_rstd_, d_n_, d_a_, d_hidden_, fin.grads, N_, D, stream_);
     }
     if (c_.tie_word_embeddings) store.release(0);
     store.release(L + 1);
-    if (backward) store.reduce_grads(L + 1);
 }
 
 void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logits) {
     if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward: batch shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
     UnitView emb = store.gather(0);
-    embedding_forward_kernel<<<blocks_for(int64_t(N_) * D), kThreads, 0, stream_>>>(batch.ids, emb.weights, hidden_, N_, D);
-    check_launch("embedding_forward_kernel");
+    embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
     store.release(0);
     for (int l = 0; l < L; ++l) {
         UnitView w = store.gather(l + 1);
@@ -1075,8 +1098,7 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward_backward: batch shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
     UnitView emb = store.gather(0);
-    embedding_forward_kernel<<<blocks_for(int64_t(N_) * D), kThreads, 0, stream_>>>(batch.ids, emb.weights, hidden_, N_, D);
-    check_launch("embedding_forward_kernel");
+    embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
     store.release(0);
     for (int l = 0; l < L; ++l) {
         UnitView w = store.gather(l + 1);
@@ -1084,6 +1106,7 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
         store.release(l + 1);
     }
     head_forward_backward(batch, store, loss_divisor, true, nullptr);
+    store.reduce_grads(L + 1);
     for (int l = L - 1; l >= 0; --l) {
         UnitView w = store.gather(l + 1);
         layer_backward(l, w, d_hidden_);
@@ -1091,10 +1114,7 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
         store.reduce_grads(l + 1);
     }
     emb = store.gather(0);
-    if (emb.grads) {
-        embedding_backward_kernel<<<blocks_for(int64_t(N_) * D), kThreads, 0, stream_>>>(batch.ids, d_hidden_, emb.grads, N_, D);
-        check_launch("embedding_backward_kernel");
-    }
+    if (emb.grads) embedding_backward(batch.ids, d_hidden_, emb.grads, N_, D, stream_);
     store.release(0);
     store.reduce_grads(0);
 }

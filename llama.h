@@ -101,6 +101,38 @@ void gemm(const Gemm& g, bool transA, bool transB, int M, int N, int K, const bf
           int ldb, void* C, bool c_fp32, int ldc, float alpha, float beta, int batch = 1, int64_t strideA = 0,
           int64_t strideB = 0, int64_t strideC = 0);
 
+// Kernels, as host functions (one line of math each in llama.cu). Activations are row-major
+// [N = B*T, features]; attention works on [B, heads, T, head_dim] ("t" layouts).
+void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s);
+void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s);
+void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s);
+// dx = residual + d rmsnorm / dx;  dw += d rmsnorm / dw when dw is not null
+void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
+                      float* dw, int64_t N, int D, cudaStream_t s);
+// [B,T,nh,Dh] -> [B,nh,T,Dh], rotated when `rotate`;  backward: the transpose of both.
+void rope_forward(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
+                  bool rotate, cudaStream_t s);
+void rope_backward(const bf16* dout, bf16* dx, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
+                   bool rotate, cudaStream_t s);
+void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s);
+void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s);
+void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s);
+// loss_sum += sum of CE over rows with a target; dlogits = (softmax - onehot) * inv_divisor when backward.
+void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* loss_sum, int rows, int V,
+                   float inv_divisor, bool backward, cudaStream_t s);
+
+// Causal GQA attention through cuBLASLt, `chunk` (batch, kv-head) blocks of scores at a time.
+struct AttentionShape {
+    int B, T, H, KVH, Dh, chunk;
+    AttentionShape(int B, int T, int H, int KVH, int Dh, int64_t budget_bytes = 512ll << 20);
+    int64_t scratch_elems() const;  // elements of `scores` (fp32) and `probs` (bf16)
+};
+void attention_forward(const Gemm& g, const AttentionShape& a, const bf16* qt, const bf16* kt, const bf16* vt, bf16* ot,
+                       float* lse, float* scores, bf16* probs);
+void attention_backward(const Gemm& g, const AttentionShape& a, const bf16* qt, const bf16* kt, const bf16* vt,
+                        const bf16* o, const bf16* d_o, const bf16* d_ot, const float* lse, bf16* dqt, bf16* dkt,
+                        bf16* dvt, float* rowdot, float* scores, bf16* probs);
+
 // The trainable adapters of one layer, if any (see lora.h). Pointers are null for absent targets.
 enum LoraTarget { kQ, kK, kV, kO, kGate, kUp, kDown, kTargets };
 struct LoraLayerView {
@@ -161,8 +193,6 @@ class LlamaModel {
     struct Layer;  // saved activations of one layer
     void layer_forward(int l, const UnitView& w, const bf16* h_in, bf16* h_out);
     void layer_backward(int l, const UnitView& w, bf16* dh);  // dh: in = d h_out, out = d h_in
-    void attention_forward(Layer& a);
-    void attention_backward(Layer& a, const bf16* d_o_t, bf16* dq_t, bf16* dk_t, bf16* dv_t);
     void head_forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward,
                                float* logits);
     void linear_forward(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
@@ -188,7 +218,7 @@ class LlamaModel {
     float* attn_scores_ = nullptr;  // [chunk, group*T, T]
     bf16* attn_probs_ = nullptr;
     float* attn_rowdot_ = nullptr;
-    int attn_chunk_ = 1;
+    AttentionShape attn_;
     float* logits_ = nullptr;  // [head_rows, V]
     bf16* dlogits_ = nullptr;
     int head_rows_ = 0;

@@ -1,0 +1,107 @@
+// adamw.cu — AdamW on flat fp32 shards (GPU and CPU), gradient norm and clipping, LR schedules (adamw.h).
+#include "adamw.h"
+
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "common.h"
+
+namespace {
+
+// p -= lr*wd*p; m, v updated; p -= lr * mhat / (sqrt(vhat) + eps); p16 = bf16(p)
+__global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, float lr,
+                             float wd, float b1, float b2, float eps, float bc1, float bc2, const float* grad_scale) {
+    float s = grad_scale ? *grad_scale : 1.0f;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        float g = grad[i] * s, x = p[i];
+        x -= lr * wd * x;
+        float mi = b1 * m[i] + (1 - b1) * g, vi = b2 * v[i] + (1 - b2) * g * g;
+        x -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        m[i] = mi, v[i] = vi, p[i] = x;
+        if (p16) p16[i] = __float2bfloat16(x);
+    }
+}
+
+// sum_sq += sum grad^2
+__global__ void sum_squares_kernel(const float* g, int64_t n, float* sum_sq) {
+    float acc = 0;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) acc += g[i] * g[i];
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+    __shared__ float partial[32];
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0;
+        for (int w = 0; w < int(blockDim.x / 32); ++w) total += partial[w];
+        atomicAdd(sum_sq, total);
+    }
+}
+
+// scale = min(1, max_norm / (sqrt(sum_sq) + 1e-6))
+__global__ void clip_kernel(const float* sum_sq, float max_norm, float* scale) {
+    *scale = max_norm > 0 ? fminf(1.0f, max_norm / (sqrtf(*sum_sq) + 1e-6f)) : 1.0f;
+}
+
+}  // namespace
+
+void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, const AdamWConfig& c,
+                    float lr, float weight_decay, int step, const float* grad_scale, cudaStream_t stream) {
+    if (n == 0) return;
+    float bc1 = 1 - std::pow(c.beta1, float(step)), bc2 = 1 - std::pow(c.beta2, float(step));
+    int blocks = int(std::min<int64_t>((n + 255) / 256, 132 * 16));
+    adamw_kernel<<<blocks, 256, 0, stream>>>(p, grad, m, v, p16, n, lr, weight_decay, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
+    check_launch("adamw_kernel");
+}
+
+void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, const AdamWConfig& c,
+                    float lr, float weight_decay, int step, float grad_scale, int threads) {
+    float bc1 = 1 - std::pow(c.beta1, float(step)), bc2 = 1 - std::pow(c.beta2, float(step));
+    auto work = [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            float g = grad[i] * grad_scale, x = p[i];
+            x -= lr * weight_decay * x;
+            float mi = c.beta1 * m[i] + (1 - c.beta1) * g, vi = c.beta2 * v[i] + (1 - c.beta2) * g * g;
+            x -= lr * (mi / bc1) / (std::sqrt(vi / bc2) + c.eps);
+            m[i] = mi, v[i] = vi, p[i] = x;
+            if (p16) p16[i] = __float2bfloat16(x);
+        }
+    };
+    threads = std::max(1, threads);
+    std::vector<std::thread> pool;
+    int64_t chunk = (n + threads - 1) / threads;
+    for (int t = 0; t < threads; ++t) {
+        int64_t b = t * chunk, e = std::min(n, b + chunk);
+        if (b < e) pool.emplace_back(work, b, e);
+    }
+    for (auto& th : pool) th.join();
+}
+
+void grad_sum_squares(const float* grad, int64_t n, float* sum_sq, cudaStream_t stream) {
+    if (n == 0) return;
+    int blocks = int(std::min<int64_t>((n + 255) / 256, 132 * 8));
+    sum_squares_kernel<<<blocks, 256, 0, stream>>>(grad, n, sum_sq);
+    check_launch("sum_squares_kernel");
+}
+
+void clip_coefficient(const float* sum_sq, float max_norm, float* scale, cudaStream_t stream) {
+    clip_kernel<<<1, 1, 0, stream>>>(sum_sq, max_norm, scale);
+    check_launch("clip_kernel");
+}
+
+void check_schedule(const Schedule& s, const std::string& flag) {
+    if (s.kind != "constant" && s.kind != "warmup" && s.kind != "warmup-linear" && s.kind != "warmup-cosine")
+        fail(flag + ": unknown schedule \"" + s.kind + "\" (constant, warmup, warmup-linear, warmup-cosine)");
+    if (s.warmup_steps < 0) fail(flag + ": warmup steps must be >= 0");
+    if (!(s.lr > 0)) fail(flag + ": the learning rate must be positive");
+}
+
+float Schedule::lr_at(int step) const {
+    if (kind == "constant") return lr;
+    if (step < warmup_steps) return warmup_min_lr + (lr - warmup_min_lr) * float(step + 1) / float(warmup_steps);
+    if (kind == "warmup") return lr;
+    float span = float(std::max(1, total_steps - warmup_steps));
+    float progress = std::min(1.0f, float(step - warmup_steps) / span);
+    if (kind == "warmup-linear") return lr * (1.0f - progress);
+    return lr * (min_ratio + (1 - min_ratio) * 0.5f * (1 + std::cos(float(M_PI) * progress)));
+}

@@ -1,0 +1,45 @@
+// lora.h — LoRA adapters (Hu et al. 2021) on the Llama projections, in PEFT's layout and file format.
+// For a target projection y = x W^T (W: [out, in]) an adapter adds  y += s * (x A^T) B^T  with A: [r, in],
+// B: [out, r], s = alpha / r (alpha / sqrt(r) with rsLoRA). PEFT's default init: A Kaiming-uniform
+// (bound 1/sqrt(in)), B = 0, so training starts from the base model exactly.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "llama.h"
+
+struct LoraConfig {
+    int rank = 0;  // 0 = no adapters (full fine-tuning)
+    float alpha = 16;
+    bool use_rslora = false;
+    bool target[kTargets] = {true, true, true, true, true, true, true};
+    float scale() const;
+};
+
+const char* lora_target_name(LoraTarget t);  // "q_proj", ..., "down_proj"
+// Parses "q_proj,v_proj" (or short "q,v", or "all"); fails naming the flag on an unknown name.
+void parse_lora_targets(const std::string& list, LoraConfig& config, const std::string& flag);
+
+// Where each adapter lives inside one layer's flat LoRA buffer: for each target in order, A then B.
+struct LoraLayout {
+    int64_t a_offset[kTargets] = {}, b_offset[kTargets] = {};
+    int in[kTargets] = {}, out[kTargets] = {};
+    int64_t per_layer = 0;  // elements per layer
+};
+LoraLayout lora_layout(const LlamaConfig& model, const LoraConfig& lora);
+LoraLayerView lora_view(const LoraConfig& lora, const LoraLayout& layout, const bf16* weights, float* grads);
+
+// PEFT's init for one layer's flat fp32 buffer (host): A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0.
+void lora_init_layer(const LoraConfig& lora, const LoraLayout& layout, uint64_t seed, int layer, float* master);
+
+// PEFT adapter directory: adapter_config.json + adapter_model.safetensors (keys
+// base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight, ...). `layers[l]` is layer l's flat fp32 buffer.
+void save_peft_adapter(const std::string& dir, const LlamaConfig& model, const LoraConfig& lora,
+                       const std::vector<std::vector<float>>& layers, const std::string& base_model);
+// Reads adapter_config.json into `lora` (rank, alpha, targets) and the weights into `layers`.
+void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraConfig& lora,
+                       std::vector<std::vector<float>>& layers);
+std::string peft_key(int layer, LoraTarget t, char which);  // which = 'A' or 'B'
+
+// W += s * B A for every adapted projection of one layer: `weights` is the layer unit in fp32.
+void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights);
