@@ -492,7 +492,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
         return bytes;
     };
 
-    const Json& vocab = field(model, "vocab", Json::Object, where + ": model");
+    const std::string in_model = where + ": model";
+    const Json& vocab = field(model, "vocab", Json::Object, in_model);
     std::vector<std::string> id_to_bytes;
     std::vector<bool> seen;
     auto assign = [&](int64_t id, std::string bytes, const std::string& name) {
@@ -514,7 +515,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
         tok.byte_id_[b] = it->second;
     }
 
-    const Json& merges = field(model, "merges", Json::Array, where + ": model");
+    const Json& merges = field(model, "merges", Json::Array, in_model);
     for (size_t rank = 0; rank < merges.array.size(); ++rank) {
         const Json& m = merges.array[rank];
         std::string left, right;
@@ -536,9 +537,10 @@ Tokenizer Tokenizer::load(const std::string& path) {
     }
 
     if (const Json* added = file.find("added_tokens"); added && added->type == Json::Array) {
+        const std::string in_added = where + ": added_tokens";
         for (const Json& a : added->array) {
-            const Json& content = field(a, "content", Json::String, where + ": added_tokens");
-            const Json& id = field(a, "id", Json::Number, where + ": added_tokens");
+            const Json& content = field(a, "content", Json::String, in_added);
+            const Json& id = field(a, "id", Json::Number, in_added);
             if (content.string.empty()) fail(path + ": an added token is empty");
             if (!id.is_int()) fail(path + ": added token " + json_quote(content.string) + " has no integer id");
             if (size_t(id.integer) < seen.size() && seen[size_t(id.integer)] &&

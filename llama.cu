@@ -7,7 +7,6 @@
 #include "llama.h"
 
 #include <sys/stat.h>
-#include <dirent.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -288,18 +287,10 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : where_(path) {
             if (!tensors_.count(name)) fail(index + ": tensor " + name + " is not in " + file.string);
         return;
     }
-    std::vector<std::string> files;
-    if (DIR* d = opendir(path.c_str())) {
-        while (dirent* e = readdir(d)) {
-            std::string n = e->d_name;
-            if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0 && n.rfind("adapter_", 0) != 0)
-                files.push_back(path + "/" + n);
-        }
-        closedir(d);
-    }
-    if (files.empty()) fail("no *.safetensors weights in " + path);
-    std::sort(files.begin(), files.end());
-    for (const std::string& f : files) add_file(f);
+    std::string single = path + "/model.safetensors";
+    if (stat(single.c_str(), &st) != 0)
+        fail("no model.safetensors or model.safetensors.index.json in " + path + " (is it an HF model directory?)");
+    add_file(single);
 }
 
 void SafetensorsReader::add_file(const std::string& file) {
@@ -1117,4 +1108,160 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     if (emb.grads) embedding_backward(batch.ids, d_hidden_, emb.grads, N_, D, stream_);
     store.release(0);
     store.reduce_grads(0);
+}
+
+// ================================================================================================ generation
+
+namespace {
+
+// out[h] = sum_j softmax_j(q[h] . k[g, j] / sqrt(Dh)) v[g, j] over positions j < len  (one block per head)
+__global__ void decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, bf16* out, int len,
+                                        int max_len, int group, int Dh) {
+    extern __shared__ float scores[];  // [len]
+    int h = blockIdx.x, g = h / group;
+    const bf16* qh = q + int64_t(h) * Dh;
+    const bf16 *kg = k_cache + int64_t(g) * max_len * Dh, *vg = v_cache + int64_t(g) * max_len * Dh;
+    float scale = rsqrtf(float(Dh));
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        float acc = 0;
+        for (int d = 0; d < Dh; ++d) acc += __bfloat162float(qh[d]) * __bfloat162float(kg[int64_t(j) * Dh + d]);
+        scores[j] = acc * scale;
+    }
+    __syncthreads();
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, scores[j]);
+    m = block_max(m);
+    float sum = 0;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) sum += __expf(scores[j] - m);
+    sum = block_sum(sum);
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
+        float acc = 0;
+        for (int j = 0; j < len; ++j) acc += __expf(scores[j] - m) * __bfloat162float(vg[int64_t(j) * Dh + d]);
+        out[int64_t(h) * Dh + d] = __float2bfloat16(acc / sum);
+    }
+}
+
+}  // namespace
+
+Generator::Generator(const LlamaConfig& c, int lora_rank, float lora_scale, int max_len, cudaStream_t stream)
+    : c_(c), r_(lora_rank), max_len_(max_len), scale_(lora_scale), stream_(stream) {
+    gemm_ = gemm_create(stream);
+    int64_t L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, Hd = int64_t(c.num_attention_heads) * c.head_dim,
+            KVd = int64_t(c.num_key_value_heads) * c.head_dim;
+    k_cache_ = device_alloc<bf16>(size_t(L * KVd * max_len), "KV cache");
+    v_cache_ = device_alloc<bf16>(size_t(L * KVd * max_len), "KV cache");
+    h_ = device_alloc<bf16>(size_t(D), "generation"), n_ = device_alloc<bf16>(size_t(D), "generation");
+    q_ = device_alloc<bf16>(size_t(Hd), "generation"), qt_ = device_alloc<bf16>(size_t(Hd), "generation");
+    att_ = device_alloc<bf16>(size_t(Hd), "generation");
+    k_ = device_alloc<bf16>(size_t(KVd), "generation"), v_ = device_alloc<bf16>(size_t(KVd), "generation");
+    kt_ = device_alloc<bf16>(size_t(KVd), "generation");
+    g_ = device_alloc<bf16>(size_t(F), "generation"), u_ = device_alloc<bf16>(size_t(F), "generation");
+    act_ = device_alloc<bf16>(size_t(F), "generation");
+    lora_u_ = device_alloc<bf16>(size_t(std::max(1, r_)), "generation");
+    rstd_ = device_alloc<float>(1, "generation");
+    logits_ = device_alloc<float>(size_t(c.vocab_size), "generation");
+    token_ = device_alloc<int32_t>(1, "generation");
+    std::vector<float> inv = rope_inv_freq(c), cos_h(size_t(max_len) * size_t(c.head_dim / 2)), sin_h(cos_h.size());
+    for (int t = 0; t < max_len; ++t)
+        for (int i = 0; i < c.head_dim / 2; ++i) {
+            float angle = float(t) * inv[size_t(i)];
+            cos_h[size_t(t * (c.head_dim / 2) + i)] = bf16_to_float(float_to_bf16(std::cos(angle)));
+            sin_h[size_t(t * (c.head_dim / 2) + i)] = bf16_to_float(float_to_bf16(std::sin(angle)));
+        }
+    rope_cos_ = device_alloc<float>(cos_h.size(), "RoPE table"), rope_sin_ = device_alloc<float>(sin_h.size(), "RoPE table");
+    check_cuda(cudaMemcpy(rope_cos_, cos_h.data(), cos_h.size() * 4, cudaMemcpyHostToDevice), "copy RoPE table");
+    check_cuda(cudaMemcpy(rope_sin_, sin_h.data(), sin_h.size() * 4, cudaMemcpyHostToDevice), "copy RoPE table");
+}
+
+Generator::~Generator() {
+    for (void* p : {(void*)k_cache_, (void*)v_cache_, (void*)h_, (void*)n_, (void*)q_, (void*)qt_, (void*)att_, (void*)k_,
+                    (void*)v_, (void*)kt_, (void*)g_, (void*)u_, (void*)act_, (void*)lora_u_, (void*)rstd_, (void*)logits_,
+                    (void*)token_, (void*)rope_cos_, (void*)rope_sin_})
+        cudaFree(p);
+    gemm_destroy(gemm_);
+}
+
+void Generator::linear(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+                       const LoraLayerView& lora) {
+    gemm(gemm_, false, true, 1, out, in, x, in, W, in, y, false, out, 1.0f, beta);
+    if (!lora.A[t]) return;
+    gemm(gemm_, false, true, 1, r_, in, x, in, lora.A[t], in, lora_u_, false, r_, 1.0f, 0.0f);
+    gemm(gemm_, false, true, 1, out, r_, lora_u_, r_, lora.B[t], r_, y, false, out, scale_, 1.0f);
+}
+
+void Generator::step(UnitStore& store, int32_t token, int pos, bool want_logits) {
+    int L = c_.num_hidden_layers, D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads,
+        KVH = c_.num_key_value_heads, Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh, half = Dh / 2;
+    check_cuda(cudaMemcpyAsync(token_, &token, 4, cudaMemcpyHostToDevice, stream_), "copy token");
+    UnitView emb = store.gather(0);
+    embedding_forward(token_, emb.weights, h_, 1, D, stream_);
+    store.release(0);
+    for (int l = 0; l < L; ++l) {
+        UnitView u = store.gather(l + 1);
+        LayerWeights w = layer_weights(c_, u);
+        bf16 *kc = k_cache_ + int64_t(l) * KVd * max_len_, *vc = v_cache_ + int64_t(l) * KVd * max_len_;
+        rmsnorm_forward(h_, w.norm1, n_, rstd_, 1, D, c_.rms_norm_eps, stream_);
+        linear(n_, D, w.q, Hd, q_, 0.0f, kQ, u.lora);
+        linear(n_, D, w.k, KVd, k_, 0.0f, kK, u.lora);
+        linear(n_, D, w.v, KVd, v_, 0.0f, kV, u.lora);
+        rope_forward(q_, qt_, rope_cos_ + pos * half, rope_sin_ + pos * half, 1, 1, H, Dh, true, stream_);
+        rope_forward(k_, kt_, rope_cos_ + pos * half, rope_sin_ + pos * half, 1, 1, KVH, Dh, true, stream_);
+        // append this position's keys and values: head g's row `pos` of the cache
+        check_cuda(cudaMemcpy2DAsync(kc + int64_t(pos) * Dh, size_t(max_len_) * Dh * 2, kt_, size_t(Dh) * 2, size_t(Dh) * 2,
+                                     size_t(KVH), cudaMemcpyDeviceToDevice, stream_), "KV cache");
+        check_cuda(cudaMemcpy2DAsync(vc + int64_t(pos) * Dh, size_t(max_len_) * Dh * 2, v_, size_t(Dh) * 2, size_t(Dh) * 2,
+                                     size_t(KVH), cudaMemcpyDeviceToDevice, stream_), "KV cache");
+        decode_attention_kernel<<<unsigned(H), 128, size_t(pos + 1) * 4, stream_>>>(qt_, kc, vc, att_, pos + 1, max_len_, H / KVH, Dh);
+        check_launch("decode_attention_kernel");
+        linear(att_, Hd, w.o, D, h_, 1.0f, kO, u.lora);
+        rmsnorm_forward(h_, w.norm2, n_, rstd_, 1, D, c_.rms_norm_eps, stream_);
+        linear(n_, D, w.gate, F, g_, 0.0f, kGate, u.lora);
+        linear(n_, D, w.up, F, u_, 0.0f, kUp, u.lora);
+        swiglu_forward(g_, u_, act_, F, stream_);
+        linear(act_, F, w.down, D, h_, 1.0f, kDown, u.lora);
+        store.release(l + 1);
+    }
+    if (!want_logits) return;
+    UnitView fin = store.gather(L + 1);
+    UnitView head = c_.tie_word_embeddings ? store.gather(0) : fin;
+    rmsnorm_forward(h_, fin.weights, n_, rstd_, 1, D, c_.rms_norm_eps, stream_);
+    gemm(gemm_, false, true, 1, c_.vocab_size, D, n_, D, c_.tie_word_embeddings ? head.weights : fin.weights + D, D, logits_, true,
+         c_.vocab_size, 1.0f, 0.0f);
+    if (c_.tie_word_embeddings) store.release(0);
+    store.release(L + 1);
+}
+
+std::vector<int32_t> Generator::generate(UnitStore& store, const std::vector<int32_t>& prompt, int max_new, float temperature,
+                                         float top_p, uint64_t seed) {
+    std::vector<int32_t> out = prompt;
+    if (prompt.empty()) return out;
+    Rng rng(seed);
+    std::vector<float> logits(size_t(c_.vocab_size));
+    for (int pos = 0; pos < int(out.size()) && pos < max_len_; ++pos) {
+        bool last = pos == int(out.size()) - 1;
+        step(store, out[size_t(pos)], pos, last);
+        if (!last) continue;
+        if (int(out.size()) - int(prompt.size()) >= max_new || int(out.size()) >= max_len_) break;
+        check_cuda(cudaMemcpyAsync(logits.data(), logits_, logits.size() * 4, cudaMemcpyDeviceToHost, stream_), "copy logits");
+        check_cuda(cudaStreamSynchronize(stream_), "generate");
+        int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        if (temperature > 0) {  // nucleus sampling
+            std::vector<std::pair<float, int32_t>> p;
+            float m = logits[size_t(next)], sum = 0;
+            for (int32_t i = 0; i < c_.vocab_size; ++i) {
+                float e = std::exp((logits[size_t(i)] - m) / temperature);
+                if (e > 1e-8f) p.push_back({e, i}), sum += e;
+            }
+            std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+            float keep = 0, cut = top_p * sum;
+            size_t n = 0;
+            while (n < p.size() && keep < cut) keep += p[n++].first;
+            float r = rng.uniform() * keep;
+            for (size_t i = 0; i < n; ++i)
+                if ((r -= p[i].first) <= 0 || i + 1 == n) { next = p[i].second; break; }
+        }
+        out.push_back(next);
+        if (std::find(c_.eos_token_ids.begin(), c_.eos_token_ids.end(), next) != c_.eos_token_ids.end()) break;
+    }
+    return out;
 }

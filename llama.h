@@ -226,3 +226,30 @@ class LlamaModel {
     float* loss_sum_ = nullptr;
     size_t activation_bytes_ = 0;
 };
+
+// Text generation with a KV cache, one token at a time (prompt tokens too): for each layer the keys and
+// values of every position so far are kept, so a new token costs one pass of M = 1 products.
+class Generator {
+  public:
+    Generator(const LlamaConfig& c, int lora_rank, float lora_scale, int max_len, cudaStream_t stream);
+    ~Generator();
+    Generator(const Generator&) = delete;
+    Generator& operator=(const Generator&) = delete;
+    // Appends prompt + generated ids; stops at any eos id or after max_new tokens. temperature 0 = greedy;
+    // otherwise samples from the top-p nucleus of softmax(logits / temperature).
+    std::vector<int32_t> generate(UnitStore& store, const std::vector<int32_t>& prompt, int max_new,
+                                  float temperature, float top_p, uint64_t seed);
+
+  private:
+    void step(UnitStore& store, int32_t token, int pos, bool want_logits);
+    void linear(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t, const LoraLayerView& lora);
+    LlamaConfig c_;
+    int r_, max_len_;
+    float scale_;
+    cudaStream_t stream_;
+    Gemm gemm_;
+    bf16 *k_cache_ = nullptr, *v_cache_ = nullptr;  // [L][KVH][max_len][Dh]
+    bf16 *h_, *n_, *q_, *k_, *v_, *qt_, *kt_, *att_, *g_, *u_, *act_, *lora_u_;
+    float *rstd_, *logits_, *rope_cos_, *rope_sin_;
+    int32_t* token_;
+};
