@@ -55,7 +55,7 @@ data:
 	@test -s data/tokenizer.json -a -f data/corpus/.complete -a -s data/qa_train.jsonl -a -s data/qa_eval.jsonl \
 	  || bash data/fetch.sh
 
-test: $(B)/run_tests data
+test: $(B)/run_tests train data
 	./$(B)/run_tests
 
 bench: $(B)/tokenize_bench data

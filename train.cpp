@@ -480,8 +480,9 @@ RunResult train(const Options& o, const LlamaConfig& c, const Tokenizer& tok, co
     double train_s = wall_seconds() - train_start;
     std::fclose(csv);
     res.final_loss = last_loss;
-    res.tokens_per_s = double(total) * o.grad_accum * B * T / train_s;
-    res.samples_per_s = double(total) * o.grad_accum * B / train_s;
+    double timed_s = total_ms > 0 ? total_ms / 1e3 : train_s;  // GPU time of the steps, evaluation excluded
+    res.tokens_per_s = double(total) * o.grad_accum * B * T / timed_s;
+    res.samples_per_s = double(total) * o.grad_accum * B / timed_s;
     res.tflops = res.tokens_per_s * fpt / 1e12;
     res.mean_gib = logged > 0 ? res.mean_gib / logged : 0;
 

@@ -1,0 +1,113 @@
+// test/test_cli.cpp — the ./train program from outside, as a user runs it: every mistake in flags,
+// config files, model, adapter or data files ends with exactly one line `error: ...` naming the flag,
+// file or field, and a non-zero exit, before any GPU work.
+#include "test.h"
+
+#include <sys/wait.h>
+
+#include <cstdio>
+
+namespace {
+
+struct Run {
+    int status;
+    std::string output;
+};
+
+Run run(const std::string& args, const std::string& stdin_text = "") {
+    std::string in = temp_file("cli_stdin.txt", stdin_text);
+    std::string cmd = "./train " + args + " < " + in + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int status = pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// The last line of the output is the error, and it is the only error line.
+void check_error(const std::string& args, const std::string& message) {
+    Run r = run(args);
+    CAPTURE(args);
+    CAPTURE(r.output);
+    CHECK(r.status == 1);
+    size_t at = r.output.find("error: ");
+    REQUIRE(at != std::string::npos);
+    CHECK(r.output.find("error: ", at + 1) == std::string::npos);
+    CHECK(r.output.substr(at).find(message) != std::string::npos);
+    CHECK(r.output.find('\n', at) == r.output.size() - 1);
+}
+
+}  // namespace
+
+TEST_CASE("cli: help, tokenize and a dry run succeed") {
+    Run help = run("--help");
+    CHECK(help.status == 0);
+    CHECK(help.output.find("--lora-rank") != std::string::npos);
+    Run tok = run("tokenize", "Hello world\n");
+    CHECK(tok.status == 0);
+    CHECK(tok.output == "9906 1917 198\n");
+    Run special = run("tokenize", "<|start_header_id|>user<|end_header_id|>");
+    CHECK(special.output == "128006 882 128007\n");
+    Run dry = run("--preset tiny --seq 128 --dry-run");
+    CHECK(dry.status == 0);
+    CHECK(dry.output.find("dry run: inputs are valid") != std::string::npos);
+}
+
+TEST_CASE("cli: each bad flag is one error line") {
+    check_error("--bogus", "unknown option --bogus");
+    check_error("--seq x", "--seq needs a whole number, not \"x\"");
+    check_error("--seq 1", "--seq must be in [2,");
+    check_error("--micro-batch", "--micro-batch needs a value");
+    check_error("--lr -1", "--lr must be positive");
+    check_error("--preset huge --dry-run", "unknown preset \"huge\"");
+    check_error("--model /nonexistent --dry-run", "--model /nonexistent: no config.json there");
+    check_error("--model a --preset tiny", "--model and --preset exclude each other");
+    check_error("--steps 5 --epochs 2", "--steps and --epochs exclude each other");
+    check_error("--preset tiny --lora-targets q,x --dry-run", "unknown LoRA target \"x\"");
+    check_error("--lr-schedule sawtooth", "unknown schedule \"sawtooth\"");
+    check_error("--eval-fraction 2", "--eval-fraction must be in (0, 1)");
+    check_error("--preset tiny --seq 5000 --dry-run", "--seq 5000 exceeds the model's max_position_embeddings (4096)");
+    check_error("--adapter /nonexistent", "--adapter /nonexistent: no adapter_config.json there");
+    check_error("tokenize --tokenizer /nonexistent/tokenizer.json", "tokenizer /nonexistent/tokenizer.json not found");
+    check_error("tokenize --bogus", "unknown option --bogus for tokenize");
+}
+
+TEST_CASE("cli: bad config files, model directories and data files") {
+    std::string fp16 = temp_file("ds_fp16.json", R"({"fp16": {"enabled": true}})");
+    check_error("--config " + fp16, "ds_fp16.json: fp16 is not supported");
+    std::string broken = temp_file("ds_broken.json", "{\"train_micro_batch_size_per_gpu\": 4,,}");
+    check_error("--config " + broken, "ds_broken.json:1:38: expected a string key");
+    std::string sched = temp_file("ds_sched.json", R"({"scheduler": {"type": "OneCycle"}})");
+    check_error("--config " + sched, "scheduler.type \"OneCycle\" is not supported");
+    std::string stage = temp_file("ds_stage.json", R"({"zero_optimization": {"stage": 5}})");
+    check_error("--config " + stage, "zero_optimization.stage must be 0, 1, 2 or 3");
+    std::string batch = temp_file("ds_batch.json", R"({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2})");
+    check_error("--config " + batch, "train_batch_size 64 != train_micro_batch_size_per_gpu * gradient_accumulation_steps");
+    std::string opt = temp_file("ds_opt.json", R"({"optimizer": {"type": "SGD", "params": {"lr": 0.1}}})");
+    check_error("--config " + opt, "optimizer.type \"SGD\" is not supported");
+
+    std::string good = temp_file("ds_good.json", R"({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 2,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_num_steps": 10, "total_num_steps": 100}},
+        "bf16": {"enabled": true}, "zero_optimization": {"stage": 3, "overlap_comm": true}, "flops_profiler": {}})");
+    Run r = run("--preset tiny --seq 128 --dry-run --config " + good);
+    CHECK(r.status == 0);
+    CHECK(r.output.find("warning: " + good + ": ignoring keys this trainer does not use: flops_profiler") != std::string::npos);
+
+    std::string mistral = temp_dir("mistral");
+    temp_file("mistral/config.json", R"({"model_type": "mistral", "hidden_size": 64})");
+    check_error("--model " + mistral + " --dry-run", "mistral/config.json: model_type must be \"llama\", not \"mistral\"");
+    std::string noweights = temp_dir("noweights");
+    temp_file("noweights/config.json", R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 128256, "max_position_embeddings": 512})");
+    check_error("--model " + noweights + " --seq 64 --dry-run", "no model.safetensors or model.safetensors.index.json in");
+
+    check_error("--preset tiny --data /nonexistent.jsonl --dry-run", "cannot read dataset /nonexistent.jsonl");
+    std::string rows = temp_file("cli_rows.jsonl", "{\"text\": \"fine\"}\n{\"question\": 3, \"answer\": \"x\"}\n");
+    check_error("--preset tiny --seq 64 --data " + rows + " --dry-run", "cli_rows.jsonl:2: field \"question\" must be a string, not a number");
+    std::string tok = temp_file("cli_tokenizer.json", "{\"model\": ");
+    check_error("--preset tiny --tokenizer " + tok + " --dry-run", "cli_tokenizer.json:1:11:");
+}
