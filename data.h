@@ -1,4 +1,4 @@
-// data.h — text to training batches, exactly as Hugging Face would make them: a strict JSON reader, the
+// data.h — text to training batches, exactly as Hugging Face would make them: the
 // Llama-3 byte-level BPE tokenizer read from an HF tokenizer.json, datasets (plain-text corpora and JSONL
 // rows), label masks (-100 = ignored), packing/padding, a deterministic shuffle and per-rank sharding.
 // Knows nothing of CUDA or the model.
@@ -10,37 +10,7 @@
 #include <utility>
 #include <vector>
 
-// ---------------------------------------------------------------------------------------------- JSON
-// A parsed JSON value. Objects keep their keys in file order.
-struct Json {
-    enum Type { Null, Bool, Number, String, Array, Object };
-    Type type = Null;
-    bool boolean = false;
-    double number = 0;
-    bool integral = false;  // the literal had no fraction or exponent and fits int64
-    int64_t integer = 0;
-    std::string string;
-    std::vector<Json> array;
-    std::vector<std::pair<std::string, Json>> object;
-
-    const Json* find(std::string_view key) const;  // nullptr when absent (or not an object)
-    bool is_string() const { return type == String; }
-    bool is_int() const { return type == Number && integral; }
-};
-
-const char* json_type_name(Json::Type type);
-
-// Parses `text` strictly (RFC 8259: no comments, no trailing commas). Errors name `source:LINE:COL`.
-Json parse_json(std::string_view text, const std::string& source, int first_line = 1);
-Json read_json_file(const std::string& path);
-std::string json_quote(std::string_view text);  // a JSON string literal for `text`
-
-std::string read_file(const std::string& path);  // whole file; fails naming the path
-
-// ---------------------------------------------------------------------------------------------- UTF-8
-// Replaces every ill-formed UTF-8 subsequence by U+FFFD (maximal-subpart rule, as Python's
-// errors="replace" and Rust's from_utf8_lossy do). Valid text is returned unchanged.
-std::string utf8_sanitize(std::string_view bytes);
+#include "json.h"
 
 // ---------------------------------------------------------------------------------------------- tokenizer
 // Llama-3 tokenizer: pre-tokenizer split by the Llama-3 pattern, byte-level mapping, BPE by merge rank

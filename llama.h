@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "safetensors.h"
+
 struct LlamaConfig {
     int hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0;
     int num_attention_heads = 0, num_key_value_heads = 0, head_dim = 0;
@@ -45,41 +47,6 @@ struct TensorSpec {
 // Every parameter of the model by HF name and shape, in HF order (lm_head only when untied).
 std::vector<TensorSpec> parameter_specs(const LlamaConfig& c);
 
-// ---------------------------------------------------------------------------------------------- safetensors
-// File layout: u64 little-endian header length N, N bytes of JSON {name: {"dtype","shape","data_offsets"}},
-// then the raw little-endian tensor bytes.
-struct SafeTensor {
-    std::string name, dtype, file;  // dtype: "BF16", "F16", "F32", ...
-    std::vector<int64_t> shape;
-    uint64_t offset = 0, bytes = 0;  // absolute offset in `file`
-};
-
-// The tensors of a model directory: model.safetensors, or shards listed in model.safetensors.index.json
-// (or any *.safetensors there). Every header is checked against its file's size.
-class SafetensorsReader {
-  public:
-    explicit SafetensorsReader(const std::string& path);  // a directory or one .safetensors file
-    const SafeTensor* find(const std::string& name) const;
-    const std::map<std::string, SafeTensor>& tensors() const { return tensors_; }
-    // Reads `name` as fp32 values (converting BF16/F16/F32), checking the shape. Fails naming file and tensor.
-    std::vector<float> read_float(const std::string& name, const std::vector<int64_t>& shape) const;
-
-  private:
-    void add_file(const std::string& file);
-    std::string where_;
-    std::map<std::string, SafeTensor> tensors_;
-};
-
-struct TensorToWrite {
-    std::string name, dtype;  // "BF16" or "F32"
-    std::vector<int64_t> shape;
-    const void* data;  // host memory, numel * dtype size bytes
-};
-// Writes a .safetensors file (atomically: to PATH.tmp, then renamed).
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
-
-std::string shape_string(const std::vector<int64_t>& shape);  // "[2048, 512]"
 
 // ================================================================================================ GPU
 
