@@ -139,7 +139,7 @@ LlamaConfig preset_config(const std::string& name) {
     if (name == "tiny") {  // ~39M parameters, most of them the (tied) embedding
         c.hidden_size = 256, c.intermediate_size = 768, c.num_hidden_layers = 8;
         c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 64;
-        c.max_position_embeddings = 4096;
+        c.max_position_embeddings = 8192;
     } else if (name == "llama-3.2-1b") {  // meta-llama/Llama-3.2-1B(-Instruct)'s shape
         c.hidden_size = 2048, c.intermediate_size = 8192, c.num_hidden_layers = 16;
         c.num_attention_heads = 32, c.num_key_value_heads = 8, c.head_dim = 64;

@@ -69,7 +69,7 @@ TEST_CASE("cli: each bad flag is one error line") {
     check_error("--preset tiny --lora-targets q,x --dry-run", "unknown LoRA target \"x\"");
     check_error("--lr-schedule sawtooth", "unknown schedule \"sawtooth\"");
     check_error("--eval-fraction 2", "--eval-fraction must be in (0, 1)");
-    check_error("--preset tiny --seq 5000 --dry-run", "--seq 5000 exceeds the model's max_position_embeddings (4096)");
+    check_error("--preset tiny --seq 9000 --dry-run", "--seq 9000 exceeds the model's max_position_embeddings (8192)");
     check_error("--adapter /nonexistent", "--adapter /nonexistent: no adapter_config.json there");
     check_error("tokenize --tokenizer /nonexistent/tokenizer.json", "tokenizer /nonexistent/tokenizer.json not found");
     check_error("tokenize --bogus", "unknown option --bogus for tokenize");
