@@ -23,19 +23,26 @@ __global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, __
     }
 }
 
-// sum_sq += sum grad^2
-__global__ void sum_squares_kernel(const float* g, int64_t n, float* sum_sq) {
+// partial[block] = sum of grad^2 over the block's grid-stride elements
+__global__ void sum_squares_kernel(const float* g, int64_t n, float* partial) {
     float acc = 0;
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) acc += g[i] * g[i];
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
-    __shared__ float partial[32];
-    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
+    __shared__ float warp_sums[32];
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
     __syncthreads();
     if (threadIdx.x == 0) {
         float total = 0;
-        for (int w = 0; w < int(blockDim.x / 32); ++w) total += partial[w];
-        atomicAdd(sum_sq, total);
+        for (int w = 0; w < int(blockDim.x / 32); ++w) total += warp_sums[w];
+        partial[blockIdx.x] = total;
     }
+}
+
+// sum += partial[0] + ... + partial[n-1], in order (deterministic)
+__global__ void add_partials_kernel(const float* partial, int n, float* sum) {
+    float total = 0;
+    for (int i = 0; i < n; ++i) total += partial[i];
+    *sum += total;
 }
 
 // scale = min(1, max_norm / (sqrt(sum_sq) + 1e-6))
@@ -79,9 +86,12 @@ void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
 
 void grad_sum_squares(const float* grad, int64_t n, float* sum_sq, cudaStream_t stream) {
     if (n == 0) return;
-    int blocks = int(std::min<int64_t>((n + 255) / 256, 132 * 8));
-    sum_squares_kernel<<<blocks, 256, 0, stream>>>(grad, n, sum_sq);
+    constexpr int kBlocks = 264;  // fixed, so the sum's order (and value) is the same every run
+    static float* p = device_alloc<float>(kBlocks, "grad-norm partials");  // stream order keeps calls apart
+    sum_squares_kernel<<<kBlocks, 256, 0, stream>>>(grad, n, p);
     check_launch("sum_squares_kernel");
+    add_partials_kernel<<<1, 1, 0, stream>>>(p, kBlocks, sum_sq);
+    check_launch("add_partials_kernel");
 }
 
 void clip_coefficient(const float* sum_sq, float max_norm, float* scale, cudaStream_t stream) {

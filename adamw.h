@@ -22,7 +22,7 @@ void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
 void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n,
                     const AdamWConfig& c, float lr, float weight_decay, int step, float grad_scale, int threads);
 
-// sum_sq += sum of grad^2 (device scalar, fp32 accumulate per block).
+// sum_sq += sum of grad^2 (device scalar), in a fixed order; calls must share one stream.
 void grad_sum_squares(const float* grad, int64_t n, float* sum_sq, cudaStream_t stream);
 // scale = min(1, max_norm / (sqrt(sum_sq) + 1e-6)) (PyTorch's clip_grad_norm_); max_norm <= 0: scale = 1.
 void clip_coefficient(const float* sum_sq, float max_norm, float* scale, cudaStream_t stream);

@@ -387,10 +387,11 @@ __global__ void embedding_forward_kernel(const int32_t* ids, const bf16* E, bf16
         h[i] = E[int64_t(ids[i / D]) * D + i % D];
 }
 
-// dE[ids[n], :] += dh[n, :]
+// dE[ids[n], :] += dh[n, :]   (one thread per column, tokens in order: deterministic, no atomics)
 __global__ void embedding_backward_kernel(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * D; i += int64_t(gridDim.x) * blockDim.x)
-        atomicAdd(&dE[int64_t(ids[i / D]) * D + i % D], __bfloat162float(dh[i]));
+    int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    for (int64_t n = 0; n < N; ++n) dE[int64_t(ids[n]) * D + d] += __bfloat162float(dh[n * D + d]);
 }
 
 // y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does)
@@ -422,14 +423,14 @@ __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const floa
     }
 }
 
-// dw[i] += sum_n dy[n,i] * x[n,i] * rstd[n]   (columns across threads, rows split across blockIdx.y)
+// dw[i] += sum_n dy[n,i] * x̂[n,i]   (one thread per column, rows in order: deterministic)
 __global__ void rmsnorm_weight_grad_kernel(const bf16* x, const float* rstd, const bf16* dy, float* dw, int64_t N, int D) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= D) return;
     float acc = 0;
-    for (int64_t n = blockIdx.y; n < N; n += gridDim.y)
+    for (int64_t n = 0; n < N; ++n)
         acc += __bfloat162float(dy[n * D + i]) * __bfloat162float(__float2bfloat16(__bfloat162float(x[n * D + i]) * rstd[n]));
-    atomicAdd(&dw[i], acc);
+    dw[i] += acc;
 }
 
 // RoPE, and [B,T,nh,Dh] -> [B,nh,T,Dh]:  (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the halves of
@@ -557,12 +558,13 @@ __global__ void shift_labels_kernel(const int32_t* labels, int32_t* targets, int
 
 // Cross-entropy of one row of logits:  loss = logsumexp(z) - z[target];
 // dz = (softmax(z) - onehot(target)) / divisor  (0 for rows without a target).  One block per row.
-__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, bf16* dlogits, float* loss_sum, int V,
+__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, int V,
                                      float inv_divisor, bool backward) {
     int64_t row = blockIdx.x;
     const float* z = logits + row * V;
     int target = targets[row];
     if (target < 0) {
+        if (threadIdx.x == 0) row_loss[row] = 0.0f;
         if (backward)
             for (int j = threadIdx.x; j < V; j += blockDim.x) dlogits[row * V + j] = __float2bfloat16(0.0f);
         return;
@@ -573,10 +575,18 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
     float sum = 0;
     for (int j = threadIdx.x; j < V; j += blockDim.x) sum += __expf(z[j] - m);
     float lse = m + logf(block_sum(sum));
-    if (threadIdx.x == 0) atomicAdd(loss_sum, lse - z[target]);
+    if (threadIdx.x == 0) row_loss[row] = lse - z[target];
     if (backward)
         for (int j = threadIdx.x; j < V; j += blockDim.x)
             dlogits[row * V + j] = __float2bfloat16((__expf(z[j] - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
+}
+
+// sum += sum of x[0..n)   (one block, a fixed order: deterministic)
+__global__ void sum_kernel(const float* x, int n, float* sum) {
+    float acc = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) *sum += acc;
 }
 
 }  // namespace
@@ -588,7 +598,7 @@ void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, in
     check_launch("embedding_forward_kernel");
 }
 void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s) {
-    embedding_backward_kernel<<<blocks_for(N * D), kThreads, 0, s>>>(ids, dh, dE, N, D);
+    embedding_backward_kernel<<<blocks_for(D), kThreads, 0, s>>>(ids, dh, dE, N, D);
     check_launch("embedding_backward_kernel");
 }
 void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
@@ -600,7 +610,7 @@ void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf1
     rmsnorm_backward_kernel<<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
     check_launch("rmsnorm_backward_kernel");
     if (!dw) return;
-    rmsnorm_weight_grad_kernel<<<dim3(unsigned((D + kThreads - 1) / kThreads), 64), kThreads, 0, s>>>(x, rstd, dy, dw, N, D);
+    rmsnorm_weight_grad_kernel<<<blocks_for(D), kThreads, 0, s>>>(x, rstd, dy, dw, N, D);
     check_launch("rmsnorm_weight_grad_kernel");
 }
 void rope_forward(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
@@ -625,10 +635,12 @@ void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cud
     shift_labels_kernel<<<blocks_for(N), kThreads, 0, s>>>(labels, targets, N, T);
     check_launch("shift_labels_kernel");
 }
-void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* loss_sum, int rows, int V,
-                   float inv_divisor, bool backward, cudaStream_t s) {
-    cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, dlogits, loss_sum, V, inv_divisor, backward);
+void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, float* loss_sum, int rows,
+                   int V, float inv_divisor, bool backward, cudaStream_t s) {
+    cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, dlogits, row_loss, V, inv_divisor, backward);
     check_launch("cross_entropy_kernel");
+    sum_kernel<<<1, 1024, 0, s>>>(row_loss, rows, loss_sum);
+    check_launch("sum_kernel");
 }
 
 AttentionShape::AttentionShape(int B_, int T_, int H_, int KVH_, int Dh_, int64_t budget_bytes)
@@ -758,6 +770,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, in
     dlogits_ = alloc_bf16(int64_t(head_rows_) * c.vocab_size, "logits chunk");
     targets_ = device_alloc<int32_t>(size_t(N), "targets");
     loss_sum_ = device_alloc<float>(1, "loss");
+    row_loss_ = device_alloc<float>(size_t(head_rows_), "loss");
     check_cuda(cudaMemset(loss_sum_, 0, sizeof(float)), "memset loss");
     // RoPE tables: angle = t * inv_freq[i]; cos and sin rounded to bf16 as HF's are.
     std::vector<float> inv = rope_inv_freq(c), cos_h(size_t(T) * size_t(Dh / 2)), sin_h(cos_h.size());
@@ -783,7 +796,7 @@ LlamaModel::~LlamaModel() {
     for (void* p : {(void*)hidden_, (void*)final_norm_, (void*)final_rstd_, (void*)d_hidden_, (void*)d_a_, (void*)d_n_,
                     (void*)d_ff_, (void*)d_g_, (void*)d_u_, (void*)d_q_, (void*)d_k_, (void*)d_v_, (void*)d_qt_,
                     (void*)d_kt_, (void*)d_vt_, (void*)d_ot_, (void*)lora_du_, (void*)attn_scores_, (void*)attn_probs_,
-                    (void*)attn_rowdot_, (void*)logits_, (void*)dlogits_, (void*)targets_, (void*)loss_sum_,
+                    (void*)attn_rowdot_, (void*)logits_, (void*)dlogits_, (void*)targets_, (void*)loss_sum_, (void*)row_loss_,
                     (void*)rope_cos_, (void*)rope_sin_})
         cudaFree(p);
     gemm_destroy(gemm_);
@@ -882,7 +895,7 @@ void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& stor
         if (logits_out)
             check_cuda(cudaMemcpyAsync(logits_out + int64_t(r0) * V, logits_, size_t(rows) * V * 4, cudaMemcpyDeviceToDevice, stream_),
                        "copy logits");
-        cross_entropy(logits_, targets_ + r0, dlogits_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);
+        cross_entropy(logits_, targets_ + r0, dlogits_, row_loss_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);
         if (!backward) continue;
         gemm(gemm_, false, false, rows, D, V, dlogits_, V, head_w, D, d_n_ + int64_t(r0) * D, false, D, 1.0f, 0.0f);
         if (head_g) gemm(gemm_, true, false, V, D, rows, dlogits_, V, x, D, head_g, true, D, 1.0f, 1.0f);

@@ -84,9 +84,10 @@ void rope_backward(const bf16* dout, bf16* dx, const float* cos_t, const float* 
 void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s);
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s);
 void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s);
-// loss_sum += sum of CE over rows with a target; dlogits = (softmax - onehot) * inv_divisor when backward.
-void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* loss_sum, int rows, int V,
-                   float inv_divisor, bool backward, cudaStream_t s);
+// row_loss = CE of each row (0 without a target), loss_sum += their sum (in a fixed order);
+// dlogits = (softmax - onehot) * inv_divisor when backward.
+void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, float* loss_sum, int rows,
+                   int V, float inv_divisor, bool backward, cudaStream_t s);
 
 // Causal GQA attention through cuBLASLt, `chunk` (batch, kv-head) blocks of scores at a time.
 struct AttentionShape {
@@ -191,6 +192,7 @@ class LlamaModel {
     int head_rows_ = 0;
     int32_t* targets_ = nullptr;
     float* loss_sum_ = nullptr;
+    float* row_loss_ = nullptr;
     size_t activation_bytes_ = 0;
 };
 

@@ -187,7 +187,8 @@ TEST_CASE("gpu: cross-entropy with ignored targets and the label shift") {
     float* loss = keep(to_device(std::vector<float>{0.0f}));
     bf16* dz = keep(poisoned<bf16>(z.size()));
     float inv = 1.0f / 7;
-    cross_entropy(keep(to_device(z)), targets, dz, loss, rows, V, inv, true, nullptr);
+    float* row_loss = keep(poisoned<float>(size_t(rows)));
+    cross_entropy(keep(to_device(z)), targets, dz, row_loss, loss, rows, V, inv, true, nullptr);
     double want_loss = 0;
     std::vector<float> want_dz(z.size(), 0.0f);
     for (int r = 0; r < rows; ++r) {
