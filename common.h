@@ -28,6 +28,7 @@ struct Error : std::runtime_error {
 
 // Prints `error: message` and ends the process; when MPI runs several ranks, ends all of them.
 [[noreturn]] inline void exit_with_error(const std::string& message) {
+    std::fflush(stdout);  // what was printed so far comes before the error
     std::fprintf(stderr, "error: %s\n", message.c_str());
     std::fflush(stderr);
     int initialized = 0, finalized = 0, size = 1;

@@ -731,8 +731,8 @@ LayerWeights layer_weights(const LlamaConfig& c, const UnitView& u) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream)
-    : c_(c), r_(lora_rank), lora_scale_(lora_scale), B_(B), T_(T), N_(B * T), stream_(stream),
+LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream, bool recompute)
+    : c_(c), r_(lora_rank), lora_scale_(lora_scale), B_(B), T_(T), N_(B * T), stream_(stream), recompute_(recompute),
       attn_(B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim) {
     gemm_ = gemm_create(stream);
     int64_t N = N_, D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KVH = c.num_key_value_heads,
@@ -740,7 +740,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, in
     auto alloc_bf16 = [&](int64_t n, const char* what) { activation_bytes_ += size_t(n) * 2; return device_alloc<bf16>(size_t(n), what); };
     auto alloc_f32 = [&](int64_t n, const char* what) { activation_bytes_ += size_t(n) * 4; return device_alloc<float>(size_t(n), what); };
     hidden_ = alloc_bf16((L + 1) * N * D, "activations (hidden states)");
-    for (int l = 0; l < L; ++l) {
+    for (int l = 0; l < (recompute ? 1 : L); ++l) {  // with recompute, one set serves every layer
         Layer* a = new Layer();
         a->n = alloc_bf16(N * D, "activations"), a->a = alloc_bf16(N * D, "activations"), a->m = alloc_bf16(N * D, "activations");
         a->qt = alloc_bf16(N * Hd, "activations"), a->o = alloc_bf16(N * Hd, "activations");
@@ -824,7 +824,7 @@ void LlamaModel::linear_backward(const bf16* x, int in, const bf16* W, float* dW
 }
 
 void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16* h_out) {
-    Layer& a = *layers_[size_t(l)];
+    Layer& a = *layers_[recompute_ ? 0 : size_t(l)];
     LayerWeights w = layer_weights(c_, uv);
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
@@ -850,7 +850,7 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
 }
 
 void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
-    Layer& a = *layers_[size_t(l)];
+    Layer& a = *layers_[recompute_ ? 0 : size_t(l)];
     LayerWeights w = layer_weights(c_, uv);
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
@@ -880,8 +880,9 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
 void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward,
                                        float* logits_out) {
     int L = c_.num_hidden_layers, D = c_.hidden_size, V = c_.vocab_size;
-    UnitView fin = store.gather(L + 1);
-    UnitView emb = c_.tie_word_embeddings ? store.gather(0) : UnitView();
+    Pass pass = backward ? Pass::backward : Pass::forward;
+    UnitView fin = store.gather(L + 1, pass);
+    UnitView emb = c_.tie_word_embeddings ? store.gather(0, pass) : UnitView();
     const bf16* norm_w = fin.weights;
     const bf16* head_w = c_.tie_word_embeddings ? emb.weights : fin.weights + D;
     float* head_g = c_.tie_word_embeddings ? emb.grads : (fin.grads ? fin.grads + D : nullptr);
@@ -911,11 +912,11 @@ void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& stor
 void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logits) {
     if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward: batch shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
-    UnitView emb = store.gather(0);
+    UnitView emb = store.gather(0, Pass::forward);
     embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
     store.release(0);
     for (int l = 0; l < L; ++l) {
-        UnitView w = store.gather(l + 1);
+        UnitView w = store.gather(l + 1, Pass::forward);
         layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
         store.release(l + 1);
     }
@@ -925,23 +926,25 @@ void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logi
 void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor) {
     if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward_backward: batch shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
-    UnitView emb = store.gather(0);
+    UnitView emb = store.gather(0, Pass::forward);
     embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
     store.release(0);
     for (int l = 0; l < L; ++l) {
-        UnitView w = store.gather(l + 1);
+        UnitView w = store.gather(l + 1, Pass::forward);
         layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
         store.release(l + 1);
     }
     head_forward_backward(batch, store, loss_divisor, true, nullptr);
     store.reduce_grads(L + 1);
     for (int l = L - 1; l >= 0; --l) {
-        UnitView w = store.gather(l + 1);
+        UnitView w = store.gather(l + 1, Pass::backward);
+        if (recompute_)  // activation checkpointing: rebuild this layer's activations from its saved input
+            layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
         layer_backward(l, w, d_hidden_);
         store.release(l + 1);
         store.reduce_grads(l + 1);
     }
-    emb = store.gather(0);
+    emb = store.gather(0, Pass::backward);
     if (emb.grads) embedding_backward(batch.ids, d_hidden_, emb.grads, N_, D, stream_);
     store.release(0);
     store.reduce_grads(0);
@@ -1030,11 +1033,11 @@ void Generator::step(UnitStore& store, int32_t token, int pos, bool want_logits)
     int L = c_.num_hidden_layers, D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads,
         KVH = c_.num_key_value_heads, Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh, half = Dh / 2;
     check_cuda(cudaMemcpyAsync(token_, &token, 4, cudaMemcpyHostToDevice, stream_), "copy token");
-    UnitView emb = store.gather(0);
+    UnitView emb = store.gather(0, Pass::forward);
     embedding_forward(token_, emb.weights, h_, 1, D, stream_);
     store.release(0);
     for (int l = 0; l < L; ++l) {
-        UnitView u = store.gather(l + 1);
+        UnitView u = store.gather(l + 1, Pass::forward);
         LayerWeights w = layer_weights(c_, u);
         bf16 *kc = k_cache_ + int64_t(l) * KVd * max_len_, *vc = v_cache_ + int64_t(l) * KVd * max_len_;
         rmsnorm_forward(h_, w.norm1, n_, rstd_, 1, D, c_.rms_norm_eps, stream_);
@@ -1059,8 +1062,8 @@ void Generator::step(UnitStore& store, int32_t token, int pos, bool want_logits)
         store.release(l + 1);
     }
     if (!want_logits) return;
-    UnitView fin = store.gather(L + 1);
-    UnitView head = c_.tie_word_embeddings ? store.gather(0) : fin;
+    UnitView fin = store.gather(L + 1, Pass::forward);
+    UnitView head = c_.tie_word_embeddings ? store.gather(0, Pass::forward) : fin;
     rmsnorm_forward(h_, fin.weights, n_, rstd_, 1, D, c_.rms_norm_eps, stream_);
     gemm(gemm_, false, true, 1, c_.vocab_size, D, n_, D, c_.tie_word_embeddings ? head.weights : fin.weights + D, D, logits_, true,
          c_.vocab_size, 1.0f, 0.0f);

@@ -120,10 +120,13 @@ struct UnitView {
 
 // Where the model gets its weights: the ZeRO partitioner implements this (zero3.h). Units are
 //   0 = embed_tokens (and the tied lm_head), 1..L = decoder layers, L+1 = final norm (+ untied lm_head).
+// In the backward pass a gathered unit also carries its gradient buffers (zeroed for this micro-batch
+// where the store reduces them away after each one).
+enum class Pass { forward, backward };
 struct UnitStore {
-    virtual UnitView gather(int unit) = 0;     // full weights of `unit`, valid until release
-    virtual void release(int unit) = 0;        // the gathered buffer may be reused
-    virtual void reduce_grads(int unit) = 0;   // the unit's gradients for this micro-batch are complete
+    virtual UnitView gather(int unit, Pass pass) = 0;  // full weights of `unit`, valid until release
+    virtual void release(int unit) = 0;                 // the gathered buffer may be reused
+    virtual void reduce_grads(int unit) = 0;            // the unit's gradients for this micro-batch are complete
     virtual ~UnitStore() = default;
 };
 int64_t unit_numel(const LlamaConfig& c, int unit);  // base elements of a unit
@@ -141,7 +144,9 @@ struct DeviceBatch {
 // The model's activations and workspace for batches up to B x T, and the forward/backward passes.
 class LlamaModel {
   public:
-    LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream);
+    // recompute = activation checkpointing: keep only each layer's input, recompute the layer in backward.
+    LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, int B, int T, cudaStream_t stream,
+               bool recompute = false);
     ~LlamaModel();
     LlamaModel(const LlamaModel&) = delete;
     LlamaModel& operator=(const LlamaModel&) = delete;
@@ -173,6 +178,7 @@ class LlamaModel {
     float lora_scale_;
     int B_, T_, N_ = 0;
     cudaStream_t stream_;
+    bool recompute_ = false;
     Gemm gemm_;
     std::vector<Layer*> layers_;
     bf16* hidden_ = nullptr;  // [L+1][N, D]: h_0 .. h_L

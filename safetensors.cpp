@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 
@@ -149,8 +150,9 @@ std::vector<float> SafetensorsReader::read_float(const std::string& name, const 
     return out;
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+namespace {
+std::string header_json(const std::vector<SafetensorsWriter::Entry>& entries, const std::map<std::string, std::string>& metadata,
+                        uint64_t& total) {
     std::string header = "{";
     if (!metadata.empty()) {
         header += "\"__metadata__\": {";
@@ -158,33 +160,61 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
         for (const auto& [k, v] : metadata) header += (i++ ? ", " : "") + json_quote(k) + ": " + json_quote(v);
         header += "}";
     }
-    uint64_t offset = 0;
-    for (const TensorToWrite& t : tensors) {
-        size_t es = dtype_size(t.dtype);
-        if (!es) fail("cannot write tensor " + t.name + " of dtype " + t.dtype);
+    total = 0;
+    for (const auto& e : entries) {
+        size_t es = dtype_size(e.dtype);
+        if (!es) fail("cannot write tensor " + e.name + " of dtype " + e.dtype);
         uint64_t numel = 1;
-        for (int64_t d : t.shape) numel *= uint64_t(d);
-        header += std::string(header.size() > 1 ? ", " : "") + json_quote(t.name) + ": {\"dtype\": \"" + t.dtype +
-                  "\", \"shape\": " + shape_string(t.shape) + ", \"data_offsets\": [" + std::to_string(offset) + ", " +
-                  std::to_string(offset + numel * es) + "]}";
-        offset += numel * es;
+        for (int64_t d : e.shape) numel *= uint64_t(d);
+        header += std::string(header.size() > 1 ? ", " : "") + json_quote(e.name) + ": {\"dtype\": \"" + e.dtype +
+                  "\", \"shape\": " + shape_string(e.shape) + ", \"data_offsets\": [" + std::to_string(total) + ", " +
+                  std::to_string(total + numel * es) + "]}";
+        total += numel * es;
     }
     header += "}";
     while (header.size() % 8) header += ' ';  // keeps the data 8-byte aligned, as the reference writer does
-    std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary);
-        if (!out) fail("cannot write " + tmp + ": " + std::strerror(errno));
-        uint64_t n = header.size();
-        out.write(reinterpret_cast<const char*>(&n), 8);
-        out.write(header.data(), std::streamsize(n));
-        for (const TensorToWrite& t : tensors) {
-            uint64_t numel = 1;
-            for (int64_t d : t.shape) numel *= uint64_t(d);
-            out.write(static_cast<const char*>(t.data), std::streamsize(numel * dtype_size(t.dtype)));
-        }
-        if (!out) fail("cannot write " + tmp + ": disk full?");
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
+    return header;
+}
+}  // namespace
+
+SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<Entry>& entries,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path) {
+    std::string header = header_json(entries, metadata, expected_);
+    FILE* f = std::fopen((path + ".tmp").c_str(), "wb");
+    if (!f) fail("cannot write " + path + ".tmp: " + std::strerror(errno));
+    file_ = f;
+    uint64_t n = header.size();
+    if (std::fwrite(&n, 8, 1, f) != 1 || std::fwrite(header.data(), 1, n, f) != n) fail("cannot write " + path + ".tmp: disk full?");
 }
 
+SafetensorsWriter::~SafetensorsWriter() {
+    if (file_) std::fclose(static_cast<FILE*>(file_));
+}
+
+void SafetensorsWriter::write(const void* data, size_t bytes) {
+    if (written_ + bytes > expected_) fail("internal: more tensor bytes than the header of " + path_ + " declares");
+    if (bytes && std::fwrite(data, 1, bytes, static_cast<FILE*>(file_)) != bytes) fail("cannot write " + path_ + ".tmp: disk full?");
+    written_ += bytes;
+}
+
+void SafetensorsWriter::finish() {
+    if (written_ != expected_) fail("internal: " + path_ + " got fewer tensor bytes than its header declares");
+    FILE* f = static_cast<FILE*>(file_);
+    file_ = nullptr;
+    if (std::fflush(f) != 0 || std::fclose(f) != 0) fail("cannot write " + path_ + ".tmp: disk full?");
+    if (std::rename((path_ + ".tmp").c_str(), path_.c_str()) != 0) fail("cannot rename " + path_ + ".tmp: " + std::strerror(errno));
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+    std::vector<SafetensorsWriter::Entry> entries;
+    for (const TensorToWrite& t : tensors) entries.push_back({t.name, t.dtype, t.shape});
+    SafetensorsWriter w(path, entries, metadata);
+    for (const TensorToWrite& t : tensors) {
+        uint64_t numel = 1;
+        for (int64_t d : t.shape) numel *= uint64_t(d);
+        w.write(t.data, numel * dtype_size(t.dtype));
+    }
+    w.finish();
+}

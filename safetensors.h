@@ -40,3 +40,20 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
                        const std::map<std::string, std::string>& metadata = {});
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2048, 512]"
+
+// Streams a .safetensors file: the header first (every tensor's name, dtype and shape), then the tensors'
+// bytes in that order, so a model can be written one piece at a time. finish() renames PATH.tmp to PATH.
+class SafetensorsWriter {
+  public:
+    struct Entry { std::string name, dtype; std::vector<int64_t> shape; };
+    SafetensorsWriter(const std::string& path, const std::vector<Entry>& entries,
+                      const std::map<std::string, std::string>& metadata = {});
+    ~SafetensorsWriter();
+    void write(const void* data, size_t bytes);
+    void finish();
+
+  private:
+    std::string path_;
+    void* file_ = nullptr;
+    uint64_t expected_ = 0, written_ = 0;
+};

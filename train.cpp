@@ -4,6 +4,7 @@
 //   ./train tokenize [--tokenizer P]   print the ids of stdin's UTF-8 text, space-separated, no BOS
 // Every user mistake ends in one line `error: ...` naming the flag, file or field, and exit status 1,
 // and every input is checked before the GPU is touched.
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,8 +65,17 @@ Optimisation:
   --seed N               seed for data order and initialisation (default 1234)
   --config FILE          DeepSpeed JSON: train_micro_batch_size_per_gpu, gradient_accumulation_steps,
                          gradient_clipping, optimizer (AdamW/Adam params), scheduler (WarmupLR,
-                         WarmupDecayLR, WarmupCosineLR), bf16, zero_optimization, steps_per_print.
+                         WarmupDecayLR, WarmupCosineLR), bf16, zero_optimization (stage, offload_optimizer,
+                         overlap_comm, reduce_bucket_size, allgather_bucket_size, stage3_prefetch_bucket_size,
+                         stage3_param_persistence_threshold), activation_checkpointing, steps_per_print.
                          Flags given on the command line win over the file.
+ZeRO (one process per GPU: mpirun -np N ./train):
+  --zero-stage S         0 = data parallel, 1 = + optimizer state sharded, 2 = + gradients, 3 = + weights (default 0)
+  --offload              optimizer state (fp32 master, m, v) in pinned CPU memory, AdamW on the CPU (stages 1-3)
+  --checkpoint-activations  recompute each layer in backward: less memory, about a third more compute
+  --keep-gathered        stage 3: keep each layer's gathered weights from forward to backward
+  --save-every N         write a checkpoint every N steps (and at the end) under OUT/checkpoints
+  --resume [DIR]         continue from a checkpoint (default: OUT/checkpoints/latest); any GPU count or stage
 Output:
   --out DIR              where the adapter (or model), train_log.csv and eval results go (default out)
   --log-every N          print a progress line every N steps (default 10)
@@ -92,7 +102,10 @@ struct Options {
     bool train_on_prompt = false, chat_template = false, pack = false, dry_run = false;
     int log_every = 10, eval_every = 0, sample = 3;
     uint64_t seed = 1234;
-    int zero_stage = 0;
+    ZeroOptions zero;
+    bool checkpoint_activations = false;
+    int save_every = 0;
+    std::string resume;  // "auto": OUT/checkpoints/latest if present
     std::set<std::string> given;  // flags given on the command line
 };
 
@@ -191,13 +204,41 @@ void apply_config(const std::string& path, Options& o) {
                 }
             }
         } else if (key == "zero_optimization") {
-            if (const Json* st = v.find("stage")) {
-                if (!st->is_int() || st->integer < 0 || st->integer > 3) fail(path + ": zero_optimization.stage must be 0, 1, 2 or 3");
-                o.zero_stage = int(st->integer);
+            for (const auto& [zk, zv] : v.object) {
+                auto whole = [&](int64_t lo) {
+                    if (!zv.is_int() || zv.integer < lo) fail(path + ": zero_optimization." + zk + " must be a whole number >= " + std::to_string(lo));
+                    return zv.integer;
+                };
+                if (zk == "stage") {
+                    if (!zv.is_int() || zv.integer < 0 || zv.integer > 3) fail(path + ": zero_optimization.stage must be 0, 1, 2 or 3");
+                    if (set("--zero-stage")) o.zero.stage = int(zv.integer);
+                } else if (zk == "offload_optimizer") {
+                    const Json* d = zv.find("device");
+                    std::string dev = d && d->is_string() ? d->string : "none";
+                    if (dev != "cpu" && dev != "none") fail(path + ": zero_optimization.offload_optimizer.device \"" + dev + "\" is not supported (cpu or none)");
+                    if (set("--offload")) o.zero.offload = dev == "cpu";
+                    if (const Json* pin = zv.find("pin_memory"); pin && pin->type == Json::Bool) o.zero.pin_memory = pin->boolean;
+                } else if (zk == "overlap_comm") {
+                    o.zero.overlap_comm = zv.type == Json::Bool && zv.boolean;
+                } else if (zk == "reduce_bucket_size") {
+                    o.zero.reduce_bucket_size = whole(1);
+                } else if (zk == "allgather_bucket_size") {
+                    o.zero.allgather_bucket_size = whole(1);
+                } else if (zk == "stage3_prefetch_bucket_size") {
+                    o.zero.prefetch_bucket_size = whole(0);
+                } else if (zk == "stage3_param_persistence_threshold") {
+                    o.zero.persistence_threshold = whole(0);
+                } else if (zk == "offload_param") {
+                    const Json* d = zv.find("device");
+                    if (d && d->is_string() && d->string != "none") fail(path + ": zero_optimization.offload_param is not supported (offload_optimizer is)");
+                } else if (zk != "contiguous_gradients" && zk != "allgather_partitions" && zk != "reduce_scatter" &&
+                           zk != "stage3_max_live_parameters" && zk != "stage3_max_reuse_distance" &&
+                           zk != "stage3_gather_16bit_weights_on_model_save" && zk != "sub_group_size" && zk != "round_robin_gradients") {
+                    unknown.push_back("zero_optimization." + zk);
+                }
             }
-            if (const Json* off = v.find("offload_optimizer"); off && off->type == Json::Object)
-                if (const Json* d = off->find("device"); d && d->is_string() && d->string != "none")
-                    fail(path + ": zero_optimization.offload_optimizer.device \"" + d->string + "\" is not supported by this build yet");
+        } else if (key == "activation_checkpointing") {
+            if (set("--checkpoint-activations")) o.checkpoint_activations = true;
         } else if (key == "wall_clock_breakdown" || key == "zero_allow_untested_optimizer" || key == "gradient_predivide_factor" ||
                    key == "prescale_gradients") {
             // accepted, no effect here
@@ -254,9 +295,16 @@ Options parse_options(const std::vector<std::string>& args) {
         else if (a == "--chat-template") o.chat_template = true;
         else if (a == "--pack") o.pack = true;
         else if (a == "--dry-run") o.dry_run = true;
+        else if (a == "--zero-stage") o.zero.stage = int(parse_int(a, value(), 0, 3));
+        else if (a == "--offload") o.zero.offload = true;
+        else if (a == "--checkpoint-activations") o.checkpoint_activations = true;
+        else if (a == "--keep-gathered") o.zero.keep_gathered = true;
+        else if (a == "--save-every") o.save_every = int(parse_int(a, value(), 1, 1 << 30));
+        else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
         else fail("unknown option " + a + " (see ./train --help)");
     }
     if (!o.config_file.empty()) apply_config(o.config_file, o);
+    check_zero_options(o.zero, o.config_file.empty() ? "--zero-stage" : o.config_file);
     if (!o.model.empty() && !o.preset.empty()) fail("--model and --preset exclude each other");
     if (o.steps && o.epochs) fail("--steps and --epochs exclude each other");
     if (o.eval_fraction != 0 && !(o.eval_fraction > 0 && o.eval_fraction < 1))
@@ -320,11 +368,13 @@ int run_tokenize(const std::vector<std::string>& args) {
 
 // Model FLOPs per trained token (forward + backward), as the PaLM paper counts them: 6 N for full
 // fine-tuning (N = parameters that take part in products: all but the embedding lookup), 4 N + 6 N_lora
-// when the base is frozen (no weight gradients), plus attention's 12 L H Dh T (4 forward, 8 backward).
-double flops_per_token(const LlamaConfig& c, int64_t lora_params, int T) {
+// when the base is frozen (no weight gradients), plus attention's 12 L H Dh T (4 forward, 8 backward);
+// activation checkpointing adds one more forward (2 N + 4 L H Dh T), counted as work done.
+double flops_per_token(const LlamaConfig& c, int64_t lora_params, int T, bool recompute) {
     double N = double(c.num_parameters()) - (c.tie_word_embeddings ? 0.0 : double(c.vocab_size) * c.hidden_size);
-    double attention = 12.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * double(T);
-    return (lora_params > 0 ? 4 * N + 6.0 * double(lora_params) : 6 * N) + attention;
+    double attention = 4.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * double(T);
+    double f = (lora_params > 0 ? 4 * N + 6.0 * double(lora_params) : 6 * N) + 3 * attention;
+    return recompute ? f + 2 * N + attention : f;
 }
 
 double gpu_peak_flops() {  // dense bf16 tensor-core peak, for MFU
@@ -342,6 +392,8 @@ double gpu_used_gib() {
     return double(total - free_b) / (1 << 30);
 }
 
+double gib(double bytes) { return bytes / double(1 << 30); }
+
 struct RunResult {
     double final_loss = NAN, eval_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0,
            min_gib = 1e30;
@@ -349,34 +401,106 @@ struct RunResult {
     std::vector<double> eval_losses;
 };
 
-// Mean CE over the eval set's target tokens (forward only).
-double evaluate(LlamaModel& model, ZeroStore& store, const Dataset& eval, int B, int T, int32_t pad, uint64_t seed,
-                int32_t* d_ids, int32_t* d_labels, cudaStream_t stream) {
-    Loader loader(eval, B, T, 0, 1, seed, false, pad);
+// Everything a training run uses on the GPU.
+struct Session {
+    const Options& o;
+    const World& w;
+    cudaStream_t stream;
+    ZeroStore& store;
+    LlamaModel& model;
+    int32_t *ids, *labels;
+};
+
+void run_batch(Session& s, const Batch& b, bool backward, float divisor) {
+    check_cuda(cudaMemcpyAsync(s.ids, b.ids.data(), b.ids.size() * 4, cudaMemcpyHostToDevice, s.stream), "copy batch");
+    check_cuda(cudaMemcpyAsync(s.labels, b.labels.data(), b.labels.size() * 4, cudaMemcpyHostToDevice, s.stream), "copy batch");
+    DeviceBatch d{b.B, b.T, s.ids, s.labels};
+    if (backward) s.model.forward_backward(d, s.store, divisor);
+    else s.model.forward(d, s.store);
+}
+
+double read_loss_sum(Session& s) {  // this rank's summed CE since the last read
+    float v = 0;
+    check_cuda(cudaMemcpyAsync(&v, s.model.loss_sum(), 4, cudaMemcpyDeviceToHost, s.stream), "copy loss");
+    check_cuda(cudaMemsetAsync(s.model.loss_sum(), 0, 4, s.stream), "memset");
+    check_cuda(cudaStreamSynchronize(s.stream), "sync");
+    return v;
+}
+
+// Mean CE over the eval set's target tokens (forward only; each rank takes its shard).
+double evaluate(Session& s, const Dataset& eval, int32_t pad) {
+    Loader loader(eval, s.o.micro_batch, s.o.seq, s.w.rank, s.w.size, s.o.seed, false, pad);
     double targets = 0;
-    check_cuda(cudaMemsetAsync(model.loss_sum(), 0, 4, stream), "memset");
+    read_loss_sum(s);
     for (int64_t i = 0; i < loader.micro_batches_per_epoch(); ++i) {
         Batch b = loader.batch(0, i);
         targets += double(b.target_tokens);
-        check_cuda(cudaMemcpyAsync(d_ids, b.ids.data(), b.ids.size() * 4, cudaMemcpyHostToDevice, stream), "copy batch");
-        check_cuda(cudaMemcpyAsync(d_labels, b.labels.data(), b.labels.size() * 4, cudaMemcpyHostToDevice, stream), "copy batch");
-        model.forward({B, T, d_ids, d_labels}, store);
-        check_cuda(cudaStreamSynchronize(stream), "eval");  // the host batch must outlive its copy
+        run_batch(s, b, false, 1.0f);
+        check_cuda(cudaStreamSynchronize(s.stream), "eval");  // the host batch must outlive its copy
     }
-    float sum = 0;
-    check_cuda(cudaMemcpy(&sum, model.loss_sum(), 4, cudaMemcpyDeviceToHost), "copy loss");
-    check_cuda(cudaMemsetAsync(model.loss_sum(), 0, 4, stream), "memset");
-    return targets > 0 ? sum / targets : NAN;
+    double loss = world_sum(s.w, read_loss_sum(s)), all = world_sum(s.w, targets);
+    return all > 0 ? loss / all : NAN;
 }
 
-RunResult train(const Options& o, const LlamaConfig& c, const Tokenizer& tok, const Dataset& train_set, const Dataset& eval_set,
-                const LoraConfig& lora, const std::vector<std::vector<float>>& adapter, const std::string& base_name) {
+std::string checkpoint_root(const Options& o) { return o.out + "/checkpoints"; }
+
+// OUT/checkpoints/step-N/ (ZeRO state by name + trainer.json), then `latest` names it (atomic rename).
+void save_checkpoint(Session& s, int64_t step, int64_t micro) {
+    std::string root = checkpoint_root(s.o), name = "step-" + std::to_string(step), dir = root + "/" + name;
+    if (s.w.rank == 0) mkdir(root.c_str(), 0755);
+    world_barrier(s.w);
+    s.store.save_checkpoint(dir);
+    if (s.w.rank != 0) return;
+    FILE* f = std::fopen((dir + "/trainer.json").c_str(), "w");
+    if (!f) fail("cannot write " + dir + "/trainer.json");
+    std::fprintf(f, "{\"step\": %lld, \"micro_batches\": %lld, \"seed\": %llu}\n", (long long)step, (long long)micro,
+                 (unsigned long long)s.o.seed);
+    std::fclose(f);
+    f = std::fopen((root + "/latest.tmp").c_str(), "w");
+    if (!f) fail("cannot write " + root + "/latest.tmp");
+    std::fprintf(f, "%s\n", name.c_str());
+    std::fclose(f);
+    if (std::rename((root + "/latest.tmp").c_str(), (root + "/latest").c_str()) != 0) fail("cannot write " + root + "/latest");
+    std::printf("checkpoint: %s\n", dir.c_str());
+}
+
+// The checkpoint to resume from: --resume DIR, or the one OUT/checkpoints/latest names. A damaged one is
+// refused with the last good one named.
+std::string resume_dir(const Options& o) {
+    if (o.resume.empty()) return "";
+    std::string root = checkpoint_root(o), dir = o.resume;
+    if (dir == "auto") {
+        std::string latest = root + "/latest";
+        if (!exists(latest)) return "";
+        dir = root + "/" + read_file(latest).substr(0, read_file(latest).find('\n'));
+    }
+    auto good = [](const std::string& d) { return exists(d + "/zero.json") && exists(d + "/trainer.json"); };
+    if (!good(dir)) {
+        std::string best;
+        long long best_step = -1;
+        if (DIR* d = opendir(root.c_str())) {
+            while (dirent* e = readdir(d)) {
+                std::string n = e->d_name;
+                if (n.rfind("step-", 0) == 0 && good(root + "/" + n) && std::atoll(n.c_str() + 5) > best_step)
+                    best_step = std::atoll(n.c_str() + 5), best = root + "/" + n;
+            }
+            closedir(d);
+        }
+        fail("checkpoint " + dir + " is incomplete or damaged" + (best.empty() ? "" : "; the last good one is " + best + " (--resume " + best + ")"));
+    }
+    return dir;
+}
+
+RunResult train(const Options& o, const World& w, const LlamaConfig& c, const Tokenizer& tok, const Dataset& train_set,
+                const Dataset& eval_set, const LoraConfig& lora, const std::vector<std::vector<float>>& adapter,
+                const std::string& base_name, const std::string& resume) {
+    bool chief = w.rank == 0;
     cudaStream_t stream;
     check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
     RunResult res;
     int B = o.micro_batch, T = o.seq;
     int32_t pad = tok.special_id("<|end_of_text|>");
-    Loader loader(train_set, B, T, 0, 1, o.seed, true, pad);
+    Loader loader(train_set, B, T, w.rank, w.size, o.seed, true, pad);
     int64_t mb_per_epoch = loader.micro_batches_per_epoch();
     res.steps_per_epoch = std::max<int64_t>(1, mb_per_epoch / o.grad_accum);
     int64_t total = o.steps ? o.steps : res.steps_per_epoch * std::max(1, o.epochs);
@@ -388,114 +512,143 @@ RunResult train(const Options& o, const LlamaConfig& c, const Tokenizer& tok, co
     AdamWConfig adam;
     adam.beta1 = o.beta1, adam.beta2 = o.beta2, adam.eps = o.eps, adam.weight_decay = o.weight_decay;
 
+    MemoryReport est = ZeroStore::estimate(c, lora, o.zero, w.size);
     double t0 = wall_seconds();
-    ZeroStore store(c, lora, stream);
+    ZeroStore store(c, lora, o.zero, w, stream);
     if (!o.model.empty()) store.load(o.model);
     else store.init_random(o.seed);
     if (lora.rank > 0) {
         if (!adapter.empty()) store.set_lora(adapter);
         else store.init_lora(o.seed);
     }
-    LlamaModel model(c, lora.rank, lora.scale(), B, T, stream);
+    LlamaModel model(c, lora.rank, lora.scale(), B, T, stream, o.checkpoint_activations);
     int32_t *d_ids = device_alloc<int32_t>(size_t(B) * T, "batch"), *d_labels = device_alloc<int32_t>(size_t(B) * T, "batch");
-    double fpt = flops_per_token(c, lora.rank ? store.trainable_numel() : 0, T), peak = gpu_peak_flops();
-    std::printf("model: %s, %s parameters (%s trainable%s); load %.1f s\n", c.name.c_str(), thousands(c.num_parameters()).c_str(),
-                thousands(store.trainable_numel()).c_str(), lora.rank ? (", LoRA r=" + std::to_string(lora.rank)).c_str() : ", full",
-                wall_seconds() - t0);
-    std::printf("memory: model states %.2f GiB (weights 2 B/param + trainable 16 B/elem), activations %.2f GiB, GPU in use %.2f GiB\n",
-                double(store.model_state_bytes()) / (1 << 30), double(model.activation_bytes()) / (1 << 30), gpu_used_gib());
-    std::printf("plan: %lld steps x %d micro-batches x %d rows x %d tokens; %lld steps per epoch; lr %.3g %s (warmup %d)\n",
-                (long long)total, o.grad_accum, B, T, (long long)res.steps_per_epoch, o.lr, o.schedule.c_str(), sched.warmup_steps);
+    Session s{o, w, stream, store, model, d_ids, d_labels};
+    int64_t start_step = 0, micro = 0;
+    if (const std::string& dir = resume; !dir.empty()) {
+        store.load_checkpoint(dir);
+        Json t = read_json_file(dir + "/trainer.json");
+        start_step = t.find("step")->integer, micro = t.find("micro_batches")->integer;
+        if (chief) std::printf("resume: %s (step %lld of %lld)\n", dir.c_str(), (long long)start_step, (long long)total);
+    }
+    double fpt = flops_per_token(c, lora.rank ? store.trainable_numel() : 0, T, o.checkpoint_activations), peak = gpu_peak_flops();
+    MemoryReport got = store.memory();
+    if (chief) {
+        std::printf("model: %s, %s parameters (%s trainable%s); load %.1f s\n", c.name.c_str(), thousands(c.num_parameters()).c_str(),
+                    thousands(store.trainable_numel()).c_str(), lora.rank ? (", LoRA r=" + std::to_string(lora.rank)).c_str() : ", full",
+                    wall_seconds() - t0);
+        std::printf("memory per rank (GiB), ZeRO estimate -> allocated: weights %.2f -> %.2f, gathered %.2f -> %.2f, "
+                    "master %.2f -> %.2f, grads %.2f -> %.2f (+%.2f buffers), moments %.2f -> %.2f, CPU %.2f -> %.2f; "
+                    "activations %.2f; GPU in use %.2f\n",
+                    gib(est.base), gib(got.base), gib(est.gathered), gib(got.gathered), gib(est.master), gib(got.master), gib(est.grads),
+                    gib(got.grads), gib(got.grad_buffers), gib(est.moments), gib(got.moments), gib(est.host), gib(got.host),
+                    gib(double(model.activation_bytes())), gpu_used_gib());
+        std::printf("plan: %lld steps x %d micro-batches x %d rows x %d tokens x %d GPUs; %lld steps per epoch; lr %.3g %s (warmup %d)\n",
+                    (long long)total, o.grad_accum, B, T, w.size, (long long)res.steps_per_epoch, o.lr, o.schedule.c_str(), sched.warmup_steps);
+    }
     mkdir(o.out.c_str(), 0755);
-    FILE* csv = std::fopen((o.out + "/train_log.csv").c_str(), "w");
-    if (!csv) fail("cannot write " + o.out + "/train_log.csv");
-    std::fprintf(csv, "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss\n");
+    world_barrier(w);
+    FILE* csv = chief ? std::fopen((o.out + "/train_log.csv").c_str(), start_step ? "a" : "w") : nullptr;
+    if (chief && !csv) fail("cannot write " + o.out + "/train_log.csv");
+    if (csv && !start_step) std::fprintf(csv, "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss\n");
+    FILE* mem_csv = std::fopen((o.out + "/memory_rank" + std::to_string(w.rank) + ".csv").c_str(), start_step ? "a" : "w");
+    if (!mem_csv) fail("cannot write " + o.out + "/memory_rank" + std::to_string(w.rank) + ".csv");
+    if (!start_step) std::fprintf(mem_csv, "step,seconds,gpu_used_gib\n");
 
     cudaEvent_t ev0, ev1;
     check_cuda(cudaEventCreate(&ev0), "event");
     check_cuda(cudaEventCreate(&ev1), "event");
-    float* h_loss = nullptr;
-    check_cuda(cudaMallocHost(&h_loss, 8), "pinned");
-    double window_loss = 0, window_targets = 0, window_ms = 0, total_ms = 0, logged = 0;
-    int64_t window_steps = 0, micro = 0;
-    double last_loss = NAN;
+    double window_loss = 0, window_targets = 0, total_ms = 0, logged = 0, last_loss = NAN, norm_sq = 0;
+    int64_t window_steps = 0, timed_steps = 0;
     check_cuda(cudaEventRecord(ev0, stream), "event");
     double train_start = wall_seconds();
-    for (int64_t step = 1; step <= total; ++step) {
+    for (int64_t step = start_step + 1; step <= total; ++step) {
         std::vector<Batch> batches;
         double targets = 0;
         for (int a = 0; a < o.grad_accum; ++a, ++micro) {
             batches.push_back(loader.batch(micro / mb_per_epoch, micro % mb_per_epoch));
             targets += double(batches.back().target_tokens);
         }
-        store.zero_grads();
-        for (const Batch& b : batches) {
-            check_cuda(cudaMemcpyAsync(d_ids, b.ids.data(), b.ids.size() * 4, cudaMemcpyHostToDevice, stream), "copy batch");
-            check_cuda(cudaMemcpyAsync(d_labels, b.labels.data(), b.labels.size() * 4, cudaMemcpyHostToDevice, stream), "copy batch");
-            model.forward_backward({B, T, d_ids, d_labels}, store, float(std::max(1.0, targets)));
+        targets = world_sum(w, targets);  // the loss is the mean over every rank's target tokens
+        store.begin_step();
+        for (size_t a = 0; a < batches.size(); ++a) {
+            store.begin_micro_batch(a + 1 == batches.size());
+            run_batch(s, batches[a], true, float(std::max(1.0, targets)));
         }
         float lr = sched.lr_at(int(step - 1));
         store.step(adam, lr, int(step), o.clip);
-        check_cuda(cudaMemcpyAsync(h_loss, model.loss_sum(), 4, cudaMemcpyDeviceToHost, stream), "copy loss");
-        check_cuda(cudaMemcpyAsync(h_loss + 1, store.grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream), "copy norm");
-        check_cuda(cudaMemsetAsync(model.loss_sum(), 0, 4, stream), "memset");
-        check_cuda(cudaStreamSynchronize(stream), "step");  // the host batches must outlive their copies
-        double loss = targets > 0 ? h_loss[0] / targets : 0.0;
-        if (!std::isfinite(loss) || !std::isfinite(h_loss[1]))
+        float host_norm = 0;
+        check_cuda(cudaMemcpyAsync(&host_norm, store.grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream), "copy norm");
+        double loss_sum = world_sum(w, read_loss_sum(s));  // syncs: the host batches must outlive their copies
+        norm_sq = host_norm;
+        double loss = targets > 0 ? loss_sum / targets : 0.0;
+        if (!std::isfinite(loss) || !std::isfinite(norm_sq))
             fail("loss is " + std::to_string(loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
-        window_loss += h_loss[0], window_targets += targets, ++window_steps;
+        window_loss += loss_sum, window_targets += targets, ++window_steps;
         last_loss = loss;
         bool epoch_end = step % res.steps_per_epoch == 0;
         bool do_eval = !eval_set.rows.empty() && ((o.eval_every && step % o.eval_every == 0) || (!o.eval_every && epoch_end) || step == total);
+        bool do_save = (o.save_every && step % o.save_every == 0) || (o.save_every && step == total);
         bool do_log = step % o.log_every == 0 || step == total || do_eval;
-        if (!do_log) continue;
-        check_cuda(cudaEventRecord(ev1, stream), "event");
-        check_cuda(cudaEventSynchronize(ev1), "event");
-        float ms = 0;
-        check_cuda(cudaEventElapsedTime(&ms, ev0, ev1), "event");
-        window_ms = ms, total_ms += ms;
-        double tok = double(window_steps) * o.grad_accum * B * T, tps = tok / (window_ms / 1e3), tf = tps * fpt / 1e12;
-        double used = gpu_used_gib();
-        res.peak_gib = std::max(res.peak_gib, used), res.min_gib = std::min(res.min_gib, used), res.mean_gib += used, ++logged;
-        double eval_loss = NAN;
-        if (do_eval) {
-            eval_loss = evaluate(model, store, eval_set, B, T, pad, o.seed, d_ids, d_labels, stream);
-            res.eval_losses.push_back(eval_loss);
-            res.eval_loss = eval_loss;
+        if (do_log) {
+            check_cuda(cudaEventRecord(ev1, stream), "event");
+            check_cuda(cudaEventSynchronize(ev1), "event");
+            float ms = 0;
+            check_cuda(cudaEventElapsedTime(&ms, ev0, ev1), "event");
+            total_ms += ms, timed_steps += window_steps;
+            double tok = double(window_steps) * o.grad_accum * B * T, tps = tok / (ms / 1e3), tf = tps * fpt / 1e12;
+            double used = gpu_used_gib();
+            res.peak_gib = std::max(res.peak_gib, used), res.min_gib = std::min(res.min_gib, used), res.mean_gib += used, ++logged;
+            std::fprintf(mem_csv, "%lld,%.2f,%.3f\n", (long long)step, wall_seconds() - train_start, used);
+            double eval_loss = NAN;
+            if (do_eval) {
+                eval_loss = evaluate(s, eval_set, pad);
+                res.eval_losses.push_back(eval_loss);
+                res.eval_loss = eval_loss;
+            }
+            double wloss = window_loss / std::max(1.0, window_targets);
+            if (chief) {
+                std::printf("step %6lld/%lld  epoch %5.2f  loss %.4f  lr %.3e  grad-norm %.3f  %8.0f tok/s/GPU  %6.1f TFLOP/s", (long long)step,
+                            (long long)total, double(step) / double(res.steps_per_epoch), wloss, lr, std::sqrt(norm_sq), tps, tf);
+                if (peak > 0) std::printf("  MFU %4.1f%%", 100 * tf * 1e12 / peak);
+                std::printf("  %6.1f ms/step  GPU %.1f GiB (peak %.1f)", ms / double(window_steps), used, res.peak_gib);
+                if (do_eval) std::printf("  eval-loss %.4f", eval_loss);
+                std::printf("\n");
+                std::fflush(stdout);
+                std::fprintf(csv, "%lld,%.4f,%.6f,%.6e,%.6f,%.1f,%.2f,%.2f,%.3f,%.3f,%s\n", (long long)step,
+                             double(step) / double(res.steps_per_epoch), wloss, lr, std::sqrt(norm_sq), tps, tf, ms / double(window_steps),
+                             used, res.peak_gib, std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
+                std::fflush(csv);
+            }
+            window_loss = window_targets = 0, window_steps = 0;
         }
-        double wloss = window_loss / std::max(1.0, window_targets);
-        std::printf("step %6lld/%lld  epoch %5.2f  loss %.4f  lr %.3e  grad-norm %.3f  %8.0f tok/s  %6.1f TFLOP/s", (long long)step,
-                    (long long)total, double(step) / double(res.steps_per_epoch), wloss, lr, std::sqrt(h_loss[1]), tps, tf);
-        if (peak > 0) std::printf("  MFU %4.1f%%", 100 * tf * 1e12 / peak);
-        std::printf("  %6.1f ms/step  GPU %.1f GiB (peak %.1f)", window_ms / double(window_steps), used, res.peak_gib);
-        if (do_eval) std::printf("  eval-loss %.4f", eval_loss);
-        std::printf("\n");
-        std::fflush(stdout);
-        std::fprintf(csv, "%lld,%.4f,%.6f,%.6e,%.6f,%.1f,%.2f,%.2f,%.3f,%.3f,%s\n", (long long)step, double(step) / double(res.steps_per_epoch),
-                     wloss, lr, std::sqrt(h_loss[1]), tps, tf, window_ms / double(window_steps), used, res.peak_gib,
-                     std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
-        window_loss = window_targets = 0, window_steps = 0;
-        check_cuda(cudaEventRecord(ev0, stream), "event");
+        if (do_save) save_checkpoint(s, step, micro);
+        if (do_log || do_save) check_cuda(cudaEventRecord(ev0, stream), "event");
     }
     double train_s = wall_seconds() - train_start;
-    std::fclose(csv);
+    if (csv) std::fclose(csv);
+    std::fclose(mem_csv);
     res.final_loss = last_loss;
     double timed_s = total_ms > 0 ? total_ms / 1e3 : train_s;  // GPU time of the steps, evaluation excluded
-    res.tokens_per_s = double(total) * o.grad_accum * B * T / timed_s;
-    res.samples_per_s = double(total) * o.grad_accum * B / timed_s;
+    res.tokens_per_s = double(timed_steps) * o.grad_accum * B * T / timed_s;
+    res.samples_per_s = double(timed_steps) * o.grad_accum * B / timed_s;
     res.tflops = res.tokens_per_s * fpt / 1e12;
     res.mean_gib = logged > 0 ? res.mean_gib / logged : 0;
 
-    // Save: the adapter in PEFT's format, or the whole model in HF's.
+    // Save: the adapter in PEFT's format, or the whole model in HF's (collective; rank 0 writes).
     if (lora.rank > 0) {
-        save_peft_adapter(o.out + "/adapter", c, lora, store.lora_layers(), base_name);
-        std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o.out.c_str());
+        std::vector<std::vector<float>> layers = store.lora_layers();
+        if (chief) {
+            save_peft_adapter(o.out + "/adapter", c, lora, layers, base_name);
+            std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o.out.c_str());
+        }
     } else {
         store.save_hf(o.out + "/model");
-        std::printf("saved: %s/model (HF: config.json + model.safetensors)\n", o.out.c_str());
+        if (chief) std::printf("saved: %s/model (HF: config.json + model.safetensors)\n", o.out.c_str());
     }
 
-    // Sample answers: the prompt part of a few eval rows (labels -100), answered greedily.
+    // Sample answers: the prompt part of a few eval rows (labels -100), answered greedily. Every rank
+    // generates (stage 3 gathers are collective); rank 0 prints.
     if (o.sample > 0 && !eval_set.rows.empty()) {
         Generator gen(c, lora.rank, lora.scale(), std::min(T + 64, 4096), stream);
         int shown = 0;
@@ -511,12 +664,20 @@ RunResult train(const Options& o, const LlamaConfig& c, const Tokenizer& tok, co
                 while (!v.empty() && v.back() >= 128000) v.pop_back();
                 return tok.decode(v);
             };
-            std::printf("sample %d\n  prompt:    %s\n  model:     %s\n  reference: %s\n", shown + 1, strip(prompt).c_str() , strip(answer).c_str(),
-                        strip(ref).c_str());
+            if (chief)
+                std::printf("sample %d\n  prompt:    %s\n  model:     %s\n  reference: %s\n", shown + 1, strip(prompt).c_str(),
+                            strip(answer).c_str(), strip(ref).c_str());
             ++shown;
         }
     }
-    cudaFree(d_ids), cudaFree(d_labels), cudaFreeHost(h_loss);
+    if (chief) {
+        MemoryReport m = store.memory();
+        std::printf("memory per rank at the end (GiB): weights %.2f, gathered %.2f, master %.2f, grads %.2f (+%.2f buffers), "
+                    "moments %.2f, CPU %.2f, activations %.2f, GPU peak in use %.2f\n",
+                    gib(m.base), gib(m.gathered), gib(m.master), gib(m.grads), gib(m.grad_buffers), gib(m.moments), gib(m.host),
+                    gib(double(model.activation_bytes())), res.peak_gib);
+    }
+    cudaFree(d_ids), cudaFree(d_labels);
     cudaEventDestroy(ev0), cudaEventDestroy(ev1);
     cudaStreamDestroy(stream);
     return res;
@@ -527,12 +688,13 @@ void print_summary(const RunResult& r, const std::string& title) {
     std::printf("| final train loss | %.4f |\n", r.final_loss);
     for (size_t i = 0; i < r.eval_losses.size(); ++i) std::printf("| eval loss %zu | %.4f |\n", i + 1, r.eval_losses[i]);
     std::printf("| steps (per epoch) | %lld (%lld) |\n", (long long)r.steps, (long long)r.steps_per_epoch);
-    std::printf("| samples/s | %.1f |\n| tokens/s | %.0f |\n| TFLOP/s | %.1f |\n", r.samples_per_s, r.tokens_per_s, r.tflops);
+    std::printf("| samples/s per GPU | %.1f |\n| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.samples_per_s, r.tokens_per_s, r.tflops);
     std::printf("| GPU memory peak / mean / min | %.2f / %.2f / %.2f GiB |\n\n", r.peak_gib, r.mean_gib, r.min_gib);
 }
 
 // Checks everything that can be checked without a GPU, then trains.
-RunResult run_job(Options o, const std::string& title) {
+RunResult run_job(Options o, World& w, const std::string& title) {
+    bool chief = w.rank == 0;
     Tokenizer tok = load_tokenizer(o.tokenizer);
     LlamaConfig c = !o.model.empty() ? load_config(o.model + "/config.json") : preset_config(o.preset.empty() ? "tiny" : o.preset);
     if (o.seq > c.max_position_embeddings)
@@ -554,51 +716,76 @@ RunResult run_job(Options o, const std::string& title) {
     Dataset eval_set;
     if (o.eval_fraction > 0) eval_set = split_eval(train_set, o.eval_fraction, o.seed);
     else if (!o.eval_data.empty()) eval_set = load_dataset(o.eval_data, tok, dopt);
-    print_data_summary("train", train_set);
-    if (!eval_set.rows.empty()) print_data_summary("eval", eval_set);
+    if (chief) {
+        print_data_summary("train", train_set);
+        if (!eval_set.rows.empty()) print_data_summary("eval", eval_set);
+    }
+    std::string resume = resume_dir(o);
+    if (!resume.empty()) {  // the checkpoint must belong to this model and LoRA setup
+        Json meta = read_json_file(resume + "/zero.json");
+        const Json* model = meta.find("model");
+        if (!model || !model->is_string() || model->string != config_json(c))
+            fail("checkpoint " + resume + " is from another model (its config differs from this run's)");
+    }
     if (o.dry_run) {
-        std::printf("dry run: inputs are valid (model %s, %s parameters)\n", c.name.c_str(), thousands(c.num_parameters()).c_str());
+        if (chief) std::printf("dry run: inputs are valid (model %s, %s parameters)\n", c.name.c_str(), thousands(c.num_parameters()).c_str());
         return RunResult();
     }
-    if (!gpu_available()) fail("no CUDA GPU is visible (--dry-run checks the inputs without one)");
-    RunResult r = train(o, c, tok, train_set, eval_set, lora, adapter, o.model.empty() ? c.name : o.model);
-    print_summary(r, title);
+    if (!w.nccl) {
+        world_start_gpu(w);
+        cudaDeviceProp p;
+        check_cuda(cudaGetDeviceProperties(&p, w.local_rank), "cudaGetDeviceProperties");
+        if (chief)
+            std::printf("world: %d rank%s on %d node%s, %s; ZeRO stage %d%s%s\n", w.size, w.size > 1 ? "s" : "", w.nodes,
+                        w.nodes > 1 ? "s" : "", p.name, o.zero.stage, o.zero.offload ? " + CPU optimizer offload" : "",
+                        o.checkpoint_activations ? " + activation checkpointing" : "");
+    }
+    RunResult r = train(o, w, c, tok, train_set, eval_set, lora, adapter, o.model.empty() ? c.name : o.model, resume);
+    if (chief) print_summary(r, title);
     return r;
 }
 
 // The default job: pretrain `tiny` on the corpus once (data/base), then LoRA on the QA set.
-int run_default(const Options& defaults) {
+int run_default(const Options& defaults, World& w) {
     std::string base = default_path("data/base");
     if (!exists(base + "/model.safetensors")) {
-        std::printf("== default job, part 1: pretraining the tiny preset on data/corpus (full fine-tuning from random init)\n");
+        if (w.rank == 0) std::printf("== default job, part 1: pretraining the tiny preset on data/corpus (full fine-tuning from random init)\n");
         Options p = defaults;
         p.preset = "tiny", p.data = default_path("data/corpus"), p.eval_data.clear(), p.eval_fraction = 0.05;
         p.lora_rank = 0, p.seq = 256, p.micro_batch = 32, p.epochs = 12, p.lr = 2e-3f, p.weight_decay = 0.01f, p.sample = 0;
-        p.out = base + ".part", p.log_every = 25;
-        run_job(p, "pretraining summary");
+        p.out = base + ".part", p.log_every = 25, p.resume.clear(), p.save_every = 0;
+        run_job(p, w, "pretraining summary");
+        world_barrier(w);
         std::string tmp = base + ".part/model";
-        if (std::rename(tmp.c_str(), base.c_str()) != 0) fail("cannot move " + tmp + " to " + base);
-        std::printf("saved the pretrained base model to %s (HF format); later runs start from it\n", base.c_str());
+        if (w.rank == 0 && std::rename(tmp.c_str(), base.c_str()) != 0) fail("cannot move " + tmp + " to " + base);
+        world_barrier(w);
+        if (w.rank == 0) std::printf("saved the pretrained base model to %s (HF format); later runs start from it\n", base.c_str());
     }
-    std::printf("== default job, part 2: LoRA fine-tuning %s on the WordNet QA set\n", base.c_str());
+    if (w.rank == 0) std::printf("== default job, part 2: LoRA fine-tuning %s on the WordNet QA set\n", base.c_str());
     Options f = defaults;
-    f.model = base, f.seq = 128, f.micro_batch = 32, f.epochs = 2, f.lr = 1e-3f, f.log_every = 50;
-    run_job(f, "fine-tuning summary");
+    f.model = base, f.seq = 128, f.micro_batch = 32 / std::min(w.size, 32), f.epochs = 2, f.lr = 1e-3f, f.log_every = 50;
+    run_job(f, w, "fine-tuning summary");
     return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::vector<std::string> args(argv + 1, argv + argc);
+    World w;
     try {
+        std::vector<std::string> args(argv + 1, argv + argc);
         for (const std::string& a : args)
             if (a == "-h" || a == "--help") { std::fputs(kUsage, stdout); return 0; }
         if (!args.empty() && args[0] == "tokenize") return run_tokenize({args.begin() + 1, args.end()});
+        w = world_init(&argc, &argv);
         Options o = parse_options(args);
+        std::string signature;
+        for (const std::string& a : args) signature += a + "\n";
+        world_check_same(w, signature, "the command-line options");
         bool default_job = o.model.empty() && o.preset.empty() && o.given.count("--data") == 0 && o.adapter.empty();
-        if (default_job && !o.dry_run) return run_default(o);
-        run_job(o, "run summary");
+        if (default_job && !o.dry_run) run_default(o, w);
+        else run_job(o, w, "run summary");
+        world_finalize(w);
         return 0;
     } catch (const Error& e) {
         exit_with_error(e.what());

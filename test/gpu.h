@@ -6,6 +6,7 @@
 #include "data.h"
 #include "llama.h"
 #include "test.h"
+#include "zero3.h"
 
 inline std::vector<float> random_vector(size_t n, Rng& rng, float scale = 1.0f) {
     std::vector<float> v(n);
@@ -65,3 +66,13 @@ struct DeviceFree {
     template <typename T> T* operator()(T* p) { ptrs.push_back((void*)p); return p; }
     ~DeviceFree() { for (void* p : ptrs) cudaFree(p); }
 };
+
+// One rank, this process's GPU (tests run without mpirun).
+inline const World& test_world() {
+    static World w = [] {
+        World x = world_init(nullptr, nullptr);
+        world_start_gpu(x);
+        return x;
+    }();
+    return w;
+}

@@ -112,6 +112,35 @@ TEST_CASE("cli: bad config files, model directories and data files") {
     check_error("--preset tiny --tokenizer " + tok + " --dry-run", "cli_tokenizer.json:1:11:");
 }
 
+TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpoints") {
+    check_error("--zero-stage 4", "--zero-stage must be in [0, 3], not 4");
+    check_error("--offload --preset tiny --dry-run", "--zero-stage: optimizer offload needs ZeRO stage 1, 2 or 3");
+    std::string off0 = temp_file("ds_off0.json", R"({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}})");
+    check_error("--config " + off0, "ds_off0.json: optimizer offload needs ZeRO stage 1, 2 or 3");
+    std::string nvme = temp_file("ds_nvme.json", R"({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme"}}})");
+    check_error("--config " + nvme, "offload_optimizer.device \"nvme\" is not supported");
+    std::string bucket = temp_file("ds_bucket.json", R"({"zero_optimization": {"stage": 2, "reduce_bucket_size": 0}})");
+    check_error("--config " + bucket, "zero_optimization.reduce_bucket_size must be a whole number >= 1");
+    std::string ok = temp_file("ds_z3.json", R"({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": true},
+        "overlap_comm": true, "contiguous_gradients": true, "stage3_prefetch_bucket_size": 1000, "stage3_param_persistence_threshold": 10},
+        "activation_checkpointing": {"partition_activations": false}})");
+    Run r = run("--preset tiny --seq 64 --dry-run --config " + ok);
+    CHECK(r.status == 0);
+    CHECK(r.output.find("warning") == std::string::npos);
+    // a checkpoint directory whose latest step was cut short: refused, pointing at the last good one
+    std::string out = temp_dir("resume_out");
+    temp_dir("resume_out/checkpoints");
+    temp_dir("resume_out/checkpoints/step-10");
+    temp_file("resume_out/checkpoints/step-10/zero.json", "{}");
+    temp_file("resume_out/checkpoints/step-10/trainer.json", "{}");
+    temp_dir("resume_out/checkpoints/step-20");
+    temp_file("resume_out/checkpoints/latest", "step-20\n");
+    check_error("--preset tiny --seq 64 --dry-run --resume --out " + out,
+                "checkpoint " + out + "/checkpoints/step-20 is incomplete or damaged; the last good one is " + out + "/checkpoints/step-10");
+    temp_file("resume_out/checkpoints/step-10/zero.json", R"({"world_size": 2, "model": "another"})");
+    check_error("--preset tiny --seq 64 --dry-run --resume " + out + "/checkpoints/step-10", "is from another model");
+}
+
 TEST_CASE("gpu: out of memory and a diverging loss are one error line each") {
     if (!need_gpu()) return;
     check_error("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1",

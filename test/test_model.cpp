@@ -62,7 +62,7 @@ std::vector<float> trajectory(LlamaModel& m, ZeroStore& store, const DeviceBatch
     AdamWConfig c;
     std::vector<float> losses;
     for (int s = 1; s <= steps; ++s) {
-        store.zero_grads();
+        store.begin_step();
         m.forward_backward(batch, store, float(targets));
         store.step(c, lr, s, 0.0f);
         losses.push_back(read_loss(m) / float(targets));
@@ -85,7 +85,7 @@ void check_against_hf(const std::string& name) {
     cudaStream_t stream = nullptr;
     float lr = float(g.meta.find("lr")->number);
     {
-        ZeroStore store(c, lora, stream);
+        ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
         store.set_lora(adapter);
         LlamaModel m(c, lora.rank, lora.scale(), g.B, g.T, stream);
@@ -98,13 +98,13 @@ void check_against_hf(const std::string& name) {
         float loss = read_loss(m) / float(targets);
         CHECK(loss == doctest::Approx(g.meta.find("loss")->number).epsilon(1e-2));
 
-        store.zero_grads();
+        store.begin_step();
         m.forward_backward(batch, store, float(targets));
         read_loss(m);
         check_cuda(cudaDeviceSynchronize(), "sync");
         // gradients: the store's fp32 grads for the adapters, by PEFT name
         LoraLayout layout = lora_layout(c, lora);
-        std::vector<float> grads = from_device(store.grads(), size_t(layout.per_layer) * c.num_hidden_layers);
+        std::vector<float> grads = store.trainable_grads();
         double worst = 0;
         for (int l = 0; l < c.num_hidden_layers; ++l)
             for (int t = 0; t < kTargets; ++t)
@@ -131,7 +131,7 @@ void check_against_hf(const std::string& name) {
         }
     }
     {  // LoRA: 10 AdamW steps from the same adapter
-        ZeroStore store(c, lora, stream);
+        ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
         store.set_lora(adapter);
         LlamaModel m(c, lora.rank, lora.scale(), g.B, g.T, stream);
@@ -145,7 +145,7 @@ void check_against_hf(const std::string& name) {
     }
     {  // full fine-tuning: 10 AdamW steps on every weight
         LoraConfig none;
-        ZeroStore store(c, none, stream);
+        ZeroStore store(c, none, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
         LlamaModel m(c, 0, 0.0f, g.B, g.T, stream);
         std::vector<float> ours = trajectory(m, store, batch, targets, 10, lr);
@@ -179,7 +179,7 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     std::vector<std::vector<float>> adapter;
     load_peft_adapter(g.dir + "/adapter", c, lora, adapter);
     cudaStream_t s = nullptr;
-    ZeroStore store(c, lora, s);
+    ZeroStore store(c, lora, ZeroOptions(), test_world(), s);
     store.load(g.dir);
     store.set_lora(adapter);
     std::vector<int32_t> prompt(g.ids.begin(), g.ids.begin() + 9);

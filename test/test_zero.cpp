@@ -1,0 +1,135 @@
+// test/test_zero.cpp — the ZeRO partitioner's CPU parts: partition math for odd sizes and 1..8 ranks,
+// checkpoint resharding by name from N writers to M readers, the memory estimate's formulas, and the
+// option checks. (GPU runs of stages 0-3 are in test_model.cpp and test_zero_gpu.cpp.)
+#include "test.h"
+
+#include <cstdio>
+#include <numeric>
+
+#include "data.h"
+#include "zero3.h"
+
+TEST_CASE("zero: every element is owned exactly once; shards round-trip to the full tensor") {
+    Rng rng(uint64_t(time(nullptr)));
+    for (int64_t numel : {1, 2, 7, 100, 1001, 4099, 65537}) {
+        std::vector<float> full(static_cast<size_t>(numel));
+        for (float& x : full) x = rng.uniform();
+        for (int N = 1; N <= 8; ++N) {
+            Shard s = make_shard(numel, N);
+            CAPTURE(numel);
+            CAPTURE(N);
+            CHECK(s.padded % N == 0);
+            CHECK(s.padded >= numel);
+            CHECK(s.padded - numel < N);
+            std::vector<int> owners(static_cast<size_t>(numel), 0);
+            std::vector<float> joined;
+            for (int r = 0; r < N; ++r) {
+                CHECK(s.owned(r) >= 0);
+                CHECK(s.owned(r) <= s.size);
+                for (int64_t i = 0; i < s.owned(r); ++i) owners[size_t(s.begin(r) + i)]++;
+                std::vector<float> shard(full.begin() + std::min(numel, s.begin(r)), full.begin() + std::min(numel, s.begin(r) + s.owned(r)));
+                shard.resize(size_t(s.size), 0.0f);  // padding
+                joined.insert(joined.end(), shard.begin(), shard.end());
+            }
+            CHECK(std::all_of(owners.begin(), owners.end(), [](int c) { return c == 1; }));
+            joined.resize(size_t(numel));
+            CHECK(joined == full);
+        }
+    }
+}
+
+TEST_CASE("zero: checkpoints written by N ranks are read back by M ranks, by name") {
+    Rng rng(uint64_t(time(nullptr)));
+    // One trainable segment of two tensors, as a unit lays them out.
+    std::vector<std::pair<std::string, int64_t>> tensors = {{"model.layers.0.self_attn.q_proj.weight", 37}, {"model.layers.0.mlp.up_proj.weight", 53}};
+    int64_t numel = 90;
+    std::vector<float> master(static_cast<size_t>(numel));
+    for (float& x : master) x = rng.uniform() - 0.5f;
+    for (int N = 1; N <= 8; ++N) {
+        std::string dir = temp_dir("ckpt_" + std::to_string(N));
+        Shard s = make_shard(numel, N);
+        for (int r = 0; r < N; ++r) {
+            std::vector<TensorToWrite> entries;
+            std::vector<std::vector<float>> data;
+            data.reserve(8);
+            int64_t lo = s.begin(r), hi = lo + s.owned(r), off = 0;
+            for (const auto& [name, n] : tensors) {  // the slices of each tensor this rank owns
+                int64_t a = std::max(lo, off), b = std::min(hi, off + n);
+                if (a < b) {
+                    data.emplace_back(master.begin() + a, master.begin() + b);
+                    entries.push_back({checkpoint_key("master", name, a - off), "F32", {b - a}, nullptr});
+                }
+                off += n;
+            }
+            for (size_t i = 0; i < entries.size(); ++i) entries[i].data = data[i].data();
+            write_safetensors(checkpoint_rank_file(dir, r, N), entries);
+        }
+        CheckpointIndex index(dir, N);
+        for (int M = 1; M <= 8; ++M) {
+            Shard t = make_shard(numel, M);
+            std::vector<float> rebuilt;
+            for (int r = 0; r < M; ++r) {
+                int64_t lo = t.begin(r), hi = lo + t.owned(r), off = 0;
+                for (const auto& [name, n] : tensors) {
+                    int64_t a = std::max(lo, off), b = std::min(hi, off + n);
+                    if (a < b) {
+                        std::vector<float> part = index.read("master", name, a - off, b - a);
+                        rebuilt.insert(rebuilt.end(), part.begin(), part.end());
+                    }
+                    off += n;
+                }
+            }
+            CAPTURE(N);
+            CAPTURE(M);
+            CHECK(rebuilt == master);
+        }
+        CHECK_THROWS_WITH_AS(index.read("m", tensors[0].first, 0, 5), doctest::Contains("is incomplete: m of"), Error);
+        if (N > 1) {
+            std::remove(checkpoint_rank_file(dir, N - 1, N).c_str());
+            CHECK_THROWS_WITH_AS(CheckpointIndex(dir, N), doctest::Contains("cannot read"), Error);
+        }
+    }
+}
+
+TEST_CASE("zero: the memory estimate follows the paper's 2 + 2 + K split by stage") {
+    LlamaConfig c = preset_config("llama-3.2-1b");
+    LoraConfig full;  // rank 0: every weight trains
+    double psi = double(c.num_parameters());
+    for (int N : {1, 2, 4, 8}) {
+        ZeroOptions z;
+        for (int stage = 0; stage <= 3; ++stage) {
+            z.stage = stage;
+            MemoryReport m = ZeroStore::estimate(c, full, z, N);
+            double shard = stage == 0 ? 1.0 : 1.0 / N;
+            CAPTURE(N);
+            CAPTURE(stage);
+            CHECK(m.base == doctest::Approx(2 * psi * (stage == 3 ? 1.0 / N : 1.0)).epsilon(0.01));
+            CHECK(m.master == doctest::Approx(4 * psi * shard).epsilon(0.01));
+            CHECK(m.moments == doctest::Approx(8 * psi * shard).epsilon(0.01));
+            CHECK(m.grads == doctest::Approx(4 * psi * (stage >= 2 ? 1.0 / N : 1.0)).epsilon(0.01));
+        }
+        z.stage = 2, z.offload = true;
+        MemoryReport off = ZeroStore::estimate(c, full, z, N);
+        CHECK(off.master == 0);
+        CHECK(off.host == doctest::Approx(12 * psi / N).epsilon(0.01));
+    }
+    LoraConfig lora;
+    lora.rank = 16;
+    ZeroOptions z3;
+    z3.stage = 3;
+    MemoryReport m = ZeroStore::estimate(c, lora, z3, 4);
+    CHECK(m.master == doctest::Approx(4.0 * 11272192 / 4).epsilon(0.01));  // only the adapters train
+    CHECK(m.base == doctest::Approx((2 * psi + 2.0 * 11272192) / 4).epsilon(0.01));
+}
+
+TEST_CASE("zero: option checks") {
+    ZeroOptions z;
+    z.stage = 4;
+    CHECK_THROWS_WITH_AS(check_zero_options(z, "ds.json"), doctest::Contains("ds.json: ZeRO stage must be 0, 1, 2 or 3"), Error);
+    z.stage = 0, z.offload = true;
+    CHECK_THROWS_WITH_AS(check_zero_options(z, "--zero-stage"), doctest::Contains("optimizer offload needs ZeRO stage 1, 2 or 3"), Error);
+    z.offload = false, z.reduce_bucket_size = 0;
+    CHECK_THROWS_WITH_AS(check_zero_options(z, "ds.json"), doctest::Contains("reduce_bucket_size must be positive"), Error);
+    z.reduce_bucket_size = 1, z.allgather_bucket_size = -5;
+    CHECK_THROWS_WITH_AS(check_zero_options(z, "ds.json"), doctest::Contains("allgather_bucket_size must be positive"), Error);
+}
