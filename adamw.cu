@@ -9,15 +9,38 @@
 
 namespace {
 
-// p -= lr*wd*p; m, v updated; p -= lr * mhat / (sqrt(vhat) + eps); p16 = bf16(p)
+// One element's update. Every operation is explicitly rounded (no fused multiply-adds the compiler
+// might or might not form), so the GPU and the CPU (offload) produce the same bits.
+__host__ __device__ inline float adamw_element(float x, float grad, float& m, float& v, float lr, float lr_wd, float b1,
+                                                float b2, float eps, float bc1, float bc2, float scale) {
+#ifdef __CUDA_ARCH__
+    float g = __fmul_rn(grad, scale);
+    x = __fsub_rn(x, __fmul_rn(lr_wd, x));
+    m = __fadd_rn(__fmul_rn(b1, m), __fmul_rn(1.0f - b1, g));
+    v = __fadd_rn(__fmul_rn(b2, v), __fmul_rn(__fmul_rn(1.0f - b2, g), g));
+    float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, bc2)), eps);
+    return __fsub_rn(x, __fdiv_rn(__fmul_rn(lr, __fdiv_rn(m, bc1)), denom));
+#else
+    volatile float g = grad * scale;  // volatile: each product rounded on its own, as on the GPU
+    volatile float decayed = x - lr_wd * x;
+    volatile float m1 = b1 * m, m2 = (1.0f - b1) * g;
+    m = m1 + m2;
+    volatile float v1 = b2 * v, v2 = (1.0f - b2) * g;
+    volatile float v3 = v2 * g;
+    v = v1 + v3;
+    volatile float denom = std::sqrt(v / bc2) + eps;
+    volatile float step = lr * (m / bc1);
+    return decayed - step / denom;
+#endif
+}
+
+// p = adamw(p, grad * scale); p16 = bf16(p)   (the update above, one element per thread)
 __global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, float lr,
-                             float wd, float b1, float b2, float eps, float bc1, float bc2, const float* grad_scale) {
+                             float lr_wd, float b1, float b2, float eps, float bc1, float bc2, const float* grad_scale) {
     float s = grad_scale ? *grad_scale : 1.0f;
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float g = grad[i] * s, x = p[i];
-        x -= lr * wd * x;
-        float mi = b1 * m[i] + (1 - b1) * g, vi = b2 * v[i] + (1 - b2) * g * g;
-        x -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        float mi = m[i], vi = v[i];
+        float x = adamw_element(p[i], grad[i], mi, vi, lr, lr_wd, b1, b2, eps, bc1, bc2, s);
         m[i] = mi, v[i] = vi, p[i] = x;
         if (p16) p16[i] = __float2bfloat16(x);
     }
@@ -57,21 +80,18 @@ void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
     if (n == 0) return;
     float bc1 = 1 - std::pow(c.beta1, float(step)), bc2 = 1 - std::pow(c.beta2, float(step));
     int blocks = int(std::min<int64_t>((n + 255) / 256, 132 * 16));
-    adamw_kernel<<<blocks, 256, 0, stream>>>(p, grad, m, v, p16, n, lr, weight_decay, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
+    adamw_kernel<<<blocks, 256, 0, stream>>>(p, grad, m, v, p16, n, lr, lr * weight_decay, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
     check_launch("adamw_kernel");
 }
 
 void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, const AdamWConfig& c,
                     float lr, float weight_decay, int step, float grad_scale, int threads) {
     float bc1 = 1 - std::pow(c.beta1, float(step)), bc2 = 1 - std::pow(c.beta2, float(step));
+    float lr_wd = lr * weight_decay;
     auto work = [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-            float g = grad[i] * grad_scale, x = p[i];
-            x -= lr * weight_decay * x;
-            float mi = c.beta1 * m[i] + (1 - c.beta1) * g, vi = c.beta2 * v[i] + (1 - c.beta2) * g * g;
-            x -= lr * (mi / bc1) / (std::sqrt(vi / bc2) + c.eps);
-            m[i] = mi, v[i] = vi, p[i] = x;
-            if (p16) p16[i] = __float2bfloat16(x);
+            p[i] = adamw_element(p[i], grad[i], m[i], v[i], lr, lr_wd, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
+            if (p16) p16[i] = __float2bfloat16(p[i]);
         }
     };
     threads = std::max(1, threads);

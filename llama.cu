@@ -423,13 +423,22 @@ __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const floa
     }
 }
 
-// dw[i] += sum_n dy[n,i] * x̂[n,i]   (one thread per column, rows in order: deterministic)
-__global__ void rmsnorm_weight_grad_kernel(const bf16* x, const float* rstd, const bf16* dy, float* dw, int64_t N, int D) {
+// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i]   (R = gridDim.y)
+__global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= D) return;
     float acc = 0;
-    for (int64_t n = 0; n < N; ++n)
+    for (int64_t n = blockIdx.y; n < N; n += gridDim.y)
         acc += __bfloat162float(dy[n * D + i]) * __bfloat162float(__float2bfloat16(__bfloat162float(x[n * D + i]) * rstd[n]));
+    partial[int64_t(blockIdx.y) * D + i] = acc;
+}
+
+// dw[i] += sum_r partial[r, i], r in order   (the two passes keep the sum's order fixed: deterministic)
+__global__ void rmsnorm_weight_sum_kernel(const float* partial, float* dw, int R, int D) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= D) return;
+    float acc = 0;
+    for (int r = 0; r < R; ++r) acc += partial[int64_t(r) * D + i];
     dw[i] += acc;
 }
 
@@ -606,12 +615,14 @@ void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t
     check_launch("rmsnorm_forward_kernel");
 }
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
-                      float* dw, int64_t N, int D, cudaStream_t s) {
+                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s) {
     rmsnorm_backward_kernel<<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
     check_launch("rmsnorm_backward_kernel");
     if (!dw) return;
-    rmsnorm_weight_grad_kernel<<<blocks_for(D), kThreads, 0, s>>>(x, rstd, dy, dw, N, D);
-    check_launch("rmsnorm_weight_grad_kernel");
+    rmsnorm_weight_partial_kernel<<<dim3(unsigned(blocks_for(D)), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
+    check_launch("rmsnorm_weight_partial_kernel");
+    rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(dw_partial, dw, kNormPartials, D);
+    check_launch("rmsnorm_weight_sum_kernel");
 }
 void rope_forward(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
                   bool rotate, cudaStream_t s) {
@@ -771,6 +782,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, int lora_rank, float lora_scale, in
     targets_ = device_alloc<int32_t>(size_t(N), "targets");
     loss_sum_ = device_alloc<float>(1, "loss");
     row_loss_ = device_alloc<float>(size_t(head_rows_), "loss");
+    norm_partial_ = alloc_f32(int64_t(kNormPartials) * D, "gradient scratch");
     check_cuda(cudaMemset(loss_sum_, 0, sizeof(float)), "memset loss");
     // RoPE tables: angle = t * inv_freq[i]; cos and sin rounded to bf16 as HF's are.
     std::vector<float> inv = rope_inv_freq(c), cos_h(size_t(T) * size_t(Dh / 2)), sin_h(cos_h.size());
@@ -796,7 +808,7 @@ LlamaModel::~LlamaModel() {
     for (void* p : {(void*)hidden_, (void*)final_norm_, (void*)final_rstd_, (void*)d_hidden_, (void*)d_a_, (void*)d_n_,
                     (void*)d_ff_, (void*)d_g_, (void*)d_u_, (void*)d_q_, (void*)d_k_, (void*)d_v_, (void*)d_qt_,
                     (void*)d_kt_, (void*)d_vt_, (void*)d_ot_, (void*)lora_du_, (void*)attn_scores_, (void*)attn_probs_,
-                    (void*)attn_rowdot_, (void*)logits_, (void*)dlogits_, (void*)targets_, (void*)loss_sum_, (void*)row_loss_,
+                    (void*)attn_rowdot_, (void*)logits_, (void*)dlogits_, (void*)targets_, (void*)loss_sum_, (void*)row_loss_, (void*)norm_partial_,
                     (void*)rope_cos_, (void*)rope_sin_})
         cudaFree(p);
     gemm_destroy(gemm_);
@@ -860,7 +872,7 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
     swiglu_backward(a.g, a.u, d_ff_, d_g_, d_u_, int64_t(N_) * F, stream_);
     linear_backward(a.m, D, w.gate, w.dgate, F, d_g_, d_n_, 0.0f, kGate, lora, a.lora_u[kGate]);
     linear_backward(a.m, D, w.up, w.dup, F, d_u_, d_n_, 1.0f, kUp, lora, a.lora_u[kUp]);
-    rmsnorm_backward(a.a, w.norm2, a.rstd2, d_n_, dh, d_a_, w.dnorm2, N_, D, stream_);
+    rmsnorm_backward(a.a, w.norm2, a.rstd2, d_n_, dh, d_a_, w.dnorm2, norm_partial_, N_, D, stream_);
     // Attention: a = h + o_proj(attn(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
     linear_backward(a.o, Hd, w.o, w.do_, D, d_a_, d_q_, 0.0f, kO, lora, a.lora_u[kO]);  // dO as [B,T,H,Dh] in d_q_
     rope_forward(d_q_, d_ot_, rope_cos_, rope_sin_, B_, T_, H, Dh, false, stream_);     // and as [B,H,T,Dh]
@@ -872,7 +884,7 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, bf16* dh) {
     linear_backward(a.n, D, w.q, w.dq, Hd, d_q_, d_n_, 0.0f, kQ, lora, a.lora_u[kQ]);
     linear_backward(a.n, D, w.k, w.dk, KVd, d_k_, d_n_, 1.0f, kK, lora, a.lora_u[kK]);
     linear_backward(a.n, D, w.v, w.dv, KVd, d_v_, d_n_, 1.0f, kV, lora, a.lora_u[kV]);
-    rmsnorm_backward(a.h, w.norm1, a.rstd1, d_n_, d_a_, dh, w.dnorm1, N_, D, stream_);
+    rmsnorm_backward(a.h, w.norm1, a.rstd1, d_n_, d_a_, dh, w.dnorm1, norm_partial_, N_, D, stream_);
 }
 
 // Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary fp32 logits exist
@@ -903,7 +915,7 @@ void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& stor
     }
     if (backward) {  // d h_L through the final norm (no residual term)
         check_cuda(cudaMemsetAsync(d_a_, 0, size_t(N_) * D * 2, stream_), "memset");
-        rmsnorm_backward(h, norm_w, final_rstd_, d_n_, d_a_, d_hidden_, fin.grads, N_, D, stream_);
+        rmsnorm_backward(h, norm_w, final_rstd_, d_n_, d_a_, d_hidden_, fin.grads, norm_partial_, N_, D, stream_);
     }
     if (c_.tie_word_embeddings) store.release(0);
     store.release(L + 1);

@@ -73,9 +73,10 @@ void gemm(const Gemm& g, bool transA, bool transB, int M, int N, int K, const bf
 void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s);
 void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s);
 void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s);
-// dx = residual + d rmsnorm / dx;  dw += d rmsnorm / dw when dw is not null
+// dx = residual + d rmsnorm / dx;  dw += d rmsnorm / dw when dw is not null (dw_partial: kNormPartials * D floats)
+constexpr int kNormPartials = 64;
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
-                      float* dw, int64_t N, int D, cudaStream_t s);
+                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s);
 // [B,T,nh,Dh] -> [B,nh,T,Dh], rotated when `rotate`;  backward: the transpose of both.
 void rope_forward(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
                   bool rotate, cudaStream_t s);
@@ -199,6 +200,7 @@ class LlamaModel {
     int32_t* targets_ = nullptr;
     float* loss_sum_ = nullptr;
     float* row_loss_ = nullptr;
+    float* norm_partial_ = nullptr;
     size_t activation_bytes_ = 0;
 };
 

@@ -1,6 +1,6 @@
 // test/test_zero_gpu.cpp — the ZeRO protocol on the GPU with this process as the only rank: every stage,
 // with and without CPU offload, activation checkpointing and keeping stage-3 units gathered, gives the
-// same training as stage 0 (bitwise, but offload's CPU arithmetic: 1e-5); 20 steps equal 10 steps +
+// same training as stage 0 (bitwise; see the one exception below); 20 steps equal 10 steps +
 // checkpoint + resume + 10 steps, bitwise. Runs on more ranks are the multi-GPU benchmark's (bench/zero.sh).
 #include "gpu.h"
 
@@ -95,12 +95,14 @@ TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept unit
             CAPTURE(v.offload);
             CAPTURE(v.recompute);
             CAPTURE(v.keep);
-            if (!v.offload) {
+            // Bitwise, except full fine-tuning at stages 2, 3: there the micro-batches' gradients are summed
+            // after each reduce-scatter instead of inside the products (another rounding order).
+            if (rank == 0 && v.stage >= 2) {
+                CHECK(rel_error(t.losses, ref.losses) < 1e-4);
+                CHECK(rel_error(t.params, ref.params) < 1e-2);
+            } else {
                 CHECK(t.losses == ref.losses);
                 CHECK(t.params == ref.params);
-            } else {
-                CHECK(rel_error(t.losses, ref.losses) < 1e-5);
-                CHECK(rel_error(t.params, ref.params) < 1e-4);
             }
         }
         CHECK(ref.losses.back() < ref.losses.front());  // it trains
@@ -120,7 +122,7 @@ TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bit
             Trace whole = run(s, lora, z, false, 1, 20);
             Trace first = run(s, lora, z, false, 1, 10, "", dir);
             ZeroOptions other = z;
-            other.stage = 3 - stage;  // resume under another stage: the checkpoint is by name
+            if (rank) other.stage = 3 - stage;  // LoRA resumes under another stage: the checkpoint is by name
             Trace second = run(s, lora, other, false, 11, 20, dir);
             std::vector<float> joined = first.losses;
             joined.insert(joined.end(), second.losses.begin(), second.losses.end());
