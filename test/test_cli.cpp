@@ -141,6 +141,19 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
     check_error("--preset tiny --seq 64 --dry-run --resume " + out + "/checkpoints/step-10", "is from another model");
 }
 
+TEST_CASE("cli: every workshop config in configs/ is accepted without warnings") {
+    int seen = 0;
+    for (const char* name : {"stage0", "stage1", "stage2", "stage3", "stage3_offload", "stage3_offload_checkpointing"}) {
+        Run r = run("--preset tiny --seq 64 --dry-run --config configs/" + std::string(name) + ".json");
+        CAPTURE(name);
+        CAPTURE(r.output);
+        CHECK(r.status == 0);
+        CHECK(r.output.find("warning") == std::string::npos);
+        ++seen;
+    }
+    CHECK(seen == 6);
+}
+
 TEST_CASE("gpu: out of memory and a diverging loss are one error line each") {
     if (!need_gpu()) return;
     check_error("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1",
