@@ -596,15 +596,23 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
             check_cuda(cudaMemcpy(host_grad_.data(), s.opt_grad, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost), "copy grads");
         }
         std::vector<__nv_bfloat16> h16(z_.offload ? size_t(std::max<int64_t>(1, s.opt_len)) : 0);
+        // Runs of elements with the same weight decay (norm weights never decay), one update call each.
+        std::vector<std::pair<int64_t, int64_t>> runs;  // (segment offset, count)
+        std::vector<float> decays;
         for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t, int64_t soff, int64_t n) {
-            int64_t i = soff - s.opt_begin;
-            float decay = t.shape.size() > 1 ? c.weight_decay : 0.0f;  // norm weights never decay
+            float decay = t.shape.size() > 1 ? c.weight_decay : 0.0f;
+            if (!runs.empty() && decays.back() == decay && runs.back().first + runs.back().second == soff) runs.back().second += n;
+            else runs.push_back({soff, n}), decays.push_back(decay);
+        });
+        for (size_t k = 0; k < runs.size(); ++k) {
+            int64_t i = runs[k].first - s.opt_begin, n = runs[k].second;
+            float decay = decays[k];
             if (z_.offload)
                 adamw_step_cpu(s.master + i, host_grad_.data() + i, s.m + i, s.v + i, h16.data() + i, n, c, lr, decay, step, host_scale,
                                z_.offload_threads);
             else
                 adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decay, step, clip_scale_, stream_);
-        });
+        }
         if (z_.offload && s.opt_len > 0)
             check_cuda(cudaMemcpyAsync(dst, h16.data(), size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
         if (z_.offload) check_cuda(cudaStreamSynchronize(stream_), "sync");
