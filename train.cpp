@@ -423,7 +423,7 @@ double read_loss_sum(Session& s) {  // this rank's summed CE since the last read
     float v = 0;
     check_cuda(cudaMemcpyAsync(&v, s.model.loss_sum(), 4, cudaMemcpyDeviceToHost, s.stream), "copy loss");
     check_cuda(cudaMemsetAsync(s.model.loss_sum(), 0, 4, s.stream), "memset");
-    check_cuda(cudaStreamSynchronize(s.stream), "sync");
+    world_wait(s.w, s.stream);
     return v;
 }
 

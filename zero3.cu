@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -79,6 +80,23 @@ void world_finalize(World& w) {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (w.mpi && !finalized) MPI_Finalize();
+}
+
+void world_wait(const World& w, cudaStream_t stream) {
+    for (;;) {
+        cudaError_t status = cudaStreamQuery(stream);
+        if (status == cudaSuccess) return;
+        if (status != cudaErrorNotReady) check_cuda(status, "the GPU work of this step");
+        if (w.nccl) {
+            ncclResult_t async = ncclSuccess;
+            check_nccl(ncclCommGetAsyncError(w.nccl, &async), "ncclCommGetAsyncError");
+            if (async != ncclSuccess) {
+                ncclCommAbort(w.nccl);
+                fail(std::string("NCCL failed while waiting for the other ranks: ") + ncclGetErrorString(async));
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
 }
 
 double world_sum(const World& w, double x) {

@@ -33,6 +33,8 @@ World world_init(int* argc, char*** argv);  // MPI only: rank, size, nodes
 void world_start_gpu(World& w);              // the rank's GPU, NCCL, the comm stream
 void world_finalize(World& w);
 double world_sum(const World& w, double x);  // x added over ranks (host, MPI)
+// Waits for `stream` while watching NCCL for asynchronous errors (a lost peer), which end all ranks.
+void world_wait(const World& w, cudaStream_t stream);
 // Fails on every rank when `text` (e.g. the options) differs between ranks.
 void world_check_same(const World& w, const std::string& text, const std::string& what);
 void world_barrier(const World& w);

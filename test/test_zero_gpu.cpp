@@ -133,3 +133,23 @@ TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bit
         }
     }
 }
+
+TEST_CASE("gpu: the memory the store allocates is the ZeRO estimate") {
+    if (!need_gpu()) return;
+    Setup s = golden_setup();
+    for (int rank : {8, 0})
+        for (int stage = 0; stage <= 3; ++stage) {
+            LoraConfig lora;
+            lora.rank = rank, lora.alpha = 16;
+            ZeroOptions z;
+            z.stage = stage, z.persistence_threshold = 0;
+            ZeroStore store(s.c, lora, z, test_world(), nullptr);
+            MemoryReport got = store.memory(), want = ZeroStore::estimate(s.c, lora, z, 1);
+            CAPTURE(rank);
+            CAPTURE(stage);
+            CHECK(got.base == doctest::Approx(want.base).epsilon(0.05));
+            CHECK(got.master == doctest::Approx(want.master).epsilon(0.05));
+            CHECK(got.moments == doctest::Approx(want.moments).epsilon(0.05));
+            CHECK(got.grads == doctest::Approx(want.grads).epsilon(0.05));
+        }
+}
