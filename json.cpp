@@ -122,15 +122,6 @@ struct JsonParser {
         }
         return u;
     }
-    static void append_utf8(std::string& out, uint32_t cp) {
-        if (cp < 0x80) out += char(cp);
-        else if (cp < 0x800) out += char(0xC0 | cp >> 6), out += char(0x80 | (cp & 0x3F));
-        else if (cp < 0x10000)
-            out += char(0xE0 | cp >> 12), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
-        else
-            out += char(0xF0 | cp >> 18), out += char(0x80 | ((cp >> 12) & 0x3F)),
-                out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
-    }
     std::string parse_string() {
         size_t start = i++;
         std::string out;
@@ -270,6 +261,16 @@ size_t utf8_decode(std::string_view s, size_t i, uint32_t& cp, size_t& bad) {
         cp = (cp << 6) | (b & 0x3F);
     }
     return need + 1;
+}
+
+void append_utf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) out += char(cp);
+    else if (cp < 0x800) out += char(0xC0 | cp >> 6), out += char(0x80 | (cp & 0x3F));
+    else if (cp < 0x10000)
+        out += char(0xE0 | cp >> 12), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+    else
+        out += char(0xF0 | cp >> 18), out += char(0x80 | ((cp >> 12) & 0x3F)), out += char(0x80 | ((cp >> 6) & 0x3F)),
+            out += char(0x80 | (cp & 0x3F));
 }
 
 bool utf8_valid(std::string_view s) {

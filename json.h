@@ -41,3 +41,4 @@ std::string utf8_sanitize(std::string_view bytes);
 // maximal subpart to replace by one U+FFFD.
 size_t utf8_decode(std::string_view s, size_t i, uint32_t& cp, size_t& bad);
 bool utf8_valid(std::string_view s);
+void append_utf8(std::string& out, uint32_t cp);  // the UTF-8 bytes of one code point

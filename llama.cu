@@ -442,11 +442,14 @@ __global__ void rmsnorm_weight_sum_kernel(const float* partial, float* dw, int R
     dw[i] += acc;
 }
 
-// RoPE, and [B,T,nh,Dh] -> [B,nh,T,Dh]:  (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) on the halves of
-// each head (HF's rotate_half), angle = t * inv_freq[i].  rotate = false only transposes (for V).
-__global__ void rope_forward_kernel(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T,
-                                    int nh, int Dh, bool rotate) {
+// RoPE on the halves of each head (HF's rotate_half), angle = t * inv_freq[i]:
+//   (x1, x2) -> (x1 cos - sign x2 sin, x2 cos + sign x1 sin)
+// forward (sign +1) reads [B,T,nh,Dh] and writes [B,nh,T,Dh]; backward (sign -1, the transpose of the
+// rotation) reads [B,nh,T,Dh] and writes [B,T,nh,Dh]. rotate = false only moves the data (for V and O).
+__global__ void rope_kernel(const bf16* src, bf16* dst, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
+                            bool rotate, bool forward) {
     int half = Dh / 2;
+    float sign = forward ? 1.0f : -1.0f;
     int64_t total = int64_t(B) * T * nh * half;
     for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
         int i = int(idx % half);
@@ -454,39 +457,16 @@ __global__ void rope_forward_kernel(const bf16* x, bf16* out, const float* cos_t
         int h = int(rest % nh);
         rest /= nh;
         int t = int(rest % T), b = int(rest / T);
-        const bf16* xp = x + ((int64_t(b) * T + t) * nh + h) * Dh;
-        bf16* op = out + ((int64_t(b) * nh + h) * T + t) * Dh;
-        float x1 = __bfloat162float(xp[i]), x2 = __bfloat162float(xp[i + half]);
+        int64_t token_major = ((int64_t(b) * T + t) * nh + h) * Dh, head_major = ((int64_t(b) * nh + h) * T + t) * Dh;
+        const bf16* in = src + (forward ? token_major : head_major);
+        bf16* out = dst + (forward ? head_major : token_major);
+        float x1 = __bfloat162float(in[i]), x2 = __bfloat162float(in[i + half]);
         if (rotate) {
-            float c = cos_t[t * half + i], s = sin_t[t * half + i];
-            op[i] = __float2bfloat16(x1 * c - x2 * s);
-            op[i + half] = __float2bfloat16(x2 * c + x1 * s);
+            float c = cos_t[t * half + i], s = sign * sin_t[t * half + i];
+            out[i] = __float2bfloat16(x1 * c - x2 * s);
+            out[i + half] = __float2bfloat16(x2 * c + x1 * s);
         } else {
-            op[i] = xp[i], op[i + half] = xp[i + half];
-        }
-    }
-}
-
-// The transpose of the rotation (rotate by -angle), and [B,nh,T,Dh] -> [B,T,nh,Dh].
-__global__ void rope_backward_kernel(const bf16* dout, bf16* dx, const float* cos_t, const float* sin_t, int B, int T,
-                                     int nh, int Dh, bool rotate) {
-    int half = Dh / 2;
-    int64_t total = int64_t(B) * T * nh * half;
-    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
-        int i = int(idx % half);
-        int64_t rest = idx / half;
-        int h = int(rest % nh);
-        rest /= nh;
-        int t = int(rest % T), b = int(rest / T);
-        const bf16* gp = dout + ((int64_t(b) * nh + h) * T + t) * Dh;
-        bf16* xp = dx + ((int64_t(b) * T + t) * nh + h) * Dh;
-        float g1 = __bfloat162float(gp[i]), g2 = __bfloat162float(gp[i + half]);
-        if (rotate) {
-            float c = cos_t[t * half + i], s = sin_t[t * half + i];
-            xp[i] = __float2bfloat16(g1 * c + g2 * s);
-            xp[i + half] = __float2bfloat16(g2 * c - g1 * s);
-        } else {
-            xp[i] = gp[i], xp[i + half] = gp[i + half];
+            out[i] = in[i], out[i + half] = in[i + half];
         }
     }
 }
@@ -626,13 +606,13 @@ void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf1
 }
 void rope_forward(const bf16* x, bf16* out, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
                   bool rotate, cudaStream_t s) {
-    rope_forward_kernel<<<blocks_for(int64_t(B) * T * nh * (Dh / 2)), kThreads, 0, s>>>(x, out, cos_t, sin_t, B, T, nh, Dh, rotate);
-    check_launch("rope_forward_kernel");
+    rope_kernel<<<blocks_for(int64_t(B) * T * nh * (Dh / 2)), kThreads, 0, s>>>(x, out, cos_t, sin_t, B, T, nh, Dh, rotate, true);
+    check_launch("rope_kernel");
 }
 void rope_backward(const bf16* dout, bf16* dx, const float* cos_t, const float* sin_t, int B, int T, int nh, int Dh,
                    bool rotate, cudaStream_t s) {
-    rope_backward_kernel<<<blocks_for(int64_t(B) * T * nh * (Dh / 2)), kThreads, 0, s>>>(dout, dx, cos_t, sin_t, B, T, nh, Dh, rotate);
-    check_launch("rope_backward_kernel");
+    rope_kernel<<<blocks_for(int64_t(B) * T * nh * (Dh / 2)), kThreads, 0, s>>>(dout, dx, cos_t, sin_t, B, T, nh, Dh, rotate, false);
+    check_launch("rope_kernel");
 }
 void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s) {
     swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(g, u, act, n);
@@ -921,8 +901,9 @@ void LlamaModel::head_forward_backward(const DeviceBatch& batch, UnitStore& stor
     store.release(L + 1);
 }
 
-void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logits) {
-    if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward: batch shape differs from the model's");
+// Embedding and every layer: h_0 .. h_L into hidden_, each unit gathered for its turn.
+void LlamaModel::forward_layers(const DeviceBatch& batch, UnitStore& store) {
+    if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel: the batch's shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
     UnitView emb = store.gather(0, Pass::forward);
     embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
@@ -932,20 +913,16 @@ void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logi
         layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
         store.release(l + 1);
     }
+}
+
+void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logits) {
+    forward_layers(batch, store);
     head_forward_backward(batch, store, 1.0f, false, logits);
 }
 
 void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor) {
-    if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel::forward_backward: batch shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
-    UnitView emb = store.gather(0, Pass::forward);
-    embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
-    store.release(0);
-    for (int l = 0; l < L; ++l) {
-        UnitView w = store.gather(l + 1, Pass::forward);
-        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D);
-        store.release(l + 1);
-    }
+    forward_layers(batch, store);
     head_forward_backward(batch, store, loss_divisor, true, nullptr);
     store.reduce_grads(L + 1);
     for (int l = L - 1; l >= 0; --l) {
@@ -956,7 +933,7 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
         store.release(l + 1);
         store.reduce_grads(l + 1);
     }
-    emb = store.gather(0, Pass::backward);
+    UnitView emb = store.gather(0, Pass::backward);
     if (emb.grads) embedding_backward(batch.ids, d_hidden_, emb.grads, N_, D, stream_);
     store.release(0);
     store.reduce_grads(0);

@@ -165,6 +165,7 @@ class LlamaModel {
 
   private:
     struct Layer;  // saved activations of one layer
+    void forward_layers(const DeviceBatch& batch, UnitStore& store);
     void layer_forward(int l, const UnitView& w, const bf16* h_in, bf16* h_out);
     void layer_backward(int l, const UnitView& w, bf16* dh);  // dh: in = d h_out, out = d h_in
     void head_forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward,

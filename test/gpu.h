@@ -1,5 +1,7 @@
 // test/gpu.h — helpers for GPU tests: random host data, device copies, poisoning, error measures.
 #pragma once
+#include <unistd.h>
+
 #include <cmath>
 #include <vector>
 
@@ -75,4 +77,30 @@ inline const World& test_world() {
         return x;
     }();
     return w;
+}
+
+// A golden case of test/make_golden_model.py: the model directory, its rows, and HF's results.
+struct Golden {
+    std::string dir;
+    LlamaConfig config;
+    std::vector<int32_t> ids, labels;
+    int B = 0, T = 0;
+    int64_t targets = 0;  // positions that take loss (after HF's shift)
+    Json meta;
+};
+inline bool load_golden(const std::string& name, Golden& g) {
+    g.dir = "test/golden/" + name;
+    if (access((g.dir + "/golden.json").c_str(), R_OK) != 0) return false;
+    g.config = load_config(g.dir + "/config.json");
+    Json rows = read_json_file(g.dir + "/rows.json");
+    for (const Json& r : rows.find("input_ids")->array) {
+        for (const Json& x : r.array) g.ids.push_back(int32_t(x.integer));
+        g.T = int(r.array.size()), g.B++;
+    }
+    for (const Json& r : rows.find("labels")->array)
+        for (const Json& x : r.array) g.labels.push_back(int32_t(x.integer));
+    for (int b = 0; b < g.B; ++b)
+        for (int t = 1; t < g.T; ++t) g.targets += g.labels[size_t(b * g.T + t)] != -100;
+    g.meta = read_json_file(g.dir + "/golden.json");
+    return true;
 }

@@ -68,13 +68,7 @@ std::string random_text(uint64_t seed, size_t code_points) {
         const uint32_t* pool = pools[rng.below(sizeof(pools) / sizeof(pools[0]))];
         uint32_t cp = pool[0] + uint32_t(rng.below(pool[1] - pool[0] + 1));
         if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
-        if (cp < 0x80) out += char(cp);
-        else if (cp < 0x800) out += char(0xC0 | cp >> 6), out += char(0x80 | (cp & 0x3F));
-        else if (cp < 0x10000)
-            out += char(0xE0 | cp >> 12), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
-        else
-            out += char(0xF0 | cp >> 18), out += char(0x80 | ((cp >> 12) & 0x3F)),
-                out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+        append_utf8(out, cp);
     }
     return out;
 }

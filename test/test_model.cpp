@@ -15,36 +15,6 @@
 
 namespace {
 
-struct Golden {
-    std::string dir;
-    LlamaConfig config;
-    std::vector<int32_t> ids, labels;
-    int B = 0, T = 0;
-    Json meta;
-};
-
-bool load_golden(const std::string& name, Golden& g) {
-    g.dir = "test/golden/" + name;
-    if (access((g.dir + "/golden.json").c_str(), R_OK) != 0) return false;
-    g.config = load_config(g.dir + "/config.json");
-    Json rows = read_json_file(g.dir + "/rows.json");
-    for (const Json& r : rows.find("input_ids")->array) {
-        for (const Json& x : r.array) g.ids.push_back(int32_t(x.integer));
-        g.T = int(r.array.size()), g.B++;
-    }
-    for (const Json& r : rows.find("labels")->array)
-        for (const Json& x : r.array) g.labels.push_back(int32_t(x.integer));
-    g.meta = read_json_file(g.dir + "/golden.json");
-    return true;
-}
-
-int64_t count_targets(const Golden& g) {
-    int64_t n = 0;
-    for (int b = 0; b < g.B; ++b)
-        for (int t = 1; t < g.T; ++t) n += g.labels[size_t(b * g.T + t)] != -100;
-    return n;
-}
-
 float read_loss(LlamaModel& m) {
     float v = from_device(m.loss_sum(), 1)[0];
     check_cuda(cudaMemset(m.loss_sum(), 0, 4), "reset loss");
@@ -79,7 +49,7 @@ void check_against_hf(const std::string& name) {
     load_peft_adapter(g.dir + "/adapter", c, lora, adapter);
     REQUIRE(lora.rank == 8);
     SafetensorsReader gold(g.dir + "/golden.safetensors");
-    int64_t targets = count_targets(g);
+    int64_t targets = g.targets;
     DeviceFree keep;
     DeviceBatch batch{g.B, g.T, keep(to_device(g.ids)), keep(to_device(g.labels))};
     cudaStream_t stream = nullptr;

@@ -13,39 +13,21 @@ struct Trace {
     std::vector<float> losses, params;
 };
 
-struct Setup {
-    LlamaConfig c;
-    std::vector<int32_t> ids, labels;
-    int B = 0, T = 0;
-    int64_t targets = 0;
-    std::string dir;
-};
-
-Setup golden_setup() {
-    Setup s;
-    s.dir = "test/golden/llama_tied_gqa4";
-    s.c = load_config(s.dir + "/config.json");
-    Json rows = read_json_file(s.dir + "/rows.json");
-    for (const Json& r : rows.find("input_ids")->array) {
-        for (const Json& x : r.array) s.ids.push_back(int32_t(x.integer));
-        s.T = int(r.array.size()), s.B++;
-    }
-    for (const Json& r : rows.find("labels")->array)
-        for (const Json& x : r.array) s.labels.push_back(int32_t(x.integer));
-    for (int b = 0; b < s.B; ++b)
-        for (int t = 1; t < s.T; ++t) s.targets += s.labels[size_t(b * s.T + t)] != -100;
-    return s;
+Golden golden_setup() {
+    Golden g;
+    if (!load_golden("llama_tied_gqa4", g)) FAIL("missing golden files test/golden/llama_tied_gqa4");
+    return g;
 }
 
 // Runs steps [first, last] with two micro-batches per step (the same rows twice), optionally from/to a checkpoint.
-Trace run(const Setup& s, const LoraConfig& lora, const ZeroOptions& z, bool recompute, int first, int last,
+Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool recompute, int first, int last,
           const std::string& load_from = "", const std::string& save_to = "") {
     cudaStream_t stream = nullptr;
-    ZeroStore store(s.c, lora, z, test_world(), stream);
+    ZeroStore store(s.config, lora, z, test_world(), stream);
     store.load(s.dir);
     if (lora.rank) store.init_lora(7);
     if (!load_from.empty()) store.load_checkpoint(load_from);
-    LlamaModel m(s.c, lora.rank, lora.scale(), s.B, s.T, stream, recompute);
+    LlamaModel m(s.config, lora.rank, lora.scale(), s.B, s.T, stream, recompute);
     DeviceFree keep;
     DeviceBatch batch{s.B, s.T, keep(to_device(s.ids)), keep(to_device(s.labels))};
     AdamWConfig adam;
@@ -65,7 +47,7 @@ Trace run(const Setup& s, const LoraConfig& lora, const ZeroOptions& z, bool rec
     if (lora.rank)
         for (auto& l : store.lora_layers()) tr.params.insert(tr.params.end(), l.begin(), l.end());
     else
-        for (int u = 0; u < num_units(s.c); ++u) {
+        for (int u = 0; u < num_units(s.config); ++u) {
             std::vector<float> w = store.unit_weights(u);
             tr.params.insert(tr.params.end(), w.begin(), w.end());
         }
@@ -76,7 +58,7 @@ Trace run(const Setup& s, const LoraConfig& lora, const ZeroOptions& z, bool rec
 
 TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept units train identically on one rank") {
     if (!need_gpu()) return;
-    Setup s = golden_setup();
+    Golden s = golden_setup();
     for (int rank : {8, 0}) {
         LoraConfig lora;
         lora.rank = rank, lora.alpha = 16;
@@ -111,7 +93,7 @@ TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept unit
 
 TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bitwise") {
     if (!need_gpu()) return;
-    Setup s = golden_setup();
+    Golden s = golden_setup();
     for (int rank : {8, 0}) {
         for (int stage : {0, 3}) {
             LoraConfig lora;
@@ -136,15 +118,15 @@ TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bit
 
 TEST_CASE("gpu: the memory the store allocates is the ZeRO estimate") {
     if (!need_gpu()) return;
-    Setup s = golden_setup();
+    Golden s = golden_setup();
     for (int rank : {8, 0})
         for (int stage = 0; stage <= 3; ++stage) {
             LoraConfig lora;
             lora.rank = rank, lora.alpha = 16;
             ZeroOptions z;
             z.stage = stage, z.persistence_threshold = 0;
-            ZeroStore store(s.c, lora, z, test_world(), nullptr);
-            MemoryReport got = store.memory(), want = ZeroStore::estimate(s.c, lora, z, 1);
+            ZeroStore store(s.config, lora, z, test_world(), nullptr);
+            MemoryReport got = store.memory(), want = ZeroStore::estimate(s.config, lora, z, 1);
             CAPTURE(rank);
             CAPTURE(stage);
             CHECK(got.base == doctest::Approx(want.base).epsilon(0.05));

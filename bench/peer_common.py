@@ -1,0 +1,35 @@
+"""What the Python peers share: the Llama-3.2-1B shape, PEFT's LoRA setup, and CUDA-event timing."""
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+B, T = 8, 1024
+
+
+def llama_1b_config():
+    return LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                       num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
+                       rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+                       rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+
+
+def with_lora(model):
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS))
+
+
+def timed(step, steps):
+    """Runs 3 warm-up steps, then `steps` timed ones; returns (tokens/s, peak GiB reserved)."""
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3
+    return steps * B * T / seconds, torch.cuda.max_memory_reserved() / 2**30
