@@ -537,6 +537,9 @@ RunResult train(const Options& o, const World& w, const LlamaConfig& c, const To
         std::printf("model: %s, %s parameters (%s trainable%s); load %.1f s\n", c.name.c_str(), thousands(c.num_parameters()).c_str(),
                     thousands(store.trainable_numel()).c_str(), lora.rank ? (", LoRA r=" + std::to_string(lora.rank)).c_str() : ", full",
                     wall_seconds() - t0);
+        std::printf("partition: %d units (embedding, %d layers, final norm), each split into %d shard%s%s\n", num_units(c),
+                    c.num_hidden_layers, w.size, w.size > 1 ? "s" : "",
+                    o.zero.stage == 3 ? "; units up to stage3_param_persistence_threshold elements stay replicated" : "");
         std::printf("memory per rank (GiB), ZeRO estimate -> allocated: weights %.2f -> %.2f, gathered %.2f -> %.2f, "
                     "master %.2f -> %.2f, grads %.2f -> %.2f (+%.2f buffers), moments %.2f -> %.2f, CPU %.2f -> %.2f; "
                     "activations %.2f; GPU in use %.2f\n",
