@@ -109,6 +109,17 @@ TEST_CASE("safetensors: write and read back bf16 and fp32, one file and shards")
     CHECK_THROWS_WITH_AS(r.read_float("w.a", {5, 6}), doctest::Contains("tensor w.a has shape [6, 5], the config needs [5, 6]"), Error);
     CHECK_THROWS_WITH_AS(r.read_float("w.c", {1}), doctest::Contains("missing tensor w.c"), Error);
 
+    // fp16 on disk: IEEE half, subnormals included
+    std::vector<uint16_t> h16 = {0x3C00, 0xC000, 0x0001, 0x7BFF, 0x0000, 0x3555};  // 1, -2, 2^-24, 65504, 0, ~1/3
+    write_safetensors(dir + "/half.safetensors", {{"h", "F16", {6}, h16.data()}});
+    std::vector<float> halves = SafetensorsReader(dir + "/half.safetensors").read_float("h", {6});
+    CHECK(halves[0] == 1.0f);
+    CHECK(halves[1] == -2.0f);
+    CHECK(halves[2] == std::ldexp(1.0f, -24));
+    CHECK(halves[3] == 65504.0f);
+    CHECK(halves[4] == 0.0f);
+    CHECK(halves[5] == doctest::Approx(1.0 / 3).epsilon(1e-3));
+
     std::string shards = temp_dir("model_sharded");
     write_safetensors(shards + "/part-1.safetensors", {{"w.a", "BF16", {6, 5}, a16.data()}});
     write_safetensors(shards + "/part-2.safetensors", {{"w.b", "F32", {7}, b.data()}});
