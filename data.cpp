@@ -12,9 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <queue>
-#include <sstream>
 #include <sys/stat.h>
 #include <dirent.h>
 

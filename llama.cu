@@ -8,14 +8,11 @@
 // kernels (one line of math each) and their launchers, the model (forward, backward), generation.
 #include "llama.h"
 
-#include <sys/stat.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <unordered_map>
 
 #include "common.h"

@@ -161,7 +161,6 @@ class LlamaModel {
     float* loss_sum() { return loss_sum_; }  // device fp32 scalar
     size_t activation_bytes() const { return activation_bytes_; }
     const LlamaConfig& config() const { return c_; }
-    Gemm& gemm_handle() { return gemm_; }
 
   private:
     struct Layer;  // saved activations of one layer

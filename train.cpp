@@ -141,7 +141,7 @@ std::string default_path(const std::string& relative) {
 }
 
 // DeepSpeed's config keys (a subset); "auto" means "not set here". Unknown keys: one warning.
-void apply_config(const std::string& path, Options& o) {
+void apply_config(const std::string& path, Options& o, int world) {
     Json j = read_json_file(path);
     if (j.type != Json::Object) fail(path + ": a DeepSpeed config must be a JSON object");
     auto set = [&](const char* flag) { return !o.given.count(flag); };
@@ -251,12 +251,13 @@ void apply_config(const std::string& path, Options& o) {
         for (const auto& k : unknown) list += (list.empty() ? "" : ", ") + k;
         std::fprintf(stderr, "warning: %s: ignoring keys this trainer does not use: %s\n", path.c_str(), list.c_str());
     }
-    if (const Json* tb = j.find("train_batch_size"); tb && tb->is_int() && tb->integer != int64_t(o.micro_batch) * o.grad_accum)
+    int64_t global = int64_t(o.micro_batch) * o.grad_accum * world;
+    if (const Json* tb = j.find("train_batch_size"); tb && tb->is_int() && tb->integer != global)
         fail(path + ": train_batch_size " + std::to_string(tb->integer) + " != train_micro_batch_size_per_gpu * gradient_accumulation_steps * GPUs (" +
-             std::to_string(o.micro_batch * o.grad_accum) + ")");
+             std::to_string(global) + ")");
 }
 
-Options parse_options(const std::vector<std::string>& args) {
+Options parse_options(const std::vector<std::string>& args, int world) {
     Options o;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
@@ -303,7 +304,7 @@ Options parse_options(const std::vector<std::string>& args) {
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
         else fail("unknown option " + a + " (see ./train --help)");
     }
-    if (!o.config_file.empty()) apply_config(o.config_file, o);
+    if (!o.config_file.empty()) apply_config(o.config_file, o, world);
     check_zero_options(o.zero, o.config_file.empty() ? "--zero-stage" : o.config_file);
     if (!o.model.empty() && !o.preset.empty()) fail("--model and --preset exclude each other");
     if (o.steps && o.epochs) fail("--steps and --epochs exclude each other");
@@ -395,7 +396,7 @@ double gpu_used_gib() {
 double gib(double bytes) { return bytes / double(1 << 30); }
 
 struct RunResult {
-    double final_loss = NAN, eval_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0,
+    double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0,
            min_gib = 1e30;
     int64_t steps = 0, steps_per_epoch = 0;
     std::vector<double> eval_losses;
@@ -472,7 +473,8 @@ std::string resume_dir(const Options& o) {
     if (dir == "auto") {
         std::string latest = root + "/latest";
         if (!exists(latest)) return "";
-        dir = root + "/" + read_file(latest).substr(0, read_file(latest).find('\n'));
+        std::string name = read_file(latest);
+        dir = root + "/" + name.substr(0, name.find('\n'));
     }
     auto good = [](const std::string& d) { return exists(d + "/zero.json") && exists(d + "/trainer.json"); };
     if (!good(dir)) {
@@ -607,7 +609,6 @@ RunResult train(const Options& o, const World& w, const LlamaConfig& c, const To
             if (do_eval) {
                 eval_loss = evaluate(s, eval_set, pad);
                 res.eval_losses.push_back(eval_loss);
-                res.eval_loss = eval_loss;
             }
             double wloss = window_loss / std::max(1.0, window_targets);
             if (chief) {
@@ -781,7 +782,7 @@ int main(int argc, char** argv) {
             if (a == "-h" || a == "--help") { std::fputs(kUsage, stdout); return 0; }
         if (!args.empty() && args[0] == "tokenize") return run_tokenize({args.begin() + 1, args.end()});
         w = world_init(&argc, &argv);
-        Options o = parse_options(args);
+        Options o = parse_options(args, w.size);
         std::string signature;
         for (const std::string& a : args) signature += a + "\n";
         world_check_same(w, signature, "the command-line options");
