@@ -22,9 +22,10 @@ LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
 B := build
-OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/data.o $(B)/llama.o $(B)/lora.o $(B)/adamw.o $(B)/zero3.o
+OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/data.o $(B)/llama_config.o $(B)/gemm.o $(B)/attention_ref.o $(B)/llama.o \
+             $(B)/generate.o $(B)/lora.o $(B)/adamw.o $(B)/world.o $(B)/zero3.o $(B)/checkpoint.o $(B)/options.o
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
-HEADERS   := $(wildcard *.h)
+HEADERS   := $(wildcard *.h *.cuh)
 
 .PHONY: all data test bench clean
 all: train data

@@ -57,6 +57,11 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream);
 
+// Generation: one new query per head (q, o [H, Dh]) against the first `len` positions of one layer's KV
+// cache (k, v [max_len, KVH, Dh], token-major); scores [H, max_len] is scratch.
+void decode_attention(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* scores, int len, int max_len, int H, int KVH,
+                      int Dh, cudaStream_t stream);
+
 // ---------------------------------------------------------------------------------------------- reference path
 // attention_ref.cu: scores of `chunk` (batch, kv-head) blocks at a time through cuBLASLt.
 struct ReferenceAttention {

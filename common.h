@@ -1,5 +1,6 @@
 // common.h — what every file shares: the user-error type and fail(), checked calls for CUDA, cuBLAS,
-// NCCL and MPI, bf16 helpers and timers. Knows nothing of the model, the data or ZeRO.
+// NCCL and MPI, device allocations that are counted, bf16 helpers, a hash and timers. Knows nothing of
+// the model, the data or ZeRO.
 //
 // Error policy: a mistake a user can make (a bad flag, a missing file, a malformed row) is reported with
 // fail("what (where)"), which throws Error; main() prints it as one line `error: ...` and exits non-zero
@@ -11,7 +12,9 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -64,6 +67,21 @@ inline void check_mpi(int status, const char* what) {
 // After every kernel launch: catches bad launch configurations at the launch that made them.
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
 
+// Every device allocation of this process, by pointer, and their total: the bytes this rank holds on its
+// GPU (what the memory report shows when several ranks share one GPU, where the GPU's in-use figure counts
+// them all).
+struct DeviceBytes {
+    std::mutex lock;
+    std::unordered_map<void*, size_t> sizes;
+    size_t total = 0, peak = 0;
+};
+inline DeviceBytes& device_bytes() {
+    static DeviceBytes d;
+    return d;
+}
+inline size_t tracked_device_bytes() { return device_bytes().total; }
+inline size_t tracked_device_peak() { return device_bytes().peak; }
+
 // cudaMalloc that turns "out of memory" into a user error saying what needed how much, and what is free.
 template <typename T>
 T* device_alloc(size_t count, const char* what) {
@@ -82,7 +100,23 @@ T* device_alloc(size_t count, const char* what) {
         fail(msg);
     }
     check_cuda(status, what);
+    DeviceBytes& d = device_bytes();
+    std::lock_guard<std::mutex> hold(d.lock);
+    d.sizes[p] = bytes, d.total += bytes;
+    if (d.total > d.peak) d.peak = d.total;
     return static_cast<T*>(p);
+}
+
+// Frees what device_alloc gave (null is fine).
+inline void device_free(void* p) {
+    if (!p) return;
+    DeviceBytes& d = device_bytes();
+    {
+        std::lock_guard<std::mutex> hold(d.lock);
+        auto it = d.sizes.find(p);
+        if (it != d.sizes.end()) d.total -= it->second, d.sizes.erase(it);
+    }
+    cudaFree(p);
 }
 
 // True when a CUDA device can be used (tests skip GPU cases when not).
@@ -105,6 +139,14 @@ inline uint16_t float_to_bf16(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return uint16_t(u >> 16);
 }
+
+// FNV-1a, 64 bits: a hash of bytes (plan caches, comparing ranks' options, seeding by name).
+inline uint64_t fnv1a(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
+    const unsigned char* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+inline uint64_t fnv1a(const std::string& s, uint64_t h = 1469598103934665603ull) { return fnv1a(s.data(), s.size(), h); }
 
 // Wall-clock seconds since an arbitrary start (host timer; GPU work is timed with CUDA events).
 inline double wall_seconds() {

@@ -11,11 +11,13 @@
 
 #include "common.h"
 #include "data.h"
+#include "safetensors.h"
 
 namespace {
 const char* kNames[kTargets] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 const char* kShort[kTargets] = {"q", "k", "v", "o", "gate", "up", "down"};
 const char* kModule[kTargets] = {"self_attn", "self_attn", "self_attn", "self_attn", "mlp", "mlp", "mlp"};
+const LayerTensor kAdapted[kTargets] = {kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj};  // the weight each adapts
 }  // namespace
 
 float LoraConfig::scale() const { return rank > 0 ? (use_rslora ? alpha / std::sqrt(float(rank)) : alpha / float(rank)) : 0.0f; }
@@ -41,13 +43,13 @@ void parse_lora_targets(const std::string& list, LoraConfig& config, const std::
 
 LoraLayout lora_layout(const LlamaConfig& m, const LoraConfig& lora) {
     LoraLayout l;
-    int d = m.hidden_size, f = m.intermediate_size, q = m.num_attention_heads * m.head_dim, kv = m.num_key_value_heads * m.head_dim;
-    const int in[kTargets] = {d, d, d, q, d, d, f}, out[kTargets] = {q, kv, kv, d, f, f, d};
     for (int t = 0; t < kTargets; ++t) {
-        l.in[t] = in[t], l.out[t] = out[t];
+        std::vector<int64_t> shape = layer_tensor_shape(m, kAdapted[t]);  // W: [out, in]
+        l.out[t] = int(shape[0]), l.in[t] = int(shape[1]);
         if (!lora.target[t] || lora.rank == 0) continue;
-        l.a_offset[t] = l.per_layer, l.per_layer += int64_t(lora.rank) * in[t];
-        l.b_offset[t] = l.per_layer, l.per_layer += int64_t(out[t]) * lora.rank;
+        // each tensor starts on 16 bytes (kAlign elements), as the products need
+        l.a_offset[t] = align_up(l.per_layer), l.per_layer = l.a_offset[t] + int64_t(lora.rank) * l.in[t];
+        l.b_offset[t] = align_up(l.per_layer), l.per_layer = l.b_offset[t] + int64_t(l.out[t]) * lora.rank;
     }
     return l;
 }
@@ -153,17 +155,12 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
 
 void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights) {
     LoraLayout layout = lora_layout(model, lora);
-    int64_t d = model.hidden_size, f = model.intermediate_size, q = int64_t(model.num_attention_heads) * model.head_dim,
-            kv = int64_t(model.num_key_value_heads) * model.head_dim;
-    // offsets of q, k, v, o, gate, up, down in the layer unit (after input_layernorm; post norm before gate)
-    const int64_t offset[kTargets] = {d, d + q * d, d + q * d + kv * d, d + q * d + 2 * kv * d,
-                                      2 * d + 2 * q * d + 2 * kv * d, 2 * d + 2 * q * d + 2 * kv * d + f * d,
-                                      2 * d + 2 * q * d + 2 * kv * d + 2 * f * d};
+    UnitLayout unit = unit_layout(model, 1);  // every layer unit has the same layout
     float s = lora.scale();
     for (int t = 0; t < kTargets; ++t) {
         if (!lora.target[t]) continue;
         const float *A = adapters + layout.a_offset[t], *B = adapters + layout.b_offset[t];
-        float* W = weights + offset[t];
+        float* W = weights + unit.tensors[size_t(kAdapted[t])].offset;
         int in = layout.in[t], out = layout.out[t];
         for (int o = 0; o < out; ++o)
             for (int k = 0; k < lora.rank; ++k) {

@@ -218,3 +218,9 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     }
     w.finish();
 }
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}

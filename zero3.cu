@@ -19,106 +19,21 @@
 // after the last micro-batch of a step; stages 2, 3 reduce-scatter after every micro-batch into the
 // shard, where micro-batches add up. Collectives run on their own stream, ordered with compute by events;
 // stage 3 prefetches the next unit's weights while the current one computes.
+//
+// Where each stage differs, in this file: stage 0 — the constructor (opt_begin = 0, opt_len = numel) and
+// the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — write_compute_copy's
+// all-gather; stages 2/3 — take_grad_buffer and reduce_grads' reduce-scatter; stage 3 — Segment::sharded,
+// take_slot, prefetch and gather's slot branch.
 #include "zero3.h"
-
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <chrono>
-#include <functional>
-#include <map>
-#include <memory>
-#include <thread>
 
 #include "common.h"
-#include "json.h"
-
-// ================================================================================================ world
-
-World world_init(int* argc, char*** argv) {
-    World w;
-    const char* launched[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
-    for (const char* v : launched) w.mpi |= std::getenv(v) != nullptr;
-    if (!w.mpi) return w;  // ./train alone: one rank, no MPI needed
-    check_mpi(MPI_Init(argc, argv), "MPI_Init");
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank), "MPI_Comm_rank");
-    check_mpi(MPI_Comm_size(MPI_COMM_WORLD, &w.size), "MPI_Comm_size");
-    MPI_Comm node;  // ranks sharing this machine
-    check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
-    check_mpi(MPI_Comm_rank(node, &w.local_rank), "MPI_Comm_rank");
-    check_mpi(MPI_Comm_size(node, &w.local_size), "MPI_Comm_size");
-    MPI_Comm_free(&node);
-    int leader = w.local_rank == 0, nodes = 0;
-    check_mpi(MPI_Allreduce(&leader, &nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
-    w.nodes = nodes;
-    return w;
-}
-
-// Picks the GPU and starts NCCL (after the inputs are checked, so a bad flag never waits on the GPU).
-void world_start_gpu(World& w) {
-    int gpus = 0;
-    if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) fail("no CUDA GPU is visible (--dry-run checks the inputs without one)");
-    if (w.local_rank >= gpus)
-        fail(std::to_string(w.local_size) + " ranks on one node but only " + std::to_string(gpus) + " GPUs (use mpirun -np <= GPUs per node)");
-    check_cuda(cudaSetDevice(w.local_rank), "cudaSetDevice");
-    ncclUniqueId id;
-    if (w.rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    if (w.mpi) check_mpi(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
-    check_nccl(ncclCommInitRank(&w.nccl, w.size, id, w.rank), "ncclCommInitRank");
-    check_cuda(cudaStreamCreateWithFlags(&w.comm, cudaStreamNonBlocking), "cudaStreamCreate");
-}
-
-void world_finalize(World& w) {
-    if (w.nccl) ncclCommDestroy(w.nccl);
-    if (w.comm) cudaStreamDestroy(w.comm);
-    w.nccl = nullptr, w.comm = nullptr;
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (w.mpi && !finalized) MPI_Finalize();
-}
-
-void world_wait(const World& w, cudaStream_t stream) {
-    for (;;) {
-        cudaError_t status = cudaStreamQuery(stream);
-        if (status == cudaSuccess) return;
-        if (status != cudaErrorNotReady) check_cuda(status, "the GPU work of this step");
-        if (w.nccl) {
-            ncclResult_t async = ncclSuccess;
-            check_nccl(ncclCommGetAsyncError(w.nccl, &async), "ncclCommGetAsyncError");
-            if (async != ncclSuccess) {
-                ncclCommAbort(w.nccl);
-                fail(std::string("NCCL failed while waiting for the other ranks: ") + ncclGetErrorString(async));
-            }
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-}
-
-double world_sum(const World& w, double x) {
-    if (!w.mpi) return x;
-    double total = 0;
-    check_mpi(MPI_Allreduce(&x, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
-    return total;
-}
-
-void world_barrier(const World& w) {
-    if (w.mpi) check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
-}
-
-void world_check_same(const World& w, const std::string& text, const std::string& what) {
-    if (!w.mpi) return;
-    uint64_t h = 1469598103934665603ull;
-    for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
-    uint64_t lo = h, hi = h;
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
-    if (lo != hi) fail(what + " differ between ranks (start every rank with the same command line and files)");
-}
+#include "cuda_common.cuh"
+#include "safetensors.h"
 
 // ================================================================================================ partitions
 
@@ -141,6 +56,8 @@ void check_zero_options(const ZeroOptions& z, const std::string& where) {
     if (z.persistence_threshold < 0) fail(where + ": stage3_param_persistence_threshold must be >= 0");
 }
 
+bool prefetches(const ZeroOptions& z) { return z.stage == 3 && z.prefetch_bucket_size > 0; }
+
 // ================================================================================================ store
 
 struct ZeroStore::Segment {
@@ -148,21 +65,21 @@ struct ZeroStore::Segment {
     bool trainable = false;
     bool sharded = false;            // stage 3 and not persistent: only this rank's bf16 shard is resident
     Shard shard;
-    bf16* full16 = nullptr;          // replicated bf16, padded (when !sharded)
-    bf16* shard16 = nullptr;         // this rank's bf16 part (when sharded)
+    bf16* full16 = nullptr;          // [shard.padded] replicated bf16 (when !sharded)
+    bf16* shard16 = nullptr;         // [shard.size] this rank's bf16 part (when sharded)
     int64_t opt_begin = 0, opt_len = 0;  // the elements this rank optimizes
     float *master = nullptr, *m = nullptr, *v = nullptr;  // [opt_len]; host memory when offloaded
-    float* grad = nullptr;           // stages 0, 1: full, padded; stages 2, 3: [shard.size], accumulated
+    float* grad = nullptr;           // stages 0, 1: [shard.padded]; stages 2, 3: [shard.size], accumulated
     float* opt_grad = nullptr;       // the gradient elements aligned with master
 };
 
 struct ZeroStore::Unit {
     Segment seg[2];  // base weights, LoRA adapters
-    int trainable = -1;
+    int trainable = -1;  // the segment that trains (0 full fine-tuning, 1 LoRA), -1 none
     bool sharded = false;
-    int slot = -1;
+    int slot = -1;        // stage 3: the slot holding it while gathered
     Pass pass = Pass::forward;
-    int grad_buffer = -1;
+    int grad_buffer = -1;  // stages 2, 3: its full-gradient buffer during backward
 };
 
 namespace {
@@ -184,11 +101,13 @@ __global__ void init_normal_kernel(bf16* w16, float* w32, int64_t n, uint64_t se
     }
 }
 
+// y = bf16(x)
 __global__ void f32_to_bf16_kernel(const float* x, bf16* y, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
         y[i] = __float2bfloat16(x[i]);
 }
 
+// y = float(x)
 __global__ void bf16_to_f32_kernel(const bf16* x, float* y, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
         y[i] = __bfloat162float(x[i]);
@@ -199,8 +118,6 @@ __global__ void accumulate_kernel(float* acc, const float* x, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) acc[i] += x[i];
 }
 
-int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 132 * 16))); }
-
 template <typename T>
 T* host_alloc(size_t n, bool pinned) {
     void* p = nullptr;
@@ -210,14 +127,17 @@ T* host_alloc(size_t n, bool pinned) {
     return static_cast<T*>(p);
 }
 
+uint64_t name_seed(uint64_t seed, const std::string& name) { return fnv1a(name, 1469598103934665603ull ^ seed); }
+
 }  // namespace
 
 ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, const World& world, cudaStream_t stream)
     : c_(c), lora_(lora), z_(z), w_(world), layout_(lora_layout(c, lora)), stream_(stream) {
     int N = w_.size, r = w_.rank;
+    int64_t largest_opt = 0;
     for (int u = 0; u < num_units(c); ++u) {
         Unit* U = new Unit();
-        U->seg[0].numel = unit_numel(c, u);
+        U->seg[0].numel = unit_layout(c, u).numel;
         U->seg[1].numel = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout_.per_layer : 0;
         U->trainable = lora.rank > 0 ? (U->seg[1].numel ? 1 : -1) : 0;
         U->sharded = z.stage == 3 && U->seg[0].numel + U->seg[1].numel > z.persistence_threshold;
@@ -230,18 +150,20 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
             if (s.sharded) s.shard16 = device_alloc<bf16>(size_t(s.shard.size), "bf16 weight shard"), mem_.base += double(s.shard.size) * 2;
             else s.full16 = device_alloc<bf16>(size_t(s.shard.padded), "bf16 weights"), mem_.base += double(s.shard.padded) * 2;
             if (s.full16) check_cuda(cudaMemset(s.full16, 0, size_t(s.shard.padded) * 2), "memset");
+            if (s.shard16) check_cuda(cudaMemset(s.shard16, 0, size_t(s.shard.size) * 2), "memset");
             if (!s.trainable) continue;
             s.opt_begin = z.stage == 0 ? 0 : s.shard.begin(r);
             s.opt_len = z.stage == 0 ? s.numel : s.shard.owned(r);
+            largest_opt = std::max(largest_opt, s.opt_len);
             size_t n = size_t(std::max<int64_t>(1, s.opt_len));
             if (z.offload) {
                 s.master = host_alloc<float>(n, z.pin_memory), s.m = host_alloc<float>(n, z.pin_memory), s.v = host_alloc<float>(n, z.pin_memory);
-                std::memset(s.m, 0, n * 4), std::memset(s.v, 0, n * 4);
+                std::memset(s.master, 0, n * 4), std::memset(s.m, 0, n * 4), std::memset(s.v, 0, n * 4);
                 mem_.host += double(n) * 12;
             } else {
                 s.master = device_alloc<float>(n, "fp32 master weights"), s.m = device_alloc<float>(n, "AdamW moments");
                 s.v = device_alloc<float>(n, "AdamW moments");
-                check_cuda(cudaMemset(s.m, 0, n * 4), "memset"), check_cuda(cudaMemset(s.v, 0, n * 4), "memset");
+                for (float* p : {s.master, s.m, s.v}) check_cuda(cudaMemset(p, 0, n * 4), "memset");
                 mem_.master += double(n) * 4, mem_.moments += double(n) * 8;
             }
             int64_t g = z.stage <= 1 ? s.shard.padded : s.shard.size;
@@ -253,28 +175,34 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
         }
         units_.push_back(U);
     }
+    if (z.offload) {  // reused by every step: the gradient shard down, the new bf16 weights up
+        host_grad_ = host_alloc<float>(size_t(std::max<int64_t>(1, largest_opt)), true);
+        host_bf16_ = host_alloc<bf16>(size_t(std::max<int64_t>(1, largest_opt)), true);
+    }
     norm_sq_ = device_alloc<float>(1, "grad norm");
     clip_scale_ = device_alloc<float>(1, "clip scale");
     check_cuda(cudaMallocHost(&host_scalars_, 16), "cudaMallocHost");
     check_cuda(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming), "event");
 }
 
 ZeroStore::~ZeroStore() {
     for (Unit* U : units_) {
         for (Segment& s : U->seg) {
-            cudaFree(s.full16), cudaFree(s.shard16), cudaFree(s.grad);
+            device_free(s.full16), device_free(s.shard16), device_free(s.grad);
             if (z_.offload && s.master) {
                 for (float* p : {s.master, s.m, s.v}) z_.pin_memory ? (void)cudaFreeHost(p) : std::free(p);
             } else {
-                cudaFree(s.master), cudaFree(s.m), cudaFree(s.v);
+                device_free(s.master), device_free(s.m), device_free(s.v);
             }
         }
         delete U;
     }
-    for (Slot& s : slots_) cudaFree(s.data), cudaEventDestroy(s.free_event), cudaEventDestroy(s.ready_event);
-    for (GradBuffer& g : grad_buffers_) cudaFree(g.data), cudaEventDestroy(g.free_event);
-    cudaFree(norm_sq_), cudaFree(clip_scale_), cudaFreeHost(host_scalars_);
-    cudaEventDestroy(compute_done_);
+    for (Slot& s : slots_) device_free(s.data), cudaEventDestroy(s.free_event), cudaEventDestroy(s.ready_event);
+    for (GradBuffer& g : grad_buffers_) device_free(g.data), cudaEventDestroy(g.free_event);
+    device_free(norm_sq_), device_free(clip_scale_), cudaFreeHost(host_scalars_);
+    if (host_grad_) cudaFreeHost(host_grad_), cudaFreeHost(host_bf16_);
+    cudaEventDestroy(compute_done_), cudaEventDestroy(reduced_);
 }
 
 MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int N) {
@@ -282,14 +210,14 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
     LoraLayout layout = lora_layout(c, lora);
     double biggest = 0, biggest_train = 0;
     for (int u = 0; u < num_units(c); ++u) {
-        int64_t base = unit_numel(c, u), ad = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout.per_layer : 0;
+        int64_t base = unit_layout(c, u).numel, ad = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout.per_layer : 0;
         bool sharded = z.stage == 3 && base + ad > z.persistence_threshold;
         for (int64_t numel : {base, ad}) {
             if (!numel) continue;
             Shard s = make_shard(numel, N);
             m.base += double(sharded ? s.size : s.padded) * 2;
         }
-        if (sharded) biggest = std::max(biggest, double(make_shard(base, N).padded + (ad ? make_shard(ad, N).padded : 0)));
+        if (sharded) biggest = std::max(biggest, double(align_up(make_shard(base, N).padded) + (ad ? make_shard(ad, N).padded : 0)));
         int64_t t = lora.rank > 0 ? ad : base;
         if (!t) continue;
         Shard s = make_shard(t, N);
@@ -299,8 +227,8 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
         m.grads += double(z.stage <= 1 ? s.padded : s.size) * 4;
         biggest_train = std::max(biggest_train, double(s.padded));
     }
-    if (z.stage == 3) m.gathered = biggest * 2 * 3;           // three gather slots
-    if (z.stage >= 2) m.grad_buffers = biggest_train * 4 * 3;  // three full-gradient buffers
+    if (z.stage == 3) m.gathered = biggest * 2 * kGatherSlots;
+    if (z.stage >= 2) m.grad_buffers = biggest_train * 4 * (lora.rank > 0 || !c.tie_word_embeddings ? kGradBuffers - 1 : kGradBuffers);
     return m;
 }
 
@@ -308,15 +236,9 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
 // segment overlapping [begin, end), or each LoRA tensor (A, B per target) of its adapter segment.
 void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
                                 const std::function<void(const TensorSpec&, int64_t, int64_t, int64_t)>& fn) const {
-    std::vector<std::pair<TensorSpec, int64_t>> tensors;  // spec and its offset in the segment
+    std::vector<UnitTensor> tensors;
     if (seg == 0) {
-        std::vector<TensorSpec> specs = parameter_specs(c_);
-        for (int i = 0; i < int(specs.size()); ++i) {
-            int u;
-            int64_t off;
-            locate_parameter(c_, i, u, off);
-            if (u == unit) tensors.push_back({specs[size_t(i)], off});
-        }
+        tensors = unit_layout(c_, unit).tensors;
     } else {
         for (int t = 0; t < kTargets; ++t) {
             if (!lora_.target[t]) continue;
@@ -324,39 +246,26 @@ void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
             tensors.push_back({{peft_key(unit - 1, LoraTarget(t), 'B'), {layout_.out[t], lora_.rank}}, layout_.b_offset[t]});
         }
     }
-    for (const auto& [spec, off] : tensors) {
-        int64_t lo = std::max(begin, off), hi = std::min(end, off + spec.numel());
-        if (lo < hi) fn(spec, lo - off, lo, hi - lo);
+    for (const UnitTensor& t : tensors) {
+        int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.spec.numel());
+        if (lo < hi) fn(t.spec, lo - t.offset, lo, hi - lo);
     }
 }
 
-namespace {
-uint64_t name_seed(uint64_t seed, const std::string& name) {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (unsigned char ch : name) h = (h ^ ch) * 1099511628211ull;
-    return h;
-}
-}  // namespace
-
-// bf16(master) into the resident weights this rank optimizes; stages >= 1 then all-gather replicated copies.
+// bf16(master) into the resident weights this rank optimizes; stages 1, 2 then all-gather the replicated copy.
 void ZeroStore::write_compute_copy(Segment& s) {
     bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
     if (s.opt_len > 0) {
         if (z_.offload) {
-            std::vector<uint16_t> h(size_t(s.opt_len));
-            for (size_t i = 0; i < h.size(); ++i) h[i] = float_to_bf16(s.master[i]);
-            check_cuda(cudaMemcpyAsync(dst, h.data(), h.size() * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
-            check_cuda(cudaStreamSynchronize(stream_), "copy weights");
+            for (int64_t i = 0; i < s.opt_len; ++i) host_bf16_[i] = __float2bfloat16(s.master[i]);
+            check_cuda(cudaMemcpyAsync(dst, host_bf16_, size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
+            world_wait(w_, stream_);  // host_bf16_ is reused by the next segment
         } else {
-            f32_to_bf16_kernel<<<grid_for(s.opt_len), 256, 0, stream_>>>(s.master, dst, s.opt_len);
+            f32_to_bf16_kernel<<<blocks_for(s.opt_len), kThreads, 0, stream_>>>(s.master, dst, s.opt_len);
             check_launch("f32_to_bf16_kernel");
         }
     }
-    if (!s.sharded && z_.stage >= 1) all_gather(s.full16, s.shard, stream_);
-}
-
-void ZeroStore::all_gather(bf16* full, const Shard& shard, cudaStream_t s) {  // in place: each rank's part to all
-    check_nccl(ncclAllGather(full + shard.begin(w_.rank), full, size_t(shard.size), ncclBfloat16, w_.nccl, s), "ncclAllGather");
+    if (!s.sharded && z_.stage >= 1) w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
 }
 
 void ZeroStore::init_random(uint64_t seed) {
@@ -366,24 +275,26 @@ void ZeroStore::init_random(uint64_t seed) {
         bf16* resident = s.sharded ? s.shard16 : s.full16;
         for_each_tensor(u, 0, lo, hi, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
             bool norm = t.shape.size() == 1;
-            init_normal_kernel<<<grid_for(n), 256, 0, stream_>>>(resident + (soff - lo), nullptr, n, name_seed(seed, t.name), toff,
-                                                                 norm ? 0.0f : 0.02f, 1.0f);
+            init_normal_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(resident + (soff - lo), nullptr, n, name_seed(seed, t.name), toff,
+                                                                        norm ? 0.0f : 0.02f, 1.0f);
             check_launch("init_normal_kernel");
         });
         if (!s.trainable) continue;
         float* dev = z_.offload ? device_alloc<float>(size_t(std::max<int64_t>(1, s.opt_len)), "init staging") : s.master;
+        if (z_.offload) check_cuda(cudaMemsetAsync(dev, 0, size_t(s.opt_len) * 4, stream_), "memset");
         for_each_tensor(u, 0, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
             bool norm = t.shape.size() == 1;
-            init_normal_kernel<<<grid_for(n), 256, 0, stream_>>>(nullptr, dev + (soff - s.opt_begin), n, name_seed(seed, t.name), toff,
-                                                                 norm ? 0.0f : 0.02f, 1.0f);
+            init_normal_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(nullptr, dev + (soff - s.opt_begin), n, name_seed(seed, t.name), toff,
+                                                                        norm ? 0.0f : 0.02f, 1.0f);
             check_launch("init_normal_kernel");
         });
         if (z_.offload) {
-            check_cuda(cudaMemcpy(s.master, dev, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost), "copy master");
-            cudaFree(dev);
+            check_cuda(cudaMemcpyAsync(s.master, dev, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost, stream_), "copy master");
+            world_wait(w_, stream_);
+            device_free(dev);
         }
     }
-    check_cuda(cudaStreamSynchronize(stream_), "init");
+    world_wait(w_, stream_);
 }
 
 void ZeroStore::load(const std::string& dir) {
@@ -430,7 +341,7 @@ void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
         else check_cuda(cudaMemcpy(s.master, src + s.opt_begin, size_t(std::max<int64_t>(0, s.opt_len)) * 4, cudaMemcpyHostToDevice), "copy LoRA");
         write_compute_copy(s);
     }
-    check_cuda(cudaStreamSynchronize(stream_), "set_lora");
+    world_wait(w_, stream_);
 }
 
 void ZeroStore::init_lora(uint64_t seed) {
@@ -440,17 +351,34 @@ void ZeroStore::init_lora(uint64_t seed) {
 }
 
 // ------------------------------------------------------------------------------------------ gather / release
+//
+// Stage 3, one unit u: the two streams (compute = stream_, comm = the comm stream) and their events.
+//   1. take_slot(u)       comm waits slot.free_event: the slot's previous unit is no longer read by compute
+//   2.                    comm all-gathers u's shards into the slot (base, then adapters at a 16-byte-aligned
+//                         offset), then records slot.ready_event
+//   3. gather(u)          compute waits slot.ready_event; gather issues steps 1-2 for the unit this pass
+//                         needs next (u+1 forward, u-1 backward): the prefetch, overlapping u's compute
+//   4.                    compute runs u's forward or backward, reading the slot
+//   5. release(u)         compute records slot.free_event after the last kernel that reads the slot
+//   6. reduce_grads(u)    compute records compute_done_; comm waits it, reduce-scatters u's full gradient
+//                         into this rank's shard and adds it up there, then records buffer.free_event
+//   7. take_grad_buffer   compute waits buffer.free_event before zeroing that buffer for another unit
+//   8. step()             compute waits reduced_, recorded on comm after every reduction; comm waits for
+//                         compute's update before the next step's gathers
+
+int64_t ZeroStore::slot_numel(const Unit& U) const {
+    return align_up(U.seg[0].shard.padded) + (U.seg[1].numel ? U.seg[1].shard.padded : 0);
+}
 
 int ZeroStore::take_slot(int unit) {
     Unit& U = *units_[size_t(unit)];
-    int64_t need = U.seg[0].shard.padded + (U.seg[1].numel ? U.seg[1].shard.padded : 0);
     int found = -1;
     for (int i = 0; i < int(slots_.size()) && found < 0; ++i)
-        if (slots_[size_t(i)].unit < 0 && slots_[size_t(i)].capacity >= need) found = i;
+        if (slots_[size_t(i)].unit < 0 && slots_[size_t(i)].capacity >= slot_numel(U)) found = i;
     if (found < 0) {  // a new slot, big enough for any unit
         Slot s;
         for (Unit* V : units_)
-            if (V->sharded) s.capacity = std::max(s.capacity, V->seg[0].shard.padded + (V->seg[1].numel ? V->seg[1].shard.padded : 0));
+            if (V->sharded) s.capacity = std::max(s.capacity, slot_numel(*V));
         s.data = device_alloc<bf16>(size_t(s.capacity), "stage-3 gather buffer");
         mem_.gathered += double(s.capacity) * 2;
         check_cuda(cudaEventCreateWithFlags(&s.free_event, cudaEventDisableTiming), "event");
@@ -460,53 +388,25 @@ int ZeroStore::take_slot(int unit) {
         found = int(slots_.size()) - 1;
     }
     Slot& s = slots_[size_t(found)];
-    cudaStream_t cs = z_.overlap_comm ? w_.comm : stream_;
-    check_cuda(cudaStreamWaitEvent(cs, s.free_event, 0), "wait");  // its last user is done with it
-    int64_t at = 0;
-    for (int k = 0; k < 2; ++k) {
-        Segment& g = U.seg[k];
-        if (!g.numel) continue;
-        check_nccl(ncclAllGather(g.shard16, s.data + at, size_t(g.shard.size), ncclBfloat16, w_.nccl, cs), "ncclAllGather");
-        at += g.shard.padded;
-    }
+    cudaStream_t cs = comm_stream();
+    check_cuda(cudaStreamWaitEvent(cs, s.free_event, 0), "wait");                                   // 1
+    w_.comm->all_gather(U.seg[0].shard16, s.data, size_t(U.seg[0].shard.size), DType::bf16, cs);    // 2
+    if (U.seg[1].numel)
+        w_.comm->all_gather(U.seg[1].shard16, s.data + align_up(U.seg[0].shard.padded), size_t(U.seg[1].shard.size), DType::bf16, cs);
     check_cuda(cudaEventRecord(s.ready_event, cs), "event");
     s.unit = unit, U.slot = found;
     return found;
 }
 
 void ZeroStore::prefetch(int unit) {
-    if (z_.stage != 3 || unit < 0 || unit >= int(units_.size())) return;
+    if (!prefetches(z_) || unit < 0 || unit >= int(units_.size())) return;
     Unit& U = *units_[size_t(unit)];
-    if (!U.sharded || U.slot >= 0 || z_.prefetch_bucket_size == 0) return;
-    if (U.seg[0].numel + U.seg[1].numel > z_.prefetch_bucket_size) return;
+    if (!U.sharded || U.slot >= 0) return;
     int busy = 0;
     for (const Slot& s : slots_) busy += s.unit >= 0;
-    if (busy >= 3 && !z_.keep_gathered) return;  // two in use and one ahead is enough
+    if (busy >= kGatherSlots && !z_.keep_gathered) return;
     take_slot(unit);
-}
-
-float* ZeroStore::take_grad_buffer(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    int64_t need = U.seg[U.trainable].shard.padded;
-    int found = -1;
-    for (int i = 0; i < int(grad_buffers_.size()) && found < 0; ++i)
-        if (grad_buffers_[size_t(i)].unit < 0 && grad_buffers_[size_t(i)].capacity >= need) found = i;
-    if (found < 0) {
-        GradBuffer b;
-        for (Unit* V : units_)
-            if (V->trainable >= 0) b.capacity = std::max(b.capacity, V->seg[V->trainable].shard.padded);
-        b.data = device_alloc<float>(size_t(b.capacity), "full-gradient buffer");
-        mem_.grad_buffers += double(b.capacity) * 4;
-        check_cuda(cudaEventCreateWithFlags(&b.free_event, cudaEventDisableTiming), "event");
-        check_cuda(cudaEventRecord(b.free_event, stream_), "event");
-        grad_buffers_.push_back(b);
-        found = int(grad_buffers_.size()) - 1;
-    }
-    GradBuffer& b = grad_buffers_[size_t(found)];
-    check_cuda(cudaStreamWaitEvent(stream_, b.free_event, 0), "wait");  // its reduce-scatter has finished
-    check_cuda(cudaMemsetAsync(b.data, 0, size_t(need) * 4, stream_), "memset");
-    b.unit = unit, U.grad_buffer = found;
-    return b.data;
+    ++prefetched_;
 }
 
 UnitView ZeroStore::gather(int unit, Pass pass) {
@@ -516,10 +416,10 @@ UnitView ZeroStore::gather(int unit, Pass pass) {
     if (U.sharded) {
         if (U.slot < 0) take_slot(unit);
         Slot& s = slots_[size_t(U.slot)];
-        check_cuda(cudaStreamWaitEvent(stream_, s.ready_event, 0), "wait");
-        seg16[0] = s.data, seg16[1] = s.data + U.seg[0].shard.padded;
+        check_cuda(cudaStreamWaitEvent(stream_, s.ready_event, 0), "wait");  // 3
+        seg16[0] = s.data, seg16[1] = s.data + align_up(U.seg[0].shard.padded);
     }
-    prefetch(pass == Pass::forward ? unit + 1 : unit - 1);  // the unit this pass needs next
+    prefetch(pass == Pass::forward ? unit + 1 : unit - 1);
     float* grads = nullptr;
     if (pass == Pass::backward && U.trainable >= 0) {
         Segment& s = U.seg[U.trainable];
@@ -538,35 +438,64 @@ void ZeroStore::release(int unit) {
     if (!U.sharded || U.slot < 0) return;
     if (z_.keep_gathered && U.pass == Pass::forward) return;  // kept for this unit's backward
     Slot& s = slots_[size_t(U.slot)];
-    check_cuda(cudaEventRecord(s.free_event, stream_), "event");
+    check_cuda(cudaEventRecord(s.free_event, stream_), "event");  // 5
     s.unit = -1, U.slot = -1;
+}
+
+// The free gradient buffer released longest ago, so the buffer whose reduce-scatter was just queued keeps
+// running while the next unit's backward fills another (a new one is made while fewer than kGradBuffers exist).
+float* ZeroStore::take_grad_buffer(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    int64_t need = U.seg[U.trainable].shard.padded;
+    int found = -1;
+    for (int i = 0; i < int(grad_buffers_.size()); ++i) {
+        const GradBuffer& b = grad_buffers_[size_t(i)];
+        if (b.unit < 0 && b.capacity >= need && (found < 0 || b.released < grad_buffers_[size_t(found)].released)) found = i;
+    }
+    bool just_queued = found >= 0 && grad_buffers_[size_t(found)].released == releases_ - 1;
+    if (found < 0 || (just_queued && int(grad_buffers_.size()) < kGradBuffers)) {
+        GradBuffer b;
+        for (Unit* V : units_)
+            if (V->trainable >= 0) b.capacity = std::max(b.capacity, V->seg[V->trainable].shard.padded);
+        b.data = device_alloc<float>(size_t(b.capacity), "full-gradient buffer");
+        mem_.grad_buffers += double(b.capacity) * 4;
+        check_cuda(cudaEventCreateWithFlags(&b.free_event, cudaEventDisableTiming), "event");
+        check_cuda(cudaEventRecord(b.free_event, stream_), "event");
+        grad_buffers_.push_back(b);
+        found = int(grad_buffers_.size()) - 1;
+    }
+    GradBuffer& b = grad_buffers_[size_t(found)];
+    check_cuda(cudaStreamWaitEvent(stream_, b.free_event, 0), "wait");  // 7: its reduce-scatter has finished
+    check_cuda(cudaMemsetAsync(b.data, 0, size_t(need) * 4, stream_), "memset");
+    b.unit = unit, U.grad_buffer = found;
+    return b.data;
 }
 
 void ZeroStore::reduce_grads(int unit) {
     Unit& U = *units_[size_t(unit)];
     if (U.trainable < 0) return;
     Segment& s = U.seg[U.trainable];
-    cudaStream_t cs = z_.overlap_comm ? w_.comm : stream_;
-    check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // the comm stream waits for this unit's backward
-    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+    cudaStream_t cs = comm_stream();
     if (z_.stage <= 1) {  // all-reduce the full gradient once per step, in buckets
         if (!last_micro_) return;
-        for (int64_t off = 0; off < s.shard.padded; off += z_.reduce_bucket_size) {
-            size_t n = size_t(std::min(z_.reduce_bucket_size, s.shard.padded - off));
-            check_nccl(ncclAllReduce(s.grad + off, s.grad + off, n, ncclFloat, ncclSum, w_.nccl, cs), "ncclAllReduce");
-        }
+        check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6: the comm stream waits for this unit's backward
+        check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+        for (int64_t off = 0; off < s.shard.padded; off += z_.reduce_bucket_size)
+            w_.comm->all_reduce(s.grad + off, size_t(std::min(z_.reduce_bucket_size, s.shard.padded - off)), cs);
         return;
     }
     // stages 2, 3: reduce-scatter this micro-batch's gradient, add this rank's part into the shard
+    check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6
+    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
     GradBuffer& b = grad_buffers_[size_t(U.grad_buffer)];
     float* mine = b.data + s.shard.begin(w_.rank);
-    check_nccl(ncclReduceScatter(b.data, mine, size_t(s.shard.size), ncclFloat, ncclSum, w_.nccl, cs), "ncclReduceScatter");
+    w_.comm->reduce_scatter(b.data, mine, size_t(s.shard.size), cs);
     if (s.opt_len > 0) {
-        accumulate_kernel<<<grid_for(s.opt_len), 256, 0, cs>>>(s.grad, mine, s.opt_len);
+        accumulate_kernel<<<blocks_for(s.opt_len), kThreads, 0, cs>>>(s.grad, mine, s.opt_len);
         check_launch("accumulate_kernel");
     }
     check_cuda(cudaEventRecord(b.free_event, cs), "event");
-    b.unit = -1, U.grad_buffer = -1;
+    b.unit = -1, b.released = releases_++, U.grad_buffer = -1;
 }
 
 // ------------------------------------------------------------------------------------------ the step
@@ -582,11 +511,9 @@ void ZeroStore::begin_step() {
 void ZeroStore::begin_micro_batch(bool last) { last_micro_ = last; }
 
 void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
-    cudaStream_t cs = z_.overlap_comm ? w_.comm : stream_;
-    cudaEvent_t ev;
-    check_cuda(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventRecord(ev, cs), "event");
-    check_cuda(cudaStreamWaitEvent(stream_, ev, 0), "wait");  // every reduction has landed
+    cudaStream_t cs = comm_stream();
+    check_cuda(cudaEventRecord(reduced_, cs), "event");  // 8: every reduction has landed
+    check_cuda(cudaStreamWaitEvent(stream_, reduced_, 0), "wait");
     // Global gradient norm: each rank sums the squares of the elements it optimizes (stage 0: its shard's
     // slice of the identical full gradient), then the sums are all-reduced.
     check_cuda(cudaMemsetAsync(norm_sq_, 0, 4, stream_), "memset");
@@ -596,12 +523,12 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
         if (z_.stage == 0) grad_sum_squares(s.grad + s.shard.begin(w_.rank), s.shard.owned(w_.rank), norm_sq_, stream_);
         else grad_sum_squares(s.opt_grad, s.opt_len, norm_sq_, stream_);
     }
-    check_nccl(ncclAllReduce(norm_sq_, norm_sq_, 1, ncclFloat, ncclSum, w_.nccl, stream_), "ncclAllReduce");
+    w_.comm->all_reduce(norm_sq_, 1, stream_);
     clip_coefficient(norm_sq_, max_norm, clip_scale_, stream_);
     float host_scale = 1.0f;
     if (z_.offload) {
         check_cuda(cudaMemcpyAsync(host_scalars_, clip_scale_, 4, cudaMemcpyDeviceToHost, stream_), "copy");
-        check_cuda(cudaStreamSynchronize(stream_), "sync");
+        world_wait(w_, stream_);
         host_scale = host_scalars_[0];
     }
     for (int u = 0; u < int(units_.size()); ++u) {
@@ -609,11 +536,10 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
         if (U.trainable < 0) continue;
         Segment& s = U.seg[U.trainable];
         bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
-        if (z_.offload) {  // gradients to the host, AdamW on the CPU, bf16 weights back
-            host_grad_.resize(size_t(std::max<int64_t>(1, s.opt_len)));
-            check_cuda(cudaMemcpy(host_grad_.data(), s.opt_grad, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost), "copy grads");
+        if (z_.offload && s.opt_len > 0) {  // gradients to the host, AdamW on the CPU, bf16 weights back
+            check_cuda(cudaMemcpyAsync(host_grad_, s.opt_grad, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost, stream_), "copy grads");
+            world_wait(w_, stream_);
         }
-        std::vector<__nv_bfloat16> h16(z_.offload ? size_t(std::max<int64_t>(1, s.opt_len)) : 0);
         // Runs of elements with the same weight decay (norm weights never decay), one update call each.
         std::vector<std::pair<int64_t, int64_t>> runs;  // (segment offset, count)
         std::vector<float> decays;
@@ -624,24 +550,28 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
         });
         for (size_t k = 0; k < runs.size(); ++k) {
             int64_t i = runs[k].first - s.opt_begin, n = runs[k].second;
-            float decay = decays[k];
             if (z_.offload)
-                adamw_step_cpu(s.master + i, host_grad_.data() + i, s.m + i, s.v + i, h16.data() + i, n, c, lr, decay, step, host_scale,
+                adamw_step_cpu(s.master + i, host_grad_ + i, s.m + i, s.v + i, host_bf16_ + i, n, c, lr, decays[k], step, host_scale,
                                z_.offload_threads);
             else
-                adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decay, step, clip_scale_, stream_);
+                adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decays[k], step, clip_scale_, stream_);
         }
-        if (z_.offload && s.opt_len > 0)
-            check_cuda(cudaMemcpyAsync(dst, h16.data(), size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
-        if (z_.offload) check_cuda(cudaStreamSynchronize(stream_), "sync");
-        if (!s.sharded && z_.stage >= 1) all_gather(s.full16, s.shard, stream_);  // stages 1, 2: everyone's new weights
+        if (z_.offload && s.opt_len > 0) {  // the tensors' elements only: gaps between tensors keep their zeros
+            for (size_t k = 0; k < runs.size(); ++k) {
+                int64_t i = runs[k].first - s.opt_begin;
+                check_cuda(cudaMemcpyAsync(dst + i, host_bf16_ + i, size_t(runs[k].second) * 2, cudaMemcpyHostToDevice, stream_),
+                           "copy weights");
+            }
+            world_wait(w_, stream_);  // host_bf16_ is reused by the next unit
+        }
+        if (!s.sharded && z_.stage >= 1)  // stages 1, 2: everyone's new weights
+            w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
     }
     // Gathered copies are stale now; the next gathers read the new shards after this step.
     for (Slot& s : slots_)
         if (s.unit >= 0) units_[size_t(s.unit)]->slot = -1, s.unit = -1, check_cuda(cudaEventRecord(s.free_event, stream_), "event");
-    check_cuda(cudaEventRecord(ev, stream_), "event");
-    check_cuda(cudaStreamWaitEvent(cs, ev, 0), "wait");
-    cudaEventDestroy(ev);
+    check_cuda(cudaEventRecord(compute_done_, stream_), "event");
+    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
 }
 
 // ------------------------------------------------------------------------------------------ whole tensors
@@ -661,10 +591,10 @@ std::vector<float> gather_master(const World& w, const ZeroOptions& z, const flo
     float* mine = full + shard.begin(w.rank);
     if (opt_len > 0)
         check_cuda(cudaMemcpy(mine, master, size_t(opt_len) * 4, z.offload ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice), "copy");
-    check_nccl(ncclAllGather(mine, full, size_t(shard.size), ncclFloat, w.nccl, stream), "ncclAllGather");
-    check_cuda(cudaStreamSynchronize(stream), "sync");
+    w.comm->all_gather(mine, full, size_t(shard.size), DType::f32, stream);
+    world_wait(w, stream);
     check_cuda(cudaMemcpy(out.data(), full, out.size() * 4, cudaMemcpyDeviceToHost), "copy");
-    cudaFree(full);
+    device_free(full);
     return out;
 }
 }  // namespace
@@ -685,20 +615,21 @@ std::vector<float> ZeroStore::unit_weights(int unit) {
     bf16* full = s.full16;
     if (s.sharded) {
         full = device_alloc<bf16>(size_t(s.shard.padded), "gather staging");
-        check_nccl(ncclAllGather(s.shard16, full, size_t(s.shard.size), ncclBfloat16, w_.nccl, stream_), "ncclAllGather");
+        w_.comm->all_gather(s.shard16, full, size_t(s.shard.size), DType::bf16, stream_);
     }
     float* f32 = device_alloc<float>(size_t(s.numel), "gather staging");
-    bf16_to_f32_kernel<<<grid_for(s.numel), 256, 0, stream_>>>(full, f32, s.numel);
+    bf16_to_f32_kernel<<<blocks_for(s.numel), kThreads, 0, stream_>>>(full, f32, s.numel);
     check_launch("bf16_to_f32_kernel");
-    check_cuda(cudaStreamSynchronize(stream_), "sync");
+    world_wait(w_, stream_);
     check_cuda(cudaMemcpy(out.data(), f32, out.size() * 4, cudaMemcpyDeviceToHost), "copy");
-    cudaFree(f32);
-    if (s.sharded) cudaFree(full);
+    device_free(f32);
+    if (s.sharded) device_free(full);
     return out;
 }
 
 std::vector<float> ZeroStore::trainable_grads() {
-    check_cuda(cudaDeviceSynchronize(), "sync");
+    world_wait(w_, stream_);
+    world_wait(w_, comm_stream());
     std::vector<float> out;
     for (Unit* U : units_) {
         if (U->trainable < 0) continue;
@@ -710,158 +641,23 @@ std::vector<float> ZeroStore::trainable_grads() {
     return out;
 }
 
-void ZeroStore::save_hf(const std::string& dir) {
-    std::vector<TensorSpec> specs = parameter_specs(c_);
-    std::vector<std::vector<float>> adapters = lora_.rank ? lora_layers() : std::vector<std::vector<float>>();
-    std::unique_ptr<SafetensorsWriter> out;
-    if (w_.rank == 0) {
-        mkdir(dir.c_str(), 0755);
-        std::vector<SafetensorsWriter::Entry> entries;
-        for (int u = 0; u < num_units(c_); ++u)  // unit order, which is the order the data is written in
-            for (int i = 0; i < int(specs.size()); ++i) {
-                int unit;
-                int64_t off;
-                locate_parameter(c_, i, unit, off);
-                if (unit == u) entries.push_back({specs[size_t(i)].name, "BF16", specs[size_t(i)].shape});
-            }
-        out.reset(new SafetensorsWriter(dir + "/model.safetensors", entries, {{"format", "pt"}}));
-    }
-    for (int u = 0; u < num_units(c_); ++u) {  // one unit in host memory at a time
-        std::vector<float> w = unit_weights(u);
-        if (w_.rank != 0) continue;
-        if (lora_.rank && u >= 1 && u <= c_.num_hidden_layers) merge_lora_layer(c_, lora_, adapters[size_t(u - 1)].data(), w.data());
-        std::vector<uint16_t> h(w.size());
-        for (size_t k = 0; k < w.size(); ++k) h[k] = float_to_bf16(w[k]);
-        out->write(h.data(), h.size() * 2);
-    }
-    if (w_.rank != 0) return;
-    out->finish();
-    std::string cfg = config_json(c_);
-    FILE* f = std::fopen((dir + "/config.json").c_str(), "w");
-    if (!f) fail("cannot write " + dir + "/config.json");
-    std::fputs(cfg.c_str(), f);
-    std::fclose(f);
-}
-
-// ------------------------------------------------------------------------------------------ checkpoints
-// DIR/rank-R-of-N.safetensors holds, for every trainable tensor slice rank R optimizes, three entries
-// "master:NAME:BEGIN", "m:NAME:BEGIN", "v:NAME:BEGIN" (fp32, BEGIN = first element within tensor NAME).
-// DIR/zero.json (written last, by rank 0) names the world size, the model and the LoRA configuration.
-// Loading reassembles each tensor by name from whichever files hold its slices, so the rank count and
-// the stage may change between save and load.
-
-namespace {
-std::string lora_signature(const LoraConfig& l) {
-    std::string s = "r=" + std::to_string(l.rank) + " alpha=" + std::to_string(l.alpha) + " rslora=" + std::to_string(l.use_rslora) + " targets=";
-    for (int t = 0; t < kTargets; ++t)
-        if (l.target[t] && l.rank) s += std::string(lora_target_name(LoraTarget(t))) + ",";
-    return s;
-}
-}  // namespace
-
-std::string checkpoint_rank_file(const std::string& dir, int rank, int size) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "/rank-%05d-of-%05d.safetensors", rank, size);
-    return dir + buf;
-}
-
-void ZeroStore::save_checkpoint(const std::string& dir) {
-    if (w_.rank == 0) mkdir(dir.c_str(), 0755);
-    world_barrier(w_);
-    check_cuda(cudaDeviceSynchronize(), "sync");
-    std::vector<TensorToWrite> entries;
-    std::vector<std::vector<float>> data;  // keeps the host copies alive until written
-    std::vector<std::string> names;
-    for (int u = 0; u < int(units_.size()); ++u) {
-        Unit& U = *units_[size_t(u)];
-        if (U.trainable < 0) continue;
-        Segment& s = U.seg[U.trainable];
-        int64_t lo = s.shard.begin(w_.rank), hi = lo + s.shard.owned(w_.rank);  // stage 0 too: each rank writes a slice
-        int64_t base = z_.stage == 0 ? 0 : s.opt_begin;                         // where master[0] sits in the segment
-        for_each_tensor(u, U.trainable, lo, hi, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            const char* kinds[3] = {"master", "m", "v"};
-            float* src[3] = {s.master, s.m, s.v};
-            for (int k = 0; k < 3; ++k) {
-                std::vector<float> h(static_cast<size_t>(n));
-                const float* p = src[k] + (soff - base);
-                if (z_.offload) std::memcpy(h.data(), p, size_t(n) * 4);
-                else check_cuda(cudaMemcpy(h.data(), p, size_t(n) * 4, cudaMemcpyDeviceToHost), "copy state");
-                data.push_back(std::move(h));
-                names.push_back(checkpoint_key(kinds[k], t.name, toff));
-            }
-        });
-    }
-    for (size_t i = 0; i < data.size(); ++i) entries.push_back({names[i], "F32", {int64_t(data[i].size())}, data[i].data()});
-    write_safetensors(checkpoint_rank_file(dir, w_.rank, w_.size), entries, {{"world_size", std::to_string(w_.size)}});
-    world_barrier(w_);
-    if (w_.rank != 0) return;
-    std::string meta = "{\"world_size\": " + std::to_string(w_.size) + ", \"stage\": " + std::to_string(z_.stage) +
-                       ", \"trainable\": " + std::to_string(n_train_) + ", \"lora\": " + json_quote(lora_signature(lora_)) +
-                       ", \"model\": " + json_quote(config_json(c_)) + "}\n";
-    std::string tmp = dir + "/zero.json.tmp";
-    FILE* f = std::fopen(tmp.c_str(), "w");
-    if (!f || std::fputs(meta.c_str(), f) < 0 || std::fclose(f) != 0) fail("cannot write " + tmp);
-    if (std::rename(tmp.c_str(), (dir + "/zero.json").c_str()) != 0) fail("cannot write " + dir + "/zero.json");
-}
-
-CheckpointIndex::CheckpointIndex(const std::string& dir, int files) : dir_(dir) {
-    for (int k = 0; k < files; ++k) {
-        readers_.emplace_back(new SafetensorsReader(checkpoint_rank_file(dir, k, files)));
-        for (const auto& [key, t] : readers_.back()->tensors()) {
-            size_t a = key.find(':'), b = key.rfind(':');
-            if (a == std::string::npos || a == b || t.shape.size() != 1) fail(t.file + ": unexpected entry " + key);
-            slices_[key.substr(a + 1, b - a - 1)].push_back({key.substr(0, a), key, std::stoll(key.substr(b + 1)), t.shape[0], k});
-        }
-    }
-}
-
-std::vector<float> CheckpointIndex::read(const std::string& kind, const std::string& name, int64_t begin, int64_t n) const {
-    std::vector<float> part(static_cast<size_t>(n));
-    int64_t covered = 0;
-    auto it = slices_.find(name);
-    if (it != slices_.end())
-        for (const Slice& sl : it->second) {
-            if (sl.kind != kind) continue;
-            int64_t lo = std::max(begin, sl.begin), hi = std::min(begin + n, sl.begin + sl.count);
-            if (lo >= hi) continue;
-            std::vector<float> v = readers_[size_t(sl.file)]->read_float(sl.key, {sl.count});
-            std::copy(v.begin() + (lo - sl.begin), v.begin() + (hi - sl.begin), part.begin() + (lo - begin));
-            covered += hi - lo;
-        }
-    if (covered != n) fail("checkpoint " + dir_ + " is incomplete: " + kind + " of " + name + " is missing elements");
-    return part;
-}
-
-std::string checkpoint_key(const std::string& kind, const std::string& name, int64_t begin) {
-    return kind + ":" + name + ":" + std::to_string(begin);
-}
-
-void ZeroStore::load_checkpoint(const std::string& dir) {
-    Json meta = read_json_file(dir + "/zero.json");
-    const Json* ws = meta.find("world_size");
-    const Json* model = meta.find("model");
-    const Json* lora = meta.find("lora");
-    if (!ws || !ws->is_int() || !model || !model->is_string() || !lora || !lora->is_string())
-        fail(dir + "/zero.json: not a checkpoint description");
-    if (model->string != config_json(c_)) fail("checkpoint " + dir + " is from another model (its config differs from this run's)");
-    if (lora->string != lora_signature(lora_))
-        fail("checkpoint " + dir + " has LoRA " + lora->string + " but this run has " + lora_signature(lora_));
-    CheckpointIndex index(dir, int(ws->integer));
+std::vector<OwnedSlice> ZeroStore::owned_slices() {
+    world_wait(w_, stream_);
+    std::vector<OwnedSlice> out;
     for (int u = 0; u < int(units_.size()); ++u) {
         Unit& U = *units_[size_t(u)];
         if (U.trainable < 0) continue;
         Segment& s = U.seg[U.trainable];
         for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            const char* kinds[3] = {"master", "m", "v"};
-            float* dst[3] = {s.master, s.m, s.v};
-            for (int k = 0; k < 3; ++k) {
-                std::vector<float> part = index.read(kinds[k], t.name, toff, n);
-                float* p = dst[k] + (soff - s.opt_begin);
-                if (z_.offload) std::memcpy(p, part.data(), size_t(n) * 4);
-                else check_cuda(cudaMemcpy(p, part.data(), size_t(n) * 4, cudaMemcpyHostToDevice), "copy state");
-            }
+            int64_t at = soff - s.opt_begin;
+            out.push_back({t.name, toff, n, s.master + at, s.m + at, s.v + at, z_.offload});
         });
-        write_compute_copy(s);
     }
-    check_cuda(cudaStreamSynchronize(stream_), "load checkpoint");
+    return out;
+}
+
+void ZeroStore::refresh_weights() {
+    for (Unit* U : units_)
+        if (U->trainable >= 0) write_compute_copy(U->seg[U->trainable]);
+    world_wait(w_, stream_);
 }

@@ -7,37 +7,16 @@
 //   step()            AdamW on this rank's shard (GPU, or CPU with offload); stages 1, 2: all-gather the
 //                     updated bf16 weights; stage 3: nothing, the next gather reads the new shards
 // Stage 0 is data parallelism (everything replicated), so one protocol covers DDP and ZeRO 1/2/3.
+// The collectives go through the world's transport (world.h); checkpoints and exports are checkpoint.h.
 #pragma once
 #include <functional>
-#include <map>
-#include <memory>
 #include <string>
 #include <vector>
-
-#include <nccl.h>
 
 #include "adamw.h"
 #include "llama.h"
 #include "lora.h"
-
-// ---------------------------------------------------------------------------------------------- the world
-// One process per GPU. Started by mpirun or srun (or alone as ./train): MPI gives rank, size and the
-// node-local rank (which picks the GPU); rank 0 makes an ncclUniqueId and MPI broadcasts it.
-struct World {
-    int rank = 0, size = 1, local_rank = 0, local_size = 1, nodes = 1;
-    bool mpi = false;             // started by mpirun or srun
-    ncclComm_t nccl = nullptr;
-    cudaStream_t comm = nullptr;  // collectives run here, ordered with compute by events
-};
-World world_init(int* argc, char*** argv);  // MPI only: rank, size, nodes
-void world_start_gpu(World& w);              // the rank's GPU, NCCL, the comm stream
-void world_finalize(World& w);
-double world_sum(const World& w, double x);  // x added over ranks (host, MPI)
-// Waits for `stream` while watching NCCL for asynchronous errors (a lost peer), which end all ranks.
-void world_wait(const World& w, cudaStream_t stream);
-// Fails on every rank when `text` (e.g. the options) differs between ranks.
-void world_check_same(const World& w, const std::string& text, const std::string& what);
-void world_barrier(const World& w);
+#include "world.h"
 
 // ---------------------------------------------------------------------------------------------- partitions
 // A flat tensor of `numel` elements padded to a multiple of `ranks`; rank r owns [r*size, r*size + owned(r)).
@@ -55,34 +34,31 @@ struct ZeroOptions {
     int offload_threads = 8;
     bool keep_gathered = false;             // stage 3: keep each unit from its forward to its backward
     bool overlap_comm = true;               // collectives on their own stream (else on the compute stream)
-    int64_t reduce_bucket_size = 500000000;     // elements per reduce collective
-    int64_t allgather_bucket_size = 500000000;  // elements per all-gather collective
-    int64_t prefetch_bucket_size = 50000000;    // stage 3: prefetch the next unit if it is at most this big
+    int64_t reduce_bucket_size = 500000000;     // elements per all-reduce collective (stages 0, 1)
+    int64_t allgather_bucket_size = 500000000;  // accepted; all-gathers run one unit at a time
+    int64_t prefetch_bucket_size = 50000000;    // stage 3: 0 turns prefetching off (DeepSpeed's default 5e7)
     int64_t persistence_threshold = 100000;     // stage 3: units this small stay replicated
 };
 void check_zero_options(const ZeroOptions& z, const std::string& where);
+// Stage 3: whether the next unit is gathered ahead while this one computes. A unit is the smallest piece
+// the store moves, so any positive prefetch bucket prefetches one whole unit, however large.
+bool prefetches(const ZeroOptions& z);
 
 // Bytes per rank by category; estimated (before allocating) and measured.
 struct MemoryReport {
-    double base = 0, gathered = 0, compute_copy = 0, master = 0, grads = 0, grad_buffers = 0, moments = 0, host = 0;
-    double gpu_total() const { return base + gathered + compute_copy + master + grads + grad_buffers + moments; }
+    double base = 0, gathered = 0, master = 0, grads = 0, grad_buffers = 0, moments = 0, host = 0;
+    double model_states() const { return base + gathered + master + grads + grad_buffers + moments; }  // on the GPU
 };
+constexpr int kGatherSlots = 3;  // stage 3: the unit computing, the one prefetched, and one being released
+constexpr int kGradBuffers = 3;  // stages 2, 3: the unit computing, one reduce-scattering, one held (tied head)
 
-// Checkpoint files: DIR/rank-R-of-N.safetensors hold slices "KIND:NAME:BEGIN" (KIND = master, m, v) of
-// the trainable tensors by HF/PEFT name; any rank count can read back any range of any tensor.
-std::string checkpoint_rank_file(const std::string& dir, int rank, int size);
-std::string checkpoint_key(const std::string& kind, const std::string& name, int64_t begin);
-class CheckpointIndex {
-  public:
-    CheckpointIndex(const std::string& dir, int files);  // reads every file's header (fails on a damaged one)
-    // Elements [begin, begin + n) of tensor `name`, assembled from whichever slices hold them.
-    std::vector<float> read(const std::string& kind, const std::string& name, int64_t begin, int64_t n) const;
-
-  private:
-    struct Slice { std::string kind, key; int64_t begin, count; int file; };
-    std::string dir_;
-    std::vector<std::unique_ptr<SafetensorsReader>> readers_;
-    std::map<std::string, std::vector<Slice>> slices_;
+// The slice of one trainable tensor that this rank optimizes: fp32 master weights and AdamW moments,
+// in host memory with offload (checkpoints read and write these by name).
+struct OwnedSlice {
+    std::string name;          // HF/PEFT name of the tensor
+    int64_t begin = 0, count = 0;  // elements [begin, begin + count) of the flattened tensor
+    float *master, *m, *v;     // [count] each
+    bool host = false;
 };
 
 class ZeroStore : public UnitStore {
@@ -111,28 +87,31 @@ class ZeroStore : public UnitStore {
     int64_t trainable_numel() const { return n_train_; }
     MemoryReport memory() const { return mem_; }
     static MemoryReport estimate(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int ranks);
+    int64_t prefetched_units() const { return prefetched_; }  // stage 3 gathers issued ahead (a counter)
 
-    std::vector<std::vector<float>> lora_layers();  // full fp32 adapters, per layer (collective)
-    std::vector<float> unit_weights(int unit);      // full fp32 base weights of a unit (collective)
-    std::vector<float> trainable_grads();           // this rank's fp32 gradient, all trainable elements (stage 0/1 full; tests)
-    // Writes model.safetensors + config.json (full fine-tune, or the base with adapters merged); rank 0 writes.
-    void save_hf(const std::string& dir);
+    // Whole tensors (collective: every rank calls).
+    std::vector<std::vector<float>> lora_layers();  // full fp32 adapters, per layer
+    std::vector<float> unit_weights(int unit);      // full fp32 base weights of a unit (padding gaps included)
+    std::vector<float> trainable_grads();           // this rank's fp32 gradient, all trainable elements (tests)
 
-    // Checkpoint of the trainable state by parameter name: each rank writes the slices it owns.
-    void save_checkpoint(const std::string& dir);
-    void load_checkpoint(const std::string& dir);  // any rank count or stage
+    // What this rank optimizes, tensor by tensor (checkpoints); after writing into the masters,
+    // refresh_weights() makes the bf16 weights follow (collective).
+    std::vector<OwnedSlice> owned_slices();
+    void refresh_weights();
+    const World& world() const { return w_; }
+    cudaStream_t stream() const { return stream_; }
 
   private:
     struct Segment;
     struct Unit;
     void for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
                          const std::function<void(const TensorSpec&, int64_t, int64_t, int64_t)>& fn) const;
-    bf16* replicated(Segment& s);
-    void all_gather(bf16* full, const Shard& shard, cudaStream_t s);
-    void prefetch(int unit);
+    int64_t slot_numel(const Unit& U) const;
     int take_slot(int unit);
+    void prefetch(int unit);
     float* take_grad_buffer(int unit);
     void write_compute_copy(Segment& s);  // bf16(master) into the resident copy (+ all-gather)
+    cudaStream_t comm_stream() const { return z_.overlap_comm ? w_.comm_stream : stream_; }
 
     LlamaConfig c_;
     LoraConfig lora_;
@@ -141,15 +120,27 @@ class ZeroStore : public UnitStore {
     LoraLayout layout_;
     cudaStream_t stream_;
     std::vector<Unit*> units_;
-    struct Slot { bf16* data = nullptr; int64_t capacity = 0; int unit = -1; cudaEvent_t free_event, ready_event; };
+    struct Slot {  // stage 3: a buffer one gathered unit occupies
+        bf16* data = nullptr;
+        int64_t capacity = 0;
+        int unit = -1;
+        cudaEvent_t free_event, ready_event;
+    };
     std::vector<Slot> slots_;
-    struct GradBuffer { float* data = nullptr; int64_t capacity = 0; int unit = -1; cudaEvent_t free_event; };
+    struct GradBuffer {  // stages 2, 3: a unit's full gradient for one micro-batch, before its reduce-scatter
+        float* data = nullptr;
+        int64_t capacity = 0;
+        int unit = -1;
+        int64_t released = -1;  // when it was last handed back (a counter): the oldest free one is reused
+        cudaEvent_t free_event;
+    };
     std::vector<GradBuffer> grad_buffers_;
-    int last_gathered_ = -1;
+    int64_t releases_ = 0, prefetched_ = 0;
     bool last_micro_ = true;
     int64_t n_train_ = 0;
     float *norm_sq_ = nullptr, *clip_scale_ = nullptr, *host_scalars_ = nullptr;
-    cudaEvent_t compute_done_ = nullptr;
-    std::vector<float> host_grad_;  // offload: this rank's gradient shard on the host
+    cudaEvent_t compute_done_ = nullptr, reduced_ = nullptr;
+    float* host_grad_ = nullptr;  // offload: [largest shard] the gradient shard on the host (pinned)
+    bf16* host_bf16_ = nullptr;   // offload: [largest shard] new bf16 weights on their way back (pinned)
     MemoryReport mem_;
 };

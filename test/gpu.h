@@ -7,6 +7,7 @@
 
 #include "data.h"
 #include "llama.h"
+#include "safetensors.h"
 #include "test.h"
 #include "zero3.h"
 
@@ -66,14 +67,14 @@ inline double rel_error(const std::vector<float>& got, const std::vector<float>&
 struct DeviceFree {
     std::vector<void*> ptrs;
     template <typename T> T* operator()(T* p) { ptrs.push_back((void*)p); return p; }
-    ~DeviceFree() { for (void* p : ptrs) cudaFree(p); }
+    ~DeviceFree() { for (void* p : ptrs) device_free(p); }
 };
 
 // One rank, this process's GPU (tests run without mpirun).
 inline const World& test_world() {
     static World w = [] {
         World x = world_init(nullptr, nullptr);
-        world_start_gpu(x);
+        world_start_gpu(x, Transport::automatic);
         return x;
     }();
     return w;

@@ -8,117 +8,60 @@
 #include <map>
 
 #include "lora.h"
+#include "reference.h"
 #include "zero3.h"
 
 namespace {
 
 using Vec = std::vector<double>;
 
+// The whole model on the CPU from the kernel references, in double precision.
 struct Reference {
     LlamaConfig c;
     LoraConfig lora;
     std::map<std::string, Vec> w;     // base weights by HF name
     std::map<std::string, Vec> adapt;  // "L.t.A" / "L.t.B"
 
-    // out[n, o] = sum_i x[n, i] W[o, i]  (+ s * (x A^T) B^T)
+    // y = x W^T  (+ s (x A^T) B^T)
     Vec linear(const Vec& x, int N, int in, const Vec& W, int out, int layer, int t) const {
-        Vec y(size_t(N) * out, 0.0);
-        for (int n = 0; n < N; ++n)
-            for (int o = 0; o < out; ++o) {
-                double acc = 0;
-                for (int i = 0; i < in; ++i) acc += x[size_t(n * in + i)] * W[size_t(o * in + i)];
-                y[size_t(n * out + o)] = acc;
-            }
+        Vec y = linear_ref(x, W, N, in, out);
         if (lora.rank == 0 || !lora.target[t]) return y;
-        const Vec &A = adapt.at(std::to_string(layer) + "." + std::to_string(t) + ".A"), &B = adapt.at(std::to_string(layer) + "." + std::to_string(t) + ".B");
-        for (int n = 0; n < N; ++n) {
-            Vec u(size_t(lora.rank), 0.0);
-            for (int k = 0; k < lora.rank; ++k)
-                for (int i = 0; i < in; ++i) u[size_t(k)] += x[size_t(n * in + i)] * A[size_t(k * in + i)];
-            for (int o = 0; o < out; ++o)
-                for (int k = 0; k < lora.rank; ++k) y[size_t(n * out + o)] += lora.scale() * u[size_t(k)] * B[size_t(o * lora.rank + k)];
-        }
-        return y;
-    }
-    Vec rmsnorm(const Vec& x, int N, int D, const Vec& g) const {
-        Vec y(x.size());
-        for (int n = 0; n < N; ++n) {
-            double ss = 0;
-            for (int i = 0; i < D; ++i) ss += x[size_t(n * D + i)] * x[size_t(n * D + i)];
-            double r = 1.0 / std::sqrt(ss / D + c.rms_norm_eps);
-            for (int i = 0; i < D; ++i) y[size_t(n * D + i)] = g[size_t(i)] * x[size_t(n * D + i)] * r;
-        }
+        std::string key = std::to_string(layer) + "." + std::to_string(t) + ".";
+        Vec u = linear_ref(x, adapt.at(key + "A"), N, in, lora.rank), delta = linear_ref(u, adapt.at(key + "B"), N, lora.rank, out);
+        for (size_t i = 0; i < y.size(); ++i) y[i] += lora.scale() * delta[i];
         return y;
     }
     double loss(const std::vector<int32_t>& ids, const std::vector<int32_t>& labels, int B, int T) const {
         int N = B * T, D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KVH = c.num_key_value_heads,
-            Dh = c.head_dim, half = Dh / 2, group = H / KVH;
+            Dh = c.head_dim;
         std::vector<float> inv = rope_inv_freq(c);
+        std::vector<int32_t> positions(static_cast<size_t>(N));
+        for (int n = 0; n < N; ++n) positions[size_t(n)] = n % T;
         const Vec& E = w.at("model.embed_tokens.weight");
-        Vec h(size_t(N) * D);
-        for (int n = 0; n < N; ++n)
-            for (int i = 0; i < D; ++i) h[size_t(n * D + i)] = E[size_t(ids[size_t(n)] * D + i)];
-        auto rope = [&](Vec& x, int nh) {
-            for (int n = 0; n < N; ++n)
-                for (int hh = 0; hh < nh; ++hh)
-                    for (int i = 0; i < half; ++i) {
-                        double a = (n % T) * double(inv[size_t(i)]), cs = std::cos(a), sn = std::sin(a);
-                        double& x1 = x[size_t((n * nh + hh) * Dh + i)];
-                        double& x2 = x[size_t((n * nh + hh) * Dh + i + half)];
-                        double r1 = x1 * cs - x2 * sn, r2 = x2 * cs + x1 * sn;
-                        x1 = r1, x2 = r2;
-                    }
-        };
+        Vec h = embedding_forward_ref(ids, E, D);
         for (int l = 0; l < c.num_hidden_layers; ++l) {
             std::string p = "model.layers." + std::to_string(l) + ".";
-            Vec n1 = rmsnorm(h, N, D, w.at(p + "input_layernorm.weight"));
+            Vec n1 = rmsnorm_forward_ref(h, w.at(p + "input_layernorm.weight"), N, D, c.rms_norm_eps);
             Vec q = linear(n1, N, D, w.at(p + "self_attn.q_proj.weight"), H * Dh, l, kQ);
             Vec k = linear(n1, N, D, w.at(p + "self_attn.k_proj.weight"), KVH * Dh, l, kK);
             Vec v = linear(n1, N, D, w.at(p + "self_attn.v_proj.weight"), KVH * Dh, l, kV);
-            rope(q, H), rope(k, KVH);
-            Vec o(size_t(N) * H * Dh, 0.0);
-            for (int b = 0; b < B; ++b)
-                for (int hh = 0; hh < H; ++hh)
-                    for (int t = 0; t < T; ++t) {
-                        int g = hh / group;
-                        Vec s(size_t(t + 1));
-                        double m = -1e300, sum = 0;
-                        for (int j = 0; j <= t; ++j) {
-                            double acc = 0;
-                            for (int d = 0; d < Dh; ++d) acc += q[size_t(((b * T + t) * H + hh) * Dh + d)] * k[size_t(((b * T + j) * KVH + g) * Dh + d)];
-                            s[size_t(j)] = acc / std::sqrt(double(Dh)), m = std::max(m, s[size_t(j)]);
-                        }
-                        for (int j = 0; j <= t; ++j) sum += std::exp(s[size_t(j)] - m);
-                        for (int j = 0; j <= t; ++j)
-                            for (int d = 0; d < Dh; ++d)
-                                o[size_t(((b * T + t) * H + hh) * Dh + d)] += std::exp(s[size_t(j)] - m) / sum * v[size_t(((b * T + j) * KVH + g) * Dh + d)];
-                    }
+            rope_ref(q, positions, inv, N, H, Dh), rope_ref(k, positions, inv, N, KVH, Dh);
+            Vec o, lse;
+            attention_forward_ref({B, T, H, KVH, Dh}, q, k, v, {}, o, lse);
             Vec attn = linear(o, N, H * Dh, w.at(p + "self_attn.o_proj.weight"), D, l, kO);
             for (size_t i = 0; i < h.size(); ++i) h[i] += attn[i];
-            Vec m2 = rmsnorm(h, N, D, w.at(p + "post_attention_layernorm.weight"));
-            Vec gt = linear(m2, N, D, w.at(p + "mlp.gate_proj.weight"), F, l, kGate);
-            Vec up = linear(m2, N, D, w.at(p + "mlp.up_proj.weight"), F, l, kUp);
-            for (size_t i = 0; i < gt.size(); ++i) gt[i] = gt[i] / (1 + std::exp(-gt[i])) * up[i];
-            Vec down = linear(gt, N, F, w.at(p + "mlp.down_proj.weight"), D, l, kDown);
+            Vec m2 = rmsnorm_forward_ref(h, w.at(p + "post_attention_layernorm.weight"), N, D, c.rms_norm_eps);
+            Vec act = swiglu_forward_ref(linear(m2, N, D, w.at(p + "mlp.gate_proj.weight"), F, l, kGate),
+                                         linear(m2, N, D, w.at(p + "mlp.up_proj.weight"), F, l, kUp));
+            Vec down = linear(act, N, F, w.at(p + "mlp.down_proj.weight"), D, l, kDown);
             for (size_t i = 0; i < h.size(); ++i) h[i] += down[i];
         }
-        Vec x = rmsnorm(h, N, D, w.at("model.norm.weight"));
-        double total = 0;
+        Vec logits = linear_ref(rmsnorm_forward_ref(h, w.at("model.norm.weight"), N, D, c.rms_norm_eps), E, N, D, c.vocab_size);
+        std::vector<int32_t> targets(static_cast<size_t>(N), -100);  // HF's shift: position t predicts labels[t + 1]
         int count = 0;
-        for (int n = 0; n < N; ++n) {
-            if (n % T == T - 1 || labels[size_t(n + 1)] < 0) continue;
-            Vec z(size_t(c.vocab_size));
-            double m = -1e300, sum = 0;
-            for (int vv = 0; vv < c.vocab_size; ++vv) {
-                double acc = 0;
-                for (int i = 0; i < D; ++i) acc += x[size_t(n * D + i)] * E[size_t(vv * D + i)];
-                z[size_t(vv)] = acc, m = std::max(m, acc);
-            }
-            for (double zz : z) sum += std::exp(zz - m);
-            total += m + std::log(sum) - z[size_t(labels[size_t(n + 1)])];
-            ++count;
-        }
-        return total / count;
+        for (int n = 0; n < N; ++n)
+            if (n % T != T - 1 && labels[size_t(n + 1)] >= 0) targets[size_t(n)] = labels[size_t(n + 1)], ++count;
+        return cross_entropy_ref(logits, targets, N, c.vocab_size, 1.0, nullptr) / count;
     }
 };
 
@@ -182,7 +125,7 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         ZeroStore store(c, lora, ZeroOptions(), test_world(), s);
         store.load(dir);
         if (with_lora) store.set_lora(adapter);
-        LlamaModel model(c, lora.rank, lora.scale(), B, T, s);
+        LlamaModel model(c, {lora.rank, lora.scale()}, B, T, s);
         DeviceFree keep;
         DeviceBatch batch{B, T, keep(to_device(ids)), keep(to_device(labels))};
         store.begin_step();
@@ -196,15 +139,15 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         struct Sample { Vec* v; size_t i; int64_t g; std::string tensor; };
         std::vector<Sample> samples;
         if (!with_lora) {
-            for (int i = 0; i < int(specs.size()); ++i) {
-                int unit;
-                int64_t off, base = 0;
-                locate_parameter(c, i, unit, off);
-                for (int u = 0; u < unit; ++u) base += unit_numel(c, u);
-                for (int k = 0; k < 8; ++k) {
-                    size_t idx = size_t(rng.below(uint64_t(specs[size_t(i)].numel())));
-                    samples.push_back({&ref.w[specs[size_t(i)].name], idx, base + off + int64_t(idx), specs[size_t(i)].name});
-                }
+            int64_t base = 0;  // trainable_grads() lists the units' flat gradients in order
+            for (int u = 0; u < num_units(c); ++u) {
+                UnitLayout unit = unit_layout(c, u);
+                for (const UnitTensor& t : unit.tensors)
+                    for (int k = 0; k < 8; ++k) {
+                        size_t idx = size_t(rng.below(uint64_t(t.spec.numel())));
+                        samples.push_back({&ref.w[t.spec.name], idx, base + t.offset + int64_t(idx), t.spec.name});
+                    }
+                base += unit.numel;
             }
         } else {
             for (int l = 0; l < c.num_hidden_layers; ++l)

@@ -1,50 +1,59 @@
-// test/test_kernels.cpp — every kernel, forward and backward, against a CPU reference: fresh random
-// inputs, odd sizes, GQA ratios 1 and 4, head_dim 64 and 128, sequence lengths that are no block
-// multiple, outputs poisoned with NaN first. Bound: max |gpu - cpu| / max |cpu| (bf16 storage: 2^-8 per
-// rounding, so 1e-2 for single kernels and 2e-2 where bf16 intermediates feed a product).
+// test/test_kernels.cpp — every kernel, forward and backward, against the CPU references of
+// test/reference.h: fresh random inputs, odd sizes, GQA ratios 1, 3 and 4, head_dim 64, 96 and 128,
+// several documents in a row, sequence lengths that are no block multiple, outputs poisoned with NaN
+// first. Bound: max |gpu - cpu| / max |cpu| (bf16 storage: 2^-8 per rounding, so 1e-2 for single kernels
+// and 2e-2 where bf16 intermediates feed a product).
 #include "gpu.h"
 
 #include "adamw.h"
+#include "attention.h"
+#include "reference.h"
 
 namespace {
 uint64_t fresh_seed() { return uint64_t(time(nullptr)) * 2654435761ull; }
 }
 
-TEST_CASE("gpu: gemm in every transpose, bf16 and fp32 out, batched") {
+TEST_CASE("gpu: the three matrix-product forms, bf16 and fp32 out, batched") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
     cudaStream_t s = nullptr;
     Gemm g = gemm_create(s);
-    for (int ta = 0; ta < 2; ++ta)
-        for (int tb = 0; tb < 2; ++tb)
-            for (int c32 = 0; c32 < 2; ++c32) {
-                int M = 37, N = 53, K = 29, batch = 3;
-                std::vector<float> A = bf16_round(random_vector(size_t(batch * M * K), rng)),
-                                   B = bf16_round(random_vector(size_t(batch * K * N), rng)),
-                                   C0 = bf16_round(random_vector(size_t(batch * M * N), rng));
-                DeviceFree keep;
-                bf16 *dA = keep(to_device_bf16(A)), *dB = keep(to_device_bf16(B));
-                void* dC = c32 ? (void*)keep(to_device(C0)) : (void*)keep(to_device_bf16(C0));
-                // C = 0.5 op(A) op(B) + 1 C
-                gemm(g, ta, tb, M, N, K, dA, ta ? M : K, dB, tb ? K : N, dC, c32, N, 0.5f, 1.0f, batch, M * K, K * N, M * N);
-                std::vector<float> got = c32 ? from_device((float*)dC, C0.size()) : from_device_bf16((bf16*)dC, C0.size());
-                std::vector<float> want = C0;
-                for (int b = 0; b < batch; ++b)
-                    for (int i = 0; i < M; ++i)
-                        for (int j = 0; j < N; ++j) {
-                            double acc = 0;
-                            for (int k = 0; k < K; ++k) {
-                                float a = ta ? A[size_t(b * M * K + k * M + i)] : A[size_t(b * M * K + i * K + k)];
-                                float bb = tb ? B[size_t(b * K * N + j * K + k)] : B[size_t(b * K * N + k * N + j)];
-                                acc += double(a) * bb;
-                            }
-                            want[size_t(b * M * N + i * N + j)] += float(0.5 * acc);
+    int M = 37, N = 53, K = 29, batch = 3;
+    for (int form = 0; form < 3; ++form)  // nt: A[M,K] B[N,K]^T;  nn: A[M,K] B[K,N];  tn: A[K,M]^T B[K,N]
+        for (int c32 = 0; c32 < 2; ++c32) {
+            std::vector<float> A = bf16_round(random_vector(size_t(batch * M * K), rng)),
+                               B = bf16_round(random_vector(size_t(batch * K * N), rng)),
+                               C0 = bf16_round(random_vector(size_t(batch * M * N), rng));
+            DeviceFree keep;
+            bf16 *dA = keep(to_device_bf16(A)), *dB = keep(to_device_bf16(B));
+            float* c_f32 = c32 ? keep(to_device(C0)) : nullptr;
+            bf16* c_bf16 = c32 ? nullptr : keep(to_device_bf16(C0));
+            Batched strides{batch, int64_t(M) * K, int64_t(K) * N, int64_t(M) * N};
+            // C = 0.5 op(A) op(B) + C
+            auto run = [&](auto* C) {
+                if (form == 0) matmul_nt(g, C, dA, dB, M, N, K, 0.5f, 1.0f, strides);
+                if (form == 1) matmul_nn(g, C, dA, dB, M, N, K, 0.5f, 1.0f, strides);
+                if (form == 2) matmul_tn(g, C, dA, dB, M, N, K, 0.5f, 1.0f, strides);
+            };
+            if (c32) run(c_f32);
+            else run(c_bf16);
+            std::vector<float> got = c32 ? from_device(c_f32, C0.size()) : from_device_bf16(c_bf16, C0.size());
+            std::vector<float> want = C0;
+            for (int b = 0; b < batch; ++b)
+                for (int i = 0; i < M; ++i)
+                    for (int j = 0; j < N; ++j) {
+                        double acc = 0;
+                        for (int k = 0; k < K; ++k) {
+                            float a = form == 2 ? A[size_t(b * M * K + k * M + i)] : A[size_t(b * M * K + i * K + k)];
+                            float bb = form == 0 ? B[size_t(b * K * N + j * K + k)] : B[size_t(b * K * N + k * N + j)];
+                            acc += double(a) * bb;
                         }
-                CAPTURE(ta);
-                CAPTURE(tb);
-                CAPTURE(c32);
-                CHECK(rel_error(got, want) < (c32 ? 1e-5 : 1e-2));
-            }
+                        want[size_t(b * M * N + i * N + j)] += float(0.5 * acc);
+                    }
+            CAPTURE(form);
+            CAPTURE(c32);
+            CHECK(rel_error(got, want) < (c32 ? 1e-5 : 1e-2));
+        }
     gemm_destroy(g);
 }
 
@@ -87,22 +96,11 @@ TEST_CASE("gpu: rmsnorm forward and backward") {
         rmsnorm_forward(dxin, dwin, y, rstd, N, D, eps, nullptr);
         float* partial = keep(poisoned<float>(size_t(kNormPartials) * D));
         rmsnorm_backward(dxin, dwin, rstd, keep(to_device_bf16(dy)), keep(to_device_bf16(res)), dx, dw, partial, N, D, nullptr);
-        std::vector<float> want_y(size_t(N * D)), want_dx(size_t(N * D)), want_dw(size_t(D), 0.0f);
-        for (int n = 0; n < N; ++n) {
-            double ss = 0;
-            for (int i = 0; i < D; ++i) ss += double(x[size_t(n * D + i)]) * x[size_t(n * D + i)];
-            double r = 1.0 / std::sqrt(ss / D + eps), dot = 0;
-            for (int i = 0; i < D; ++i) {
-                size_t k = size_t(n * D + i);
-                want_y[k] = float(w[size_t(i)] * x[k] * r);
-                dot += dy[k] * w[size_t(i)] * x[k] * r;
-                want_dw[size_t(i)] += float(dy[k] * x[k] * r);
-            }
-            for (int i = 0; i < D; ++i) {
-                size_t k = size_t(n * D + i);
-                want_dx[k] = float(res[k] + r * (dy[k] * w[size_t(i)] - x[k] * r * dot / D));
-            }
-        }
+        Vec ref_dx, ref_dw;
+        std::vector<float> want_y = to_float(rmsnorm_forward_ref(to_double(x), to_double(w), N, D, eps));
+        rmsnorm_backward_ref(to_double(x), to_double(w), to_double(dy), N, D, eps, ref_dx, ref_dw);
+        std::vector<float> want_dx = to_float(ref_dx), want_dw = to_float(ref_dw);
+        for (size_t k = 0; k < want_dx.size(); ++k) want_dx[k] += res[k];  // the kernel adds the residual
         CAPTURE(D);
         CHECK(rel_error(from_device_bf16(y, want_y.size()), want_y) < 1e-2);
         CHECK(rel_error(from_device_bf16(dx, want_dx.size()), want_dx) < 1e-2);
@@ -110,41 +108,33 @@ TEST_CASE("gpu: rmsnorm forward and backward") {
     }
 }
 
-TEST_CASE("gpu: rope forward and backward, with the transposes") {
+TEST_CASE("gpu: rope in place at each row's position, and back") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
-    for (int Dh : {64, 128}) {
-        int B = 2, T = 37, nh = 3, half = Dh / 2;
-        std::vector<float> cos_t(size_t(T * half)), sin_t(cos_t.size());
-        for (int t = 0; t < T; ++t)
+    for (int Dh : {64, 128, 96}) {
+        int N = 37, nh = 3, half = Dh / 2, P = 50;  // positions < P: rows of documents that restart
+        std::vector<float> inv(static_cast<size_t>(half)), cos_t(static_cast<size_t>(P * half)), sin_t(cos_t.size());
+        for (int i = 0; i < half; ++i) inv[size_t(i)] = float(std::pow(10000.0, -2.0 * i / Dh));
+        for (int p = 0; p < P; ++p)
             for (int i = 0; i < half; ++i) {
-                double angle = t * std::pow(10000.0, -2.0 * i / Dh);
-                cos_t[size_t(t * half + i)] = float(std::cos(angle)), sin_t[size_t(t * half + i)] = float(std::sin(angle));
+                double angle = double(p) * double(inv[size_t(i)]);
+                cos_t[size_t(p * half + i)] = float(std::cos(angle)), sin_t[size_t(p * half + i)] = float(std::sin(angle));
             }
-        std::vector<float> x = bf16_round(random_vector(size_t(B * T * nh * Dh), rng)), g = bf16_round(random_vector(x.size(), rng));
+        std::vector<int32_t> pos(static_cast<size_t>(N));
+        for (int32_t& p : pos) p = int32_t(rng.below(uint64_t(P)));
+        std::vector<float> x = bf16_round(random_vector(size_t(N * nh * Dh), rng)), g = bf16_round(random_vector(x.size(), rng));
         DeviceFree keep;
         float *dc = keep(to_device(cos_t)), *ds = keep(to_device(sin_t));
-        bf16 *out = keep(poisoned<bf16>(x.size())), *dx = keep(poisoned<bf16>(x.size())), *tr = keep(poisoned<bf16>(x.size()));
-        rope_forward(keep(to_device_bf16(x)), out, dc, ds, B, T, nh, Dh, true, nullptr);
-        rope_backward(keep(to_device_bf16(g)), dx, dc, ds, B, T, nh, Dh, true, nullptr);
-        rope_forward(keep(to_device_bf16(x)), tr, dc, ds, B, T, nh, Dh, false, nullptr);
-        std::vector<float> want(x.size()), want_dx(x.size()), want_tr(x.size());
-        for (int b = 0; b < B; ++b)
-            for (int t = 0; t < T; ++t)
-                for (int h = 0; h < nh; ++h)
-                    for (int i = 0; i < half; ++i) {
-                        size_t src = size_t(((b * T + t) * nh + h) * Dh), dst = size_t(((b * nh + h) * T + t) * Dh);
-                        float c = cos_t[size_t(t * half + i)], sn = sin_t[size_t(t * half + i)];
-                        float x1 = x[src + size_t(i)], x2 = x[src + size_t(i + half)];
-                        want[dst + size_t(i)] = x1 * c - x2 * sn, want[dst + size_t(i + half)] = x2 * c + x1 * sn;
-                        want_tr[dst + size_t(i)] = x1, want_tr[dst + size_t(i + half)] = x2;
-                        float g1 = g[dst + size_t(i)], g2 = g[dst + size_t(i + half)];  // g is [B,nh,T,Dh]
-                        want_dx[src + size_t(i)] = g1 * c + g2 * sn, want_dx[src + size_t(i + half)] = g2 * c - g1 * sn;
-                    }
+        int32_t* dpos = keep(to_device(pos));
+        bf16 *dx = keep(to_device_bf16(x)), *dg = keep(to_device_bf16(g));
+        rope(dx, dpos, dc, ds, N, nh, Dh, false, nullptr);
+        rope(dg, dpos, dc, ds, N, nh, Dh, true, nullptr);
+        Vec want = to_double(x), want_g = to_double(g);
+        rope_ref(want, pos, inv, N, nh, Dh);
+        rope_ref(want_g, pos, inv, N, nh, Dh, true);
         CAPTURE(Dh);
-        CHECK(rel_error(from_device_bf16(out, x.size()), want) < 1e-2);
-        CHECK(rel_error(from_device_bf16(dx, x.size()), want_dx) < 1e-2);
-        CHECK(rel_error(from_device_bf16(tr, x.size()), want_tr) == 0.0);
+        CHECK(rel_error(from_device_bf16(dx, x.size()), to_float(want)) < 1e-2);
+        CHECK(rel_error(from_device_bf16(dg, x.size()), to_float(want_g)) < 1e-2);
     }
 }
 
@@ -159,13 +149,10 @@ TEST_CASE("gpu: swiglu forward and backward") {
     bf16 *dgi = keep(to_device_bf16(g)), *dui = keep(to_device_bf16(u));
     swiglu_forward(dgi, dui, act, int64_t(n), nullptr);
     swiglu_backward(dgi, dui, keep(to_device_bf16(d)), dg, du, int64_t(n), nullptr);
-    std::vector<float> wa(n), wg(n), wu(n);
-    for (size_t i = 0; i < n; ++i) {
-        double s = 1.0 / (1.0 + std::exp(-double(g[i])));
-        wa[i] = float(g[i] * s * u[i]);
-        wg[i] = float(d[i] * u[i] * s * (1 + g[i] * (1 - s)));
-        wu[i] = float(d[i] * g[i] * s);
-    }
+    Vec ref_dg, ref_du;
+    std::vector<float> wa = to_float(swiglu_forward_ref(to_double(g), to_double(u)));
+    swiglu_backward_ref(to_double(g), to_double(u), to_double(d), ref_dg, ref_du);
+    std::vector<float> wg = to_float(ref_dg), wu = to_float(ref_du);
     CHECK(rel_error(from_device_bf16(act, n), wa) < 1e-2);
     CHECK(rel_error(from_device_bf16(dg, n), wg) < 1e-2);
     CHECK(rel_error(from_device_bf16(du, n), wu) < 1e-2);
@@ -206,86 +193,105 @@ TEST_CASE("gpu: cross-entropy with ignored targets and the label shift") {
     CHECK(rel_error(from_device_bf16(dz, z.size()), want_dz) < 1e-2);
 }
 
-TEST_CASE("gpu: causal GQA attention forward and backward") {
+namespace {
+
+// doc_start for rows of random documents (lengths 1.. with a document of length 1 in each row).
+std::vector<int32_t> random_documents(int B, int T, Rng& rng) {
+    std::vector<int32_t> start(size_t(B) * size_t(T));
+    for (int b = 0; b < B; ++b) {
+        int begin = 0, single = int(rng.below(uint64_t(T)));
+        for (int t = 0; t < T; ++t) {
+            if (t == single || t == single + 1 || (t > 0 && rng.below(uint64_t(std::max(2, T / 4))) == 0)) begin = t;
+            start[size_t(b) * T + t] = begin;
+        }
+    }
+    return start;
+}
+
+// One attention shape through `run` (forward + backward on device buffers), checked against the reference.
+template <typename Run>
+void check_attention(const AttentionShape& a, bool documents, Rng& rng, Run run) {
+    int64_t nq = int64_t(a.B) * a.T * a.H * a.Dh, nk = int64_t(a.B) * a.T * a.KVH * a.Dh;
+    std::vector<float> q = bf16_round(random_vector(size_t(nq), rng)), k = bf16_round(random_vector(size_t(nk), rng)),
+                       v = bf16_round(random_vector(size_t(nk), rng)), dO = bf16_round(random_vector(size_t(nq), rng));
+    std::vector<int32_t> docs = documents ? random_documents(a.B, a.T, rng) : std::vector<int32_t>();
+    AttentionDims dims{a.B, a.T, a.H, a.KVH, a.Dh};
+    Vec o, lse, dq, dk, dv;
+    attention_forward_ref(dims, to_double(q), to_double(k), to_double(v), docs, o, lse);
+    attention_backward_ref(dims, to_double(q), to_double(k), to_double(v), to_double(dO), docs, dq, dk, dv);
+    DeviceFree keep;
+    bf16 *gq = keep(to_device_bf16(q)), *gk = keep(to_device_bf16(k)), *gv = keep(to_device_bf16(v)), *gdO = keep(to_device_bf16(dO));
+    bf16* go = keep(poisoned<bf16>(size_t(nq)));
+    float* glse = keep(poisoned<float>(size_t(a.B) * a.H * a.T));
+    bf16 *gdq = keep(poisoned<bf16>(size_t(nq))), *gdk = keep(poisoned<bf16>(size_t(nk))), *gdv = keep(poisoned<bf16>(size_t(nk)));
+    int32_t* gdocs = documents ? keep(to_device(docs)) : nullptr;
+    run(gq, gk, gv, gdocs, go, glse, gdO, gdq, gdk, gdv);
+    CAPTURE(a.B);
+    CAPTURE(a.T);
+    CAPTURE(a.H);
+    CAPTURE(a.KVH);
+    CAPTURE(a.Dh);
+    CAPTURE(documents);
+    CHECK(rel_error(from_device_bf16(go, size_t(nq)), to_float(o)) < 2e-2);
+    CHECK(rel_error(from_device(glse, lse.size()), to_float(lse)) < 1e-3);
+    CHECK(rel_error(from_device_bf16(gdq, size_t(nq)), to_float(dq)) < 2e-2);
+    CHECK(rel_error(from_device_bf16(gdk, size_t(nk)), to_float(dk)) < 2e-2);
+    CHECK(rel_error(from_device_bf16(gdv, size_t(nk)), to_float(dv)) < 2e-2);
+}
+
+const AttentionShape kAttentionShapes[] = {{2, 37, 4, 1, 64}, {2, 37, 2, 2, 128}, {1, 130, 8, 2, 64}, {1, 67, 6, 2, 96},
+                                           {2, 33, 3, 1, 64}, {1, 257, 4, 4, 128}};
+
+}  // namespace
+
+TEST_CASE("gpu: attention, reference path: causal, documents in a row, GQA 1-4, head_dim 64, 96, 128, small score chunks") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
-    struct Shape { int B, T, H, KVH, Dh; int64_t budget; };
-    for (Shape sh : {Shape{2, 37, 4, 1, 64, 1}, Shape{2, 37, 2, 2, 128, 1 << 30}, Shape{1, 130, 8, 2, 64, 1 << 30}}) {
-        int B = sh.B, T = sh.T, H = sh.H, KVH = sh.KVH, Dh = sh.Dh, group = H / KVH;
-        AttentionShape a(B, T, H, KVH, Dh, sh.budget);
-        float scale = 1.0f / std::sqrt(float(Dh));
-        std::vector<float> q = bf16_round(random_vector(size_t(B * H * T * Dh), rng)), k = bf16_round(random_vector(size_t(B * KVH * T * Dh), rng)),
-                           v = bf16_round(random_vector(k.size(), rng)), dO = bf16_round(random_vector(q.size(), rng));  // dO as [B,T,H,Dh]
-        std::vector<float> O(q.size()), lse(size_t(B * H * T)), dq(q.size(), 0.0f), dk(k.size(), 0.0f), dv(v.size(), 0.0f), Ob(q.size());
-        auto qi = [&](int b, int h, int t) { return size_t(((b * H + h) * T + t) * Dh); };
-        auto ki = [&](int b, int g, int t) { return size_t(((b * KVH + g) * T + t) * Dh); };
-        auto bi = [&](int b, int t, int h) { return size_t(((b * T + t) * H + h) * Dh); };
-        for (int b = 0; b < B; ++b)
-            for (int h = 0; h < H; ++h) {
-                int g = h / group;
-                for (int t = 0; t < T; ++t) {
-                    std::vector<double> s(size_t(t + 1));
-                    double m = -1e30, sum = 0, dsum = 0;
-                    for (int j = 0; j <= t; ++j) {
-                        double acc = 0;
-                        for (int d = 0; d < Dh; ++d) acc += double(q[qi(b, h, t) + size_t(d)]) * k[ki(b, g, j) + size_t(d)];
-                        s[size_t(j)] = acc * scale, m = std::max(m, s[size_t(j)]);
-                    }
-                    for (int j = 0; j <= t; ++j) sum += std::exp(s[size_t(j)] - m);
-                    lse[size_t((b * H + h) * T + t)] = float(m + std::log(sum));
-                    std::vector<double> p(size_t(t + 1)), dp(size_t(t + 1));
-                    for (int j = 0; j <= t; ++j) p[size_t(j)] = std::exp(s[size_t(j)] - m) / sum;
-                    for (int d = 0; d < Dh; ++d) {
-                        double acc = 0;
-                        for (int j = 0; j <= t; ++j) acc += p[size_t(j)] * v[ki(b, g, j) + size_t(d)];
-                        O[qi(b, h, t) + size_t(d)] = float(acc), Ob[bi(b, t, h) + size_t(d)] = float(acc);
-                    }
-                    for (int d = 0; d < Dh; ++d) dsum += double(dO[bi(b, t, h) + size_t(d)]) * O[qi(b, h, t) + size_t(d)];
-                    for (int j = 0; j <= t; ++j) {
-                        double acc = 0;
-                        for (int d = 0; d < Dh; ++d) {
-                            acc += double(dO[bi(b, t, h) + size_t(d)]) * v[ki(b, g, j) + size_t(d)];
-                            dv[ki(b, g, j) + size_t(d)] += float(p[size_t(j)] * dO[bi(b, t, h) + size_t(d)]);
-                        }
-                        dp[size_t(j)] = p[size_t(j)] * (acc - dsum) * scale;
-                    }
-                    for (int j = 0; j <= t; ++j)
-                        for (int d = 0; d < Dh; ++d) {
-                            dq[qi(b, h, t) + size_t(d)] += float(dp[size_t(j)] * k[ki(b, g, j) + size_t(d)]);
-                            dk[ki(b, g, j) + size_t(d)] += float(dp[size_t(j)] * q[qi(b, h, t) + size_t(d)]);
-                        }
-                }
+    Gemm g = gemm_create(nullptr);
+    for (const AttentionShape& a : kAttentionShapes)
+        for (bool documents : {false, true})
+            for (int64_t budget : {int64_t(1), int64_t(1) << 30}) {  // one (batch, kv-head) block at a time, or all
+                ReferenceAttention ref(a, budget);
+                DeviceFree keep;
+                void* scratch = keep(device_alloc<char>(ref.scratch_bytes(), "test"));
+                check_attention(a, documents, rng, [&](bf16* q, bf16* k, bf16* v, int32_t* docs, bf16* o, float* lse, bf16* dO,
+                                                        bf16* dq, bf16* dk, bf16* dv) {
+                    ref.forward(g, q, k, v, docs, o, lse, scratch);
+                    ref.backward(g, q, k, v, o, dO, lse, docs, dq, dk, dv, scratch);
+                });
             }
-        std::vector<float> dOt(dO.size());  // dO as [B,H,T,Dh]
-        for (int b = 0; b < B; ++b)
-            for (int t = 0; t < T; ++t)
-                for (int h = 0; h < H; ++h)
-                    for (int d = 0; d < Dh; ++d) dOt[qi(b, h, t) + size_t(d)] = dO[bi(b, t, h) + size_t(d)];
-        DeviceFree keep;
-        cudaStream_t s = nullptr;
-        Gemm gm = gemm_create(s);
-        bf16 *dqt = keep(to_device_bf16(q)), *dkt = keep(to_device_bf16(k)), *dvt = keep(to_device_bf16(v));
-        bf16* ot = keep(poisoned<bf16>(q.size()));
-        float* dlse = keep(poisoned<float>(lse.size()));
-        float* scores = keep(poisoned<float>(size_t(a.scratch_elems())));
-        bf16* probs = keep(poisoned<bf16>(size_t(a.scratch_elems())));
-        attention_forward(gm, a, dqt, dkt, dvt, ot, dlse, scores, probs);
-        CAPTURE(T);
-        CAPTURE(H);
-        CAPTURE(KVH);
-        CAPTURE(Dh);
-        CAPTURE(a.chunk);
-        CHECK(rel_error(from_device_bf16(ot, O.size()), O) < 2e-2);
-        CHECK(rel_error(from_device(dlse, lse.size()), lse) < 1e-3);
-        bf16 *gq = keep(poisoned<bf16>(q.size())), *gk = keep(poisoned<bf16>(k.size())), *gv = keep(poisoned<bf16>(v.size()));
-        float* rowdot = keep(poisoned<float>(lse.size()));
-        attention_backward(gm, a, dqt, dkt, dvt, keep(to_device_bf16(Ob)), keep(to_device_bf16(dO)), keep(to_device_bf16(dOt)),
-                           keep(to_device(lse)), gq, gk, gv, rowdot, scores, probs);
-        CHECK(rel_error(from_device_bf16(gq, dq.size()), dq) < 2e-2);
-        CHECK(rel_error(from_device_bf16(gk, dk.size()), dk) < 2e-2);
-        CHECK(rel_error(from_device_bf16(gv, dv.size()), dv) < 2e-2);
-        gemm_destroy(gm);
-    }
+    gemm_destroy(g);
+}
+
+TEST_CASE("gpu: attention at its call site (fused where supported), and the decode attention over a cache") {
+    if (!need_gpu()) return;
+    Rng rng(fresh_seed());
+    Gemm g = gemm_create(nullptr);
+    for (const AttentionShape& a : kAttentionShapes)
+        for (bool documents : {false, true}) {
+            Attention attention(a, g);
+            check_attention(a, documents, rng, [&](bf16* q, bf16* k, bf16* v, int32_t* docs, bf16* o, float* lse, bf16* dO, bf16* dq,
+                                                    bf16* dk, bf16* dv) {
+                attention.forward(q, k, v, docs, o, lse);
+                attention.backward(q, k, v, o, dO, lse, docs, dq, dk, dv);
+            });
+        }
+    // decode: the last query row of a causal sequence against the cache of every position
+    int T = 45, H = 6, KVH = 2, Dh = 64, max_len = 64;
+    std::vector<float> q = bf16_round(random_vector(size_t(T * H * Dh), rng)), k = bf16_round(random_vector(size_t(T * KVH * Dh), rng)),
+                       v = bf16_round(random_vector(k.size(), rng));
+    Vec o, lse;
+    attention_forward_ref({1, T, H, KVH, Dh}, to_double(q), to_double(k), to_double(v), {}, o, lse);
+    std::vector<float> cache_k(size_t(max_len * KVH * Dh), 0.0f), cache_v = cache_k;
+    std::copy(k.begin(), k.end(), cache_k.begin()), std::copy(v.begin(), v.end(), cache_v.begin());
+    DeviceFree keep;
+    bf16* out = keep(poisoned<bf16>(size_t(H * Dh)));
+    std::vector<float> last_q(q.end() - H * Dh, q.end());
+    decode_attention(keep(to_device_bf16(last_q)), keep(to_device_bf16(cache_k)), keep(to_device_bf16(cache_v)), out,
+                     keep(poisoned<float>(size_t(H * max_len))), T, max_len, H, KVH, Dh, nullptr);
+    std::vector<float> all = to_float(o), want(all.end() - H * Dh, all.end());
+    CHECK(rel_error(from_device_bf16(out, size_t(H * Dh)), want) < 2e-2);
+    gemm_destroy(g);
 }
 
 TEST_CASE("gpu: AdamW on the GPU equals the CPU version, with clipping") {

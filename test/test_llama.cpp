@@ -7,6 +7,7 @@
 
 #include "data.h"
 #include "llama.h"
+#include "safetensors.h"
 
 TEST_CASE("llama: presets and config.json round trip") {
     LlamaConfig c = preset_config("llama-3.2-1b");
@@ -47,6 +48,37 @@ TEST_CASE("llama: transformers 5 rope_parameters and defaults") {
     CHECK(specs.back().name == "lm_head.weight");
     CHECK(specs[2].name == "model.layers.0.self_attn.q_proj.weight");
     CHECK(specs[2].shape == std::vector<int64_t>{64, 64});
+}
+
+TEST_CASE("llama: units list every parameter once, in HF order, each tensor on 16 bytes") {
+    for (bool tied : {true, false}) {
+        LlamaConfig c = preset_config("tiny");
+        c.tie_word_embeddings = tied;
+        c.hidden_size = 36, c.intermediate_size = 70, c.num_attention_heads = 3, c.num_key_value_heads = 1, c.head_dim = 6;  // odd sizes
+        std::vector<TensorSpec> specs = parameter_specs(c);
+        size_t i = 0;
+        for (int u = 0; u < num_units(c); ++u) {
+            UnitLayout layout = unit_layout(c, u);
+            int64_t end = 0;
+            for (const UnitTensor& t : layout.tensors) {
+                REQUIRE(i < specs.size());
+                CHECK(t.spec.name == specs[i].name);
+                CHECK(t.offset % kAlign == 0);
+                CHECK(t.offset >= end);  // no overlap
+                end = t.offset + t.spec.numel();
+                ++i;
+            }
+            CHECK(layout.numel == end);
+        }
+        CHECK(i == specs.size());
+        UnitLayout layer = unit_layout(c, 1);
+        REQUIRE(layer.tensors.size() == size_t(kLayerTensors));
+        CHECK(layer.tensors[kQProj].spec.name == "model.layers.0.self_attn.q_proj.weight");
+        CHECK(layer.tensors[kQProj].spec.shape == std::vector<int64_t>{18, 36});
+        CHECK(layer.tensors[kDownProj].spec.shape == std::vector<int64_t>{36, 70});
+        CHECK(layer.tensors[kKProj].offset == align_up(36 + 18 * 36));
+        CHECK(unit_layout(c, c.num_hidden_layers + 1).tensors.size() == (tied ? 1u : 2u));
+    }
 }
 
 TEST_CASE("llama: llama3 RoPE frequencies keep short, slow long, blend between") {

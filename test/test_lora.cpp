@@ -7,6 +7,7 @@
 #include "adamw.h"
 #include "data.h"
 #include "lora.h"
+#include "safetensors.h"
 
 TEST_CASE("lora: targets, layout, scale") {
     LoraConfig l;
@@ -111,7 +112,7 @@ TEST_CASE("lora: merging adds s * B A to the adapted weight only") {
     parse_lora_targets("v,up", l, "x");
     LoraLayout layout = lora_layout(c, l);
     Rng rng(uint64_t(time(nullptr)));
-    std::vector<float> adapters(size_t(layout.per_layer)), w(size_t(unit_numel(c, 1)));
+    std::vector<float> adapters(size_t(layout.per_layer)), w(size_t(unit_layout(c, 1).numel));
     for (float& x : adapters) x = rng.uniform() - 0.5f;
     for (float& x : w) x = rng.uniform() - 0.5f;
     std::vector<float> merged = w;

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "checkpoint.h"
+#include "generate.h"
 #include "lora.h"
 #include "zero3.h"
 
@@ -58,7 +60,7 @@ void check_against_hf(const std::string& name) {
         ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
         store.set_lora(adapter);
-        LlamaModel m(c, lora.rank, lora.scale(), g.B, g.T, stream);
+        LlamaModel m(c, {lora.rank, lora.scale()}, g.B, g.T, stream);
         float* logits = keep(poisoned<float>(size_t(g.B) * g.T * c.vocab_size));
         m.forward(batch, store, logits);
         std::vector<float> want = gold.read_float("logits", {g.B, g.T, c.vocab_size});
@@ -95,7 +97,7 @@ void check_against_hf(const std::string& name) {
             std::string dir = std::string(out) + "/" + name;
             mkdir(out, 0755), mkdir(dir.c_str(), 0755);
             save_peft_adapter(dir + "/adapter", c, lora, store.lora_layers(), g.dir);
-            store.save_hf(dir + "/merged");
+            save_hf(store, dir + "/merged", c, lora);
             std::vector<float> ours = from_device(logits, want.size());
             write_safetensors(dir + "/our_logits.safetensors", {{"logits", "F32", {g.B, g.T, c.vocab_size}, ours.data()}});
         }
@@ -104,7 +106,7 @@ void check_against_hf(const std::string& name) {
         ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
         store.set_lora(adapter);
-        LlamaModel m(c, lora.rank, lora.scale(), g.B, g.T, stream);
+        LlamaModel m(c, {lora.rank, lora.scale()}, g.B, g.T, stream);
         std::vector<float> ours = trajectory(m, store, batch, targets, 10, lr);
         const Json& want = *g.meta.find("lora_losses");
         for (size_t s = 0; s < ours.size(); ++s) {
@@ -117,7 +119,7 @@ void check_against_hf(const std::string& name) {
         LoraConfig none;
         ZeroStore store(c, none, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
-        LlamaModel m(c, 0, 0.0f, g.B, g.T, stream);
+        LlamaModel m(c, {}, g.B, g.T, stream);
         std::vector<float> ours = trajectory(m, store, batch, targets, 10, lr);
         const Json& want = *g.meta.find("full_losses");
         for (size_t s = 0; s < ours.size(); ++s) {
@@ -153,12 +155,15 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     store.load(g.dir);
     store.set_lora(adapter);
     std::vector<int32_t> prompt(g.ids.begin(), g.ids.begin() + 9);
-    Generator gen(c, lora.rank, lora.scale(), 64, s);
-    std::vector<int32_t> out = gen.generate(store, prompt, 12, 0.0f, 1.0f, 1);
+    Generator gen(c, {lora.rank, lora.scale()}, 64, s);
+    Sampling greedy;
+    greedy.max_new_tokens = 12;
+    std::vector<int32_t> eos(c.eos_token_ids.begin(), c.eos_token_ids.end());
+    std::vector<int32_t> out = gen.generate(store, prompt, greedy, eos);
     REQUIRE(out.size() > prompt.size());
     // Teacher-forced check: the full forward over the generated text must pick each generated token.
     int T = int(out.size());
-    LlamaModel m(c, lora.rank, lora.scale(), 1, T, s);
+    LlamaModel m(c, {lora.rank, lora.scale()}, 1, T, s);
     DeviceFree keep;
     std::vector<int32_t> labels(out.size(), -100);
     DeviceBatch batch{1, T, keep(to_device(out)), keep(to_device(labels))};
@@ -174,7 +179,9 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     }
     CHECK(agree == total);
     // Sampling: a fixed seed repeats; temperature sampling stays inside the vocabulary.
-    std::vector<int32_t> a = gen.generate(store, prompt, 8, 0.8f, 0.9f, 42), b = gen.generate(store, prompt, 8, 0.8f, 0.9f, 42);
+    Sampling sampled;
+    sampled.temperature = 0.8f, sampled.top_p = 0.9f, sampled.top_k = 50, sampled.seed = 42, sampled.max_new_tokens = 8;
+    std::vector<int32_t> a = gen.generate(store, prompt, sampled, eos), b = gen.generate(store, prompt, sampled, eos);
     CHECK(a == b);
     for (int32_t id : a) CHECK((id >= 0 && id < c.vocab_size));
 }

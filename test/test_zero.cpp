@@ -7,6 +7,8 @@
 #include <numeric>
 
 #include "data.h"
+#include "checkpoint.h"
+#include "safetensors.h"
 #include "zero3.h"
 
 TEST_CASE("zero: every element is owned exactly once; shards round-trip to the full tensor") {
@@ -132,4 +134,32 @@ TEST_CASE("zero: option checks") {
     CHECK_THROWS_WITH_AS(check_zero_options(z, "ds.json"), doctest::Contains("reduce_bucket_size must be positive"), Error);
     z.reduce_bucket_size = 1, z.allgather_bucket_size = -5;
     CHECK_THROWS_WITH_AS(check_zero_options(z, "ds.json"), doctest::Contains("allgather_bucket_size must be positive"), Error);
+}
+
+TEST_CASE("zero: a checkpoint's position converts to another rank count, or is refused") {
+    TrainerState s;  // written by 4 ranks x micro-batch 3, 1 accumulation step: 12 sequences a step
+    s.step = 10, s.total_steps = 40, s.epoch = 1, s.sequences_into_epoch = 36, s.global_batch = 12;
+    int64_t per_epoch = 9;  // ceil(100 sequences / 12)
+    CHECK(resume_micro_batch(s, 3, 1, 4, per_epoch, "x") == 1 * 9 + 3);   // the same world
+    CHECK(resume_micro_batch(s, 6, 1, 2, per_epoch, "x") == 1 * 9 + 3);   // 2 ranks x 6: the same rows per step
+    CHECK(resume_micro_batch(s, 4, 1, 3, per_epoch, "x") == 1 * 9 + 3);   // 3 ranks x 4
+    CHECK(resume_micro_batch(s, 12, 1, 1, per_epoch, "x") == 1 * 9 + 3);  // one rank
+    CHECK(resume_micro_batch(s, 3, 2, 2, 17, "x") == 1 * 17 + 6);         // 2 ranks x 3 x 2 accumulation
+    CHECK_THROWS_WITH_AS(resume_micro_batch(s, 3, 1, 3, per_epoch, "--resume D"),
+                         doctest::Contains("--resume D: the checkpoint takes 12 sequences per step, this run 9"), Error);
+    s.sequences_into_epoch = 30;  // not a multiple of 4 x 3... but of 2 x 3
+    CHECK_THROWS_WITH_AS(resume_micro_batch(s, 3, 1, 4, per_epoch, "--resume D"), doctest::Contains("no whole number"), Error);
+    CHECK(resume_micro_batch(s, 3, 2, 2, 17, "x") == 1 * 17 + 5);
+}
+
+TEST_CASE("zero: stage 3 prefetches a unit whatever its size; bucket 0 turns it off") {
+    ZeroOptions z;
+    z.stage = 3;
+    LlamaConfig c = preset_config("llama-3.2-1b");
+    CHECK(unit_layout(c, 1).numel > z.prefetch_bucket_size);  // a 1B layer exceeds DeepSpeed's default bucket
+    CHECK(prefetches(z));
+    z.prefetch_bucket_size = 0;
+    CHECK_FALSE(prefetches(z));
+    z.prefetch_bucket_size = 1, z.stage = 2;
+    CHECK_FALSE(prefetches(z));  // nothing to gather below stage 3
 }

@@ -5,6 +5,7 @@
 #include "gpu.h"
 
 #include "lora.h"
+#include "checkpoint.h"
 #include "zero3.h"
 
 namespace {
@@ -26,8 +27,8 @@ Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool re
     ZeroStore store(s.config, lora, z, test_world(), stream);
     store.load(s.dir);
     if (lora.rank) store.init_lora(7);
-    if (!load_from.empty()) store.load_checkpoint(load_from);
-    LlamaModel m(s.config, lora.rank, lora.scale(), s.B, s.T, stream, recompute);
+    if (!load_from.empty()) load_checkpoint(store, load_from, s.config, lora);
+    LlamaModel m(s.config, {lora.rank, lora.scale()}, s.B, s.T, stream, recompute);
     DeviceFree keep;
     DeviceBatch batch{s.B, s.T, keep(to_device(s.ids)), keep(to_device(s.labels))};
     AdamWConfig adam;
@@ -43,7 +44,12 @@ Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool re
         tr.losses.push_back(from_device(m.loss_sum(), 1)[0]);
         check_cuda(cudaMemset(m.loss_sum(), 0, 4), "reset");
     }
-    if (!save_to.empty()) store.save_checkpoint(save_to);
+    if (!save_to.empty()) {
+        TrainerState state;
+        state.step = last, state.total_steps = 20, state.global_batch = 2;
+        std::string root = save_to.substr(0, save_to.rfind('/')), name = save_to.substr(save_to.rfind('/') + 1);
+        save_checkpoint(store, root, name, s.config, lora, state);
+    }
     if (lora.rank)
         for (auto& l : store.lora_layers()) tr.params.insert(tr.params.end(), l.begin(), l.end());
     else
