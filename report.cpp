@@ -37,14 +37,26 @@ std::string format(const char* fmt, double a) {
     return buf;
 }
 
-// A tick label: "%.6g" with the exponent shortened ("1e+06" -> "1e6", "2e-05" -> "2e-5").
-std::string number_label(double v) {
-    std::string s = format("%.6g", v);
+// A tick label with as many digits as the tick step needs, so neighbouring ticks never print alike:
+// fixed point ("0.6", "1500", "10.000002") on an axis with `fixed`, else %g with the exponent
+// shortened ("1.5e7", "2e-5").
+std::string number_label(double v, double step, bool fixed) {
+    if (std::fabs(v) < step * 1e-6) return "0";
+    int step_exp = int(std::floor(std::log10(step) + 1e-9));
+    if (fixed) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.*f", std::max(0, -step_exp), v);
+        return buf;
+    }
+    int digits = std::clamp(int(std::floor(std::log10(std::fabs(v)))) - step_exp + 1, 1, 17);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    std::string s = buf;
     size_t e = s.find('e');
     if (e == std::string::npos) return s;
-    std::string digits = s.substr(e + 2);
-    digits.erase(0, std::min(digits.find_first_not_of('0'), digits.size() - 1));
-    return s.substr(0, e) + "e" + (s[e + 1] == '-' ? "-" : "") + digits;
+    std::string exponent = s.substr(e + 2);
+    exponent.erase(0, std::min(exponent.find_first_not_of('0'), exponent.size() - 1));
+    return s.substr(0, e) + "e" + (s[e + 1] == '-' ? "-" : "") + exponent;
 }
 
 // ---------------------------------------------------------------------------------------------- charts
@@ -99,6 +111,10 @@ struct Axis {
         lo = ticks.front(), hi = ticks.back();
     }
     double to_unit(double v) const { return (v - lo) / (hi - lo); }  // hi > lo: nice_ticks widens a point
+    double step() const { return (hi - lo) / double(ticks.size() - 1); }
+    std::string label(double v) const {  // fixed point unless the axis needs exponents
+        return number_label(v, step(), step() >= 1e-4 && std::max(std::fabs(lo), std::fabs(hi)) < 1e7);
+    }
 };
 
 constexpr double kWidth = 860, kLeft = 80, kTop = 50, kPlotHeight = 320, kRowHeight = 20;
@@ -148,10 +164,10 @@ void draw_axes(std::string& svg, const Chart& c, const Box& box, const Axis& x, 
            format("%.2f", box.width) + "\" height=\"" + format("%.2f", box.height) + "\" fill=\"none\" stroke=\"#666\"/>\n";
     svg += "<g class=\"x-ticks\" text-anchor=\"middle\">";
     for (double t : x.ticks)
-        svg += "<text x=\"" + format("%.2f", box.px(x, t)) + "\" y=\"" + format("%.2f", bottom + 18) + "\">" + number_label(t) + "</text>";
+        svg += "<text x=\"" + format("%.2f", box.px(x, t)) + "\" y=\"" + format("%.2f", bottom + 18) + "\">" + x.label(t) + "</text>";
     svg += "</g>\n<g class=\"y-ticks\" text-anchor=\"end\">";
     for (double t : y.ticks)
-        svg += "<text x=\"" + format("%.2f", box.left - 6) + "\" y=\"" + format("%.2f", box.py(y, t) + 4) + "\">" + number_label(t) + "</text>";
+        svg += "<text x=\"" + format("%.2f", box.left - 6) + "\" y=\"" + format("%.2f", box.py(y, t) + 4) + "\">" + y.label(t) + "</text>";
     svg += "</g>\n";
     svg += "<text class=\"x-label\" x=\"" + format("%.2f", box.left + box.width / 2) + "\" y=\"" + format("%.2f", bottom + 40) +
            "\" text-anchor=\"middle\">" + xml_escape(c.x_label) + "</text>\n";
@@ -160,7 +176,7 @@ void draw_axes(std::string& svg, const Chart& c, const Box& box, const Axis& x, 
     if (!y2) return;
     svg += "<g class=\"y2-ticks\" text-anchor=\"start\">";
     for (double t : y2->ticks)
-        svg += "<text x=\"" + format("%.2f", right + 6) + "\" y=\"" + format("%.2f", box.py(*y2, t) + 4) + "\">" + number_label(t) + "</text>";
+        svg += "<text x=\"" + format("%.2f", right + 6) + "\" y=\"" + format("%.2f", box.py(*y2, t) + 4) + "\">" + y2->label(t) + "</text>";
     svg += "</g>\n<text class=\"y2-label\" transform=\"translate(" + format("%.2f", right + 66) + "," +
            format("%.2f", box.top + box.height / 2) + ") rotate(90)\" text-anchor=\"middle\">" + xml_escape(c.y2_label) + "</text>\n";
 }
