@@ -264,8 +264,8 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
     std::printf("partition: %d units (embedding, %d layers, final norm), each split into %d shard%s%s\n", num_units(c), c.num_hidden_layers,
                 w_.size, w_.size > 1 ? "s" : "",
                 o_.zero.stage == 3 ? "; units up to stage3_param_persistence_threshold elements stay replicated" : "");
-    std::printf("memory per rank (GiB), ZeRO estimate -> allocated: weights %.2f -> %.2f, master %.2f -> %.2f, grads %.2f -> %.2f, "
-                "moments %.2f -> %.2f, CPU %.2f -> %.2f; activations %.2f; this rank on its GPU %.2f",
+    std::printf("memory per rank (GiB), ZeRO estimate -> allocated: weights %.3f -> %.3f, master %.3f -> %.3f, grads %.3f -> %.3f, "
+                "moments %.3f -> %.3f, CPU %.3f -> %.3f; activations %.3f; this rank on its GPU %.3f",
                 gib(est.base), gib(got.base), gib(est.master), gib(got.master), gib(est.grads), gib(got.grads), gib(est.moments),
                 gib(got.moments), gib(est.host), gib(got.host), gib(double(model_->activation_bytes())), gib(rank_gpu_bytes(w_)));
     if (w_.ranks_per_gpu == 1) std::printf(" (GPU in use %.2f)", gib(gpu_in_use_bytes()));

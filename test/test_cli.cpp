@@ -14,9 +14,9 @@ struct Run {
     std::string output;
 };
 
-Run run(const std::string& args, const std::string& stdin_text = "") {
+Run run(const std::string& args, const std::string& stdin_text = "", const std::string& env = "") {
     std::string in = temp_file("cli_stdin.txt", stdin_text);
-    std::string cmd = "./train " + args + " < " + in + " 2>&1";
+    std::string cmd = env + " ./train " + args + " < " + in + " 2>&1";
     FILE* p = popen(cmd.c_str(), "r");
     REQUIRE(p);
     std::string out;
@@ -28,8 +28,8 @@ Run run(const std::string& args, const std::string& stdin_text = "") {
 }
 
 // The last line of the output is the error, and it is the only error line.
-void check_error(const std::string& args, const std::string& message) {
-    Run r = run(args);
+void check_error(const std::string& args, const std::string& message, const std::string& env = "") {
+    Run r = run(args, "", env);
     CAPTURE(args);
     CAPTURE(r.output);
     CHECK(r.status == 1);
@@ -110,6 +110,13 @@ TEST_CASE("cli: bad config files, model directories and data files") {
     check_error("--preset tiny --seq 64 --data " + rows + " --dry-run", "cli_rows.jsonl:2: field \"question\" must be a string, not a number");
     std::string tok = temp_file("cli_tokenizer.json", "{\"model\": ");
     check_error("--preset tiny --tokenizer " + tok + " --dry-run", "cli_tokenizer.json:1:11:");
+}
+
+TEST_CASE("cli: the launch: a transport that does not exist, and srun tasks that MPI does not see") {
+    check_error("--comm tcp --preset tiny --dry-run", "--comm must be nccl, mpi or auto, not \"tcp\"");
+    // srun --mpi=none starts N separate worlds of one: each would write the same output
+    check_error("--preset tiny --seq 64 --dry-run", "the launcher started 2 tasks but MPI sees a world of 1 (with srun use --mpi=pmix",
+                "SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=0");
 }
 
 TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpoints") {
