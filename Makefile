@@ -1,33 +1,55 @@
 # Builds ./train (the trainer), build/run_tests (the doctest suite) and the benchmarks.
+#   make deps            installs what the build, the tests and the default data need (Debian/Ubuntu; deps.sh)
 #   make                 ./train, and the default data in data/ if it is missing (needs network once)
 #   make test            builds and runs every test; ends with "N passed, N failed, N skipped"
 #   make bench           builds the benchmarks in bench/
 #   make clean
-# GPU_ARCH picks the CUDA target (sm_90 = H100/H200); CUDA the toolkit's directory.
+# CUDA is the toolkit's directory. GPU_ARCH=sm_XY builds for one GPU architecture (sm_80 A100, sm_86 A10G,
+# sm_89 L4/L40S, sm_90 H100/H200); by default the build is for the GPU nvidia-smi sees, and with none
+# visible (CI, a login node) a fat binary: machine code for sm_80, sm_86, sm_89, sm_90 and PTX that newer
+# GPUs compile when the program loads.
 CUDA     ?= /usr/local/cuda
-GPU_ARCH ?= sm_90
 NVCC     ?= $(CUDA)/bin/nvcc
 CXX      ?= g++
+B        := build
+
+DETECTED := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.[:space:]')
+ifeq ($(GPU_ARCH),)
+  ifneq ($(DETECTED),)
+    GPU_ARCH := sm_$(DETECTED)
+  endif
+endif
+ifneq ($(GPU_ARCH),)
+  ARCH_FLAGS := -gencode arch=compute_$(subst sm_,,$(GPU_ARCH)),code=$(GPU_ARCH)
+else
+  ARCH_FLAGS := $(foreach a,80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90
+endif
 
 MPI_CFLAGS  := $(shell mpicxx --showme:compile 2>/dev/null)
 MPI_LDFLAGS := $(shell mpicxx --showme:link 2>/dev/null)
-ifeq ($(MPI_LDFLAGS),)
-$(error mpicxx not found: install OpenMPI (Debian: apt-get install libopenmpi-dev openmpi-bin))
+ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
+  ifeq ($(MPI_LDFLAGS),)
+    $(error mpicxx not found: run `make deps` (or: apt-get install libopenmpi-dev openmpi-bin))
+  endif
+  ifeq ($(wildcard $(NVCC)),)
+    $(error the CUDA Toolkit is not at $(CUDA) (no bin/nvcc): install it (https://developer.nvidia.com/cuda-downloads), or make CUDA=/path/to/cuda)
+  endif
+  # objects are rebuilt when the GPU target changes
+  $(shell mkdir -p $(B); echo '$(ARCH_FLAGS)' | cmp -s - $(B)/arch.flags || echo '$(ARCH_FLAGS)' > $(B)/arch.flags)
 endif
 
 COMMON   := -O2 -g -DOMPI_SKIP_MPICXX -I. -I$(CUDA)/include $(MPI_CFLAGS)
 CXXFLAGS := -std=c++17 -Wall -Wextra $(COMMON)
-NVFLAGS  := -std=c++17 -arch=$(GPU_ARCH) -Xcompiler -Wall,-Wextra $(COMMON)
+NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra $(COMMON)
 LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib \
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
-B := build
 OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/data.o $(B)/llama_config.o $(B)/gemm.o $(B)/attention_ref.o $(B)/llama.o \
              $(B)/generate.o $(B)/lora.o $(B)/adamw.o $(B)/world.o $(B)/zero3.o $(B)/checkpoint.o $(B)/options.o $(B)/report.o
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
 HEADERS   := $(wildcard *.h *.cuh)
 
-.PHONY: all data test bench clean
+.PHONY: all deps data test bench clean
 all: train data
 
 train: $(B)/train.o $(OBJS)
@@ -43,13 +65,16 @@ $(B)/%.o: %.cpp $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c -o $@ $<
 
-$(B)/%.o: %.cu $(HEADERS)
+$(B)/%.o: %.cu $(HEADERS) $(B)/arch.flags
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
 $(B)/test/%.o: test/%.cpp $(HEADERS) test/test.h
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c -o $@ $<
+
+deps:
+	@bash deps.sh
 
 # The default data (tokenizer, corpus, QA set): fetched once; kept when present (GPU machines have no network).
 data:

@@ -164,7 +164,7 @@ TEST_CASE("cli: every workshop config in configs/ is accepted without warnings")
 TEST_CASE("gpu: out of memory and a diverging loss are one error line each") {
     if (!need_gpu()) return;
     check_error("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1",
-                "GPU out of memory: activations (hidden states) needs");
+                "GPU out of memory: ");
     Run r = run("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1");
     CHECK(r.output.find("lower --micro-batch or --seq") != std::string::npos);
     check_error("--preset tiny --seq 64 --micro-batch 4 --lr 1e30 --clip 0 --steps 20 --sample 0 --out /tmp/nan_run", "at step ");
