@@ -57,10 +57,13 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream);
 
-// Generation: one new query per head (q, o [H, Dh]) against the first `len` positions of one layer's KV
-// cache (k, v [max_len, KVH, Dh], token-major); scores [H, max_len] is scratch.
-void decode_attention(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* scores, int len, int max_len, int H, int KVH,
-                      int Dh, cudaStream_t stream);
+// Generation, B sequences one new token each. kv_cache_write: row b's k, v [B, KVH*Dh] into one layer's
+// cache (k_cache, v_cache [B, max_len, KVH*Dh]) at position positions[b]. decode_attention: row b's query
+// (q, o [B, H, Dh]) against its cache's positions 0..positions[b]; scores [B, H, max_len] is scratch.
+void kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, const int32_t* positions, int B, int max_len,
+                    int kv_dim, cudaStream_t stream);
+void decode_attention(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o, float* scores, int B,
+                      int max_len, int H, int KVH, int Dh, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------------------------- reference path
 // attention_ref.cu: scores of `chunk` (batch, kv-head) blocks at a time through cuBLASLt.

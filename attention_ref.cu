@@ -225,15 +225,26 @@ void Attention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16
 
 namespace {
 
-// o[h] = sum_{j < len} softmax_j(q[h] . k[j, g] / sqrt(Dh)) v[j, g]   (one block per head)
-__global__ void decode_attention_kernel(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* scores, int len, int max_len,
-                                        int group, int KVH, int Dh) {
-    int h = blockIdx.x, g = h / group;
-    float* s = scores + int64_t(h) * max_len;
-    const bf16* qh = q + int64_t(h) * Dh;
+// k_cache[b, positions[b], :] = k[b, :],  v likewise
+__global__ void kv_cache_write_kernel(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, const int32_t* positions, int B,
+                                      int max_len, int kv_dim) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < int64_t(B) * kv_dim; i += int64_t(gridDim.x) * blockDim.x) {
+        int64_t b = i / kv_dim, at = (b * max_len + positions[b]) * kv_dim + i % kv_dim;
+        k_cache[at] = k[i], v_cache[at] = v[i];
+    }
+}
+
+// o[b, h] = sum_{j <= positions[b]} softmax_j(q[b, h] . k[b, j, g] / sqrt(Dh)) v[b, j, g]   (a block per (h, b))
+__global__ void decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o,
+                                        float* scores, int max_len, int H, int KVH, int Dh) {
+    int h = blockIdx.x, b = blockIdx.y, g = h / (H / KVH), len = positions[b] + 1;
+    float* s = scores + (int64_t(b) * H + h) * max_len;
+    const bf16* qh = q + (int64_t(b) * H + h) * Dh;
+    const bf16* kb = k_cache + int64_t(b) * max_len * KVH * Dh;
+    const bf16* vb = v_cache + int64_t(b) * max_len * KVH * Dh;
     float scale = rsqrtf(float(Dh));
     for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        const bf16* kj = k + (int64_t(j) * KVH + g) * Dh;
+        const bf16* kj = kb + (int64_t(j) * KVH + g) * Dh;
         float acc = 0;
         for (int d = 0; d < Dh; ++d) acc += __bfloat162float(qh[d]) * __bfloat162float(kj[d]);
         s[j] = acc * scale;
@@ -247,15 +258,21 @@ __global__ void decode_attention_kernel(const bf16* q, const bf16* k, const bf16
     sum = block_sum(sum);
     for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
         float acc = 0;
-        for (int j = 0; j < len; ++j) acc += __expf(s[j] - m) * __bfloat162float(v[(int64_t(j) * KVH + g) * Dh + d]);
-        o[int64_t(h) * Dh + d] = __float2bfloat16(acc / sum);
+        for (int j = 0; j < len; ++j) acc += __expf(s[j] - m) * __bfloat162float(vb[(int64_t(j) * KVH + g) * Dh + d]);
+        o[(int64_t(b) * H + h) * Dh + d] = __float2bfloat16(acc / sum);
     }
 }
 
 }  // namespace
 
-void decode_attention(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* scores, int len, int max_len, int H, int KVH,
-                      int Dh, cudaStream_t stream) {
-    decode_attention_kernel<<<unsigned(H), 128, 0, stream>>>(q, k, v, o, scores, len, max_len, H / KVH, KVH, Dh);
+void kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, const int32_t* positions, int B, int max_len,
+                    int kv_dim, cudaStream_t stream) {
+    kv_cache_write_kernel<<<blocks_for(int64_t(B) * kv_dim), kThreads, 0, stream>>>(k, v, k_cache, v_cache, positions, B, max_len, kv_dim);
+    check_launch("kv_cache_write_kernel");
+}
+
+void decode_attention(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o, float* scores, int B,
+                      int max_len, int H, int KVH, int Dh, cudaStream_t stream) {
+    decode_attention_kernel<<<dim3(unsigned(H), unsigned(B)), 128, 0, stream>>>(q, k_cache, v_cache, positions, o, scores, max_len, H, KVH, Dh);
     check_launch("decode_attention_kernel");
 }

@@ -1,7 +1,8 @@
-// generate.h — text generation with a KV cache: the model's own layer forward run one token at a time
-// (LlamaModel::decode), each layer's keys and values kept for every position so far, and the next token
-// chosen greedily or sampled (temperature, top-k, top-p). Knows nothing of MPI: when several ranks
-// generate together (ZeRO stage 3 gathers are collective), `agree` makes them all take rank 0's choice.
+// generate.h — text generation with a KV cache: the model's own layer forward run one token at a time for
+// a batch of sequences (LlamaModel::decode), each layer's keys and values kept for every position so far,
+// and each next token chosen greedily or sampled (temperature, top-k, top-p). Knows nothing of MPI: when
+// several ranks generate together (ZeRO stage 3 gathers are collective), `agree` makes them all take rank
+// 0's choice, so every rank runs the same steps.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -19,29 +20,35 @@ struct Sampling {
 };
 
 // The next token from logits [V]: argmax when temperature is 0, else a draw from softmax(logits / T)
-// restricted to the top-k, then the top-p nucleus.
-int32_t sample_token(const std::vector<float>& logits, const Sampling& s, Rng& rng);
+// restricted to the top-k, then to the top-p nucleus.
+int32_t sample_token(const float* logits, int vocab, const Sampling& s, Rng& rng);
 
 class Generator {
   public:
-    // max_len: prompt + generated tokens at most (the KV cache's length).
-    Generator(const LlamaConfig& c, LoraShape lora, int max_len, cudaStream_t stream);
+    // rows: sequences generated together; max_len: prompt + generated tokens of one sequence at most.
+    Generator(const LlamaConfig& c, LoraShape lora, int rows, int max_len, cudaStream_t stream);
     ~Generator();
     Generator(const Generator&) = delete;
     Generator& operator=(const Generator&) = delete;
 
-    // The prompt followed by the generated ids; stops after any id in `eos` (kept), after
-    // s.max_new_tokens, or when the cache is full. on_token (if set) sees each new id as it comes.
-    std::vector<int32_t> generate(UnitStore& store, const std::vector<int32_t>& prompt, const Sampling& s,
-                                  const std::vector<int32_t>& eos, const std::function<void(int32_t)>& on_token = {});
+    // Each prompt (at most `rows`, each shorter than max_len) followed by its generated ids. A sequence
+    // stops after an id in `eos` (kept), after s.max_new_tokens, or when it reaches max_len. on_token (if
+    // set) sees each new id as it comes: (sequence, id).
+    std::vector<std::vector<int32_t>> generate(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, const Sampling& s,
+                                               const std::vector<int32_t>& eos,
+                                               const std::function<void(int, int32_t)>& on_token = {});
+    int rows() const { return rows_; }
     int max_len() const { return cache_.max_len; }
 
-    std::function<void(int32_t&)> agree;  // several ranks: every rank takes rank 0's token (set by the caller)
+    std::function<void(std::vector<int32_t>&)> agree;  // several ranks: every rank takes rank 0's tokens
+    std::function<void(cudaStream_t)> wait;            // waits for the stream (default: cudaStreamSynchronize)
 
   private:
     LlamaConfig c_;
+    int rows_;
     cudaStream_t stream_;
-    LlamaModel model_;  // B = T = 1, one layer's activations
+    LlamaModel model_;         // B = rows, T = 1, one layer's activations
     KvCache cache_;
-    float* logits_ = nullptr;  // [V] device
+    float* logits_ = nullptr;  // [rows, V] device
+    int32_t* argmax_ = nullptr;  // [rows] device
 };

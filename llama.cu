@@ -118,6 +118,21 @@ __global__ void swiglu_backward_kernel(const bf16* g, const bf16* u, const bf16*
     }
 }
 
+// x_d = x * keep / (1 - p),  keep = lora_dropout_keep(...)   (PEFT's dropout on the adapter's input)
+__global__ void lora_dropout_kernel(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p) {
+    float scale = 1.0f / (1.0f - p);
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        xd[i] = __float2bfloat16(lora_dropout_keep(seed, layer, target, step, i, p) ? __bfloat162float(x[i]) * scale : 0.0f);
+}
+
+// dx += g * keep / (1 - p)   (the dropout's backward: the same mask)
+__global__ void lora_dropout_backward_kernel(const bf16* g, bf16* dx, int64_t n, uint64_t seed, int layer, int target, uint64_t step,
+                                             float p) {
+    float scale = 1.0f / (1.0f - p);
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        if (lora_dropout_keep(seed, layer, target, step, i, p)) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + __bfloat162float(g[i]) * scale);
+}
+
 // targets[n] = labels[n + 1] within a row, -100 at its last position (HF's shift)
 __global__ void shift_labels_kernel(const int32_t* labels, int32_t* targets, int64_t N, int T) {
     for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x)
@@ -196,6 +211,10 @@ void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, b
     swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(g, u, dact, dg, du, n);
     check_launch("swiglu_backward_kernel");
 }
+void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s) {
+    lora_dropout_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, xd, n, seed, layer, target, step, p);
+    check_launch("lora_dropout_kernel");
+}
 void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s) {
     shift_labels_kernel<<<blocks_for(N), kThreads, 0, s>>>(labels, targets, N, T);
     check_launch("shift_labels_kernel");
@@ -260,7 +279,8 @@ void LlamaModel::carve(char* base) {
     take(d.h, N * D), take(d.a, N * D), take(d.n, N * D), take(d.act, N * F), take(d.g, N * F), take(d.u, N * F);
     take(d.q, N * Hd), take(d.o, N * Hd), take(d.k, N * KVd), take(d.v, N * KVd);
     if (r > 0) take(d.lora_u, N * r);
-    take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2);
+    if (r > 0 && lora_.dropout > 0) take(lora_x_, N * std::max({D, F, Hd})), take(lora_dx_, N * std::max({D, F, Hd}));
+    take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2 * N);
     take(rope_cos_, int64_t(max_position_) * (c_.head_dim / 2)), take(rope_sin_, int64_t(max_position_) * (c_.head_dim / 2));
     take(logits_, int64_t(head_rows_) * V), take(dlogits_, int64_t(head_rows_) * V);
     take(targets_, N), take(loss_sum_, 1), take(row_loss_, head_rows_), take(norm_partial_, int64_t(kNormPartials) * D);
@@ -305,17 +325,27 @@ LlamaModel::~LlamaModel() {
     gemm_destroy(gemm_);
 }
 
-// y = beta y + x W^T  (+ s (x A^T) B^T when the target has an adapter; u = x A^T is kept for backward)
-void LlamaModel::linear_forward(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+// The adapter's input: x, or in training with LoRA dropout x * mask / (1 - p) (the mask of this layer,
+// target and micro-batch, regenerated identically in backward).
+const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
+    if (!training_ || lora_.dropout <= 0) return x;
+    lora_dropout(x, lora_x_, int64_t(N_) * in, lora_.seed, l, int(t), dropout_step, lora_.dropout, stream_);
+    return lora_x_;
+}
+
+// y = beta y + x W^T  (+ s (x_d A^T) B^T when the target has an adapter; u = x_d A^T is kept for backward;
+// x_d = x, or x with LoRA dropout in training)
+void LlamaModel::linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
                                 const LoraLayerView& lora, bf16* lora_u) {
     matmul_nt(gemm_, y, x, W, N_, out, in, 1.0f, beta);                  // y = x W^T (+ beta y)
     if (!lora.A[t]) return;
-    matmul_nt(gemm_, lora_u, x, lora.A[t], N_, lora_.rank, in);          // u = x A^T
+    matmul_nt(gemm_, lora_u, dropped(l, t, x, in), lora.A[t], N_, lora_.rank, in);  // u = x_d A^T
     matmul_nt(gemm_, y, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale, 1.0f);  // y += s u B^T
 }
 
-// dx = dx_beta dx + dy W;  dW += dy^T x when W trains;  LoRA: dB += s dy^T u,  du = s dy B,  dA += du^T x,  dx += du A
-void LlamaModel::linear_backward(const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
+// dx = dx_beta dx + dy W;  dW += dy^T x when W trains;  LoRA: dB += s dy^T u,  du = s dy B,  dA += du^T x_d,
+// dx += du A (through the dropout's mask when there is one)
+void LlamaModel::linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
                                  float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u) {
     int r = lora_.rank;
     matmul_nn(gemm_, dx, dy, W, N_, in, out, 1.0f, dx_beta);             // dx = dy W
@@ -324,8 +354,16 @@ void LlamaModel::linear_backward(const bf16* x, int in, const bf16* W, float* dW
     bf16* du = grad_->lora_u;
     matmul_tn(gemm_, lora.dB[t], dy, lora_u, out, r, N_, lora_.scale, 1.0f);  // dB += s dy^T u
     matmul_nn(gemm_, du, dy, lora.B[t], N_, r, out, lora_.scale, 0.0f);       // du = s dy B
-    matmul_tn(gemm_, lora.dA[t], du, x, r, in, N_, 1.0f, 1.0f);               // dA += du^T x
-    matmul_nn(gemm_, dx, du, lora.A[t], N_, in, r, 1.0f, 1.0f);               // dx += du A
+    const bf16* xd = dropped(l, t, x, in);
+    matmul_tn(gemm_, lora.dA[t], du, xd, r, in, N_, 1.0f, 1.0f);              // dA += du^T x_d
+    if (xd == x) {
+        matmul_nn(gemm_, dx, du, lora.A[t], N_, in, r, 1.0f, 1.0f);           // dx += du A
+        return;
+    }
+    matmul_nn(gemm_, lora_dx_, du, lora.A[t], N_, in, r, 1.0f, 0.0f);         // du A, then through the mask into dx
+    int64_t n = int64_t(N_) * in;
+    lora_dropout_backward_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(lora_dx_, dx, n, lora_.seed, l, int(t), dropout_step, lora_.dropout);
+    check_launch("lora_dropout_backward_kernel");
 }
 
 namespace {
@@ -343,42 +381,41 @@ LayerWeights layer_weights(const UnitLayout& layout, const UnitView& u) {
 }
 }  // namespace
 
-// One decoder layer, forward. Training and generation share it; with a KV cache (generation, one token
-// at position `pos`) k and v are written into the cache and the attention is the decode attention over
-// positions 0..pos, everything else is the same.
+// One decoder layer, forward. Training and generation share it; with a KV cache (generation: one token
+// per row) k and v are also written into the cache at each row's position and the attention is the
+// decode attention over the row's cache; everything else is the same.
 void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16* h_out, const DeviceBatch& batch,
-                               const KvCache* cache, int pos) {
+                               const KvCache* cache) {
     Layer& a = layers_[recompute_ ? 0 : size_t(l)];
     LayerWeights w = layer_weights(layer_layout_, uv);
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
         Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
     const int32_t* positions = batch.positions ? batch.positions : positions_;
-    int64_t cached = cache ? (int64_t(l) * cache->max_len + pos) * KVd : 0;
-    bf16* k = cache ? cache->k + cached : a.k;
-    bf16* v = cache ? cache->v + cached : a.v;
     a.h = h_in;
     // Attention block:  a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
     rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
-    linear_forward(a.n, D, w.w[kQProj], Hd, a.q, 0.0f, kQ, lora, a.lora_u[kQ]);
-    linear_forward(a.n, D, w.w[kKProj], KVd, k, 0.0f, kK, lora, a.lora_u[kK]);
-    linear_forward(a.n, D, w.w[kVProj], KVd, v, 0.0f, kV, lora, a.lora_u[kV]);
+    linear_forward(l, a.n, D, w.w[kQProj], Hd, a.q, 0.0f, kQ, lora, a.lora_u[kQ]);
+    linear_forward(l, a.n, D, w.w[kKProj], KVd, a.k, 0.0f, kK, lora, a.lora_u[kK]);
+    linear_forward(l, a.n, D, w.w[kVProj], KVd, a.v, 0.0f, kV, lora, a.lora_u[kV]);
     rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
-    rope(k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, false, stream_);
-    if (cache)
-        decode_attention(a.q, cache->k + int64_t(l) * cache->max_len * KVd, cache->v + int64_t(l) * cache->max_len * KVd, a.o,
-                         cache->scores, pos + 1, cache->max_len, H, KVH, Dh, stream_);
-    else
-        attention_->forward(a.q, k, v, batch.doc_start, a.o, a.lse);
+    rope(a.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, false, stream_);
+    if (cache) {  // generation: this token's k, v join the cache; attend to the row's cache
+        int64_t layer = int64_t(l) * B_ * cache->max_len * KVd;
+        kv_cache_write(a.k, a.v, cache->k + layer, cache->v + layer, positions, B_, cache->max_len, KVd, stream_);
+        decode_attention(a.q, cache->k + layer, cache->v + layer, positions, a.o, cache->scores, B_, cache->max_len, H, KVH, Dh, stream_);
+    } else {
+        attention_->forward(a.q, a.k, a.v, batch.doc_start, a.o, a.lse);
+    }
     check_cuda(cudaMemcpyAsync(a.a, h_in, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
-    linear_forward(a.o, Hd, w.w[kOProj], D, a.a, 1.0f, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
+    linear_forward(l, a.o, Hd, w.w[kOProj], D, a.a, 1.0f, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
     // MLP block:  h_out = a + down_proj(silu(gate_proj(m)) * up_proj(m)),  m = rmsnorm(a)
     rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
-    linear_forward(a.m, D, w.w[kGateProj], F, a.g, 0.0f, kGate, lora, a.lora_u[kGate]);
-    linear_forward(a.m, D, w.w[kUpProj], F, a.u, 0.0f, kUp, lora, a.lora_u[kUp]);
+    linear_forward(l, a.m, D, w.w[kGateProj], F, a.g, 0.0f, kGate, lora, a.lora_u[kGate]);
+    linear_forward(l, a.m, D, w.w[kUpProj], F, a.u, 0.0f, kUp, lora, a.lora_u[kUp]);
     swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
     check_cuda(cudaMemcpyAsync(h_out, a.a, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
-    linear_forward(a.act, F, w.w[kDownProj], D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
+    linear_forward(l, a.act, F, w.w[kDownProj], D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
 }
 
 // One decoder layer, backward: the forward's steps in reverse. dh holds d h_out on entry, d h_in on exit.
@@ -391,19 +428,19 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
         Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
     const int32_t* positions = batch.positions ? batch.positions : positions_;
     // MLP: h_out = a + down(silu(gate(m)) * up(m)),  m = rmsnorm(a)
-    linear_backward(a.act, F, w.w[kDownProj], w.dw[kDownProj], D, dh, d.act, 0.0f, kDown, lora, a.lora_u[kDown]);
+    linear_backward(l, a.act, F, w.w[kDownProj], w.dw[kDownProj], D, dh, d.act, 0.0f, kDown, lora, a.lora_u[kDown]);
     swiglu_backward(a.g, a.u, d.act, d.g, d.u, int64_t(N_) * F, stream_);
-    linear_backward(a.m, D, w.w[kGateProj], w.dw[kGateProj], F, d.g, d.n, 0.0f, kGate, lora, a.lora_u[kGate]);
-    linear_backward(a.m, D, w.w[kUpProj], w.dw[kUpProj], F, d.u, d.n, 1.0f, kUp, lora, a.lora_u[kUp]);
+    linear_backward(l, a.m, D, w.w[kGateProj], w.dw[kGateProj], F, d.g, d.n, 0.0f, kGate, lora, a.lora_u[kGate]);
+    linear_backward(l, a.m, D, w.w[kUpProj], w.dw[kUpProj], F, d.u, d.n, 1.0f, kUp, lora, a.lora_u[kUp]);
     rmsnorm_backward(a.a, w.w[kPostNorm], a.rstd2, d.n, dh, d.a, w.dw[kPostNorm], norm_partial_, N_, D, stream_);  // + residual
     // Attention: a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
-    linear_backward(a.o, Hd, w.w[kOProj], w.dw[kOProj], D, d.a, d.o, 0.0f, kO, lora, a.lora_u[kO]);
+    linear_backward(l, a.o, Hd, w.w[kOProj], w.dw[kOProj], D, d.a, d.o, 0.0f, kO, lora, a.lora_u[kO]);
     attention_->backward(a.q, a.k, a.v, a.o, d.o, a.lse, batch.doc_start, d.q, d.k, d.v);
     rope(d.q, positions, rope_cos_, rope_sin_, N_, H, Dh, true, stream_);  // back through the rotation
     rope(d.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, true, stream_);
-    linear_backward(a.n, D, w.w[kQProj], w.dw[kQProj], Hd, d.q, d.n, 0.0f, kQ, lora, a.lora_u[kQ]);
-    linear_backward(a.n, D, w.w[kKProj], w.dw[kKProj], KVd, d.k, d.n, 1.0f, kK, lora, a.lora_u[kK]);
-    linear_backward(a.n, D, w.w[kVProj], w.dw[kVProj], KVd, d.v, d.n, 1.0f, kV, lora, a.lora_u[kV]);
+    linear_backward(l, a.n, D, w.w[kQProj], w.dw[kQProj], Hd, d.q, d.n, 0.0f, kQ, lora, a.lora_u[kQ]);
+    linear_backward(l, a.n, D, w.w[kKProj], w.dw[kKProj], KVd, d.k, d.n, 1.0f, kK, lora, a.lora_u[kK]);
+    linear_backward(l, a.n, D, w.w[kVProj], w.dw[kVProj], KVd, d.v, d.n, 1.0f, kV, lora, a.lora_u[kV]);
     rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_);  // + residual
 }
 
@@ -464,6 +501,7 @@ void LlamaModel::forward(const DeviceBatch& batch, UnitStore& store, float* logi
 
 void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor) {
     int L = c_.num_hidden_layers, D = c_.hidden_size;
+    training_ = true;
     forward_layers(batch, store);
     head(batch, store, loss_divisor, true, nullptr);
     store.reduce_grads(L + 1);
@@ -479,21 +517,26 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     if (emb.grads) embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, stream_);
     store.release(0);
     store.reduce_grads(0);
+    training_ = false;
 }
 
-void LlamaModel::decode(int32_t token, int pos, UnitStore& store, const KvCache& cache, float* logits) {
-    if (N_ != 1) exit_with_error("LlamaModel::decode needs a model made for one token (B = T = 1)");
-    if (pos >= cache.max_len || pos >= max_position_) exit_with_error("LlamaModel::decode: position past the KV cache");
+void LlamaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, UnitStore& store,
+                        const KvCache& cache, float* logits) {
+    if (T_ != 1 || int(tokens.size()) != B_ || int(positions.size()) != B_)
+        exit_with_error("LlamaModel::decode needs a model made for one token per row and a token and position for each row");
+    for (int32_t p : positions)
+        if (p < 0 || p >= cache.max_len || p >= max_position_) exit_with_error("LlamaModel::decode: position past the KV cache");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
-    int32_t io[2] = {token, pos};  // pageable source: copied before the call returns
-    check_cuda(cudaMemcpyAsync(decode_io_, io, sizeof io, cudaMemcpyHostToDevice, stream_), "copy token");
-    DeviceBatch batch{1, 1, decode_io_, nullptr, decode_io_ + 1, nullptr};
+    std::vector<int32_t> io(tokens);  // pageable source: copied before the call returns
+    io.insert(io.end(), positions.begin(), positions.end());
+    check_cuda(cudaMemcpyAsync(decode_io_, io.data(), io.size() * 4, cudaMemcpyHostToDevice, stream_), "copy tokens");
+    DeviceBatch batch{B_, 1, decode_io_, nullptr, decode_io_ + B_, nullptr};
     UnitView emb = store.gather(0, Pass::forward);
-    embedding_forward(batch.ids, emb.weights, hidden_, 1, D, stream_);
+    embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
     store.release(0);
     for (int l = 0; l < L; ++l) {
         UnitView w = store.gather(l + 1, Pass::forward);
-        layer_forward(l, w, hidden_ + int64_t(l) * D, hidden_ + int64_t(l + 1) * D, batch, &cache, pos);
+        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D, batch, &cache);
         store.release(l + 1);
     }
     head(batch, store, 1.0f, false, logits);

@@ -14,6 +14,19 @@
 
 using bf16 = __nv_bfloat16;
 
+// LoRA dropout's mask: whether element `index` of the adapter input of (layer, target) in micro-batch
+// `step` is kept (probability 1 - p). A counter-based hash, so backward and recompute regenerate the
+// forward's mask instead of storing it, and a CPU reference can reproduce it.
+__host__ __device__ inline bool lora_dropout_keep(uint64_t seed, int layer, int target, uint64_t step, int64_t index, float p) {
+    uint64_t z = seed ^ (uint64_t(layer) * 0xA24BAED4963EE407ull) ^ (uint64_t(target) * 0x9FB21C651E98DF25ull) ^
+                 (step * 0xD6E8FEB86659FD93ull);
+    z += uint64_t(index) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return float(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
 // ================================================================================================ kernels
 // Host launchers (one line of math each in llama.cu). Activations are row-major [N = B*T, features].
 void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s);
@@ -34,6 +47,9 @@ void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cud
 // dlogits = (softmax - onehot) * inv_divisor when backward.
 void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, float* loss_sum, int rows,
                    int V, float inv_divisor, bool backward, cudaStream_t s);
+
+// x_d = x * keep / (1 - p) with keep = lora_dropout_keep(seed, layer, target, step, i, p) for element i.
+void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s);
 
 // ================================================================================================ weights
 
@@ -78,11 +94,11 @@ struct DeviceBatch {
     int32_t* doc_start = nullptr;  // [B*T] the row position where the token's document begins
 };
 
-// Where generation keeps the keys and values of the positions seen so far.
+// Where generation keeps the keys and values of the positions seen so far, for each of B sequences.
 struct KvCache {
-    bf16* k = nullptr;       // [L, max_len, KVH*Dh]
-    bf16* v = nullptr;       // [L, max_len, KVH*Dh]
-    float* scores = nullptr; // [H, max_len] decode attention scratch
+    bf16* k = nullptr;       // [L, B, max_len, KVH*Dh]
+    bf16* v = nullptr;       // [L, B, max_len, KVH*Dh]
+    float* scores = nullptr; // [B, H, max_len] decode attention scratch
     int max_len = 0;
 };
 
@@ -90,7 +106,11 @@ struct KvCache {
 struct LoraShape {
     int rank = 0;        // 0: no adapters
     float scale = 0;     // alpha / rank
+    float dropout = 0;   // PEFT's lora_dropout on the adapter's input (training passes only)
+    uint64_t seed = 0;   // of the dropout masks
 };
+
+
 
 // The model's activations and workspace for batches up to B x T, and the forward/backward passes.
 class LlamaModel {
@@ -109,12 +129,14 @@ class LlamaModel {
     void forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor);
     // Forward only: adds summed CE to loss_sum(); when `logits` is given (B*T*V floats), writes them.
     void forward(const DeviceBatch& batch, UnitStore& store, float* logits = nullptr);
-    // Generation (a model made with B = T = 1): `token` at position `pos` through every layer, its keys and
-    // values written into `cache` at `pos`, attending to positions 0..pos; the next token's logits [V] into
-    // `logits` (device).
-    void decode(int32_t token, int pos, UnitStore& store, const KvCache& cache, float* logits);
+    // Generation (a model made with T = 1, one row per sequence): row b's token tokens[b] at position
+    // positions[b] through every layer, its keys and values written into row b of `cache` at that position,
+    // attending to the row's positions 0..positions[b]; the next tokens' logits [B, V] into `logits` (device).
+    void decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, UnitStore& store, const KvCache& cache,
+                float* logits);
 
     float* loss_sum() { return loss_sum_; }  // device fp32 scalar
+    uint64_t dropout_step = 0;  // which micro-batch this is: LoRA dropout's masks follow it (set by the trainer)
     size_t activation_bytes() const { return arena_bytes_; }
     const LlamaConfig& config() const { return c_; }
     const Attention& attention() const { return *attention_; }
@@ -125,13 +147,14 @@ class LlamaModel {
     void carve(char* base);
     void forward_layers(const DeviceBatch& batch, UnitStore& store);
     void layer_forward(int l, const UnitView& w, const bf16* h_in, bf16* h_out, const DeviceBatch& batch,
-                       const KvCache* cache = nullptr, int pos = 0);
+                       const KvCache* cache = nullptr);
     void layer_backward(int l, const UnitView& w, const DeviceBatch& batch, bf16* dh);  // dh: in d h_out, out d h_in
     void head(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward, float* logits);
-    void linear_forward(const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+    void linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
                         const LoraLayerView& lora, bf16* lora_u);
-    void linear_backward(const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
+    void linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
                          float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u);
+    const bf16* dropped(int l, LoraTarget t, const bf16* x, int in);  // x with LoRA dropout applied (or x)
 
     LlamaConfig c_;
     LoraShape lora_;
@@ -151,7 +174,10 @@ class LlamaModel {
     bf16* final_norm_ = nullptr;    // [N, D]
     float* final_rstd_ = nullptr;   // [N]
     int32_t* positions_ = nullptr;  // [N] t of each row position: the default when a batch has none
-    int32_t* decode_io_ = nullptr;  // [2] generation: the token and its position
+    int32_t* decode_io_ = nullptr;  // [2, B] generation: each row's token, then its position
+    bf16* lora_x_ = nullptr;        // [N, max in] LoRA dropout: the adapter's dropped input (when dropout > 0)
+    bf16* lora_dx_ = nullptr;       // [N, max in] LoRA dropout: du A before the mask, in backward
+    bool training_ = false;         // inside forward_backward: dropout is on
     float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // [max_position, Dh/2]
     int head_rows_ = 0;             // tokens per lm_head chunk
     float* logits_ = nullptr;       // [head_rows, V] fp32 logits of one chunk

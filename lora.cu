@@ -100,10 +100,10 @@ void save_peft_adapter(const std::string& dir, const LlamaConfig& model, const L
     char buf[1024];
     std::snprintf(buf, sizeof buf,
                   "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": %s,\n"
-                  "  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": 0.0,\n  \"target_modules\": [%s],\n"
+                  "  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [%s],\n"
                   "  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n  \"use_dora\": false,\n"
                   "  \"init_lora_weights\": true,\n  \"inference_mode\": true,\n  \"modules_to_save\": null\n}\n",
-                  json_quote(base_model).c_str(), lora.rank, lora.alpha, targets.c_str(), lora.use_rslora ? "true" : "false");
+                  json_quote(base_model).c_str(), lora.rank, lora.alpha, lora.dropout, targets.c_str(), lora.use_rslora ? "true" : "false");
     std::string tmp = dir + "/adapter_config.json.tmp";
     FILE* f = std::fopen(tmp.c_str(), "w");
     if (!f) fail("cannot write " + tmp + ": " + std::strerror(errno));
@@ -130,6 +130,10 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
     if (const Json* p = j.find("modules_to_save"); p && p->type == Json::Array && !p->array.empty()) fail(path + ": modules_to_save is not supported");
     lora.rank = int(r->integer);
     lora.alpha = float(alpha->number);
+    if (const Json* d = j.find("lora_dropout"); d && d->type != Json::Null) {
+        if (d->type != Json::Number || d->number < 0 || d->number >= 1) fail(path + ": lora_dropout must be a number in [0, 1)");
+        lora.dropout = float(d->number);
+    }
     const Json* rs = j.find("use_rslora");
     lora.use_rslora = rs && rs->type == Json::Bool && rs->boolean;
     const Json* targets = j.find("target_modules");

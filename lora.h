@@ -12,8 +12,10 @@ struct LoraConfig {
     int rank = 0;  // 0 = no adapters (full fine-tuning)
     float alpha = 16;
     bool use_rslora = false;
+    float dropout = 0;  // PEFT's lora_dropout: dropout on the adapter's input, in training only
     bool target[kTargets] = {true, true, true, true, true, true, true};
     float scale() const;
+    LoraShape shape(uint64_t seed) const { return {rank, scale(), dropout, seed}; }
 };
 
 const char* lora_target_name(LoraTarget t);  // "q_proj", ..., "down_proj"

@@ -28,6 +28,8 @@ LoRA:
   --lora-rank N          adapter rank; 0 = full fine-tuning of every weight (default 16)
   --lora-alpha A         scale = alpha / rank (default 32)
   --lora-targets LIST    comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all (default all)
+  --lora-dropout P       PEFT's lora_dropout: dropout on each adapter's input while training (default 0;
+                         an --adapter's own value unless given)
 Data:
   --tokenizer PATH       HF tokenizer.json (default: data/tokenizer.json)
   --data PATH            training data: .jsonl rows {"text"}, {"question","answer"[,"context"]},
@@ -70,6 +72,8 @@ Output:
   --log-every N          print a progress line every N steps (default 10)
   --eval-every N         evaluate every N steps (default: at the end of each epoch)
   --sample N             after training, answer N eval prompts next to the reference (default 3)
+  --score-answers        answer every eval question greedily before and after training; print the mean
+                         token F1 and exact match against the reference answers (SQuAD-style)
   --dry-run              check every input, print the plan, and stop before the GPU
   -h, --help             this text
 
@@ -272,6 +276,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--lora-rank") o.lora_rank = int(parse_int(a, value(), 0, 4096));
         else if (a == "--lora-alpha") o.lora_alpha = float(parse_real(a, value()));
         else if (a == "--lora-targets") o.lora_targets = value();
+        else if (a == "--lora-dropout") o.lora_dropout = float(parse_real(a, value()));
         else if (a == "--seq") o.seq = int(parse_int(a, value(), 2, 1 << 17));
         else if (a == "--micro-batch") o.micro_batch = int(parse_int(a, value(), 1, 1 << 16));
         else if (a == "--grad-accum") o.grad_accum = int(parse_int(a, value(), 1, 1 << 20));
@@ -286,6 +291,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--log-every") o.log_every = int(parse_int(a, value(), 1, 1 << 30));
         else if (a == "--eval-every") o.eval_every = int(parse_int(a, value(), 0, 1 << 30));
         else if (a == "--sample") o.sample = int(parse_int(a, value(), 0, 1000));
+        else if (a == "--score-answers") o.score_answers = true;
         else if (a == "--train-on-prompt") o.train_on_prompt = true;
         else if (a == "--chat-template") o.chat_template = true;
         else if (a == "--pack") o.pack = true;
@@ -310,6 +316,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     if (o.weight_decay < 0) fail("--weight-decay must be >= 0");
     if (o.clip < 0) fail("--clip must be >= 0");
     if (o.lora_rank > 0 && !(o.lora_alpha > 0)) fail("--lora-alpha must be positive");
+    if (!(o.lora_dropout >= 0 && o.lora_dropout < 1)) fail("--lora-dropout must be in [0, 1)");
     if (!o.model.empty() && !exists(o.model + "/config.json")) fail("--model " + o.model + ": no config.json there");
     if (!o.adapter.empty() && !exists(o.adapter + "/adapter_config.json")) fail("--adapter " + o.adapter + ": no adapter_config.json there");
     if (!o.preset.empty()) preset_config(o.preset);  // fails on an unknown name

@@ -15,7 +15,7 @@ extern const char* kUsage;  // ./train --help
 struct Options {
     std::string model, preset, adapter, tokenizer, data, eval_data, out = "out", config_file;
     int lora_rank = 16;
-    float lora_alpha = 32;
+    float lora_alpha = 32, lora_dropout = 0;
     std::string lora_targets = "all";
     double eval_fraction = 0;
     int seq = 1024, micro_batch = 8, grad_accum = 1, steps = 0, epochs = 0, warmup_steps = -1;
@@ -24,6 +24,7 @@ struct Options {
     std::string schedule = "warmup-cosine";
     bool train_on_prompt = false, chat_template = false, pack = false, dry_run = false;
     int log_every = 10, eval_every = 0, sample = 3;
+    bool score_answers = false;   // greedy answers to every eval question, scored before and after training
     uint64_t seed = 1234;
     ZeroOptions zero;
     Transport comm = Transport::automatic;

@@ -31,6 +31,7 @@
 #include "llama.h"
 #include "lora.h"
 #include "options.h"
+#include "report.h"
 #include "world.h"
 #include "zero3.h"
 
@@ -116,8 +117,9 @@ Inputs load_inputs(const Options& o, const World& w) {
         fail("the tokenizer has " + std::to_string(in.tok.vocab_size()) + " ids but the model's vocab_size is " + std::to_string(c.vocab_size));
     if (!o.adapter.empty()) {
         load_peft_adapter(o.adapter, c, in.lora, in.adapter);
+        if (o.given.count("--lora-dropout")) in.lora.dropout = o.lora_dropout;
     } else {
-        in.lora.rank = o.lora_rank, in.lora.alpha = o.lora_alpha;
+        in.lora.rank = o.lora_rank, in.lora.alpha = o.lora_alpha, in.lora.dropout = o.lora_dropout;
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
     if (!o.model.empty()) SafetensorsReader check(o.model);  // headers and sizes
@@ -142,9 +144,11 @@ Inputs load_inputs(const Options& o, const World& w) {
 // ================================================================================================ the run
 
 struct RunResult {
-    double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0, min_gib = 1e30;
+    double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0, min_gib = NAN;
+    double eval_samples_per_s = NAN, seconds = 0;
     int64_t steps = 0, steps_per_epoch = 0;
     std::vector<double> eval_losses;
+    AnswerScore answers_before, answers_after;  // greedy answers to the eval questions (--score-answers)
 };
 
 class Trainer {
@@ -161,7 +165,8 @@ class Trainer {
     double evaluate();
     TrainerState state(int64_t step) const;
     void save_outputs(const std::string& base_name);
-    void sample_answers();
+    AnswerScore answer_questions(const char* when, int limit);
+    void write_charts();
     void run_batch(const Batch& b, bool backward, float divisor);
     double read_loss_sum();  // this rank's summed CE since the last read
 
@@ -185,7 +190,9 @@ class Trainer {
     double window_loss_ = 0, window_targets_ = 0, window_tokens_ = 0, timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;
     int64_t window_steps_ = 0, logged_ = 0;
     float last_norm_sq_ = 0;
-    double train_start_ = 0;
+    double train_start_ = 0, eval_seconds_ = 0, eval_rows_ = 0;
+    Series loss_series_, eval_series_, lr_series_;  // for OUT/loss.svg
+    std::vector<double> memory_series_;             // (seconds, GiB) pairs of this rank, for OUT/memory.svg
     FILE* csv_ = nullptr;
     FILE* mem_csv_ = nullptr;
 };
@@ -210,7 +217,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
         if (!in.adapter.empty()) store_->set_lora(in.adapter);
         else store_->init_lora(o.seed);
     }
-    model_ = new LlamaModel(c, {in.lora.rank, in.lora.scale()}, o.micro_batch, o.seq, stream_, o.checkpoint_activations);
+    model_ = new LlamaModel(c, in.lora.shape(o.seed), o.micro_batch, o.seq, stream_, o.checkpoint_activations);
     ids_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
     labels_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
     if (!in.resume.empty()) resume_position(load_checkpoint(*store_, in.resume, c, in.lora));
@@ -297,15 +304,17 @@ double Trainer::read_loss_sum() {
 // Mean CE over the eval set's target tokens (forward only; each rank takes its shard).
 double Trainer::evaluate() {
     Loader loader(in_.eval, o_.micro_batch, o_.seq, w_.rank, w_.size, o_.seed, false, pad_);
-    double targets = 0;
+    double targets = 0, start = wall_seconds();
     read_loss_sum();
     for (int64_t i = 0; i < loader.micro_batches_per_epoch(); ++i) {
         Batch b = loader.batch(0, i);
         targets += double(b.target_tokens);
+        eval_rows_ += double(b.real_rows);
         run_batch(b, false, 1.0f);
         world_wait(w_, stream_);  // the host batch must outlive its copy
     }
     double loss = world_sum(w_, read_loss_sum()), all = world_sum(w_, targets);
+    eval_seconds_ += wall_seconds() - start;
     return all > 0 ? loss / all : NAN;
 }
 
@@ -321,6 +330,7 @@ double Trainer::train_step(int64_t step) {
     store_->begin_step();
     for (size_t a = 0; a < batches.size(); ++a) {
         store_->begin_micro_batch(a + 1 == batches.size());
+        model_->dropout_step = uint64_t(micro_ - int64_t(batches.size()) + int64_t(a));  // LoRA dropout's masks follow the data
         run_batch(batches[a], true, float(std::max(1.0, targets)));
     }
     store_->step(adam_, sched_.lr_at(int(step - 1)), int(step), o_.clip);
@@ -344,16 +354,22 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
     if (eval) res_.eval_losses.push_back(eval_loss);
     timed_ms_ += ms, timed_tokens_ += window_tokens_, timed_rows_ += double(window_steps_) * o_.grad_accum * o_.micro_batch;
     double tps = window_tokens_ / (ms / 1e3), tf = tps * flops_per_token_ / 1e12;
-    double mine = gib(rank_gpu_bytes(w_));
-    res_.peak_gib = std::max(res_.peak_gib, mine), res_.min_gib = std::min(res_.min_gib, mine), res_.mean_gib += mine, ++logged_;
-    std::fprintf(mem_csv_, "%lld,%.2f,%.3f\n", (long long)step, wall_seconds() - train_start_, mine);
+    double mine = gib(rank_gpu_bytes(w_)), elapsed = wall_seconds() - train_start_;
+    res_.peak_gib = std::max(res_.peak_gib, mine), res_.mean_gib += mine, ++logged_;
+    res_.min_gib = std::isnan(res_.min_gib) ? mine : std::min(res_.min_gib, mine);
+    std::fprintf(mem_csv_, "%lld,%.2f,%.3f\n", (long long)step, elapsed, mine);
     std::fflush(mem_csv_);
+    memory_series_.push_back(elapsed), memory_series_.push_back(mine);
     double wloss = window_loss_ / std::max(1.0, window_targets_), norm = std::sqrt(double(last_norm_sq_));
+    loss_series_.push_back({double(step), wloss}), lr_series_.push_back({double(step), lr});
+    if (eval) eval_series_.push_back({double(step), eval_loss});
+    double eta = eta_seconds(double(step - start_step_), double(res_.steps - start_step_), elapsed);
     if (chief_) {
         std::printf("step %6lld/%lld  epoch %5.2f  loss %.4f  lr %.3e  grad-norm %.3f  %8.0f tok/s/GPU  %6.1f TFLOP/s", (long long)step,
                     (long long)res_.steps, double(step) / double(res_.steps_per_epoch), wloss, lr, norm, tps, tf);
         if (peak_flops_ > 0) std::printf("  MFU %4.1f%%", 100 * tf * 1e12 / peak_flops_);
-        std::printf("  %6.1f ms/step  GPU %.1f GiB (peak %.1f)", ms / double(window_steps_), mine, res_.peak_gib);
+        std::printf("  %6.1f ms/step  GPU %.1f GiB (peak %.1f)  %s elapsed, ETA %s", ms / double(window_steps_), mine, res_.peak_gib,
+                    format_duration(elapsed).c_str(), format_duration(eta).c_str());
         if (!std::isnan(eval_loss)) std::printf("  eval-loss %.4f", eval_loss);
         std::printf("\n");
         std::fflush(stdout);
@@ -379,6 +395,7 @@ RunResult Trainer::run(const std::string& base_name) {
     if (!mem_csv_) fail("cannot write " + mem_path);
     if (!appending) std::fprintf(mem_csv_, "step,seconds,rank_gpu_gib\n");
 
+    if (o_.score_answers && start_step_ == 0) res_.answers_before = answer_questions("before training", -1);
     train_start_ = wall_seconds();
     check_cuda(cudaEventRecord(window_start_, stream_), "event");
     for (int64_t step = start_step_ + 1; step <= res_.steps; ++step) {
@@ -394,9 +411,13 @@ RunResult Trainer::run(const std::string& base_name) {
     res_.tokens_per_s = timed_tokens_ / timed_s;
     res_.samples_per_s = timed_rows_ / timed_s;
     res_.tflops = res_.tokens_per_s * flops_per_token_ / 1e12;
-    res_.mean_gib = logged_ > 0 ? res_.mean_gib / double(logged_) : 0;
+    res_.mean_gib = logged_ > 0 ? res_.mean_gib / double(logged_) : NAN;
+    if (eval_seconds_ > 0) res_.eval_samples_per_s = eval_rows_ / eval_seconds_;
+    res_.seconds = wall_seconds() - train_start_;
+    write_charts();
     save_outputs(base_name);
-    sample_answers();
+    if (o_.score_answers) res_.answers_after = answer_questions("after training", -1);
+    else if (o_.sample > 0) answer_questions("after training", o_.sample);
     if (chief_) {
         MemoryReport m = store_->memory();
         std::printf("memory per rank at the end (GiB): weights %.2f, gathered %.2f, master %.2f, grads %.2f (+%.2f buffers), "
@@ -420,33 +441,71 @@ void Trainer::save_outputs(const std::string& base_name) {
     }
 }
 
-// The prompt part of a few eval rows (labels -100), answered greedily. Every rank generates (stage 3
-// gathers are collective) and takes rank 0's tokens; rank 0 prints.
-void Trainer::sample_answers() {
-    if (o_.sample <= 0 || in_.eval.rows.empty()) return;
-    Generator gen(in_.config, {in_.lora.rank, in_.lora.scale()}, std::min(o_.seq + 64, 4096), stream_);
-    gen.agree = [this](int32_t& token) { world_broadcast(w_, &token, sizeof token); };
-    Sampling greedy;
-    greedy.max_new_tokens = 48;
-    std::vector<int32_t> eos(in_.config.eos_token_ids.begin(), in_.config.eos_token_ids.end());
-    int shown = 0;
+// Greedy answers to the eval questions (rows that start with a prompt: labels -100), `limit` of them (-1:
+// all), a batch of sequences at a time; the first --sample are printed beside the reference, and with
+// every question answered, the mean token F1 and exact match (SQuAD-style) over them. Every rank generates
+// (stage 3 gathers are collective) and takes rank 0's tokens.
+AnswerScore Trainer::answer_questions(const char* when, int limit) {
+    std::vector<std::vector<int32_t>> prompts, refs;
     for (const Example& ex : in_.eval.rows) {
-        if (shown >= o_.sample) break;
+        if (limit >= 0 && int(prompts.size()) >= limit) break;
         size_t p = 0;
         while (p < ex.labels.size() && ex.labels[p] == kIgnoreIndex) ++p;
         if (p == 0 || p >= ex.ids.size()) continue;
-        std::vector<int32_t> prompt(ex.ids.begin(), ex.ids.begin() + long(p));
-        std::vector<int32_t> out = gen.generate(*store_, prompt, greedy, eos);
-        std::vector<int32_t> answer(out.begin() + long(p), out.end()), ref(ex.ids.begin() + long(p), ex.ids.end());
-        auto strip = [&](std::vector<int32_t> v) {
-            while (!v.empty() && v.back() >= 128000) v.pop_back();
-            return in_.tok.decode(v);
-        };
-        if (chief_)
-            std::printf("sample %d\n  prompt:    %s\n  model:     %s\n  reference: %s\n", shown + 1, strip(prompt).c_str(),
-                        strip(answer).c_str(), strip(ref).c_str());
-        ++shown;
+        prompts.emplace_back(ex.ids.begin(), ex.ids.begin() + long(p));
+        refs.emplace_back(ex.ids.begin() + long(p), ex.ids.end());
     }
+    AnswerScore score;
+    if (prompts.empty()) return score;
+    constexpr int kMaxAnswer = 48;
+    int longest = 0;
+    for (const auto& p : prompts) longest = std::max(longest, int(p.size()));
+    int rows = std::min<int>(64, int(prompts.size()));
+    Generator gen(in_.config, {in_.lora.rank, in_.lora.scale()}, rows, std::min(longest + kMaxAnswer, in_.config.max_position_embeddings),
+                  stream_);
+    gen.agree = [this](std::vector<int32_t>& tokens) { world_broadcast(w_, tokens.data(), tokens.size() * sizeof(int32_t)); };
+    gen.wait = [this](cudaStream_t s) { world_wait(w_, s); };
+    Sampling greedy;
+    greedy.max_new_tokens = kMaxAnswer;
+    std::vector<int32_t> eos(in_.config.eos_token_ids.begin(), in_.config.eos_token_ids.end());
+    auto text = [&](std::vector<int32_t> ids) {  // without the end token(s)
+        while (!ids.empty() && (std::find(eos.begin(), eos.end(), ids.back()) != eos.end() || ids.back() >= 128000)) ids.pop_back();
+        return in_.tok.decode(ids);
+    };
+    double start = wall_seconds();
+    for (size_t first = 0; first < prompts.size(); first += size_t(rows)) {
+        std::vector<std::vector<int32_t>> batch(prompts.begin() + long(first), prompts.begin() + long(std::min(prompts.size(), first + rows)));
+        std::vector<std::vector<int32_t>> out = gen.generate(*store_, batch, greedy, eos);
+        for (size_t i = 0; i < out.size(); ++i) {
+            size_t k = first + i;
+            std::string answer = text({out[i].begin() + long(prompts[k].size()), out[i].end()}), reference = text(refs[k]);
+            score.add(answer, reference);
+            if (chief_ && int(k) < o_.sample)
+                std::printf("sample %zu (%s)\n  prompt:    %s\n  model:     %s\n  reference: %s\n", k + 1, when, text(prompts[k]).c_str(),
+                            answer.c_str(), reference.c_str());
+        }
+    }
+    if (chief_ && limit < 0)
+        std::printf("answers %s: mean token-F1 %.3f, exact match %.1f%% over %lld eval questions (greedy, at most %d new tokens; %.1f s)\n",
+                    when, score.mean_f1(), 100 * score.exact_rate(), (long long)score.n, kMaxAnswer, wall_seconds() - start);
+    return score;
+}
+
+// OUT/loss.svg (train and eval loss, learning rate) and, with several ranks, OUT/memory.svg (each
+// rank's GPU memory over the run); rank 0 writes.
+void Trainer::write_charts() {
+    std::vector<std::vector<double>> memory = world_gather(w_, memory_series_);
+    if (!chief_) return;
+    std::string title = in_.config.name + (in_.lora.rank ? ", LoRA r=" + std::to_string(in_.lora.rank) : ", full fine-tuning") +
+                        ", ZeRO stage " + std::to_string(o_.zero.stage) + ", " + std::to_string(w_.size) + " rank" + (w_.size > 1 ? "s" : "");
+    write_loss_svg(o_.out + "/loss.svg", title, loss_series_, eval_series_, lr_series_);
+    if (w_.size == 1) return;
+    std::vector<Series> per_rank;
+    for (const std::vector<double>& m : memory) {
+        per_rank.emplace_back();
+        for (size_t i = 0; i + 1 < m.size(); i += 2) per_rank.back().push_back({m[i], m[i + 1]});
+    }
+    write_memory_svg(o_.out + "/memory.svg", "GPU memory per rank (GiB): " + title, per_rank);
 }
 
 void print_summary(const RunResult& r, const std::string& title) {
@@ -454,8 +513,23 @@ void print_summary(const RunResult& r, const std::string& title) {
     std::printf("| final train loss | %.4f |\n", r.final_loss);
     for (size_t i = 0; i < r.eval_losses.size(); ++i) std::printf("| eval loss %zu | %.4f |\n", i + 1, r.eval_losses[i]);
     std::printf("| steps (per epoch) | %lld (%lld) |\n", (long long)r.steps, (long long)r.steps_per_epoch);
-    std::printf("| samples/s per GPU | %.1f |\n| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.samples_per_s, r.tokens_per_s, r.tflops);
-    std::printf("| GPU memory peak / mean / min (this rank) | %.2f / %.2f / %.2f GiB |\n\n", r.peak_gib, r.mean_gib, r.min_gib);
+    std::printf("| train samples/s per GPU | %.1f |\n| eval samples/s per GPU | %.1f |\n", r.samples_per_s, r.eval_samples_per_s);
+    std::printf("| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.tokens_per_s, r.tflops);
+    std::printf("| GPU memory peak / mean / min (this rank) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
+    if (r.answers_after.n > 0)
+        std::printf("| eval answers: token-F1 before -> after | %.3f -> %.3f |\n| eval answers: exact match before -> after | %.1f%% -> %.1f%% |\n",
+                    r.answers_before.mean_f1(), r.answers_after.mean_f1(), 100 * r.answers_before.exact_rate(), 100 * r.answers_after.exact_rate());
+    std::printf("| time | %s |\n\n", format_duration(r.seconds).c_str());
+}
+
+void write_summary(const Options& o, const World& w, const RunResult& r, const std::string& title, int lora_rank) {
+    RunSummary s;
+    s.title = title, s.world_size = w.size, s.zero_stage = o.zero.stage, s.offload = o.zero.offload;
+    s.checkpoint_activations = o.checkpoint_activations, s.lora_rank = lora_rank, s.final_train_loss = r.final_loss;
+    s.eval_losses = r.eval_losses, s.steps = r.steps, s.steps_per_epoch = r.steps_per_epoch;
+    s.train_samples_per_s = r.samples_per_s, s.eval_samples_per_s = r.eval_samples_per_s, s.tokens_per_s = r.tokens_per_s;
+    s.tflops = r.tflops, s.gpu_peak_gib = r.peak_gib, s.gpu_mean_gib = r.mean_gib, s.gpu_min_gib = r.min_gib, s.seconds = r.seconds;
+    write_summary_json(o.out + "/summary.json", s);
 }
 
 // Checks everything that can be checked without a GPU, then trains.
@@ -480,7 +554,11 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
         Trainer t(o, w, in);
         r = t.run(o.model.empty() ? in.config.name : o.model);
     }
-    if (w.rank == 0) print_summary(r, title);
+    if (w.rank == 0) {
+        print_summary(r, title);
+        write_summary(o, w, r, title, in.lora.rank);
+        std::printf("wrote %s/summary.json, %s/loss.svg%s\n", o.out.c_str(), o.out.c_str(), w.size > 1 ? (", " + o.out + "/memory.svg").c_str() : "");
+    }
     return r;
 }
 

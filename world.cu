@@ -256,6 +256,21 @@ void world_broadcast(const World& w, void* data, size_t bytes) {
     if (w.mpi) check_mpi(MPI_Bcast(data, int(bytes), MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
 }
 
+std::vector<std::vector<double>> world_gather(const World& w, const std::vector<double>& values) {
+    if (!w.mpi) return {values};
+    int count = int(values.size());
+    std::vector<int> counts(size_t(w.size)), offsets(size_t(w.size), 0);
+    check_mpi(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
+    for (int r = 1; r < w.size; ++r) offsets[size_t(r)] = offsets[size_t(r - 1)] + counts[size_t(r - 1)];
+    std::vector<double> all(w.rank == 0 ? size_t(offsets.back() + counts.back()) : 0);
+    check_mpi(MPI_Gatherv(values.data(), count, MPI_DOUBLE, all.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0, MPI_COMM_WORLD),
+              "MPI_Gatherv");
+    std::vector<std::vector<double>> out;
+    if (w.rank == 0)
+        for (int r = 0; r < w.size; ++r) out.emplace_back(all.begin() + offsets[size_t(r)], all.begin() + offsets[size_t(r)] + counts[size_t(r)]);
+    return out;
+}
+
 void world_barrier(const World& w) {
     if (w.mpi) check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
 }

@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime.h>
 #include <mpi.h>
@@ -64,6 +65,8 @@ void world_finalize(World& w);
 double world_sum(const World& w, double x);   // x added over ranks
 void world_broadcast(const World& w, void* data, size_t bytes);  // rank 0's bytes to every rank
 void world_barrier(const World& w);
+// Every rank's `values` at rank 0, in rank order (other ranks get an empty list).
+std::vector<std::vector<double>> world_gather(const World& w, const std::vector<double>& values);
 // Fails on every rank, with one line from rank 0, when `text` (e.g. the options) differs between ranks.
 void world_check_same(const World& w, const std::string& text, const std::string& what);
 // Waits for `stream` while watching the transport for a lost peer, which ends all ranks.

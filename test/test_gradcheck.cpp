@@ -22,12 +22,17 @@ struct Reference {
     std::map<std::string, Vec> w;     // base weights by HF name
     std::map<std::string, Vec> adapt;  // "L.t.A" / "L.t.B"
 
-    // y = x W^T  (+ s (x A^T) B^T)
+    uint64_t dropout_seed = 0;  // LoRA dropout masks of micro-batch 0, as the GPU makes them
+
+    // y = x W^T  (+ s (x_d A^T) B^T,  x_d = x with LoRA dropout)
     Vec linear(const Vec& x, int N, int in, const Vec& W, int out, int layer, int t) const {
         Vec y = linear_ref(x, W, N, in, out);
         if (lora.rank == 0 || !lora.target[t]) return y;
         std::string key = std::to_string(layer) + "." + std::to_string(t) + ".";
-        Vec u = linear_ref(x, adapt.at(key + "A"), N, in, lora.rank), delta = linear_ref(u, adapt.at(key + "B"), N, lora.rank, out);
+        Vec xd = x;
+        for (size_t i = 0; i < xd.size() && lora.dropout > 0; ++i)
+            xd[i] = lora_dropout_keep(dropout_seed, layer, t, 0, int64_t(i), lora.dropout) ? x[i] / (1.0 - lora.dropout) : 0.0;
+        Vec u = linear_ref(xd, adapt.at(key + "A"), N, in, lora.rank), delta = linear_ref(u, adapt.at(key + "B"), N, lora.rank, out);
         for (size_t i = 0; i < y.size(); ++i) y[i] += lora.scale() * delta[i];
         return y;
     }
@@ -92,10 +97,13 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         tensors.push_back({specs[i].name, "BF16", specs[i].shape, store16[i].data()});
     }
     write_safetensors(dir + "/model.safetensors", tensors);
-    for (bool with_lora : {false, true}) {
-        CAPTURE(with_lora);
+    for (int variant : {0, 1, 2}) {  // all weights; LoRA; LoRA with dropout 0.3
+        bool with_lora = variant > 0;
+        CAPTURE(variant);
         LoraConfig lora;
         if (with_lora) lora.rank = 3, lora.alpha = 6, parse_lora_targets("q,v,o,down", lora, "x");
+        if (variant == 2) lora.dropout = 0.3f;
+        ref.dropout_seed = rng.next();
         ref.lora = lora;
         LoraLayout layout = lora_layout(c, lora);
         std::vector<std::vector<float>> adapter(size_t(c.num_hidden_layers), std::vector<float>(size_t(layout.per_layer)));
@@ -125,7 +133,7 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         ZeroStore store(c, lora, ZeroOptions(), test_world(), s);
         store.load(dir);
         if (with_lora) store.set_lora(adapter);
-        LlamaModel model(c, {lora.rank, lora.scale()}, B, T, s);
+        LlamaModel model(c, lora.shape(ref.dropout_seed), B, T, s);
         DeviceFree keep;
         DeviceBatch batch{B, T, keep(to_device(ids)), keep(to_device(labels))};
         store.begin_step();
@@ -178,7 +186,7 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
             per_tensor[smp.tensor].first += (fd - an) * (fd - an), per_tensor[smp.tensor].second += fd * fd;
         }
         double err = std::sqrt(num / den);
-        MESSAGE((with_lora ? "LoRA" : "full") << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
+        MESSAGE((variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full") << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
         CHECK(err < 3e-2);
         for (const auto& [name, e] : per_tensor) {
             CAPTURE(name);

@@ -138,6 +138,33 @@ TEST_CASE("gpu: rope in place at each row's position, and back") {
     }
 }
 
+TEST_CASE("gpu: LoRA dropout keeps 1 - p of the elements, scaled by 1 / (1 - p), with the host's mask") {
+    if (!need_gpu()) return;
+    Rng rng(fresh_seed());
+    int64_t n = 1 << 20;
+    std::vector<float> x = bf16_round(random_vector(size_t(n), rng, 2.0f));
+    for (float p : {0.05f, 0.1f, 0.5f}) {
+        uint64_t seed = rng.next();
+        DeviceFree keep;
+        bf16* xd = keep(poisoned<bf16>(size_t(n)));
+        lora_dropout(keep(to_device_bf16(x)), xd, n, seed, 3, kV, 17, p, nullptr);
+        std::vector<float> got = from_device_bf16(xd, size_t(n));
+        int64_t kept = 0, mismatched = 0, other_step = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            bool k = lora_dropout_keep(seed, 3, kV, 17, i, p);
+            kept += k;
+            other_step += k != lora_dropout_keep(seed, 3, kV, 18, i, p);
+            float want = k ? bf16_to_float(float_to_bf16(x[size_t(i)] / (1 - p))) : 0.0f;
+            mismatched += std::fabs(got[size_t(i)] - want) > 1e-2f * std::fabs(want) + 1e-30f;
+        }
+        double rate = double(n - kept) / double(n), sigma = std::sqrt(p * (1 - p) / double(n));
+        CAPTURE(p);
+        CHECK(std::fabs(rate - p) < 5 * sigma);                                 // the drop rate is p
+        CHECK(mismatched == 0);                                                 // the GPU's mask is the host's
+        CHECK(double(other_step) / n == doctest::Approx(2 * p * (1 - p)).epsilon(0.05));  // another step: an independent mask
+    }
+}
+
 TEST_CASE("gpu: swiglu forward and backward") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
@@ -276,21 +303,32 @@ TEST_CASE("gpu: attention at its call site (fused where supported), and the deco
                 attention.backward(q, k, v, o, dO, lse, docs, dq, dk, dv);
             });
         }
-    // decode: the last query row of a causal sequence against the cache of every position
-    int T = 45, H = 6, KVH = 2, Dh = 64, max_len = 64;
-    std::vector<float> q = bf16_round(random_vector(size_t(T * H * Dh), rng)), k = bf16_round(random_vector(size_t(T * KVH * Dh), rng)),
-                       v = bf16_round(random_vector(k.size(), rng));
-    Vec o, lse;
-    attention_forward_ref({1, T, H, KVH, Dh}, to_double(q), to_double(k), to_double(v), {}, o, lse);
-    std::vector<float> cache_k(size_t(max_len * KVH * Dh), 0.0f), cache_v = cache_k;
-    std::copy(k.begin(), k.end(), cache_k.begin()), std::copy(v.begin(), v.end(), cache_v.begin());
+    // decode: two sequences of different lengths; each new token's k, v written into its row of the cache,
+    // then its query against the row's positions: the last query row of the causal reference
+    int H = 6, KVH = 2, Dh = 64, max_len = 64, KVd = KVH * Dh, lengths[2] = {45, 30};
+    std::vector<float> cache_k(size_t(2 * max_len * KVd), 0.0f), cache_v = cache_k, new_k, new_v, last_q, want;
+    std::vector<int32_t> last_pos;
+    for (int b = 0; b < 2; ++b) {
+        int T = lengths[b];
+        std::vector<float> q = bf16_round(random_vector(size_t(T * H * Dh), rng)), k = bf16_round(random_vector(size_t(T * KVd), rng)),
+                           v = bf16_round(random_vector(k.size(), rng));
+        Vec o, lse;
+        attention_forward_ref({1, T, H, KVH, Dh}, to_double(q), to_double(k), to_double(v), {}, o, lse);
+        std::copy(k.begin(), k.end() - KVd, cache_k.begin() + b * max_len * KVd);  // positions 0..T-2 cached already
+        std::copy(v.begin(), v.end() - KVd, cache_v.begin() + b * max_len * KVd);
+        new_k.insert(new_k.end(), k.end() - KVd, k.end()), new_v.insert(new_v.end(), v.end() - KVd, v.end());
+        last_q.insert(last_q.end(), q.end() - H * Dh, q.end());
+        std::vector<float> of = to_float(o);
+        want.insert(want.end(), of.end() - H * Dh, of.end());
+        last_pos.push_back(T - 1);
+    }
     DeviceFree keep;
-    bf16* out = keep(poisoned<bf16>(size_t(H * Dh)));
-    std::vector<float> last_q(q.end() - H * Dh, q.end());
-    decode_attention(keep(to_device_bf16(last_q)), keep(to_device_bf16(cache_k)), keep(to_device_bf16(cache_v)), out,
-                     keep(poisoned<float>(size_t(H * max_len))), T, max_len, H, KVH, Dh, nullptr);
-    std::vector<float> all = to_float(o), want(all.end() - H * Dh, all.end());
-    CHECK(rel_error(from_device_bf16(out, size_t(H * Dh)), want) < 2e-2);
+    bf16 *kc = keep(to_device_bf16(cache_k)), *vc = keep(to_device_bf16(cache_v)), *out = keep(poisoned<bf16>(size_t(2 * H * Dh)));
+    int32_t* dpos = keep(to_device(last_pos));
+    kv_cache_write(keep(to_device_bf16(new_k)), keep(to_device_bf16(new_v)), kc, vc, dpos, 2, max_len, KVd, nullptr);
+    decode_attention(keep(to_device_bf16(last_q)), kc, vc, dpos, out, keep(poisoned<float>(size_t(2 * H * max_len))), 2, max_len, H, KVH,
+                     Dh, nullptr);
+    CHECK(rel_error(from_device_bf16(out, size_t(2 * H * Dh)), want) < 2e-2);
     gemm_destroy(g);
 }
 

@@ -155,11 +155,17 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     store.load(g.dir);
     store.set_lora(adapter);
     std::vector<int32_t> prompt(g.ids.begin(), g.ids.begin() + 9);
-    Generator gen(c, {lora.rank, lora.scale()}, 64, s);
+    Generator gen(c, {lora.rank, lora.scale()}, 3, 64, s);
     Sampling greedy;
     greedy.max_new_tokens = 12;
     std::vector<int32_t> eos(c.eos_token_ids.begin(), c.eos_token_ids.end());
-    std::vector<int32_t> out = gen.generate(store, prompt, greedy, eos);
+    // three sequences at once, prompts of different lengths: each the same as generated alone
+    std::vector<int32_t> shorter(prompt.begin(), prompt.begin() + 5), other(g.ids.begin() + 20, g.ids.begin() + 27);
+    std::vector<std::vector<int32_t>> together = gen.generate(store, {prompt, shorter, other}, greedy, eos);
+    std::vector<int32_t> out = gen.generate(store, {prompt}, greedy, eos)[0];
+    CHECK(together[0] == out);
+    CHECK(together[1] == gen.generate(store, {shorter}, greedy, eos)[0]);
+    CHECK(together[2] == gen.generate(store, {other}, greedy, eos)[0]);
     REQUIRE(out.size() > prompt.size());
     // Teacher-forced check: the full forward over the generated text must pick each generated token.
     int T = int(out.size());
@@ -181,7 +187,7 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     // Sampling: a fixed seed repeats; temperature sampling stays inside the vocabulary.
     Sampling sampled;
     sampled.temperature = 0.8f, sampled.top_p = 0.9f, sampled.top_k = 50, sampled.seed = 42, sampled.max_new_tokens = 8;
-    std::vector<int32_t> a = gen.generate(store, prompt, sampled, eos), b = gen.generate(store, prompt, sampled, eos);
+    std::vector<int32_t> a = gen.generate(store, {prompt}, sampled, eos)[0], b = gen.generate(store, {prompt}, sampled, eos)[0];
     CHECK(a == b);
     for (int32_t id : a) CHECK((id >= 0 && id < c.vocab_size));
 }
