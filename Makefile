@@ -22,7 +22,7 @@ LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
 B := build
-OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/data.o $(B)/llama.o $(B)/lora.o $(B)/adamw.o $(B)/zero3.o
+OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/tokenizer.o $(B)/data.o $(B)/llama.o $(B)/lora.o $(B)/adamw.o $(B)/zero3.o
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
 HEADERS   := $(wildcard *.h)
 
