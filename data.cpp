@@ -62,16 +62,19 @@ void add_row(Dataset& data, Example row, int seq_len) {
     data.rows.push_back(std::move(row));
 }
 
-void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer& tok, int seq_len) {
-    int32_t bos = tok.special_id("<|begin_of_text|>"), eos = tok.special_id("<|end_of_text|>");
+const std::string kNeedsTokenizer = "needs a tokenizer (pass --tokenizer, or use a model directory with tokenizer.json)";
+
+void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer* tok, const ModelTokens* mt,
+                 int seq_len) {
+    if (!tok) fail("dataset " + data.source + " is plain text: it " + kNeedsTokenizer);
     std::vector<int32_t> stream;
     for (const std::string& path : files) {
         std::string text = read_file(path);
         if (text.empty()) fail(path + ": empty document");
-        stream.push_back(bos);
-        std::vector<int32_t> ids = tok.encode(text);
+        stream.push_back(mt->bos);
+        std::vector<int32_t> ids = tok->encode(text);
         stream.insert(stream.end(), ids.begin(), ids.end());
-        stream.push_back(eos);
+        stream.push_back(mt->eos[0]);
         data.stats.documents++;
     }
     for (size_t start = 0; start < stream.size(); start += size_t(seq_len)) {
@@ -108,35 +111,113 @@ std::vector<int32_t> id_array(const Json& row, const char* key, const std::strin
     return ids;
 }
 
+// Python's str.strip(), which chat templates apply to contents: Unicode white space and \x1c-\x1f.
+std::string strip(const std::string& s) {
+    auto space = [](uint32_t cp) {
+        return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+               (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    };
+    size_t begin = 0, end = s.size(), n, bad;
+    uint32_t cp;
+    while (begin < end && (n = utf8_decode(s, begin, cp, bad)) && space(cp)) begin += n;
+    while (end > begin) {
+        size_t j = end - 1;
+        while (j > begin && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
+        if (!(n = utf8_decode(s, j, cp, bad)) || !space(cp)) break;
+        end = j;
+    }
+    return s.substr(begin, end - begin);
+}
+
+// A piece of a rendered template: a special token (id >= 0) or text, which is encoded as ordinary text
+// (special-token strings in user content stay text).
+struct Part {
+    int32_t id = -1;
+    std::string text;
+};
+Part token(int32_t id) { return {id, ""}; }
+Part text(std::string s) { return {-1, std::move(s)}; }
+
+int32_t template_token(const Tokenizer& tok, const char* name, const char* chat) {
+    int32_t id = tok.token_id(name);
+    if (id < 0) fail(std::string("the ") + chat + " chat template needs the token " + name + ", which " + tok.path() + " lacks");
+    return id;
+}
+
+// ids and labels of a rendered template, prompt then answer. Text parts that touch are encoded as one
+// string, as HF tokenizes a rendered template (Llama 2's normalizer puts a "▁" only before the first); the
+// loss starts after as many tokens of that string as its prompt part alone has (TRL's rule).
+Example render(const Tokenizer& tok, const std::vector<Part>& prompt, const std::vector<Part>& answer, bool train_on_prompt) {
+    std::vector<Part> parts = prompt;
+    parts.insert(parts.end(), answer.begin(), answer.end());
+    Example ex;
+    for (size_t i = 0; i < parts.size();) {
+        if (parts[i].id >= 0) {
+            ex.ids.push_back(parts[i].id);
+            ex.labels.push_back(i >= prompt.size() || train_on_prompt ? parts[i].id : kIgnoreIndex);
+            ++i;
+            continue;
+        }
+        std::string run, prompt_text;  // the run's text, and its part from the prompt
+        for (; i < parts.size() && parts[i].id < 0; ++i) {
+            run += parts[i].text;
+            if (i < prompt.size()) prompt_text = run;
+        }
+        std::vector<int32_t> ids = tok.encode_ordinary(run);
+        size_t masked = train_on_prompt ? 0 : std::min(ids.size(), tok.encode_ordinary(prompt_text).size());
+        for (size_t k = 0; k < ids.size(); ++k) ex.ids.push_back(ids[k]), ex.labels.push_back(k < masked ? kIgnoreIndex : ids[k]);
+    }
+    return ex;
+}
+
+// One exchange in the model family's chat template (the Instruct models' tokenizer_config.json):
+//   llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>
+//           <|start_header_id|>assistant<|end_header_id|>\n\n{answer}<|eot_id|>
+//   llama2  <s>[INST] {user} [/INST] {answer} </s>
+// with user and answer stripped of surrounding white space; the answer part takes the loss.
+Example chat_example(const Tokenizer& tok, const ModelTokens& mt, const std::string& user, const std::string& answer,
+                     bool train_on_prompt) {
+    if (mt.chat == TokenizerFamily::llama2)
+        return render(tok, {token(mt.bos), text("[INST] " + strip(user) + " [/INST]")},
+                      {text(" " + strip(answer) + " "), token(mt.eos[0])}, train_on_prompt);
+    int32_t start = template_token(tok, "<|start_header_id|>", "Llama-3"),
+            end = template_token(tok, "<|end_header_id|>", "Llama-3"), eot = template_token(tok, "<|eot_id|>", "Llama-3");
+    return render(tok,
+                  {token(mt.bos), token(start), text("user"), token(end), text("\n\n" + strip(user)), token(eot), token(start),
+                   text("assistant"), token(end), text("\n\n")},
+                  {text(strip(answer)), token(eot)}, train_on_prompt);
+}
+
 // One JSONL row -> Example. The prompt part takes no loss unless train_on_prompt.
-Example row_example(const Json& row, const std::string& where, const Tokenizer& tok, const DataOptions& opt) {
+Example row_example(const Json& row, const std::string& where, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
+                    const DataOptions& opt) {
     if (row.type != Json::Object) fail(where + ": a row must be a JSON object, not " + std::string(json_type_name(row.type)));
-    bool ids = row.find("input_ids"), text = row.find("text"), qa = row.find("question") || row.find("answer"),
+    bool ids = row.find("input_ids"), text_row = row.find("text"), qa = row.find("question") || row.find("answer"),
          pc = row.find("prompt") || row.find("completion");
-    int forms = ids + text + qa + pc;
+    int forms = ids + text_row + qa + pc;
     if (forms == 0)
         fail(where + ": unknown row form (expected \"text\", \"question\"+\"answer\", \"prompt\"+\"completion\" or \"input_ids\")");
     if (forms > 1) fail(where + ": the row mixes fields of different forms (text, question/answer, prompt/completion, input_ids)");
-    int32_t bos = tok.special_id("<|begin_of_text|>");
     Example ex;
     if (ids) {
-        ex.ids = id_array(row, "input_ids", where, tok.vocab_size(), false);
+        ex.ids = id_array(row, "input_ids", where, vocab, false);
         if (ex.ids.empty()) fail(where + ": field \"input_ids\" is empty");
-        ex.labels = row.find("labels") ? id_array(row, "labels", where, tok.vocab_size(), true) : ex.ids;
+        ex.labels = row.find("labels") ? id_array(row, "labels", where, vocab, true) : ex.ids;
         if (ex.labels.size() != ex.ids.size())
             fail(where + ": \"labels\" has " + std::to_string(ex.labels.size()) + " entries but \"input_ids\" has " +
                  std::to_string(ex.ids.size()));
         return ex;
     }
+    if (!tok) fail(where + ": a text row " + kNeedsTokenizer);
     auto nonempty = [&](const std::string& value, const char* key) {
-        if (tok.encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
+        if (tok->encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
         return value;
     };
-    if (text) {
-        std::vector<int32_t> body = tok.encode(nonempty(string_field(row, "text", where, true), "text"));
-        ex.ids.push_back(bos);
+    if (text_row) {  // as HF's tokenizer(text) with BOS, then EOS: special-token strings in the text are tokens
+        std::vector<int32_t> body = tok->encode(nonempty(string_field(row, "text", where, true), "text"));
+        ex.ids.push_back(mt->bos);
         ex.ids.insert(ex.ids.end(), body.begin(), body.end());
-        ex.ids.push_back(tok.special_id("<|end_of_text|>"));
+        ex.ids.push_back(mt->eos[0]);
         ex.labels = ex.ids;
         return ex;
     }
@@ -151,43 +232,20 @@ Example row_example(const Json& row, const std::string& where, const Tokenizer& 
         user = nonempty(string_field(row, "prompt", where, true), "prompt");
         answer = nonempty(string_field(row, "completion", where, true), "completion");
     }
-    std::vector<int32_t> prompt{bos}, completion;
-    auto append = [](std::vector<int32_t>& to, const std::vector<int32_t>& ids) { to.insert(to.end(), ids.begin(), ids.end()); };
-    if (opt.chat_template) {  // <|start_header_id|>user<|end_header_id|>\n\nUSER<|eot_id|><|start_header_id|>assistant...
-        auto trim = [](const std::string& s) {
-            size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
-            return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-        };
-        int32_t start = tok.special_id("<|start_header_id|>"), end = tok.special_id("<|end_header_id|>"),
-                eot = tok.special_id("<|eot_id|>");
-        prompt.push_back(start), append(prompt, tok.encode_ordinary("user")), prompt.push_back(end);
-        append(prompt, tok.encode_ordinary("\n\n" + trim(user)));
-        prompt.push_back(eot), prompt.push_back(start), append(prompt, tok.encode_ordinary("assistant"));
-        prompt.push_back(end), append(prompt, tok.encode_ordinary("\n\n"));
-        append(completion, tok.encode_ordinary(trim(answer)));
-        completion.push_back(eot);
-    } else {
-        append(prompt, tok.encode_ordinary(user));
-        append(completion, tok.encode_ordinary(answer));
-        completion.push_back(tok.special_id("<|end_of_text|>"));
-    }
-    ex.ids = prompt;
-    append(ex.ids, completion);
-    ex.labels.assign(prompt.size(), kIgnoreIndex);
-    if (opt.train_on_prompt) ex.labels = prompt;
-    append(ex.labels, completion);
-    return ex;
+    if (opt.chat_template) return chat_example(*tok, *mt, user, answer, opt.train_on_prompt);
+    return render(*tok, {token(mt->bos), text(user)}, {text(answer), token(mt->eos[0])}, opt.train_on_prompt);
 }
 
 // JSON Lines (one row object per line), or a .json file holding one array of row objects.
-void load_jsonl(Dataset& data, const std::string& path, const Tokenizer& tok, const DataOptions& opt) {
+void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
+                const DataOptions& opt) {
     std::string text = read_file(path);
     std::vector<Example> rows;
     size_t first = text.find_first_not_of(" \t\r\n");
     if (ends_with(path, ".json") && first != std::string::npos && text[first] == '[') {
         Json array = parse_json(text, path);
         for (size_t i = 0; i < array.array.size(); ++i, data.stats.documents++)
-            rows.push_back(row_example(array.array[i], path + ": row " + std::to_string(i + 1), tok, opt));
+            rows.push_back(row_example(array.array[i], path + ": row " + std::to_string(i + 1), tok, mt, vocab, opt));
         text.clear();
     }
     size_t line_start = 0;
@@ -198,7 +256,7 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer& tok, co
         line_start = end + 1;
         if (s.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
         std::string where = path + ":" + std::to_string(line);
-        rows.push_back(row_example(parse_json(s, path, line), where, tok, opt));
+        rows.push_back(row_example(parse_json(s, path, line), where, tok, mt, vocab, opt));
         data.stats.documents++;
     }
     if (!opt.pack) {
@@ -221,8 +279,13 @@ std::string qa_prompt(const std::string& question, const std::string& context) {
     return "Question: " + question + "\n" + (context.empty() ? "" : "Context: " + context + "\n") + "Answer:";
 }
 
-Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options) {
+Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options) {
     if (options.seq_len < 2) fail("sequence length must be at least 2 (--seq)");
+    if (vocab_size <= 0 && tok) vocab_size = tok->vocab_size();
+    if (vocab_size <= 0) fail("load_dataset " + path + ": no tokenizer and no vocabulary size to check ids against");
+    ModelTokens defaults;
+    const ModelTokens* mt = options.tokens;
+    if (!mt && tok) defaults = model_tokens(*tok, ""), mt = &defaults;
     Dataset data;
     data.source = path;
     struct stat st;
@@ -230,15 +293,19 @@ Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOp
     if (S_ISDIR(st.st_mode)) {
         std::vector<std::string> files = list_files(path);
         if (files.empty()) fail("dataset directory " + path + " has no files");
-        load_corpus(data, files, tok, options.seq_len);
+        load_corpus(data, files, tok, mt, options.seq_len);
     } else if (ends_with(path, ".jsonl") || ends_with(path, ".json")) {
-        load_jsonl(data, path, tok, options);
+        load_jsonl(data, path, tok, mt, vocab_size, options);
     } else {
-        load_corpus(data, {path}, tok, options.seq_len);
+        load_corpus(data, {path}, tok, mt, options.seq_len);
     }
     if (data.rows.empty()) fail("dataset " + path + " is empty");
     if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");
     return data;
+}
+
+Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options) {
+    return load_dataset(path, &tok, 0, options);
 }
 
 Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {

@@ -24,8 +24,9 @@ struct Example {
 struct DataOptions {
     int seq_len = 1024;            // rows are truncated (counted) to this and padded up to it
     bool train_on_prompt = false;  // loss on every token, not only the answer/completion + EOS
-    bool chat_template = false;    // QA/prompt rows in the Llama-3 chat template (Instruct models)
+    bool chat_template = false;    // QA/prompt rows in the chat template of `tokens->chat` (Instruct models)
     bool pack = false;             // JSONL rows: fill each sequence with several rows
+    const ModelTokens* tokens = nullptr;  // BOS/EOS and the chat template; nullptr: the tokenizer's conventions
 };
 
 struct DataStats {
@@ -44,9 +45,13 @@ struct Dataset {
 
 // Loads a dataset: a directory (every non-hidden file, sorted, is a plain-text document), a .jsonl file
 // (rows {"text"}, {"question","answer"[,"context"]}, {"prompt","completion"}, {"input_ids"[,"labels"]}),
-// a .json file (the same rows as JSON Lines or as one array), or another file (one plain-text document). Plain text is packed into seq_len sequences with
-// <|begin_of_text|> ... <|end_of_text|> around each document.
-Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);
+// a .json file (the same rows as JSON Lines or as one array), or another file (one plain-text document).
+// Documents and {"text"} rows are BOS text EOS; QA and prompt rows are BOS prompt answer EOS, or the chat
+// template; the ids come from options.tokens. `tok` may be nullptr when every row is {"input_ids"} (text
+// then fails, saying to pass a tokenizer); ids are checked against `vocab_size` (the model's; 0: the
+// tokenizer's).
+Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options);
+Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);  // the tokenizer's size
 
 // The QA prompt template: "Question: ...\nContext: ...\nAnswer:" (Context line only when present).
 std::string qa_prompt(const std::string& question, const std::string& context);

@@ -1,5 +1,6 @@
-// test/test_data.cpp — datasets (every row form, corpora, masks, truncation, packing), each bad input,
-// the train/eval split, the deterministic shuffle, and rank sharding for 1..8 ranks.
+// test/test_data.cpp — datasets (every row form, corpora, masks, truncation, packing), the model's special
+// tokens and both families' templates, each bad input, the train/eval split, the deterministic shuffle, and
+// rank sharding for 1..8 ranks.
 #include "test.h"
 
 #include <algorithm>
@@ -7,6 +8,8 @@
 #include <set>
 
 #include "data.h"
+
+const Tokenizer& llama2_tokenizer();  // test_tokenizer_llama2.cpp: data/llama2_tokenizer.json
 
 namespace {
 
@@ -78,12 +81,133 @@ TEST_CASE("data: the Llama-3 chat template for Instruct models") {
     CHECK(tok.decode(d.rows[0].ids) ==
           "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi <|eot_id|> there<|eot_id|>"
           "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>");
+    Dataset plain = load_rows("chat_plain.jsonl", "{\"prompt\": \" Hi there\\n\", \"completion\": \"Hello!\"}\n", opt);
+    CHECK(plain.rows[0].ids == tok.encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+                                          "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"));
     int eots = int(std::count(d.rows[0].ids.begin(), d.rows[0].ids.end(), 128009));
     CHECK(eots == 2);  // the user's literal "<|eot_id|>" stays text
     std::vector<int32_t> answer = cat({tok.encode("Hello!"), {128009}});
     size_t n = d.rows[0].ids.size();
     CHECK(std::vector<int32_t>(d.rows[0].labels.end() - long(answer.size()), d.rows[0].labels.end()) == answer);
     CHECK(std::count(d.rows[0].labels.begin(), d.rows[0].labels.end(), kIgnoreIndex) == long(n - answer.size()));
+}
+
+TEST_CASE("data: the model's special tokens come from its files, later files overriding earlier ones") {
+    const Tokenizer& tok = default_tokenizer();
+    ModelTokens d = model_tokens(tok, "");
+    CHECK(d.bos == 128000);
+    CHECK(d.eos == std::vector<int32_t>{128001});
+    CHECK(d.pad == 128001);
+    CHECK(d.chat == TokenizerFamily::llama3);
+    CHECK(d.source.find("its own conventions") != std::string::npos);
+    ModelTokens l2 = model_tokens(llama2_tokenizer(), "");
+    CHECK((l2.bos == 1 && l2.eos == std::vector<int32_t>{2} && l2.pad == 2 && l2.chat == TokenizerFamily::llama2));
+
+    uint64_t seed = uint64_t(time(nullptr));
+    Rng rng(seed);
+    std::vector<int32_t> id;  // five distinct reserved special tokens
+    while (id.size() < 5) {
+        int32_t x = 128002 + int32_t(rng.below(254));
+        if (std::find(id.begin(), id.end(), x) == id.end()) id.push_back(x);
+    }
+    auto name = [&](int32_t x) { return tok.decode({x}); };
+    std::string dir = temp_dir("model_" + std::to_string(seed));
+    temp_file("model_" + std::to_string(seed) + "/config.json", "{\"bos_token_id\": " + std::to_string(id[0]) +
+              ", \"eos_token_id\": [" + std::to_string(id[1]) + ", " + std::to_string(id[2]) + "], \"vocab_size\": 128256}");
+    ModelTokens c = model_tokens(tok, dir);
+    CHECK(c.bos == id[0]);
+    CHECK(c.eos == std::vector<int32_t>{id[1], id[2]});
+    CHECK(c.pad == id[1]);
+    CHECK(c.source == dir + ": config.json");
+    temp_file("model_" + std::to_string(seed) + "/generation_config.json",
+              "{\"eos_token_id\": [" + std::to_string(id[2]) + ", " + std::to_string(id[3]) + "]}");
+    ModelTokens g = model_tokens(tok, dir);  // generation_config's list wins
+    CHECK(g.eos == std::vector<int32_t>{id[2], id[3]});
+    temp_file("model_" + std::to_string(seed) + "/tokenizer_config.json", "{\"eos_token\": {\"content\": \"" + name(id[1]) +
+              "\"}, \"pad_token\": \"" + name(id[4]) + "\", \"bos_token\": null}");
+    ModelTokens t = model_tokens(tok, dir);  // the tokenizer's eos ends rows; generation also stops on the list
+    CHECK(t.bos == id[0]);
+    CHECK(t.eos == std::vector<int32_t>{id[1], id[2], id[3]});
+    CHECK(t.pad == id[4]);
+    CHECK(t.source == dir + ": config.json, generation_config.json, tokenizer_config.json");
+
+    const struct { const char* file; const char* json; const char* message; } bad[] = {
+        {"config.json", "{\"eos_token_id\": 999999}", "config.json: eos_token_id holds 999999, not a token id of"},
+        {"config.json", "{\"bos_token_id\": \"x\"}", "config.json: bos_token_id holds a string"},
+        {"generation_config.json", "{\"eos_token_id\": [1, -2]}", "generation_config.json: eos_token_id holds -2"},
+        {"tokenizer_config.json", "{\"eos_token\": \"<|nope|>\"}", "tokenizer_config.json: eos_token \"<|nope|>\" is not a token of"},
+        {"tokenizer_config.json", "{\"pad_token\": 5}", "tokenizer_config.json: pad_token must be a string"},
+        {"config.json", "[1]", "config.json: expected a JSON object"},
+    };
+    for (const auto& b : bad) {
+        std::string sub = "bad_model_" + std::string(b.file) + std::to_string(seed);
+        std::string bdir = temp_dir(sub);
+        temp_file(sub + "/" + b.file, b.json);
+        CAPTURE(std::string(b.json));
+        CHECK_THROWS_WITH_AS(model_tokens(tok, bdir), doctest::Contains(b.message), Error);
+    }
+    CHECK_NOTHROW(check_vocab(tok, 128256, "tok.json", "model/config.json"));
+    CHECK_THROWS_WITH_AS(check_vocab(tok, 32000, "tok.json", "model/config.json"),
+                         doctest::Contains("tok.json has 128256 token ids but model/config.json has vocab_size 32000"), Error);
+}
+
+TEST_CASE("data: Llama-2-family rows use <s> and </s> and the Llama-2 chat template") {
+    const Tokenizer& tok = llama2_tokenizer();
+    ModelTokens mt = model_tokens(tok, "");
+    DataOptions opt;
+    opt.tokens = &mt;
+    std::string qa = "{\"question\": \"What is a harbor?\", \"answer\": \"a sheltered port\"}\n";
+    Dataset d = load_dataset(temp_file("l2_qa.jsonl", qa + "{\"text\": \"Plain text.\"}\n"), &tok, 32000, opt);
+    std::string prompt = "Question: What is a harbor?\nAnswer:";
+    std::vector<int32_t> ids = cat({{1}, tok.encode(prompt + " a sheltered port"), {2}});
+    size_t n_prompt = 1 + tok.encode(prompt).size();
+    CHECK(d.rows[0].ids == ids);
+    CHECK(d.rows[0].labels == cat({masked(n_prompt), std::vector<int32_t>(ids.begin() + long(n_prompt), ids.end())}));
+    CHECK(tok.decode(d.rows[0].ids) == "<s> " + prompt + " a sheltered port</s>");
+    CHECK(d.rows[1].ids == cat({{1}, tok.encode("Plain text."), {2}}));
+
+    opt.chat_template = true;  // <s>[INST] {user} [/INST] {answer} </s>, tokenized as HF tokenizes the rendering
+    Dataset c = load_dataset(temp_file("l2_chat.jsonl", "{\"prompt\": \" Hi there \", \"completion\": \"Hello!\\n\"}\n"
+                                                        "{\"prompt\": \"a <s> b\", \"completion\": \"c\"}\n"), &tok, 32000, opt);
+    CHECK(c.rows[0].ids == tok.encode("<s>[INST] Hi there [/INST] Hello! </s>"));
+    CHECK(tok.decode(c.rows[0].ids) == "<s> [INST] Hi there [/INST] Hello! </s>");
+    size_t answer = 1 + tok.encode("[INST] Hi there [/INST]").size();
+    CHECK(c.rows[0].labels == cat({masked(answer), std::vector<int32_t>(c.rows[0].ids.begin() + long(answer), c.rows[0].ids.end())}));
+    CHECK(std::count(c.rows[1].ids.begin(), c.rows[1].ids.end(), 1) == 1);  // the user's "<s>" stays text
+    CHECK(tok.decode(c.rows[1].ids) == "<s> [INST] a <s> b [/INST] c </s>");
+
+    std::string dir = temp_dir("l2_corpus");
+    temp_file("l2_corpus/a.txt", "First document.");
+    temp_file("l2_corpus/b.txt", "Second.");
+    opt.seq_len = 64;
+    Dataset corpus = load_dataset(dir, &tok, 32000, opt);
+    CHECK(corpus.rows[0].ids == cat({{1}, tok.encode("First document."), {2, 1}, tok.encode("Second."), {2}}));
+
+    ModelTokens wrong = mt;  // a template whose tokens the tokenizer lacks
+    wrong.chat = TokenizerFamily::llama3;
+    opt.tokens = &wrong;
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("l2_wrong.jsonl", qa), &tok, 32000, opt),
+                         doctest::Contains("the Llama-3 chat template needs the token <|start_header_id|>, which "
+                                           "data/llama2_tokenizer.json lacks"), Error);
+}
+
+TEST_CASE("data: pre-tokenized rows need no tokenizer; text without one is one error") {
+    DataOptions opt;
+    Dataset d = load_dataset(temp_file("ids_only.jsonl", "{\"input_ids\": [5, 999]}\n{\"input_ids\": [7, 8], \"labels\": [-100, 8]}\n"),
+                             nullptr, 1000, opt);
+    CHECK(d.rows.size() == 2);
+    CHECK(d.rows[0].ids == std::vector<int32_t>{5, 999});
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("ids_big.jsonl", "{\"input_ids\": [5, 1000]}\n"), nullptr, 1000, opt),
+                         doctest::Contains("ids_big.jsonl:1: field \"input_ids\" holds 1000, not a token id in [0, 1000)"), Error);
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("text_no_tok.jsonl", "{\"input_ids\": [1]}\n{\"text\": \"hi\"}\n"), nullptr, 1000, opt),
+                         doctest::Contains("text_no_tok.jsonl:2: a text row needs a tokenizer (pass --tokenizer"), Error);
+    std::string dir = temp_dir("corpus_no_tok");
+    temp_file("corpus_no_tok/a.txt", "text");
+    CHECK_THROWS_WITH_AS(load_dataset(dir, nullptr, 1000, opt), doctest::Contains("is plain text: it needs a tokenizer"), Error);
+    CHECK_THROWS_WITH_AS(load_dataset(dir, nullptr, 0, opt), doctest::Contains("no vocabulary size"), Error);
+    // the model's vocabulary, not the tokenizer's, bounds the ids
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("ids_model.jsonl", "{\"input_ids\": [5, 600]}\n"), &default_tokenizer(), 512, opt),
+                         doctest::Contains("not a token id in [0, 512)"), Error);
 }
 
 TEST_CASE("data: a plain-text corpus is packed with BOS/EOS between documents") {

@@ -10,15 +10,18 @@
 #include "json.h"
 #include "tokenizer.h"
 
-namespace {
-
-const Tokenizer& llama2() {
+// The fixture, loaded once (test_data.cpp uses it too).
+const Tokenizer& llama2_tokenizer() {
     static Tokenizer tok = [] {
         if (access("data/llama2_tokenizer.json", R_OK) != 0) fail("missing data/llama2_tokenizer.json: run `bash data/fetch.sh`");
         return Tokenizer::load("data/llama2_tokenizer.json");
     }();
     return tok;
 }
+
+namespace {
+
+const Tokenizer& llama2() { return llama2_tokenizer(); }
 
 const Json& golden() {
     static Json g = [] {
