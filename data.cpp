@@ -1,6 +1,8 @@
-// data.cpp — text to training batches (see data.h). Two parts, in order:
-//   Datasets corpora and JSONL rows -> Examples (ids + labels) with the tokenizer (tokenizer.cpp);
-//   Batches  epoch order, rank shards, batches.
+// data.cpp — text to training batches (see data.h). Three parts, in order:
+//   Datasets corpora and JSONL rows -> Examples (ids + labels) with the tokenizer (tokenizer.cpp), in the
+//            model's templates;
+//   Packing  rows -> sequences (best fit), the eval split, the summary line;
+//   Batches  epoch order, rank shards, batches with positions and document starts.
 #include "data.h"
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <set>
 #include <sys/stat.h>
 #include <dirent.h>
 
@@ -54,6 +57,7 @@ void add_row(Dataset& data, Example row, int seq_len) {
         data.stats.truncated_tokens += int64_t(row.ids.size()) - seq_len;
         row.ids.resize(size_t(seq_len));
         row.labels.resize(size_t(seq_len));
+        while (!row.doc_starts.empty() && row.doc_starts.back() >= seq_len) row.doc_starts.pop_back();
     }
     int64_t targets = count_targets(row.labels);
     if (targets == 0) data.stats.rows_without_targets++;
@@ -67,21 +71,31 @@ const std::string kNeedsTokenizer = "needs a tokenizer (pass --tokenizer, or use
 void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer* tok, const ModelTokens* mt,
                  int seq_len) {
     if (!tok) fail("dataset " + data.source + " is plain text: it " + kNeedsTokenizer);
+    data.corpus = true;
     std::vector<int32_t> stream;
+    std::vector<size_t> starts;  // where each document begins in the stream
     for (const std::string& path : files) {
         std::string text = read_file(path);
         if (text.empty()) fail(path + ": empty document");
+        starts.push_back(stream.size());
         stream.push_back(mt->bos);
         std::vector<int32_t> ids = tok->encode(text);
         stream.insert(stream.end(), ids.begin(), ids.end());
         stream.push_back(mt->eos[0]);
         data.stats.documents++;
     }
+    size_t next_doc = 0;
     for (size_t start = 0; start < stream.size(); start += size_t(seq_len)) {
         size_t end = std::min(stream.size(), start + size_t(seq_len));
         Example row;
         row.ids.assign(stream.begin() + long(start), stream.begin() + long(end));
         row.labels = row.ids;
+        for (; next_doc < starts.size() && starts[next_doc] < end; ++next_doc) {
+            if (starts[next_doc] == start) continue;  // position 0: the row's first document
+            int32_t at = int32_t(starts[next_doc] - start);
+            row.doc_starts.push_back(at);
+            row.labels[size_t(at)] = kIgnoreIndex;  // the previous document does not predict this one
+        }
         add_row(data, std::move(row), seq_len);
     }
 }
@@ -259,18 +273,7 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, co
         rows.push_back(row_example(parse_json(s, path, line), where, tok, mt, vocab, opt));
         data.stats.documents++;
     }
-    if (!opt.pack) {
-        for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
-        return;
-    }
-    Example packed;  // greedy: append rows while they fit; a row never straddles two sequences
-    for (Example& row : rows) {
-        if (!packed.ids.empty() && packed.ids.size() + row.ids.size() > size_t(opt.seq_len))
-            add_row(data, std::move(packed), opt.seq_len), packed = Example();
-        packed.ids.insert(packed.ids.end(), row.ids.begin(), row.ids.end());
-        packed.labels.insert(packed.labels.end(), row.labels.begin(), row.labels.end());
-    }
-    if (!packed.ids.empty()) add_row(data, std::move(packed), opt.seq_len);
+    for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
 }
 
 }  // namespace
@@ -287,7 +290,7 @@ Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_si
     const ModelTokens* mt = options.tokens;
     if (!mt && tok) defaults = model_tokens(*tok, ""), mt = &defaults;
     Dataset data;
-    data.source = path;
+    data.source = path, data.seq_len = options.seq_len, data.pack = options.pack;
     struct stat st;
     if (stat(path.c_str(), &st) != 0) fail("cannot read dataset " + path + ": " + std::strerror(errno));
     if (S_ISDIR(st.st_mode)) {
@@ -301,6 +304,7 @@ Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_si
     }
     if (data.rows.empty()) fail("dataset " + path + " is empty");
     if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");
+    pack_sequences(data);
     return data;
 }
 
@@ -317,9 +321,9 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
     std::vector<bool> is_eval(size_t(n), false);
     for (int64_t i = 0; i < k; ++i) is_eval[size_t(order[size_t(i)])] = true;
     Dataset eval, rest;
+    for (Dataset* d : {&eval, &rest}) d->corpus = train.corpus, d->seq_len = train.seq_len, d->pack = train.pack;
     eval.source = train.source + " (eval split)";
     rest.source = train.source;
-    rest.stats = eval.stats = DataStats();
     for (int64_t i = 0; i < n; ++i) {
         Dataset& to = is_eval[size_t(i)] ? eval : rest;
         to.stats.tokens += int64_t(train.rows[size_t(i)].ids.size());
@@ -329,8 +333,51 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
     rest.stats.documents = train.stats.documents;  // truncation counts stay with the training set
     rest.stats.truncated_rows = train.stats.truncated_rows, rest.stats.truncated_tokens = train.stats.truncated_tokens;
     rest.stats.rows_without_targets = train.stats.rows_without_targets;
+    pack_sequences(rest);
+    pack_sequences(eval);
     train = std::move(rest);
     return eval;
+}
+
+void pack_sequences(Dataset& data) {
+    data.sequences.clear();
+    std::set<std::pair<int64_t, int64_t>> open;  // (room left, sequence) of sequences that are not full
+    for (int64_t r = 0; r < int64_t(data.rows.size()); ++r) {
+        int64_t len = int64_t(data.rows[size_t(r)].ids.size());
+        auto fit = data.pack && !data.corpus ? open.lower_bound({len, -1}) : open.end();  // least room that fits
+        int64_t s = fit != open.end() ? fit->second : int64_t(data.sequences.size());
+        int64_t room = (fit != open.end() ? fit->first : data.seq_len) - len;
+        if (fit != open.end()) open.erase(fit);
+        else data.sequences.emplace_back();
+        data.sequences[size_t(s)].push_back(r);
+        if (room > 0) open.insert({room, s});
+    }
+    data.stats.sequences = int64_t(data.sequences.size());
+    data.stats.padding_tokens = data.stats.sequences * data.seq_len - data.stats.tokens;
+}
+
+namespace {
+std::string thousands(int64_t n) {
+    std::string s = std::to_string(n);
+    for (int i = int(s.size()) - 3; i > (n < 0 ? 1 : 0); i -= 3) s.insert(size_t(i), ",");
+    return s;
+}
+}  // namespace
+
+std::string data_summary(const std::string& role, const Dataset& data) {
+    const DataStats& s = data.stats;
+    double total = double(s.sequences) * data.seq_len;
+    char padding[32];
+    std::snprintf(padding, sizeof padding, "%.1f%%", total > 0 ? 100.0 * double(s.padding_tokens) / total : 0.0);
+    std::string line = "data: " + role + " " + data.source + ": " +
+                       (!data.corpus ? thousands(int64_t(data.rows.size())) + " rows in "
+                        : s.documents ? thousands(s.documents) + " documents in " : "") +  // an eval split of a corpus: chunks
+                       thousands(s.sequences) + " sequences of " + std::to_string(data.seq_len) + " tokens, " +
+                       padding + " padding, " + thousands(s.tokens) + " tokens (" + thousands(s.target_tokens) +
+                       " take loss), " + thousands(s.truncated_rows) + " rows truncated (" + thousands(s.truncated_tokens) +
+                       " tokens cut)";
+    if (s.rows_without_targets) line += ", " + thousands(s.rows_without_targets) + " rows with no answer left";
+    return line;
 }
 
 // ================================================================================================ batches
@@ -358,36 +405,61 @@ Loader::Loader(const Dataset& data, int micro_batch, int seq_len, int rank, int 
     : data_(data), B_(micro_batch), T_(seq_len), rank_(rank), world_(world), seed_(seed), shuffle_(shuffle), pad_id_(pad_id) {
     if (micro_batch < 1) fail("micro-batch size must be at least 1 (--micro-batch)");
     if (world < 1 || rank < 0 || rank >= world) fail("rank " + std::to_string(rank) + " is outside a world of " + std::to_string(world));
-    int64_t n = int64_t(data.rows.size());
+    int64_t n = int64_t(data.sequences.size());
     if (n == 0) fail("dataset " + data.source + " is empty");
+    if (seq_len < data.seq_len)
+        fail("dataset " + data.source + " is packed into sequences of " + std::to_string(data.seq_len) +
+             " tokens, longer than the batch's " + std::to_string(seq_len));
     int64_t per_rank = (n + world - 1) / world;
     batches_per_epoch_ = (per_rank + micro_batch - 1) / micro_batch;
 }
 
-std::vector<int64_t> Loader::batch_rows(int64_t epoch, int64_t index) const {
-    if (epoch != cached_epoch_) order_ = epoch_order(int64_t(data_.rows.size()), seed_, epoch, shuffle_), cached_epoch_ = epoch;
-    std::vector<int64_t> rows(size_t(B_), -1);
+std::vector<int64_t> Loader::batch_sequences(int64_t epoch, int64_t index) const {
+    if (epoch != cached_epoch_) order_ = epoch_order(int64_t(data_.sequences.size()), seed_, epoch, shuffle_), cached_epoch_ = epoch;
+    std::vector<int64_t> seqs(size_t(B_), -1);
     for (int b = 0; b < B_; ++b) {
-        int64_t pos = rank_ + (index * B_ + b) * int64_t(world_);  // this rank's j-th row is order[rank + j*W]
-        if (index >= 0 && index < batches_per_epoch_ && pos < int64_t(order_.size())) rows[size_t(b)] = order_[size_t(pos)];
+        int64_t pos = rank_ + (index * B_ + b) * int64_t(world_);  // this rank's j-th sequence is order[rank + j*W]
+        if (index >= 0 && index < batches_per_epoch_ && pos < int64_t(order_.size())) seqs[size_t(b)] = order_[size_t(pos)];
     }
-    return rows;
+    return seqs;
 }
 
+// Row b: the sequence's rows one after another (each a document, and so is each document inside a row),
+// then padding as one more document. A document that does not start the row has its first label masked.
 Batch Loader::batch(int64_t epoch, int64_t index) const {
     Batch batch;
     batch.B = B_, batch.T = T_;
-    batch.ids.assign(size_t(B_) * size_t(T_), pad_id_);
-    batch.labels.assign(size_t(B_) * size_t(T_), kIgnoreIndex);
-    std::vector<int64_t> rows = batch_rows(epoch, index);
+    size_t n = size_t(B_) * size_t(T_);
+    batch.ids.assign(n, pad_id_);
+    batch.labels.assign(n, kIgnoreIndex);
+    batch.positions.resize(n);
+    batch.doc_start.resize(n);
+    std::vector<int64_t> seqs = batch_sequences(epoch, index);
     for (int b = 0; b < B_; ++b) {
-        if (rows[size_t(b)] < 0) continue;
-        const Example& ex = data_.rows[size_t(rows[size_t(b)])];
-        size_t len = std::min(ex.ids.size(), size_t(T_));
-        std::copy(ex.ids.begin(), ex.ids.begin() + long(len), batch.ids.begin() + long(size_t(b) * size_t(T_)));
-        std::copy(ex.labels.begin(), ex.labels.begin() + long(len), batch.labels.begin() + long(size_t(b) * size_t(T_)));
-        batch.real_rows++;
-        for (size_t t = 1; t < len; ++t) batch.target_tokens += ex.labels[t] != kIgnoreIndex;
+        int32_t* ids = &batch.ids[size_t(b) * size_t(T_)];
+        int32_t* labels = &batch.labels[size_t(b) * size_t(T_)];
+        int32_t* doc = &batch.doc_start[size_t(b) * size_t(T_)];
+        int32_t t = 0;
+        if (seqs[size_t(b)] >= 0) {
+            batch.real_rows++;
+            for (int64_t r : data_.sequences[size_t(seqs[size_t(b)])]) {
+                const Example& ex = data_.rows[size_t(r)];
+                size_t next = 0;  // the next of ex.doc_starts
+                for (int32_t k = 0; k < int32_t(ex.ids.size()); ++k, ++t) {
+                    bool starts = k == 0 || (next < ex.doc_starts.size() && ex.doc_starts[next] == k);
+                    if (k > 0 && starts) ++next;
+                    ids[t] = ex.ids[size_t(k)];
+                    labels[t] = starts && t > 0 ? kIgnoreIndex : ex.labels[size_t(k)];
+                    doc[t] = starts ? t : doc[t - 1];
+                }
+            }
+        }
+        batch.tokens += t;
+        for (int32_t p = t; p < T_; ++p) doc[p] = t;  // padding: a document of its own
+        for (int32_t p = 0; p < T_; ++p) {
+            batch.positions[size_t(b) * size_t(T_) + size_t(p)] = p - doc[p];
+            batch.target_tokens += p > 0 && labels[p] != kIgnoreIndex;
+        }
     }
     return batch;
 }
