@@ -47,11 +47,12 @@ bool is_white_space(uint32_t cp) {  // Unicode White_Space, what \s matches
 
 uint8_t char_class(uint32_t cp) {
     if (cp == '\r' || cp == '\n') return kSpace | kNewline;
-    if (is_white_space(cp)) return kSpace;
-    if (cp < 0x80) {
+    if (cp < 0x80) {  // ASCII first, without a call: this runs for every character
+        if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D)) return kSpace;
         if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return kLetter;
         return cp >= '0' && cp <= '9' ? kNumber : 0;
     }
+    if (is_white_space(cp)) return kSpace;
     size_t lo = 0, hi = sizeof(kUnicodeRanges) / sizeof(kUnicodeRanges[0]);
     while (lo < hi) {  // the last range with first <= cp
         size_t mid = (lo + hi) / 2;
@@ -120,7 +121,6 @@ const Json& field(const Json& object, const char* key, Json::Type type, const st
         fail(where + ": field \"" + key + "\" must be " + json_type_name(type) + ", not " + json_type_name(v->type));
     return *v;
 }
-
 
 const char* kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -219,7 +219,6 @@ std::vector<std::string_view> Tokenizer::split(std::string_view text) const {
     return pieces;
 }
 
-
 // ================================================================================================ loading
 
 Tokenizer Tokenizer::load(const std::string& path) {
@@ -243,81 +242,87 @@ Tokenizer Tokenizer::load(const std::string& path) {
     tok.family_ = pre == "none" || pre == "Metaspace" ? TokenizerFamily::llama2 : TokenizerFamily::llama3;
     if (tok.family_ == TokenizerFamily::llama3) tok.load_llama3(path, file);  // fails on any other pre_tokenizer
     else tok.load_llama2(path, file);
-    bool byte_level = tok.family_ == TokenizerFamily::llama3;
-    auto key_of = [&](const std::string& spelling) {  // how vocab_ keys a token the file spells so
-        std::string bytes;
-        if (!byte_level) return spelling;
-        if (!byte_level_bytes(spelling, bytes))
-            fail(path + ": vocabulary entry " + json_quote(spelling) + " is not in the byte-level alphabet");
-        return bytes;
-    };
-
-    std::vector<bool> seen;
-    auto assign = [&](int64_t id, std::string key, const std::string& name) {
-        if (id < 0 || id >= (1 << 24)) fail(path + ": token " + json_quote(name) + " has an id out of range");
-        if (size_t(id) >= tok.token_.size()) tok.token_.resize(size_t(id) + 1), seen.resize(size_t(id) + 1);
-        if (seen[size_t(id)]) fail(path + ": id " + std::to_string(id) + " is used twice");
-        seen[size_t(id)] = true;
-        tok.token_[size_t(id)] = std::move(key);
-    };
-    const std::string in_model = path + ": model";
-    for (const auto& [spelling, id] : field(model, "vocab", Json::Object, in_model).object) {
+    std::vector<bool> seen;  // the ids given so far
+    for (const auto& [spelling, id] : field(model, "vocab", Json::Object, path + ": model").object) {
         if (!id.is_int()) fail(path + ": vocabulary entry " + json_quote(spelling) + " has no integer id");
-        std::string key = key_of(spelling);
-        assign(id.integer, key, spelling);
+        std::string key = tok.key_of(spelling);
+        tok.assign(id.integer, key, spelling, seen);
         tok.vocab_.emplace(std::move(key), int32_t(id.integer));
     }
     tok.index_symbols(path, model);
+    tok.load_merges(path, model);
+    tok.load_added(path, file, seen);
+    for (size_t id = 0; id < seen.size(); ++id)
+        if (!seen[id]) fail(path + ": id " + std::to_string(id) + " is missing (ids must be contiguous)");
+    return tok;
+}
 
-    const Json& merges = field(model, "merges", Json::Array, in_model);
+// How vocab_ keys a token the file spells so: llama3 its bytes (the byte-level alphabet undone), llama2 as is.
+std::string Tokenizer::key_of(const std::string& spelling) const {
+    std::string bytes;
+    if (family_ == TokenizerFamily::llama2) return spelling;
+    if (!byte_level_bytes(spelling, bytes))
+        fail(path_ + ": vocabulary entry " + json_quote(spelling) + " is not in the byte-level alphabet");
+    return bytes;
+}
+
+void Tokenizer::assign(int64_t id, std::string key, const std::string& name, std::vector<bool>& seen) {
+    if (id < 0 || id >= (1 << 24)) fail(path_ + ": token " + json_quote(name) + " has an id out of range");
+    if (size_t(id) >= token_.size()) token_.resize(size_t(id) + 1), seen.resize(size_t(id) + 1);
+    if (seen[size_t(id)]) fail(path_ + ": id " + std::to_string(id) + " is used twice");
+    seen[size_t(id)] = true;
+    token_[size_t(id)] = std::move(key);
+}
+
+// merges[rank] = "left right" (or ["left", "right"]): the pair (left, right) merges into left+right.
+void Tokenizer::load_merges(const std::string& path, const Json& model) {
+    const Json& merges = field(model, "merges", Json::Array, path + ": model");
     for (size_t rank = 0; rank < merges.array.size(); ++rank) {
         const Json& m = merges.array[rank];
         std::string left, right;
-        if (m.is_string()) {  // "left right"
+        if (m.is_string()) {
             size_t space = m.string.find(' ');
             if (space == std::string::npos) fail(path + ": merge " + json_quote(m.string) + " has no space");
             left = m.string.substr(0, space), right = m.string.substr(space + 1);
         } else if (m.type == Json::Array && m.array.size() == 2 && m.array[0].is_string() && m.array[1].is_string()) {
-            left = m.array[0].string, right = m.array[1].string;  // ["left", "right"]
+            left = m.array[0].string, right = m.array[1].string;
         } else {
             fail(path + ": merge " + std::to_string(rank) + " is neither \"a b\" nor [\"a\", \"b\"]");
         }
         std::string lk = key_of(left), rk = key_of(right);
-        auto l = tok.vocab_.find(lk), r = tok.vocab_.find(rk), lr = tok.vocab_.find(lk + rk);
-        if (l == tok.vocab_.end() || r == tok.vocab_.end() || lr == tok.vocab_.end())
+        auto l = vocab_.find(lk), r = vocab_.find(rk), lr = vocab_.find(lk + rk);
+        if (l == vocab_.end() || r == vocab_.end() || lr == vocab_.end())
             fail(path + ": merge " + json_quote(left + " " + right) + " names a token not in the vocabulary");
         uint64_t key = uint64_t(uint32_t(l->second)) << 32 | uint32_t(r->second);
-        tok.merges_[key] = {int32_t(rank), lr->second};  // a repeated pair keeps its last rank, as HF's map does
+        merges_[key] = {int32_t(rank), lr->second};  // a repeated pair keeps its last rank, as HF's map does
     }
+}
 
+// Added tokens: their ids (a vocabulary entry's own, as <s> in Llama 2, or new ones) and how they match.
+void Tokenizer::load_added(const std::string& path, const Json& file, std::vector<bool>& seen) {
     if (const Json* added = file.find("added_tokens"); added && added->type == Json::Array) {
-        const std::string in_added = path + ": added_tokens";
         for (const Json& a : added->array) {
-            const Json& content = field(a, "content", Json::String, in_added);
-            const Json& id = field(a, "id", Json::Number, in_added);
+            const Json& content = field(a, "content", Json::String, path + ": added_tokens");
+            const Json& id = field(a, "id", Json::Number, path + ": added_tokens");
             if (content.string.empty()) fail(path + ": an added token is empty");
             if (!id.is_int()) fail(path + ": added token " + json_quote(content.string) + " has no integer id");
             if (flag(a, "single_word", false))
                 fail(path + ": added token " + json_quote(content.string) + " is single_word, which this reader does not implement");
-            bool known = size_t(id.integer) < seen.size() && seen[size_t(id.integer)] &&
-                         tok.token_[size_t(id.integer)] == content.string;  // also a vocabulary entry (<s> in Llama 2)
-            if (!known) assign(id.integer, content.string, content.string);
+            bool known = size_t(id.integer) < seen.size() && seen[size_t(id.integer)] && token_[size_t(id.integer)] == content.string;
+            if (!known) assign(id.integer, content.string, content.string, seen);
             AddedToken t{content.string, int32_t(id.integer), flag(a, "special", false), false, flag(a, "lstrip", false),
                          flag(a, "rstrip", false)};
             t.normalized = flag(a, "normalized", !t.special);
-            if (t.normalized) t.content = tok.normalize(t.content);  // matched in normalized text
-            (t.normalized ? tok.added_normalized_ : tok.added_).tokens.push_back(t);
-            tok.added_ids_[content.string] = t.id;
+            if (t.normalized) t.content = normalize(t.content);  // matched in normalized text
+            (t.normalized ? added_normalized_ : added_).tokens.push_back(t);
+            added_ids_[content.string] = t.id;
         }
     }
-    for (AddedSet* set : {&tok.added_, &tok.added_normalized_}) {
+    for (AddedSet* set : {&added_, &added_normalized_}) {
         std::stable_sort(set->tokens.begin(), set->tokens.end(),
                          [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
         for (const AddedToken& a : set->tokens) set->first[(unsigned char)a.content[0]] = true;
     }
-    for (size_t id = 0; id < seen.size(); ++id)
-        if (!seen[id]) fail(path + ": id " + std::to_string(id) + " is missing (ids must be contiguous)");
-    return tok;
 }
 
 // Llama 3: no normalizer; the pre-tokenizer is Split(the Llama-3 pattern) then ByteLevel.

@@ -74,6 +74,10 @@ class Tokenizer {
     void load_llama3(const std::string& path, const Json& file);
     void load_llama2(const std::string& path, const Json& file);
     void index_symbols(const std::string& path, const Json& model);
+    void load_merges(const std::string& path, const Json& model);
+    void load_added(const std::string& path, const Json& file, std::vector<bool>& seen);
+    std::string key_of(const std::string& spelling) const;
+    void assign(int64_t id, std::string key, const std::string& name, std::vector<bool>& seen);
 
     // The text and added-token spans of `s`, leftmost-longest; special tokens stay text unless `specials`.
     std::vector<Span> find_added(std::string_view s, const AddedSet& set, bool specials) const;
