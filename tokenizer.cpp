@@ -313,7 +313,8 @@ void Tokenizer::load_added(const std::string& path, const Json& file, std::vecto
             AddedToken t{content.string, int32_t(id.integer), flag(a, "special", false), false, flag(a, "lstrip", false),
                          flag(a, "rstrip", false)};
             t.normalized = flag(a, "normalized", !t.special);
-            if (t.normalized) t.content = normalize(t.content);  // matched in normalized text
+            if (t.normalized) t.content = normalize(t.content);  // matched, and decoded (HF 0.23), in normalized form
+            if (t.normalized && family_ == TokenizerFamily::llama2) token_[size_t(t.id)] = t.content;
             (t.normalized ? added_normalized_ : added_).tokens.push_back(t);
             added_ids_[content.string] = t.id;
         }

@@ -218,6 +218,7 @@ TEST_CASE("tokenizer llama2: merges by rank, unknown characters and added tokens
     Tokenizer n = tiny("sp_normalized.json", q);
     CHECK(n.encode("a cc") == V{kMetaA, 267});
     CHECK(n.encode("acc") == V{kMetaA, kC, kC});
+    CHECK(n.decode(V{kMetaA, 267}) == "a cc");  // decoded from its normalized form "▁cc", as HF 0.23 does
     q.added = R"(, {"id": 267, "content": "<m>", "special": true, "normalized": false, "lstrip": true, "rstrip": true})";
     Tokenizer s = tiny("sp_strip.json", q);
     CHECK(s.encode("a <m> b") == V{kMetaA, 267, kMeta, kB});  // the spaces beside <m> go with it
