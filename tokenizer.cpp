@@ -528,12 +528,14 @@ void Tokenizer::bpe_llama3(std::string_view piece, std::vector<int32_t>& out) co
 }
 
 // Each character starts as its own token; one with no token becomes its UTF-8 bytes as <0xNN> tokens
-// (byte fallback), else the unknown token (consecutive ones fused into one with fuse_unk).
+// (byte fallback), else the unknown token. As in HF's BPE::merge_word, an unknown token waits until the
+// next character that has a token (or the end), so consecutive ones fuse with fuse_unk, and byte-fallback
+// symbols in between come before it.
 void Tokenizer::bpe_llama2(std::string_view piece, std::vector<int32_t>& out) const {
     if (ignore_merges_) {
         if (auto it = vocab_.find(std::string(piece)); it != vocab_.end()) { out.push_back(it->second); return; }
     }
-    bool cached = piece.size() < 256;  // whole documents are one piece without Metaspace: not cached
+    bool cached = piece.size() < 256;  // a long piece (a segment the vocabulary does not let us cut) is not cached
     if (cached) {
         if (auto it = cache_.find(std::string(piece)); it != cache_.end()) {
             out.insert(out.end(), it->second.begin(), it->second.end());
@@ -542,20 +544,25 @@ void Tokenizer::bpe_llama2(std::string_view piece, std::vector<int32_t>& out) co
     }
     std::vector<int32_t> symbols;
     symbols.reserve(piece.size());
-    bool after_unk = false;
+    bool unk = false;  // an unknown token is waiting
     for (size_t i = 0; i < piece.size();) {
         uint32_t cp;
         size_t bad, n = utf8_decode(piece, i, cp, bad);
         if (n == 0) cp = 0xFFFD, n = bad;  // callers pass sanitized text
-        auto it = char_id_.find(cp);
-        bool bytes = it == char_id_.end();
-        for (size_t k = i; bytes && k < i + n; ++k) bytes = byte_id_[(unsigned char)piece[k]] >= 0;
-        if (it != char_id_.end()) symbols.push_back(it->second);
-        else if (bytes) for (size_t k = i; k < i + n; ++k) symbols.push_back(byte_id_[(unsigned char)piece[k]]);
-        else if (unk_id_ >= 0 && !(fuse_unk_ && after_unk)) symbols.push_back(unk_id_);
-        after_unk = it == char_id_.end() && !bytes;
+        bool bytes = true;
+        for (size_t k = i; k < i + n; ++k) bytes = bytes && byte_id_[(unsigned char)piece[k]] >= 0;
+        if (auto it = char_id_.find(cp); it != char_id_.end()) {
+            if (unk) symbols.push_back(unk_id_), unk = false;
+            symbols.push_back(it->second);
+        } else if (bytes) {
+            for (size_t k = i; k < i + n; ++k) symbols.push_back(byte_id_[(unsigned char)piece[k]]);
+        } else if (unk_id_ >= 0) {
+            if (unk && !fuse_unk_) symbols.push_back(unk_id_);
+            unk = true;
+        }  // no unknown token at all: HF drops the character
         i += n;
     }
+    if (unk) symbols.push_back(unk_id_);
     merge(symbols);
     out.insert(out.end(), symbols.begin(), symbols.end());
     if (!cached) return;

@@ -174,7 +174,8 @@ struct TinyParts {
     std::string decoder = R"({"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"},
         "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]})";
     std::string model = R"("type": "BPE", "byte_fallback": true, "unk_token": "<unk>", "fuse_unk": true)";
-    std::string added;  // more added tokens, each starting with ", "
+    std::string added;         // more added tokens, each starting with ", "
+    bool without_e2 = false;   // respell <0xE2> (id kept) so that byte 0xE2 has no token
 };
 enum : int32_t { kUnk = 0, kBos = 1, kMeta = 259, kA, kB, kC, kMetaA, kAB, kMetaAB, kMetaMeta, kNext };
 int32_t byte_id(unsigned char b) { return 3 + b; }
@@ -183,6 +184,7 @@ Tokenizer tiny(const std::string& name, const TinyParts& p) {
     std::string vocab = R"("<unk>": 0, "<s>": 1, "</s>": 2)";
     for (int b = 0; b < 256; ++b) vocab += ", \"" + byte_token((unsigned char)b) + "\": " + std::to_string(3 + b);
     vocab += R"(, "▁": 259, "a": 260, "b": 261, "c": 262, "▁a": 263, "ab": 264, "▁ab": 265, "▁▁": 266)";
+    if (p.without_e2) vocab.replace(vocab.find("<0xE2>"), 6, "<0xE2 gone>");
     std::string added = R"([{"id": 0, "content": "<unk>", "special": true, "normalized": false},
         {"id": 1, "content": "<s>", "special": true, "normalized": false}, {"id": 2, "content": "</s>", "special": true})";
     std::string json = "{\"normalizer\": " + p.normalizer + ", \"pre_tokenizer\": " + p.pre_tokenizer + ", \"decoder\": " +
@@ -212,6 +214,9 @@ TEST_CASE("tokenizer llama2: merges by rank, unknown characters and added tokens
     CHECK(tiny("sp_nofuse.json", p).encode("ab€€b") == V{kMetaAB, kUnk, kUnk, kB});
     p.model = R"("type": "BPE")";  // neither: HF drops the character
     CHECK(tiny("sp_drop.json", p).encode("a€") == V{kMetaA});
+    TinyParts w;  // € (E2 82 AC) cannot fall back, é (C3 A9) can: the waiting <unk> follows é's bytes and fuses
+    w.without_e2 = true;
+    CHECK(tiny("sp_no_e2.json", w).encode("a€é€b") == V{kMetaA, byte_id(0xC3), byte_id(0xA9), kUnk, kB});
 
     TinyParts q;  // an added token matched in normalized text: its pattern is normalize("cc") = "▁cc"
     q.added = R"(, {"id": 267, "content": "cc", "special": false, "normalized": true})";
