@@ -44,8 +44,9 @@ NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra $(COMMON)
 LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib \
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
-OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/data.o $(B)/llama_config.o $(B)/gemm.o $(B)/attention_ref.o $(B)/llama.o \
-             $(B)/generate.o $(B)/lora.o $(B)/adamw.o $(B)/world.o $(B)/zero3.o $(B)/checkpoint.o $(B)/options.o $(B)/report.o
+OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/tokenizer.o $(B)/data.o $(B)/llama_config.o $(B)/gemm.o $(B)/attention_ref.o \
+             $(B)/llama.o $(B)/generate.o $(B)/lora.o $(B)/adamw.o $(B)/world.o $(B)/zero3.o $(B)/checkpoint.o $(B)/options.o \
+             $(B)/report.o
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
 HEADERS   := $(wildcard *.h *.cuh)
 
@@ -78,7 +79,7 @@ deps:
 
 # The default data (tokenizer, corpus, QA set): fetched once; kept when present (GPU machines have no network).
 data:
-	@test -s data/tokenizer.json -a -f data/corpus/.complete -a -f data/dictionary/.complete -a -s data/qa_train.jsonl -a -s data/qa_eval.jsonl \
+	@test -s data/tokenizer.json -a -f data/corpus/.complete -a -f data/dictionary/.complete -a -s data/llama2_tokenizer.json -a -s data/qa_train.jsonl -a -s data/qa_eval.jsonl \
 	  || bash data/fetch.sh
 
 test: $(B)/run_tests train data

@@ -1,10 +1,8 @@
-// data.cpp — text to training batches (see data.h). Two parts, in order:
-//   BPE      the Llama-3 tokenizer. Encoding a text is
-//              pieces = split(text)                 (the pre-tokenizer pattern, below)
-//              ids    = concat over pieces of bpe(bytes(piece))
-//            where bpe starts from one token per byte and repeatedly merges the adjacent pair with the
-//            lowest merge rank, leftmost first, until no adjacent pair has a rank (Sennrich et al. 2016).
-//   Datasets corpora and JSONL rows -> Examples (ids + labels), then epoch order, rank shards, batches.
+// data.cpp — text to training batches (see data.h). Three parts, in order:
+//   Datasets corpora and JSONL rows -> Examples (ids + labels) with the tokenizer (tokenizer.cpp), in the
+//            model's templates;
+//   Packing  rows -> sequences (best fit), the eval split, the summary line;
+//   Batches  epoch order, rank shards, batches with positions and document starts.
 #include "data.h"
 
 #include <algorithm>
@@ -12,334 +10,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <queue>
+#include <set>
 #include <sys/stat.h>
 #include <dirent.h>
 
 #include "common.h"
-#include "unicode_table.h"
-
-// ================================================================================================ BPE
-
-namespace {
-
-// The Llama-3 pre-tokenizer pattern, as tokenizer.json stores it. Its alternatives, tried in order at
-// each position (the first that matches wins; the whole text is covered by matches):
-//   1 (?i:'s|'t|'re|'ve|'m|'ll|'d)    English contractions, any case
-//   2 [^\r\n\p{L}\p{N}]?\p{L}+         a word, with at most one leading non-letter (" the", "$x")
-//   3 \p{N}{1,3}                        numbers, in groups of up to three digits
-//   4  ?[^\s\p{L}\p{N}]+[\r\n]*        punctuation runs, with one leading space and trailing newlines
-//   5 \s*[\r\n]+                        whitespace up to and including the last newline of its run
-//   6 \s+(?!\S)                         whitespace, leaving the last space to lead the next word
-//   7 \s+                               any other whitespace
-const char* kLlama3Pattern =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
-enum : uint8_t { kLetter = 1, kNumber = 2, kSpace = 4, kNewline = 8 };
-
-bool is_white_space(uint32_t cp) {  // Unicode White_Space, what \s matches
-    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-           cp == 0x3000;
-}
-
-uint8_t char_class(uint32_t cp) {
-    if (cp == '\r' || cp == '\n') return kSpace | kNewline;
-    if (is_white_space(cp)) return kSpace;
-    if (cp < 0x80) {
-        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return kLetter;
-        return cp >= '0' && cp <= '9' ? kNumber : 0;
-    }
-    size_t lo = 0, hi = sizeof(kUnicodeRanges) / sizeof(kUnicodeRanges[0]);
-    while (lo < hi) {  // the last range with first <= cp
-        size_t mid = (lo + hi) / 2;
-        if (kUnicodeRanges[mid].first <= cp) lo = mid + 1;
-        else hi = mid;
-    }
-    if (lo == 0 || kUnicodeRanges[lo - 1].last < cp) return 0;
-    return kUnicodeRanges[lo - 1].cls == 1 ? kLetter : kNumber;
-}
-
-struct CodePoint {
-    uint32_t cp;
-    uint32_t offset;  // byte offset in the text
-    uint8_t cls;
-};
-
-// Length (in code points) of the match of the Llama-3 pattern at c[k] (alternatives as listed above).
-size_t match_at(const std::vector<CodePoint>& c, size_t k) {
-    size_t n = c.size();
-    auto has = [&](size_t j, uint8_t bits) { return j < n && (c[j].cls & bits); };
-    auto run = [&](size_t j, auto pred) { while (j < n && pred(c[j])) ++j; return j; };
-    auto lower = [&](size_t j) -> uint32_t {
-        if (j >= n) return 0;
-        uint32_t cp = c[j].cp;
-        if (cp == 0x17F) return 's';  // LATIN SMALL LETTER LONG S case-folds to 's'
-        return cp < 0x80 ? (cp | 0x20) : cp;
-    };
-    if (c[k].cp == '\'') {  // 1
-        uint32_t a = lower(k + 1), b = lower(k + 2);
-        if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
-        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
-    }
-    size_t j = k;  // 2
-    if (!has(k, kLetter | kNumber | kNewline) && has(k + 1, kLetter)) j = k + 1;
-    if (has(j, kLetter)) return run(j, [](const CodePoint& p) { return p.cls & kLetter; }) - k;
-    if (has(k, kNumber)) return std::min<size_t>(3, run(k, [](const CodePoint& p) { return p.cls & kNumber; }) - k);
-    auto punct = [](const CodePoint& p) { return !(p.cls & (kSpace | kLetter | kNumber)); };  // 4
-    j = (c[k].cp == ' ' && k + 1 < n && punct(c[k + 1])) ? k + 1 : k;
-    if (punct(c[j])) {
-        j = run(j, punct);
-        return run(j, [](const CodePoint& p) { return p.cls & kNewline; }) - k;
-    }
-    size_t end = run(k, [](const CodePoint& p) { return p.cls & kSpace; });  // c[k] is white space here
-    for (size_t m = end; m > k; --m)  // 5: through the last newline of the run
-        if (c[m - 1].cls & kNewline) return m - k;
-    if (end == n || end - 1 == k) return end - k;  // 6 at the end of the text, else 7 for one space
-    return end - 1 - k;                               // 6: leave the last space to the next piece
-}
-
-// GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes are
-// shifted to code points 256.., so every token is a printable string.
-std::vector<uint32_t> byte_to_code_point() {
-    std::vector<uint32_t> table(256);
-    uint32_t next = 256;
-    for (uint32_t b = 0; b < 256; ++b) {
-        bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        table[b] = printable ? b : next++;
-    }
-    return table;
-}
-
-const Json& field(const Json& object, const char* key, Json::Type type, const std::string& where) {
-    const Json* v = object.find(key);
-    if (!v) fail(where + ": missing field \"" + key + "\"");
-    if (v->type != type)
-        fail(where + ": field \"" + key + "\" must be " + json_type_name(type) + ", not " + json_type_name(v->type));
-    return *v;
-}
-
-}  // namespace
-
-std::vector<std::string_view> Tokenizer::split(std::string_view text) const {
-    std::vector<CodePoint> c;
-    c.reserve(text.size());
-    for (size_t i = 0; i < text.size();) {
-        uint32_t cp;
-        size_t bad, n = (unsigned char)text[i] < 0x80 ? (cp = (unsigned char)text[i], 1) : utf8_decode(text, i, cp, bad);
-        if (n == 0) cp = 0xFFFD, n = bad;  // callers pass sanitized text; stay safe anyway
-        c.push_back({cp, uint32_t(i), char_class(cp)});
-        i += n;
-    }
-    std::vector<std::string_view> pieces;
-    for (size_t k = 0; k < c.size();) {
-        size_t len = match_at(c, k);
-        size_t begin = c[k].offset, end = k + len < c.size() ? c[k + len].offset : text.size();
-        pieces.push_back(text.substr(begin, end - begin));
-        k += len;
-    }
-    return pieces;
-}
-
-Tokenizer Tokenizer::load(const std::string& path) {
-    Json file = read_json_file(path);
-    std::string where = path;
-    if (file.type != Json::Object) fail(path + ": not a tokenizer.json (expected a JSON object)");
-    const Json& model = field(file, "model", Json::Object, where);
-    const Json* type = model.find("type");
-    if (!type || !type->is_string() || type->string != "BPE")
-        fail(path + ": unsupported tokenizer model (only byte-level BPE, as Llama 3 uses)");
-    const Json* normalizer = file.find("normalizer");
-    if (normalizer && normalizer->type != Json::Null) fail(path + ": unsupported normalizer (Llama 3 has none)");
-    const Json* pre = file.find("pre_tokenizer");
-    bool llama3 = false;
-    if (pre && pre->type == Json::Object) {
-        const Json* list = pre->find("pretokenizers");
-        if (list && list->type == Json::Array && list->array.size() == 2) {
-            const Json* pattern = list->array[0].find("pattern");
-            const Json* regex = pattern ? pattern->find("Regex") : nullptr;
-            const Json* byte_level = list->array[1].find("type");
-            llama3 = regex && regex->is_string() && regex->string == kLlama3Pattern && byte_level &&
-                     byte_level->is_string() && byte_level->string == "ByteLevel";
-        }
-    }
-    if (!llama3) fail(path + ": unsupported pre_tokenizer (this reader implements the Llama-3 split pattern)");
-
-    Tokenizer tok;
-    tok.path_ = path;
-    const Json* ignore = model.find("ignore_merges");
-    tok.ignore_merges_ = ignore && ignore->type == Json::Bool && ignore->boolean;
-
-    std::vector<int32_t> cp_to_byte(512, -1);
-    std::vector<uint32_t> table = byte_to_code_point();
-    for (int b = 0; b < 256; ++b) cp_to_byte[table[b]] = b;
-    auto to_bytes = [&](const std::string& token) {
-        std::string bytes;
-        for (size_t i = 0; i < token.size();) {
-            uint32_t cp;
-            size_t bad, n = utf8_decode(token, i, cp, bad);
-            if (n == 0 || cp >= 512 || cp_to_byte[cp] < 0)
-                fail(path + ": vocabulary entry " + json_quote(token) + " is not in the byte-level alphabet");
-            bytes += char(cp_to_byte[cp]);
-            i += n;
-        }
-        return bytes;
-    };
-
-    const std::string in_model = where + ": model";
-    const Json& vocab = field(model, "vocab", Json::Object, in_model);
-    std::vector<std::string> id_to_bytes;
-    std::vector<bool> seen;
-    auto assign = [&](int64_t id, std::string bytes, const std::string& name) {
-        if (id < 0 || id >= (1 << 24)) fail(path + ": token " + json_quote(name) + " has an id out of range");
-        if (size_t(id) >= id_to_bytes.size()) id_to_bytes.resize(size_t(id) + 1), seen.resize(size_t(id) + 1);
-        if (seen[size_t(id)]) fail(path + ": id " + std::to_string(id) + " is used twice");
-        seen[size_t(id)] = true;
-        id_to_bytes[size_t(id)] = std::move(bytes);
-    };
-    for (const auto& [token, id] : vocab.object) {
-        if (!id.is_int()) fail(path + ": vocabulary entry " + json_quote(token) + " has no integer id");
-        std::string bytes = to_bytes(token);
-        assign(id.integer, bytes, token);
-        tok.bytes_to_id_.emplace(std::move(bytes), int32_t(id.integer));
-    }
-    for (int b = 0; b < 256; ++b) {
-        auto it = tok.bytes_to_id_.find(std::string(1, char(b)));
-        if (it == tok.bytes_to_id_.end()) fail(path + ": vocabulary lacks the token for byte " + std::to_string(b));
-        tok.byte_id_[b] = it->second;
-    }
-
-    const Json& merges = field(model, "merges", Json::Array, in_model);
-    for (size_t rank = 0; rank < merges.array.size(); ++rank) {
-        const Json& m = merges.array[rank];
-        std::string left, right;
-        if (m.is_string()) {  // "left right"
-            size_t space = m.string.find(' ');
-            if (space == std::string::npos) fail(path + ": merge " + json_quote(m.string) + " has no space");
-            left = m.string.substr(0, space), right = m.string.substr(space + 1);
-        } else if (m.type == Json::Array && m.array.size() == 2 && m.array[0].is_string() && m.array[1].is_string()) {
-            left = m.array[0].string, right = m.array[1].string;  // ["left", "right"]
-        } else {
-            fail(path + ": merge " + std::to_string(rank) + " is neither \"a b\" nor [\"a\", \"b\"]");
-        }
-        std::string lb = to_bytes(left), rb = to_bytes(right);
-        auto l = tok.bytes_to_id_.find(lb), r = tok.bytes_to_id_.find(rb), lr = tok.bytes_to_id_.find(lb + rb);
-        if (l == tok.bytes_to_id_.end() || r == tok.bytes_to_id_.end() || lr == tok.bytes_to_id_.end())
-            fail(path + ": merge " + json_quote(left + " " + right) + " names a token not in the vocabulary");
-        uint64_t key = uint64_t(uint32_t(l->second)) << 32 | uint32_t(r->second);
-        tok.merges_.emplace(key, std::make_pair(int32_t(rank), lr->second));  // the first (lowest) rank wins
-    }
-
-    if (const Json* added = file.find("added_tokens"); added && added->type == Json::Array) {
-        const std::string in_added = where + ": added_tokens";
-        for (const Json& a : added->array) {
-            const Json& content = field(a, "content", Json::String, in_added);
-            const Json& id = field(a, "id", Json::Number, in_added);
-            if (content.string.empty()) fail(path + ": an added token is empty");
-            if (!id.is_int()) fail(path + ": added token " + json_quote(content.string) + " has no integer id");
-            if (size_t(id.integer) < seen.size() && seen[size_t(id.integer)] &&
-                id_to_bytes[size_t(id.integer)] == content.string)
-                continue;  // already a vocabulary entry
-            assign(id.integer, content.string, content.string);
-            tok.added_.emplace_back(content.string, int32_t(id.integer));
-        }
-    }
-    std::stable_sort(tok.added_.begin(), tok.added_.end(),
-                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-    for (const auto& a : tok.added_) tok.added_first_[(unsigned char)a.first[0]] = true;
-    for (size_t id = 0; id < seen.size(); ++id)
-        if (!seen[id]) fail(path + ": id " + std::to_string(id) + " is missing (ids must be contiguous)");
-    tok.id_to_bytes_ = std::move(id_to_bytes);
-    return tok;
-}
-
-void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
-    std::string key(piece);
-    if (ignore_merges_) {
-        if (auto it = bytes_to_id_.find(key); it != bytes_to_id_.end()) { out.push_back(it->second); return; }
-    }
-    if (auto it = cache_.find(key); it != cache_.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
-    }
-    // Symbols in a linked list over byte positions; a min-heap of candidate merges (rank, position).
-    int n = int(piece.size());
-    std::vector<int32_t> id(n), next(n), prev(n);
-    for (int i = 0; i < n; ++i) id[i] = byte_id_[(unsigned char)piece[i]], prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
-    struct Candidate { int32_t rank, pos, left, right; };
-    auto later = [](const Candidate& a, const Candidate& b) { return a.rank != b.rank ? a.rank > b.rank : a.pos > b.pos; };
-    std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> heap(later);
-    auto consider = [&](int pos) {
-        if (pos < 0 || next[pos] < 0) return;
-        auto it = merges_.find(uint64_t(uint32_t(id[pos])) << 32 | uint32_t(id[next[pos]]));
-        if (it != merges_.end()) heap.push({it->second.first, pos, id[pos], id[next[pos]]});
-    };
-    for (int i = 0; i + 1 < n; ++i) consider(i);
-    while (!heap.empty()) {
-        Candidate c = heap.top();
-        heap.pop();
-        int q = next[c.pos];
-        if (id[c.pos] != c.left || q < 0 || id[q] != c.right) continue;  // stale: a neighbour merged first
-        id[c.pos] = merges_.at(uint64_t(uint32_t(c.left)) << 32 | uint32_t(c.right)).second;
-        id[q] = -1;
-        next[c.pos] = next[q];
-        if (next[q] >= 0) prev[next[q]] = c.pos;
-        consider(prev[c.pos]);
-        consider(c.pos);
-    }
-    std::vector<int32_t> result;
-    for (int i = 0; i >= 0 && n > 0; i = next[i]) result.push_back(id[i]);
-    out.insert(out.end(), result.begin(), result.end());
-    if (cache_.size() > 200000) cache_.clear();
-    cache_.emplace(std::move(key), std::move(result));
-}
-
-void Tokenizer::encode_text(std::string_view text, std::vector<int32_t>& out) const {
-    for (std::string_view piece : split(text)) bpe(piece, out);
-}
-
-std::vector<int32_t> Tokenizer::encode_ordinary(std::string_view text) const {
-    std::string clean = utf8_sanitize(text);
-    std::vector<int32_t> ids;
-    encode_text(clean, ids);
-    return ids;
-}
-
-std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
-    std::string clean = utf8_sanitize(text);
-    std::string_view s = clean;
-    std::vector<int32_t> ids;
-    size_t start = 0;
-    for (size_t i = 0; i < s.size();) {
-        const std::pair<std::string, int32_t>* match = nullptr;
-        if (!added_first_[(unsigned char)s[i]]) { ++i; continue; }
-        for (const auto& a : added_)  // longest first: the leftmost-longest match
-            if (a.first[0] == s[i] && s.compare(i, a.first.size(), a.first) == 0) { match = &a; break; }
-        if (!match) { ++i; continue; }
-        encode_text(s.substr(start, i - start), ids);
-        ids.push_back(match->second);
-        i += match->first.size();
-        start = i;
-    }
-    encode_text(s.substr(start), ids);
-    return ids;
-}
-
-std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
-    std::string bytes;
-    for (int32_t id : ids) {
-        if (id < 0 || id >= vocab_size()) fail("token id " + std::to_string(id) + " is outside the vocabulary (" + path_ + ")");
-        bytes += id_to_bytes_[size_t(id)];
-    }
-    return utf8_sanitize(bytes);
-}
-
-int32_t Tokenizer::special_id(const std::string& content) const {
-    for (const auto& a : added_)
-        if (a.first == content) return a.second;
-    fail(path_ + ": the tokenizer has no special token " + content);
-}
 
 // ================================================================================================ datasets
 
@@ -382,6 +57,7 @@ void add_row(Dataset& data, Example row, int seq_len) {
         data.stats.truncated_tokens += int64_t(row.ids.size()) - seq_len;
         row.ids.resize(size_t(seq_len));
         row.labels.resize(size_t(seq_len));
+        while (!row.doc_starts.empty() && row.doc_starts.back() >= seq_len) row.doc_starts.pop_back();
     }
     int64_t targets = count_targets(row.labels);
     if (targets == 0) data.stats.rows_without_targets++;
@@ -390,23 +66,36 @@ void add_row(Dataset& data, Example row, int seq_len) {
     data.rows.push_back(std::move(row));
 }
 
-void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer& tok, int seq_len) {
-    int32_t bos = tok.special_id("<|begin_of_text|>"), eos = tok.special_id("<|end_of_text|>");
+const std::string kNeedsTokenizer = "needs a tokenizer (pass --tokenizer, or use a model directory with tokenizer.json)";
+
+void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer* tok, const ModelTokens* mt,
+                 int seq_len) {
+    if (!tok) fail("dataset " + data.source + " is plain text: it " + kNeedsTokenizer);
+    data.corpus = true;
     std::vector<int32_t> stream;
+    std::vector<size_t> starts;  // where each document begins in the stream
     for (const std::string& path : files) {
         std::string text = read_file(path);
         if (text.empty()) fail(path + ": empty document");
-        stream.push_back(bos);
-        std::vector<int32_t> ids = tok.encode(text);
+        starts.push_back(stream.size());
+        stream.push_back(mt->bos);
+        std::vector<int32_t> ids = tok->encode(text);
         stream.insert(stream.end(), ids.begin(), ids.end());
-        stream.push_back(eos);
+        stream.push_back(mt->eos[0]);
         data.stats.documents++;
     }
+    size_t next_doc = 0;
     for (size_t start = 0; start < stream.size(); start += size_t(seq_len)) {
         size_t end = std::min(stream.size(), start + size_t(seq_len));
         Example row;
         row.ids.assign(stream.begin() + long(start), stream.begin() + long(end));
         row.labels = row.ids;
+        for (; next_doc < starts.size() && starts[next_doc] < end; ++next_doc) {
+            if (starts[next_doc] == start) continue;  // position 0: the row's first document
+            int32_t at = int32_t(starts[next_doc] - start);
+            row.doc_starts.push_back(at);
+            row.labels[size_t(at)] = kIgnoreIndex;  // the previous document does not predict this one
+        }
         add_row(data, std::move(row), seq_len);
     }
 }
@@ -436,35 +125,113 @@ std::vector<int32_t> id_array(const Json& row, const char* key, const std::strin
     return ids;
 }
 
+// Python's str.strip(), which chat templates apply to contents: Unicode white space and \x1c-\x1f.
+std::string strip(const std::string& s) {
+    auto space = [](uint32_t cp) {
+        return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+               (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    };
+    size_t begin = 0, end = s.size(), n, bad;
+    uint32_t cp;
+    while (begin < end && (n = utf8_decode(s, begin, cp, bad)) && space(cp)) begin += n;
+    while (end > begin) {
+        size_t j = end - 1;
+        while (j > begin && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
+        if (!(n = utf8_decode(s, j, cp, bad)) || !space(cp)) break;
+        end = j;
+    }
+    return s.substr(begin, end - begin);
+}
+
+// A piece of a rendered template: a special token (id >= 0) or text, which is encoded as ordinary text
+// (special-token strings in user content stay text).
+struct Part {
+    int32_t id = -1;
+    std::string text;
+};
+Part token(int32_t id) { return {id, ""}; }
+Part text(std::string s) { return {-1, std::move(s)}; }
+
+int32_t template_token(const Tokenizer& tok, const char* name, const char* chat) {
+    int32_t id = tok.token_id(name);
+    if (id < 0) fail(std::string("the ") + chat + " chat template needs the token " + name + ", which " + tok.path() + " lacks");
+    return id;
+}
+
+// ids and labels of a rendered template, prompt then answer. Text parts that touch are encoded as one
+// string, as HF tokenizes a rendered template (Llama 2's normalizer puts a "▁" only before the first); the
+// loss starts after as many tokens of that string as its prompt part alone has (TRL's rule).
+Example render(const Tokenizer& tok, const std::vector<Part>& prompt, const std::vector<Part>& answer, bool train_on_prompt) {
+    std::vector<Part> parts = prompt;
+    parts.insert(parts.end(), answer.begin(), answer.end());
+    Example ex;
+    for (size_t i = 0; i < parts.size();) {
+        if (parts[i].id >= 0) {
+            ex.ids.push_back(parts[i].id);
+            ex.labels.push_back(i >= prompt.size() || train_on_prompt ? parts[i].id : kIgnoreIndex);
+            ++i;
+            continue;
+        }
+        std::string run, prompt_text;  // the run's text, and its part from the prompt
+        for (; i < parts.size() && parts[i].id < 0; ++i) {
+            run += parts[i].text;
+            if (i < prompt.size()) prompt_text = run;
+        }
+        std::vector<int32_t> ids = tok.encode_ordinary(run);
+        size_t masked = train_on_prompt ? 0 : std::min(ids.size(), tok.encode_ordinary(prompt_text).size());
+        for (size_t k = 0; k < ids.size(); ++k) ex.ids.push_back(ids[k]), ex.labels.push_back(k < masked ? kIgnoreIndex : ids[k]);
+    }
+    return ex;
+}
+
+// One exchange in the model family's chat template (the Instruct models' tokenizer_config.json):
+//   llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>
+//           <|start_header_id|>assistant<|end_header_id|>\n\n{answer}<|eot_id|>
+//   llama2  <s>[INST] {user} [/INST] {answer} </s>
+// with user and answer stripped of surrounding white space; the answer part takes the loss.
+Example chat_example(const Tokenizer& tok, const ModelTokens& mt, const std::string& user, const std::string& answer,
+                     bool train_on_prompt) {
+    if (mt.chat == TokenizerFamily::llama2)
+        return render(tok, {token(mt.bos), text("[INST] " + strip(user) + " [/INST]")},
+                      {text(" " + strip(answer) + " "), token(mt.eos[0])}, train_on_prompt);
+    int32_t start = template_token(tok, "<|start_header_id|>", "Llama-3"),
+            end = template_token(tok, "<|end_header_id|>", "Llama-3"), eot = template_token(tok, "<|eot_id|>", "Llama-3");
+    return render(tok,
+                  {token(mt.bos), token(start), text("user"), token(end), text("\n\n" + strip(user)), token(eot), token(start),
+                   text("assistant"), token(end), text("\n\n")},
+                  {text(strip(answer)), token(eot)}, train_on_prompt);
+}
+
 // One JSONL row -> Example. The prompt part takes no loss unless train_on_prompt.
-Example row_example(const Json& row, const std::string& where, const Tokenizer& tok, const DataOptions& opt) {
+Example row_example(const Json& row, const std::string& where, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
+                    const DataOptions& opt) {
     if (row.type != Json::Object) fail(where + ": a row must be a JSON object, not " + std::string(json_type_name(row.type)));
-    bool ids = row.find("input_ids"), text = row.find("text"), qa = row.find("question") || row.find("answer"),
+    bool ids = row.find("input_ids"), text_row = row.find("text"), qa = row.find("question") || row.find("answer"),
          pc = row.find("prompt") || row.find("completion");
-    int forms = ids + text + qa + pc;
+    int forms = ids + text_row + qa + pc;
     if (forms == 0)
         fail(where + ": unknown row form (expected \"text\", \"question\"+\"answer\", \"prompt\"+\"completion\" or \"input_ids\")");
     if (forms > 1) fail(where + ": the row mixes fields of different forms (text, question/answer, prompt/completion, input_ids)");
-    int32_t bos = tok.special_id("<|begin_of_text|>");
     Example ex;
     if (ids) {
-        ex.ids = id_array(row, "input_ids", where, tok.vocab_size(), false);
+        ex.ids = id_array(row, "input_ids", where, vocab, false);
         if (ex.ids.empty()) fail(where + ": field \"input_ids\" is empty");
-        ex.labels = row.find("labels") ? id_array(row, "labels", where, tok.vocab_size(), true) : ex.ids;
+        ex.labels = row.find("labels") ? id_array(row, "labels", where, vocab, true) : ex.ids;
         if (ex.labels.size() != ex.ids.size())
             fail(where + ": \"labels\" has " + std::to_string(ex.labels.size()) + " entries but \"input_ids\" has " +
                  std::to_string(ex.ids.size()));
         return ex;
     }
+    if (!tok) fail(where + ": a text row " + kNeedsTokenizer);
     auto nonempty = [&](const std::string& value, const char* key) {
-        if (tok.encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
+        if (tok->encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
         return value;
     };
-    if (text) {
-        std::vector<int32_t> body = tok.encode(nonempty(string_field(row, "text", where, true), "text"));
-        ex.ids.push_back(bos);
+    if (text_row) {  // as HF's tokenizer(text) with BOS, then EOS: special-token strings in the text are tokens
+        std::vector<int32_t> body = tok->encode(nonempty(string_field(row, "text", where, true), "text"));
+        ex.ids.push_back(mt->bos);
         ex.ids.insert(ex.ids.end(), body.begin(), body.end());
-        ex.ids.push_back(tok.special_id("<|end_of_text|>"));
+        ex.ids.push_back(mt->eos[0]);
         ex.labels = ex.ids;
         return ex;
     }
@@ -479,43 +246,20 @@ Example row_example(const Json& row, const std::string& where, const Tokenizer& 
         user = nonempty(string_field(row, "prompt", where, true), "prompt");
         answer = nonempty(string_field(row, "completion", where, true), "completion");
     }
-    std::vector<int32_t> prompt{bos}, completion;
-    auto append = [](std::vector<int32_t>& to, const std::vector<int32_t>& ids) { to.insert(to.end(), ids.begin(), ids.end()); };
-    if (opt.chat_template) {  // <|start_header_id|>user<|end_header_id|>\n\nUSER<|eot_id|><|start_header_id|>assistant...
-        auto trim = [](const std::string& s) {
-            size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
-            return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-        };
-        int32_t start = tok.special_id("<|start_header_id|>"), end = tok.special_id("<|end_header_id|>"),
-                eot = tok.special_id("<|eot_id|>");
-        prompt.push_back(start), append(prompt, tok.encode_ordinary("user")), prompt.push_back(end);
-        append(prompt, tok.encode_ordinary("\n\n" + trim(user)));
-        prompt.push_back(eot), prompt.push_back(start), append(prompt, tok.encode_ordinary("assistant"));
-        prompt.push_back(end), append(prompt, tok.encode_ordinary("\n\n"));
-        append(completion, tok.encode_ordinary(trim(answer)));
-        completion.push_back(eot);
-    } else {
-        append(prompt, tok.encode_ordinary(user));
-        append(completion, tok.encode_ordinary(answer));
-        completion.push_back(tok.special_id("<|end_of_text|>"));
-    }
-    ex.ids = prompt;
-    append(ex.ids, completion);
-    ex.labels.assign(prompt.size(), kIgnoreIndex);
-    if (opt.train_on_prompt) ex.labels = prompt;
-    append(ex.labels, completion);
-    return ex;
+    if (opt.chat_template) return chat_example(*tok, *mt, user, answer, opt.train_on_prompt);
+    return render(*tok, {token(mt->bos), text(user)}, {text(answer), token(mt->eos[0])}, opt.train_on_prompt);
 }
 
 // JSON Lines (one row object per line), or a .json file holding one array of row objects.
-void load_jsonl(Dataset& data, const std::string& path, const Tokenizer& tok, const DataOptions& opt) {
+void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
+                const DataOptions& opt) {
     std::string text = read_file(path);
     std::vector<Example> rows;
     size_t first = text.find_first_not_of(" \t\r\n");
     if (ends_with(path, ".json") && first != std::string::npos && text[first] == '[') {
         Json array = parse_json(text, path);
         for (size_t i = 0; i < array.array.size(); ++i, data.stats.documents++)
-            rows.push_back(row_example(array.array[i], path + ": row " + std::to_string(i + 1), tok, opt));
+            rows.push_back(row_example(array.array[i], path + ": row " + std::to_string(i + 1), tok, mt, vocab, opt));
         text.clear();
     }
     size_t line_start = 0;
@@ -526,21 +270,10 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer& tok, co
         line_start = end + 1;
         if (s.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
         std::string where = path + ":" + std::to_string(line);
-        rows.push_back(row_example(parse_json(s, path, line), where, tok, opt));
+        rows.push_back(row_example(parse_json(s, path, line), where, tok, mt, vocab, opt));
         data.stats.documents++;
     }
-    if (!opt.pack) {
-        for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
-        return;
-    }
-    Example packed;  // greedy: append rows while they fit; a row never straddles two sequences
-    for (Example& row : rows) {
-        if (!packed.ids.empty() && packed.ids.size() + row.ids.size() > size_t(opt.seq_len))
-            add_row(data, std::move(packed), opt.seq_len), packed = Example();
-        packed.ids.insert(packed.ids.end(), row.ids.begin(), row.ids.end());
-        packed.labels.insert(packed.labels.end(), row.labels.begin(), row.labels.end());
-    }
-    if (!packed.ids.empty()) add_row(data, std::move(packed), opt.seq_len);
+    for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
 }
 
 }  // namespace
@@ -549,24 +282,34 @@ std::string qa_prompt(const std::string& question, const std::string& context) {
     return "Question: " + question + "\n" + (context.empty() ? "" : "Context: " + context + "\n") + "Answer:";
 }
 
-Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options) {
+Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options) {
     if (options.seq_len < 2) fail("sequence length must be at least 2 (--seq)");
+    if (vocab_size <= 0 && tok) vocab_size = tok->vocab_size();
+    if (vocab_size <= 0) fail("load_dataset " + path + ": no tokenizer and no vocabulary size to check ids against");
+    ModelTokens defaults;
+    const ModelTokens* mt = options.tokens;
+    if (!mt && tok) defaults = model_tokens(*tok, ""), mt = &defaults;
     Dataset data;
-    data.source = path;
+    data.source = path, data.seq_len = options.seq_len, data.pack = options.pack;
     struct stat st;
     if (stat(path.c_str(), &st) != 0) fail("cannot read dataset " + path + ": " + std::strerror(errno));
     if (S_ISDIR(st.st_mode)) {
         std::vector<std::string> files = list_files(path);
         if (files.empty()) fail("dataset directory " + path + " has no files");
-        load_corpus(data, files, tok, options.seq_len);
+        load_corpus(data, files, tok, mt, options.seq_len);
     } else if (ends_with(path, ".jsonl") || ends_with(path, ".json")) {
-        load_jsonl(data, path, tok, options);
+        load_jsonl(data, path, tok, mt, vocab_size, options);
     } else {
-        load_corpus(data, {path}, tok, options.seq_len);
+        load_corpus(data, {path}, tok, mt, options.seq_len);
     }
     if (data.rows.empty()) fail("dataset " + path + " is empty");
     if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");
+    pack_sequences(data);
     return data;
+}
+
+Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options) {
+    return load_dataset(path, &tok, 0, options);
 }
 
 Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
@@ -578,9 +321,9 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
     std::vector<bool> is_eval(size_t(n), false);
     for (int64_t i = 0; i < k; ++i) is_eval[size_t(order[size_t(i)])] = true;
     Dataset eval, rest;
+    for (Dataset* d : {&eval, &rest}) d->corpus = train.corpus, d->seq_len = train.seq_len, d->pack = train.pack;
     eval.source = train.source + " (eval split)";
     rest.source = train.source;
-    rest.stats = eval.stats = DataStats();
     for (int64_t i = 0; i < n; ++i) {
         Dataset& to = is_eval[size_t(i)] ? eval : rest;
         to.stats.tokens += int64_t(train.rows[size_t(i)].ids.size());
@@ -590,8 +333,51 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
     rest.stats.documents = train.stats.documents;  // truncation counts stay with the training set
     rest.stats.truncated_rows = train.stats.truncated_rows, rest.stats.truncated_tokens = train.stats.truncated_tokens;
     rest.stats.rows_without_targets = train.stats.rows_without_targets;
+    pack_sequences(rest);
+    pack_sequences(eval);
     train = std::move(rest);
     return eval;
+}
+
+void pack_sequences(Dataset& data) {
+    data.sequences.clear();
+    std::set<std::pair<int64_t, int64_t>> open;  // (room left, sequence) of sequences that are not full
+    for (int64_t r = 0; r < int64_t(data.rows.size()); ++r) {
+        int64_t len = int64_t(data.rows[size_t(r)].ids.size());
+        auto fit = data.pack && !data.corpus ? open.lower_bound({len, -1}) : open.end();  // least room that fits
+        int64_t s = fit != open.end() ? fit->second : int64_t(data.sequences.size());
+        int64_t room = (fit != open.end() ? fit->first : data.seq_len) - len;
+        if (fit != open.end()) open.erase(fit);
+        else data.sequences.emplace_back();
+        data.sequences[size_t(s)].push_back(r);
+        if (room > 0) open.insert({room, s});
+    }
+    data.stats.sequences = int64_t(data.sequences.size());
+    data.stats.padding_tokens = data.stats.sequences * data.seq_len - data.stats.tokens;
+}
+
+namespace {
+std::string thousands(int64_t n) {
+    std::string s = std::to_string(n);
+    for (int i = int(s.size()) - 3; i > (n < 0 ? 1 : 0); i -= 3) s.insert(size_t(i), ",");
+    return s;
+}
+}  // namespace
+
+std::string data_summary(const std::string& role, const Dataset& data) {
+    const DataStats& s = data.stats;
+    double total = double(s.sequences) * data.seq_len;
+    char padding[32];
+    std::snprintf(padding, sizeof padding, "%.1f%%", total > 0 ? 100.0 * double(s.padding_tokens) / total : 0.0);
+    std::string line = "data: " + role + " " + data.source + ": " +
+                       (!data.corpus ? thousands(int64_t(data.rows.size())) + " rows in "
+                        : s.documents ? thousands(s.documents) + " documents in " : "") +  // an eval split of a corpus: chunks
+                       thousands(s.sequences) + " sequences of " + std::to_string(data.seq_len) + " tokens, " +
+                       padding + " padding, " + thousands(s.tokens) + " tokens (" + thousands(s.target_tokens) +
+                       " take loss), " + thousands(s.truncated_rows) + " rows truncated (" + thousands(s.truncated_tokens) +
+                       " tokens cut)";
+    if (s.rows_without_targets) line += ", " + thousands(s.rows_without_targets) + " rows with no answer left";
+    return line;
 }
 
 // ================================================================================================ batches
@@ -619,36 +405,61 @@ Loader::Loader(const Dataset& data, int micro_batch, int seq_len, int rank, int 
     : data_(data), B_(micro_batch), T_(seq_len), rank_(rank), world_(world), seed_(seed), shuffle_(shuffle), pad_id_(pad_id) {
     if (micro_batch < 1) fail("micro-batch size must be at least 1 (--micro-batch)");
     if (world < 1 || rank < 0 || rank >= world) fail("rank " + std::to_string(rank) + " is outside a world of " + std::to_string(world));
-    int64_t n = int64_t(data.rows.size());
+    int64_t n = int64_t(data.sequences.size());
     if (n == 0) fail("dataset " + data.source + " is empty");
+    if (seq_len < data.seq_len)
+        fail("dataset " + data.source + " is packed into sequences of " + std::to_string(data.seq_len) +
+             " tokens, longer than the batch's " + std::to_string(seq_len));
     int64_t per_rank = (n + world - 1) / world;
     batches_per_epoch_ = (per_rank + micro_batch - 1) / micro_batch;
 }
 
-std::vector<int64_t> Loader::batch_rows(int64_t epoch, int64_t index) const {
-    if (epoch != cached_epoch_) order_ = epoch_order(int64_t(data_.rows.size()), seed_, epoch, shuffle_), cached_epoch_ = epoch;
-    std::vector<int64_t> rows(size_t(B_), -1);
+std::vector<int64_t> Loader::batch_sequences(int64_t epoch, int64_t index) const {
+    if (epoch != cached_epoch_) order_ = epoch_order(int64_t(data_.sequences.size()), seed_, epoch, shuffle_), cached_epoch_ = epoch;
+    std::vector<int64_t> seqs(size_t(B_), -1);
     for (int b = 0; b < B_; ++b) {
-        int64_t pos = rank_ + (index * B_ + b) * int64_t(world_);  // this rank's j-th row is order[rank + j*W]
-        if (index >= 0 && index < batches_per_epoch_ && pos < int64_t(order_.size())) rows[size_t(b)] = order_[size_t(pos)];
+        int64_t pos = rank_ + (index * B_ + b) * int64_t(world_);  // this rank's j-th sequence is order[rank + j*W]
+        if (index >= 0 && index < batches_per_epoch_ && pos < int64_t(order_.size())) seqs[size_t(b)] = order_[size_t(pos)];
     }
-    return rows;
+    return seqs;
 }
 
+// Row b: the sequence's rows one after another (each a document, and so is each document inside a row),
+// then padding as one more document. A document that does not start the row has its first label masked.
 Batch Loader::batch(int64_t epoch, int64_t index) const {
     Batch batch;
     batch.B = B_, batch.T = T_;
-    batch.ids.assign(size_t(B_) * size_t(T_), pad_id_);
-    batch.labels.assign(size_t(B_) * size_t(T_), kIgnoreIndex);
-    std::vector<int64_t> rows = batch_rows(epoch, index);
+    size_t n = size_t(B_) * size_t(T_);
+    batch.ids.assign(n, pad_id_);
+    batch.labels.assign(n, kIgnoreIndex);
+    batch.positions.resize(n);
+    batch.doc_start.resize(n);
+    std::vector<int64_t> seqs = batch_sequences(epoch, index);
     for (int b = 0; b < B_; ++b) {
-        if (rows[size_t(b)] < 0) continue;
-        const Example& ex = data_.rows[size_t(rows[size_t(b)])];
-        size_t len = std::min(ex.ids.size(), size_t(T_));
-        std::copy(ex.ids.begin(), ex.ids.begin() + long(len), batch.ids.begin() + long(size_t(b) * size_t(T_)));
-        std::copy(ex.labels.begin(), ex.labels.begin() + long(len), batch.labels.begin() + long(size_t(b) * size_t(T_)));
-        batch.real_rows++;
-        for (size_t t = 1; t < len; ++t) batch.target_tokens += ex.labels[t] != kIgnoreIndex;
+        int32_t* ids = &batch.ids[size_t(b) * size_t(T_)];
+        int32_t* labels = &batch.labels[size_t(b) * size_t(T_)];
+        int32_t* doc = &batch.doc_start[size_t(b) * size_t(T_)];
+        int32_t t = 0;
+        if (seqs[size_t(b)] >= 0) {
+            batch.real_rows++;
+            for (int64_t r : data_.sequences[size_t(seqs[size_t(b)])]) {
+                const Example& ex = data_.rows[size_t(r)];
+                size_t next = 0;  // the next of ex.doc_starts
+                for (int32_t k = 0; k < int32_t(ex.ids.size()); ++k, ++t) {
+                    bool starts = k == 0 || (next < ex.doc_starts.size() && ex.doc_starts[next] == k);
+                    if (k > 0 && starts) ++next;
+                    ids[t] = ex.ids[size_t(k)];
+                    labels[t] = starts && t > 0 ? kIgnoreIndex : ex.labels[size_t(k)];
+                    doc[t] = starts ? t : doc[t - 1];
+                }
+            }
+        }
+        batch.tokens += t;
+        for (int32_t p = t; p < T_; ++p) doc[p] = t;  // padding: a document of its own
+        for (int32_t p = 0; p < T_; ++p) {
+            batch.positions[size_t(b) * size_t(T_) + size_t(p)] = p - doc[p];
+            batch.target_tokens += p > 0 && labels[p] != kIgnoreIndex;
+        }
     }
     return batch;
 }

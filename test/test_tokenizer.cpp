@@ -107,6 +107,11 @@ TEST_CASE("tokenizer: special tokens") {
     CHECK_THROWS_WITH_AS(tok.decode({128256}), doctest::Contains("outside the vocabulary"), Error);
     CHECK_THROWS_WITH_AS(tok.decode({-1}), doctest::Contains("outside the vocabulary"), Error);
     CHECK(tok.encode("").empty());
+    CHECK(tok.family() == TokenizerFamily::llama3);
+    CHECK(tok.token_id("<|eot_id|>") == 128009);                 // an added token, by its content
+    CHECK(tok.token_id("\xC4\xA0the") == tok.encode(" the")[0]);  // "Ġthe": a vocabulary entry, as the file spells it
+    CHECK(tok.token_id(" the") == -1);                           // raw bytes are not a spelling
+    CHECK(tok.token_id("<|nope|>") == -1);
 }
 
 TEST_CASE("tokenizer: the split pattern on chosen strings") {
