@@ -184,6 +184,15 @@ Example render(const Tokenizer& tok, const std::vector<Part>& prompt, const std:
     return ex;
 }
 
+// The prompt half of one exchange in the chat template (below): everything up to the answer.
+std::vector<Part> chat_prompt(const Tokenizer& tok, const ModelTokens& mt, const std::string& user) {
+    if (mt.chat == TokenizerFamily::llama2) return {token(mt.bos), text("[INST] " + strip(user) + " [/INST]")};
+    int32_t start = template_token(tok, "<|start_header_id|>", "Llama-3"),
+            end = template_token(tok, "<|end_header_id|>", "Llama-3"), eot = template_token(tok, "<|eot_id|>", "Llama-3");
+    return {token(mt.bos), token(start), text("user"), token(end), text("\n\n" + strip(user)), token(eot), token(start), text("assistant"),
+            token(end), text("\n\n")};
+}
+
 // One exchange in the model family's chat template (the Instruct models' tokenizer_config.json):
 //   llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>
 //           <|start_header_id|>assistant<|end_header_id|>\n\n{answer}<|eot_id|>
@@ -192,14 +201,9 @@ Example render(const Tokenizer& tok, const std::vector<Part>& prompt, const std:
 Example chat_example(const Tokenizer& tok, const ModelTokens& mt, const std::string& user, const std::string& answer,
                      bool train_on_prompt) {
     if (mt.chat == TokenizerFamily::llama2)
-        return render(tok, {token(mt.bos), text("[INST] " + strip(user) + " [/INST]")},
-                      {text(" " + strip(answer) + " "), token(mt.eos[0])}, train_on_prompt);
-    int32_t start = template_token(tok, "<|start_header_id|>", "Llama-3"),
-            end = template_token(tok, "<|end_header_id|>", "Llama-3"), eot = template_token(tok, "<|eot_id|>", "Llama-3");
-    return render(tok,
-                  {token(mt.bos), token(start), text("user"), token(end), text("\n\n" + strip(user)), token(eot), token(start),
-                   text("assistant"), token(end), text("\n\n")},
-                  {text(strip(answer)), token(eot)}, train_on_prompt);
+        return render(tok, chat_prompt(tok, mt, user), {text(" " + strip(answer) + " "), token(mt.eos[0])}, train_on_prompt);
+    return render(tok, chat_prompt(tok, mt, user), {text(strip(answer)), token(template_token(tok, "<|eot_id|>", "Llama-3"))},
+                  train_on_prompt);
 }
 
 // One JSONL row -> Example. The prompt part takes no loss unless train_on_prompt.
@@ -278,6 +282,13 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, co
 
 }  // namespace
 
+std::vector<int32_t> prompt_ids(const Tokenizer& tok, const ModelTokens& mt, const std::string& prompt, bool chat) {
+    if (chat) return render(tok, chat_prompt(tok, mt, prompt), {}, false).ids;
+    std::vector<int32_t> ids{mt.bos}, body = tok.encode(prompt);  // as HF's tokenizer(prompt): BOS, then the text
+    ids.insert(ids.end(), body.begin(), body.end());
+    return ids;
+}
+
 std::string qa_prompt(const std::string& question, const std::string& context) {
     return "Question: " + question + "\n" + (context.empty() ? "" : "Context: " + context + "\n") + "Answer:";
 }
@@ -337,6 +348,17 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
     pack_sequences(eval);
     train = std::move(rest);
     return eval;
+}
+
+void append_dataset(Dataset& into, Dataset&& more) {
+    into.source += "," + more.source;
+    into.corpus = into.corpus && more.corpus;
+    for (Example& row : more.rows) into.rows.push_back(std::move(row));
+    DataStats& a = into.stats;
+    const DataStats& b = more.stats;
+    a.documents += b.documents, a.tokens += b.tokens, a.target_tokens += b.target_tokens;
+    a.truncated_rows += b.truncated_rows, a.truncated_tokens += b.truncated_tokens, a.rows_without_targets += b.rows_without_targets;
+    pack_sequences(into);
 }
 
 void pack_sequences(Dataset& data) {
@@ -442,6 +464,7 @@ Batch Loader::batch(int64_t epoch, int64_t index) const {
         int32_t t = 0;
         if (seqs[size_t(b)] >= 0) {
             batch.real_rows++;
+            batch.examples += int64_t(data_.sequences[size_t(seqs[size_t(b)])].size());
             for (int64_t r : data_.sequences[size_t(seqs[size_t(b)])]) {
                 const Example& ex = data_.rows[size_t(r)];
                 size_t next = 0;  // the next of ex.doc_starts

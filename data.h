@@ -75,8 +75,15 @@ struct Dataset {
 Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options);
 Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);  // the tokenizer's size
 
+// A prompt to generate from: BOS + the text (as HF's tokenizer(prompt)), or with `chat` the prompt half of
+// the family's chat template (up to where the assistant's answer begins).
+std::vector<int32_t> prompt_ids(const Tokenizer& tok, const ModelTokens& mt, const std::string& prompt, bool chat);
+
 // The QA prompt template: "Question: ...\nContext: ...\nAnswer:" (Context line only when present).
 std::string qa_prompt(const std::string& question, const std::string& context);
+
+// Appends `more`'s rows to `into` (several --data paths make one dataset) and packs the whole again.
+void append_dataset(Dataset& into, Dataset&& more);
 
 // Moves a deterministic `fraction` of rows (at least one) into the returned eval set; packs both parts again.
 Dataset split_eval(Dataset& train, double fraction, uint64_t seed);
@@ -112,6 +119,7 @@ struct Batch {
     int64_t target_tokens = 0;  // labels[b][t] != -100 for t >= 1 (the positions that take loss)
     int64_t tokens = 0;         // real (non-padding) tokens
     int real_rows = 0;          // batch rows that hold a sequence (the rest are fully masked padding)
+    int64_t examples = 0;       // dataset rows packed into those sequences (the samples of samples/s)
 };
 
 // Shards an epoch of sequences across ranks: rank r takes sequences r, r+W, r+2W, ... of the epoch order,

@@ -11,6 +11,14 @@
 
 #include "common.h"
 #include "cuda_common.cuh"
+#include "lora.h"
+#include "options.h"
+#include "tokenizer.h"
+#include "world.h"
+#include "zero3.h"
+
+#include <cstdio>
+#include <iostream>
 
 namespace {
 
@@ -124,4 +132,138 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
         }
     }
     return out;
+}
+
+// ================================================================================================ the command
+
+namespace {
+
+const char* kGenerateUsage = R"(usage: ./train generate --model DIR [--adapter DIR] [OPTIONS] [PROMPT ...]
+
+Answers each PROMPT (or each line of stdin when none is given), streaming the answer as it comes, then
+prints the tokens and tokens/s. Stops at the model's end tokens (generation_config.json, config.json).
+  --model DIR            HF model directory (config.json, safetensors, tokenizer.json); e.g. OUT/model
+  --adapter DIR          a PEFT LoRA adapter on that base, e.g. OUT/adapter
+  --tokenizer PATH       tokenizer.json when the model directory has none
+  --chat-template        wrap each prompt in the model family's chat template (Instruct models)
+  --max-new-tokens N     (default 128)
+  --temperature T        0 = greedy (default); > 0 samples from softmax(logits / T)
+  --top-k K              sample among the K most likely tokens (default 0: all)
+  --top-p P              sample within the nucleus of probability P (default 1)
+  --seed N               sampling seed (default 1234)
+)";
+
+struct GenerateOptions {
+    std::string model, adapter, tokenizer;
+    bool chat = false;
+    Sampling sampling;
+    std::vector<std::string> prompts;
+};
+
+GenerateOptions parse_generate(const std::vector<std::string>& args) {
+    GenerateOptions g;
+    g.sampling.max_new_tokens = 128, g.sampling.seed = 1234;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&]() -> const std::string& {
+            if (i + 1 >= args.size()) fail(a + " needs a value");
+            return args[++i];
+        };
+        if (a == "--model") g.model = value();
+        else if (a == "--adapter") g.adapter = value();
+        else if (a == "--tokenizer") g.tokenizer = value();
+        else if (a == "--chat-template") g.chat = true;
+        else if (a == "--max-new-tokens") g.sampling.max_new_tokens = int(parse_int(a, value(), 1, 1 << 20));
+        else if (a == "--temperature") g.sampling.temperature = float(parse_real(a, value()));
+        else if (a == "--top-k") g.sampling.top_k = int(parse_int(a, value(), 0, 1 << 30));
+        else if (a == "--top-p") g.sampling.top_p = float(parse_real(a, value()));
+        else if (a == "--seed") g.sampling.seed = uint64_t(parse_int(a, value(), 0, 1LL << 62));
+        else if (a.rfind("--", 0) == 0) fail("unknown option " + a + " for generate (see ./train generate --help)");
+        else g.prompts.push_back(a);
+    }
+    if (g.model.empty()) fail("generate needs --model DIR (see ./train generate --help)");
+    if (!exists(g.model + "/config.json")) fail("--model " + g.model + ": no config.json there");
+    if (!g.adapter.empty() && !exists(g.adapter + "/adapter_config.json")) fail("--adapter " + g.adapter + ": no adapter_config.json there");
+    if (g.sampling.temperature < 0) fail("--temperature must be >= 0");
+    if (!(g.sampling.top_p > 0 && g.sampling.top_p <= 1)) fail("--top-p must be in (0, 1]");
+    if (g.tokenizer.empty()) {
+        g.tokenizer = g.model + "/tokenizer.json";
+        if (!exists(g.tokenizer)) fail("--model " + g.model + " has no tokenizer.json: pass --tokenizer PATH");
+    }
+    if (g.prompts.empty()) {
+        for (std::string line; std::getline(std::cin, line);)
+            if (line.find_first_not_of(" \t\r") != std::string::npos) g.prompts.push_back(line);
+        if (g.prompts.empty()) fail("generate: no prompt (give prompts as arguments or one per line on stdin)");
+    }
+    return g;
+}
+
+// Streams a sequence's text as its ids come: prints what decoding added, holding back an unfinished
+// UTF-8 character (decoded as U+FFFD until its last byte arrives).
+struct TextStream {
+    const Tokenizer& tok;
+    std::vector<int32_t> ids;
+    size_t printed = 0;
+    void add(int32_t id) {
+        ids.push_back(id);
+        std::string text = tok.decode(ids);
+        if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return;
+        if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout), std::fflush(stdout);
+        printed = std::max(printed, text.size());
+    }
+};
+
+}  // namespace
+
+int run_generate(const std::vector<std::string>& args) {
+    for (const std::string& a : args)
+        if (a == "-h" || a == "--help") { std::fputs(kGenerateUsage, stdout); return 0; }
+    GenerateOptions g = parse_generate(args);
+    LlamaConfig c = load_config(g.model + "/config.json");
+    Tokenizer tok = Tokenizer::load(g.tokenizer);
+    check_vocab(tok, c.vocab_size, g.tokenizer, g.model + "/config.json");
+    ModelTokens mt = model_tokens(tok, g.model);
+    LoraConfig lora;
+    std::vector<std::vector<float>> adapter;
+    if (!g.adapter.empty()) load_peft_adapter(g.adapter, c, lora, adapter);  // fails naming a tensor whose shape differs
+    std::vector<std::vector<int32_t>> prompts;
+    int longest = 0;
+    for (size_t k = 0; k < g.prompts.size(); ++k) {
+        prompts.push_back(prompt_ids(tok, mt, g.prompts[k], g.chat));
+        int n = int(prompts.back().size());
+        if (n >= c.max_position_embeddings)
+            fail("prompt " + std::to_string(k + 1) + " has " + std::to_string(n) + " tokens; the model's context is " +
+                 std::to_string(c.max_position_embeddings) + " (max_position_embeddings)");
+        longest = std::max(longest, n);
+    }
+    World w;  // one process, one GPU
+    world_start_gpu(w, Transport::automatic);
+    cudaStream_t stream;
+    check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
+    int64_t generated = 0;
+    double seconds = 0;
+    {
+        ZeroStore store(c, lora, ZeroOptions(), w, stream);
+        store.load(g.model);
+        if (lora.rank > 0) store.set_lora(adapter);
+        int max_len = std::min(c.max_position_embeddings, longest + g.sampling.max_new_tokens);
+        Generator gen(c, {lora.rank, lora.scale()}, 1, max_len, stream);
+        for (size_t k = 0; k < prompts.size(); ++k) {
+            if (prompts.size() > 1) std::printf("%s[%zu] %s\n", k ? "\n" : "", k + 1, g.prompts[k].c_str());
+            TextStream out{tok, {}, 0};
+            double start = wall_seconds();
+            std::vector<int32_t> ids = gen.generate(store, {prompts[k]}, g.sampling, mt.eos, [&](int, int32_t id) {
+                if (std::find(mt.eos.begin(), mt.eos.end(), id) == mt.eos.end()) out.add(id);
+            })[0];
+            double s = wall_seconds() - start;
+            int64_t n = int64_t(ids.size() - prompts[k].size());
+            generated += n, seconds += s;
+            if (int(ids.size()) >= max_len && n < g.sampling.max_new_tokens) std::printf(" [stopped: the model's context is full]");
+            std::printf("\n(%lld tokens, %.1f tokens/s)\n", (long long)n, double(n) / s);
+        }
+    }
+    if (prompts.size() > 1) std::printf("\n%lld tokens in %.1f s, %.1f tokens/s\n", (long long)generated, seconds, double(generated) / seconds);
+    cudaStreamDestroy(stream);
+    world_finalize(w);
+    return 0;
 }

@@ -1,4 +1,4 @@
-// generate.h — text generation with a KV cache: the model's own layer forward run one token at a time for
+// generate.h — text generation with a KV cache, and the `generate` command: the model's own layer forward run one token at a time for
 // a batch of sequences (LlamaModel::decode), each layer's keys and values kept for every position so far,
 // and each next token chosen greedily or sampled (temperature, top-k, top-p). Knows nothing of MPI: when
 // several ranks generate together (ZeRO stage 3 gathers are collective), `agree` makes them all take rank
@@ -52,3 +52,7 @@ class Generator {
     float* logits_ = nullptr;  // [rows, V] device
     int32_t* argmax_ = nullptr;  // [rows] device
 };
+
+// ./train generate: prompts as arguments or one per line on stdin, answered one after another with the
+// answer streamed as it comes; see kGenerateUsage in generate.cu. Returns the exit status.
+int run_generate(const std::vector<std::string>& args);

@@ -15,6 +15,7 @@
 
 const char* kUsage = R"(usage: ./train [OPTIONS]
        ./train tokenize [--tokenizer PATH]
+       ./train generate --model DIR [--adapter DIR] [OPTIONS] [PROMPT ...]
 
 Fine-tunes a Llama model with LoRA (or all weights). With no options it runs the default job: it
 pretrains the `tiny` preset on data/corpus once (saved to data/base), then LoRA-fine-tunes it on the
@@ -31,8 +32,8 @@ LoRA:
   --lora-dropout P       PEFT's lora_dropout: dropout on each adapter's input while training (default 0;
                          an --adapter's own value unless given)
 Data:
-  --tokenizer PATH       HF tokenizer.json (default: data/tokenizer.json)
-  --data PATH            training data: .jsonl rows {"text"}, {"question","answer"[,"context"]},
+  --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json)
+  --data PATH[,PATH..]   training data: .jsonl rows {"text"}, {"question","answer"[,"context"]},
                          {"prompt","completion"} or {"input_ids"[,"labels"]}; or plain text (a file or a
                          directory, packed). Default: data/qa_train.jsonl
   --eval-data PATH       evaluation data, same forms (default: data/qa_eval.jsonl with the default data)
@@ -40,7 +41,8 @@ Data:
   --seq N                sequence length (default 1024); longer rows are truncated and counted
   --train-on-prompt      loss on every token, not only the answer/completion and EOS
   --chat-template        wrap question/answer and prompt/completion rows in the Llama-3 chat template
-  --pack                 fill each sequence with several JSONL rows
+  --no-pack              one JSONL row per sequence, padded (default: rows packed whole into sequences of
+                         --seq tokens, best fit, attention and positions kept inside each row)
 Optimisation:
   --micro-batch N        rows per GPU per micro-step (default 8)
   --grad-accum N         micro-steps per optimizer step (default 1)
@@ -80,6 +82,7 @@ Output:
 Subcommands:
   tokenize               read UTF-8 text on stdin, print its token ids on one line (no BOS);
                          special-token strings such as <|eot_id|> become their ids
+  generate               answer prompts with a model (and adapter): ./train generate --help
 )";
 
 long long parse_int(const std::string& flag, const std::string& text, long long lo, long long hi) {
@@ -295,6 +298,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--train-on-prompt") o.train_on_prompt = true;
         else if (a == "--chat-template") o.chat_template = true;
         else if (a == "--pack") o.pack = true;
+        else if (a == "--no-pack") o.pack = false;
         else if (a == "--dry-run") o.dry_run = true;
         else if (a == "--zero-stage") o.zero.stage = int(parse_int(a, value(), 0, 3));
         else if (a == "--offload") o.zero.offload = true;

@@ -22,7 +22,7 @@ struct Options {
     float lr = 2e-4f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
     float warmup_min_lr = 0.0f, min_ratio = 0.0001f;
     std::string schedule = "warmup-cosine";
-    bool train_on_prompt = false, chat_template = false, pack = false, dry_run = false;
+    bool train_on_prompt = false, chat_template = false, pack = true, dry_run = false;
     int log_every = 10, eval_every = 0, sample = 3;
     bool score_answers = false;   // greedy answers to every eval question, scored before and after training
     uint64_t seed = 1234;

@@ -11,6 +11,7 @@
 //   print_summary    the end-of-run table
 //   ./train [OPTIONS]                  fine-tune (the default job with no options; see --help)
 //   ./train tokenize [--tokenizer P]   print the ids of stdin's UTF-8 text, space-separated, no BOS
+//   ./train generate --model DIR ...   answer prompts with a model (generate.cu)
 // Every user mistake ends in one line `error: ...` naming the flag, file or field, and exit status 1.
 #include <sys/stat.h>
 
@@ -19,7 +20,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,15 +52,6 @@ std::string thousands(int64_t n) {
 }
 
 double gib(double bytes) { return bytes / double(1 << 30); }
-
-void print_data_summary(const char* role, const Dataset& d) {
-    const DataStats& s = d.stats;
-    std::printf("data: %-5s %s: %s rows, %s tokens (%s take loss), %s rows truncated (%s tokens cut)", role, d.source.c_str(),
-                thousands(int64_t(d.rows.size())).c_str(), thousands(s.tokens).c_str(), thousands(s.target_tokens).c_str(),
-                thousands(s.truncated_rows).c_str(), thousands(s.truncated_tokens).c_str());
-    if (s.rows_without_targets) std::printf(", %s rows with no answer left", thousands(s.rows_without_targets).c_str());
-    std::printf("\n");
-}
 
 int run_tokenize(const std::vector<std::string>& args) {
     std::string path;
@@ -99,7 +93,9 @@ double gpu_peak_flops(int device) {  // dense bf16 tensor-core peak, for MFU
 
 // Everything a run reads, checked before the GPU is touched.
 struct Inputs {
-    Tokenizer tok;
+    std::optional<Tokenizer> tok;  // none: pre-tokenized data only (and no sample answers)
+    std::string tokenizer_path;
+    ModelTokens tokens;            // BOS, EOS, pad, chat template: from the model's files
     LlamaConfig config;
     LoraConfig lora;
     std::vector<std::vector<float>> adapter;  // from --adapter, per layer
@@ -107,14 +103,45 @@ struct Inputs {
     std::string resume;  // the checkpoint directory, or ""
 };
 
+// The tokenizer: --tokenizer when given, else the model directory's tokenizer.json, else (a preset) the
+// default data's; "" when a model directory has none (then only pre-tokenized data can be used).
+std::string tokenizer_path(const Options& o) {
+    if (o.given.count("--tokenizer")) return o.tokenizer;
+    if (o.model.empty()) return o.tokenizer;
+    return exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json" : "";
+}
+
+// Loads `paths` (comma-separated) into one dataset.
+Dataset load_datasets(const std::string& paths, const Inputs& in, const DataOptions& dopt) {
+    Dataset all;
+    size_t start = 0;
+    for (int k = 0; start <= paths.size(); ++k) {
+        size_t end = std::min(paths.find(',', start), paths.size());
+        Dataset d = load_dataset(paths.substr(start, end - start), in.tok ? &*in.tok : nullptr, in.config.vocab_size, dopt);
+        if (k == 0) all = std::move(d);
+        else append_dataset(all, std::move(d));
+        start = end + 1;
+    }
+    return all;
+}
+
 Inputs load_inputs(const Options& o, const World& w) {
-    Inputs in{load_tokenizer(o.tokenizer), {}, {}, {}, {}, {}, ""};
+    Inputs in;
     LlamaConfig& c = in.config;
     c = !o.model.empty() ? load_config(o.model + "/config.json") : preset_config(o.preset.empty() ? "tiny" : o.preset);
     if (o.seq > c.max_position_embeddings)
         fail("--seq " + std::to_string(o.seq) + " exceeds the model's max_position_embeddings (" + std::to_string(c.max_position_embeddings) + ")");
-    if (c.vocab_size < in.tok.vocab_size())
-        fail("the tokenizer has " + std::to_string(in.tok.vocab_size()) + " ids but the model's vocab_size is " + std::to_string(c.vocab_size));
+    in.tokenizer_path = tokenizer_path(o);
+    if (!in.tokenizer_path.empty()) {
+        in.tok = load_tokenizer(in.tokenizer_path);
+        check_vocab(*in.tok, c.vocab_size, in.tokenizer_path, o.model.empty() ? "--preset " + c.name : o.model + "/config.json");
+        in.tokens = model_tokens(*in.tok, o.model);
+    } else {  // the config's ids (pre-tokenized data)
+        in.tokens.bos = c.bos_token_id;
+        in.tokens.eos.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
+        in.tokens.pad = in.tokens.eos.empty() ? 0 : in.tokens.eos[0];
+        in.tokens.source = o.model + "/config.json";
+    }
     if (!o.adapter.empty()) {
         load_peft_adapter(o.adapter, c, in.lora, in.adapter);
         if (o.given.count("--lora-dropout")) in.lora.dropout = o.lora_dropout;
@@ -125,12 +152,13 @@ Inputs load_inputs(const Options& o, const World& w) {
     if (!o.model.empty()) SafetensorsReader check(o.model);  // headers and sizes
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
-    in.train = load_dataset(o.data, in.tok, dopt);
+    dopt.tokens = &in.tokens;
+    in.train = load_datasets(o.data, in, dopt);
     if (o.eval_fraction > 0) in.eval = split_eval(in.train, o.eval_fraction, o.seed);
-    else if (!o.eval_data.empty()) in.eval = load_dataset(o.eval_data, in.tok, dopt);
+    else if (!o.eval_data.empty()) in.eval = load_datasets(o.eval_data, in, dopt);
     if (w.rank == 0) {
-        print_data_summary("train", in.train);
-        if (!in.eval.rows.empty()) print_data_summary("eval", in.eval);
+        std::printf("%s\n", data_summary("train", in.train).c_str());
+        if (!in.eval.rows.empty()) std::printf("%s\n", data_summary("eval ", in.eval).c_str());
     }
     in.resume = find_checkpoint(o.out + "/checkpoints", o.resume);
     world_check_same(w, in.resume, "the checkpoints to resume from (OUT/checkpoints/latest)");
@@ -165,6 +193,7 @@ class Trainer {
     double evaluate();
     TrainerState state(int64_t step) const;
     void save_outputs(const std::string& base_name);
+    void copy_tokenizer_files(const std::string& dir) const;
     AnswerScore answer_questions(const char* when, int limit);
     void write_charts();
     void run_batch(const Batch& b, bool backward, float divisor);
@@ -182,12 +211,13 @@ class Trainer {
     Schedule sched_;
     AdamWConfig adam_;
     double flops_per_token_ = 0, peak_flops_ = 0;
-    int32_t *ids_ = nullptr, *labels_ = nullptr;  // [B*T] device copies of the batch
+    int32_t *ids_ = nullptr, *labels_ = nullptr;            // [B*T] device copies of the batch
+    int32_t *positions_ = nullptr, *doc_start_ = nullptr;  // [B*T] each token's position and document start
     int32_t pad_ = 0;
     RunResult res_;
     // progress since the last log line
     cudaEvent_t window_start_ = nullptr, window_end_ = nullptr;
-    double window_loss_ = 0, window_targets_ = 0, window_tokens_ = 0, timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;
+    double window_loss_ = 0, window_targets_ = 0, window_tokens_ = 0, window_examples_ = 0, timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;
     int64_t window_steps_ = 0, logged_ = 0;
     float last_norm_sq_ = 0;
     double train_start_ = 0, eval_seconds_ = 0, eval_rows_ = 0;
@@ -199,9 +229,9 @@ class Trainer {
 
 Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
     : o_(o), w_(w), in_(in), chief_(w.rank == 0),
-      loader_(in.train, o.micro_batch, o.seq, w.rank, w.size, o.seed, true, in.tok.special_id("<|end_of_text|>")) {
+      loader_(in.train, o.micro_batch, o.seq, w.rank, w.size, o.seed, true, in.tokens.pad) {
     check_cuda(cudaStreamCreate(&stream_), "cudaStreamCreate");
-    pad_ = in.tok.special_id("<|end_of_text|>");
+    pad_ = in.tokens.pad;
     mb_per_epoch_ = loader_.micro_batches_per_epoch();
     res_.steps_per_epoch = std::max<int64_t>(1, mb_per_epoch_ / o.grad_accum);
     res_.steps = o.steps ? o.steps : res_.steps_per_epoch * std::max(1, o.epochs);
@@ -220,6 +250,8 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
     model_ = new LlamaModel(c, in.lora.shape(o.seed), o.micro_batch, o.seq, stream_, o.checkpoint_activations);
     ids_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
     labels_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
+    positions_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
+    doc_start_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
     if (!in.resume.empty()) resume_position(load_checkpoint(*store_, in.resume, c, in.lora));
     sched_.kind = o.schedule, sched_.lr = o.lr, sched_.total_steps = int(res_.steps), sched_.warmup_min_lr = o.warmup_min_lr;
     sched_.min_ratio = o.min_ratio;
@@ -234,7 +266,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
 Trainer::~Trainer() {
     if (csv_) std::fclose(csv_);
     if (mem_csv_) std::fclose(mem_csv_);
-    device_free(ids_), device_free(labels_);
+    device_free(ids_), device_free(labels_), device_free(positions_), device_free(doc_start_);
     delete model_;
     delete store_;
     cudaEventDestroy(window_start_), cudaEventDestroy(window_end_);
@@ -288,7 +320,9 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
 void Trainer::run_batch(const Batch& b, bool backward, float divisor) {
     check_cuda(cudaMemcpyAsync(ids_, b.ids.data(), b.ids.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
     check_cuda(cudaMemcpyAsync(labels_, b.labels.data(), b.labels.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
-    DeviceBatch d{b.B, b.T, ids_, labels_};
+    check_cuda(cudaMemcpyAsync(positions_, b.positions.data(), b.positions.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
+    check_cuda(cudaMemcpyAsync(doc_start_, b.doc_start.data(), b.doc_start.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
+    DeviceBatch d{b.B, b.T, ids_, labels_, positions_, doc_start_};
     if (backward) model_->forward_backward(d, *store_, divisor);
     else model_->forward(d, *store_);
 }
@@ -309,7 +343,7 @@ double Trainer::evaluate() {
     for (int64_t i = 0; i < loader.micro_batches_per_epoch(); ++i) {
         Batch b = loader.batch(0, i);
         targets += double(b.target_tokens);
-        eval_rows_ += double(b.real_rows);
+        eval_rows_ += double(b.examples);
         run_batch(b, false, 1.0f);
         world_wait(w_, stream_);  // the host batch must outlive its copy
     }
@@ -324,7 +358,8 @@ double Trainer::train_step(int64_t step) {
     for (int a = 0; a < o_.grad_accum; ++a, ++micro_) {
         batches.push_back(loader_.batch(micro_ / mb_per_epoch_, micro_ % mb_per_epoch_));
         targets += double(batches.back().target_tokens);
-        window_tokens_ += double(batches.back().B) * batches.back().T;
+        window_tokens_ += double(batches.back().tokens);  // real tokens: padding is not counted
+        window_examples_ += double(batches.back().examples);
     }
     targets = world_sum(w_, targets);  // the loss is the mean over every rank's target tokens
     store_->begin_step();
@@ -352,7 +387,7 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
     check_cuda(cudaEventElapsedTime(&ms, window_start_, window_end_), "event");
     double eval_loss = eval ? evaluate() : NAN;
     if (eval) res_.eval_losses.push_back(eval_loss);
-    timed_ms_ += ms, timed_tokens_ += window_tokens_, timed_rows_ += double(window_steps_) * o_.grad_accum * o_.micro_batch;
+    timed_ms_ += ms, timed_tokens_ += window_tokens_, timed_rows_ += window_examples_;
     double tps = window_tokens_ / (ms / 1e3), tf = tps * flops_per_token_ / 1e12;
     double mine = gib(rank_gpu_bytes(w_)), elapsed = wall_seconds() - train_start_;
     res_.peak_gib = std::max(res_.peak_gib, mine), res_.mean_gib += mine, ++logged_;
@@ -378,7 +413,7 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
                      std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
         std::fflush(csv_);
     }
-    window_loss_ = window_targets_ = window_tokens_ = 0, window_steps_ = 0;
+    window_loss_ = window_targets_ = window_tokens_ = window_examples_ = 0, window_steps_ = 0;
 }
 
 RunResult Trainer::run(const std::string& base_name) {
@@ -428,6 +463,19 @@ RunResult Trainer::run(const std::string& base_name) {
     return res_;
 }
 
+// The tokenizer beside an exported model, as save_pretrained does: tokenizer.json, and the model
+// directory's tokenizer_config.json, special_tokens_map.json and generation_config.json when present.
+void Trainer::copy_tokenizer_files(const std::string& dir) const {
+    auto copy = [](const std::string& from, const std::string& to) {
+        std::ifstream in(from, std::ios::binary);
+        std::ofstream out(to, std::ios::binary);
+        if (!(out << in.rdbuf())) fail("cannot write " + to);
+    };
+    if (in_.tok) copy(in_.tokenizer_path, dir + "/tokenizer.json");
+    for (const char* name : {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
+        if (!o_.model.empty() && exists(o_.model + "/" + name)) copy(o_.model + "/" + name, dir + "/" + name);
+}
+
 // The adapter in PEFT's format, or the whole model in HF's (collective; rank 0 writes).
 void Trainer::save_outputs(const std::string& base_name) {
     if (in_.lora.rank > 0) {
@@ -437,7 +485,9 @@ void Trainer::save_outputs(const std::string& base_name) {
         std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
     } else {
         save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
-        if (chief_) std::printf("saved: %s/model (HF: config.json + model.safetensors)\n", o_.out.c_str());
+        if (!chief_) return;
+        copy_tokenizer_files(o_.out + "/model");
+        std::printf("saved: %s/model (HF: config.json + model.safetensors%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "");
     }
 }
 
@@ -446,6 +496,8 @@ void Trainer::save_outputs(const std::string& base_name) {
 // every question answered, the mean token F1 and exact match (SQuAD-style) over them. Every rank generates
 // (stage 3 gathers are collective) and takes rank 0's tokens.
 AnswerScore Trainer::answer_questions(const char* when, int limit) {
+    AnswerScore score;
+    if (!in_.tok) return score;  // pre-tokenized data: nothing to show as text
     std::vector<std::vector<int32_t>> prompts, refs;
     for (const Example& ex : in_.eval.rows) {
         if (limit >= 0 && int(prompts.size()) >= limit) break;
@@ -455,7 +507,6 @@ AnswerScore Trainer::answer_questions(const char* when, int limit) {
         prompts.emplace_back(ex.ids.begin(), ex.ids.begin() + long(p));
         refs.emplace_back(ex.ids.begin() + long(p), ex.ids.end());
     }
-    AnswerScore score;
     if (prompts.empty()) return score;
     constexpr int kMaxAnswer = 48;
     int longest = 0;
@@ -467,10 +518,11 @@ AnswerScore Trainer::answer_questions(const char* when, int limit) {
     gen.wait = [this](cudaStream_t s) { world_wait(w_, s); };
     Sampling greedy;
     greedy.max_new_tokens = kMaxAnswer;
-    std::vector<int32_t> eos(in_.config.eos_token_ids.begin(), in_.config.eos_token_ids.end());
-    auto text = [&](std::vector<int32_t> ids) {  // without the end token(s)
-        while (!ids.empty() && (std::find(eos.begin(), eos.end(), ids.back()) != eos.end() || ids.back() >= 128000)) ids.pop_back();
-        return in_.tok.decode(ids);
+    const std::vector<int32_t>& eos = in_.tokens.eos;
+    auto text = [&](std::vector<int32_t> ids) {  // without BOS and the end token(s)
+        while (!ids.empty() && std::find(eos.begin(), eos.end(), ids.back()) != eos.end()) ids.pop_back();
+        if (!ids.empty() && ids.front() == in_.tokens.bos) ids.erase(ids.begin());
+        return in_.tok->decode(ids);
     };
     double start = wall_seconds();
     for (size_t first = 0; first < prompts.size(); first += size_t(rows)) {
@@ -592,8 +644,9 @@ int main(int argc, char** argv) {
     try {
         std::vector<std::string> args(argv + 1, argv + argc);
         for (const std::string& a : args)
-            if (a == "-h" || a == "--help") { std::fputs(kUsage, stdout); return 0; }
+            if ((a == "-h" || a == "--help") && (args.empty() || args[0] != "generate")) { std::fputs(kUsage, stdout); return 0; }
         if (!args.empty() && args[0] == "tokenize") return run_tokenize({args.begin() + 1, args.end()});
+        if (!args.empty() && args[0] == "generate") return run_generate({args.begin() + 1, args.end()});
         w = world_init(&argc, &argv);
         std::string signature;
         for (const std::string& a : args) signature += a + "\n";

@@ -191,3 +191,168 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     CHECK(a == b);
     for (int32_t id : a) CHECK((id >= 0 && id < c.vocab_size));
 }
+
+TEST_CASE("gpu: rows packed into sequences give the same loss and gradients as the same rows one per sequence") {
+    if (!need_gpu()) return;
+    Golden g;
+    if (!load_golden("llama_tied_gqa4", g)) FAIL("missing golden files");
+    const LlamaConfig& c = g.config;
+    Rng rng(uint64_t(time(nullptr)));
+    int T = 96;
+    Dataset rows;  // 9 rows of random lengths (one of length 2), prompts masked
+    rows.seq_len = T;
+    for (int r = 0; r < 9; ++r) {
+        Example ex;
+        int len = r == 4 ? 2 : 8 + int(rng.below(40)), prompt = int(rng.below(uint64_t(len / 2)));
+        for (int t = 0; t < len; ++t) ex.ids.push_back(int32_t(1 + rng.below(uint64_t(c.vocab_size - 1))));
+        ex.labels = ex.ids;
+        for (int t = 0; t < prompt; ++t) ex.labels[size_t(t)] = kIgnoreIndex;
+        rows.stats.tokens += len;
+        rows.rows.push_back(ex);
+    }
+    LoraConfig lora;
+    lora.rank = 8, lora.alpha = 16;
+    struct Result { double loss; int64_t targets; std::vector<float> grads; };
+    auto run = [&](bool pack) {
+        Dataset d = rows;
+        d.pack = pack;
+        pack_sequences(d);
+        int B = int(d.sequences.size());
+        Loader loader(d, B, T, 0, 1, 1, false, 0);
+        Batch b = loader.batch(0, 0);
+        ZeroStore store(c, lora, ZeroOptions(), test_world(), nullptr);
+        store.load(g.dir);
+        store.init_lora(3);
+        std::vector<std::vector<float>> adapter = store.lora_layers();
+        for (auto& layer : adapter)  // B = 0 after PEFT's init: give every adapter weight a value
+            for (float& x : layer) x = x == 0 ? 0.01f : x;
+        store.set_lora(adapter);
+        LlamaModel m(c, lora.shape(0), B, T, nullptr);
+        DeviceFree keep;
+        DeviceBatch batch{B, T, keep(to_device(b.ids)), keep(to_device(b.labels)), keep(to_device(b.positions)), keep(to_device(b.doc_start))};
+        store.begin_step();
+        m.forward_backward(batch, store, float(b.target_tokens));
+        return Result{from_device(m.loss_sum(), 1)[0], b.target_tokens, store.trainable_grads()};
+    };
+    Result packed = run(true), unpacked = run(false);
+    CHECK(packed.targets == unpacked.targets);
+    double loss_error = std::fabs(packed.loss - unpacked.loss) / unpacked.loss, grad_error = norm_error(packed.grads, unpacked.grads);
+    MESSAGE("packed vs unpacked: loss " << loss_error << ", LoRA gradients (2-norm) " << grad_error);
+    CHECK(loss_error < 2e-3);  // bf16 activations; the products see the rows in other groupings
+    CHECK(grad_error < 2e-2);
+}
+
+TEST_CASE("gpu: greedy generation equals HF generate on the golden models, several prompts at once") {
+    if (!need_gpu()) return;
+    for (const char* name : {"llama_tied_gqa4", "llama_untied_mha", "llama2_family"}) {
+        CAPTURE(name);
+        std::string dir = std::string("test/golden/") + name;
+        if (access((dir + "/generate.json").c_str(), R_OK) != 0)
+            FAIL("missing " << dir << "/generate.json (make it with python3 test/make_golden_generate.py test/golden)");
+        Json want = read_json_file(dir + "/generate.json");
+        LlamaConfig c = load_config(dir + "/config.json");
+        LoraConfig lora;
+        std::vector<std::vector<float>> adapter;
+        if (want.find("adapter")->boolean) load_peft_adapter(dir + "/adapter", c, lora, adapter);
+        ZeroStore store(c, lora, ZeroOptions(), test_world(), nullptr);
+        store.load(dir);
+        if (lora.rank) store.set_lora(adapter);
+        std::vector<std::vector<int32_t>> prompts, expected;
+        for (const Json& p : want.find("prompts")->array) {
+            prompts.emplace_back();
+            for (const Json& x : p.array) prompts.back().push_back(int32_t(x.integer));
+        }
+        for (const Json& p : want.find("continuations")->array) {
+            expected.emplace_back();
+            for (const Json& x : p.array) expected.back().push_back(int32_t(x.integer));
+        }
+        std::vector<int32_t> eos;
+        for (const Json& x : want.find("eos")->array) eos.push_back(int32_t(x.integer));
+        Sampling greedy;
+        greedy.max_new_tokens = int(want.find("max_new_tokens")->integer);
+        Generator gen(c, {lora.rank, lora.scale()}, int(prompts.size()), 64, nullptr);
+        std::vector<std::vector<int32_t>> got = gen.generate(store, prompts, greedy, eos);
+        for (size_t k = 0; k < prompts.size(); ++k) {
+            std::vector<int32_t> continuation(got[k].begin() + long(prompts[k].size()), got[k].end());
+            CAPTURE(k);
+            CHECK(continuation == expected[k]);
+        }
+    }
+}
+
+TEST_CASE("gpu: a Llama-2-family model: our tokenizer, data and model give HF's loss; its adapter and export load in HF") {
+    if (!need_gpu()) return;
+    std::string dir = "test/golden/llama2_family";
+    if (access((dir + "/golden.json").c_str(), R_OK) != 0)
+        FAIL("missing " << dir << "/golden.json (make it with python3 test/make_golden_llama2.py data/llama2_tokenizer.json " << dir << ")");
+    if (access("data/llama2_tokenizer.json", R_OK) != 0) FAIL("missing data/llama2_tokenizer.json: run bash data/fetch.sh");
+    Json want = read_json_file(dir + "/golden.json");
+    LlamaConfig c = load_config(dir + "/config.json");
+    Tokenizer tok = Tokenizer::load("data/llama2_tokenizer.json");
+    CHECK(tok.family() == TokenizerFamily::llama2);
+    ModelTokens mt = model_tokens(tok, dir);
+    CHECK(mt.bos == 1);
+    CHECK(mt.eos == std::vector<int32_t>{2});
+    DataOptions dopt;
+    dopt.seq_len = 128, dopt.tokens = &mt;
+    Dataset data = load_dataset(dir + "/rows.jsonl", &tok, c.vocab_size, dopt);
+    // the rows, tokenized and formatted by us, are HF's ids and labels
+    const Json& ids = *want.find("ids");
+    const Json& labels = *want.find("labels");
+    REQUIRE(data.rows.size() == ids.array.size());
+    for (size_t r = 0; r < data.rows.size(); ++r) {
+        std::vector<int32_t> hf_ids, hf_labels;
+        for (const Json& x : ids.array[r].array) hf_ids.push_back(int32_t(x.integer));
+        for (const Json& x : labels.array[r].array) hf_labels.push_back(int32_t(x.integer));
+        CAPTURE(r);
+        CHECK(data.rows[r].ids == hf_ids);
+        CHECK(data.rows[r].labels == hf_labels);
+    }
+    // the mean loss over the rows, packed two or more to a sequence, is HF's (one row at a time)
+    ZeroStore store(c, LoraConfig(), ZeroOptions(), test_world(), nullptr);
+    store.load(dir);
+    int B = int(data.sequences.size());
+    Loader loader(data, B, dopt.seq_len, 0, 1, 1, false, mt.pad);
+    Batch b = loader.batch(0, 0);
+    LlamaModel m(c, {}, B, dopt.seq_len, nullptr);
+    DeviceFree keep;
+    DeviceBatch batch{B, dopt.seq_len, keep(to_device(b.ids)), keep(to_device(b.labels)), keep(to_device(b.positions)),
+                      keep(to_device(b.doc_start))};
+    m.forward(batch, store);
+    CHECK(b.target_tokens == want.find("targets")->integer);
+    double loss = from_device(m.loss_sum(), 1)[0] / double(b.target_tokens);
+    MESSAGE("llama2_family: loss " << loss << " vs HF " << want.find("loss")->number);
+    CHECK(loss == doctest::Approx(want.find("loss")->number).epsilon(1e-2));
+
+    if (const char* out = std::getenv("LLAMA_EXPORT_DIR")) {  // an adapter trained here, for test/check_export.py
+        LoraConfig lora;
+        lora.rank = 4, lora.alpha = 8;
+        ZeroStore trained(c, lora, ZeroOptions(), test_world(), nullptr);
+        trained.load(dir);
+        trained.init_lora(5);
+        LlamaModel lm(c, lora.shape(0), B, dopt.seq_len, nullptr);
+        AdamWConfig adam;
+        for (int step = 1; step <= 5; ++step) {
+            trained.begin_step();
+            lm.forward_backward(batch, trained, float(b.target_tokens));
+            trained.step(adam, 1e-2f, step, 1.0f);
+        }
+        Json rows = read_json_file(dir + "/rows.json");
+        std::vector<int32_t> row_ids;
+        int rows_b = 0, rows_t = 0;
+        for (const Json& r : rows.find("input_ids")->array) {
+            for (const Json& x : r.array) row_ids.push_back(int32_t(x.integer));
+            rows_t = int(r.array.size()), ++rows_b;
+        }
+        LlamaModel em(c, lora.shape(0), rows_b, rows_t, nullptr);
+        float* logits = keep(poisoned<float>(size_t(rows_b) * rows_t * c.vocab_size));
+        std::vector<int32_t> no_labels(row_ids.size(), -100);
+        em.forward({rows_b, rows_t, keep(to_device(row_ids)), keep(to_device(no_labels))}, trained, logits);
+        std::string d = std::string(out) + "/llama2_family";
+        mkdir(out, 0755), mkdir(d.c_str(), 0755);
+        save_peft_adapter(d + "/adapter", c, lora, trained.lora_layers(), dir);
+        save_hf(trained, d + "/merged", c, lora);
+        std::vector<float> ours = from_device(logits, size_t(rows_b) * rows_t * c.vocab_size);
+        write_safetensors(d + "/our_logits.safetensors", {{"logits", "F32", {rows_b, rows_t, c.vocab_size}, ours.data()}});
+    }
+}
