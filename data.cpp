@@ -202,8 +202,8 @@ Example chat_example(const Tokenizer& tok, const ModelTokens& mt, const std::str
                      bool train_on_prompt) {
     if (mt.chat == TokenizerFamily::llama2)
         return render(tok, chat_prompt(tok, mt, user), {text(" " + strip(answer) + " "), token(mt.eos[0])}, train_on_prompt);
-    return render(tok, chat_prompt(tok, mt, user), {text(strip(answer)), token(template_token(tok, "<|eot_id|>", "Llama-3"))},
-                  train_on_prompt);
+    std::vector<Part> prompt = chat_prompt(tok, mt, user);  // names a missing header token before <|eot_id|>
+    return render(tok, prompt, {text(strip(answer)), token(template_token(tok, "<|eot_id|>", "Llama-3"))}, train_on_prompt);
 }
 
 // One JSONL row -> Example. The prompt part takes no loss unless train_on_prompt.

@@ -35,7 +35,7 @@ def clear_continuation(model, prompt, eos):
 
 def main():
     root = sys.argv[1]
-    for name in ["llama_tied_gqa4", "llama_untied_mha", "llama2_family"]:
+    for name in ["llama_tied_gqa4", "llama_untied_mha"]:
         d = os.path.join(root, name)
         if not os.path.exists(os.path.join(d, "config.json")):
             print("skipping", name, "(no model)")
