@@ -23,8 +23,9 @@
 //   backward  one block = a key tile of 16*NW keys (NW warps, each owning 16 keys) of one (b, g). It walks
 //             the query tiles that see its keys (descending) and, for each, the group's H/KVH query heads,
 //             so dK and dV of the kv head are summed in registers, in a fixed order. Per (tile, head):
-//             S^T = K Q^T, P^T, dP^T = V dO^T, dS^T in registers; dV += P^T dO and dK += dS^T Q take P^T and
-//             dS^T straight from the C fragments; dS^T goes to shared memory for dQ_part = dS K.
+//             S^T = K Q^T (accumulator started at -lse/scale) -> P^T, packed to bf16 at once; dV += P^T dO;
+//             dP^T = V dO^T (started at -D); dS^T = P^T (dP^T - D); dK += dS^T Q (P^T and dS^T go from C
+//             fragments to A fragments in registers); dS^T goes to shared memory for dQ_part = dS K.
 //             A small kernel first computes D = rowsum(dO o).
 //
 // Determinism (scheme b, ordered accumulation): dq of query tile i of head h receives one partial from
