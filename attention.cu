@@ -1,7 +1,9 @@
 // attention.cu — the fused attention kernels behind attention.h's "fused path" (FlashAttention-2 on
 // mma.sync tensor cores): causal attention over documents packed in rows, grouped KV heads (GQA).
 // Owns: flash_attention_supported, flash_attention_backward_workspace, flash_attention_forward,
-// flash_attention_backward. Nothing T x T is ever stored; the forward saves only o and lse.
+// flash_attention_backward, and the `Attention` class at the end: the one call site, which takes this path
+// for the head dims it supports and the reference path (attention_ref.cu) otherwise. Nothing T x T is ever
+// stored; the forward saves only o and lse.
 //
 // Math (per batch b, query head h, kv head g = h / (H/KVH), scale = 1/sqrt(Dh)):
 //   s_tj = scale * q_t . k_j   allowed for doc_start[t] <= j <= t
@@ -49,6 +51,9 @@
 #include "attention.h"
 
 #include "common.h"
+#include "gemm.h"
+
+#include <cstdio>
 
 #include <cmath>
 #include <initializer_list>
@@ -859,4 +864,34 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
     with_lib(a.Dh, [&](auto lib) {
         launch_backward<typename decltype(lib)::Bwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
     });
+}
+
+// ================================================================================================ the call site
+
+namespace {
+bool fallback_announced = false;  // the notice for a head_dim the fused kernels lack is printed once
+}
+
+Attention::Attention(const AttentionShape& a, const Gemm& gemm, bool allow_fused) : a_(a), gemm_(gemm) {
+    fused_ = allow_fused && flash_attention_supported(a.Dh);
+    if (allow_fused && !fused_ && !fallback_announced) {
+        std::printf("notice: head_dim %d has no fused attention kernel (even head_dim <= 128); using the reference attention, "
+                    "which materialises the scores in chunks\n", a.Dh);
+        fallback_announced = true;
+    }
+    scratch_bytes_ = fused_ ? flash_attention_backward_workspace(a) : ReferenceAttention(a).scratch_bytes();
+    scratch_ = device_alloc<char>(scratch_bytes_, "attention scratch");
+}
+
+Attention::~Attention() { device_free(scratch_); }
+
+void Attention::forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o, float* lse) {
+    if (fused_) flash_attention_forward(a_, q, k, v, doc_start, o, lse, gemm_.stream);
+    else ReferenceAttention(a_).forward(gemm_, q, k, v, doc_start, o, lse, scratch_);
+}
+
+void Attention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
+                         const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv) {
+    if (fused_) flash_attention_backward(a_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_, gemm_.stream);
+    else ReferenceAttention(a_).backward(gemm_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_);
 }

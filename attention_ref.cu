@@ -5,8 +5,7 @@
 //   forward    S = Q K^T (fp32),  P = softmax(S / sqrt(Dh)) over keys doc_start[t] <= j <= t,  O = P V
 //   backward   recompute P from S and lse;  dV = P^T dO,  dP = dO V^T,  dS = P (dP - D) / sqrt(Dh),
 //              dQ = dS K,  dK = dS^T Q,   with D = rowsum(dO * O)
-// Also here, until the fused kernels land in attention.cu: the `Attention` class, the one call site that
-// picks the fused path or this one.
+// Also the decode attention of generation (one new query per sequence against its KV cache).
 #include "attention.h"
 
 #include <algorithm>
@@ -200,25 +199,6 @@ void ReferenceAttention::backward(const Gemm& g, const bf16* q, const bf16* k, c
     transpose_heads(x.dqt, dq, a.B, T, a.H, Dh, false, g.stream);
     transpose_heads(x.dkt, dk, a.B, T, a.KVH, Dh, false, g.stream);
     transpose_heads(x.dvt, dv, a.B, T, a.KVH, Dh, false, g.stream);
-}
-
-// ================================================================================================ the call site
-
-Attention::Attention(const AttentionShape& a, const Gemm& gemm, bool allow_fused) : a_(a), gemm_(gemm) {
-    (void)allow_fused;  // the fused kernels are not built yet: the reference path serves every head_dim
-    scratch_bytes_ = ReferenceAttention(a).scratch_bytes();
-    scratch_ = device_alloc<char>(scratch_bytes_, "attention scratch");
-}
-
-Attention::~Attention() { device_free(scratch_); }
-
-void Attention::forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o, float* lse) {
-    ReferenceAttention(a_).forward(gemm_, q, k, v, doc_start, o, lse, scratch_);
-}
-
-void Attention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
-                         const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv) {
-    ReferenceAttention(a_).backward(gemm_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_);
 }
 
 // ================================================================================================ decode

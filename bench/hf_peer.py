@@ -3,7 +3,7 @@
 bf16), LoRA r=16 alpha=32 on q,k,v,o,gate,up,down, AdamW, seq 1024, micro-batch 8, no activation
 checkpointing. Prints one line: mode, tokens/s, peak GiB (torch's max_memory_reserved).
 
-    python3 bench/hf_peer.py eager|compile [steps]
+    python3 bench/hf_peer.py eager|compile [steps] [micro-batch seq]
 """
 import sys
 
@@ -16,6 +16,7 @@ from peer_common import B, T, llama_1b_config, timed, with_lora
 def main():
     mode = sys.argv[1]
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    b, t = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (B, T)
     cfg = llama_1b_config()
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(torch.bfloat16).cuda()
@@ -23,15 +24,15 @@ def main():
     model = with_lora(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     fwd = torch.compile(model) if mode == "compile" else model
-    ids = torch.randint(0, cfg.vocab_size, (B, T), device="cuda")
+    ids = torch.randint(0, cfg.vocab_size, (b, t), device="cuda")
 
     def step():
         opt.zero_grad(set_to_none=True)
         fwd(input_ids=ids, labels=ids).loss.backward()
         opt.step()
 
-    tps, peak = timed(step, steps)
-    print("peer %-8s %9.0f tok/s  peak %.1f GiB" % (mode, tps, peak))
+    tps, peak = timed(step, steps, b * t)
+    print("peer %-8s B=%d T=%d %9.0f tok/s  peak %.1f GiB" % (mode, b, t, tps, peak))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-B, T = 8, 1024
+B, T = 8, 1024  # the default shape; the scripts take others on the command line
 
 
 def llama_1b_config():
@@ -19,7 +19,7 @@ def with_lora(model):
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS))
 
 
-def timed(step, steps):
+def timed(step, steps, tokens_per_step=None):
     """Runs 3 warm-up steps, then `steps` timed ones; returns (tokens/s, peak GiB reserved)."""
     for _ in range(3):
         step()
@@ -32,4 +32,4 @@ def timed(step, steps):
     end.record()
     torch.cuda.synchronize()
     seconds = start.elapsed_time(end) / 1e3
-    return steps * B * T / seconds, torch.cuda.max_memory_reserved() / 2**30
+    return steps * (tokens_per_step or B * T) / seconds, torch.cuda.max_memory_reserved() / 2**30
