@@ -827,7 +827,7 @@ template <int D> struct Lib;
 template <> struct Lib<32> { using Fwd = FwdConfig<32, 2, 4, 64, true>;    using Bwd = BwdConfig<32, 8, 64, true>; };
 template <> struct Lib<64> { using Fwd = FwdConfig<64, 2, 4, 64, true>;    using Bwd = BwdConfig<64, 8, 64, true>; };
 template <> struct Lib<96> { using Fwd = FwdConfig<96, 2, 4, 32, false>;   using Bwd = BwdConfig<96, 4, 32, false>; };
-template <> struct Lib<128> { using Fwd = FwdConfig<128, 2, 4, 32, false>; using Bwd = BwdConfig<128, 8, 32, false>; };
+template <> struct Lib<128> { using Fwd = FwdConfig<128, 2, 4, 32, false>; using Bwd = BwdConfig<128, 8, 64, false>; };  // bwd: dev v3, 16% faster at T = 8192 on an H100
 
 // f(Lib<D>{}) for the padded head dim of Dh.
 template <class F>

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "json.h"
+#include "report.h"
 
 namespace {
 
@@ -83,6 +84,7 @@ void save_checkpoint(ZeroStore& store, const std::string& root, const std::strin
     if (w.rank == 0) mkdir(root.c_str(), 0755), mkdir(dir.c_str(), 0755);
     world_barrier(w);
     std::vector<OwnedSlice> slices = store.owned_slices();
+    Progress shown("writing checkpoint " + dir, double(slices.size()), Progress::Units::Items, w.rank == 0);
     std::vector<std::vector<float>> data;  // host copies, alive until written
     std::vector<TensorToWrite> entries;
     std::vector<std::string> keys;
@@ -95,9 +97,11 @@ void save_checkpoint(ZeroStore& store, const std::string& root, const std::strin
             data.push_back(std::move(h));
             keys.push_back(checkpoint_key(kKinds[k], s.name, s.begin));
         }
+        shown.update(double(data.size() / 3));
     }
     for (size_t i = 0; i < data.size(); ++i) entries.push_back({keys[i], "F32", {int64_t(data[i].size())}, data[i].data()});
     write_safetensors(checkpoint_rank_file(dir, w.rank, w.size), entries, {{"world_size", std::to_string(w.size)}});
+    shown.finish();
     world_barrier(w);
     if (w.rank != 0) return;
     write_atomically(dir + "/trainer.json",
@@ -205,7 +209,9 @@ void save_hf(ZeroStore& store, const std::string& dir, const LlamaConfig& c, con
             for (const UnitTensor& t : unit_layout(c, u).tensors) entries.push_back({t.spec.name, "BF16", t.spec.shape});
         out.reset(new SafetensorsWriter(dir + "/model.safetensors", entries, {{"format", "pt"}}));
     }
+    Progress shown("writing " + dir + "/model.safetensors", double(num_units(c)), Progress::Units::Items, w.rank == 0);
     for (int u = 0; u < num_units(c); ++u) {  // one unit in host memory at a time
+        shown.update(double(u));
         std::vector<float> weights = store.unit_weights(u);
         if (w.rank != 0) continue;
         if (lora.rank && u >= 1 && u <= c.num_hidden_layers) merge_lora_layer(c, lora, adapters[size_t(u - 1)].data(), weights.data());
@@ -215,6 +221,7 @@ void save_hf(ZeroStore& store, const std::string& dir, const LlamaConfig& c, con
             out->write(h.data(), h.size() * 2);
         }
     }
+    shown.finish();
     if (w.rank != 0) return;
     out->finish();
     write_atomically(dir + "/config.json", config_json(c));

@@ -15,6 +15,7 @@
 #include <dirent.h>
 
 #include "common.h"
+#include "report.h"
 
 // ================================================================================================ datasets
 
@@ -69,12 +70,14 @@ void add_row(Dataset& data, Example row, int seq_len) {
 const std::string kNeedsTokenizer = "needs a tokenizer (pass --tokenizer, or use a model directory with tokenizer.json)";
 
 void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer* tok, const ModelTokens* mt,
-                 int seq_len) {
+                 int seq_len, bool progress) {
     if (!tok) fail("dataset " + data.source + " is plain text: it " + kNeedsTokenizer);
     data.corpus = true;
     std::vector<int32_t> stream;
     std::vector<size_t> starts;  // where each document begins in the stream
+    Progress shown("tokenizing " + data.source, double(files.size()), Progress::Units::Items, progress);
     for (const std::string& path : files) {
+        shown.update(double(data.stats.documents));
         std::string text = read_file(path);
         if (text.empty()) fail(path + ": empty document");
         starts.push_back(stream.size());
@@ -84,6 +87,7 @@ void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tok
         stream.push_back(mt->eos[0]);
         data.stats.documents++;
     }
+    shown.finish();
     size_t next_doc = 0;
     for (size_t start = 0; start < stream.size(); start += size_t(seq_len)) {
         size_t end = std::min(stream.size(), start + size_t(seq_len));
@@ -267,7 +271,9 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, co
         text.clear();
     }
     size_t line_start = 0;
+    Progress shown("tokenizing " + path, double(text.size()), Progress::Units::Bytes, opt.progress);
     for (int line = 1; line_start < text.size(); ++line) {
+        if (line % 1024 == 0) shown.update(double(line_start));
         size_t end = text.find('\n', line_start);
         if (end == std::string::npos) end = text.size();
         std::string_view s(text.data() + line_start, end - line_start);
@@ -277,6 +283,7 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, co
         rows.push_back(row_example(parse_json(s, path, line), where, tok, mt, vocab, opt));
         data.stats.documents++;
     }
+    shown.finish();
     for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
 }
 
@@ -307,11 +314,11 @@ Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_si
     if (S_ISDIR(st.st_mode)) {
         std::vector<std::string> files = list_files(path);
         if (files.empty()) fail("dataset directory " + path + " has no files");
-        load_corpus(data, files, tok, mt, options.seq_len);
+        load_corpus(data, files, tok, mt, options.seq_len, options.progress);
     } else if (ends_with(path, ".jsonl") || ends_with(path, ".json")) {
         load_jsonl(data, path, tok, mt, vocab_size, options);
     } else {
-        load_corpus(data, {path}, tok, mt, options.seq_len);
+        load_corpus(data, {path}, tok, mt, options.seq_len, options.progress);
     }
     if (data.rows.empty()) fail("dataset " + path + " is empty");
     if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");

@@ -43,6 +43,7 @@ struct DataOptions {
     bool chat_template = false;    // QA/prompt rows in the chat template of `tokens->chat` (Instruct models)
     bool pack = true;              // JSONL rows: best-fit packing; false (--no-pack): one row per sequence
     const ModelTokens* tokens = nullptr;  // BOS/EOS and the chat template; nullptr: the tokenizer's conventions
+    bool progress = false;         // print progress lines while tokenizing a large dataset (rank 0)
 };
 
 struct DataStats {

@@ -152,7 +152,7 @@ Inputs load_inputs(const Options& o, const World& w) {
     if (!o.model.empty()) SafetensorsReader check(o.model);  // headers and sizes
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
-    dopt.tokens = &in.tokens;
+    dopt.tokens = &in.tokens, dopt.progress = w.rank == 0;
     in.train = load_datasets(o.data, in, dopt);
     if (o.eval_fraction > 0) in.eval = split_eval(in.train, o.eval_fraction, o.seed);
     else if (!o.eval_data.empty()) in.eval = load_datasets(o.eval_data, in, dopt);
@@ -419,16 +419,16 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
 RunResult Trainer::run(const std::string& base_name) {
     mkdir(o_.out.c_str(), 0755);
     world_barrier(w_);
-    bool appending = start_step_ > 0;
-    if (chief_) {
-        csv_ = std::fopen((o_.out + "/train_log.csv").c_str(), appending ? "a" : "w");
-        if (!csv_) fail("cannot write " + o_.out + "/train_log.csv");
-        if (!appending) std::fprintf(csv_, "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss\n");
-    }
-    std::string mem_path = o_.out + "/memory_rank" + std::to_string(w_.rank) + ".csv";
-    mem_csv_ = std::fopen(mem_path.c_str(), appending ? "a" : "w");
-    if (!mem_csv_) fail("cannot write " + mem_path);
-    if (!appending) std::fprintf(mem_csv_, "step,seconds,rank_gpu_gib\n");
+    // A resumed run appends to the logs it finds in OUT; a new OUT (or a fresh run) starts them with a header.
+    auto open_log = [&](const std::string& path, const char* header) {
+        bool append = start_step_ > 0 && exists(path);
+        FILE* f = std::fopen(path.c_str(), append ? "a" : "w");
+        if (!f) fail("cannot write " + path);
+        if (!append) std::fprintf(f, "%s\n", header);
+        return f;
+    };
+    if (chief_) csv_ = open_log(o_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
+    mem_csv_ = open_log(o_.out + "/memory_rank" + std::to_string(w_.rank) + ".csv", "step,seconds,rank_gpu_gib");
 
     if (o_.score_answers && start_step_ == 0) res_.answers_before = answer_questions("before training", -1);
     train_start_ = wall_seconds();

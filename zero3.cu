@@ -33,6 +33,7 @@
 
 #include "common.h"
 #include "cuda_common.cuh"
+#include "report.h"
 #include "safetensors.h"
 
 // ================================================================================================ partitions
@@ -313,7 +314,13 @@ void ZeroStore::load(const std::string& dir) {
         return cached;
     };
     std::vector<uint16_t> h16;
+    double bytes = 0, done = 0;
+    for (const auto& [name, t] : reader.tensors()) bytes += double(t.bytes);
+    Progress shown("loading " + dir, bytes, Progress::Units::Bytes, w_.rank == 0);
     for (int u = 0; u < int(units_.size()); ++u) {
+        for (const UnitTensor& t : unit_layout(c_, u).tensors)
+            if (const SafeTensor* f = reader.find(t.spec.name)) done += double(f->bytes);
+        shown.update(done);
         Segment& s = units_[size_t(u)]->seg[0];
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
         bf16* resident = s.sharded ? s.shard16 : s.full16;
@@ -331,6 +338,7 @@ void ZeroStore::load(const std::string& dir) {
             else check_cuda(cudaMemcpy(dst, w, size_t(n) * 4, cudaMemcpyHostToDevice), "copy master");
         });
     }
+    shown.finish();
 }
 
 void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
