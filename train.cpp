@@ -396,7 +396,6 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
     std::fflush(mem_csv_);
     memory_series_.push_back(elapsed), memory_series_.push_back(mine);
     double wloss = window_loss_ / std::max(1.0, window_targets_), norm = std::sqrt(double(last_norm_sq_));
-    loss_series_.push_back({double(step), wloss}), lr_series_.push_back({double(step), lr});
     if (eval) eval_series_.push_back({double(step), eval_loss});
     double eta = eta_seconds(double(step - start_step_), double(res_.steps - start_step_), elapsed);
     if (chief_) {
@@ -435,6 +434,8 @@ RunResult Trainer::run(const std::string& base_name) {
     check_cuda(cudaEventRecord(window_start_, stream_), "event");
     for (int64_t step = start_step_ + 1; step <= res_.steps; ++step) {
         train_step(step);
+        loss_series_.push_back({double(step), res_.final_loss});  // every step, for OUT/loss.svg
+        lr_series_.push_back({double(step), sched_.lr_at(int(step - 1))});
         bool epoch_end = step % res_.steps_per_epoch == 0, last = step == res_.steps;
         bool do_eval = !in_.eval.rows.empty() && ((o_.eval_every && step % o_.eval_every == 0) || (!o_.eval_every && epoch_end) || last);
         bool do_save = o_.save_every && (step % o_.save_every == 0 || last);
@@ -549,7 +550,7 @@ AnswerScore Trainer::answer_questions(const char* when, int limit) {
 void Trainer::write_charts() {
     std::vector<std::vector<double>> memory = world_gather(w_, memory_series_);
     if (!chief_) return;
-    std::string title = in_.config.name + (in_.lora.rank ? ", LoRA r=" + std::to_string(in_.lora.rank) : ", full fine-tuning") +
+    std::string title = (o_.model.empty() ? in_.config.name : o_.model) + (in_.lora.rank ? ", LoRA r=" + std::to_string(in_.lora.rank) : ", full fine-tuning") +
                         ", ZeRO stage " + std::to_string(o_.zero.stage) + ", " + std::to_string(w_.size) + " rank" + (w_.size > 1 ? "s" : "");
     write_loss_svg(o_.out + "/loss.svg", title, loss_series_, eval_series_, lr_series_);
     if (w_.size == 1) return;
