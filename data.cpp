@@ -13,6 +13,7 @@
 #include <set>
 #include <sys/stat.h>
 #include <dirent.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "report.h"
@@ -492,4 +493,80 @@ Batch Loader::batch(int64_t epoch, int64_t index) const {
         }
     }
     return batch;
+}
+
+// ================================================================================================ model tokens
+
+namespace {
+
+// An id or a list of ids under `key` (absent or null: none); each must be an id of `tok`.
+std::vector<int32_t> config_ids(const Json& file, const char* key, const std::string& path, const Tokenizer& tok) {
+    std::vector<int32_t> ids;
+    const Json* v = file.find(key);
+    if (!v || v->type == Json::Null) return ids;
+    std::vector<Json> items = v->type == Json::Array ? v->array : std::vector<Json>{*v};
+    for (const Json& x : items) {
+        if (!x.is_int() || x.integer < 0 || x.integer >= tok.vocab_size())
+            fail(path + ": " + key + " holds " + (x.is_int() ? std::to_string(x.integer) : json_type_name(x.type)) +
+                 ", not a token id of " + tok.path() + " (0 to " + std::to_string(tok.vocab_size() - 1) + ")");
+        ids.push_back(int32_t(x.integer));
+    }
+    return ids;
+}
+
+// A token named under `key`: a string or {"content": ...}; -1 when absent or null. It must be in `tok`.
+int32_t config_token(const Json& file, const char* key, const std::string& path, const Tokenizer& tok) {
+    const Json* v = file.find(key);
+    if (v && v->type == Json::Object) v = v->find("content");
+    if (!v || v->type == Json::Null) return -1;
+    if (!v->is_string()) fail(path + ": " + key + " must be a string or {\"content\": \"...\"}");
+    int32_t id = tok.token_id(v->string);
+    if (id < 0) fail(path + ": " + key + " " + json_quote(v->string) + " is not a token of " + tok.path());
+    return id;
+}
+
+}  // namespace
+
+ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir) {
+    ModelTokens t;
+    t.chat = tok.family();
+    bool llama3 = tok.family() == TokenizerFamily::llama3;
+    t.bos = tok.token_id(llama3 ? "<|begin_of_text|>" : "<s>");
+    int32_t eos = tok.token_id(llama3 ? "<|end_of_text|>" : "</s>");
+    std::vector<int32_t> stop;  // what generation stops on, besides eos
+    std::string read;
+    for (const char* name : {"config.json", "generation_config.json", "tokenizer_config.json"}) {
+        std::string path = model_dir + "/" + name;
+        if (model_dir.empty() || access(path.c_str(), R_OK) != 0) continue;
+        Json file = read_json_file(path);
+        if (file.type != Json::Object) fail(path + ": expected a JSON object");
+        read += std::string(read.empty() ? "" : ", ") + name;
+        if (std::string(name) == "tokenizer_config.json") {
+            int32_t bos = config_token(file, "bos_token", path, tok), e = config_token(file, "eos_token", path, tok),
+                    pad = config_token(file, "pad_token", path, tok);
+            t.bos = bos >= 0 ? bos : t.bos, eos = e >= 0 ? e : eos, t.pad = pad >= 0 ? pad : t.pad;
+            continue;
+        }
+        std::vector<int32_t> bos = config_ids(file, "bos_token_id", path, tok), e = config_ids(file, "eos_token_id", path, tok),
+                             pad = config_ids(file, "pad_token_id", path, tok);
+        if (!bos.empty()) t.bos = bos[0];
+        if (!e.empty()) eos = e[0], stop = e;  // generation_config.json, read second, wins
+        if (!pad.empty()) t.pad = pad[0];
+    }
+    t.source = read.empty() ? tok.path() + " (its own conventions)" : model_dir + ": " + read;
+    if (t.bos < 0 || eos < 0)
+        fail(tok.path() + " has no " + (t.bos < 0 ? (llama3 ? "<|begin_of_text|>" : "<s>") : (llama3 ? "<|end_of_text|>" : "</s>")) +
+             " and " + (read.empty() ? "no model directory names one" : model_dir + " names none") +
+             " (use a model directory with tokenizer_config.json)");
+    t.eos = {eos};
+    for (int32_t id : stop)
+        if (std::find(t.eos.begin(), t.eos.end(), id) == t.eos.end()) t.eos.push_back(id);
+    if (t.pad < 0) t.pad = eos;
+    return t;
+}
+
+void check_vocab(const Tokenizer& tok, int model_vocab, const std::string& tokenizer_path, const std::string& config_path) {
+    if (tok.vocab_size() > model_vocab)
+        fail(tokenizer_path + " has " + std::to_string(tok.vocab_size()) + " token ids but " + config_path +
+             " has vocab_size " + std::to_string(model_vocab) + ": the tokenizer does not belong to this model");
 }

@@ -1,5 +1,6 @@
-// data.h — text to training batches, exactly as Hugging Face would make them: datasets (plain-text
-// corpora and JSONL rows) tokenized by tokenizer.h, label masks (-100 = ignored), packing/padding, a
+// data.h — text to training batches, exactly as Hugging Face would make them: the model's special tokens
+// (from its config, generation and tokenizer files), datasets (plain-text corpora and JSONL rows)
+// tokenized by tokenizer.h, templates, label masks (-100 = ignored), packing with document boundaries, a
 // deterministic shuffle and per-rank sharding. Knows nothing of CUDA or the model.
 #pragma once
 #include <cstdint>
@@ -11,6 +12,27 @@
 
 #include "json.h"
 #include "tokenizer.h"
+
+// ---------------------------------------------------------------------------------------------- model tokens
+// The ids a dataset and generation need, from the model's files.
+struct ModelTokens {
+    int32_t bos = -1;                                 // begins each document and row
+    std::vector<int32_t> eos;                         // eos[0] ends documents and rows; all of them stop generation
+    int32_t pad = -1;                                 // pad_token if any, else eos[0]
+    TokenizerFamily chat = TokenizerFamily::llama3;   // which chat template (the tokenizer's family)
+    std::string source;                               // which files they came from (for messages)
+};
+
+// Reads, later files overriding earlier ones as HF's loaders do: model_dir/config.json (bos_token_id,
+// eos_token_id: an id or a list, pad_token_id), generation_config.json (the same keys; its eos list is the
+// one generation stops on), tokenizer_config.json (bos_token, eos_token, pad_token: a string or
+// {"content": ...}, looked up in `tok`: what HF's tokenizer adds to rows). Missing files are skipped;
+// model_dir "" gives the tokenizer's own conventions (Llama 3: <|begin_of_text|> <|end_of_text|>;
+// Llama 2: <s> </s>). Fails on an id outside the tokenizer or a token it lacks, naming the file and key.
+ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir);
+
+// Fails, naming both files and both sizes, when the tokenizer has ids the model's embedding lacks.
+void check_vocab(const Tokenizer& tok, int model_vocab, const std::string& tokenizer_path, const std::string& config_path);
 
 // ---------------------------------------------------------------------------------------------- datasets
 // Packing with document boundaries. A dataset is a list of rows (Examples, each at most seq_len tokens);
