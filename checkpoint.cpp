@@ -25,8 +25,6 @@ std::string lora_signature(const LoraConfig& l) {
     return s;
 }
 
-bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
-
 // Writes `text` to PATH through PATH.tmp and a rename, so a reader never sees half of it.
 void write_atomically(const std::string& path, const std::string& text) {
     std::string tmp = path + ".tmp";

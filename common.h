@@ -6,6 +6,8 @@
 // fail("what (where)"), which throws Error; main() prints it as one line `error: ...` and exits non-zero
 // (on every rank, through MPI_Abort, when several run). Tests catch Error to check each bad input.
 #pragma once
+#include <sys/stat.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -147,6 +149,19 @@ inline uint64_t fnv1a(const void* data, size_t n, uint64_t h = 14695981039346656
     return h;
 }
 inline uint64_t fnv1a(const std::string& s, uint64_t h = 1469598103934665603ull) { return fnv1a(s.data(), s.size(), h); }
+
+// Whether a file or directory exists.
+inline bool exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
+
+// 1234567 -> "1,234,567"
+inline std::string thousands(int64_t n) {
+    std::string s = std::to_string(n);
+    for (int i = int(s.size()) - 3; i > (n < 0 ? 1 : 0); i -= 3) s.insert(size_t(i), ",");
+    return s;
+}
 
 // Wall-clock seconds since an arbitrary start (host timer; GPU work is timed with CUDA events).
 inline double wall_seconds() {

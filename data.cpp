@@ -386,14 +386,6 @@ void pack_sequences(Dataset& data) {
     data.stats.padding_tokens = data.stats.sequences * data.seq_len - data.stats.tokens;
 }
 
-namespace {
-std::string thousands(int64_t n) {
-    std::string s = std::to_string(n);
-    for (int i = int(s.size()) - 3; i > (n < 0 ? 1 : 0); i -= 3) s.insert(size_t(i), ",");
-    return s;
-}
-}  // namespace
-
 std::string data_summary(const std::string& role, const Dataset& data) {
     const DataStats& s = data.stats;
     double total = double(s.sequences) * data.seq_len;

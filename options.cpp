@@ -101,8 +101,6 @@ double parse_real(const std::string& flag, const std::string& text) {
     return v;
 }
 
-bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
-
 // A path of the default data: relative to the working directory, else to the directory of ./train.
 std::string default_path(const std::string& relative) {
     if (exists(relative)) return relative;

@@ -41,6 +41,5 @@ void apply_config(const std::string& path, Options& o, int world);
 
 long long parse_int(const std::string& flag, const std::string& text, long long lo, long long hi);
 double parse_real(const std::string& flag, const std::string& text);
-bool exists(const std::string& path);
 // A path of the default data: relative to the working directory, else to the directory of ./train.
 std::string default_path(const std::string& relative);

@@ -45,12 +45,6 @@ Tokenizer load_tokenizer(const std::string& path) {
     return Tokenizer::load(path);
 }
 
-std::string thousands(int64_t n) {
-    std::string s = std::to_string(n);
-    for (int i = int(s.size()) - 3; i > (n < 0 ? 1 : 0); i -= 3) s.insert(size_t(i), ",");
-    return s;
-}
-
 double gib(double bytes) { return bytes / double(1 << 30); }
 
 int run_tokenize(const std::vector<std::string>& args) {

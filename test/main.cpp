@@ -93,6 +93,35 @@ const Tokenizer& default_tokenizer() {
     return tok;
 }
 
+std::vector<int32_t> ids_of(const Json& array) {
+    std::vector<int32_t> ids;
+    for (const Json& x : array.array) ids.push_back(int32_t(x.integer));
+    return ids;
+}
+
+std::string ids_fnv1a(const std::vector<int32_t>& ids) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int32_t id : ids)
+        for (int k = 0; k < 4; ++k) h = (h ^ ((uint32_t(id) >> (8 * k)) & 0xff)) * 0x100000001b3ull;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
+    return buf;
+}
+
+void check_golden_files(const Tokenizer& tok, const Json& files) {
+    int checked = 0;
+    for (const Json& f : files.array) {
+        std::string path = "data/" + f.find("file")->string;
+        if (access(path.c_str(), R_OK) != 0) FAIL("missing " << path << ": run `make data`");
+        std::vector<int32_t> ids = tok.encode(read_file(path));
+        CAPTURE(path);
+        CHECK(int64_t(ids.size()) == f.find("count")->integer);
+        CHECK(ids_fnv1a(ids) == f.find("fnv1a")->string);
+        ++checked;
+    }
+    CHECK(checked > 100);
+}
+
 int main(int argc, char** argv) {
     doctest::Context context;
     context.applyCommandLine(argc, argv);

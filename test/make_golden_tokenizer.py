@@ -54,12 +54,9 @@ def fnv1a(ids):
             h = (h * 0x100000001b3) & 0xffffffffffffffff
     return "%016x" % h
 
-def main():
-    tok = Tokenizer.from_file(sys.argv[1])
-    data_dir, out = sys.argv[2], sys.argv[3]
-    enc = lambda s: tok.encode(s, add_special_tokens=False).ids
-    cases = [{"text": s, "ids": enc(s)} for s in CASES]
-    invalid = [{"bytes_hex": b.hex(), "ids": enc(b.decode("utf-8", errors="replace"))} for b in INVALID_UTF8]
+def data_file_ids(enc, data_dir):
+    """For every default data file (the corpus files, the QA sets): its size, and the count and FNV-1a hash
+    of the ids `enc` gives its text."""
     files = []
     corpus = os.path.join(data_dir, "corpus")
     for name in sorted(os.listdir(corpus)) + ["../qa_train.jsonl", "../qa_eval.jsonl"]:
@@ -69,6 +66,16 @@ def main():
         ids = enc(text)
         files.append({"file": os.path.normpath(os.path.join("corpus", name)), "bytes": len(text.encode()),
                       "count": len(ids), "fnv1a": fnv1a(ids)})
+    return files
+
+
+def main():
+    tok = Tokenizer.from_file(sys.argv[1])
+    data_dir, out = sys.argv[2], sys.argv[3]
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids
+    cases = [{"text": s, "ids": enc(s)} for s in CASES]
+    invalid = [{"bytes_hex": b.hex(), "ids": enc(b.decode("utf-8", errors="replace"))} for b in INVALID_UTF8]
+    files = data_file_ids(enc, data_dir)
     json.dump({"cases": cases, "invalid_utf8": invalid, "files": files}, open(out, "w"), ensure_ascii=True, indent=0)
     print("wrote %s: %d cases, %d invalid-UTF-8 cases, %d files" % (out, len(cases), len(invalid), len(files)))
 

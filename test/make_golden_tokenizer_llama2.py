@@ -17,7 +17,7 @@ import tokenizers
 from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_golden_tokenizer import CASES, INVALID_UTF8, fnv1a  # noqa: E402  (the Llama-3 golden texts)
+from make_golden_tokenizer import CASES, INVALID_UTF8, data_file_ids, fnv1a  # noqa: E402  (the Llama-3 golden texts)
 
 LLAMA2_CASES = [
     # spaces: the normalizer prepends "▁" to every segment and turns each space into "▁"
@@ -67,15 +67,7 @@ def main():
     for c in cases:
         c["ordinary_ids"] = enc(c["text"])
     tok.encode_special_tokens = False
-    files = []
-    corpus = os.path.join(data_dir, "corpus")
-    for name in sorted(os.listdir(corpus)) + ["../qa_train.jsonl", "../qa_eval.jsonl"]:
-        if not name.endswith((".txt", ".jsonl")):
-            continue
-        text = open(os.path.join(corpus, name), "rb").read().decode("utf-8")
-        ids = enc(text)
-        files.append({"file": os.path.normpath(os.path.join("corpus", name)), "bytes": len(text.encode()),
-                      "count": len(ids), "fnv1a": fnv1a(ids)})
+    files = data_file_ids(enc, data_dir)
     golden = {"tokenizers_version": tokenizers.__version__, "tokenizer": os.path.basename(path), "cases": cases,
               "invalid_utf8": invalid, "decode": decodes, "files": files}
     json.dump(golden, open(out, "w"), ensure_ascii=True, indent=0)

@@ -2,7 +2,9 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -22,3 +24,11 @@ bool need_gpu();
 // The default tokenizer (data/tokenizer.json), loaded once.
 class Tokenizer;
 const Tokenizer& default_tokenizer();
+
+// Token-id golden files (test/make_golden_tokenizer*.py): an id list from a JSON array, the FNV-1a hash of
+// ids as the scripts write it (each id's 4 little-endian bytes), and the check of every default data
+// file's ids against the golden {"file", "count", "fnv1a"} entries.
+struct Json;
+std::vector<int32_t> ids_of(const Json& array);
+std::string ids_fnv1a(const std::vector<int32_t>& ids);
+void check_golden_files(const Tokenizer& tok, const Json& files);
