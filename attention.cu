@@ -771,8 +771,8 @@ Attention::Attention(const AttentionShape& a, const Gemm& gemm, bool allow_fused
                     "which materialises the scores in chunks\n", a.Dh);
         fallback_announced = true;
     }
-    scratch_bytes_ = fused_ ? flash_attention_backward_workspace(a) : ReferenceAttention(a).scratch_bytes();
-    scratch_ = device_alloc<char>(scratch_bytes_, "attention scratch");
+    size_t bytes = fused_ ? flash_attention_backward_workspace(a) : ReferenceAttention(a).scratch_bytes();
+    scratch_ = device_alloc<char>(bytes, "attention scratch");
 }
 
 Attention::~Attention() { device_free(scratch_); }

@@ -31,8 +31,6 @@ class Attention {
     ~Attention();
     Attention(const Attention&) = delete;
     Attention& operator=(const Attention&) = delete;
-    bool fused() const { return fused_; }
-    size_t scratch_bytes() const { return scratch_bytes_; }
 
     void forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o, float* lse);
     // dq, dk, dv are written (not accumulated).
@@ -43,7 +41,6 @@ class Attention {
     AttentionShape a_;
     const Gemm& gemm_;
     bool fused_ = false;
-    size_t scratch_bytes_ = 0;
     void* scratch_ = nullptr;
 };
 

@@ -75,14 +75,13 @@ inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), ke
 struct DeviceBytes {
     std::mutex lock;
     std::unordered_map<void*, size_t> sizes;
-    size_t total = 0, peak = 0;
+    size_t total = 0;
 };
 inline DeviceBytes& device_bytes() {
     static DeviceBytes d;
     return d;
 }
 inline size_t tracked_device_bytes() { return device_bytes().total; }
-inline size_t tracked_device_peak() { return device_bytes().peak; }
 
 // cudaMalloc that turns "out of memory" into a user error saying what needed how much, and what is free.
 template <typename T>
@@ -105,7 +104,6 @@ T* device_alloc(size_t count, const char* what) {
     DeviceBytes& d = device_bytes();
     std::lock_guard<std::mutex> hold(d.lock);
     d.sizes[p] = bytes, d.total += bytes;
-    if (d.total > d.peak) d.peak = d.total;
     return static_cast<T*>(p);
 }
 

@@ -139,7 +139,6 @@ class LlamaModel {
     uint64_t dropout_step = 0;  // which micro-batch this is: LoRA dropout's masks follow it (set by the trainer)
     size_t activation_bytes() const { return arena_bytes_; }
     const LlamaConfig& config() const { return c_; }
-    const Attention& attention() const { return *attention_; }
 
   private:
     struct Layer;       // what backward needs of one layer's forward

@@ -42,7 +42,8 @@ Data:
   --train-on-prompt      loss on every token, not only the answer/completion and EOS
   --chat-template        wrap question/answer and prompt/completion rows in the Llama-3 chat template
   --no-pack              one JSONL row per sequence, padded (default: rows packed whole into sequences of
-                         --seq tokens, best fit, attention and positions kept inside each row)
+                         --seq tokens, best fit, attention and positions kept inside each row; --pack
+                         says so explicitly)
 Optimisation:
   --micro-batch N        rows per GPU per micro-step (default 8)
   --grad-accum N         micro-steps per optimizer step (default 1)

@@ -99,7 +99,6 @@ class ZeroStore : public UnitStore {
     std::vector<OwnedSlice> owned_slices();
     void refresh_weights();
     const World& world() const { return w_; }
-    cudaStream_t stream() const { return stream_; }
 
   private:
     struct Segment;
