@@ -49,7 +49,7 @@ __global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, fl
     }
 }
 
-// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd
+// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd   (residual null: none)
 __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
                                         const bf16* residual, bf16* dx, int D) {
     int64_t row = blockIdx.x;
@@ -60,7 +60,8 @@ __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const floa
     float mean = block_sum(dot) / float(D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float g = __bfloat162float(dyr[i]) * __bfloat162float(w[i]), xhat = __bfloat162float(xr[i]) * r;
-        dx[row * D + i] = __float2bfloat16(__bfloat162float(residual[row * D + i]) + r * (g - xhat * mean));
+        float res = residual ? __bfloat162float(residual[row * D + i]) : 0.0f;
+        dx[row * D + i] = __float2bfloat16(res + r * (g - xhat * mean));
     }
 }
 
@@ -337,8 +338,12 @@ const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
 // x_d = x, or x with LoRA dropout in training)
 void LlamaModel::linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
                                 const LoraLayerView& lora, bf16* lora_u) {
-    matmul_nt(gemm_, y, x, W, N_, out, in, 1.0f, beta);                  // y = x W^T (+ beta y)
+    {
+        Region r(profiler, Family::base_gemm);
+        matmul_nt(gemm_, y, x, W, N_, out, in, 1.0f, beta);  // y = x W^T (+ beta y)
+    }
     if (!lora.A[t]) return;
+    Region lora_region(profiler, Family::lora);
     matmul_nt(gemm_, lora_u, dropped(l, t, x, in), lora.A[t], N_, lora_.rank, in);  // u = x_d A^T
     matmul_nt(gemm_, y, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale, 1.0f);  // y += s u B^T
 }
@@ -348,9 +353,13 @@ void LlamaModel::linear_forward(int l, const bf16* x, int in, const bf16* W, int
 void LlamaModel::linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
                                  float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u) {
     int r = lora_.rank;
-    matmul_nn(gemm_, dx, dy, W, N_, in, out, 1.0f, dx_beta);             // dx = dy W
-    if (dW) matmul_tn(gemm_, dW, dy, x, out, in, N_, 1.0f, 1.0f);        // dW += dy^T x
+    {
+        Region r(profiler, Family::base_gemm);
+        matmul_nn(gemm_, dx, dy, W, N_, in, out, 1.0f, dx_beta);       // dx = dy W
+        if (dW) matmul_tn(gemm_, dW, dy, x, out, in, N_, 1.0f, 1.0f);  // dW += dy^T x
+    }
     if (!lora.A[t]) return;
+    Region lora_region(profiler, Family::lora);
     bf16* du = grad_->lora_u;
     matmul_tn(gemm_, lora.dB[t], dy, lora_u, out, r, N_, lora_.scale, 1.0f);  // dB += s dy^T u
     matmul_nn(gemm_, du, dy, lora.B[t], N_, r, out, lora_.scale, 0.0f);       // du = s dy B
@@ -394,27 +403,46 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
     const int32_t* positions = batch.positions ? batch.positions : positions_;
     a.h = h_in;
     // Attention block:  a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
-    rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
+    {
+        Region r(profiler, Family::norm);
+        rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
+    }
     linear_forward(l, a.n, D, w.w[kQProj], Hd, a.q, 0.0f, kQ, lora, a.lora_u[kQ]);
     linear_forward(l, a.n, D, w.w[kKProj], KVd, a.k, 0.0f, kK, lora, a.lora_u[kK]);
     linear_forward(l, a.n, D, w.w[kVProj], KVd, a.v, 0.0f, kV, lora, a.lora_u[kV]);
-    rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
-    rope(a.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, false, stream_);
+    {
+        Region r(profiler, Family::rope);
+        rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
+        rope(a.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, false, stream_);
+    }
     if (cache) {  // generation: this token's k, v join the cache; attend to the row's cache
         int64_t layer = int64_t(l) * B_ * cache->max_len * KVd;
         kv_cache_write(a.k, a.v, cache->k + layer, cache->v + layer, positions, B_, cache->max_len, KVd, stream_);
         decode_attention(a.q, cache->k + layer, cache->v + layer, positions, a.o, cache->scores, B_, cache->max_len, H, KVH, Dh, stream_);
     } else {
+        Region r(profiler, Family::attention);
         attention_->forward(a.q, a.k, a.v, batch.doc_start, a.o, a.lse);
     }
-    check_cuda(cudaMemcpyAsync(a.a, h_in, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
+    {
+        Region r(profiler, Family::copies);
+        check_cuda(cudaMemcpyAsync(a.a, h_in, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
+    }
     linear_forward(l, a.o, Hd, w.w[kOProj], D, a.a, 1.0f, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
     // MLP block:  h_out = a + down_proj(silu(gate_proj(m)) * up_proj(m)),  m = rmsnorm(a)
-    rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
+    {
+        Region r(profiler, Family::norm);
+        rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
+    }
     linear_forward(l, a.m, D, w.w[kGateProj], F, a.g, 0.0f, kGate, lora, a.lora_u[kGate]);
     linear_forward(l, a.m, D, w.w[kUpProj], F, a.u, 0.0f, kUp, lora, a.lora_u[kUp]);
-    swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
-    check_cuda(cudaMemcpyAsync(h_out, a.a, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
+    {
+        Region r(profiler, Family::swiglu);
+        swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
+    }
+    {
+        Region r(profiler, Family::copies);
+        check_cuda(cudaMemcpyAsync(h_out, a.a, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
+    }
     linear_forward(l, a.act, F, w.w[kDownProj], D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
 }
 
@@ -429,19 +457,34 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
     const int32_t* positions = batch.positions ? batch.positions : positions_;
     // MLP: h_out = a + down(silu(gate(m)) * up(m)),  m = rmsnorm(a)
     linear_backward(l, a.act, F, w.w[kDownProj], w.dw[kDownProj], D, dh, d.act, 0.0f, kDown, lora, a.lora_u[kDown]);
-    swiglu_backward(a.g, a.u, d.act, d.g, d.u, int64_t(N_) * F, stream_);
+    {
+        Region r(profiler, Family::swiglu);
+        swiglu_backward(a.g, a.u, d.act, d.g, d.u, int64_t(N_) * F, stream_);
+    }
     linear_backward(l, a.m, D, w.w[kGateProj], w.dw[kGateProj], F, d.g, d.n, 0.0f, kGate, lora, a.lora_u[kGate]);
     linear_backward(l, a.m, D, w.w[kUpProj], w.dw[kUpProj], F, d.u, d.n, 1.0f, kUp, lora, a.lora_u[kUp]);
-    rmsnorm_backward(a.a, w.w[kPostNorm], a.rstd2, d.n, dh, d.a, w.dw[kPostNorm], norm_partial_, N_, D, stream_);  // + residual
+    {
+        Region r(profiler, Family::norm);
+        rmsnorm_backward(a.a, w.w[kPostNorm], a.rstd2, d.n, dh, d.a, w.dw[kPostNorm], norm_partial_, N_, D, stream_);  // + residual
+    }
     // Attention: a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
     linear_backward(l, a.o, Hd, w.w[kOProj], w.dw[kOProj], D, d.a, d.o, 0.0f, kO, lora, a.lora_u[kO]);
-    attention_->backward(a.q, a.k, a.v, a.o, d.o, a.lse, batch.doc_start, d.q, d.k, d.v);
-    rope(d.q, positions, rope_cos_, rope_sin_, N_, H, Dh, true, stream_);  // back through the rotation
-    rope(d.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, true, stream_);
+    {
+        Region r(profiler, Family::attention);
+        attention_->backward(a.q, a.k, a.v, a.o, d.o, a.lse, batch.doc_start, d.q, d.k, d.v);
+    }
+    {
+        Region r(profiler, Family::rope);
+        rope(d.q, positions, rope_cos_, rope_sin_, N_, H, Dh, true, stream_);  // back through the rotation
+        rope(d.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, true, stream_);
+    }
     linear_backward(l, a.n, D, w.w[kQProj], w.dw[kQProj], Hd, d.q, d.n, 0.0f, kQ, lora, a.lora_u[kQ]);
     linear_backward(l, a.n, D, w.w[kKProj], w.dw[kKProj], KVd, d.k, d.n, 1.0f, kK, lora, a.lora_u[kK]);
     linear_backward(l, a.n, D, w.w[kVProj], w.dw[kVProj], KVd, d.v, d.n, 1.0f, kV, lora, a.lora_u[kV]);
-    rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_);  // + residual
+    {
+        Region r(profiler, Family::norm);
+        rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_);  // + residual
+    }
 }
 
 // Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary fp32 logits exist
@@ -457,9 +500,13 @@ void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_div
     float* head_g = c_.tie_word_embeddings ? emb.grads : (fin.grads ? fin.grads + lm_head_offset_ : nullptr);
     const bf16* h = hidden_ + int64_t(L) * N_ * D;
     bf16* dx = grad_->n;  // d rmsnorm(h_L), chunk by chunk
-    rmsnorm_forward(h, norm_w, final_norm_, final_rstd_, N_, D, c_.rms_norm_eps, stream_);
+    {
+        Region r(profiler, Family::norm);
+        rmsnorm_forward(h, norm_w, final_norm_, final_rstd_, N_, D, c_.rms_norm_eps, stream_);
+    }
     if (batch.labels) shift_labels(batch.labels, targets_, N_, T_, stream_);
     for (int r0 = 0; r0 < N_; r0 += head_rows_) {
+        Region r(profiler, Family::head);
         int rows = std::min(head_rows_, N_ - r0);
         const bf16* x = final_norm_ + int64_t(r0) * D;
         matmul_nt(gemm_, logits_, x, head_w, rows, V, D);  // logits = x E^T
@@ -473,8 +520,8 @@ void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_div
         if (head_g) matmul_tn(gemm_, head_g, dlogits_, x, V, D, rows, 1.0f, 1.0f);  // dE += dlogits^T x
     }
     if (backward) {  // d h_L through the final norm (no residual term)
-        check_cuda(cudaMemsetAsync(grad_->a, 0, size_t(N_) * D * 2, stream_), "memset");
-        rmsnorm_backward(h, norm_w, final_rstd_, dx, grad_->a, grad_->h, fin.grads, norm_partial_, N_, D, stream_);
+        Region r(profiler, Family::norm);
+        rmsnorm_backward(h, norm_w, final_rstd_, dx, nullptr, grad_->h, fin.grads, norm_partial_, N_, D, stream_);
     }
     if (c_.tie_word_embeddings) store.release(0);
     store.release(L + 1);
@@ -485,7 +532,10 @@ void LlamaModel::forward_layers(const DeviceBatch& batch, UnitStore& store) {
     if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel: the batch's shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
     UnitView emb = store.gather(0, Pass::forward);
-    embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
+    {
+        Region r(profiler, Family::embedding);
+        embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
+    }
     store.release(0);
     for (int l = 0; l < L; ++l) {
         UnitView w = store.gather(l + 1, Pass::forward);
@@ -514,7 +564,10 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
         store.reduce_grads(l + 1);
     }
     UnitView emb = store.gather(0, Pass::backward);
-    if (emb.grads) embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, stream_);
+    if (emb.grads) {
+        Region r(profiler, Family::embedding);
+        embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, stream_);
+    }
     store.release(0);
     store.reduce_grads(0);
     training_ = false;

@@ -11,6 +11,7 @@
 #include "attention.h"
 #include "gemm.h"
 #include "llama_config.h"
+#include "profile.h"
 
 using bf16 = __nv_bfloat16;
 
@@ -137,6 +138,7 @@ class LlamaModel {
 
     float* loss_sum() { return loss_sum_; }  // device fp32 scalar
     uint64_t dropout_step = 0;  // which micro-batch this is: LoRA dropout's masks follow it (set by the trainer)
+    Profiler* profiler = nullptr;  // when set and in a profiled step, each kernel family's time is measured
     size_t activation_bytes() const { return arena_bytes_; }
     const LlamaConfig& config() const { return c_; }
 

@@ -77,6 +77,8 @@ Output:
   --sample N             after training, answer N eval prompts next to the reference (default 3)
   --score-answers        answer every eval question greedily before and after training; print the mean
                          token F1 and exact match against the reference answers (SQuAD-style)
+  --profile N            after 2 warm-up steps, time N steps by kernel family (GEMMs, LoRA, attention, norms,
+                         ...) and print each family's milliseconds beside its floor on this GPU (bench/PROFILE.md)
   --dry-run              check every input, print the plan, and stop before the GPU
   -h, --help             this text
 
@@ -294,6 +296,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--eval-every") o.eval_every = int(parse_int(a, value(), 0, 1 << 30));
         else if (a == "--sample") o.sample = int(parse_int(a, value(), 0, 1000));
         else if (a == "--score-answers") o.score_answers = true;
+        else if (a == "--profile") o.profile = int(parse_int(a, value(), 1, 1 << 20));
         else if (a == "--train-on-prompt") o.train_on_prompt = true;
         else if (a == "--chat-template") o.chat_template = true;
         else if (a == "--pack") o.pack = true;

@@ -25,6 +25,7 @@ struct Options {
     bool train_on_prompt = false, chat_template = false, pack = true, dry_run = false;
     int log_every = 10, eval_every = 0, sample = 3;
     bool score_answers = false;   // greedy answers to every eval question, scored before and after training
+    int profile = 0;              // steps to measure by kernel family (after 2 warm-up steps); 0: off
     uint64_t seed = 1234;
     ZeroOptions zero;
     Transport comm = Transport::automatic;

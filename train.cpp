@@ -2,7 +2,8 @@
 //   load_inputs      tokenizer, model config, adapter, datasets, checkpoint: every input checked before the GPU
 //   Trainer          the run on the GPU: the ZeRO store, the model, the data loader, the LR schedule
 //     print_plan     what will run, and memory per rank beside the ZeRO estimate
-//     train_step     micro-batches forward and backward, then the optimizer step
+//     train_step     micro-batches forward and backward, then the optimizer step (queued on the GPU)
+//     finish_step    one step later: its loss and gradient norm, read without stalling the GPU
 //     log_step       a progress line, OUT/train_log.csv, OUT/memory_rankR.csv
 //     evaluate       mean loss over the eval set
 //     save           a checkpoint (every --save-every steps)
@@ -72,15 +73,6 @@ double flops_per_token(const LlamaConfig& c, int64_t lora_params, int T, bool re
     double attention = 4.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * double(T);
     double f = (lora_params > 0 ? 4 * N + 6.0 * double(lora_params) : 6 * N) + 3 * attention;
     return recompute ? f + 2 * N + attention : f;
-}
-
-double gpu_peak_flops(int device) {  // dense bf16 tensor-core peak, for MFU
-    cudaDeviceProp p;
-    check_cuda(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
-    std::string name = p.name;
-    if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989e12;
-    if (name.find("A100") != std::string::npos) return 312e12;
-    return 0;
 }
 
 // ================================================================================================ inputs
@@ -182,7 +174,8 @@ class Trainer {
   private:
     void resume_position(const TrainerState& state);
     void print_plan(const MemoryReport& estimate, double load_seconds);
-    double train_step(int64_t step);  // returns this step's summed loss over all ranks
+    void train_step(int64_t step, bool fresh_start);  // queues the step; fresh_start: the GPU was idle before it
+    void finish_step(int64_t step, bool eval);         // waits for the step's results; logs (and evaluates) when due
     void log_step(int64_t step, float lr, bool eval);
     double evaluate();
     TrainerState state(int64_t step) const;
@@ -191,7 +184,8 @@ class Trainer {
     AnswerScore answer_questions(const char* when, int limit);
     void write_charts();
     void run_batch(const Batch& b, bool backward, float divisor);
-    double read_loss_sum();  // this rank's summed CE since the last read
+    double read_loss_sum();  // this rank's summed CE since the last read (synchronises)
+    int32_t* stage(const Batch& b);  // the batch's four arrays in pinned memory, [4, B*T]
 
     const Options& o_;
     const World& w_;
@@ -205,13 +199,29 @@ class Trainer {
     Schedule sched_;
     AdamWConfig adam_;
     double flops_per_token_ = 0, peak_flops_ = 0;
-    int32_t *ids_ = nullptr, *labels_ = nullptr;            // [B*T] device copies of the batch
+    int32_t *ids_ = nullptr, *labels_ = nullptr;            // [B*T] device copies of the batch (one allocation)
     int32_t *positions_ = nullptr, *doc_start_ = nullptr;  // [B*T] each token's position and document start
     int32_t pad_ = 0;
     RunResult res_;
+    // Host-to-device batch copies come from pinned slots, reused once the copy that used a slot is done.
+    static constexpr int kStagingSlots = 4;
+    int32_t* staging_ = nullptr;  // [kStagingSlots, 4, B*T] pinned
+    cudaEvent_t staged_[kStagingSlots] = {};
+    int64_t staged_count_ = 0;
+    // A queued step: its loss and norm land in pinned memory; `done` marks its end on the GPU. Three,
+    // so a step's predecessor's `done` (its start time) is still intact when the step is read.
+    struct QueuedStep {
+        int64_t step = 0;
+        double targets = 0;
+        bool fresh_start = false;  // timed from `start`, not from the previous step's end
+        cudaEvent_t start = nullptr, done = nullptr;
+    };
+    QueuedStep queued_[3];
+    float* step_results_ = nullptr;  // [3, 2] pinned: summed loss, squared gradient norm of each queued step
+    Profiler profiler_;
+    std::vector<FamilyWork> step_work_;
     // progress since the last log line
-    cudaEvent_t window_start_ = nullptr, window_end_ = nullptr;
-    double window_loss_ = 0, window_targets_ = 0, window_tokens_ = 0, window_examples_ = 0, timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;
+    double window_ms_ = 0, window_loss_ = 0, window_targets_ = 0, window_tokens_ = 0, window_examples_ = 0, timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;
     int64_t window_steps_ = 0, logged_ = 0;
     float last_norm_sq_ = 0;
     double train_start_ = 0, eval_seconds_ = 0, eval_rows_ = 0;
@@ -242,10 +252,9 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
         else store_->init_lora(o.seed);
     }
     model_ = new LlamaModel(c, in.lora.shape(o.seed), o.micro_batch, o.seq, stream_, o.checkpoint_activations);
-    ids_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
-    labels_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
-    positions_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
-    doc_start_ = device_alloc<int32_t>(size_t(o.micro_batch) * o.seq, "batch");
+    size_t rows = size_t(o.micro_batch) * size_t(o.seq);
+    ids_ = device_alloc<int32_t>(4 * rows, "batch");  // ids, labels, positions, doc_start: one copy per micro-batch
+    labels_ = ids_ + rows, positions_ = ids_ + 2 * rows, doc_start_ = ids_ + 3 * rows;
     if (!in.resume.empty()) resume_position(load_checkpoint(*store_, in.resume, c, in.lora));
     sched_.kind = o.schedule, sched_.lr = o.lr, sched_.total_steps = int(res_.steps), sched_.warmup_min_lr = o.warmup_min_lr;
     sched_.min_ratio = o.min_ratio;
@@ -253,17 +262,24 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
     flops_per_token_ = flops_per_token(c, in.lora.rank ? store_->trainable_numel() : 0, o.seq, o.checkpoint_activations);
     peak_flops_ = gpu_peak_flops(w.gpu);
     print_plan(estimate, wall_seconds() - t0);
-    check_cuda(cudaEventCreate(&window_start_), "event");
-    check_cuda(cudaEventCreate(&window_end_), "event");
+    check_cuda(cudaMallocHost(&staging_, kStagingSlots * 4 * rows * sizeof(int32_t)), "cudaMallocHost");
+    for (cudaEvent_t& e : staged_) check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
+    check_cuda(cudaMallocHost(&step_results_, 6 * sizeof(float)), "cudaMallocHost");
+    for (QueuedStep& q : queued_) check_cuda(cudaEventCreate(&q.start), "event"), check_cuda(cudaEventCreate(&q.done), "event");
+    model_->profiler = o.profile > 0 ? &profiler_ : nullptr;
+    step_work_ = step_work(c, int64_t(o.micro_batch) * o.seq * o.grad_accum, o.seq, in.lora.rank, int(std::count(in.lora.target, in.lora.target + kTargets, true)),
+                           store_->trainable_numel(), o.checkpoint_activations);
 }
 
 Trainer::~Trainer() {
     if (csv_) std::fclose(csv_);
     if (mem_csv_) std::fclose(mem_csv_);
-    device_free(ids_), device_free(labels_), device_free(positions_), device_free(doc_start_);
+    device_free(ids_);
     delete model_;
     delete store_;
-    cudaEventDestroy(window_start_), cudaEventDestroy(window_end_);
+    for (cudaEvent_t e : staged_) cudaEventDestroy(e);
+    for (QueuedStep& q : queued_) cudaEventDestroy(q.start), cudaEventDestroy(q.done);
+    cudaFreeHost(staging_), cudaFreeHost(step_results_);
     cudaStreamDestroy(stream_);
 }
 
@@ -311,11 +327,26 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
                 (long long)res_.steps_per_epoch, o_.lr, o_.schedule.c_str(), sched_.warmup_steps);
 }
 
+// The next pinned slot, once the copy that last read it is done (the host runs at most kStagingSlots
+// micro-batches ahead of the GPU), filled with ids, labels, positions and document starts.
+int32_t* Trainer::stage(const Batch& b) {
+    int k = int(staged_count_++ % kStagingSlots);
+    check_cuda(cudaEventSynchronize(staged_[k]), "event");
+    size_t n = size_t(o_.micro_batch) * size_t(o_.seq);
+    int32_t* slot = staging_ + size_t(k) * 4 * n;
+    const std::vector<int32_t>* parts[4] = {&b.ids, &b.labels, &b.positions, &b.doc_start};
+    for (int i = 0; i < 4; ++i) std::copy(parts[i]->begin(), parts[i]->end(), slot + size_t(i) * n);
+    return slot;
+}
+
 void Trainer::run_batch(const Batch& b, bool backward, float divisor) {
-    check_cuda(cudaMemcpyAsync(ids_, b.ids.data(), b.ids.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
-    check_cuda(cudaMemcpyAsync(labels_, b.labels.data(), b.labels.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
-    check_cuda(cudaMemcpyAsync(positions_, b.positions.data(), b.positions.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
-    check_cuda(cudaMemcpyAsync(doc_start_, b.doc_start.data(), b.doc_start.size() * 4, cudaMemcpyHostToDevice, stream_), "copy batch");
+    {
+        Region r(&profiler_, Family::copies);
+        const int32_t* slot = stage(b);
+        size_t n = size_t(o_.micro_batch) * size_t(o_.seq);
+        check_cuda(cudaMemcpyAsync(ids_, slot, 4 * n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "copy batch");
+        check_cuda(cudaEventRecord(staged_[(staged_count_ - 1) % kStagingSlots], stream_), "event");
+    }
     DeviceBatch d{b.B, b.T, ids_, labels_, positions_, doc_start_};
     if (backward) model_->forward_backward(d, *store_, divisor);
     else model_->forward(d, *store_);
@@ -339,46 +370,69 @@ double Trainer::evaluate() {
         targets += double(b.target_tokens);
         eval_rows_ += double(b.examples);
         run_batch(b, false, 1.0f);
-        world_wait(w_, stream_);  // the host batch must outlive its copy
     }
     double loss = world_sum(w_, read_loss_sum()), all = world_sum(w_, targets);
     eval_seconds_ += wall_seconds() - start;
     return all > 0 ? loss / all : NAN;
 }
 
-double Trainer::train_step(int64_t step) {
+// Queues one optimizer step on the GPU without waiting for it: the host goes on to prepare the next
+// step while this one runs. Its summed loss and gradient norm are copied into pinned memory at its end;
+// finish_step reads them.
+void Trainer::train_step(int64_t step, bool fresh_start) {
+    QueuedStep& q = queued_[step % 3];
+    q.step = step, q.fresh_start = fresh_start, q.targets = 0;
+    bool profiled = o_.profile > 0 && step > start_step_ + 2 && step <= start_step_ + 2 + o_.profile;  // after 2 warm-up steps
+    if (profiled) profiler_.begin_step(stream_);
+    check_cuda(cudaEventRecord(q.start, stream_), "event");
     std::vector<Batch> batches;
-    double targets = 0;
     for (int a = 0; a < o_.grad_accum; ++a, ++micro_) {
         batches.push_back(loader_.batch(micro_ / mb_per_epoch_, micro_ % mb_per_epoch_));
-        targets += double(batches.back().target_tokens);
+        q.targets += double(batches.back().target_tokens);
         window_tokens_ += double(batches.back().tokens);  // real tokens: padding is not counted
         window_examples_ += double(batches.back().examples);
     }
-    targets = world_sum(w_, targets);  // the loss is the mean over every rank's target tokens
+    q.targets = world_sum(w_, q.targets);  // the loss is the mean over every rank's target tokens
     store_->begin_step();
     for (size_t a = 0; a < batches.size(); ++a) {
         store_->begin_micro_batch(a + 1 == batches.size());
         model_->dropout_step = uint64_t(micro_ - int64_t(batches.size()) + int64_t(a));  // LoRA dropout's masks follow the data
-        run_batch(batches[a], true, float(std::max(1.0, targets)));
+        run_batch(batches[a], true, float(std::max(1.0, q.targets)));
     }
-    store_->step(adam_, sched_.lr_at(int(step - 1)), int(step), o_.clip);
-    check_cuda(cudaMemcpyAsync(&last_norm_sq_, store_->grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream_), "copy norm");
-    double loss_sum = world_sum(w_, read_loss_sum());  // waits: the host batches must outlive their copies
-    double loss = targets > 0 ? loss_sum / targets : 0.0;
-    if (!std::isfinite(loss) || !std::isfinite(last_norm_sq_))
-        fail("loss is " + std::to_string(loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
-    window_loss_ += loss_sum, window_targets_ += targets, ++window_steps_;
-    res_.final_loss = loss;
-    return loss_sum;
+    {
+        Region r(&profiler_, Family::optimizer);
+        store_->step(adam_, sched_.lr_at(int(step - 1)), int(step), o_.clip);
+    }
+    float* out = step_results_ + 2 * (step % 3);
+    check_cuda(cudaMemcpyAsync(out, model_->loss_sum(), 4, cudaMemcpyDeviceToHost, stream_), "copy loss");
+    check_cuda(cudaMemsetAsync(model_->loss_sum(), 0, 4, stream_), "memset");
+    check_cuda(cudaMemcpyAsync(out + 1, store_->grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream_), "copy norm");
+    check_cuda(cudaEventRecord(q.done, stream_), "event");
+    if (profiled) profiler_.end_step();
 }
 
-// The steps since the last line: timed by events around them; evaluation (when due) runs after the timing.
+// Waits for a queued step (normally the one before the step just queued, so the GPU stays busy), adds
+// its loss and time to the progress window, stops a run whose loss or norm is not finite, and logs.
+void Trainer::finish_step(int64_t step, bool eval) {
+    const QueuedStep& q = queued_[step % 3];
+    check_cuda(cudaEventSynchronize(q.done), "event");
+    const float* out = step_results_ + 2 * (step % 3);
+    double loss_sum = world_sum(w_, double(out[0])), loss = q.targets > 0 ? loss_sum / q.targets : 0.0;
+    last_norm_sq_ = out[1];
+    if (!std::isfinite(loss) || !std::isfinite(last_norm_sq_))
+        fail("loss is " + std::to_string(loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
+    float ms = 0;  // from the previous step's end, or from this step's start when the GPU was idle before it
+    check_cuda(cudaEventElapsedTime(&ms, q.fresh_start ? q.start : queued_[(step + 2) % 3].done, q.done), "event");
+    window_ms_ += ms, window_loss_ += loss_sum, window_targets_ += q.targets, ++window_steps_;
+    res_.final_loss = loss;
+    loss_series_.push_back({double(step), loss});  // every step, for OUT/loss.svg
+    lr_series_.push_back({double(step), sched_.lr_at(int(step - 1))});
+    if (step % o_.log_every == 0 || step == res_.steps || eval) log_step(step, sched_.lr_at(int(step - 1)), eval);
+}
+
+// The steps since the last line, timed by their events; evaluation (when due) runs after the timing.
 void Trainer::log_step(int64_t step, float lr, bool eval) {
-    check_cuda(cudaEventRecord(window_end_, stream_), "event");
-    check_cuda(cudaEventSynchronize(window_end_), "event");
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, window_start_, window_end_), "event");
+    double ms = window_ms_;
     double eval_loss = eval ? evaluate() : NAN;
     if (eval) res_.eval_losses.push_back(eval_loss);
     timed_ms_ += ms, timed_tokens_ += window_tokens_, timed_rows_ += window_examples_;
@@ -406,7 +460,7 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
                      std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
         std::fflush(csv_);
     }
-    window_loss_ = window_targets_ = window_tokens_ = window_examples_ = 0, window_steps_ = 0;
+    window_ms_ = window_loss_ = window_targets_ = window_tokens_ = window_examples_ = 0, window_steps_ = 0;
 }
 
 RunResult Trainer::run(const std::string& base_name) {
@@ -425,19 +479,25 @@ RunResult Trainer::run(const std::string& base_name) {
 
     if (o_.score_answers && start_step_ == 0) res_.answers_before = answer_questions("before training", -1);
     train_start_ = wall_seconds();
-    check_cuda(cudaEventRecord(window_start_, stream_), "event");
+    // Step s is read after step s + 1 is queued, except where the host needs the weights of step s itself
+    // (evaluation, a checkpoint, the end): there the run waits, and the next step is timed from its start.
+    int64_t unread = 0;
+    bool fresh = true;
     for (int64_t step = start_step_ + 1; step <= res_.steps; ++step) {
-        train_step(step);
-        loss_series_.push_back({double(step), res_.final_loss});  // every step, for OUT/loss.svg
-        lr_series_.push_back({double(step), sched_.lr_at(int(step - 1))});
+        train_step(step, fresh);
+        if (unread) finish_step(unread, false), unread = 0;
         bool epoch_end = step % res_.steps_per_epoch == 0, last = step == res_.steps;
         bool do_eval = !in_.eval.rows.empty() && ((o_.eval_every && step % o_.eval_every == 0) || (!o_.eval_every && epoch_end) || last);
         bool do_save = o_.save_every && (step % o_.save_every == 0 || last);
-        if (step % o_.log_every == 0 || last || do_eval) log_step(step, sched_.lr_at(int(step - 1)), do_eval);
-        bool logged = step % o_.log_every == 0 || last || do_eval;
+        fresh = do_eval || do_save || last;
+        if (!fresh) {
+            unread = step;
+            continue;
+        }
+        finish_step(step, do_eval);
         if (do_save) save_checkpoint(*store_, o_.out + "/checkpoints", "step-" + std::to_string(step), in_.config, in_.lora, state(step));
-        if (logged || do_save) check_cuda(cudaEventRecord(window_start_, stream_), "event");  // eval and saving stay out of the step time
     }
+    if (profiler_.steps() > 0 && chief_) profiler_.print(stdout, step_work_, peak_flops_, gpu_bandwidth(w_.gpu));
     double timed_s = timed_ms_ > 0 ? timed_ms_ / 1e3 : wall_seconds() - train_start_;
     res_.tokens_per_s = timed_tokens_ / timed_s;
     res_.samples_per_s = timed_rows_ / timed_s;
