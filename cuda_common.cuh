@@ -43,3 +43,27 @@ __device__ inline float block_max(float v) {
     for (int w = 0; w < int(blockDim.x + 31) / 32; ++w) m = fmaxf(m, partial[w]);
     return m;
 }
+
+// W consecutive bf16 values as floats and back. W = 8 is one 16-byte access (p must be 16-byte aligned):
+// the row and elementwise kernels take 8 at a time when their sizes are multiples of 8, else 1.
+template <int W>
+__device__ inline void load_bf16(const bf16* p, float* f) {
+    if constexpr (W == 8) {
+        uint4 u = *reinterpret_cast<const uint4*>(p);
+        const bf16* e = reinterpret_cast<const bf16*>(&u);
+        for (int k = 0; k < 8; ++k) f[k] = __bfloat162float(e[k]);
+    } else {
+        for (int k = 0; k < W; ++k) f[k] = __bfloat162float(p[k]);
+    }
+}
+template <int W>
+__device__ inline void store_bf16(bf16* p, const float* f) {
+    if constexpr (W == 8) {
+        uint4 u;
+        bf16* e = reinterpret_cast<bf16*>(&u);
+        for (int k = 0; k < 8; ++k) e[k] = __float2bfloat16(f[k]);
+        *reinterpret_cast<uint4*>(p) = u;
+    } else {
+        for (int k = 0; k < W; ++k) p[k] = __float2bfloat16(f[k]);
+    }
+}

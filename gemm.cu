@@ -75,16 +75,16 @@ Plan make_plan(const Gemm& g, const Product& p) {
     return plan;
 }
 
-// C[M,N] = alpha op(A) op(B) + beta C, leading dimensions those of contiguous rows.
+// D[M,N] = alpha op(A) op(B) + beta C (C_in: C, or null for D itself), leading dimensions those of contiguous rows.
 void gemm(const Gemm& g, bool trans_a, bool trans_b, int M, int N, int K, const bf16* A, const bf16* B, void* C, bool c_fp32,
-          float alpha, float beta, Batched batch) {
+          float alpha, float beta, Batched batch, const void* C_in = nullptr) {
     static std::unordered_map<Product, Plan, ProductHash> plans;
     Product p{trans_a, trans_b, c_fp32, beta == 0.0f, M, N, K, trans_a ? M : K, trans_b ? K : N, N, batch.count,
               batch.stride_a, batch.stride_b, batch.stride_c};
     auto it = plans.find(p);
     if (it == plans.end()) it = plans.emplace(p, make_plan(g, p)).first;
     const Plan& plan = it->second;
-    check_cublas(cublasLtMatmul(g.lt, plan.op, &alpha, B, plan.a, A, plan.b, &beta, C, plan.c, C, plan.c, &plan.algo, g.workspace,
+    check_cublas(cublasLtMatmul(g.lt, plan.op, &alpha, B, plan.a, A, plan.b, &beta, C_in ? C_in : C, plan.c, C, plan.c, &plan.algo, g.workspace,
                                 g.workspace_bytes, g.stream), "cublasLtMatmul");
 }
 
@@ -104,6 +104,10 @@ void matmul_nn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N,
 template <typename TC>
 void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch) {
     gemm(g, true, false, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch);
+}
+
+void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha) {
+    gemm(g, false, true, M, N, K, A, B, D, false, alpha, 1.0f, {}, C);
 }
 
 template void matmul_nt<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched);

@@ -4,6 +4,7 @@
 //   matmul_nt   C[M,N] = alpha * A[M,K] · B[N,K]^T + beta * C      y = x W^T        (a linear layer)
 //   matmul_nn   C[M,N] = alpha * A[M,K] · B[K,N]   + beta * C      dx = dy W        (its input gradient)
 //   matmul_tn   C[M,N] = alpha * A[K,M]^T · B[K,N] + beta * C      dW += dy^T x     (its weight gradient)
+//   matmul_nt_add  D[M,N] = alpha * A[M,K] · B[N,K]^T + C           y = x W^T + residual (C read in the epilogue)
 // `Batched` runs `count` independent products, each operand advancing by its stride (in elements).
 #pragma once
 #include <cstddef>
@@ -39,3 +40,4 @@ void matmul_nn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N,
 template <typename TC>
 void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
                float beta = 0.0f, Batched batch = {});
+void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f);

@@ -35,33 +35,42 @@ __global__ void embedding_backward_kernel(const int32_t* ids, const bf16* dh, fl
     for (int64_t n = 0; n < N; ++n) dE[int64_t(ids[n]) * D + d] += __bfloat162float(dh[n * D + d]);
 }
 
-// y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does)
+// y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does;
+// W elements per access)
+template <int W>
 __global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, float* rstd, int D, float eps) {
     const bf16* xr = x + int64_t(blockIdx.x) * D;
-    float ss = 0;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) { float v = __bfloat162float(xr[i]); ss += v * v; }
+    bf16* yr = y + int64_t(blockIdx.x) * D;
+    float ss = 0, xv[W], wv[W];
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(xr + i, xv);
+        for (int k = 0; k < W; ++k) ss += xv[k] * xv[k];
+    }
     float r = rsqrtf(block_sum(ss) / float(D) + eps);
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
-    bf16* yr = y + int64_t(blockIdx.x) * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float xhat = __bfloat162float(__float2bfloat16(__bfloat162float(xr[i]) * r));
-        yr[i] = __float2bfloat16(__bfloat162float(w[i]) * xhat);
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(xr + i, xv), load_bf16<W>(w + i, wv);
+        for (int k = 0; k < W; ++k) xv[k] = wv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
+        store_bf16<W>(yr + i, xv);
     }
 }
 
 // dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd   (residual null: none)
+template <int W>
 __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
                                         const bf16* residual, bf16* dx, int D) {
-    int64_t row = blockIdx.x;
-    const bf16 *xr = x + row * D, *dyr = dy + row * D;
-    float r = rstd[row], dot = 0;
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-        dot += __bfloat162float(dyr[i]) * __bfloat162float(w[i]) * __bfloat162float(xr[i]) * r;
+    int64_t row = int64_t(blockIdx.x) * D;
+    float r = rstd[blockIdx.x], dot = 0, xv[W], wv[W], dv[W], rv[W];
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
+        for (int k = 0; k < W; ++k) dot += dv[k] * wv[k] * xv[k] * r;
+    }
     float mean = block_sum(dot) / float(D);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float g = __bfloat162float(dyr[i]) * __bfloat162float(w[i]), xhat = __bfloat162float(xr[i]) * r;
-        float res = residual ? __bfloat162float(residual[row * D + i]) : 0.0f;
-        dx[row * D + i] = __float2bfloat16(res + r * (g - xhat * mean));
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
+        if (residual) load_bf16<W>(residual + row + i, rv);
+        for (int k = 0; k < W; ++k) xv[k] = (residual ? rv[k] : 0.0f) + r * (dv[k] * wv[k] - xv[k] * r * mean);
+        store_bf16<W>(dx + row + i, xv);
     }
 }
 
@@ -86,36 +95,51 @@ __global__ void rmsnorm_weight_sum_kernel(const float* partial, float* dw, int R
 
 // RoPE on the halves of each head (HF's rotate_half), angle = positions[n] * inv_freq[i]:
 //   (x1, x2) -> (x1 cos - sign x2 sin, x2 cos + sign x1 sin),   sign = -1 rotates back (the backward)
+// Each thread rotates W consecutive pairs.
+template <int W>
 __global__ void rope_kernel(bf16* x, const int32_t* positions, const float* cos_t, const float* sin_t, int64_t N, int nh, int Dh,
                             float sign) {
-    int half = Dh / 2;
-    int64_t total = N * nh * half;
+    int half = Dh / 2, groups = half / W;
+    int64_t total = N * nh * groups;
+    float x1[W], x2[W];
     for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
-        int i = int(idx % half);
-        int64_t row = idx / half;  // (n, h)
+        int i = int(idx % groups) * W;
+        int64_t row = idx / groups;  // (n, h)
         int64_t p = positions[row / nh];
         bf16* r = x + row * Dh;
-        float x1 = __bfloat162float(r[i]), x2 = __bfloat162float(r[i + half]);
-        float c = cos_t[p * half + i], s = sign * sin_t[p * half + i];
-        r[i] = __float2bfloat16(x1 * c - x2 * s);
-        r[i + half] = __float2bfloat16(x2 * c + x1 * s);
+        load_bf16<W>(r + i, x1), load_bf16<W>(r + i + half, x2);
+        for (int k = 0; k < W; ++k) {
+            float c = cos_t[p * half + i + k], sn = sign * sin_t[p * half + i + k], a = x1[k];
+            x1[k] = a * c - x2[k] * sn;
+            x2[k] = x2[k] * c + a * sn;
+        }
+        store_bf16<W>(r + i, x1), store_bf16<W>(r + i + half, x2);
     }
 }
 
-// act = silu(g) * u,  silu(g) = g * sigmoid(g)
+// act = silu(g) * u,  silu(g) = g * sigmoid(g)   (W elements per thread and step)
+template <int W>
 __global__ void swiglu_forward_kernel(const bf16* g, const bf16* u, bf16* act, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float x = __bfloat162float(g[i]);
-        act[i] = __float2bfloat16(x / (1.0f + __expf(-x)) * __bfloat162float(u[i]));
+    float gv[W], uv[W];
+    for (int64_t i = W * (blockIdx.x * int64_t(blockDim.x) + threadIdx.x); i < n; i += W * int64_t(gridDim.x) * blockDim.x) {
+        load_bf16<W>(g + i, gv), load_bf16<W>(u + i, uv);
+        for (int k = 0; k < W; ++k) gv[k] = gv[k] / (1.0f + __expf(-gv[k])) * uv[k];
+        store_bf16<W>(act + i, gv);
     }
 }
 
 // dg = dact * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  du = dact * silu(g)
+template <int W>
 __global__ void swiglu_backward_kernel(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float x = __bfloat162float(g[i]), s = 1.0f / (1.0f + __expf(-x)), d = __bfloat162float(dact[i]);
-        dg[i] = __float2bfloat16(d * __bfloat162float(u[i]) * s * (1.0f + x * (1.0f - s)));
-        du[i] = __float2bfloat16(d * x * s);
+    float gv[W], uv[W], dv[W];
+    for (int64_t i = W * (blockIdx.x * int64_t(blockDim.x) + threadIdx.x); i < n; i += W * int64_t(gridDim.x) * blockDim.x) {
+        load_bf16<W>(g + i, gv), load_bf16<W>(u + i, uv), load_bf16<W>(dact + i, dv);
+        for (int k = 0; k < W; ++k) {
+            float x = gv[k], s = 1.0f / (1.0f + __expf(-x));
+            gv[k] = dv[k] * uv[k] * s * (1.0f + x * (1.0f - s));
+            uv[k] = dv[k] * x * s;
+        }
+        store_bf16<W>(dg + i, gv), store_bf16<W>(du + i, uv);
     }
 }
 
@@ -140,29 +164,53 @@ __global__ void shift_labels_kernel(const int32_t* labels, int32_t* targets, int
         targets[n] = (n % T == T - 1) ? -100 : labels[n + 1];
 }
 
-// Cross-entropy of one row of logits:  loss = logsumexp(z) - z[target];
-// dz = (softmax(z) - onehot(target)) / divisor  (0 for rows without a target).  One block per row.
-__global__ void cross_entropy_kernel(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, int V,
-                                     float inv_divisor, bool backward) {
+// Cross-entropy of one row of bf16 logits (as HF rounds them; the loss is computed in fp32):
+//   loss = logsumexp(z) - z[target];  with backward, z is overwritten by dz = (softmax(z) - onehot(target)) / divisor
+// (all 0 for rows without a target). One block per row: one pass for the max and the sum (online, each
+// thread rescaling its sum when its max grows), one more for dz. 16-byte loads when V % 8 == 0.
+__global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float* row_loss, int V, float inv_divisor, bool backward) {
     int64_t row = blockIdx.x;
-    const float* z = logits + row * V;
+    bf16* z = logits + row * V;
     int target = targets[row];
     if (target < 0) {
         if (threadIdx.x == 0) row_loss[row] = 0.0f;
         if (backward)
-            for (int j = threadIdx.x; j < V; j += blockDim.x) dlogits[row * V + j] = __float2bfloat16(0.0f);
+            for (int j = threadIdx.x; j < V; j += blockDim.x) z[j] = __float2bfloat16(0.0f);
         return;
     }
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, z[j]);
-    m = block_max(m);
-    float sum = 0;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += __expf(z[j] - m);
-    float lse = m + logf(block_sum(sum));
-    if (threadIdx.x == 0) row_loss[row] = lse - z[target];
-    if (backward)
-        for (int j = threadIdx.x; j < V; j += blockDim.x)
-            dlogits[row * V + j] = __float2bfloat16((__expf(z[j] - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
+    float zt = __bfloat162float(z[target]);  // read before the block overwrites the row
+    float m = -INFINITY, sum = 0;
+    auto see = [&](float x) {
+        if (x > m) sum = sum * __expf(m - x) + 1.0f, m = x;
+        else sum += __expf(x - m);
+    };
+    bool vec = V % 8 == 0;
+    int packs = vec ? V / 8 : 0;
+    for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+        uint4 p = reinterpret_cast<const uint4*>(z)[i];
+        const bf16* e = reinterpret_cast<const bf16*>(&p);
+        for (int k = 0; k < 8; ++k) see(__bfloat162float(e[k]));
+    }
+    for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x) see(__bfloat162float(z[j]));
+    float row_max = block_max(m);
+    float lse = row_max + logf(block_sum(m == -INFINITY ? 0.0f : sum * __expf(m - row_max)));
+    if (threadIdx.x == 0) row_loss[row] = lse - zt;
+    if (!backward) return;
+    for (int i = threadIdx.x; i < packs; i += blockDim.x) {
+        uint4 p = reinterpret_cast<const uint4*>(z)[i];
+        bf16* e = reinterpret_cast<bf16*>(&p);
+        for (int k = 0; k < 8; ++k)
+            e[k] = __float2bfloat16((__expf(__bfloat162float(e[k]) - lse) - (8 * i + k == target ? 1.0f : 0.0f)) * inv_divisor);
+        reinterpret_cast<uint4*>(z)[i] = p;
+    }
+    for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x)
+        z[j] = __float2bfloat16((__expf(__bfloat162float(z[j]) - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
+}
+
+// out = float(x)   (the logits a caller asked for, from the bf16 chunk)
+__global__ void bf16_to_float_kernel(const bf16* x, float* out, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        out[i] = __bfloat162float(x[i]);
 }
 
 // sum += sum of x[0..n)   (one block, a fixed order: deterministic)
@@ -186,12 +234,14 @@ void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N
     check_launch("embedding_backward_kernel");
 }
 void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
-    rmsnorm_forward_kernel<<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
+    if (D % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
+    else rmsnorm_forward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
     check_launch("rmsnorm_forward_kernel");
 }
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
                       float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s) {
-    rmsnorm_backward_kernel<<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    if (D % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    else rmsnorm_backward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
     check_launch("rmsnorm_backward_kernel");
     if (!dw) return;
     rmsnorm_weight_partial_kernel<<<dim3(unsigned(blocks_for(D)), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
@@ -201,15 +251,19 @@ void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf1
 }
 void rope(bf16* x, const int32_t* positions, const float* cos_t, const float* sin_t, int64_t N, int nh, int Dh, bool inverse,
           cudaStream_t s) {
-    rope_kernel<<<blocks_for(N * nh * (Dh / 2)), kThreads, 0, s>>>(x, positions, cos_t, sin_t, N, nh, Dh, inverse ? -1.0f : 1.0f);
+    float sign = inverse ? -1.0f : 1.0f;
+    if ((Dh / 2) % 8 == 0) rope_kernel<8><<<blocks_for(N * nh * (Dh / 16)), kThreads, 0, s>>>(x, positions, cos_t, sin_t, N, nh, Dh, sign);
+    else rope_kernel<1><<<blocks_for(N * nh * (Dh / 2)), kThreads, 0, s>>>(x, positions, cos_t, sin_t, N, nh, Dh, sign);
     check_launch("rope_kernel");
 }
 void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s) {
-    swiglu_forward_kernel<<<blocks_for(n), kThreads, 0, s>>>(g, u, act, n);
+    if (n % 8 == 0) swiglu_forward_kernel<8><<<blocks_for(n / 8), kThreads, 0, s>>>(g, u, act, n);
+    else swiglu_forward_kernel<1><<<blocks_for(n), kThreads, 0, s>>>(g, u, act, n);
     check_launch("swiglu_forward_kernel");
 }
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s) {
-    swiglu_backward_kernel<<<blocks_for(n), kThreads, 0, s>>>(g, u, dact, dg, du, n);
+    if (n % 8 == 0) swiglu_backward_kernel<8><<<blocks_for(n / 8), kThreads, 0, s>>>(g, u, dact, dg, du, n);
+    else swiglu_backward_kernel<1><<<blocks_for(n), kThreads, 0, s>>>(g, u, dact, dg, du, n);
     check_launch("swiglu_backward_kernel");
 }
 void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s) {
@@ -220,9 +274,9 @@ void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cud
     shift_labels_kernel<<<blocks_for(N), kThreads, 0, s>>>(labels, targets, N, T);
     check_launch("shift_labels_kernel");
 }
-void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, float* loss_sum, int rows,
-                   int V, float inv_divisor, bool backward, cudaStream_t s) {
-    cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, dlogits, row_loss, V, inv_divisor, backward);
+void cross_entropy(bf16* logits, const int32_t* targets, float* row_loss, float* loss_sum, int rows, int V, float inv_divisor,
+                   bool backward, cudaStream_t s) {
+    cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, row_loss, V, inv_divisor, backward);
     check_launch("cross_entropy_kernel");
     sum_kernel<<<1, 1024, 0, s>>>(row_loss, rows, loss_sum);
     check_launch("sum_kernel");
@@ -283,7 +337,7 @@ void LlamaModel::carve(char* base) {
     if (r > 0 && lora_.dropout > 0) take(lora_x_, N * std::max({D, F, Hd})), take(lora_dx_, N * std::max({D, F, Hd}));
     take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2 * N);
     take(rope_cos_, int64_t(max_position_) * (c_.head_dim / 2)), take(rope_sin_, int64_t(max_position_) * (c_.head_dim / 2));
-    take(logits_, int64_t(head_rows_) * V), take(dlogits_, int64_t(head_rows_) * V);
+    take(logits_, int64_t(head_rows_) * V);
     take(targets_, N), take(loss_sum_, 1), take(row_loss_, head_rows_), take(norm_partial_, int64_t(kNormPartials) * D);
     arena_bytes_ = at;
 }
@@ -297,8 +351,8 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
     layers_.resize(recompute ? 1 : size_t(c.num_hidden_layers));  // with recompute, one set serves every layer
     grad_ = new GradScratch();
-    // The lm_head + cross-entropy works on head_rows_ tokens at a time: fp32 logits never exceed ~256 MiB.
-    head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N_, (256ll << 20) / (int64_t(c.vocab_size) * 6))));
+    // The lm_head + cross-entropy works on head_rows_ tokens at a time: bf16 logits never exceed ~256 MiB.
+    head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N_, (256ll << 20) / (int64_t(c.vocab_size) * 2))));
     carve(nullptr);
     arena_ = device_alloc<char>(arena_bytes_, "activations");
     carve(arena_);
@@ -334,43 +388,49 @@ const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
     return lora_x_;
 }
 
-// y = beta y + x W^T  (+ s (x_d A^T) B^T when the target has an adapter; u = x_d A^T is kept for backward;
-// x_d = x, or x with LoRA dropout in training)
-void LlamaModel::linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+// y = x W^T + s (x_d A^T) B^T + residual  (the adapter's term when the target has one; u = x_d A^T is
+// kept for backward; x_d = x, or x with LoRA dropout in training; residual may be null). The adapter's
+// term is written first, so the base product adds it (and the residual) in its epilogue: y is written
+// once by each product and never read back outside them.
+void LlamaModel::linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, const bf16* residual, LoraTarget t,
                                 const LoraLayerView& lora, bf16* lora_u) {
-    {
-        Region r(profiler, Family::base_gemm);
-        matmul_nt(gemm_, y, x, W, N_, out, in, 1.0f, beta);  // y = x W^T (+ beta y)
+    const bf16* add = residual;  // what the base product adds
+    if (lora.A[t]) {
+        Region r(profiler, Family::lora);
+        matmul_nt(gemm_, lora_u, dropped(l, t, x, in), lora.A[t], N_, lora_.rank, in);  // u = x_d A^T
+        if (residual) matmul_nt_add(gemm_, y, residual, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale);  // y = s u B^T + residual
+        else matmul_nt(gemm_, y, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale);                          // y = s u B^T
+        add = y;
     }
-    if (!lora.A[t]) return;
-    Region lora_region(profiler, Family::lora);
-    matmul_nt(gemm_, lora_u, dropped(l, t, x, in), lora.A[t], N_, lora_.rank, in);  // u = x_d A^T
-    matmul_nt(gemm_, y, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale, 1.0f);  // y += s u B^T
+    Region r(profiler, Family::base_gemm);
+    if (add) matmul_nt_add(gemm_, y, add, x, W, N_, out, in);  // y = x W^T + add
+    else matmul_nt(gemm_, y, x, W, N_, out, in);               // y = x W^T
 }
 
 // dx = dx_beta dx + dy W;  dW += dy^T x when W trains;  LoRA: dB += s dy^T u,  du = s dy B,  dA += du^T x_d,
-// dx += du A (through the dropout's mask when there is one)
+// dx += du A (through the dropout's mask when there is one). Without dropout the adapter's du A goes
+// into dx first and the base product adds to it (beta = 1).
 void LlamaModel::linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
                                  float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u) {
     int r = lora_.rank;
+    bool masked = lora.A[t] && training_ && lora_.dropout > 0;
+    if (lora.A[t]) {
+        Region region(profiler, Family::lora);
+        bf16* du = grad_->lora_u;
+        matmul_tn(gemm_, lora.dB[t], dy, lora_u, out, r, N_, lora_.scale, 1.0f);  // dB += s dy^T u
+        matmul_nn(gemm_, du, dy, lora.B[t], N_, r, out, lora_.scale, 0.0f);       // du = s dy B
+        matmul_tn(gemm_, lora.dA[t], du, dropped(l, t, x, in), r, in, N_, 1.0f, 1.0f);  // dA += du^T x_d
+        if (!masked) matmul_nn(gemm_, dx, du, lora.A[t], N_, in, r, 1.0f, dx_beta), dx_beta = 1.0f;  // dx = du A (+ dx_beta dx)
+        else matmul_nn(gemm_, lora_dx_, du, lora.A[t], N_, in, r, 1.0f, 0.0f);                       // du A, masked below
+    }
     {
-        Region r(profiler, Family::base_gemm);
-        matmul_nn(gemm_, dx, dy, W, N_, in, out, 1.0f, dx_beta);       // dx = dy W
+        Region region(profiler, Family::base_gemm);
+        matmul_nn(gemm_, dx, dy, W, N_, in, out, 1.0f, dx_beta);       // dx = dy W + dx_beta dx
         if (dW) matmul_tn(gemm_, dW, dy, x, out, in, N_, 1.0f, 1.0f);  // dW += dy^T x
     }
-    if (!lora.A[t]) return;
-    Region lora_region(profiler, Family::lora);
-    bf16* du = grad_->lora_u;
-    matmul_tn(gemm_, lora.dB[t], dy, lora_u, out, r, N_, lora_.scale, 1.0f);  // dB += s dy^T u
-    matmul_nn(gemm_, du, dy, lora.B[t], N_, r, out, lora_.scale, 0.0f);       // du = s dy B
-    const bf16* xd = dropped(l, t, x, in);
-    matmul_tn(gemm_, lora.dA[t], du, xd, r, in, N_, 1.0f, 1.0f);              // dA += du^T x_d
-    if (xd == x) {
-        matmul_nn(gemm_, dx, du, lora.A[t], N_, in, r, 1.0f, 1.0f);           // dx += du A
-        return;
-    }
-    matmul_nn(gemm_, lora_dx_, du, lora.A[t], N_, in, r, 1.0f, 0.0f);         // du A, then through the mask into dx
-    int64_t n = int64_t(N_) * in;
+    if (!masked) return;
+    Region region(profiler, Family::lora);
+    int64_t n = int64_t(N_) * in;  // dx += mask(du A) / (1 - p)
     lora_dropout_backward_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(lora_dx_, dx, n, lora_.seed, l, int(t), dropout_step, lora_.dropout);
     check_launch("lora_dropout_backward_kernel");
 }
@@ -407,9 +467,9 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         Region r(profiler, Family::norm);
         rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
     }
-    linear_forward(l, a.n, D, w.w[kQProj], Hd, a.q, 0.0f, kQ, lora, a.lora_u[kQ]);
-    linear_forward(l, a.n, D, w.w[kKProj], KVd, a.k, 0.0f, kK, lora, a.lora_u[kK]);
-    linear_forward(l, a.n, D, w.w[kVProj], KVd, a.v, 0.0f, kV, lora, a.lora_u[kV]);
+    linear_forward(l, a.n, D, w.w[kQProj], Hd, a.q, nullptr, kQ, lora, a.lora_u[kQ]);
+    linear_forward(l, a.n, D, w.w[kKProj], KVd, a.k, nullptr, kK, lora, a.lora_u[kK]);
+    linear_forward(l, a.n, D, w.w[kVProj], KVd, a.v, nullptr, kV, lora, a.lora_u[kV]);
     {
         Region r(profiler, Family::rope);
         rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
@@ -423,27 +483,19 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         Region r(profiler, Family::attention);
         attention_->forward(a.q, a.k, a.v, batch.doc_start, a.o, a.lse);
     }
-    {
-        Region r(profiler, Family::copies);
-        check_cuda(cudaMemcpyAsync(a.a, h_in, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
-    }
-    linear_forward(l, a.o, Hd, w.w[kOProj], D, a.a, 1.0f, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
+    linear_forward(l, a.o, Hd, w.w[kOProj], D, a.a, h_in, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
     // MLP block:  h_out = a + down_proj(silu(gate_proj(m)) * up_proj(m)),  m = rmsnorm(a)
     {
         Region r(profiler, Family::norm);
         rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
     }
-    linear_forward(l, a.m, D, w.w[kGateProj], F, a.g, 0.0f, kGate, lora, a.lora_u[kGate]);
-    linear_forward(l, a.m, D, w.w[kUpProj], F, a.u, 0.0f, kUp, lora, a.lora_u[kUp]);
+    linear_forward(l, a.m, D, w.w[kGateProj], F, a.g, nullptr, kGate, lora, a.lora_u[kGate]);
+    linear_forward(l, a.m, D, w.w[kUpProj], F, a.u, nullptr, kUp, lora, a.lora_u[kUp]);
     {
         Region r(profiler, Family::swiglu);
         swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
     }
-    {
-        Region r(profiler, Family::copies);
-        check_cuda(cudaMemcpyAsync(h_out, a.a, size_t(N_) * D * 2, cudaMemcpyDeviceToDevice, stream_), "copy residual");
-    }
-    linear_forward(l, a.act, F, w.w[kDownProj], D, h_out, 1.0f, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
+    linear_forward(l, a.act, F, w.w[kDownProj], D, h_out, a.a, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
 }
 
 // One decoder layer, backward: the forward's steps in reverse. dh holds d h_out on entry, d h_in on exit.
@@ -487,7 +539,7 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
     }
 }
 
-// Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary fp32 logits exist
+// Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary logits exist
 // only for one chunk. With backward, writes d(h_L) into grad_->h and accumulates the head's gradients.
 // A batch without labels (generation) gets logits only.
 void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward, float* logits_out) {
@@ -509,15 +561,17 @@ void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_div
         Region r(profiler, Family::head);
         int rows = std::min(head_rows_, N_ - r0);
         const bf16* x = final_norm_ + int64_t(r0) * D;
-        matmul_nt(gemm_, logits_, x, head_w, rows, V, D);  // logits = x E^T
-        if (logits_out)
-            check_cuda(cudaMemcpyAsync(logits_out + int64_t(r0) * V, logits_, size_t(rows) * V * 4, cudaMemcpyDeviceToDevice, stream_),
-                       "copy logits");
+        matmul_nt(gemm_, logits_, x, head_w, rows, V, D);  // logits = x E^T (bf16, as HF's)
+        if (logits_out) {
+            int64_t n = int64_t(rows) * V;
+            bf16_to_float_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(logits_, logits_out + int64_t(r0) * V, n);
+            check_launch("bf16_to_float_kernel");
+        }
         if (!batch.labels) continue;
-        cross_entropy(logits_, targets_ + r0, dlogits_, row_loss_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);
-        if (!backward) continue;
-        matmul_nn(gemm_, dx + int64_t(r0) * D, dlogits_, head_w, rows, D, V);      // dx = dlogits E
-        if (head_g) matmul_tn(gemm_, head_g, dlogits_, x, V, D, rows, 1.0f, 1.0f);  // dE += dlogits^T x
+        cross_entropy(logits_, targets_ + r0, row_loss_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);
+        if (!backward) continue;  // logits_ holds dlogits now
+        matmul_nn(gemm_, dx + int64_t(r0) * D, logits_, head_w, rows, D, V);      // dx = dlogits E
+        if (head_g) matmul_tn(gemm_, head_g, logits_, x, V, D, rows, 1.0f, 1.0f);  // dE += dlogits^T x
     }
     if (backward) {  // d h_L through the final norm (no residual term)
         Region r(profiler, Family::norm);

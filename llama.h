@@ -44,10 +44,10 @@ void rope(bf16* x, const int32_t* positions, const float* cos_t, const float* si
 void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s);
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s);
 void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s);
-// row_loss = CE of each row (0 without a target), loss_sum += their sum (in a fixed order);
-// dlogits = (softmax - onehot) * inv_divisor when backward.
-void cross_entropy(const float* logits, const int32_t* targets, bf16* dlogits, float* row_loss, float* loss_sum, int rows,
-                   int V, float inv_divisor, bool backward, cudaStream_t s);
+// row_loss = CE of each row of bf16 logits (0 without a target), loss_sum += their sum (in a fixed order);
+// when backward, logits are overwritten by dlogits = (softmax - onehot) * inv_divisor.
+void cross_entropy(bf16* logits, const int32_t* targets, float* row_loss, float* loss_sum, int rows, int V, float inv_divisor,
+                   bool backward, cudaStream_t s);
 
 // x_d = x * keep / (1 - p) with keep = lora_dropout_keep(seed, layer, target, step, i, p) for element i.
 void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s);
@@ -151,7 +151,7 @@ class LlamaModel {
                        const KvCache* cache = nullptr);
     void layer_backward(int l, const UnitView& w, const DeviceBatch& batch, bf16* dh);  // dh: in d h_out, out d h_in
     void head(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward, float* logits);
-    void linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, float beta, LoraTarget t,
+    void linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, const bf16* residual, LoraTarget t,
                         const LoraLayerView& lora, bf16* lora_u);
     void linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
                          float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u);
@@ -181,8 +181,7 @@ class LlamaModel {
     bool training_ = false;         // inside forward_backward: dropout is on
     float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // [max_position, Dh/2]
     int head_rows_ = 0;             // tokens per lm_head chunk
-    float* logits_ = nullptr;       // [head_rows, V] fp32 logits of one chunk
-    bf16* dlogits_ = nullptr;       // [head_rows, V]
+    bf16* logits_ = nullptr;        // [head_rows, V] logits of one chunk, then (backward) their gradient
     int32_t* targets_ = nullptr;    // [N] labels shifted by one
     float* loss_sum_ = nullptr;     // [1]
     float* row_loss_ = nullptr;     // [head_rows]
