@@ -75,11 +75,13 @@ Plan make_plan(const Gemm& g, const Product& p) {
     return plan;
 }
 
-// D[M,N] = alpha op(A) op(B) + beta C (C_in: C, or null for D itself), leading dimensions those of contiguous rows.
+// D[M,N] = alpha op(A) op(B) + beta C (C_in: C, or null for D itself); leading dimensions those of
+// contiguous rows unless `ld` gives them.
 void gemm(const Gemm& g, bool trans_a, bool trans_b, int M, int N, int K, const bf16* A, const bf16* B, void* C, bool c_fp32,
-          float alpha, float beta, Batched batch, const void* C_in = nullptr) {
+          float alpha, float beta, Batched batch, Ld ld, const void* C_in = nullptr) {
     static std::unordered_map<Product, Plan, ProductHash> plans;
-    Product p{trans_a, trans_b, c_fp32, beta == 0.0f, M, N, K, trans_a ? M : K, trans_b ? K : N, N, batch.count,
+    Product p{trans_a, trans_b, c_fp32, beta == 0.0f, M, N, K, ld.a ? ld.a : trans_a ? M : K, ld.b ? ld.b : trans_b ? K : N,
+              ld.c ? ld.c : N, batch.count,
               batch.stride_a, batch.stride_b, batch.stride_c};
     auto it = plans.find(p);
     if (it == plans.end()) it = plans.emplace(p, make_plan(g, p)).first;
@@ -94,25 +96,25 @@ constexpr bool is_fp32() { return sizeof(TC) == 4; }
 }  // namespace
 
 template <typename TC>
-void matmul_nt(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch) {
-    gemm(g, false, true, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch);
+void matmul_nt(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch, Ld ld) {
+    gemm(g, false, true, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch, ld);
 }
 template <typename TC>
-void matmul_nn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch) {
-    gemm(g, false, false, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch);
+void matmul_nn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch, Ld ld) {
+    gemm(g, false, false, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch, ld);
 }
 template <typename TC>
-void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch) {
-    gemm(g, true, false, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch);
+void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, float beta, Batched batch, Ld ld) {
+    gemm(g, true, false, M, N, K, A, B, C, is_fp32<TC>(), alpha, beta, batch, ld);
 }
 
-void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha) {
-    gemm(g, false, true, M, N, K, A, B, D, false, alpha, 1.0f, {}, C);
+void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha, Ld ld) {
+    gemm(g, false, true, M, N, K, A, B, D, false, alpha, 1.0f, {}, ld, C);
 }
 
-template void matmul_nt<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched);
-template void matmul_nt<float>(const Gemm&, float*, const bf16*, const bf16*, int, int, int, float, float, Batched);
-template void matmul_nn<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched);
-template void matmul_nn<float>(const Gemm&, float*, const bf16*, const bf16*, int, int, int, float, float, Batched);
-template void matmul_tn<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched);
-template void matmul_tn<float>(const Gemm&, float*, const bf16*, const bf16*, int, int, int, float, float, Batched);
+template void matmul_nt<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched, Ld);
+template void matmul_nt<float>(const Gemm&, float*, const bf16*, const bf16*, int, int, int, float, float, Batched, Ld);
+template void matmul_nn<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched, Ld);
+template void matmul_nn<float>(const Gemm&, float*, const bf16*, const bf16*, int, int, int, float, float, Batched, Ld);
+template void matmul_tn<bf16>(const Gemm&, bf16*, const bf16*, const bf16*, int, int, int, float, float, Batched, Ld);
+template void matmul_tn<float>(const Gemm&, float*, const bf16*, const bf16*, int, int, int, float, float, Batched, Ld);

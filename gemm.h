@@ -29,15 +29,20 @@ struct Batched {
     int count = 1;
     int64_t stride_a = 0, stride_b = 0, stride_c = 0;
 };
+// Row strides (elements) of operands that are column slices of wider matrices; 0: contiguous rows.
+struct Ld {
+    int a = 0, b = 0, c = 0;
+};
 
 // TC is bf16 or float.
 template <typename TC>
 void matmul_nt(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
-               float beta = 0.0f, Batched batch = {});
+               float beta = 0.0f, Batched batch = {}, Ld ld = {});
 template <typename TC>
 void matmul_nn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
-               float beta = 0.0f, Batched batch = {});
+               float beta = 0.0f, Batched batch = {}, Ld ld = {});
 template <typename TC>
 void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
-               float beta = 0.0f, Batched batch = {});
-void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f);
+               float beta = 0.0f, Batched batch = {}, Ld ld = {});
+void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
+                   Ld ld = {});

@@ -299,7 +299,7 @@ struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows 
     float* rstd2 = nullptr;           // [N]
     bf16 *g = nullptr, *u = nullptr;  // [N, F] gate_proj(m), up_proj(m)
     bf16* act = nullptr;              // [N, F] silu(g) * u
-    bf16* lora_u[kTargets] = {};      // [N, r] x A^T of each adapted projection
+    bf16* lora_u[kGroups] = {};       // [N, r * group size] x A^T of each adapted projection, by input group
 };
 
 struct LlamaModel::GradScratch {  // gradients flowing back through one layer, reused by every layer
@@ -308,7 +308,7 @@ struct LlamaModel::GradScratch {  // gradients flowing back through one layer, r
     bf16 *act = nullptr, *g = nullptr, *u = nullptr;  // [N, F]
     bf16 *q = nullptr, *o = nullptr;  // [N, H*Dh] d q, d o
     bf16 *k = nullptr, *v = nullptr;  // [N, KVH*Dh]
-    bf16* lora_u = nullptr;           // [N, r] d u of the adapter being differentiated
+    bf16* lora_u = nullptr;           // [N, 3 r] d u of the adapters of the group being differentiated
 };
 
 // Every activation and scratch buffer with its size, carved in order from one allocation. Called once
@@ -328,12 +328,12 @@ void LlamaModel::carve(char* base) {
         take(a.lse, N * H), take(a.a, N * D), take(a.m, N * D), take(a.rstd2, N);
         take(a.g, N * F), take(a.u, N * F), take(a.act, N * F);
         if (r > 0)
-            for (bf16*& u : a.lora_u) take(u, N * r);
+            for (int g = 0; g < kGroups; ++g) take(a.lora_u[g], N * lora_columns() * kGroup[g].size);
     }
     GradScratch& d = *grad_;
     take(d.h, N * D), take(d.a, N * D), take(d.n, N * D), take(d.act, N * F), take(d.g, N * F), take(d.u, N * F);
     take(d.q, N * Hd), take(d.o, N * Hd), take(d.k, N * KVd), take(d.v, N * KVd);
-    if (r > 0) take(d.lora_u, N * r);
+    if (r > 0) take(d.lora_u, N * lora_columns() * 3);
     if (r > 0 && lora_.dropout > 0) take(lora_x_, N * std::max({D, F, Hd})), take(lora_dx_, N * std::max({D, F, Hd}));
     take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2 * N);
     take(rope_cos_, int64_t(max_position_) * (c_.head_dim / 2)), take(rope_sin_, int64_t(max_position_) * (c_.head_dim / 2));
@@ -351,8 +351,10 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
     layers_.resize(recompute ? 1 : size_t(c.num_hidden_layers));  // with recompute, one set serves every layer
     grad_ = new GradScratch();
-    // The lm_head + cross-entropy works on head_rows_ tokens at a time: bf16 logits never exceed ~256 MiB.
-    head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N_, (256ll << 20) / (int64_t(c.vocab_size) * 2))));
+    // The lm_head + cross-entropy works on head_rows_ tokens at a time: bf16 logits never exceed 256 MiB,
+    // or 1 GiB when the head trains (full fine-tuning), since each chunk reads and writes its fp32 gradient.
+    int64_t logit_bytes = lora.rank > 0 ? (256ll << 20) : (1ll << 30);
+    head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N_, logit_bytes / (int64_t(c.vocab_size) * 2))));
     carve(nullptr);
     arena_ = device_alloc<char>(arena_bytes_, "activations");
     carve(arena_);
@@ -388,58 +390,7 @@ const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
     return lora_x_;
 }
 
-// y = x W^T + s (x_d A^T) B^T + residual  (the adapter's term when the target has one; u = x_d A^T is
-// kept for backward; x_d = x, or x with LoRA dropout in training; residual may be null). The adapter's
-// term is written first, so the base product adds it (and the residual) in its epilogue: y is written
-// once by each product and never read back outside them.
-void LlamaModel::linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, const bf16* residual, LoraTarget t,
-                                const LoraLayerView& lora, bf16* lora_u) {
-    const bf16* add = residual;  // what the base product adds
-    if (lora.A[t]) {
-        Region r(profiler, Family::lora);
-        matmul_nt(gemm_, lora_u, dropped(l, t, x, in), lora.A[t], N_, lora_.rank, in);  // u = x_d A^T
-        if (residual) matmul_nt_add(gemm_, y, residual, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale);  // y = s u B^T + residual
-        else matmul_nt(gemm_, y, lora_u, lora.B[t], N_, out, lora_.rank, lora_.scale);                          // y = s u B^T
-        add = y;
-    }
-    Region r(profiler, Family::base_gemm);
-    if (add) matmul_nt_add(gemm_, y, add, x, W, N_, out, in);  // y = x W^T + add
-    else matmul_nt(gemm_, y, x, W, N_, out, in);               // y = x W^T
-}
-
-// dx = dx_beta dx + dy W;  dW += dy^T x when W trains;  LoRA: dB += s dy^T u,  du = s dy B,  dA += du^T x_d,
-// dx += du A (through the dropout's mask when there is one). Without dropout the adapter's du A goes
-// into dx first and the base product adds to it (beta = 1).
-void LlamaModel::linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
-                                 float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u) {
-    int r = lora_.rank;
-    bool masked = lora.A[t] && training_ && lora_.dropout > 0;
-    if (lora.A[t]) {
-        Region region(profiler, Family::lora);
-        bf16* du = grad_->lora_u;
-        matmul_tn(gemm_, lora.dB[t], dy, lora_u, out, r, N_, lora_.scale, 1.0f);  // dB += s dy^T u
-        matmul_nn(gemm_, du, dy, lora.B[t], N_, r, out, lora_.scale, 0.0f);       // du = s dy B
-        matmul_tn(gemm_, lora.dA[t], du, dropped(l, t, x, in), r, in, N_, 1.0f, 1.0f);  // dA += du^T x_d
-        if (!masked) matmul_nn(gemm_, dx, du, lora.A[t], N_, in, r, 1.0f, dx_beta), dx_beta = 1.0f;  // dx = du A (+ dx_beta dx)
-        else matmul_nn(gemm_, lora_dx_, du, lora.A[t], N_, in, r, 1.0f, 0.0f);                       // du A, masked below
-    }
-    {
-        Region region(profiler, Family::base_gemm);
-        matmul_nn(gemm_, dx, dy, W, N_, in, out, 1.0f, dx_beta);       // dx = dy W + dx_beta dx
-        if (dW) matmul_tn(gemm_, dW, dy, x, out, in, N_, 1.0f, 1.0f);  // dW += dy^T x
-    }
-    if (!masked) return;
-    Region region(profiler, Family::lora);
-    int64_t n = int64_t(N_) * in;  // dx += mask(du A) / (1 - p)
-    lora_dropout_backward_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(lora_dx_, dx, n, lora_.seed, l, int(t), dropout_step, lora_.dropout);
-    check_launch("lora_dropout_backward_kernel");
-}
-
 namespace {
-struct LayerWeights {  // pointers into one gathered layer unit, by LayerTensor
-    const bf16* w[kLayerTensors];
-    float* dw[kLayerTensors];  // null unless the base weights train
-};
 LayerWeights layer_weights(const UnitLayout& layout, const UnitView& u) {
     LayerWeights v;
     for (int t = 0; t < kLayerTensors; ++t) {
@@ -449,6 +400,114 @@ LayerWeights layer_weights(const UnitLayout& layout, const UnitView& u) {
     return v;
 }
 }  // namespace
+
+int LlamaModel::projection_out(LoraTarget t) const {
+    int Hd = c_.num_attention_heads * c_.head_dim, KVd = c_.num_key_value_heads * c_.head_dim;
+    const int out[kTargets] = {Hd, KVd, KVd, c_.hidden_size, c_.intermediate_size, c_.intermediate_size, c_.hidden_size};
+    return out[t];
+}
+
+// The projections that read the same input: LoRA's A products of a group run as one product.
+LlamaModel::Adapters LlamaModel::adapters(int group, const LoraLayerView& lora, int in) const {
+    Adapters p;
+    const int r = lora_.rank;
+    for (int k = 0; k < kGroup[group].size; ++k)
+        if (LoraTarget t = kGroup[group].t[k]; lora.A[t]) p.t[p.n++] = t;
+    p.col = lora_columns(), p.ld = p.col * kGroup[group].size;
+    p.batched = p.n > 1 && p.col == r && !(training_ && lora_.dropout > 0);  // dropout masks differ per target
+    for (int k = 1; k < p.n; ++k)
+        p.batched &= lora.A[p.t[k]] == lora.A[p.t[0]] + int64_t(k) * r * in && (!lora.dA[p.t[0]] || lora.dA[p.t[k]] == lora.dA[p.t[0]] + int64_t(k) * r * in);
+    return p;
+}
+
+// One group of projections, forward, each member t:  y_t = x W_t^T + s (x_d A_t^T) B_t^T + residual
+// (residual: single-member groups only, may be null). u = x_d A^T of the k-th adapted member goes to
+// columns k c .. k c + r of u [N, c * group size] (c = r rounded up to 8: rows of 16 bytes), kept for backward (x_d: x, or x with LoRA dropout in
+// training). The adapter's term is written first, so the base product adds it (and the residual) in its
+// epilogue: y is written once by each product and never read back outside them.
+void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
+                               const LoraLayerView& lora, bf16* u) {
+    const int r = lora_.rank;
+    Adapters p = adapters(group, lora, in);
+    if (p.n > 0) {
+        Region region(profiler, Family::lora);
+        if (p.batched) matmul_nt(gemm_, u, x, lora.A[p.t[0]], N_, p.n * r, in, 1.0f, 0.0f, {}, {0, 0, p.ld});  // u = x [A_1; A_2; ..]^T
+        else
+            for (int k = 0; k < p.n; ++k)
+                matmul_nt(gemm_, u + k * p.col, dropped(l, p.t[k], x, in), lora.A[p.t[k]], N_, r, in, 1.0f, 0.0f, {}, {0, 0, p.ld});  // u_k = x_d A^T
+    }
+    for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
+        LoraTarget t = kGroup[group].t[m];
+        int out = projection_out(t);
+        const bf16* add = residual;  // what the base product adds
+        if (lora.A[t]) {
+            Region region(profiler, Family::lora);
+            const bf16* uk = u + k++ * p.col;
+            if (residual) matmul_nt_add(gemm_, y[m], residual, uk, lora.B[t], N_, out, r, lora_.scale, {p.ld, 0, 0});  // y = s u B^T + residual
+            else matmul_nt(gemm_, y[m], uk, lora.B[t], N_, out, r, lora_.scale, 0.0f, {}, {p.ld, 0, 0});                // y = s u B^T
+            add = y[m];
+        }
+        Region region(profiler, Family::base_gemm);
+        if (add) matmul_nt_add(gemm_, y[m], add, x, w.w[kProjection[t]], N_, out, in);  // y = x W^T + add
+        else matmul_nt(gemm_, y[m], x, w.w[kProjection[t]], N_, out, in);               // y = x W^T
+    }
+}
+
+// One group of projections, backward, given dy of each member:
+//   LoRA (adapted members k): dB += s dy^T u_k,  du_k = s dy B,  dA += du_k^T x_d,  dx += du_k A (through
+//   the dropout's mask when there is one);  base: dx += dy W,  dW += dy^T x when the base trains.
+// dx = dx_beta dx + all of it. Without dropout the adapters' du A go into dx first (one product for the
+// group when batched) and the base products add to it (beta = 1).
+void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
+                                float dx_beta, const LoraLayerView& lora, const bf16* u) {
+    const int r = lora_.rank;
+    Adapters p = adapters(group, lora, in);
+    bool masked = training_ && lora_.dropout > 0;
+    bf16* du = grad_->lora_u;  // [N, p.ld]
+    if (p.n > 0) {
+        Region region(profiler, Family::lora);
+        for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
+            LoraTarget t = kGroup[group].t[m];
+            if (!lora.A[t]) continue;
+            int out = projection_out(t);
+            matmul_tn(gemm_, lora.dB[t], dy[m], u + k * p.col, out, r, N_, lora_.scale, 1.0f, {}, {0, p.ld, 0});  // dB += s dy^T u_k
+            matmul_nn(gemm_, du + k * p.col, dy[m], lora.B[t], N_, r, out, lora_.scale, 0.0f, {}, {0, 0, p.ld});  // du_k = s dy B
+            ++k;
+        }
+        if (p.batched) {
+            matmul_tn(gemm_, lora.dA[p.t[0]], du, x, p.n * r, in, N_, 1.0f, 1.0f, {}, {p.ld, 0, 0});  // dA_1.. += du^T x
+            matmul_nn(gemm_, dx, du, lora.A[p.t[0]], N_, in, p.n * r, 1.0f, dx_beta, {}, {p.ld, 0, 0});  // dx = du [A_1; ..] + dx_beta dx
+            dx_beta = 1.0f;
+        } else {
+            for (int k = 0; k < p.n; ++k) {
+                matmul_tn(gemm_, lora.dA[p.t[k]], du + k * p.col, dropped(l, p.t[k], x, in), r, in, N_, 1.0f, 1.0f, {}, {p.ld, 0, 0});  // dA += du_k^T x_d
+                if (masked) continue;
+                matmul_nn(gemm_, dx, du + k * p.col, lora.A[p.t[k]], N_, in, r, 1.0f, dx_beta, {}, {p.ld, 0, 0});  // dx = du_k A + dx_beta dx
+                dx_beta = 1.0f;
+            }
+        }
+    }
+    {
+        Region region(profiler, Family::base_gemm);
+        for (int m = 0; m < kGroup[group].size; ++m) {
+            LayerTensor W = kProjection[kGroup[group].t[m]];
+            int out = projection_out(kGroup[group].t[m]);
+            matmul_nn(gemm_, dx, dy[m], w.w[W], N_, in, out, 1.0f, dx_beta);        // dx = dy W + dx_beta dx
+            if (w.dw[W]) matmul_tn(gemm_, w.dw[W], dy[m], x, out, in, N_, 1.0f, 1.0f);  // dW += dy^T x
+            dx_beta = 1.0f;
+        }
+    }
+    if (!masked || p.n == 0) return;
+    Region region(profiler, Family::lora);
+    for (int k = 0; k < p.n; ++k) {  // dx += mask(du_k A) / (1 - p)
+        matmul_nn(gemm_, lora_dx_, du + k * p.col, lora.A[p.t[k]], N_, in, r, 1.0f, 0.0f, {}, {p.ld, 0, 0});
+        int64_t n = int64_t(N_) * in;
+        lora_dropout_backward_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(lora_dx_, dx, n, lora_.seed, l, int(p.t[k]), dropout_step,
+                                                                              lora_.dropout);
+        check_launch("lora_dropout_backward_kernel");
+    }
+}
+
 
 // One decoder layer, forward. Training and generation share it; with a KV cache (generation: one token
 // per row) k and v are also written into the cache at each row's position and the attention is the
@@ -467,9 +526,8 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         Region r(profiler, Family::norm);
         rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
     }
-    linear_forward(l, a.n, D, w.w[kQProj], Hd, a.q, nullptr, kQ, lora, a.lora_u[kQ]);
-    linear_forward(l, a.n, D, w.w[kKProj], KVd, a.k, nullptr, kK, lora, a.lora_u[kK]);
-    linear_forward(l, a.n, D, w.w[kVProj], KVd, a.v, nullptr, kV, lora, a.lora_u[kV]);
+    bf16* qkv[3] = {a.q, a.k, a.v};
+    group_forward(l, kGroupQKV, a.n, D, w, qkv, nullptr, lora, a.lora_u[kGroupQKV]);
     {
         Region r(profiler, Family::rope);
         rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
@@ -483,19 +541,19 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         Region r(profiler, Family::attention);
         attention_->forward(a.q, a.k, a.v, batch.doc_start, a.o, a.lse);
     }
-    linear_forward(l, a.o, Hd, w.w[kOProj], D, a.a, h_in, kO, lora, a.lora_u[kO]);  // a = h + o_proj(o)
+    group_forward(l, kGroupO, a.o, Hd, w, &a.a, h_in, lora, a.lora_u[kGroupO]);  // a = h + o_proj(o)
     // MLP block:  h_out = a + down_proj(silu(gate_proj(m)) * up_proj(m)),  m = rmsnorm(a)
     {
         Region r(profiler, Family::norm);
         rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
     }
-    linear_forward(l, a.m, D, w.w[kGateProj], F, a.g, nullptr, kGate, lora, a.lora_u[kGate]);
-    linear_forward(l, a.m, D, w.w[kUpProj], F, a.u, nullptr, kUp, lora, a.lora_u[kUp]);
+    bf16* gu[2] = {a.g, a.u};
+    group_forward(l, kGroupGateUp, a.m, D, w, gu, nullptr, lora, a.lora_u[kGroupGateUp]);
     {
         Region r(profiler, Family::swiglu);
         swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
     }
-    linear_forward(l, a.act, F, w.w[kDownProj], D, h_out, a.a, kDown, lora, a.lora_u[kDown]);  // h_out = a + down_proj(act)
+    group_forward(l, kGroupDown, a.act, F, w, &h_out, a.a, lora, a.lora_u[kGroupDown]);  // h_out = a + down_proj(act)
 }
 
 // One decoder layer, backward: the forward's steps in reverse. dh holds d h_out on entry, d h_in on exit.
@@ -505,22 +563,24 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
     LayerWeights w = layer_weights(layer_layout_, uv);
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
-        Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
+        Dh = c_.head_dim, Hd = H * Dh;
     const int32_t* positions = batch.positions ? batch.positions : positions_;
     // MLP: h_out = a + down(silu(gate(m)) * up(m)),  m = rmsnorm(a)
-    linear_backward(l, a.act, F, w.w[kDownProj], w.dw[kDownProj], D, dh, d.act, 0.0f, kDown, lora, a.lora_u[kDown]);
+    const bf16* d_down[1] = {dh};
+    group_backward(l, kGroupDown, a.act, F, w, d_down, d.act, 0.0f, lora, a.lora_u[kGroupDown]);
     {
         Region r(profiler, Family::swiglu);
         swiglu_backward(a.g, a.u, d.act, d.g, d.u, int64_t(N_) * F, stream_);
     }
-    linear_backward(l, a.m, D, w.w[kGateProj], w.dw[kGateProj], F, d.g, d.n, 0.0f, kGate, lora, a.lora_u[kGate]);
-    linear_backward(l, a.m, D, w.w[kUpProj], w.dw[kUpProj], F, d.u, d.n, 1.0f, kUp, lora, a.lora_u[kUp]);
+    const bf16* d_gu[2] = {d.g, d.u};
+    group_backward(l, kGroupGateUp, a.m, D, w, d_gu, d.n, 0.0f, lora, a.lora_u[kGroupGateUp]);
     {
         Region r(profiler, Family::norm);
         rmsnorm_backward(a.a, w.w[kPostNorm], a.rstd2, d.n, dh, d.a, w.dw[kPostNorm], norm_partial_, N_, D, stream_);  // + residual
     }
     // Attention: a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
-    linear_backward(l, a.o, Hd, w.w[kOProj], w.dw[kOProj], D, d.a, d.o, 0.0f, kO, lora, a.lora_u[kO]);
+    const bf16* d_o[1] = {d.a};
+    group_backward(l, kGroupO, a.o, Hd, w, d_o, d.o, 0.0f, lora, a.lora_u[kGroupO]);
     {
         Region r(profiler, Family::attention);
         attention_->backward(a.q, a.k, a.v, a.o, d.o, a.lse, batch.doc_start, d.q, d.k, d.v);
@@ -530,9 +590,8 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
         rope(d.q, positions, rope_cos_, rope_sin_, N_, H, Dh, true, stream_);  // back through the rotation
         rope(d.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, true, stream_);
     }
-    linear_backward(l, a.n, D, w.w[kQProj], w.dw[kQProj], Hd, d.q, d.n, 0.0f, kQ, lora, a.lora_u[kQ]);
-    linear_backward(l, a.n, D, w.w[kKProj], w.dw[kKProj], KVd, d.k, d.n, 1.0f, kK, lora, a.lora_u[kK]);
-    linear_backward(l, a.n, D, w.w[kVProj], w.dw[kVProj], KVd, d.v, d.n, 1.0f, kV, lora, a.lora_u[kV]);
+    const bf16* d_qkv[3] = {d.q, d.k, d.v};
+    group_backward(l, kGroupQKV, a.n, D, w, d_qkv, d.n, 0.0f, lora, a.lora_u[kGroupQKV]);
     {
         Region r(profiler, Family::norm);
         rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_);  // + residual

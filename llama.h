@@ -85,6 +85,21 @@ struct UnitStore {
 
 // ================================================================================================ the model
 
+// Pointers into one gathered layer unit, by LayerTensor (dw: null unless the base weights train).
+struct LayerWeights {
+    const bf16* w[kLayerTensors];
+    float* dw[kLayerTensors];
+};
+// The projections grouped by the input they read (q, k, v: rmsnorm(h); o: the attention output; gate, up:
+// rmsnorm(a); down: the SwiGLU output), and the weight each LoRA target adapts.
+enum ProjectionGroup { kGroupQKV, kGroupO, kGroupGateUp, kGroupDown, kGroups };
+struct GroupMembers {
+    LoraTarget t[3];
+    int size;
+};
+inline constexpr GroupMembers kGroup[kGroups] = {{{kQ, kK, kV}, 3}, {{kO}, 1}, {{kGate, kUp}, 2}, {{kDown}, 1}};
+inline constexpr LayerTensor kProjection[kTargets] = {kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj};
+
 // A micro-batch on the GPU. positions and doc_start may be null: then row b holds one document and token
 // t sits at position t.
 struct DeviceBatch {
@@ -151,10 +166,18 @@ class LlamaModel {
                        const KvCache* cache = nullptr);
     void layer_backward(int l, const UnitView& w, const DeviceBatch& batch, bf16* dh);  // dh: in d h_out, out d h_in
     void head(const DeviceBatch& batch, UnitStore& store, float loss_divisor, bool backward, float* logits);
-    void linear_forward(int l, const bf16* x, int in, const bf16* W, int out, bf16* y, const bf16* residual, LoraTarget t,
-                        const LoraLayerView& lora, bf16* lora_u);
-    void linear_backward(int l, const bf16* x, int in, const bf16* W, float* dW, int out, const bf16* dy, bf16* dx,
-                         float dx_beta, LoraTarget t, const LoraLayerView& lora, const bf16* lora_u);
+    struct Adapters {  // the adapted members of a group: their order, u's row stride, one A product or one each
+        LoraTarget t[3];
+        int n = 0, col = 0, ld = 0;  // member k's u at column k col; row stride ld
+        bool batched = false;
+    };
+    int lora_columns() const { return (lora_.rank + 7) / 8 * 8; }  // u's columns per adapter (16-byte rows)
+    Adapters adapters(int group, const LoraLayerView& lora, int in) const;
+    int projection_out(LoraTarget t) const;
+    void group_forward(int l, int group, const bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
+                       const LoraLayerView& lora, bf16* u);
+    void group_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
+                        float dx_beta, const LoraLayerView& lora, const bf16* u);
     const bf16* dropped(int l, LoraTarget t, const bf16* x, int in);  // x with LoRA dropout applied (or x)
 
     LlamaConfig c_;

@@ -46,11 +46,15 @@ LoraLayout lora_layout(const LlamaConfig& m, const LoraConfig& lora) {
     for (int t = 0; t < kTargets; ++t) {
         std::vector<int64_t> shape = layer_tensor_shape(m, kAdapted[t]);  // W: [out, in]
         l.out[t] = int(shape[0]), l.in[t] = int(shape[1]);
-        if (!lora.target[t] || lora.rank == 0) continue;
-        // each tensor starts on 16 bytes (kAlign elements), as the products need
-        l.a_offset[t] = align_up(l.per_layer), l.per_layer = l.a_offset[t] + int64_t(lora.rank) * l.in[t];
-        l.b_offset[t] = align_up(l.per_layer), l.per_layer = l.b_offset[t] + int64_t(l.out[t]) * lora.rank;
     }
+    if (lora.rank == 0) return l;
+    // Every A, then every B, in target order: the A of q, k, v (and of gate, up), which read the same
+    // input, are adjacent, so the model runs them as one product. Each tensor starts on 16 bytes (kAlign
+    // elements), as the products need.
+    for (int t = 0; t < kTargets; ++t)
+        if (lora.target[t]) l.a_offset[t] = align_up(l.per_layer), l.per_layer = l.a_offset[t] + int64_t(lora.rank) * l.in[t];
+    for (int t = 0; t < kTargets; ++t)
+        if (lora.target[t]) l.b_offset[t] = align_up(l.per_layer), l.per_layer = l.b_offset[t] + int64_t(l.out[t]) * lora.rank;
     return l;
 }
 

@@ -22,7 +22,7 @@ const char* lora_target_name(LoraTarget t);  // "q_proj", ..., "down_proj"
 // Parses "q_proj,v_proj" (or short "q,v", or "all"); fails naming the flag on an unknown name.
 void parse_lora_targets(const std::string& list, LoraConfig& config, const std::string& flag);
 
-// Where each adapter lives inside one layer's flat LoRA buffer: for each target in order, A then B.
+// Where each adapter lives inside one layer's flat LoRA buffer: every A in target order, then every B.
 struct LoraLayout {
     int64_t a_offset[kTargets] = {}, b_offset[kTargets] = {};
     int in[kTargets] = {}, out[kTargets] = {};

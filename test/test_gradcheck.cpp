@@ -97,12 +97,14 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         tensors.push_back({specs[i].name, "BF16", specs[i].shape, store16[i].data()});
     }
     write_safetensors(dir + "/model.safetensors", tensors);
-    for (int variant : {0, 1, 2}) {  // all weights; LoRA; LoRA with dropout 0.3
+    // all weights; LoRA r = 8 (one A product for q, v and one for gate, up); LoRA r = 3 with dropout 0.3 (one
+    // product per adapter, u in 8-column slots)
+    for (int variant : {0, 1, 2}) {
         bool with_lora = variant > 0;
         CAPTURE(variant);
         LoraConfig lora;
-        if (with_lora) lora.rank = 3, lora.alpha = 6, parse_lora_targets("q,v,o,down", lora, "x");
-        if (variant == 2) lora.dropout = 0.3f;
+        if (variant == 1) lora.rank = 8, lora.alpha = 16, parse_lora_targets("q,v,o,gate,up,down", lora, "x");
+        if (variant == 2) lora.rank = 3, lora.alpha = 6, parse_lora_targets("q,v,o,down", lora, "x"), lora.dropout = 0.3f;
         ref.dropout_seed = rng.next();
         ref.lora = lora;
         LoraLayout layout = lora_layout(c, lora);
