@@ -14,5 +14,6 @@ run() {  # run LABEL FLAGS...: the profile table
         sed -n '/^profile:/,/^  step/p;/^error/p'
 }
 run "LoRA r=16, stage 0" --lora-rank 16 --lora-alpha 32
+run "LoRA r=16, stage 3" --lora-rank 16 --lora-alpha 32 --zero-stage 3
 run "LoRA r=16, stage 3 + offload" --lora-rank 16 --lora-alpha 32 --zero-stage 3 --offload
 run "full fine-tuning, stage 0" --lora-rank 0 --lr 1e-5
