@@ -179,6 +179,7 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
     if (z.offload) {  // reused by every step: the gradient shard down, the new bf16 weights up
         host_grad_ = host_alloc<float>(size_t(std::max<int64_t>(1, largest_opt)), true);
         host_bf16_ = host_alloc<bf16>(size_t(std::max<int64_t>(1, largest_opt)), true);
+        pool_ = std::make_unique<ThreadPool>(z.offload_threads);
     }
     norm_sq_ = device_alloc<float>(1, "grad norm");
     clip_scale_ = device_alloc<float>(1, "clip scale");
@@ -560,7 +561,7 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
             int64_t i = runs[k].first - s.opt_begin, n = runs[k].second;
             if (z_.offload)
                 adamw_step_cpu(s.master + i, host_grad_ + i, s.m + i, s.v + i, host_bf16_ + i, n, c, lr, decays[k], step, host_scale,
-                               z_.offload_threads);
+                               *pool_);
             else
                 adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decays[k], step, clip_scale_, stream_);
         }

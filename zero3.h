@@ -10,12 +10,14 @@
 // The collectives go through the world's transport (world.h); checkpoints and exports are checkpoint.h.
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "adamw.h"
 #include "llama.h"
 #include "lora.h"
+#include "threads.h"
 #include "world.h"
 
 // ---------------------------------------------------------------------------------------------- partitions
@@ -141,5 +143,6 @@ class ZeroStore : public UnitStore {
     cudaEvent_t compute_done_ = nullptr, reduced_ = nullptr;
     float* host_grad_ = nullptr;  // offload: [largest shard] the gradient shard on the host (pinned)
     bf16* host_bf16_ = nullptr;   // offload: [largest shard] new bf16 weights on their way back (pinned)
+    std::unique_ptr<ThreadPool> pool_;  // offload: offload_threads threads for AdamW's element loop, made once
     MemoryReport mem_;
 };
