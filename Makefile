@@ -46,7 +46,7 @@ LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(
 
 OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/tokenizer.o $(B)/data.o $(B)/llama_config.o $(B)/gemm.o $(B)/attention.o $(B)/attention_ref.o \
              $(B)/llama.o $(B)/generate.o $(B)/lora.o $(B)/adamw.o $(B)/world.o $(B)/zero3.o $(B)/checkpoint.o $(B)/options.o \
-             $(B)/report.o $(B)/profile.o
+             $(B)/report.o $(B)/profile.o $(B)/threads.o
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
 HEADERS   := $(wildcard *.h *.cuh)
 

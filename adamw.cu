@@ -1,11 +1,11 @@
 // adamw.cu — AdamW on flat fp32 shards (GPU and CPU), gradient norm and clipping, LR schedules (adamw.h).
 #include "adamw.h"
 
+#include <algorithm>
 #include <cmath>
-#include <thread>
-#include <vector>
 
 #include "common.h"
+#include "threads.h"
 
 namespace {
 
@@ -85,23 +85,17 @@ void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
 }
 
 void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, const AdamWConfig& c,
-                    float lr, float weight_decay, int step, float grad_scale, int threads) {
+                    float lr, float weight_decay, int step, float grad_scale, ThreadPool& pool) {
     float bc1 = 1 - std::pow(c.beta1, float(step)), bc2 = 1 - std::pow(c.beta2, float(step));
     float lr_wd = lr * weight_decay;
-    auto work = [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
+    int chunks = int(std::min<int64_t>(pool.size(), std::max<int64_t>(1, n)));  // one per thread
+    int64_t chunk = (n + chunks - 1) / chunks;
+    pool.run(chunks, [&](int t) {
+        for (int64_t i = t * chunk, end = std::min(n, (t + 1) * chunk); i < end; ++i) {
             p[i] = adamw_element(p[i], grad[i], m[i], v[i], lr, lr_wd, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
             if (p16) p16[i] = __float2bfloat16(p[i]);
         }
-    };
-    threads = std::max(1, threads);
-    std::vector<std::thread> pool;
-    int64_t chunk = (n + threads - 1) / threads;
-    for (int t = 0; t < threads; ++t) {
-        int64_t b = t * chunk, e = std::min(n, b + chunk);
-        if (b < e) pool.emplace_back(work, b, e);
-    }
-    for (auto& th : pool) th.join();
+    });
 }
 
 void grad_sum_squares(const float* grad, int64_t n, float* sum_sq, cudaStream_t stream) {

@@ -1,5 +1,6 @@
 // adamw.h — the optimizer (Loshchilov & Hutter 2019) over flat fp32 shards, on the GPU or the CPU
-// (ZeRO-Offload), the global gradient norm with clipping, and learning-rate schedules.
+// (ZeRO-Offload, on a persistent thread pool), the global gradient norm with clipping, and learning-rate
+// schedules.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -18,9 +19,11 @@ struct AdamWConfig {
 void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n,
                     const AdamWConfig& c, float lr, float weight_decay, int step, const float* grad_scale,
                     cudaStream_t stream);
-// The same update on the host, split over `threads` threads; grad_scale is a host value.
+// The same update on the host, split over the pool's threads (the same bits however it is split);
+// grad_scale is a host value.
+class ThreadPool;
 void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n,
-                    const AdamWConfig& c, float lr, float weight_decay, int step, float grad_scale, int threads);
+                    const AdamWConfig& c, float lr, float weight_decay, int step, float grad_scale, ThreadPool& pool);
 
 // sum_sq += sum of grad^2 (device scalar), in a fixed order; calls must share one stream.
 void grad_sum_squares(const float* grad, int64_t n, float* sum_sq, cudaStream_t stream);

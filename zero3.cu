@@ -14,7 +14,9 @@
 //
 // Per rank: 2 Psi/(N at stage 3) + 4 Phi/(N at stages 2, 3) + 12 Phi/(N at stages 1-3): the paper's
 // 2 Psi + 2 Psi + K Psi with fp32 gradients and K = 12. Offload moves master, m and v to pinned host
-// memory and runs AdamW on the CPU. Small units (the final norm) stay replicated at stage 3
+// memory and runs AdamW on the CPU, overlapped with the GPU: gradients go down during the backward, the
+// update runs unit by unit in a worker thread during the next forward (timeline at "the CPU step"), with
+// the same bits as the GPU's update. Small units (the final norm) stay replicated at stage 3
 // (persistence threshold). Gradient accumulation: stages 0, 1 keep full gradients and all-reduce once,
 // after the last micro-batch of a step; stages 2, 3 reduce-scatter after every micro-batch into the
 // shard, where micro-batches add up. Collectives run on their own stream, ordered with compute by events;
@@ -22,14 +24,15 @@
 //
 // Where each stage differs, in this file: stage 0 — the constructor (opt_begin = 0, opt_len = numel) and
 // the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — write_compute_copy's
-// all-gather; stages 2/3 — take_grad_buffer and reduce_grads' reduce-scatter; stage 3 — Segment::sharded,
-// take_slot, prefetch and gather's slot branch.
+// all-gather (and await_update's, with offload); stages 2/3 — take_grad_buffer and reduce_grads'
+// reduce-scatter; stage 3 — Segment::sharded, take_slot, prefetch and gather's slot branch.
 #include "zero3.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "common.h"
 #include "cuda_common.cuh"
@@ -72,6 +75,24 @@ struct ZeroStore::Segment {
     float *master = nullptr, *m = nullptr, *v = nullptr;  // [opt_len]; host memory when offloaded
     float* grad = nullptr;           // stages 0, 1: [shard.padded]; stages 2, 3: [shard.size], accumulated
     float* opt_grad = nullptr;       // the gradient elements aligned with master
+    int host = -1;                   // offload: its index in host_
+};
+
+// Offload: what the worker needs of one trainable segment, besides its master, m and v.
+struct ZeroStore::HostShard {
+    int unit = -1;
+    int64_t n = 0;            // the segment's opt_len (may be 0: every rank still takes part)
+    float* grad = nullptr;    // [n] pinned: the gradient shard, copied down during the backward
+    bf16* weights = nullptr;  // [n] pinned: the updated bf16 weights, on their way up
+    struct Run {
+        int64_t offset, count;  // elements [offset, offset + count) of master: one or more whole tensors
+        bool decays;            // weight decay applies (matrices; norm weights never decay)
+    };
+    std::vector<Run> runs;    // the tensors' elements only: gaps between tensors are neither updated nor copied
+    cudaEvent_t grad_copied = nullptr;  // recorded on the copy stream after the gradient's copy down (main thread)
+    cudaEvent_t uploaded = nullptr;     // recorded on the copy stream after the weights' copy up (worker thread)
+    int64_t copied_for = 0;   // the CPU step whose gradient copy is queued
+    int64_t awaited = 0;      // the CPU step whose upload the GPU streams already wait for
 };
 
 struct ZeroStore::Unit {
@@ -130,12 +151,17 @@ T* host_alloc(size_t n, bool pinned) {
 
 uint64_t name_seed(uint64_t seed, const std::string& name) { return fnv1a(name, 1469598103934665603ull ^ seed); }
 
+// check_cuda for the optimizer's worker thread: throws (the main thread reports it at its next wait)
+// instead of ending the process from a second thread.
+void cuda_or_throw(cudaError_t status, const std::string& what) {
+    if (status != cudaSuccess) fail(what + ": CUDA error: " + cudaGetErrorString(status));
+}
+
 }  // namespace
 
 ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, const World& world, cudaStream_t stream)
     : c_(c), lora_(lora), z_(z), w_(world), layout_(lora_layout(c, lora)), stream_(stream) {
     int N = w_.size, r = w_.rank;
-    int64_t largest_opt = 0;
     for (int u = 0; u < num_units(c); ++u) {
         Unit* U = new Unit();
         U->seg[0].numel = unit_layout(c, u).numel;
@@ -155,7 +181,6 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
             if (!s.trainable) continue;
             s.opt_begin = z.stage == 0 ? 0 : s.shard.begin(r);
             s.opt_len = z.stage == 0 ? s.numel : s.shard.owned(r);
-            largest_opt = std::max(largest_opt, s.opt_len);
             size_t n = size_t(std::max<int64_t>(1, s.opt_len));
             if (z.offload) {
                 s.master = host_alloc<float>(n, z.pin_memory), s.m = host_alloc<float>(n, z.pin_memory), s.v = host_alloc<float>(n, z.pin_memory);
@@ -176,10 +201,7 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
         }
         units_.push_back(U);
     }
-    if (z.offload) {  // reused by every step: the gradient shard down, the new bf16 weights up
-        host_grad_ = host_alloc<float>(size_t(std::max<int64_t>(1, largest_opt)), true);
-        host_bf16_ = host_alloc<bf16>(size_t(std::max<int64_t>(1, largest_opt)), true);
-    }
+    if (z.offload) start_offload();
     norm_sq_ = device_alloc<float>(1, "grad norm");
     clip_scale_ = device_alloc<float>(1, "clip scale");
     check_cuda(cudaMallocHost(&host_scalars_, 16), "cudaMallocHost");
@@ -188,6 +210,11 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
 }
 
 ZeroStore::~ZeroStore() {
+    worker_.reset();  // stops after the unit it is updating; nothing below is touched by it after this
+    pool_.reset();
+    if (copy_stream_) cudaStreamSynchronize(copy_stream_), cudaStreamDestroy(copy_stream_);
+    for (HostShard& h : host_) cudaFreeHost(h.grad), cudaFreeHost(h.weights), cudaEventDestroy(h.grad_copied), cudaEventDestroy(h.uploaded);
+    if (grad_reduced_) cudaEventDestroy(grad_reduced_), cudaEventDestroy(gathered_);
     for (Unit* U : units_) {
         for (Segment& s : U->seg) {
             device_free(s.full16), device_free(s.shard16), device_free(s.grad);
@@ -202,7 +229,6 @@ ZeroStore::~ZeroStore() {
     for (Slot& s : slots_) device_free(s.data), cudaEventDestroy(s.free_event), cudaEventDestroy(s.ready_event);
     for (GradBuffer& g : grad_buffers_) device_free(g.data), cudaEventDestroy(g.free_event);
     device_free(norm_sq_), device_free(clip_scale_), cudaFreeHost(host_scalars_);
-    if (host_grad_) cudaFreeHost(host_grad_), cudaFreeHost(host_bf16_);
     cudaEventDestroy(compute_done_), cudaEventDestroy(reduced_);
 }
 
@@ -223,7 +249,7 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
         if (!t) continue;
         Shard s = make_shard(t, N);
         double opt = double(z.stage == 0 ? t : s.size);
-        if (z.offload) m.host += opt * 12;
+        if (z.offload) m.host += opt * 18;  // master, m, v; the pinned gradient (4) and bf16 weights (2) in transit
         else m.master += opt * 4, m.moments += opt * 8;
         m.grads += double(z.stage <= 1 ? s.padded : s.size) * 4;
         biggest_train = std::max(biggest_train, double(s.padded));
@@ -258,18 +284,22 @@ void ZeroStore::write_compute_copy(Segment& s) {
     bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
     if (s.opt_len > 0) {
         if (z_.offload) {
-            for (int64_t i = 0; i < s.opt_len; ++i) host_bf16_[i] = __float2bfloat16(s.master[i]);
-            check_cuda(cudaMemcpyAsync(dst, host_bf16_, size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
-            world_wait(w_, stream_);  // host_bf16_ is reused by the next segment
+            HostShard& h = host_[size_t(s.host)];
+            check_cuda(cudaEventSynchronize(h.uploaded), "wait");  // the worker's last upload has left h.weights
+            for (int64_t i = 0; i < s.opt_len; ++i) h.weights[i] = __float2bfloat16(s.master[i]);
+            check_cuda(cudaMemcpyAsync(dst, h.weights, size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
+            world_wait(w_, stream_);  // h.weights is written again by the next update
         } else {
             f32_to_bf16_kernel<<<blocks_for(s.opt_len), kThreads, 0, stream_>>>(s.master, dst, s.opt_len);
             check_launch("f32_to_bf16_kernel");
         }
     }
     if (!s.sharded && z_.stage >= 1) w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
+    if (s.host >= 0) host_[size_t(s.host)].awaited = cpu_steps_;  // these weights are newer than the last upload
 }
 
 void ZeroStore::init_random(uint64_t seed) {
+    finish_step();
     for (int u = 0; u < int(units_.size()); ++u) {
         Segment& s = units_[size_t(u)]->seg[0];
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
@@ -299,6 +329,7 @@ void ZeroStore::init_random(uint64_t seed) {
 }
 
 void ZeroStore::load(const std::string& dir) {
+    finish_step();
     SafetensorsReader reader(dir);
     std::vector<TensorSpec> specs = parameter_specs(c_);
     for (const auto& [name, t] : reader.tensors()) {
@@ -342,6 +373,7 @@ void ZeroStore::load(const std::string& dir) {
 }
 
 void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
+    finish_step();
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
         const float* src = layers[size_t(l)].data();
@@ -397,6 +429,7 @@ int ZeroStore::take_slot(int unit) {
     }
     Slot& s = slots_[size_t(found)];
     cudaStream_t cs = comm_stream();
+    await_update(unit);                                                                             // offload: O4
     check_cuda(cudaStreamWaitEvent(cs, s.free_event, 0), "wait");                                   // 1
     w_.comm->all_gather(U.seg[0].shard16, s.data, size_t(U.seg[0].shard.size), DType::bf16, cs);    // 2
     if (U.seg[1].numel)
@@ -421,6 +454,7 @@ UnitView ZeroStore::gather(int unit, Pass pass) {
     Unit& U = *units_[size_t(unit)];
     U.pass = pass;
     const bf16* seg16[2] = {U.seg[0].full16, U.seg[1].full16};
+    if (!U.sharded) await_update(unit);  // offload: O4
     if (U.sharded) {
         if (U.slot < 0) take_slot(unit);
         Slot& s = slots_[size_t(U.slot)];
@@ -490,6 +524,7 @@ void ZeroStore::reduce_grads(int unit) {
         check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
         for (int64_t off = 0; off < s.shard.padded; off += z_.reduce_bucket_size)
             w_.comm->all_reduce(s.grad + off, size_t(std::min(z_.reduce_bucket_size, s.shard.padded - off)), cs);
+        if (z_.offload) download_grads(unit);  // O1
         return;
     }
     // stages 2, 3: reduce-scatter this micro-batch's gradient, add this rank's part into the shard
@@ -504,11 +539,14 @@ void ZeroStore::reduce_grads(int unit) {
     }
     check_cuda(cudaEventRecord(b.free_event, cs), "event");
     b.unit = -1, b.released = releases_++, U.grad_buffer = -1;
+    if (z_.offload && last_micro_) download_grads(unit);  // O1: this step's gradient is complete
 }
 
 // ------------------------------------------------------------------------------------------ the step
 
 void ZeroStore::begin_step() {
+    for (HostShard& h : host_)  // offload: the last step's copies down have read the gradients (O5)
+        check_cuda(cudaStreamWaitEvent(stream_, h.grad_copied, 0), "wait");
     for (Unit* U : units_)
         if (U->trainable >= 0) {
             Segment& s = U->seg[U->trainable];
@@ -519,6 +557,7 @@ void ZeroStore::begin_step() {
 void ZeroStore::begin_micro_batch(bool last) { last_micro_ = last; }
 
 void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
+    finish_step();  // offload: the last update has finished (the forward since waited for every unit)
     cudaStream_t cs = comm_stream();
     check_cuda(cudaEventRecord(reduced_, cs), "event");  // 8: every reduction has landed
     check_cuda(cudaStreamWaitEvent(stream_, reduced_, 0), "wait");
@@ -533,21 +572,22 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
     }
     w_.comm->all_reduce(norm_sq_, 1, stream_);
     clip_coefficient(norm_sq_, max_norm, clip_scale_, stream_);
-    float host_scale = 1.0f;
-    if (z_.offload) {
-        check_cuda(cudaMemcpyAsync(host_scalars_, clip_scale_, 4, cudaMemcpyDeviceToHost, stream_), "copy");
-        world_wait(w_, stream_);
-        host_scale = host_scalars_[0];
-    }
+    if (z_.offload) start_cpu_step(c, lr, step);  // returns while the worker updates; gathers wait per unit
+    else update_on_gpu(c, lr, step);
+    // Gathered copies are stale now; the next gathers read the new shards after this step.
+    for (Slot& s : slots_)
+        if (s.unit >= 0) units_[size_t(s.unit)]->slot = -1, s.unit = -1, check_cuda(cudaEventRecord(s.free_event, stream_), "event");
+    check_cuda(cudaEventRecord(compute_done_, stream_), "event");
+    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+}
+
+// AdamW on the GPU, unit by unit, on the compute stream; stages 1, 2 then all-gather the new weights.
+void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
     for (int u = 0; u < int(units_.size()); ++u) {
         Unit& U = *units_[size_t(u)];
         if (U.trainable < 0) continue;
         Segment& s = U.seg[U.trainable];
         bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
-        if (z_.offload && s.opt_len > 0) {  // gradients to the host, AdamW on the CPU, bf16 weights back
-            check_cuda(cudaMemcpyAsync(host_grad_, s.opt_grad, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost, stream_), "copy grads");
-            world_wait(w_, stream_);
-        }
         // Runs of elements with the same weight decay (norm weights never decay), one update call each.
         std::vector<std::pair<int64_t, int64_t>> runs;  // (segment offset, count)
         std::vector<float> decays;
@@ -558,28 +598,135 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
         });
         for (size_t k = 0; k < runs.size(); ++k) {
             int64_t i = runs[k].first - s.opt_begin, n = runs[k].second;
-            if (z_.offload)
-                adamw_step_cpu(s.master + i, host_grad_ + i, s.m + i, s.v + i, host_bf16_ + i, n, c, lr, decays[k], step, host_scale,
-                               z_.offload_threads);
-            else
-                adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decays[k], step, clip_scale_, stream_);
-        }
-        if (z_.offload && s.opt_len > 0) {  // the tensors' elements only: gaps between tensors keep their zeros
-            for (size_t k = 0; k < runs.size(); ++k) {
-                int64_t i = runs[k].first - s.opt_begin;
-                check_cuda(cudaMemcpyAsync(dst + i, host_bf16_ + i, size_t(runs[k].second) * 2, cudaMemcpyHostToDevice, stream_),
-                           "copy weights");
-            }
-            world_wait(w_, stream_);  // host_bf16_ is reused by the next unit
+            adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decays[k], step, clip_scale_, stream_);
         }
         if (!s.sharded && z_.stage >= 1)  // stages 1, 2: everyone's new weights
             w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
     }
-    // Gathered copies are stale now; the next gathers read the new shards after this step.
-    for (Slot& s : slots_)
-        if (s.unit >= 0) units_[size_t(s.unit)]->slot = -1, s.unit = -1, check_cuda(cudaEventRecord(s.free_event, stream_), "event");
-    check_cuda(cudaEventRecord(compute_done_, stream_), "event");
-    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+}
+
+// ------------------------------------------------------------------------------------------ the CPU step
+//
+// Offload: the update runs on the host while the GPU goes on. Three streams (compute = stream_, comm, copy =
+// copy_stream_) and two threads (main, the worker; the worker hands the element loop to the pool). For each
+// trainable unit u (host_[k], in forward order), in step N:
+//   O1. reduce_grads(u)  at the last micro-batch, main: waits (host) until the worker is done with u's
+//                        update of step N-1, so u's pinned gradient buffer is free (normally long since);
+//                        comm records grad_reduced_ after u's reduction, copy waits it, copies u's gradient
+//                        shard down and records u.grad_copied. The backward of the other units goes on.
+//   O2. step()           main: the norm and clip scale on compute as without offload, then the clip scale
+//                        to the host: the one sync. After it, every reduction has landed and every kernel
+//                        and collective that read the old weights has finished. Starts the worker's round
+//                        and returns.
+//   O3. worker, u = 0, 1, 2, ...  synchronizes u.grad_copied (the gradient is on the host) and u.uploaded
+//                        (the last upload has left u's pinned weights), runs AdamW on the pool (the same
+//                        per-element operations as the GPU kernel, so the same bits), copies the new bf16
+//                        weights up on copy (the tensors' elements; gaps keep their zeros), records
+//                        u.uploaded, then marks u done for step N.
+//   O4. gather(u), take_slot(u) (so the stage-3 prefetch too)  main, the first time after step N: waits
+//                        (host) until u is marked done, since a stream waiting on an event not yet recorded
+//                        would not wait at all; then comm waits u.uploaded. A stage-3 shard is all-gathered
+//                        there into its slot as usual; a replicated unit (stages 1, 2) all-gathers everyone's
+//                        new part there and compute waits gathered_. Units that do not train never wait.
+//   O5. begin_step()     compute waits every u.grad_copied before zeroing the gradients.
+//   O6. finish_step()    waits for the whole round: step() and everything that reads or writes master, m,
+//                        v or the pinned buffers from the host (checkpoints, lora_layers, unit_weights, ...).
+// A failure in the worker is rethrown by the next wait in O1, O4 or O6 (threads.h), never a hang.
+
+// Pinned buffers, events and threads for every trainable unit, made once and reused every step.
+void ZeroStore::start_offload() {
+    check_cuda(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check_cuda(cudaEventCreateWithFlags(&grad_reduced_, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventCreateWithFlags(&gathered_, cudaEventDisableTiming), "event");
+    for (int u = 0; u < int(units_.size()); ++u) {
+        Unit& U = *units_[size_t(u)];
+        if (U.trainable < 0) continue;
+        Segment& s = U.seg[U.trainable];
+        HostShard h;
+        h.unit = u, h.n = s.opt_len;
+        size_t n = size_t(std::max<int64_t>(1, s.opt_len));
+        h.grad = host_alloc<float>(n, true), h.weights = host_alloc<bf16>(n, true);
+        mem_.host += double(n) * 6;
+        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t, int64_t soff, int64_t count) {
+            bool decays = t.shape.size() > 1;
+            int64_t at = soff - s.opt_begin;
+            if (!h.runs.empty() && h.runs.back().decays == decays && h.runs.back().offset + h.runs.back().count == at) h.runs.back().count += count;
+            else h.runs.push_back({at, count, decays});
+        });
+        check_cuda(cudaEventCreateWithFlags(&h.grad_copied, cudaEventDisableTiming), "event");
+        check_cuda(cudaEventCreateWithFlags(&h.uploaded, cudaEventDisableTiming), "event");
+        s.host = int(host_.size());
+        host_.push_back(h);
+    }
+    pool_ = std::make_unique<ThreadPool>(z_.offload_threads);
+    worker_ = std::make_unique<InOrderWorker>(int(host_.size()), [this](int k) { update_on_cpu(k); });
+}
+
+// O1: the unit's finished gradient shard to its pinned host buffer, on the copy stream.
+void ZeroStore::download_grads(int unit) {
+    Segment& s = units_[size_t(unit)]->seg[units_[size_t(unit)]->trainable];
+    HostShard& h = host_[size_t(s.host)];
+    worker_->wait(s.host);
+    check_cuda(cudaEventRecord(grad_reduced_, comm_stream()), "event");
+    check_cuda(cudaStreamWaitEvent(copy_stream_, grad_reduced_, 0), "wait");
+    if (h.n > 0) check_cuda(cudaMemcpyAsync(h.grad, s.opt_grad, size_t(h.n) * 4, cudaMemcpyDeviceToHost, copy_stream_), "copy grads");
+    check_cuda(cudaEventRecord(h.grad_copied, copy_stream_), "event");
+    h.copied_for = cpu_steps_ + 1;
+}
+
+// O2, after the clip scale is computed on the GPU.
+void ZeroStore::start_cpu_step(const AdamWConfig& c, float lr, int step) {
+    for (HostShard& h : host_)  // a unit whose reduce_grads did not run at the last micro-batch
+        if (h.copied_for <= cpu_steps_) download_grads(h.unit);
+    check_cuda(cudaMemcpyAsync(host_scalars_, clip_scale_, 4, cudaMemcpyDeviceToHost, stream_), "copy");
+    world_wait(w_, stream_);
+    cpu_step_.c = c, cpu_step_.lr = lr, cpu_step_.grad_scale = host_scalars_[0], cpu_step_.step = step;
+    ++cpu_steps_;
+    worker_->start();
+}
+
+// O3, in the worker thread: one unit's AdamW on the host, its new bf16 weights up.
+void ZeroStore::update_on_cpu(int k) {
+    HostShard& h = host_[size_t(k)];
+    Unit& U = *units_[size_t(h.unit)];
+    Segment& s = U.seg[U.trainable];
+    const CpuStep& j = cpu_step_;
+    std::string where = "unit " + std::to_string(h.unit) + ": ";
+    cuda_or_throw(cudaSetDevice(w_.gpu), where + "cudaSetDevice");  // the device is per thread
+    cuda_or_throw(cudaEventSynchronize(h.grad_copied), where + "the gradient's copy to the host");
+    cuda_or_throw(cudaEventSynchronize(h.uploaded), where + "the last copy of the weights to the GPU");
+    for (const HostShard::Run& r : h.runs)
+        adamw_step_cpu(s.master + r.offset, h.grad + r.offset, s.m + r.offset, s.v + r.offset, h.weights + r.offset, r.count, j.c, j.lr,
+                       r.decays ? j.c.weight_decay : 0.0f, j.step, j.grad_scale, *pool_);
+    bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
+    for (const HostShard::Run& r : h.runs)
+        cuda_or_throw(cudaMemcpyAsync(dst + r.offset, h.weights + r.offset, size_t(r.count) * 2, cudaMemcpyHostToDevice, copy_stream_),
+                      where + "copy weights");
+    cuda_or_throw(cudaEventRecord(h.uploaded, copy_stream_), where + "event");
+}
+
+// O4: called before the unit's resident weights are read (its slot's all-gather, or compute for a
+// replicated unit); once per step and unit.
+void ZeroStore::await_update(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    if (!worker_ || U.trainable < 0) return;
+    Segment& s = U.seg[U.trainable];
+    HostShard& h = host_[size_t(s.host)];
+    if (h.awaited == cpu_steps_) return;
+    worker_->wait(s.host);
+    cudaStream_t cs = comm_stream();
+    check_cuda(cudaStreamWaitEvent(cs, h.uploaded, 0), "wait");
+    if (!s.sharded) {  // stages 1, 2 (and a replicated stage-3 unit): everyone's new part, then compute reads it
+        w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, cs);
+        check_cuda(cudaEventRecord(gathered_, cs), "event");
+        check_cuda(cudaStreamWaitEvent(stream_, gathered_, 0), "wait");
+    }
+    h.awaited = cpu_steps_;
+}
+
+// O6
+void ZeroStore::finish_step() {
+    if (worker_) worker_->finish();
 }
 
 // ------------------------------------------------------------------------------------------ whole tensors
@@ -608,6 +755,7 @@ std::vector<float> gather_master(const World& w, const ZeroOptions& z, const flo
 }  // namespace
 
 std::vector<std::vector<float>> ZeroStore::lora_layers() {
+    finish_step();
     std::vector<std::vector<float>> layers;
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
@@ -617,6 +765,7 @@ std::vector<std::vector<float>> ZeroStore::lora_layers() {
 }
 
 std::vector<float> ZeroStore::unit_weights(int unit) {
+    finish_step();
     Segment& s = units_[size_t(unit)]->seg[0];
     if (s.trainable) return gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_);
     std::vector<float> out(size_t(s.numel));
@@ -636,6 +785,7 @@ std::vector<float> ZeroStore::unit_weights(int unit) {
 }
 
 std::vector<float> ZeroStore::trainable_grads() {
+    finish_step();
     world_wait(w_, stream_);
     world_wait(w_, comm_stream());
     std::vector<float> out;
@@ -650,6 +800,7 @@ std::vector<float> ZeroStore::trainable_grads() {
 }
 
 std::vector<OwnedSlice> ZeroStore::owned_slices() {
+    finish_step();  // the caller reads or writes master, m and v through these pointers
     world_wait(w_, stream_);
     std::vector<OwnedSlice> out;
     for (int u = 0; u < int(units_.size()); ++u) {
@@ -665,6 +816,7 @@ std::vector<OwnedSlice> ZeroStore::owned_slices() {
 }
 
 void ZeroStore::refresh_weights() {
+    finish_step();
     for (Unit* U : units_)
         if (U->trainable >= 0) write_compute_copy(U->seg[U->trainable]);
     world_wait(w_, stream_);

@@ -6,16 +6,22 @@
 //                     micro-batch of a step) or reduce-scatter into this rank's shard (stages 2, 3)
 //   step()            AdamW on this rank's shard (GPU, or CPU with offload); stages 1, 2: all-gather the
 //                     updated bf16 weights; stage 3: nothing, the next gather reads the new shards
+// With offload (ZeRO-Offload, Ren et al. 2021) the CPU update overlaps the GPU: each unit's gradient shard
+// goes to the host during the backward, as soon as its reduction is done; step() returns after reading the
+// clip scale, and a worker thread updates the units in forward order while the next forward runs, each
+// gather waiting only for its own unit's new weights. The update is the same bits as on the GPU.
 // Stage 0 is data parallelism (everything replicated), so one protocol covers DDP and ZeRO 1/2/3.
 // The collectives go through the world's transport (world.h); checkpoints and exports are checkpoint.h.
 #pragma once
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "adamw.h"
 #include "llama.h"
 #include "lora.h"
+#include "threads.h"
 #include "world.h"
 
 // ---------------------------------------------------------------------------------------------- partitions
@@ -53,7 +59,8 @@ constexpr int kGatherSlots = 3;  // stage 3: the unit computing, the one prefetc
 constexpr int kGradBuffers = 3;  // stages 2, 3: the unit computing, one reduce-scattering, one held (tied head)
 
 // The slice of one trainable tensor that this rank optimizes: fp32 master weights and AdamW moments,
-// in host memory with offload (checkpoints read and write these by name).
+// in host memory with offload (checkpoints read and write these by name). With offload, everything that
+// reads or writes them from the host first waits for the CPU update in flight (finish_step).
 struct OwnedSlice {
     std::string name;          // HF/PEFT name of the tensor
     int64_t begin = 0, count = 0;  // elements [begin, begin + count) of the flattened tensor
@@ -78,9 +85,10 @@ class ZeroStore : public UnitStore {
     void release(int unit) override;
     void reduce_grads(int unit) override;
 
-    void begin_step();                  // zero the gradients
+    void begin_step();                  // zero the gradients (offload: after the last step's copies to the host)
     void begin_micro_batch(bool last);  // stages 0, 1 reduce only after the last micro-batch of a step
     // Clips by the global norm (max_norm <= 0: off) and applies AdamW to this rank's trainable shard.
+    // Offload: returns once the CPU update has started; gather() waits for each unit's new weights.
     void step(const AdamWConfig& c, float lr, int step, float max_norm);
     const float* grad_norm_sq() const { return norm_sq_; }  // device scalar, before clipping
 
@@ -110,7 +118,17 @@ class ZeroStore : public UnitStore {
     void prefetch(int unit);
     float* take_grad_buffer(int unit);
     void write_compute_copy(Segment& s);  // bf16(master) into the resident copy (+ all-gather)
+    void update_on_gpu(const AdamWConfig& c, float lr, int step);  // step()'s AdamW without offload
     cudaStream_t comm_stream() const { return z_.overlap_comm ? w_.comm_stream : stream_; }
+
+    // CPU offload (zero3.cu, "the CPU step", has the timeline).
+    struct HostShard;
+    void start_offload();                              // pinned buffers, copy stream, events, threads
+    void download_grads(int unit);                     // the unit's gradient shard to its host buffer
+    void start_cpu_step(const AdamWConfig& c, float lr, int step);  // clip scale to the host, worker's round
+    void update_on_cpu(int k);                         // the worker's task: host_[k]'s AdamW, weights up
+    void await_update(int unit);                       // the unit's weights are read after their upload
+    void finish_step();                                // the CPU update in flight has finished
 
     LlamaConfig c_;
     LoraConfig lora_;
@@ -139,7 +157,18 @@ class ZeroStore : public UnitStore {
     int64_t n_train_ = 0;
     float *norm_sq_ = nullptr, *clip_scale_ = nullptr, *host_scalars_ = nullptr;
     cudaEvent_t compute_done_ = nullptr, reduced_ = nullptr;
-    float* host_grad_ = nullptr;  // offload: [largest shard] the gradient shard on the host (pinned)
-    bf16* host_bf16_ = nullptr;   // offload: [largest shard] new bf16 weights on their way back (pinned)
+    // Offload: one HostShard per trainable unit, in forward order (the order the worker updates them).
+    std::vector<HostShard> host_;
+    cudaStream_t copy_stream_ = nullptr;  // gradients down, weights up
+    cudaEvent_t grad_reduced_ = nullptr;  // the copy stream waits here for a unit's reduction
+    cudaEvent_t gathered_ = nullptr;      // compute waits here for a replicated unit's new weights
+    int64_t cpu_steps_ = 0;               // CPU updates started
+    struct CpuStep {                      // the update's arguments, set before the worker's round starts
+        AdamWConfig c;
+        float lr = 0, grad_scale = 1;
+        int step = 0;
+    } cpu_step_;
+    std::unique_ptr<ThreadPool> pool_;        // offload_threads: the element loop
+    std::unique_ptr<InOrderWorker> worker_;   // one task per HostShard, one round per step
     MemoryReport mem_;
 };

@@ -8,6 +8,7 @@
 #include "adamw.h"
 #include "attention.h"
 #include "reference.h"
+#include "threads.h"
 
 namespace {
 uint64_t fresh_seed() { return uint64_t(time(nullptr)) * 2654435761ull; }
@@ -358,9 +359,10 @@ TEST_CASE("gpu: AdamW on the GPU equals the CPU version, with clipping") {
     float want_scale = float(std::min(1.0, 1.0 / (norm + 1e-6)));
     float gpu_scale = from_device(scale, 1)[0];
     CHECK(gpu_scale == doctest::Approx(want_scale).epsilon(1e-4));
+    ThreadPool pool(4);
     for (int step = 1; step <= 3; ++step) {  // the CPU gets the GPU's clip scale, as offload does
         adamw_step_gpu(dp, dg, dm, dv, p16, int64_t(n), c, 1e-3f, c.weight_decay, step, scale, nullptr);
-        adamw_step_cpu(p2.data(), g.data(), m2.data(), v2.data(), nullptr, int64_t(n), c, 1e-3f, c.weight_decay, step, gpu_scale, 4);
+        adamw_step_cpu(p2.data(), g.data(), m2.data(), v2.data(), nullptr, int64_t(n), c, 1e-3f, c.weight_decay, step, gpu_scale, pool);
     }
     CHECK(from_device(dp, n) == p2);  // bitwise: offload trains exactly like the GPU
     CHECK(from_device(dm, n) == m2);

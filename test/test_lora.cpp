@@ -8,6 +8,7 @@
 #include "data.h"
 #include "lora.h"
 #include "safetensors.h"
+#include "threads.h"
 
 TEST_CASE("lora: targets, layout, scale") {
     LoraConfig l;
@@ -133,20 +134,21 @@ TEST_CASE("lora: merging adds s * B A to the adapted weight only") {
 
 TEST_CASE("adamw: the CPU update by hand, and weight decay") {
     AdamWConfig c;
+    ThreadPool one(1), seven(7);
     float p = 1.0f, g = 0.5f, m = 0, v = 0;
-    adamw_step_cpu(&p, &g, &m, &v, nullptr, 1, c, 0.1f, 0.0f, 1, 1.0f, 1);
+    adamw_step_cpu(&p, &g, &m, &v, nullptr, 1, c, 0.1f, 0.0f, 1, 1.0f, one);
     CHECK(p == doctest::Approx(0.9f).epsilon(1e-6));  // first step moves by lr * sign(g)
     CHECK(m == doctest::Approx(0.05f));
     CHECK(v == doctest::Approx(0.00025f));
     float q = 2.0f, zero = 0, m2 = 0, v2 = 0;
-    adamw_step_cpu(&q, &zero, &m2, &v2, nullptr, 1, c, 0.1f, 0.5f, 1, 1.0f, 1);
+    adamw_step_cpu(&q, &zero, &m2, &v2, nullptr, 1, c, 0.1f, 0.5f, 1, 1.0f, one);
     CHECK(q == doctest::Approx(2.0f - 0.1f * 0.5f * 2.0f));  // decoupled decay only
     Rng rng(uint64_t(time(nullptr)));
     std::vector<float> a(1000), ga(1000), ma(1000, 0), va(1000, 0);
     for (size_t i = 0; i < a.size(); ++i) a[i] = rng.uniform(), ga[i] = rng.uniform() - 0.5f;
     std::vector<float> b = a, mb = ma, vb = va;
-    adamw_step_cpu(a.data(), ga.data(), ma.data(), va.data(), nullptr, 1000, c, 1e-3f, 0.01f, 1, 0.5f, 1);
-    adamw_step_cpu(b.data(), ga.data(), mb.data(), vb.data(), nullptr, 1000, c, 1e-3f, 0.01f, 1, 0.5f, 7);
+    adamw_step_cpu(a.data(), ga.data(), ma.data(), va.data(), nullptr, 1000, c, 1e-3f, 0.01f, 1, 0.5f, one);
+    adamw_step_cpu(b.data(), ga.data(), mb.data(), vb.data(), nullptr, 1000, c, 1e-3f, 0.01f, 1, 0.5f, seven);
     CHECK(a == b);  // threads split the work, not the result
 }
 

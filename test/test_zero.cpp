@@ -113,7 +113,7 @@ TEST_CASE("zero: the memory estimate follows the paper's 2 + 2 + K split by stag
         z.stage = 2, z.offload = true;
         MemoryReport off = ZeroStore::estimate(c, full, z, N);
         CHECK(off.master == 0);
-        CHECK(off.host == doctest::Approx(12 * psi / N).epsilon(0.01));
+        CHECK(off.host == doctest::Approx(18 * psi / N).epsilon(0.01));  // master, m, v + pinned gradient and bf16 weights
     }
     LoraConfig lora;
     lora.rank = 16;

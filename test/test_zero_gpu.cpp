@@ -1,7 +1,9 @@
 // test/test_zero_gpu.cpp — the ZeRO protocol on the GPU with this process as the only rank: every stage,
 // with and without CPU offload, activation checkpointing and keeping stage-3 units gathered, gives the
-// same training as stage 0 (bitwise; see the one exception below); 20 steps equal 10 steps +
-// checkpoint + resume + 10 steps, bitwise. Runs on more ranks are the multi-GPU benchmark's (bench/zero.sh).
+// same training as stage 0 (bitwise; see the one exception below); the CPU update overlapping the next
+// forward gives the GPU optimizer's weights bitwise, also when they are read between steps; 20 steps equal
+// 10 steps + checkpoint + resume + 10 steps, bitwise. Runs on more ranks are the multi-GPU benchmark's
+// (bench/zero.sh).
 #include "gpu.h"
 
 #include "lora.h"
@@ -12,6 +14,7 @@ namespace {
 
 struct Trace {
     std::vector<float> losses, params;
+    std::vector<float> peeks;  // the parameters read after steps 2 and 4 (with peek)
 };
 
 Golden golden_setup() {
@@ -20,9 +23,23 @@ Golden golden_setup() {
     return g;
 }
 
-// Runs steps [first, last] with two micro-batches per step (the same rows twice), optionally from/to a checkpoint.
+// Every trainable parameter, in full: the adapters (LoRA) or every unit's weights.
+std::vector<float> read_params(ZeroStore& store, const Golden& s, const LoraConfig& lora) {
+    std::vector<float> out;
+    if (lora.rank)
+        for (auto& l : store.lora_layers()) out.insert(out.end(), l.begin(), l.end());
+    else
+        for (int u = 0; u < num_units(s.config); ++u) {
+            std::vector<float> w = store.unit_weights(u);
+            out.insert(out.end(), w.begin(), w.end());
+        }
+    return out;
+}
+
+// Runs steps [first, last] with two micro-batches per step (the same rows twice), optionally from/to a
+// checkpoint; with peek, reads the parameters right after steps 2 and 4 (while an offloaded update runs).
 Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool recompute, int first, int last,
-          const std::string& load_from = "", const std::string& save_to = "") {
+          const std::string& load_from = "", const std::string& save_to = "", bool peek = false) {
     cudaStream_t stream = nullptr;
     ZeroStore store(s.config, lora, z, test_world(), stream);
     store.load(s.dir);
@@ -41,6 +58,10 @@ Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool re
             m.forward_backward(batch, store, float(2 * s.targets));
         }
         store.step(adam, 2e-3f, step, 1.0f);
+        if (peek && (step == 2 || step == 4)) {
+            std::vector<float> p = read_params(store, s, lora);
+            tr.peeks.insert(tr.peeks.end(), p.begin(), p.end());
+        }
         tr.losses.push_back(from_device(m.loss_sum(), 1)[0]);
         check_cuda(cudaMemset(m.loss_sum(), 0, 4), "reset");
     }
@@ -50,13 +71,7 @@ Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool re
         std::string root = save_to.substr(0, save_to.rfind('/')), name = save_to.substr(save_to.rfind('/') + 1);
         save_checkpoint(store, root, name, s.config, lora, state);
     }
-    if (lora.rank)
-        for (auto& l : store.lora_layers()) tr.params.insert(tr.params.end(), l.begin(), l.end());
-    else
-        for (int u = 0; u < num_units(s.config); ++u) {
-            std::vector<float> w = store.unit_weights(u);
-            tr.params.insert(tr.params.end(), w.begin(), w.end());
-        }
+    tr.params = read_params(store, s, lora);
     return tr;
 }
 
@@ -94,6 +109,34 @@ TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept unit
             }
         }
         CHECK(ref.losses.back() < ref.losses.front());  // it trains
+    }
+}
+
+TEST_CASE("gpu: offload overlapping the next forward gives the GPU optimizer's weights bitwise, read mid-run or not") {
+    if (!need_gpu()) return;
+    Golden s = golden_setup();
+    for (int rank : {8, 0}) {
+        LoraConfig lora;
+        lora.rank = rank, lora.alpha = 16;
+        struct Variant { int stage; int64_t persistence; };
+        // stage 3 with every unit sharded, stage 3 with small units replicated, stage 2; two micro-batches a step
+        for (Variant v : {Variant{3, 0}, Variant{3, 100000}, Variant{2, 0}}) {
+            ZeroOptions z;
+            z.stage = v.stage, z.persistence_threshold = v.persistence;
+            Trace gpu = run(s, lora, z, false, 1, 6, "", "", true);
+            z.offload = true;
+            Trace peeked = run(s, lora, z, false, 1, 6, "", "", true);
+            Trace overlapped = run(s, lora, z, false, 1, 6);  // nothing waits for the update but the gathers
+            CAPTURE(rank);
+            CAPTURE(v.stage);
+            CAPTURE(v.persistence);
+            CHECK(peeked.losses == gpu.losses);
+            CHECK(peeked.peeks == gpu.peeks);
+            CHECK(peeked.params == gpu.params);
+            CHECK(overlapped.losses == gpu.losses);
+            CHECK(overlapped.params == gpu.params);
+            CHECK(gpu.losses.back() < gpu.losses.front());
+        }
     }
 }
 
@@ -139,6 +182,12 @@ TEST_CASE("gpu: the memory the store allocates is the ZeRO estimate") {
             CHECK(got.master == doctest::Approx(want.master).epsilon(0.05));
             CHECK(got.moments == doctest::Approx(want.moments).epsilon(0.05));
             CHECK(got.grads == doctest::Approx(want.grads).epsilon(0.05));
+            if (stage == 0) continue;
+            z.offload = true;  // master, m, v and the pinned transit buffers in host memory
+            ZeroStore offloaded(s.config, lora, z, test_world(), nullptr);
+            MemoryReport host = offloaded.memory(), want_host = ZeroStore::estimate(s.config, lora, z, 1);
+            CHECK(host.master == 0);
+            CHECK(host.host == doctest::Approx(want_host.host).epsilon(0.05));
         }
 }
 

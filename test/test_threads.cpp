@@ -1,0 +1,82 @@
+// test/test_threads.cpp — the CPU optimizer's host threads (threads.h), without a GPU: the pool runs every
+// task exactly once and returns a task's exception after all have run; the in-order worker runs its tasks in
+// order each round, wait(k) returns only after task k of the latest round, and a task's failure comes back
+// as an Error at the next wait instead of a hang.
+#include "test.h"
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+
+#include "threads.h"
+
+TEST_CASE("threads: the pool runs every task exactly once, and a failing task is rethrown after all have run") {
+    for (int threads : {1, 3, 8}) {
+        ThreadPool pool(threads);
+        for (int count : {0, 1, 2, 7, 64}) {
+            std::vector<std::atomic<int>> runs(size_t(count) + 1);
+            pool.run(count, [&](int i) { runs[size_t(i)]++; });
+            CAPTURE(threads);
+            CAPTURE(count);
+            for (int i = 0; i < count; ++i) CHECK(runs[size_t(i)] == 1);
+        }
+        std::vector<std::atomic<int>> runs(16);
+        auto failing = [&](int i) {
+            runs[size_t(i)]++;
+            if (i == 5) throw std::runtime_error("chunk 5 failed");
+        };
+        CHECK_THROWS_WITH_AS(pool.run(16, failing), "chunk 5 failed", std::runtime_error);
+        for (auto& r : runs) CHECK(r == 1);  // the others still ran, once each
+        std::atomic<int> after{0};
+        pool.run(4, [&](int) { after++; });  // and the pool goes on working
+        CHECK(after == 4);
+    }
+}
+
+TEST_CASE("threads: the in-order worker runs each round in order; wait(k) returns after task k; failures come back") {
+    std::mutex lock;
+    std::vector<int> order;
+    std::atomic<int> fail_at{-1};
+    InOrderWorker worker(5, [&](int k) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the waiter gets there first
+        if (k == fail_at) throw Error("unit " + std::to_string(k) + ": copy failed");
+        std::lock_guard<std::mutex> hold(lock);
+        order.push_back(k);
+    });
+    worker.wait(3);  // before the first round: nothing to wait for
+    worker.finish();
+    for (int round = 1; round <= 3; ++round) {
+        worker.start();
+        worker.wait(2);
+        {
+            std::lock_guard<std::mutex> hold(lock);
+            CHECK(order.size() >= size_t(5 * (round - 1) + 3));  // tasks 0, 1, 2 of this round have run
+        }
+        worker.finish();
+        std::lock_guard<std::mutex> hold(lock);
+        CHECK(order.size() == size_t(5 * round));
+    }
+    for (size_t i = 0; i < order.size(); ++i) CHECK(order[i] == int(i % 5));
+    fail_at = 3;
+    worker.start();
+    worker.wait(1);  // before the failure
+    CHECK_THROWS_WITH_AS(worker.wait(4), doctest::Contains("unit 3: copy failed"), Error);
+    CHECK_THROWS_WITH_AS(worker.finish(), doctest::Contains("unit 3: copy failed"), Error);
+    CHECK_THROWS_WITH_AS(worker.start(), doctest::Contains("unit 3: copy failed"), Error);  // no new round after a failure
+    std::lock_guard<std::mutex> hold(lock);
+    CHECK(order.size() == 15 + 3);  // task 4 of the failed round never ran
+}
+
+TEST_CASE("threads: a worker destroyed mid-round stops after the task in flight") {
+    std::atomic<int> ran{0};
+    {
+        InOrderWorker worker(1000, [&](int) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            ran++;
+        });
+        worker.start();
+        worker.wait(2);
+    }
+    CHECK(ran >= 3);
+    CHECK(ran < 1000);
+}
