@@ -267,11 +267,10 @@ void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
     if (seg == 0) {
         tensors = unit_layout(c_, unit).tensors;
     } else {
-        for (int t = 0; t < kTargets; ++t) {
-            if (!lora_.target[t]) continue;
-            tensors.push_back({{peft_key(unit - 1, LoraTarget(t), 'A'), {lora_.rank, layout_.in[t]}}, layout_.a_offset[t]});
-            tensors.push_back({{peft_key(unit - 1, LoraTarget(t), 'B'), {layout_.out[t], lora_.rank}}, layout_.b_offset[t]});
-        }
+        for (int t = 0; t < kTargets; ++t)  // in the order of the layout (every A, then every B): runs stay whole
+            if (lora_.target[t]) tensors.push_back({{peft_key(unit - 1, LoraTarget(t), 'A'), {lora_.rank, layout_.in[t]}}, layout_.a_offset[t]});
+        for (int t = 0; t < kTargets; ++t)
+            if (lora_.target[t]) tensors.push_back({{peft_key(unit - 1, LoraTarget(t), 'B'), {layout_.out[t], lora_.rank}}, layout_.b_offset[t]});
     }
     for (const UnitTensor& t : tensors) {
         int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.spec.numel());
