@@ -128,6 +128,7 @@ class ZeroStore : public UnitStore {
     void start_cpu_step(const AdamWConfig& c, float lr, int step);  // clip scale to the host, worker's round
     void update_on_cpu(int k);                         // the worker's task: host_[k]'s AdamW, weights up
     void await_update(int unit);                       // the unit's weights are read after their upload
+    bool update_pending(int unit);                     // its upload is not queued yet (never waits)
     void finish_step();                                // the CPU update in flight has finished
 
     LlamaConfig c_;
