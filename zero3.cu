@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "common.h"
 #include "cuda_common.cuh"
@@ -662,7 +663,10 @@ void ZeroStore::start_offload() {
         s.host = int(host_.size());
         host_.push_back(h);
     }
-    pool_ = std::make_unique<ThreadPool>(z_.offload_threads);
+    // By default the cores this rank's share of the node leaves beside the main thread and the worker: the
+    // update of each unit must keep pace with the next forward.
+    int cores = int(std::thread::hardware_concurrency()) / std::max(1, w_.local_size);
+    pool_ = std::make_unique<ThreadPool>(z_.offload_threads > 0 ? z_.offload_threads : std::max(1, cores - 2));
     worker_ = std::make_unique<InOrderWorker>(int(host_.size()), [this](int k) { update_on_cpu(k); });
 }
 
