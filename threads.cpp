@@ -110,6 +110,11 @@ void InOrderWorker::wait(int k) {
     if (done_[size_t(k)] < started_) fail("the CPU optimizer's worker thread failed: " + error_);
 }
 
+bool InOrderWorker::done(int k) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_[size_t(k)] >= started_;
+}
+
 void InOrderWorker::finish() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] { return finished_ == started_; });

@@ -44,6 +44,7 @@ class InOrderWorker {
     InOrderWorker& operator=(const InOrderWorker&) = delete;
     void start();      // a new round, after the previous one has finished (waits for it)
     void wait(int k);  // until task k of the latest round has run (at once before the first round)
+    bool done(int k);  // whether it has, without waiting
     void finish();     // until the latest round has run
 
   private:

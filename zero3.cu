@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "common.h"
 #include "cuda_common.cuh"
@@ -442,6 +443,7 @@ void ZeroStore::prefetch(int unit) {
     if (!prefetches(z_) || unit < 0 || unit >= int(units_.size())) return;
     Unit& U = *units_[size_t(unit)];
     if (!U.sharded || U.slot >= 0) return;
+    if (update_pending(unit)) return;  // offload: rather than hold the host here, gather() waits for it (O4)
     int busy = 0;
     for (const Slot& s : slots_) busy += s.unit >= 0;
     if (busy >= kGatherSlots && !z_.keep_gathered) return;
@@ -622,11 +624,14 @@ void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
 //                        per-element operations as the GPU kernel, so the same bits), copies the new bf16
 //                        weights up on copy (the tensors' elements; gaps keep their zeros), records
 //                        u.uploaded, then marks u done for step N.
-//   O4. gather(u), take_slot(u) (so the stage-3 prefetch too)  main, the first time after step N: waits
-//                        (host) until u is marked done, since a stream waiting on an event not yet recorded
-//                        would not wait at all; then comm waits u.uploaded. A stage-3 shard is all-gathered
-//                        there into its slot as usual; a replicated unit (stages 1, 2) all-gathers everyone's
-//                        new part there and compute waits gathered_. Units that do not train never wait.
+//   O4. gather(u), take_slot(u)  main, the first time after step N: waits (host) until u is marked done,
+//                        since a stream waiting on an event not yet recorded would not wait at all; then
+//                        comm waits u.uploaded. A stage-3 shard is all-gathered there into its slot as usual;
+//                        a replicated unit (stages 1, 2) all-gathers everyone's new part there and compute
+//                        waits gathered_. Units that do not train never wait. The stage-3 prefetch skips a
+//                        unit not marked done yet instead of holding the host, which goes on to queue the
+//                        current unit's compute; gather() then waits for it. Either way each rank all-gathers
+//                        the units in the same order, so the collectives still match across ranks.
 //   O5. begin_step()     compute waits every u.grad_copied before zeroing the gradients.
 //   O6. finish_step()    waits for the whole round: step() and everything that reads or writes master, m,
 //                        v or the pinned buffers from the host (checkpoints, lora_layers, unit_weights, ...).
@@ -657,7 +662,10 @@ void ZeroStore::start_offload() {
         s.host = int(host_.size());
         host_.push_back(h);
     }
-    pool_ = std::make_unique<ThreadPool>(z_.offload_threads);
+    // By default the cores this rank's share of the node leaves beside the main thread and the worker: the
+    // update of each unit must keep pace with the next forward.
+    int cores = int(std::thread::hardware_concurrency()) / std::max(1, w_.local_size);
+    pool_ = std::make_unique<ThreadPool>(z_.offload_threads > 0 ? z_.offload_threads : std::max(1, cores - 2));
     worker_ = std::make_unique<InOrderWorker>(int(host_.size()), [this](int k) { update_on_cpu(k); });
 }
 
@@ -721,6 +729,13 @@ void ZeroStore::await_update(int unit) {
         check_cuda(cudaStreamWaitEvent(stream_, gathered_, 0), "wait");
     }
     h.awaited = cpu_steps_;
+}
+
+bool ZeroStore::update_pending(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    if (!worker_ || U.trainable < 0) return false;
+    Segment& s = U.seg[U.trainable];
+    return host_[size_t(s.host)].awaited != cpu_steps_ && !worker_->done(s.host);
 }
 
 // O6

@@ -37,7 +37,7 @@ struct ZeroOptions {
     int stage = 0;                          // zero_optimization.stage
     bool offload = false;                   // offload_optimizer.device = cpu (stages 1-3)
     bool pin_memory = true;                 // offload_optimizer.pin_memory
-    int offload_threads = 8;
+    int offload_threads = 0;                // CPU AdamW threads; 0: the node's hardware threads over its ranks, less two
     bool keep_gathered = false;             // stage 3: keep each unit from its forward to its backward
     bool overlap_comm = true;               // collectives on their own stream (else on the compute stream)
     int64_t reduce_bucket_size = 500000000;     // elements per all-reduce collective (stages 0, 1)
@@ -128,6 +128,7 @@ class ZeroStore : public UnitStore {
     void start_cpu_step(const AdamWConfig& c, float lr, int step);  // clip scale to the host, worker's round
     void update_on_cpu(int k);                         // the worker's task: host_[k]'s AdamW, weights up
     void await_update(int unit);                       // the unit's weights are read after their upload
+    bool update_pending(int unit);                     // its upload is not queued yet (never waits)
     void finish_step();                                // the CPU update in flight has finished
 
     LlamaConfig c_;

@@ -1,7 +1,7 @@
 // test/test_threads.cpp — the CPU optimizer's host threads (threads.h), without a GPU: the pool runs every
 // task exactly once and returns a task's exception after all have run; the in-order worker runs its tasks in
-// order each round, wait(k) returns only after task k of the latest round, and a task's failure comes back
-// as an Error at the next wait instead of a hang.
+// order each round, wait(k) returns only after task k of the latest round (done(k) says so without
+// waiting), and a task's failure comes back as an Error at the next wait instead of a hang.
 #include "test.h"
 
 #include <atomic>
@@ -37,8 +37,10 @@ TEST_CASE("threads: the in-order worker runs each round in order; wait(k) return
     std::mutex lock;
     std::vector<int> order;
     std::atomic<int> fail_at{-1};
+    std::atomic<bool> hold_last{false};
     InOrderWorker worker(5, [&](int k) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the waiter gets there first
+        while (k == 4 && hold_last) std::this_thread::sleep_for(std::chrono::milliseconds(1));
         if (k == fail_at) throw Error("unit " + std::to_string(k) + ": copy failed");
         std::lock_guard<std::mutex> hold(lock);
         order.push_back(k);
@@ -46,8 +48,12 @@ TEST_CASE("threads: the in-order worker runs each round in order; wait(k) return
     worker.wait(3);  // before the first round: nothing to wait for
     worker.finish();
     for (int round = 1; round <= 3; ++round) {
+        hold_last = true;
         worker.start();
         worker.wait(2);
+        CHECK(worker.done(2));
+        CHECK_FALSE(worker.done(4));  // held back
+        hold_last = false;
         {
             std::lock_guard<std::mutex> hold(lock);
             CHECK(order.size() >= size_t(5 * (round - 1) + 3));  // tasks 0, 1, 2 of this round have run
