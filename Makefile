@@ -38,9 +38,11 @@ ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
   $(shell mkdir -p $(B); echo '$(ARCH_FLAGS)' | cmp -s - $(B)/arch.flags || echo '$(ARCH_FLAGS)' > $(B)/arch.flags)
 endif
 
+# -ffp-contract=off: host float arithmetic rounds every operation (no fused multiply-adds), as the GPU
+# optimizer does, so CPU offload trains bitwise like the GPU (adamw.cu).
 COMMON   := -O2 -g -DOMPI_SKIP_MPICXX -I. -I$(CUDA)/include $(MPI_CFLAGS)
-CXXFLAGS := -std=c++17 -Wall -Wextra $(COMMON)
-NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra $(COMMON)
+CXXFLAGS := -std=c++17 -Wall -Wextra -ffp-contract=off $(COMMON)
+NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra,-ffp-contract=off $(COMMON)
 LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib \
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 

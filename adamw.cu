@@ -9,8 +9,10 @@
 
 namespace {
 
-// One element's update. Every operation is explicitly rounded (no fused multiply-adds the compiler
-// might or might not form), so the GPU and the CPU (offload) produce the same bits.
+// One element's update. Every operation is rounded on its own, so the GPU and the CPU (offload) produce
+// the same bits: on the GPU by the explicit _rn intrinsics, on the CPU because the build turns off the
+// contraction of a * b + c into fused multiply-adds (-ffp-contract=off in the Makefile) and x86-64's SSE
+// arithmetic, division and square root round each result to float.
 __host__ __device__ inline float adamw_element(float x, float grad, float& m, float& v, float lr, float lr_wd, float b1,
                                                 float b2, float eps, float bc1, float bc2, float scale) {
 #ifdef __CUDA_ARCH__
@@ -21,16 +23,12 @@ __host__ __device__ inline float adamw_element(float x, float grad, float& m, fl
     float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, bc2)), eps);
     return __fsub_rn(x, __fdiv_rn(__fmul_rn(lr, __fdiv_rn(m, bc1)), denom));
 #else
-    volatile float g = grad * scale;  // volatile: each product rounded on its own, as on the GPU
-    volatile float decayed = x - lr_wd * x;
-    volatile float m1 = b1 * m, m2 = (1.0f - b1) * g;
-    m = m1 + m2;
-    volatile float v1 = b2 * v, v2 = (1.0f - b2) * g;
-    volatile float v3 = v2 * g;
-    v = v1 + v3;
-    volatile float denom = std::sqrt(v / bc2) + eps;
-    volatile float step = lr * (m / bc1);
-    return decayed - step / denom;
+    float g = grad * scale;
+    x = x - lr_wd * x;
+    m = b1 * m + (1.0f - b1) * g;
+    v = b2 * v + (1.0f - b2) * g * g;
+    float denom = std::sqrt(v / bc2) + eps;
+    return x - lr * (m / bc1) / denom;
 #endif
 }
 
