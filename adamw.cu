@@ -32,15 +32,31 @@ __host__ __device__ inline float adamw_element(float x, float grad, float& m, fl
 #endif
 }
 
-// p = adamw(p, grad * scale); p16 = bf16(p)   (the update above, one element per thread)
+// p = adamw(p, grad * scale); p16 = bf16(p)   (the update above; W = 4 elements per thread and step, with
+// 16-byte loads and stores, when the arrays allow it; the elements' math is the same either way)
+template <int W>
 __global__ void adamw_kernel(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n, float lr,
                              float lr_wd, float b1, float b2, float eps, float bc1, float bc2, const float* grad_scale) {
     float s = grad_scale ? *grad_scale : 1.0f;
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float mi = m[i], vi = v[i];
-        float x = adamw_element(p[i], grad[i], mi, vi, lr, lr_wd, b1, b2, eps, bc1, bc2, s);
-        m[i] = mi, v[i] = vi, p[i] = x;
-        if (p16) p16[i] = __float2bfloat16(x);
+    for (int64_t i = W * (blockIdx.x * int64_t(blockDim.x) + threadIdx.x); i < n; i += W * int64_t(gridDim.x) * blockDim.x) {
+        if (W == 4 && i + 4 <= n) {
+            float4 x = *reinterpret_cast<const float4*>(p + i), g = *reinterpret_cast<const float4*>(grad + i);
+            float4 mm = *reinterpret_cast<const float4*>(m + i), vv = *reinterpret_cast<const float4*>(v + i);
+            float *xs = &x.x, *gs = &g.x, *ms = &mm.x, *vs = &vv.x;
+            for (int k = 0; k < 4; ++k) xs[k] = adamw_element(xs[k], gs[k], ms[k], vs[k], lr, lr_wd, b1, b2, eps, bc1, bc2, s);
+            *reinterpret_cast<float4*>(p + i) = x, *reinterpret_cast<float4*>(m + i) = mm, *reinterpret_cast<float4*>(v + i) = vv;
+            if (p16) {
+                __nv_bfloat162 pair[2] = {__floats2bfloat162_rn(x.x, x.y), __floats2bfloat162_rn(x.z, x.w)};
+                *reinterpret_cast<uint2*>(p16 + i) = *reinterpret_cast<const uint2*>(pair);
+            }
+            continue;
+        }
+        for (int64_t j = i; j < i + W && j < n; ++j) {
+            float mi = m[j], vi = v[j];
+            float x = adamw_element(p[j], grad[j], mi, vi, lr, lr_wd, b1, b2, eps, bc1, bc2, s);
+            m[j] = mi, v[j] = vi, p[j] = x;
+            if (p16) p16[j] = __float2bfloat16(x);
+        }
     }
 }
 
@@ -77,8 +93,12 @@ void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
                     float lr, float weight_decay, int step, const float* grad_scale, cudaStream_t stream) {
     if (n == 0) return;
     float bc1 = 1 - std::pow(c.beta1, float(step)), bc2 = 1 - std::pow(c.beta2, float(step));
-    int blocks = int(std::min<int64_t>((n + 255) / 256, 132 * 16));
-    adamw_kernel<<<blocks, 256, 0, stream>>>(p, grad, m, v, p16, n, lr, lr * weight_decay, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
+    auto aligned = [](const void* q, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(q) % bytes == 0; };
+    bool vec = aligned(p, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) && aligned(p16, 8);
+    int per_thread = vec ? 4 : 1;
+    int blocks = int(std::min<int64_t>((n + 256 * per_thread - 1) / (256 * per_thread), 132 * 16));
+    if (vec) adamw_kernel<4><<<blocks, 256, 0, stream>>>(p, grad, m, v, p16, n, lr, lr * weight_decay, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
+    else adamw_kernel<1><<<blocks, 256, 0, stream>>>(p, grad, m, v, p16, n, lr, lr * weight_decay, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
     check_launch("adamw_kernel");
 }
 

@@ -87,14 +87,18 @@ __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const floa
     }
 }
 
-// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i]   (R = gridDim.y)
+// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i]   (R = gridDim.y; W columns a thread)
+template <int W>
 __global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int i = W * (blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= D) return;
-    float acc = 0;
-    for (int64_t n = blockIdx.y; n < N; n += gridDim.y)
-        acc += __bfloat162float(dy[n * D + i]) * __bfloat162float(__float2bfloat16(__bfloat162float(x[n * D + i]) * rstd[n]));
-    partial[int64_t(blockIdx.y) * D + i] = acc;
+    float acc[W] = {}, xv[W], dv[W];
+    for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
+        load_bf16<W>(x + n * D + i, xv), load_bf16<W>(dy + n * D + i, dv);
+        float r = rstd[n];
+        for (int k = 0; k < W; ++k) acc[k] += dv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
+    }
+    for (int k = 0; k < W; ++k) partial[int64_t(blockIdx.y) * D + i + k] = acc[k];
 }
 
 // dw[i] += sum_r partial[r, i], r in order   (the two passes keep the sum's order fixed: deterministic)
@@ -275,7 +279,10 @@ void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf1
     else rmsnorm_backward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
     check_launch("rmsnorm_backward_kernel");
     if (!dw) return;
-    rmsnorm_weight_partial_kernel<<<dim3(unsigned(blocks_for(D)), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
+    if (D % 8 == 0)
+        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
+    else
+        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
     check_launch("rmsnorm_weight_partial_kernel");
     rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(dw_partial, dw, kNormPartials, D);
     check_launch("rmsnorm_weight_sum_kernel");

@@ -34,7 +34,7 @@ void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, in
 void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s);
 void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s);
 // dx = residual + d rmsnorm / dx;  dw += d rmsnorm / dw when dw is not null (dw_partial: kNormPartials * D floats)
-constexpr int kNormPartials = 64;
+constexpr int kNormPartials = 256;
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
                       float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s);
 // RoPE in place on x [N, nh, Dh], row n at position positions[n]; cos/sin tables [positions, Dh/2].
