@@ -203,10 +203,10 @@ __global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float
     };
     bool vec = V % 8 == 0;
     int packs = vec ? V / 8 : 0;
+    float f[8];
     for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        uint4 p = reinterpret_cast<const uint4*>(z)[i];
-        const bf16* e = reinterpret_cast<const bf16*>(&p);
-        for (int k = 0; k < 8; ++k) see(__bfloat162float(e[k]));
+        load_bf16<8>(z + 8 * i, f);
+        for (int k = 0; k < 8; ++k) see(f[k]);
     }
     for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x) see(__bfloat162float(z[j]));
     float row_max = block_max(m);
@@ -214,11 +214,9 @@ __global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float
     if (threadIdx.x == 0) row_loss[row] = lse - zt;
     if (!backward) return;
     for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        uint4 p = reinterpret_cast<const uint4*>(z)[i];
-        bf16* e = reinterpret_cast<bf16*>(&p);
-        for (int k = 0; k < 8; ++k)
-            e[k] = __float2bfloat16((__expf(__bfloat162float(e[k]) - lse) - (8 * i + k == target ? 1.0f : 0.0f)) * inv_divisor);
-        reinterpret_cast<uint4*>(z)[i] = p;
+        load_bf16<8>(z + 8 * i, f);
+        for (int k = 0; k < 8; ++k) f[k] = (__expf(f[k] - lse) - (8 * i + k == target ? 1.0f : 0.0f)) * inv_divisor;
+        store_bf16<8>(z + 8 * i, f);
     }
     for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x)
         z[j] = __float2bfloat16((__expf(__bfloat162float(z[j]) - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
@@ -246,20 +244,15 @@ void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, in
     embedding_forward_kernel<<<blocks_for(N * D), kThreads, 0, s>>>(ids, E, h, N, D);
     check_launch("embedding_forward_kernel");
 }
-void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s) {
-    // Scratch for the sort, grown as needed and kept (stream order keeps calls on one stream apart):
-    // CUB's temporary storage, then positions, sorted ids and sorted positions [N] each.
-    static char* scratch = nullptr;
-    static size_t scratch_bytes = 0;
+size_t embedding_backward_scratch(int64_t N) {
     int32_t* none = nullptr;
     size_t temp = 0;
-    check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, temp, ids, none, none, none, int(N)), "cub sort size");
-    temp = (temp + 255) / 256 * 256;
-    size_t need = temp + size_t(N) * 3 * sizeof(int32_t);
-    if (need > scratch_bytes) {
-        if (scratch) check_cuda(cudaStreamSynchronize(s), "sync"), device_free(scratch);
-        scratch = device_alloc<char>(need, "embedding sort"), scratch_bytes = need;
-    }
+    check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, temp, none, none, none, none, int(N)), "cub sort size");
+    return (temp + 255) / 256 * 256 + size_t(N) * 3 * sizeof(int32_t);
+}
+void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, char* scratch, cudaStream_t s) {
+    // scratch: CUB's temporary storage, then positions, sorted ids and sorted positions [N] each
+    size_t temp = embedding_backward_scratch(N) - size_t(N) * 3 * sizeof(int32_t);
     int32_t* pos = reinterpret_cast<int32_t*>(scratch + temp);
     int32_t *sorted_ids = pos + N, *sorted_pos = pos + 2 * N;
     iota_kernel<<<blocks_for(N), kThreads, 0, s>>>(pos, N);
@@ -320,7 +313,6 @@ void cross_entropy(bf16* logits, const int32_t* targets, float* row_loss, float*
     check_launch("sum_kernel");
 }
 
-
 // ================================================================================================ the model
 
 struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows N = B*T)
@@ -337,7 +329,7 @@ struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows 
     float* rstd2 = nullptr;           // [N]
     bf16 *g = nullptr, *u = nullptr;  // [N, F] gate_proj(m), up_proj(m)
     bf16* act = nullptr;              // [N, F] silu(g) * u
-    bf16* lora_u[kGroups] = {};       // [N, r * group size] x A^T of each adapted projection, by input group
+    bf16* lora_u[kGroups] = {};       // [N, c * group size] x A^T of each adapted projection, by input group (c = lora_columns())
 };
 
 struct LlamaModel::GradScratch {  // gradients flowing back through one layer, reused by every layer
@@ -346,7 +338,7 @@ struct LlamaModel::GradScratch {  // gradients flowing back through one layer, r
     bf16 *act = nullptr, *g = nullptr, *u = nullptr;  // [N, F]
     bf16 *q = nullptr, *o = nullptr;  // [N, H*Dh] d q, d o
     bf16 *k = nullptr, *v = nullptr;  // [N, KVH*Dh]
-    bf16* lora_u = nullptr;           // [N, 3 r] d u of the adapters of the group being differentiated
+    bf16* lora_u = nullptr;           // [N, 3 c] d u of the adapters of the group being differentiated
 };
 
 // Every activation and scratch buffer with its size, carved in order from one allocation. Called once
@@ -376,6 +368,7 @@ void LlamaModel::carve(char* base) {
     take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2 * N);
     take(rope_cos_, int64_t(max_position_) * (c_.head_dim / 2)), take(rope_sin_, int64_t(max_position_) * (c_.head_dim / 2));
     take(logits_, int64_t(head_rows_) * V);
+    if (r == 0) take(embedding_scratch_, int64_t(embedding_backward_scratch(N)));  // the embedding trains
     take(targets_, N), take(loss_sum_, 1), take(row_loss_, head_rows_), take(norm_partial_, int64_t(kNormPartials) * D);
     arena_bytes_ = at;
 }
@@ -460,9 +453,10 @@ LlamaModel::Adapters LlamaModel::adapters(int group, const LoraLayerView& lora, 
 
 // One group of projections, forward, each member t:  y_t = x W_t^T + s (x_d A_t^T) B_t^T + residual
 // (residual: single-member groups only, may be null). u = x_d A^T of the k-th adapted member goes to
-// columns k c .. k c + r of u [N, c * group size] (c = r rounded up to 8: rows of 16 bytes), kept for backward (x_d: x, or x with LoRA dropout in
-// training). The adapter's term is written first, so the base product adds it (and the residual) in its
-// epilogue: y is written once by each product and never read back outside them.
+// columns k c .. k c + r of u [N, c * group size] (c = r rounded up to 8: rows of 16 bytes), kept for
+// backward (x_d: x, or x with LoRA dropout in training). The adapter's term is written first, so the base
+// product adds it (and the residual) in its epilogue: y is written once by each product and never read
+// back outside them.
 void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
                                const LoraLayerView& lora, bf16* u) {
     const int r = lora_.rank;
@@ -545,7 +539,6 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
         check_launch("lora_dropout_backward_kernel");
     }
 }
-
 
 // One decoder layer, forward. Training and generation share it; with a KV cache (generation: one token
 // per row) k and v are also written into the cache at each row's position and the attention is the
@@ -717,7 +710,7 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     UnitView emb = store.gather(0, Pass::backward);
     if (emb.grads) {
         Region r(profiler, Family::embedding);
-        embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, stream_);
+        embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, embedding_scratch_, stream_);
     }
     store.release(0);
     store.reduce_grads(0);

@@ -17,7 +17,6 @@ namespace {
 const char* kNames[kTargets] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 const char* kShort[kTargets] = {"q", "k", "v", "o", "gate", "up", "down"};
 const char* kModule[kTargets] = {"self_attn", "self_attn", "self_attn", "self_attn", "mlp", "mlp", "mlp"};
-const LayerTensor kAdapted[kTargets] = {kQProj, kKProj, kVProj, kOProj, kGateProj, kUpProj, kDownProj};  // the weight each adapts
 }  // namespace
 
 float LoraConfig::scale() const { return rank > 0 ? (use_rslora ? alpha / std::sqrt(float(rank)) : alpha / float(rank)) : 0.0f; }
@@ -44,7 +43,7 @@ void parse_lora_targets(const std::string& list, LoraConfig& config, const std::
 LoraLayout lora_layout(const LlamaConfig& m, const LoraConfig& lora) {
     LoraLayout l;
     for (int t = 0; t < kTargets; ++t) {
-        std::vector<int64_t> shape = layer_tensor_shape(m, kAdapted[t]);  // W: [out, in]
+        std::vector<int64_t> shape = layer_tensor_shape(m, kProjection[t]);  // W: [out, in]
         l.out[t] = int(shape[0]), l.in[t] = int(shape[1]);
     }
     if (lora.rank == 0) return l;
@@ -168,7 +167,7 @@ void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const fl
     for (int t = 0; t < kTargets; ++t) {
         if (!lora.target[t]) continue;
         const float *A = adapters + layout.a_offset[t], *B = adapters + layout.b_offset[t];
-        float* W = weights + unit.tensors[size_t(kAdapted[t])].offset;
+        float* W = weights + unit.tensors[size_t(kProjection[t])].offset;
         int in = layout.in[t], out = layout.out[t];
         for (int o = 0; o < out; ++o)
             for (int k = 0; k < lora.rank; ++k) {

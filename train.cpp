@@ -210,14 +210,15 @@ class Trainer {
     int64_t staged_count_ = 0;
     // A queued step: its loss and norm land in pinned memory; `done` marks its end on the GPU. Three,
     // so a step's predecessor's `done` (its start time) is still intact when the step is read.
+    static constexpr int kQueuedSteps = 3;
     struct QueuedStep {
         int64_t step = 0;
-        double targets = 0;
+        double targets = 0, tokens = 0, examples = 0;  // loss targets (all ranks), real tokens and rows (this rank)
         bool fresh_start = false;  // timed from `start`, not from the previous step's end
         cudaEvent_t start = nullptr, done = nullptr;
     };
-    QueuedStep queued_[3];
-    float* step_results_ = nullptr;  // [3, 2] pinned: summed loss, squared gradient norm of each queued step
+    QueuedStep queued_[kQueuedSteps];
+    float* step_results_ = nullptr;  // [kQueuedSteps, 2] pinned: summed loss, squared gradient norm of each queued step
     Profiler profiler_;
     std::vector<FamilyWork> step_work_;
     // progress since the last log line
@@ -264,7 +265,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
     print_plan(estimate, wall_seconds() - t0);
     check_cuda(cudaMallocHost(&staging_, kStagingSlots * 4 * rows * sizeof(int32_t)), "cudaMallocHost");
     for (cudaEvent_t& e : staged_) check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
-    check_cuda(cudaMallocHost(&step_results_, 6 * sizeof(float)), "cudaMallocHost");
+    check_cuda(cudaMallocHost(&step_results_, kQueuedSteps * 2 * sizeof(float)), "cudaMallocHost");
     for (QueuedStep& q : queued_) check_cuda(cudaEventCreate(&q.start), "event"), check_cuda(cudaEventCreate(&q.done), "event");
     model_->profiler = o.profile > 0 ? &profiler_ : nullptr;
     step_work_ = step_work(c, int64_t(o.micro_batch) * o.seq * o.grad_accum, o.seq, in.lora.rank, int(std::count(in.lora.target, in.lora.target + kTargets, true)),
@@ -331,7 +332,7 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
 // micro-batches ahead of the GPU), filled with ids, labels, positions and document starts.
 int32_t* Trainer::stage(const Batch& b) {
     int k = int(staged_count_++ % kStagingSlots);
-    check_cuda(cudaEventSynchronize(staged_[k]), "event");
+    world_wait_event(w_, staged_[k]);
     size_t n = size_t(o_.micro_batch) * size_t(o_.seq);
     int32_t* slot = staging_ + size_t(k) * 4 * n;
     const std::vector<int32_t>* parts[4] = {&b.ids, &b.labels, &b.positions, &b.doc_start};
@@ -380,8 +381,8 @@ double Trainer::evaluate() {
 // step while this one runs. Its summed loss and gradient norm are copied into pinned memory at its end;
 // finish_step reads them.
 void Trainer::train_step(int64_t step, bool fresh_start) {
-    QueuedStep& q = queued_[step % 3];
-    q.step = step, q.fresh_start = fresh_start, q.targets = 0;
+    QueuedStep& q = queued_[step % kQueuedSteps];
+    q.step = step, q.fresh_start = fresh_start, q.targets = q.tokens = q.examples = 0;
     bool profiled = o_.profile > 0 && step > start_step_ + 2 && step <= start_step_ + 2 + o_.profile;  // after 2 warm-up steps
     if (profiled) profiler_.begin_step(stream_);
     check_cuda(cudaEventRecord(q.start, stream_), "event");
@@ -389,8 +390,8 @@ void Trainer::train_step(int64_t step, bool fresh_start) {
     for (int a = 0; a < o_.grad_accum; ++a, ++micro_) {
         batches.push_back(loader_.batch(micro_ / mb_per_epoch_, micro_ % mb_per_epoch_));
         q.targets += double(batches.back().target_tokens);
-        window_tokens_ += double(batches.back().tokens);  // real tokens: padding is not counted
-        window_examples_ += double(batches.back().examples);
+        q.tokens += double(batches.back().tokens);  // real tokens: padding is not counted
+        q.examples += double(batches.back().examples);
     }
     q.targets = world_sum(w_, q.targets);  // the loss is the mean over every rank's target tokens
     store_->begin_step();
@@ -403,27 +404,29 @@ void Trainer::train_step(int64_t step, bool fresh_start) {
         Region r(&profiler_, Family::optimizer);
         store_->step(adam_, sched_.lr_at(int(step - 1)), int(step), o_.clip);
     }
-    float* out = step_results_ + 2 * (step % 3);
+    float* out = step_results_ + 2 * (step % kQueuedSteps);
     check_cuda(cudaMemcpyAsync(out, model_->loss_sum(), 4, cudaMemcpyDeviceToHost, stream_), "copy loss");
     check_cuda(cudaMemsetAsync(model_->loss_sum(), 0, 4, stream_), "memset");
     check_cuda(cudaMemcpyAsync(out + 1, store_->grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream_), "copy norm");
     check_cuda(cudaEventRecord(q.done, stream_), "event");
-    if (profiled) profiler_.end_step();
+    if (profiled) world_wait_event(w_, q.done), profiler_.end_step();
 }
 
 // Waits for a queued step (normally the one before the step just queued, so the GPU stays busy), adds
 // its loss and time to the progress window, stops a run whose loss or norm is not finite, and logs.
 void Trainer::finish_step(int64_t step, bool eval) {
-    const QueuedStep& q = queued_[step % 3];
-    check_cuda(cudaEventSynchronize(q.done), "event");
-    const float* out = step_results_ + 2 * (step % 3);
+    const QueuedStep& q = queued_[step % kQueuedSteps];
+    world_wait_event(w_, q.done);  // watching for a lost peer meanwhile
+    const float* out = step_results_ + 2 * (step % kQueuedSteps);
     double loss_sum = world_sum(w_, double(out[0])), loss = q.targets > 0 ? loss_sum / q.targets : 0.0;
     last_norm_sq_ = out[1];
     if (!std::isfinite(loss) || !std::isfinite(last_norm_sq_))
         fail("loss is " + std::to_string(loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
     float ms = 0;  // from the previous step's end, or from this step's start when the GPU was idle before it
-    check_cuda(cudaEventElapsedTime(&ms, q.fresh_start ? q.start : queued_[(step + 2) % 3].done, q.done), "event");
+    const QueuedStep& previous = queued_[(step - 1) % kQueuedSteps];
+    check_cuda(cudaEventElapsedTime(&ms, q.fresh_start ? q.start : previous.done, q.done), "event");
     window_ms_ += ms, window_loss_ += loss_sum, window_targets_ += q.targets, ++window_steps_;
+    window_tokens_ += q.tokens, window_examples_ += q.examples;
     res_.final_loss = loss;
     loss_series_.push_back({double(step), loss});  // every step, for OUT/loss.svg
     lr_series_.push_back({double(step), sched_.lr_at(int(step - 1))});

@@ -235,14 +235,27 @@ void world_finalize(World& w) {
     }
 }
 
-void world_wait(const World& w, cudaStream_t stream) {
+namespace {
+// Polls `ready` until the GPU work is done, checking meanwhile that no peer has failed (a collective
+// waiting for a dead rank would otherwise never finish).
+template <class Query>
+void wait_polling(const World& w, Query ready) {
     for (;;) {
-        cudaError_t status = cudaStreamQuery(stream);
+        cudaError_t status = ready();
         if (status == cudaSuccess) return;
         if (status != cudaErrorNotReady) check_cuda(status, "the GPU work of this step");
         if (w.comm) w.comm->check_peers();
         std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+}
+}  // namespace
+
+void world_wait(const World& w, cudaStream_t stream) {
+    wait_polling(w, [&] { return cudaStreamQuery(stream); });
+}
+
+void world_wait_event(const World& w, cudaEvent_t event) {
+    wait_polling(w, [&] { return cudaEventQuery(event); });
 }
 
 double world_sum(const World& w, double x) {

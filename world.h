@@ -71,6 +71,7 @@ std::vector<std::vector<double>> world_gather(const World& w, const std::vector<
 void world_check_same(const World& w, const std::string& text, const std::string& what);
 // Waits for `stream` while watching the transport for a lost peer, which ends all ranks.
 void world_wait(const World& w, cudaStream_t stream);
+void world_wait_event(const World& w, cudaEvent_t event);  // the same, until `event` has happened
 
 // This rank's bytes on its GPU: every tracked allocation (device_alloc) plus its CUDA context. Right
 // when ranks share a GPU, where the GPU's in-use figure counts them all.

@@ -443,7 +443,9 @@ void ZeroStore::prefetch(int unit) {
     if (!prefetches(z_) || unit < 0 || unit >= int(units_.size())) return;
     Unit& U = *units_[size_t(unit)];
     if (!U.sharded || U.slot >= 0) return;
-    if (update_pending(unit)) return;  // offload: rather than hold the host here, gather() waits for it (O4)
+    // offload: rather than hold the host here, gather() waits for it (O4). Skipping keeps every rank's
+    // all-gathers in the same order: no other collective is issued before that unit's gather.
+    if (update_pending(unit)) return;
     int busy = 0;
     for (const Slot& s : slots_) busy += s.unit >= 0;
     if (busy >= kGatherSlots && !z_.keep_gathered) return;
