@@ -203,10 +203,10 @@ __global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float
     };
     bool vec = V % 8 == 0;
     int packs = vec ? V / 8 : 0;
-    float f[8];
     for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        load_bf16<8>(z + 8 * i, f);
-        for (int k = 0; k < 8; ++k) see(f[k]);
+        uint4 p = reinterpret_cast<const uint4*>(z)[i];
+        const bf16* e = reinterpret_cast<const bf16*>(&p);
+        for (int k = 0; k < 8; ++k) see(__bfloat162float(e[k]));
     }
     for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x) see(__bfloat162float(z[j]));
     float row_max = block_max(m);
@@ -214,9 +214,11 @@ __global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float
     if (threadIdx.x == 0) row_loss[row] = lse - zt;
     if (!backward) return;
     for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        load_bf16<8>(z + 8 * i, f);
-        for (int k = 0; k < 8; ++k) f[k] = (__expf(f[k] - lse) - (8 * i + k == target ? 1.0f : 0.0f)) * inv_divisor;
-        store_bf16<8>(z + 8 * i, f);
+        uint4 p = reinterpret_cast<const uint4*>(z)[i];
+        bf16* e = reinterpret_cast<bf16*>(&p);
+        for (int k = 0; k < 8; ++k)
+            e[k] = __float2bfloat16((__expf(__bfloat162float(e[k]) - lse) - (8 * i + k == target ? 1.0f : 0.0f)) * inv_divisor);
+        reinterpret_cast<uint4*>(z)[i] = p;
     }
     for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x)
         z[j] = __float2bfloat16((__expf(__bfloat162float(z[j]) - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
@@ -244,15 +246,20 @@ void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, in
     embedding_forward_kernel<<<blocks_for(N * D), kThreads, 0, s>>>(ids, E, h, N, D);
     check_launch("embedding_forward_kernel");
 }
-size_t embedding_backward_scratch(int64_t N) {
+void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s) {
+    // Scratch for the sort, grown as needed and kept (stream order keeps calls on one stream apart):
+    // CUB's temporary storage, then positions, sorted ids and sorted positions [N] each.
+    static char* scratch = nullptr;
+    static size_t scratch_bytes = 0;
     int32_t* none = nullptr;
     size_t temp = 0;
-    check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, temp, none, none, none, none, int(N)), "cub sort size");
-    return (temp + 255) / 256 * 256 + size_t(N) * 3 * sizeof(int32_t);
-}
-void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, char* scratch, cudaStream_t s) {
-    // scratch: CUB's temporary storage, then positions, sorted ids and sorted positions [N] each
-    size_t temp = embedding_backward_scratch(N) - size_t(N) * 3 * sizeof(int32_t);
+    check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, temp, ids, none, none, none, int(N)), "cub sort size");
+    temp = (temp + 255) / 256 * 256;
+    size_t need = temp + size_t(N) * 3 * sizeof(int32_t);
+    if (need > scratch_bytes) {
+        if (scratch) check_cuda(cudaStreamSynchronize(s), "sync"), device_free(scratch);
+        scratch = device_alloc<char>(need, "embedding sort"), scratch_bytes = need;
+    }
     int32_t* pos = reinterpret_cast<int32_t*>(scratch + temp);
     int32_t *sorted_ids = pos + N, *sorted_pos = pos + 2 * N;
     iota_kernel<<<blocks_for(N), kThreads, 0, s>>>(pos, N);
@@ -368,7 +375,6 @@ void LlamaModel::carve(char* base) {
     take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2 * N);
     take(rope_cos_, int64_t(max_position_) * (c_.head_dim / 2)), take(rope_sin_, int64_t(max_position_) * (c_.head_dim / 2));
     take(logits_, int64_t(head_rows_) * V);
-    if (r == 0) take(embedding_scratch_, int64_t(embedding_backward_scratch(N)));  // the embedding trains
     take(targets_, N), take(loss_sum_, 1), take(row_loss_, head_rows_), take(norm_partial_, int64_t(kNormPartials) * D);
     arena_bytes_ = at;
 }
@@ -710,7 +716,7 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     UnitView emb = store.gather(0, Pass::backward);
     if (emb.grads) {
         Region r(profiler, Family::embedding);
-        embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, embedding_scratch_, stream_);
+        embedding_backward(batch.ids, grad_->h, emb.grads, N_, D, stream_);
     }
     store.release(0);
     store.reduce_grads(0);

@@ -31,9 +31,7 @@ __host__ __device__ inline bool lora_dropout_keep(uint64_t seed, int layer, int 
 // ================================================================================================ kernels
 // Host launchers (one line of math each in llama.cu). Activations are row-major [N = B*T, features].
 void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s);
-// dE[ids[n], :] += dh[n, :], each token's rows summed in order (deterministic); scratch: embedding_backward_scratch(N) bytes
-size_t embedding_backward_scratch(int64_t N);
-void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, char* scratch, cudaStream_t s);
+void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s);
 void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s);
 // dx = residual + d rmsnorm / dx;  dw += d rmsnorm / dw when dw is not null (dw_partial: kNormPartials * D floats)
 constexpr int kNormPartials = 256;
@@ -211,5 +209,4 @@ class LlamaModel {
     float* loss_sum_ = nullptr;     // [1]
     float* row_loss_ = nullptr;     // [head_rows]
     float* norm_partial_ = nullptr; // [kNormPartials, D]
-    char* embedding_scratch_ = nullptr;  // [embedding_backward_scratch(N)] bytes, when the embedding trains
 };
