@@ -311,12 +311,17 @@ struct BwdArgs {
     bool vec16;
 };
 
+// How a block adds its dq partial. The library uses kDqOrdered; the other two exist for dev/attention.cu as
+// timing bounds whose dq is wrong: kDqAtomic (FA2's unordered float atomics, no waits) and kDqNone (no dq).
+enum DqMode { kDqOrdered, kDqAtomic, kDqNone };
+
 // D: padded head dim; NW: warps (keys per block BC = 16 NW); BR: query rows per step; KV_REGS: K and V A
 // fragments kept in registers for the whole block (else re-read from shared memory every step).
-template <int D_, int NW_, int BR_, bool KV_REGS_>
+template <int D_, int NW_, int BR_, bool KV_REGS_, DqMode DQ_ = kDqOrdered>
 struct BwdConfig {
     static constexpr int D = D_, NW = NW_, BR = BR_;
     static constexpr bool KV_REGS = KV_REGS_;
+    static constexpr DqMode DQ = DQ_;
     static constexpr int BC = 16 * NW, THREADS = 32 * NW, S = D + 8, SD = BR + 8;
     static constexpr int MQ = BR / 16, NDS = NW / MQ, DQW = D / NDS;  // dQ: MQ row tiles x NDS column splits
     static constexpr size_t smem = size_t(2 * BC + 4 * BR) * S * sizeof(bf16)  // K, V, Q[2], dO[2]
@@ -407,14 +412,14 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.f;
     uint32_t kf[C::KV_REGS ? KD : 1][4], vf[C::KV_REGS ? KD : 1][4];
-    int pend = -1;  // counter to release at the next barrier (our partial is stored and fenced)
+    int pend = -1;  // the counter of the last dq partial added, released in the next step
     unsigned pend_val = 0;
 
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
         cp_async_wait_all();
         __syncthreads();  // step's tiles landed; all warps are done with buffer bb ^ 1 and with dS^T
-        if (pend >= 0) {
+        if (pend >= 0) {  // the previous step's partial (see the end of the step)
             if (tid == 0) st_release(p.counters + pend, pend_val);
             pend = -1;
         }
@@ -561,11 +566,12 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
             }
         }
 
+        if constexpr (C::DQ == kDqNone) continue;
         // Our turn for this dq tile: the partials of blocks jmin .. j-1 are in.
         const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
         const bool first = j == jmin, last = j == jmax;
         const int cidx = (b * H + h) * nqt + i;  // < B * H * T
-        if (tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        if (C::DQ != kDqAtomic && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
         __syncthreads();  // dS^T complete; the counter seen
 
         // dQ_part = dS K: A[m = query][k = key] from dS^T (transposing ldmatrix); B[k = key][n = d] = K[key][d]
@@ -585,34 +591,34 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
             }
         }
 
-        // Fold into the tile: fragment order, one float4 per lane per n-tile (coalesced 512-byte rows).
+        // Into the tile, in fragment order: one float4 per lane per n-tile (coalesced 512-byte rows). The first
+        // contributor stores, the middle ones add with reductions (red.global.add: the L2 adds our partial to
+        // the sum of the ones before, which the counter says are complete), the last (the diagonal block)
+        // reads the sum, adds its own, scales and writes bf16 dq.
         float4* accp = reinterpret_cast<float4*>(p.dq_acc + int64_t(cidx) * (BR * D)) + warp * NTD * 32 + lane;
-        if (last) {
 #pragma unroll
-            for (int nt = 0; nt < NTD; ++nt) {
-                float4 v = first ? make_float4(0.f, 0.f, 0.f, 0.f) : __ldcg(accp + nt * 32);
-                v.x = (v.x + dq[nt][0]) * p.scale, v.y = (v.y + dq[nt][1]) * p.scale;
-                v.z = (v.z + dq[nt][2]) * p.scale, v.w = (v.w + dq[nt][3]) * p.scale;
+        for (int nt = 0; nt < NTD; ++nt) {
+            const float4 part = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+            if (C::DQ == kDqAtomic || (!first && !last)) {
+                atomicAdd(accp + nt * 32, part);
+            } else if (!last) {
+                __stcg(accp + nt * 32, part);
+            } else {
+                const float4 sum = first ? make_float4(0.f, 0.f, 0.f, 0.f) : __ldcg(accp + nt * 32);
                 const int col = dq0 + nt * 8 + 2 * tq, row = q0 + mq + gr;
                 if (col < Dh) {
                     bf16* dst = p.dq + (int64_t(b) * T + row) * q_stride + int64_t(h) * Dh + col;
-                    if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v.x, v.y);
-                    if (row + 8 < T) *reinterpret_cast<__nv_bfloat162*>(dst + 8 * q_stride) = __floats2bfloat162_rn(v.z, v.w);
+                    if (row < T)
+                        *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn((sum.x + part.x) * p.scale, (sum.y + part.y) * p.scale);
+                    if (row + 8 < T)
+                        *reinterpret_cast<__nv_bfloat162*>(dst + 8 * q_stride) =
+                            __floats2bfloat162_rn((sum.z + part.z) * p.scale, (sum.w + part.w) * p.scale);
                 }
             }
-        } else {
-#pragma unroll
-            for (int nt = 0; nt < NTD; ++nt) {
-                float4 v = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
-                if (!first) {
-                    const float4 o = __ldcg(accp + nt * 32);
-                    v.x += o.x, v.y += o.y, v.z += o.z, v.w += o.w;
-                }
-                __stcg(accp + nt * 32, v);
-            }
-            __threadfence();
-            pend = cidx, pend_val = unsigned(j - jmin + 1);
         }
+        // Released by thread 0 right after the next barrier, which orders every thread's stores and reductions
+        // before the release (gpu scope, cumulative): whoever acquires the counter sees them all.
+        if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
     }
     __syncthreads();
     if (pend >= 0 && tid == 0) st_release(p.counters + pend, pend_val);

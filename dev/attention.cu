@@ -6,6 +6,7 @@
 //
 //   make -C dev && ./dev/attention               checks + benchmark (well under a minute on an H100)
 //   ./dev/attention --no-bench                   checks only;   --seed N   repeat a run's inputs
+//   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward, whose tile configuration per head dim
 // is Lib<D> in attention.cu); v2, v3 are other tile configurations of the same kernel templates, kept to
@@ -39,6 +40,7 @@ struct BwdVersion {
     int D;
     BwdFn run;
     WsFn workspace;
+    bool timing_only = false;  // a bound whose dq is wrong (DqMode kDqAtomic / kDqNone): timed, not validated
 };
 
 template <class C>
@@ -50,13 +52,17 @@ std::string fwd_name(const char* v) {
 template <class C>
 std::string bwd_name(const char* v) {
     char s[96];
-    std::snprintf(s, sizeof s, "%s bwd D%d BC%d BR%d %dw %s", v, C::D, C::BC, C::BR, C::NW, C::KV_REGS ? "KV-reg" : "KV-smem");
+    const char* dq[] = {"", " dq-atomic", " no-dq"};
+    std::snprintf(s, sizeof s, "%s bwd D%d BC%d BR%d %dw %s%s", v, C::D, C::BC, C::BR, C::NW, C::KV_REGS ? "KV-reg" : "KV-smem",
+                  dq[C::DQ]);
     return s;
 }
 template <class C>
 FwdVersion fwd_version(const char* v) { return {fwd_name<C>(v), C::D, launch_forward<C>}; }
 template <class C>
-BwdVersion bwd_version(const char* v) { return {bwd_name<C>(v), C::D, launch_backward<C>, backward_workspace_bytes<C>}; }
+BwdVersion bwd_version(const char* v) {
+    return {bwd_name<C>(v), C::D, launch_backward<C>, backward_workspace_bytes<C>, C::DQ == kDqAtomic || C::DQ == kDqNone};
+}
 
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
@@ -70,7 +76,12 @@ std::vector<BwdVersion> bwd_versions() {
             bwd_version<BwdConfig<64, 8, 64, false>>("v2"),   // K, V re-read from shared memory
             bwd_version<BwdConfig<64, 4, 64, true>>("v3"),    // 64-key blocks
             bwd_version<BwdConfig<128, 4, 32, false>>("v2"),  // 64-key blocks
-            bwd_version<BwdConfig<128, 8, 32, false>>("v3")}; // 32-query steps (the library before: v3 won)
+            bwd_version<BwdConfig<128, 8, 32, false>>("v3"),  // 32-query steps (the library before: v3 won)
+            // bounds: the library configurations with unordered atomics, and with no dq at all
+            bwd_version<BwdConfig<64, 8, 64, true, kDqAtomic>>("v1"),
+            bwd_version<BwdConfig<64, 8, 64, true, kDqNone>>("v1"),
+            bwd_version<BwdConfig<128, 8, 64, false, kDqAtomic>>("v1"),
+            bwd_version<BwdConfig<128, 8, 64, false, kDqNone>>("v1")};
 }
 bool runs(int version_D, int Dh) { return version_D == 0 || version_D == padded_head_dim(Dh); }
 
@@ -234,7 +245,7 @@ void validate(const Case& c, std::mt19937& rng, cudaStream_t stream) {
     // The backward takes o and lse from the library's forward, as in training.
     flash_attention_forward(a, dq_in.as<bf16>(), dk_in.as<bf16>(), dv_in.as<bf16>(), doc_ptr, d_o.as<bf16>(), d_lse.as<float>(), stream);
     for (const BwdVersion& bv : bwd_versions()) {
-        if (!runs(bv.D, c.Dh)) continue;
+        if (!runs(bv.D, c.Dh) || bv.timing_only) continue;
         DevBuf ws(bv.workspace(a));
         ws.poison(), d_dq.poison(), d_dk.poison(), d_dv.poison();  // nothing may rely on a zeroed workspace
         bv.run(a, dq_in.as<bf16>(), dk_in.as<bf16>(), dv_in.as<bf16>(), d_o.as<bf16>(), ddo.as<bf16>(), d_lse.as<float>(),
@@ -306,9 +317,10 @@ struct BenchRow {
     float fwd_ms, bwd_ms, total_tflops;
 };
 
-void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows) {
+void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows, int only_T) {
     const int tokens = 16384;
-    const int Ts[] = {1024, 2048, 4096, 8192, 16384};
+    std::vector<int> Ts = {1024, 2048, 4096, 8192, 16384};
+    if (only_T) Ts = {only_T};
     struct Heads { int Dh, H, KVH; };
     Timer timer;
     std::printf("\nbenchmark: B*T = %d tokens, causal, one document per row; median of 11 after 2 warm-ups\n", tokens);
@@ -358,14 +370,16 @@ void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    bool bench = true;
+    bool bench = true, check = true;
+    int only_T = 0;
     uint32_t seed = uint32_t(std::time(nullptr));
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (arg == "--no-bench") bench = false;
         else if (arg == "--seed" && i + 1 < argc) seed = uint32_t(std::stoul(argv[++i]));
+        else if (arg == "--bench-only" && i + 1 < argc) check = false, only_T = std::stoi(argv[++i]);
         else {
-            std::fprintf(stderr, "usage: %s [--no-bench] [--seed N]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--no-bench] [--seed N] [--bench-only T]\n", argv[0]);
             return 2;
         }
     }
@@ -402,15 +416,16 @@ int main(int argc, char** argv) {
         {1, 700, 4, 1, 64, true, 1.f},    // several key tiles per query tile: the ordered dq accumulation
         {1, 600, 2, 2, 128, false, 1.f},  // the same at head dim 128
     };
-    for (const Case& c : cases) validate(c, rng, stream);
-
-    std::printf("\nbitwise determinism (library forward + backward, 3 runs):\n");
-    check_determinism({2, 1536, 32, 8, 64, true, 1.f}, seed, stream);
-    check_determinism({2, 2048, 32, 8, 64, false, 1.f}, seed + 7, stream);
-    check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
+    if (check) {
+        for (const Case& c : cases) validate(c, rng, stream);
+        std::printf("\nbitwise determinism (library forward + backward, 3 runs):\n");
+        check_determinism({2, 1536, 32, 8, 64, true, 1.f}, seed, stream);
+        check_determinism({2, 2048, 32, 8, 64, false, 1.f}, seed + 7, stream);
+        check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
+    }
 
     std::vector<BenchRow> lib_rows;
-    if (bench) benchmark(stream, lib_rows);
+    if (bench) benchmark(stream, lib_rows, only_T);
     check_cuda(cudaStreamDestroy(stream), "cudaStreamDestroy");
 
     int failed = 0;
