@@ -385,6 +385,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     gemm_ = gemm_create(stream);
     attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
     layer_layout_ = unit_layout(c, 1);
+    for (int t = 0; t < kTargets; ++t) projection_out_[t] = int(layer_tensor_shape(c, kProjection[t])[0]);  // W: [out, in]
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
     layers_.resize(recompute ? 1 : size_t(c.num_hidden_layers));  // with recompute, one set serves every layer
     grad_ = new GradScratch();
@@ -438,12 +439,6 @@ LayerWeights layer_weights(const UnitLayout& layout, const UnitView& u) {
 }
 }  // namespace
 
-int LlamaModel::projection_out(LoraTarget t) const {
-    int Hd = c_.num_attention_heads * c_.head_dim, KVd = c_.num_key_value_heads * c_.head_dim;
-    const int out[kTargets] = {Hd, KVd, KVd, c_.hidden_size, c_.intermediate_size, c_.intermediate_size, c_.hidden_size};
-    return out[t];
-}
-
 // The projections that read the same input: LoRA's A products of a group run as one product.
 LlamaModel::Adapters LlamaModel::adapters(int group, const LoraLayerView& lora, int in) const {
     Adapters p;
@@ -476,7 +471,7 @@ void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const La
     }
     for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
         LoraTarget t = kGroup[group].t[m];
-        int out = projection_out(t);
+        int out = projection_out_[t];
         const bf16* add = residual;  // what the base product adds
         if (lora.A[t]) {
             Region region(profiler, Family::lora);
@@ -507,7 +502,7 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
         for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
             LoraTarget t = kGroup[group].t[m];
             if (!lora.A[t]) continue;
-            int out = projection_out(t);
+            int out = projection_out_[t];
             matmul_tn(gemm_, lora.dB[t], dy[m], u + k * p.col, out, r, N_, lora_.scale, 1.0f, {}, {0, p.ld, 0});  // dB += s dy^T u_k
             matmul_nn(gemm_, du + k * p.col, dy[m], lora.B[t], N_, r, out, lora_.scale, 0.0f, {}, {0, 0, p.ld});  // du_k = s dy B
             ++k;
@@ -529,7 +524,7 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
         Region region(profiler, Family::base_gemm);
         for (int m = 0; m < kGroup[group].size; ++m) {
             LayerTensor W = kProjection[kGroup[group].t[m]];
-            int out = projection_out(kGroup[group].t[m]);
+            int out = projection_out_[kGroup[group].t[m]];
             matmul_nn(gemm_, dx, dy[m], w.w[W], N_, in, out, 1.0f, dx_beta);        // dx = dy W + dx_beta dx
             if (w.dw[W]) matmul_tn(gemm_, w.dw[W], dy[m], x, out, in, N_, 1.0f, 1.0f);  // dW += dy^T x
             dx_beta = 1.0f;

@@ -173,7 +173,6 @@ class LlamaModel {
     };
     int lora_columns() const { return (lora_.rank + 7) / 8 * 8; }  // u's columns per adapter (16-byte rows)
     Adapters adapters(int group, const LoraLayerView& lora, int in) const;
-    int projection_out(LoraTarget t) const;
     void group_forward(int l, int group, const bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
                        const LoraLayerView& lora, bf16* u);
     void group_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
@@ -188,6 +187,7 @@ class LlamaModel {
     Gemm gemm_;
     Attention* attention_ = nullptr;
     UnitLayout layer_layout_;  // offsets of the nine tensors inside a layer unit
+    int projection_out_[kTargets] = {};  // output features of the weight each LoRA target adapts
     int64_t lm_head_offset_ = 0;  // untied lm_head inside the final unit
 
     char* arena_ = nullptr;  // every buffer below, one allocation (carve() lists them)
