@@ -698,28 +698,35 @@ BwdWorkspace bwd_workspace(const AttentionShape& a, int BR, int D, void* base) {
 template <class C>
 size_t backward_workspace_bytes(const AttentionShape& a) { return bwd_workspace(a, C::BR, C::D, nullptr).total; }
 
-template <class C>
-void launch_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
-                     const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
-                     cudaStream_t stream) {
-    static bool configured = false;
+// One backward launch: D = rowsum(dO o), then the kernel (BR query rows per step, BC keys per block).
+void run_backward(void (*kernel)(BwdArgs), const char* name, int BR, int BC, int D, int threads, size_t smem, bool& configured,
+                  const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                  const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
     if (!configured) {
-        check_cuda(cudaFuncSetAttribute(flash_backward_kernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(C::smem)),
-                   "cudaFuncSetAttribute(flash_backward_kernel)");
+        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "cudaFuncSetAttribute");
         configured = true;
     }
-    const BwdWorkspace w = bwd_workspace(a, C::BR, C::D, workspace);
+    const BwdWorkspace w = bwd_workspace(a, BR, D, workspace);
     check_cuda(cudaMemsetAsync(w.counters, 0, w.counter_bytes, stream), "cudaMemsetAsync(flash attention counters)");
     const int64_t rows = int64_t(a.B) * a.T * a.H;
     flash_backward_rowdot_kernel<<<unsigned((rows + 7) / 8), 256, 0, stream>>>(o, dO, w.Dr, rows, a.T, a.H, a.Dh);
     check_launch("flash_backward_rowdot_kernel");
     const float scale = float(1.0 / std::sqrt(double(a.Dh)));
     BwdArgs p{q, k, v, dO, lse, doc_start, dq, dk, dv, w.dq_acc, w.Dr, w.counters, w.counters + size_t(a.B) * a.H *
-              ((a.T + C::BR - 1) / C::BR), a.B, a.T, a.H, a.KVH, a.Dh, scale, scale * kLog2e, 1.f / scale,
+              ((a.T + BR - 1) / BR), a.B, a.T, a.H, a.KVH, a.Dh, scale, scale * kLog2e, 1.f / scale,
               a.Dh % 8 == 0 && all_aligned({q, k, v, dO}, 16)};
-    const unsigned blocks = unsigned((a.T + C::BC - 1) / C::BC) * unsigned(a.B * a.KVH);
-    flash_backward_kernel<C><<<blocks, C::THREADS, C::smem, stream>>>(p);
-    check_launch("flash_backward_kernel");
+    const unsigned blocks = unsigned((a.T + BC - 1) / BC) * unsigned(a.B * a.KVH);
+    kernel<<<blocks, unsigned(threads), smem, stream>>>(p);
+    check_launch(name);
+}
+
+template <class C>
+void launch_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                     const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
+                     cudaStream_t stream) {
+    static bool configured = false;
+    run_backward(flash_backward_kernel<C>, "flash_backward_kernel", C::BR, C::BC, C::D, C::THREADS, C::smem, configured, a, q, k,
+                 v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
 }
 
 // The configurations the library uses, per padded head dim (dev/attention.cu times them against others).

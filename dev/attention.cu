@@ -9,10 +9,14 @@
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward, whose tile configuration per head dim
-// is Lib<D> in attention.cu); v2, v3 are other tile configurations of the same kernel templates, kept to
-// time against it (dev/NOTES.md says what each is). This file includes ../attention.cu to reach them.
+// is Lib<D> in attention.cu; v1m names its D 64 backward configuration); v2, v3 are other tile
+// configurations of the same kernel templates, kept to time against it; v5 is the wgmma experiment
+// (attention_wgmma.cuh, head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile); "dq-atomic" and
+// "no-dq" are timing bounds of the library's backward whose dq is wrong (DqMode). dev/NOTES.md says what
+// each measured. This file includes ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "../attention.cu"
+#include "attention_wgmma.cuh"
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -41,6 +45,7 @@ struct BwdVersion {
     BwdFn run;
     WsFn workspace;
     bool timing_only = false;  // a bound whose dq is wrong (DqMode kDqAtomic / kDqNone): timed, not validated
+    int exact_dh = 0;          // runs only for this head dim (0: any that pads to D)
 };
 
 template <class C>
@@ -71,8 +76,19 @@ std::vector<FwdVersion> fwd_versions() {
             fwd_version<FwdConfig<128, 1, 4, 64, true>>("v2"),
             fwd_version<FwdConfig<128, 2, 4, 64, false>>("v3")};  // 64-key tiles (ptxas reports spills)
 }
+// The Hopper backward (Dh 64 only, sm_90a) with NWG warpgroups per block.
+template <class W>
+BwdVersion wgmma_version() {
+    char s[96];
+    std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma", W::BC, W::BR, W::THREADS / 32, W::MINB);
+    return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, false, 64};
+}
 std::vector<BwdVersion> bwd_versions() {
     return {{"v1 bwd library", 0, flash_attention_backward, flash_attention_backward_workspace},
+            bwd_version<Lib<64>::Bwd>("v1m"),  // the mma.sync kernel the library uses for D 64 where wgmma is not available
+            wgmma_version<WgBwdConfig<2, 1>>(),
+            wgmma_version<WgBwdConfig<1, 2>>(),
+            wgmma_version<WgBwdConfig<1, 3>>(),
             bwd_version<BwdConfig<64, 8, 64, false>>("v2"),   // K, V re-read from shared memory
             bwd_version<BwdConfig<64, 4, 64, true>>("v3"),    // 64-key blocks
             bwd_version<BwdConfig<128, 4, 32, false>>("v2"),  // 64-key blocks
@@ -84,6 +100,9 @@ std::vector<BwdVersion> bwd_versions() {
             bwd_version<BwdConfig<128, 8, 64, false, kDqNone>>("v1")};
 }
 bool runs(int version_D, int Dh) { return version_D == 0 || version_D == padded_head_dim(Dh); }
+bool runs(const BwdVersion& v, int Dh) {
+    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (v.exact_dh != 64 || wgmma_available());
+}
 
 // Registers, spills, shared memory and blocks per SM of one kernel instance.
 template <class C, class K>
@@ -245,7 +264,7 @@ void validate(const Case& c, std::mt19937& rng, cudaStream_t stream) {
     // The backward takes o and lse from the library's forward, as in training.
     flash_attention_forward(a, dq_in.as<bf16>(), dk_in.as<bf16>(), dv_in.as<bf16>(), doc_ptr, d_o.as<bf16>(), d_lse.as<float>(), stream);
     for (const BwdVersion& bv : bwd_versions()) {
-        if (!runs(bv.D, c.Dh) || bv.timing_only) continue;
+        if (!runs(bv, c.Dh) || bv.timing_only) continue;
         DevBuf ws(bv.workspace(a));
         ws.poison(), d_dq.poison(), d_dk.poison(), d_dv.poison();  // nothing may rely on a zeroed workspace
         bv.run(a, dq_in.as<bf16>(), dk_in.as<bf16>(), dv_in.as<bf16>(), d_o.as<bf16>(), ddo.as<bf16>(), d_lse.as<float>(),
@@ -333,7 +352,7 @@ void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows, int only_T)
         size_t ws_bytes = 0;
         for (int T : Ts)
             for (const BwdVersion& bv : bwd_versions())
-                if (runs(bv.D, hd.Dh)) ws_bytes = std::max(ws_bytes, bv.workspace(AttentionShape{tokens / T, T, hd.H, hd.KVH, hd.Dh}));
+                if (runs(bv, hd.Dh)) ws_bytes = std::max(ws_bytes, bv.workspace(AttentionShape{tokens / T, T, hd.H, hd.KVH, hd.Dh}));
         DevBuf ws(ws_bytes);
         for (int T : Ts) {
             const AttentionShape a{tokens / T, T, hd.H, hd.KVH, hd.Dh};
@@ -350,7 +369,7 @@ void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows, int only_T)
                             a.KVH, ms, fwd_flops / ms * 1e-9, "", "");
             }
             for (const BwdVersion& bv : bwd_versions()) {
-                if (!runs(bv.D, a.Dh)) continue;
+                if (!runs(bv, a.Dh)) continue;
                 const float ms = timer.median_ms([&] {
                     bv.run(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(), nullptr,
                            dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
@@ -400,6 +419,9 @@ int main(int argc, char** argv) {
     print_fwd<FwdConfig<128, 1, 4, 64, true>>("v2"), print_fwd<FwdConfig<128, 2, 4, 64, false>>("v3");
     print_bwd<BwdConfig<64, 8, 64, false>>("v2"), print_bwd<BwdConfig<64, 4, 64, true>>("v3");
     print_bwd<BwdConfig<128, 4, 32, false>>("v2"), print_bwd<BwdConfig<128, 8, 64, false>>("v3");
+    print_resources<WgBwdConfig<2, 1>>("v5 bwd wgmma BC128 8w", flash_backward_wgmma_kernel<WgBwdConfig<2, 1>>);
+    print_resources<WgBwdConfig<1, 2>>("v5 bwd wgmma BC64 4w x2", flash_backward_wgmma_kernel<WgBwdConfig<1, 2>>);
+    print_resources<WgBwdConfig<1, 3>>("v5 bwd wgmma BC64 4w x3", flash_backward_wgmma_kernel<WgBwdConfig<1, 3>>);
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);
     std::mt19937 rng(seed);
