@@ -30,23 +30,23 @@
 //             fragments to A fragments in registers); dS^T goes to shared memory for dQ_part = dS K.
 //             A small kernel first computes D = rowsum(dO o).
 //
-// Determinism (scheme b, ordered accumulation): dq of query tile i of head h receives one partial from
-// each key-tile block j in [jmin(i), jmax(i)] (jmin from doc_start of the tile's first row, jmax the
-// diagonal). The partials are added into an fp32 workspace tile strictly in increasing j: block j waits
-// until the tile's counter equals j - jmin(i), adds its partial with reductions (red.global.add.v4.f32: the
-// L2 adds it to the sum of the partials before, fp32, round to nearest, subnormals flushed), and after its
-// next barrier thread 0 bumps the counter with a release store (cumulative over the block's reductions).
-// The first contributor stores instead of adding (no zeroing) and the last one (the diagonal block) reads
-// the sum, adds its own, scales and writes dq in bf16, so no conversion kernel runs. Since no two additions
-// to an element are ever in flight at once, the sum is the same every run; every other sum (dK, dV over
-// keys and heads, D, the softmax) has one owner and a fixed order, so the same inputs give bitwise the same
-// outputs. Deadlock freedom: blocks take a ticket (atomicAdd) as they start and derive
-// (j, b, g) from it, low j first; a block only ever waits on lower j of its own (b, g), which took lower
-// tickets and so is already running or done. Low j first is also longest first (block j sees ~T - j*BC
-// queries), and since every block walks the query tiles from the end, a block's predecessor is normally
-// ahead of it. Cost: per (key tile, query tile, head) one BR x Dh fp32 reduction through L2 (FA2's
-// atomicAdd traffic) and the waits of blocks that catch up with their predecessor; the
-// workspace is 4 bytes per dq element plus D and the counters (O(B*H*T*Dh)).
+// Determinism (scheme b, ordered accumulation): dq of query tile i of head h receives one partial from each
+// key-tile block j in [jmin(i), jmax(i)] (jmin from doc_start of the tile's first row, jmax the diagonal).
+// The partials are added into an fp32 workspace tile strictly in increasing j: block j waits until the
+// tile's counter equals j - jmin(i), adds its partial with reductions (red.global.add, 16 bytes at a time
+// from sm_90: the L2 adds it to the sum of the partials before, fp32, round to nearest, subnormals
+// flushed), and after its next barrier thread 0 bumps the counter with a release store (cumulative over the
+// block's reductions). The first contributor stores instead of adding (no zeroing) and the last one (the
+// diagonal block) reads the sum, adds its own, scales and writes dq in bf16, so no conversion kernel runs.
+// Since no two additions to an element are ever in flight at once, the sum is the same every run; every
+// other sum (dK, dV over keys and heads, D, the softmax) has one owner and a fixed order, so the same
+// inputs give bitwise the same outputs. Deadlock freedom: blocks take a ticket (atomicAdd) as they start
+// and derive (j, b, g) from it, low j first; a block only ever waits on lower j of its own (b, g), which
+// took lower tickets and so is already running or done. Low j first is also longest first (block j sees ~T
+// - j*BC queries), and since every block walks the query tiles from the end, a block's predecessor is
+// normally ahead of it. Cost: per (key tile, query tile, head) one BR x Dh fp32 reduction through L2 (FA2's
+// atomicAdd traffic) and the waits of blocks that catch up with their predecessor; the workspace is 4 bytes
+// per dq element plus D and the counters (O(B*H*T*Dh)).
 //
 // Head dims: any even Dh <= 128, padded inside the kernels to D = 32, 64, 96 or 128 with zero-filled
 // shared-memory columns; 64 and 128 are the fast ones (no padding). Dh % 8 == 0 uses 16-byte copies, other
@@ -603,7 +603,7 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
         for (int nt = 0; nt < NTD; ++nt) {
             const float4 part = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
             if (C::DQ == kDqAtomic || (!first && !last)) {
-                atomicAdd(accp + nt * 32, part);
+                red_add_f32x4(accp + nt * 32, part);
             } else if (!last) {
                 __stcg(accp + nt * 32, part);
             } else {

@@ -71,6 +71,15 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return u;
 }
 
+// *p += v through the L2's reductions (red.global.add): one 16-byte reduction from sm_90, four 4-byte ones before.
+__device__ __forceinline__ void red_add_f32x4(float4* p, float4 v) {
+#if __CUDA_ARCH__ >= 900
+    atomicAdd(p, v);
+#else
+    atomicAdd(&p->x, v.x), atomicAdd(&p->y, v.y), atomicAdd(&p->z, v.z), atomicAdd(&p->w, v.w);
+#endif
+}
+
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");

@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB) flash_backward_wgmma_kern
         for (int nt = 0; nt < NTD; ++nt) {
             const float4 part = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
             if (!first && !last) {
-                atomicAdd(accp + nt * 32, part);
+                red_add_f32x4(accp + nt * 32, part);
             } else if (!last) {
                 __stcg(accp + nt * 32, part);
             } else {
