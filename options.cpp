@@ -65,6 +65,8 @@ ZeRO (one process per GPU: mpirun -np N ./train):
   --offload              optimizer state (fp32 master, m, v) in pinned CPU memory, AdamW on the CPU (stages 1-3)
   --checkpoint-activations  recompute each layer in backward: less memory, about a third more compute
   --keep-gathered        stage 3: keep each layer's gathered weights from forward to backward
+  --copy-gathers         stage 3 on one rank: gather each layer into a buffer as N ranks do (by default
+                         one rank reads its shard, the whole layer, in place)
   --save-every N         write a checkpoint every N steps (and at the end) under OUT/checkpoints
   --resume [DIR]         continue from a checkpoint (default: OUT/checkpoints/latest); any GPU count or stage
   --comm nccl|mpi|auto   the collectives' transport: NCCL (one rank per GPU), or MPI through host memory
@@ -306,6 +308,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--offload") o.zero.offload = true;
         else if (a == "--checkpoint-activations") o.checkpoint_activations = true;
         else if (a == "--keep-gathered") o.zero.keep_gathered = true;
+        else if (a == "--copy-gathers") o.zero.copy_gathers = true;
         else if (a == "--comm") o.comm = parse_transport(value(), a);
         else if (a == "--save-every") o.save_every = int(parse_int(a, value(), 1, 1 << 30));
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";

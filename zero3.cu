@@ -20,7 +20,8 @@
 // (persistence threshold). Gradient accumulation: stages 0, 1 keep full gradients and all-reduce once,
 // after the last micro-batch of a step; stages 2, 3 reduce-scatter after every micro-batch into the
 // shard, where micro-batches add up. Collectives run on their own stream, ordered with compute by events;
-// stage 3 prefetches the next unit's weights while the current one computes.
+// stage 3 prefetches the next unit's weights while the current one computes. On one rank a stage-3 shard
+// is the whole unit, and gather() hands it out in place (gathers_in_place; --copy-gathers copies it).
 //
 // Where each stage differs, in this file: stage 0 — the constructor (opt_begin = 0, opt_len = numel) and
 // the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — write_compute_copy's
@@ -59,9 +60,12 @@ void check_zero_options(const ZeroOptions& z, const std::string& where) {
     if (z.allgather_bucket_size <= 0) fail(where + ": allgather_bucket_size must be positive");
     if (z.prefetch_bucket_size < 0) fail(where + ": stage3_prefetch_bucket_size must be >= 0");
     if (z.persistence_threshold < 0) fail(where + ": stage3_param_persistence_threshold must be >= 0");
+    if (z.copy_gathers && z.stage != 3) fail(where + ": --copy-gathers applies to ZeRO stage 3 only");
 }
 
 bool prefetches(const ZeroOptions& z) { return z.stage == 3 && z.prefetch_bucket_size > 0; }
+
+bool gathers_in_place(const ZeroOptions& z, int ranks) { return z.stage == 3 && ranks == 1 && !z.copy_gathers; }
 
 // ================================================================================================ store
 
@@ -255,7 +259,7 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
         m.grads += double(z.stage <= 1 ? s.padded : s.size) * 4;
         biggest_train = std::max(biggest_train, double(s.padded));
     }
-    if (z.stage == 3) m.gathered = biggest * 2 * kGatherSlots;
+    if (z.stage == 3 && !gathers_in_place(z, N)) m.gathered = biggest * 2 * kGatherSlots;
     if (z.stage >= 2) m.grad_buffers = biggest_train * 4 * (lora.rank > 0 || !c.tie_word_embeddings ? kGradBuffers - 1 : kGradBuffers);
     return m;
 }
@@ -405,6 +409,8 @@ void ZeroStore::init_lora(uint64_t seed) {
 //   7. take_grad_buffer   compute waits buffer.free_event before zeroing that buffer for another unit
 //   8. step()             compute waits reduced_, recorded on comm after every reduction; comm waits for
 //                         compute's update before the next step's gathers
+// On one rank (gathers_in_place) steps 1-5 are gone: gather(u) returns the shard, which compute reads and
+// the GPU update writes in stream order (with offload, compute waits u.uploaded: O4).
 
 int64_t ZeroStore::slot_numel(const Unit& U) const {
     return align_up(U.seg[0].shard.padded) + (U.seg[1].numel ? U.seg[1].shard.padded : 0);
@@ -440,7 +446,7 @@ int ZeroStore::take_slot(int unit) {
 }
 
 void ZeroStore::prefetch(int unit) {
-    if (!prefetches(z_) || unit < 0 || unit >= int(units_.size())) return;
+    if (!prefetches(z_) || gathers_in_place(z_, w_.size) || unit < 0 || unit >= int(units_.size())) return;
     Unit& U = *units_[size_t(unit)];
     if (!U.sharded || U.slot >= 0) return;
     // offload: rather than hold the host here, gather() waits for it (O4). Skipping keeps every rank's
@@ -457,8 +463,11 @@ UnitView ZeroStore::gather(int unit, Pass pass) {
     Unit& U = *units_[size_t(unit)];
     U.pass = pass;
     const bf16* seg16[2] = {U.seg[0].full16, U.seg[1].full16};
-    if (!U.sharded) await_update(unit);  // offload: O4
-    if (U.sharded) {
+    bool in_place = U.sharded && gathers_in_place(z_, w_.size);
+    if (!U.sharded || in_place) await_update(unit);  // offload: O4
+    if (in_place) {  // one rank: the shard is the whole unit
+        seg16[0] = U.seg[0].shard16, seg16[1] = U.seg[1].shard16;
+    } else if (U.sharded) {
         if (U.slot < 0) take_slot(unit);
         Slot& s = slots_[size_t(U.slot)];
         check_cuda(cudaStreamWaitEvent(stream_, s.ready_event, 0), "wait");  // 3
@@ -628,7 +637,8 @@ void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
 //                        u.uploaded, then marks u done for step N.
 //   O4. gather(u), take_slot(u)  main, the first time after step N: waits (host) until u is marked done,
 //                        since a stream waiting on an event not yet recorded would not wait at all; then
-//                        comm waits u.uploaded. A stage-3 shard is all-gathered there into its slot as usual;
+//                        comm waits u.uploaded. A stage-3 shard is all-gathered there into its slot as usual
+//                        (handed out in place on one rank: compute waits u.uploaded);
 //                        a replicated unit (stages 1, 2) all-gathers everyone's new part there and compute
 //                        waits gathered_. Units that do not train never wait. The stage-3 prefetch skips a
 //                        unit not marked done yet instead of holding the host, which goes on to queue the
@@ -729,6 +739,8 @@ void ZeroStore::await_update(int unit) {
         w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, cs);
         check_cuda(cudaEventRecord(gathered_, cs), "event");
         check_cuda(cudaStreamWaitEvent(stream_, gathered_, 0), "wait");
+    } else if (gathers_in_place(z_, w_.size)) {  // compute reads the shard itself
+        check_cuda(cudaStreamWaitEvent(stream_, h.uploaded, 0), "wait");
     }
     h.awaited = cpu_steps_;
 }

@@ -1,6 +1,7 @@
 // zero3.h — ZeRO (Rajbhandari et al. 2020): every parameter byte lives here, partitioned across ranks.
 // The model asks for one unit's weights at a time:
-//   gather(u, pass)   stage 3: all-gather u's shards into a full bf16 buffer (the next unit is prefetched)
+//   gather(u, pass)   stage 3: all-gather u's shards into a full bf16 buffer (the next unit is prefetched);
+//                     on one rank the shard is the whole unit and is handed out in place (no copy)
 //   release(u)        the buffer may be reused
 //   reduce_grads(u)   u's gradients for this micro-batch are done: all-reduce (stages 0, 1, at the last
 //                     micro-batch of a step) or reduce-scatter into this rank's shard (stages 2, 3)
@@ -39,6 +40,8 @@ struct ZeroOptions {
     bool pin_memory = true;                 // offload_optimizer.pin_memory
     int offload_threads = 0;                // CPU AdamW threads; 0: the node's hardware threads over its ranks, less two
     bool keep_gathered = false;             // stage 3: keep each unit from its forward to its backward
+    bool copy_gathers = false;              // stage 3 on one rank: copy each unit into a gather buffer as N
+                                            // ranks do, instead of handing out the shard (--copy-gathers)
     bool overlap_comm = true;               // collectives on their own stream (else on the compute stream)
     int64_t reduce_bucket_size = 500000000;     // elements per all-reduce collective (stages 0, 1)
     int64_t allgather_bucket_size = 500000000;  // accepted; all-gathers run one unit at a time
@@ -49,6 +52,10 @@ void check_zero_options(const ZeroOptions& z, const std::string& where);
 // Stage 3: whether the next unit is gathered ahead while this one computes. A unit is the smallest piece
 // the store moves, so any positive prefetch bucket prefetches one whole unit, however large.
 bool prefetches(const ZeroOptions& z);
+// Stage 3 on one rank: a unit's shard is the whole unit, so gather() hands the shard itself to the model;
+// all-gathering it would only copy it into a buffer (7.8 GB a step for Llama-3.2-1B at seq 1024, ~3% of
+// the step: bench/PROFILE.md). --copy-gathers keeps the copy, to see the N-rank machinery on one GPU.
+bool gathers_in_place(const ZeroOptions& z, int ranks);
 
 // Bytes per rank by category; estimated (before allocating) and measured.
 struct MemoryReport {

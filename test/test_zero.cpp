@@ -120,11 +120,18 @@ TEST_CASE("zero: the memory estimate follows the paper's 2 + 2 + K split by stag
     ZeroOptions z3;
     z3.stage = 3;
     MemoryReport m = ZeroStore::estimate(c, lora, z3, 4);
+    CHECK(m.gathered > 0);                                   // N ranks gather into buffers
+    CHECK(ZeroStore::estimate(c, lora, z3, 1).gathered == 0);  // one rank reads its shards in place
+    z3.copy_gathers = true;
+    CHECK(ZeroStore::estimate(c, lora, z3, 1).gathered == doctest::Approx(m.gathered).epsilon(0.01));  // a buffer holds a whole unit at any N
     CHECK(m.master == doctest::Approx(4.0 * 11272192 / 4).epsilon(0.01));  // only the adapters train
     CHECK(m.base == doctest::Approx((2 * psi + 2.0 * 11272192) / 4).epsilon(0.01));
 }
 
 TEST_CASE("zero: option checks") {
+    ZeroOptions copies;
+    copies.stage = 2, copies.copy_gathers = true;
+    CHECK_THROWS_WITH_AS(check_zero_options(copies, "--zero-stage"), doctest::Contains("--copy-gathers applies to ZeRO stage 3 only"), Error);
     ZeroOptions z;
     z.stage = 4;
     CHECK_THROWS_WITH_AS(check_zero_options(z, "ds.json"), doctest::Contains("ds.json: ZeRO stage must be 0, 1, 2 or 3"), Error);

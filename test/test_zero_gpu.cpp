@@ -86,18 +86,22 @@ TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept unit
         ZeroOptions z0;
         z0.persistence_threshold = 0;  // stage 3 shards every unit
         Trace ref = run(s, lora, z0, false, 1, 6);
-        struct Variant { int stage; bool offload, recompute, keep; };
-        for (Variant v : {Variant{1, false, false, false}, Variant{2, false, false, false}, Variant{3, false, false, false},
-                          Variant{3, false, true, false}, Variant{3, false, false, true}, Variant{0, false, true, false},
-                          Variant{1, true, false, false}, Variant{3, true, false, false}}) {
+        // copies: stage 3 gathers each unit into a buffer as N ranks do; else one rank reads its shard in place
+        struct Variant { int stage; bool offload, recompute, keep, copies; };
+        for (Variant v : {Variant{1, false, false, false, false}, Variant{2, false, false, false, false},
+                          Variant{3, false, false, false, false}, Variant{3, false, false, false, true},
+                          Variant{3, false, true, false, false}, Variant{3, false, true, false, true}, Variant{3, false, false, true, true},
+                          Variant{0, false, true, false, false}, Variant{1, true, false, false, false},
+                          Variant{3, true, false, false, false}, Variant{3, true, false, false, true}}) {
             ZeroOptions z = z0;
-            z.stage = v.stage, z.offload = v.offload, z.keep_gathered = v.keep;
+            z.stage = v.stage, z.offload = v.offload, z.keep_gathered = v.keep, z.copy_gathers = v.copies;
             Trace t = run(s, lora, z, v.recompute, 1, 6);
             CAPTURE(rank);
             CAPTURE(v.stage);
             CAPTURE(v.offload);
             CAPTURE(v.recompute);
             CAPTURE(v.keep);
+            CAPTURE(v.copies);
             // Bitwise, except full fine-tuning at stages 2, 3: there the micro-batches' gradients are summed
             // after each reduce-scatter instead of inside the products (another rounding order).
             if (rank == 0 && v.stage >= 2) {
@@ -191,14 +195,15 @@ TEST_CASE("gpu: the memory the store allocates is the ZeRO estimate") {
         }
 }
 
+// One rank gathers as N ranks do when asked (--copy-gathers); by default it hands out its shards in place.
 TEST_CASE("gpu: stage 3 prefetches, gradient buffers alternate, and the buffers made during a step are the estimate's") {
     if (!need_gpu()) return;
     Golden s = golden_setup();
-    for (int rank : {8, 0}) {
+    for (auto [rank, copies] : {std::pair{8, true}, std::pair{0, true}, std::pair{8, false}}) {
         LoraConfig lora;
         lora.rank = rank, lora.alpha = 16;
         ZeroOptions z;
-        z.stage = 3, z.persistence_threshold = 0;
+        z.stage = 3, z.persistence_threshold = 0, z.copy_gathers = copies;
         z.prefetch_bucket_size = 1;  // smaller than any unit: a unit is still prefetched whole
         Trace t = run(s, lora, z, false, 1, 2);
         ZeroStore store(s.config, lora, z, test_world(), nullptr);
@@ -214,8 +219,15 @@ TEST_CASE("gpu: stage 3 prefetches, gradient buffers alternate, and the buffers 
         store.step(adam, 1e-3f, 1, 1.0f);
         MemoryReport got = store.memory(), want = ZeroStore::estimate(s.config, lora, z, 1);
         CAPTURE(rank);
-        CHECK(store.prefetched_units() > 0);                                         // before: a unit over the bucket never was
-        CHECK(got.gathered == doctest::Approx(want.gathered).epsilon(1e-6));          // kGatherSlots slots
+        CAPTURE(copies);
+        if (copies) {
+            CHECK(store.prefetched_units() > 0);                                     // before: a unit over the bucket never was
+            CHECK(got.gathered > 0);
+        } else {
+            CHECK(store.prefetched_units() == 0);  // nothing to fetch: the shard is the unit
+            CHECK(got.gathered == 0);
+        }
+        CHECK(got.gathered == doctest::Approx(want.gathered).epsilon(1e-6));          // kGatherSlots slots, or none
         CHECK(got.grad_buffers == doctest::Approx(want.grad_buffers).epsilon(1e-6));  // before: one buffer, reused at once
         CHECK(t.losses.back() < t.losses.front());
     }
