@@ -38,6 +38,7 @@ struct FwdVersion {
     std::string name;
     int D;  // padded head dim it runs, 0 = any (the library entry point)
     FwdFn run;
+    int exact_dh = 0;  // runs only for this head dim (0: any that pads to D)
 };
 struct BwdVersion {
     std::string name;
@@ -69,12 +70,23 @@ BwdVersion bwd_version(const char* v) {
     return {bwd_name<C>(v), C::D, launch_backward<C>, backward_workspace_bytes<C>, C::DQ == kDqAtomic || C::DQ == kDqNone};
 }
 
+// The Hopper forward (Dh 64 only, sm_90a): NWG warpgroups (64 query rows each), BC keys per block, NS stages.
+template <class W>
+FwdVersion wgmma_fwd_version() {
+    char s[96];
+    std::snprintf(s, sizeof s, "v5 fwd D64 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
+    return {s, 64, launch_forward_wgmma<W>, 64};
+}
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
             fwd_version<FwdConfig<64, 1, 4, 64, true>>("v2"),    // 64-row tiles: 16 rows per warp
             fwd_version<FwdConfig<64, 2, 4, 64, false>>("v3"),   // Q re-read from shared memory
             fwd_version<FwdConfig<128, 1, 4, 64, true>>("v2"),
-            fwd_version<FwdConfig<128, 2, 4, 64, false>>("v3")};  // 64-key tiles (ptxas reports spills)
+            fwd_version<FwdConfig<128, 2, 4, 64, false>>("v3"),  // 64-key tiles (ptxas reports spills)
+            wgmma_fwd_version<WgFwdConfig<3, 128, 3>>(),
+            wgmma_fwd_version<WgFwdConfig<3, 128, 4>>(),
+            wgmma_fwd_version<WgFwdConfig<3, 96, 4>>(),
+            wgmma_fwd_version<WgFwdConfig<2, 128, 4>>()};
 }
 // The Hopper backward (Dh 64 only, sm_90a) with NWG warpgroups per block.
 template <class W>
@@ -101,6 +113,9 @@ std::vector<BwdVersion> bwd_versions() {
 }
 bool runs(int version_D, int Dh) { return version_D == 0 || version_D == padded_head_dim(Dh); }
 bool runs(const BwdVersion& v, int Dh) {
+    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (v.exact_dh != 64 || wgmma_available());
+}
+bool runs(const FwdVersion& v, int Dh) {
     return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (v.exact_dh != 64 || wgmma_available());
 }
 
@@ -251,7 +266,7 @@ void validate(const Case& c, std::mt19937& rng, cudaStream_t stream) {
     const std::string shape = shape_text(c);
 
     for (const FwdVersion& fv : fwd_versions()) {
-        if (!runs(fv.D, c.Dh)) continue;
+        if (!runs(fv, c.Dh)) continue;
         d_o.poison(), d_lse.poison();
         fv.run(a, dq_in.as<bf16>(), dk_in.as<bf16>(), dv_in.as<bf16>(), doc_ptr, d_o.as<bf16>(), d_lse.as<float>(), stream);
         check_cuda(cudaStreamSynchronize(stream), "forward");
@@ -360,7 +375,7 @@ void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows, int only_T)
             flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), nullptr, o.as<bf16>(), lse.as<float>(), stream);
             float lib_fwd = 0, lib_bwd = 0;
             for (const FwdVersion& fv : fwd_versions()) {
-                if (!runs(fv.D, a.Dh)) continue;
+                if (!runs(fv, a.Dh)) continue;
                 const float ms = timer.median_ms([&] {
                     fv.run(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), nullptr, o.as<bf16>(), lse.as<float>(), stream);
                 }, stream);
@@ -422,6 +437,10 @@ int main(int argc, char** argv) {
     print_resources<WgBwdConfig<2, 1>>("v5 bwd wgmma BC128 8w", flash_backward_wgmma_kernel<WgBwdConfig<2, 1>>);
     print_resources<WgBwdConfig<1, 2>>("v5 bwd wgmma BC64 4w x2", flash_backward_wgmma_kernel<WgBwdConfig<1, 2>>);
     print_resources<WgBwdConfig<1, 3>>("v5 bwd wgmma BC64 4w x3", flash_backward_wgmma_kernel<WgBwdConfig<1, 3>>);
+    print_resources<WgFwdConfig<3, 128, 3>>("v5 fwd wgmma BR192 BC128 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 3>>);
+    print_resources<WgFwdConfig<3, 128, 4>>("v5 fwd wgmma BR192 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 4>>);
+    print_resources<WgFwdConfig<3, 96, 4>>("v5 fwd wgmma BR192 BC96 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 96, 4>>);
+    print_resources<WgFwdConfig<2, 128, 4>>("v5 fwd wgmma BR128 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 4>>);
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);
     std::mt19937 rng(seed);
