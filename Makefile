@@ -5,9 +5,10 @@
 #   make bench           builds the benchmarks in bench/
 #   make clean
 # CUDA is the toolkit's directory. GPU_ARCH=sm_XY builds for one GPU architecture (sm_80 A100, sm_86 A10G,
-# sm_89 L4/L40S, sm_90 H100/H200); by default the build is for the GPU nvidia-smi sees, and with none
-# visible (CI, a login node) a fat binary: machine code for sm_80, sm_86, sm_89, sm_90 and PTX that newer
-# GPUs compile when the program loads.
+# sm_89 L4/L40S, sm_90a H100/H200); by default the build is for the GPU nvidia-smi sees, and with none
+# visible (CI, a login node) a fat binary: machine code for sm_80, sm_86, sm_89, sm_90a and PTX that newer
+# GPUs compile when the program loads. An H100/H200 is built as sm_90a: the Hopper attention kernels
+# (attention_sm90.cuh: wgmma, TMA) need it; GPU_ARCH=sm_90 builds without them (the portable kernels run).
 CUDA     ?= /usr/local/cuda
 NVCC     ?= $(CUDA)/bin/nvcc
 CXX      ?= g++
@@ -16,13 +17,13 @@ B        := build
 DETECTED := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.[:space:]')
 ifeq ($(GPU_ARCH),)
   ifneq ($(DETECTED),)
-    GPU_ARCH := sm_$(DETECTED)
+    GPU_ARCH := $(if $(filter 90,$(DETECTED)),sm_90a,sm_$(DETECTED))
   endif
 endif
 ifneq ($(GPU_ARCH),)
   ARCH_FLAGS := -gencode arch=compute_$(subst sm_,,$(GPU_ARCH)),code=$(GPU_ARCH)
 else
-  ARCH_FLAGS := $(foreach a,80 86 89 90,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90
+  ARCH_FLAGS := $(foreach a,80 86 89 90a,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90
 endif
 
 MPI_CFLAGS  := $(shell mpicxx --showme:compile 2>/dev/null)

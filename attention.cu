@@ -1,5 +1,6 @@
 // attention.cu — the fused attention kernels behind attention.h's "fused path" (FlashAttention-2 on
-// mma.sync tensor cores): causal attention over documents packed in rows, grouped KV heads (GQA).
+// mma.sync tensor cores): causal attention over documents packed in rows, grouped KV heads (GQA). On
+// Hopper, head_dim 64 runs the same algorithm on wgmma and the TMA instead (attention_sm90.cuh).
 // Owns: flash_attention_supported, flash_attention_backward_workspace, flash_attention_forward,
 // flash_attention_backward, and the `Attention` class at the end: the one call site, which takes this path
 // for the head dims it supports and the reference path (attention_ref.cu) otherwise. Nothing T x T is ever
@@ -279,26 +280,39 @@ __global__ void __launch_bounds__(C::THREADS, 2) flash_forward_kernel(const FwdA
 }
 
 // ---------------------------------------------------------------------------------------------- backward
-// D[b, h, t] = sum_d dO[b, t, h, d] o[b, t, h, d]: one warp per (b, t, h) row, fixed-order reduction.
+// D[b, h, t] = sum_d dO[b, t, h, d] o[b, t, h, d]: L lanes per (b, t, h) row, 8 elements (16 bytes) per
+// lane and load, 32 / L rows per warp (L = 8 at Dh = 64: a row is one 128-byte line of o and of dO), a
+// fixed-order reduction. Needs Dh % 8 == 0 and 16-byte aligned rows; else L = 32 lanes of 2 elements.
+template <int L, int V>  // L lanes per row, V elements per load (8: 16-byte loads, 2: 4-byte loads)
 __global__ void flash_backward_rowdot_kernel(const bf16* o, const bf16* dO, float* Dr, int64_t rows, int T, int H, int Dh) {
-    const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    const __nv_bfloat162* o2 = reinterpret_cast<const __nv_bfloat162*>(o + row * Dh);
-    const __nv_bfloat162* d2 = reinterpret_cast<const __nv_bfloat162*>(dO + row * Dh);
+    const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / L;
+    const int lane = threadIdx.x % L;
     float sum = 0.f;
-    for (int i = lane; i < Dh / 2; i += 32) {
-        const float2 a = __bfloat1622float2(o2[i]), c = __bfloat1622float2(d2[i]);
-        sum = fmaf(a.x, c.x, fmaf(a.y, c.y, sum));
-    }
+    if (row < rows)
+        for (int i = lane * V; i < Dh; i += L * V) {
+            __nv_bfloat162 a[V / 2], c[V / 2];
+            if constexpr (V == 8) {
+                *reinterpret_cast<uint4*>(a) = *reinterpret_cast<const uint4*>(o + row * Dh + i);
+                *reinterpret_cast<uint4*>(c) = *reinterpret_cast<const uint4*>(dO + row * Dh + i);
+            } else {
+                a[0] = *reinterpret_cast<const __nv_bfloat162*>(o + row * Dh + i);
+                c[0] = *reinterpret_cast<const __nv_bfloat162*>(dO + row * Dh + i);
+            }
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (lane == 0) {
+            for (int e = 0; e < V / 2; ++e) {
+                const float2 af = __bfloat1622float2(a[e]), cf = __bfloat1622float2(c[e]);
+                sum = fmaf(af.x, cf.x, fmaf(af.y, cf.y, sum));
+            }
+        }
+#pragma unroll
+    for (int off = L / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0 && row < rows) {
         const int64_t bt = row / H;
         const int h = int(row % H);
         Dr[(bt / T * H + h) * T + bt % T] = sum;
     }
 }
+
 
 struct BwdArgs {
     const bf16 *q, *k, *v, *dO;
@@ -698,6 +712,18 @@ BwdWorkspace bwd_workspace(const AttentionShape& a, int BR, int D, void* base) {
 template <class C>
 size_t backward_workspace_bytes(const AttentionShape& a) { return bwd_workspace(a, C::BR, C::D, nullptr).total; }
 
+void launch_rowdot(const bf16* o, const bf16* dO, float* Dr, const AttentionShape& a, cudaStream_t stream) {
+    const int64_t rows = int64_t(a.B) * a.T * a.H;
+    auto blocks = [&](int lanes) { return unsigned((rows * lanes + 255) / 256); };
+    if (a.Dh % 8 == 0 && a.Dh <= 64 && all_aligned({o, dO}, 16))
+        flash_backward_rowdot_kernel<8, 8><<<blocks(8), 256, 0, stream>>>(o, dO, Dr, rows, a.T, a.H, a.Dh);
+    else if (a.Dh % 8 == 0 && all_aligned({o, dO}, 16))
+        flash_backward_rowdot_kernel<16, 8><<<blocks(16), 256, 0, stream>>>(o, dO, Dr, rows, a.T, a.H, a.Dh);
+    else
+        flash_backward_rowdot_kernel<32, 2><<<blocks(32), 256, 0, stream>>>(o, dO, Dr, rows, a.T, a.H, a.Dh);
+    check_launch("flash_backward_rowdot_kernel");
+}
+
 // One backward launch: D = rowsum(dO o), then the kernel (BR query rows per step, BC keys per block).
 void run_backward(void (*kernel)(BwdArgs), const char* name, int BR, int BC, int D, int threads, size_t smem, bool& configured,
                   const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
@@ -708,9 +734,7 @@ void run_backward(void (*kernel)(BwdArgs), const char* name, int BR, int BC, int
     }
     const BwdWorkspace w = bwd_workspace(a, BR, D, workspace);
     check_cuda(cudaMemsetAsync(w.counters, 0, w.counter_bytes, stream), "cudaMemsetAsync(flash attention counters)");
-    const int64_t rows = int64_t(a.B) * a.T * a.H;
-    flash_backward_rowdot_kernel<<<unsigned((rows + 7) / 8), 256, 0, stream>>>(o, dO, w.Dr, rows, a.T, a.H, a.Dh);
-    check_launch("flash_backward_rowdot_kernel");
+    launch_rowdot(o, dO, w.Dr, a, stream);
     const float scale = float(1.0 / std::sqrt(double(a.Dh)));
     BwdArgs p{q, k, v, dO, lse, doc_start, dq, dk, dv, w.dq_acc, w.Dr, w.counters, w.counters + size_t(a.B) * a.H *
               ((a.T + BR - 1) / BR), a.B, a.T, a.H, a.KVH, a.Dh, scale, scale * kLog2e, 1.f / scale,
@@ -750,8 +774,23 @@ void with_lib(int Dh, F&& f) {
 
 }  // namespace
 
+#include "attention_sm90.cuh"  // the Hopper kernels for head_dim 64 (they build on the definitions above)
+
+namespace {
+// The configurations the library runs on Hopper (dev/attention.cu times them against others).
+using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
+using HopperBwd = WgBwdConfig<1, 3>;       // one warpgroup per 64 keys, 3 blocks per SM
+static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
+bool use_hopper = true;  // flash_attention_use_hopper
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------- interface
 bool flash_attention_supported(int head_dim) { return head_dim >= 2 && head_dim <= 128 && head_dim % 2 == 0; }
+
+bool flash_attention_use_hopper(bool on) {
+    use_hopper = on;
+    return on && wgmma_available();
+}
 
 size_t flash_attention_backward_workspace(const AttentionShape& a) {
     size_t bytes = 0;
@@ -762,13 +801,18 @@ size_t flash_attention_backward_workspace(const AttentionShape& a) {
 void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start,
                              bf16* o, float* lse, cudaStream_t stream) {
     check_shape(a, {q, k, v, o});
-    with_lib(a.Dh, [&](auto lib) { launch_forward<typename decltype(lib)::Fwd>(a, q, k, v, doc_start, o, lse, stream); });
+    if (use_hopper && wgmma_applies(a, {q, k, v, o})) launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream);
+    else with_lib(a.Dh, [&](auto lib) { launch_forward<typename decltype(lib)::Fwd>(a, q, k, v, doc_start, o, lse, stream); });
 }
 
 void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream) {
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
+    if (use_hopper && wgmma_applies(a, {q, k, v, dO})) {
+        launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        return;
+    }
     with_lib(a.Dh, [&](auto lib) {
         launch_backward<typename decltype(lib)::Bwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
     });
@@ -787,6 +831,7 @@ Attention::Attention(const AttentionShape& a, const Gemm& gemm, bool allow_fused
                     "which materialises the scores in chunks\n", a.Dh);
         fallback_announced = true;
     }
+    if (fused_) wgmma_available();  // asks the GPU once (a sync), here rather than inside a step
     size_t bytes = fused_ ? flash_attention_backward_workspace(a) : ReferenceAttention(a).scratch_bytes();
     scratch_ = device_alloc<char>(bytes, "attention scratch");
 }

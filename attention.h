@@ -47,6 +47,9 @@ class Attention {
 // ---------------------------------------------------------------------------------------------- fused path
 // attention.cu. Deterministic: the same inputs give bitwise the same outputs.
 bool flash_attention_supported(int head_dim);
+// head_dim 64 on an H100/H200 (an sm_90a build) runs the Hopper kernels (attention_sm90.cuh) unless turned
+// off here (the tests check both kernel families on one GPU); returns whether they will run where they apply.
+bool flash_attention_use_hopper(bool on);
 size_t flash_attention_backward_workspace(const AttentionShape& a);  // bytes
 void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start,
                              bf16* o, float* lse, cudaStream_t stream);

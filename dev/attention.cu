@@ -8,15 +8,15 @@
 //   ./dev/attention --no-bench                   checks only;   --seed N   repeat a run's inputs
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //
-// Versions: v1 is the library (flash_attention_forward / _backward, whose tile configuration per head dim
-// is Lib<D> in attention.cu; v1m names its D 64 backward configuration); v2, v3 are other tile
-// configurations of the same kernel templates, kept to time against it; v5 is the wgmma experiment
-// (attention_wgmma.cuh, head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile); "dq-atomic" and
-// "no-dq" are timing bounds of the library's backward whose dq is wrong (DqMode). dev/NOTES.md says what
-// each measured. This file includes ../attention.cu to reach them.
+// Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
+// Hopper kernels of ../attention_sm90.cuh, HopperFwd / HopperBwd; elsewhere the mma.sync kernels, whose
+// tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64>, the mma.sync kernels that
+// head_dim 64 runs on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
+// other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
+// kept to time against them; "dq-atomic" and "no-dq" are timing bounds of the mma.sync backward whose dq
+// is wrong (DqMode). dev/NOTES.md says what each measured. This file includes ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "../attention.cu"
-#include "attention_wgmma.cuh"
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -79,6 +79,7 @@ FwdVersion wgmma_fwd_version() {
 }
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
+            fwd_version<Lib<64>::Fwd>("v1m"),                     // the mma.sync forward head_dim 64 runs on other GPUs
             fwd_version<FwdConfig<64, 1, 4, 64, true>>("v2"),    // 64-row tiles: 16 rows per warp
             fwd_version<FwdConfig<64, 2, 4, 64, false>>("v3"),   // Q re-read from shared memory
             fwd_version<FwdConfig<128, 1, 4, 64, true>>("v2"),
@@ -97,7 +98,7 @@ BwdVersion wgmma_version() {
 }
 std::vector<BwdVersion> bwd_versions() {
     return {{"v1 bwd library", 0, flash_attention_backward, flash_attention_backward_workspace},
-            bwd_version<Lib<64>::Bwd>("v1m"),  // the mma.sync kernel the library uses for D 64 where wgmma is not available
+            bwd_version<Lib<64>::Bwd>("v1m"),  // the mma.sync backward head_dim 64 runs on other GPUs
             wgmma_version<WgBwdConfig<2, 1>>(),
             wgmma_version<WgBwdConfig<1, 2>>(),
             wgmma_version<WgBwdConfig<1, 3>>(),

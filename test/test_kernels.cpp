@@ -315,7 +315,8 @@ void check_attention(const AttentionShape& a, bool documents, Rng& rng, Run run)
 }
 
 const AttentionShape kAttentionShapes[] = {{2, 37, 4, 1, 64}, {2, 37, 2, 2, 128}, {1, 130, 8, 2, 64}, {1, 67, 6, 2, 96},
-                                           {2, 33, 3, 1, 64}, {1, 257, 4, 4, 128}};
+                                           {2, 33, 3, 1, 64}, {1, 257, 4, 4, 128},
+                                           {1, 1001, 6, 2, 64}};  // many key and query blocks of every kernel
 
 }  // namespace
 
@@ -338,19 +339,27 @@ TEST_CASE("gpu: attention, reference path: causal, documents in a row, GQA 1-4, 
     gemm_destroy(g);
 }
 
+// On an H100/H200 head_dim 64 runs the Hopper kernels; both kernel families are checked there.
 TEST_CASE("gpu: attention at its call site (fused where supported), and the decode attention over a cache") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
     Gemm g = gemm_create(nullptr);
-    for (const AttentionShape& a : kAttentionShapes)
-        for (bool documents : {false, true}) {
-            Attention attention(a, g);
-            check_attention(a, documents, rng, [&](bf16* q, bf16* k, bf16* v, int32_t* docs, bf16* o, float* lse, bf16* dO, bf16* dq,
-                                                    bf16* dk, bf16* dv) {
-                attention.forward(q, k, v, docs, o, lse);
-                attention.backward(q, k, v, o, dO, lse, docs, dq, dk, dv);
-            });
-        }
+    for (bool hopper : {true, false}) {
+        bool runs = flash_attention_use_hopper(hopper);
+        MESSAGE("head_dim 64: " << std::string(runs ? "the Hopper kernels (wgmma, TMA)" : "the mma.sync kernels"));
+        if (hopper && !runs) continue;  // not this GPU or build: the pass below covers what runs
+        for (const AttentionShape& a : kAttentionShapes)
+            for (bool documents : {false, true}) {
+                CAPTURE(hopper);
+                Attention attention(a, g);
+                check_attention(a, documents, rng, [&](bf16* q, bf16* k, bf16* v, int32_t* docs, bf16* o, float* lse, bf16* dO, bf16* dq,
+                                                        bf16* dk, bf16* dv) {
+                    attention.forward(q, k, v, docs, o, lse);
+                    attention.backward(q, k, v, o, dO, lse, docs, dq, dk, dv);
+                });
+            }
+    }
+    flash_attention_use_hopper(true);
     // decode: two sequences of different lengths; each new token's k, v written into its row of the cache,
     // then its query against the row's positions: the last query row of the causal reference
     int H = 6, KVH = 2, Dh = 64, max_len = 64, KVd = KVH * Dh, lengths[2] = {45, 30};

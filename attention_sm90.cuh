@@ -1,9 +1,13 @@
-// dev/attention_wgmma.cuh — experiments kept beside the harness, not used by the library: the fused
-// attention backward and forward with their products on Hopper's wgmma (sm_90a) instead of mma.sync,
-// head_dim 64 only. The backward: same algorithm, steps and ordered dq accumulation as flash_backward_kernel
-// (../attention.cu). The forward: flash_forward_kernel's algorithm, loads on the TMA, FlashAttention-3's
-// overlap. What they measured: dev/NOTES.md ("wgmma backward", "wgmma forward").
-// Included by dev/attention.cu after ../attention.cu (it uses BwdArgs, FwdArgs, run_backward, wait_counter, ...).
+// attention_sm90.cuh — the fused attention kernels for Hopper (H100, H200; an sm_90a build), head_dim 64:
+// the same math, tiles' order, masks and deterministic dq accumulation as attention.cu's mma.sync kernels,
+// with every product on wgmma (the warpgroup-wide asynchronous MMA reading its operands from 128-byte
+// swizzled shared memory) and, in the forward, the loads on the Tensor Memory Accelerator.
+//   forward   flash_forward_wgmma_kernel: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA stages,
+//             FlashAttention-3's overlap of one key block's softmax with the next block's products
+//   backward  flash_backward_wgmma_kernel: flash_backward_kernel's steps, one warpgroup per 64 keys
+// attention.cu includes this file after its own kernels (it uses FwdArgs, BwdArgs, run_backward,
+// wait_counter, ...) and runs these kernels where wgmma_applies() and the mma.sync ones elsewhere; what they measured against
+// the mma.sync kernels, and what would make them faster: dev/NOTES.md.
 #pragma once
 #include <cuda.h>           // CUtensorMap (the forward's TMA loads)
 #include <cudaTypedefs.h>   // PFN_cuTensorMapEncodeTiled
@@ -153,7 +157,6 @@ struct WgBwdConfig {  // NWG warpgroups per block, MINB blocks per SM asked of p
                                    + size_t(2 * BC + 4 * BR + BC) * ROW  // K, V, Q[2], dO[2], dS^T [keys][queries]
                                    + size_t(6) * BR * sizeof(float);      // lse, D, doc_start [2] each
 };
-using WgBwd = WgBwdConfig<2, 1>;
 
 // Rows [0, ROWS) of a Dh = 64 tile into swizzled shared memory at dst: row r from src + r * row_stride; rows
 // >= rows_valid are zero-filled.
@@ -412,16 +415,16 @@ bool wgmma_available() {
     return available == 1;
 }
 
-// The Hopper backward's conditions: Dh = 64 with 16-byte aligned rows, on a GPU that runs it.
-bool wgmma_backward_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
-    return a.Dh == WgBwd::D && all_aligned(ptrs, 16) && wgmma_available();
+// The Hopper kernels' conditions: Dh = 64 with 16-byte aligned rows, on a GPU that runs them.
+bool wgmma_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
+    return a.Dh == 64 && all_aligned(ptrs, 16) && wgmma_available();
 }
 
 template <class W>
 void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
                            const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
                            cudaStream_t stream) {
-    if (!wgmma_backward_applies(a, {q, k, v, dO}))
+    if (!wgmma_applies(a, {q, k, v, dO}))
         fail("flash attention: the wgmma backward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
     run_backward(flash_backward_wgmma_kernel<W>, "flash_backward_wgmma_kernel", W::BR, W::BC, W::D, W::THREADS, W::smem,
@@ -429,7 +432,7 @@ void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k
 }
 
 // ---------------------------------------------------------------------------------------------- forward, Hopper
-// flash_forward_kernel's algorithm (../attention.cu) for Dh = 64 (16-byte aligned rows) with its products on
+// flash_forward_kernel's algorithm (attention.cu) for Dh = 64 (16-byte aligned rows) with its products on
 // wgmma and its loads on the Tensor Memory Accelerator (sm_90a).
 // Tile scheme: a block owns BR = 64 NWG query rows of one (b, h) and NWG warpgroups, each owning 64 of the
 // rows (warp w: rows 16w.., as wgmma's accumulators lay them), and walks key blocks of BC keys from the block
@@ -734,7 +737,7 @@ CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
 template <class W>
 void launch_forward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o,
                           float* lse, cudaStream_t stream) {
-    if (!(a.Dh == W::D && all_aligned({q, k, v, o}, 16) && wgmma_available()))
+    if (!wgmma_applies(a, {q, k, v, o}))
         fail("flash attention: the wgmma forward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
     if (!configured) {
