@@ -724,6 +724,19 @@ void launch_rowdot(const bf16* o, const bf16* dO, float* Dr, const AttentionShap
     check_launch("flash_backward_rowdot_kernel");
 }
 
+// Before a backward kernel: the counters zeroed and D = rowsum(dO o); returns the kernel's arguments.
+BwdArgs prepare_backward(int BR, int D, const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
+                         const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
+                         cudaStream_t stream) {
+    const BwdWorkspace w = bwd_workspace(a, BR, D, workspace);
+    check_cuda(cudaMemsetAsync(w.counters, 0, w.counter_bytes, stream), "cudaMemsetAsync(flash attention counters)");
+    launch_rowdot(o, dO, w.Dr, a, stream);
+    const float scale = float(1.0 / std::sqrt(double(a.Dh)));
+    return BwdArgs{q, k, v, dO, lse, doc_start, dq, dk, dv, w.dq_acc, w.Dr, w.counters, w.counters + size_t(a.B) * a.H *
+                   ((a.T + BR - 1) / BR), a.B, a.T, a.H, a.KVH, a.Dh, scale, scale * kLog2e, 1.f / scale,
+                   a.Dh % 8 == 0 && all_aligned({q, k, v, dO}, 16)};
+}
+
 // One backward launch: D = rowsum(dO o), then the kernel (BR query rows per step, BC keys per block).
 void run_backward(void (*kernel)(BwdArgs), const char* name, int BR, int BC, int D, int threads, size_t smem, bool& configured,
                   const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
@@ -732,13 +745,7 @@ void run_backward(void (*kernel)(BwdArgs), const char* name, int BR, int BC, int
         check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)), "cudaFuncSetAttribute");
         configured = true;
     }
-    const BwdWorkspace w = bwd_workspace(a, BR, D, workspace);
-    check_cuda(cudaMemsetAsync(w.counters, 0, w.counter_bytes, stream), "cudaMemsetAsync(flash attention counters)");
-    launch_rowdot(o, dO, w.Dr, a, stream);
-    const float scale = float(1.0 / std::sqrt(double(a.Dh)));
-    BwdArgs p{q, k, v, dO, lse, doc_start, dq, dk, dv, w.dq_acc, w.Dr, w.counters, w.counters + size_t(a.B) * a.H *
-              ((a.T + BR - 1) / BR), a.B, a.T, a.H, a.KVH, a.Dh, scale, scale * kLog2e, 1.f / scale,
-              a.Dh % 8 == 0 && all_aligned({q, k, v, dO}, 16)};
+    const BwdArgs p = prepare_backward(BR, D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
     const unsigned blocks = unsigned((a.T + BC - 1) / BC) * unsigned(a.B * a.KVH);
     kernel<<<blocks, unsigned(threads), smem, stream>>>(p);
     check_launch(name);
@@ -779,7 +786,7 @@ void with_lib(int Dh, F&& f) {
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
-using HopperBwd = WgBwdConfig<1, 3>;       // one warpgroup per 64 keys, 3 blocks per SM
+using HopperBwd = WgBwdConfig<1, 3, true>;  // one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
 bool use_hopper = true;  // flash_attention_use_hopper
 }  // namespace

@@ -4,7 +4,8 @@
 // swizzled shared memory) and, in the forward, the loads on the Tensor Memory Accelerator.
 //   forward   flash_forward_wgmma_kernel: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA stages,
 //             FlashAttention-3's overlap of one key block's softmax with the next block's products
-//   backward  flash_backward_wgmma_kernel: flash_backward_kernel's steps, one warpgroup per 64 keys
+//   backward  flash_backward_wgmma_kernel: flash_backward_kernel's steps, one warpgroup per 64 keys, each
+//             step's Q and dO tiles brought by the TMA (one thread, completing on an mbarrier)
 // attention.cu includes this file after its own kernels (it uses FwdArgs, BwdArgs, run_backward,
 // wait_counter, ...) and runs these kernels where wgmma_applies() and the mma.sync ones elsewhere; what they measured against
 // the mma.sync kernels, and what would make them faster: dev/NOTES.md.
@@ -139,18 +140,70 @@ __device__ __forceinline__ void wgmma_64x32_ss(float (&d)[4][4], uint64_t a, uin
                  : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
                  : "l"(a), "l"(b), "n"(TA), "n"(TB));
 }
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized barriers visible to the other threads and to the async proxy (the TMA).
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// Arrives, and tells the barrier to expect `bytes` more from copies that complete on it.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for the completion of the barrier's phase of this parity (phases alternate 0, 1, 0, ...).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+// The box of a 4-D tensor map at coordinates (c0, c1, c2, c3) into shared memory at dst, completing on bar.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+}
+
 #endif
+
+// A [B, T, heads, 64] bf16 tensor as a 4-D TMA map (d, head, t, b) whose box is `rows` tokens of one head:
+// 128-byte rows, 128-byte swizzle (as sw128_offset), tokens past T read as zeros.
+CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;  // the driver's, found once through the runtime
+    if (!encode) {
+        void* fn = nullptr;
+        cudaDriverEntryPointQueryResult found{};
+        check_cuda(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
+                   "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+        if (found != cudaDriverEntryPointSuccess || !fn) fail("flash attention: the driver has no cuTensorMapEncodeTiled");
+        encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }
+    const cuuint64_t row = 64 * sizeof(bf16);
+    const cuuint64_t dims[4] = {64, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
+    const cuuint64_t strides[3] = {row, row * heads, row * heads * T};  // bytes, of dims 1..3
+    const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1}, unit[4] = {1, 1, 1, 1};
+    CUtensorMap map;
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<bf16*>(base), dims, strides, box, unit,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) fail("flash attention: cuTensorMapEncodeTiled failed (" + std::to_string(int(r)) + ")");
+    return map;
+}
 
 // ---------------------------------------------------------------------------------------------- backward, Hopper
 // The same algorithm, steps and dq ordering as flash_backward_kernel, for Dh = 64 (16-byte aligned rows),
-// with the products on wgmma (sm_90a): the block's 8 warps are two warpgroups, each owning 64 of the 128 keys
-// (warp w: keys 16w.., as before). Operands are read by the tensor cores straight from 128-byte-swizzled
-// shared memory, once per warpgroup instead of once per warp through ldmatrix; P^T and dS^T enter dV and dK
-// as register operands; S^T and dP^T are issued together, and dV runs while dS is formed. No product is in
-// flight across a branch (ptxas would serialize every wgmma of the kernel).
-template <int NWG_, int MINB_>
-struct WgBwdConfig {  // NWG warpgroups per block, MINB blocks per SM asked of ptxas
+// with the products on wgmma (sm_90a): a block has NWG warpgroups, each owning 64 keys (warp w: keys 16w..,
+// as before). Operands are read by the tensor cores straight from 128-byte-swizzled shared memory, once per
+// warpgroup instead of once per warp through ldmatrix; P^T and dS^T enter dV and dK as register operands;
+// S^T and dP^T are issued together, and dV runs while dS is formed. No product is in flight across a branch
+// (ptxas would serialize every wgmma of the kernel). With TMA, thread 0 asks the TMA for the next step's Q
+// and dO tiles (they complete on that buffer's mbarrier) instead of every thread issuing 16-byte cp.async
+// copies: 5.78-5.80 -> 5.39-5.40 ms at T = 8192 (dev/NOTES.md).
+template <int NWG_, int MINB_, bool TMA_ = false>
+struct WgBwdConfig {  // NWG warpgroups per block, MINB blocks per SM asked of ptxas, TMA: Q and dO tiles by the TMA
     static constexpr int NWG = NWG_, MINB = MINB_;
+    static constexpr bool TMA = TMA_;
     static constexpr int D = 64, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
     static constexpr int NTD = 8 / NWG;                                   // dQ n-tiles per warp (64 / NWG columns)
     static constexpr size_t smem = 1024                                   // room to align the tiles to 1024 bytes
@@ -170,12 +223,15 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16* src, i
     }
 }
 
+// tm_q, tm_do (W::TMA): q and dO as 4-D maps (d, head, t, b) whose boxes are BR tokens of one head.
 template <class W>
-__global__ void __launch_bounds__(W::THREADS, W::MINB) flash_backward_wgmma_kernel(const BwdArgs p) {
+__global__ void __launch_bounds__(W::THREADS, W::MINB)
+    flash_backward_wgmma_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if ATTENTION_WGMMA
     constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NTD = W::NTD;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ int s_ticket;
+    __shared__ __align__(8) uint64_t qbar[2];  // W::TMA: buffer bb's Q and dO tiles have landed
     const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
     const uint32_t sK = base, sV = sK + BC * ROW, sQ = sV + BC * ROW, sdO = sQ + 2 * BR * ROW, sdS = sdO + 2 * BR * ROW;
     float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
@@ -185,7 +241,10 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB) flash_backward_wgmma_kern
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, Dh = p.Dh, G = H / KVH;
     const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
-    if (tid == 0) s_ticket = int(atomicAdd(p.ticket, 1u));
+    if (tid == 0) {
+        s_ticket = int(atomicAdd(p.ticket, 1u));
+        if constexpr (W::TMA) mbar_init(smem_u32(qbar), 1), mbar_init(smem_u32(qbar + 1), 1), mbar_init_fence();
+    }
     __syncthreads();
     const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
     const int64_t q_stride = int64_t(H) * Dh, kv_stride = int64_t(KVH) * Dh;
@@ -205,9 +264,18 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB) flash_backward_wgmma_kern
 
     auto load_step = [&](int step, int bb) {
         const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
-        const int64_t off = (int64_t(b) * T + q0) * q_stride + int64_t(h) * Dh;
-        load_tile_sw128<BR, THREADS>(sQ + bb * BR * ROW, p.q + off, q_stride, T - q0);
-        load_tile_sw128<BR, THREADS>(sdO + bb * BR * ROW, p.dO + off, q_stride, T - q0);
+        if constexpr (W::TMA) {  // one thread; rows past T arrive as zeros
+            if (tid == 0) {
+                const uint32_t bar = smem_u32(qbar + bb);
+                mbar_arrive_expect_tx(bar, 2 * BR * ROW);
+                tma_load_4d(sQ + bb * BR * ROW, &tm_q, bar, 0, h, q0, b);
+                tma_load_4d(sdO + bb * BR * ROW, &tm_do, bar, 0, h, q0, b);
+            }
+        } else {
+            const int64_t off = (int64_t(b) * T + q0) * q_stride + int64_t(h) * Dh;
+            load_tile_sw128<BR, THREADS>(sQ + bb * BR * ROW, p.q + off, q_stride, T - q0);
+            load_tile_sw128<BR, THREADS>(sdO + bb * BR * ROW, p.dO + off, q_stride, T - q0);
+        }
         if (tid < BR) {
             const bool ok = q0 + tid < T;
             const int64_t rix = (int64_t(b) * H + h) * T + q0 + tid;
@@ -235,6 +303,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB) flash_backward_wgmma_kern
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
         cp_async_wait_all();
+        if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
         fence_proxy_async();  // this thread's copies, visible to wgmma
         __syncthreads();      // step's tiles landed; every product of the previous step is complete
         if (pend >= 0) {
@@ -427,8 +496,17 @@ void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k
     if (!wgmma_applies(a, {q, k, v, dO}))
         fail("flash attention: the wgmma backward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
-    run_backward(flash_backward_wgmma_kernel<W>, "flash_backward_wgmma_kernel", W::BR, W::BC, W::D, W::THREADS, W::smem,
-                 configured, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if (!configured) {
+        check_cuda(cudaFuncSetAttribute(flash_backward_wgmma_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_wgmma_kernel)");
+        configured = true;
+    }
+    const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    CUtensorMap tm_q{}, tm_do{};
+    if (W::TMA) tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, a.H, W::BR);
+    const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
+    flash_backward_wgmma_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    check_launch("flash_backward_wgmma_kernel");
 }
 
 // ---------------------------------------------------------------------------------------------- forward, Hopper
@@ -464,31 +542,6 @@ struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages 
 };
 
 #if ATTENTION_WGMMA
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-// Makes initialized barriers visible to the other threads and to the async proxy (the TMA).
-__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
-// Arrives, and tells the barrier to expect `bytes` more from copies that complete on it.
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Waits for the completion of the barrier's phase of this parity (phases alternate 0, 1, 0, ...).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-}
-// The box of a 4-D tensor map at coordinates (c0, c1, c2, c3) into shared memory at dst, completing on bar.
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
-    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
-}
-
 // s = Q K^T for one key block (descriptors of this warpgroup's Q rows and of the K block): k = Dh in 4 steps
 // of 16, 32 bytes apart (K-major)
 template <int NT>
@@ -708,30 +761,6 @@ __global__ void __launch_bounds__(W::THREADS, 1)
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif
-}
-
-// A [B, T, heads, 64] bf16 tensor as a 4-D TMA map (d, head, t, b) whose box is `rows` tokens of one head:
-// 128-byte rows, 128-byte swizzle (as sw128_offset), tokens past T read as zeros.
-CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
-    static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;  // the driver's, found once through the runtime
-    if (!encode) {
-        void* fn = nullptr;
-        cudaDriverEntryPointQueryResult found{};
-        check_cuda(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
-                   "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
-        if (found != cudaDriverEntryPointSuccess || !fn) fail("flash attention: the driver has no cuTensorMapEncodeTiled");
-        encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-    }
-    const cuuint64_t row = 64 * sizeof(bf16);
-    const cuuint64_t dims[4] = {64, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
-    const cuuint64_t strides[3] = {row, row * heads, row * heads * T};  // bytes, of dims 1..3
-    const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1}, unit[4] = {1, 1, 1, 1};
-    CUtensorMap map;
-    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<bf16*>(base), dims, strides, box, unit,
-                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) fail("flash attention: cuTensorMapEncodeTiled failed (" + std::to_string(int(r)) + ")");
-    return map;
 }
 
 template <class W>

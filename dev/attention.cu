@@ -93,7 +93,7 @@ std::vector<FwdVersion> fwd_versions() {
 template <class W>
 BwdVersion wgmma_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma", W::BC, W::BR, W::THREADS / 32, W::MINB);
+    std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "");
     return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, false, 64};
 }
 std::vector<BwdVersion> bwd_versions() {
@@ -102,6 +102,7 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_version<WgBwdConfig<2, 1>>(),
             wgmma_version<WgBwdConfig<1, 2>>(),
             wgmma_version<WgBwdConfig<1, 3>>(),
+            wgmma_version<WgBwdConfig<1, 3, true>>(),
             bwd_version<BwdConfig<64, 8, 64, false>>("v2"),   // K, V re-read from shared memory
             bwd_version<BwdConfig<64, 4, 64, true>>("v3"),    // 64-key blocks
             bwd_version<BwdConfig<128, 4, 32, false>>("v2"),  // 64-key blocks
@@ -438,6 +439,7 @@ int main(int argc, char** argv) {
     print_resources<WgBwdConfig<2, 1>>("v5 bwd wgmma BC128 8w", flash_backward_wgmma_kernel<WgBwdConfig<2, 1>>);
     print_resources<WgBwdConfig<1, 2>>("v5 bwd wgmma BC64 4w x2", flash_backward_wgmma_kernel<WgBwdConfig<1, 2>>);
     print_resources<WgBwdConfig<1, 3>>("v5 bwd wgmma BC64 4w x3", flash_backward_wgmma_kernel<WgBwdConfig<1, 3>>);
+    print_resources<WgBwdConfig<1, 3, true>>("v5 bwd wgmma BC64 4w x3 tma", flash_backward_wgmma_kernel<WgBwdConfig<1, 3, true>>);
     print_resources<WgFwdConfig<3, 128, 3>>("v5 fwd wgmma BR192 BC128 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 3>>);
     print_resources<WgFwdConfig<3, 128, 4>>("v5 fwd wgmma BR192 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 4>>);
     print_resources<WgFwdConfig<3, 96, 4>>("v5 fwd wgmma BR192 BC96 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 96, 4>>);
