@@ -138,7 +138,8 @@ void check_gpu_code(int device) {
     for (int arch : kBuiltArchs) built += (built.empty() ? "" : ", ") + std::to_string(arch / 100) + "." + std::to_string(arch / 10 % 10);
     fail("GPU " + std::to_string(device) + " (" + p.name + ", compute capability " + std::to_string(p.major) + "." +
          std::to_string(p.minor) + ") has no code in this build (compute capabilities built: " + built +
-         "): rebuild with `make clean && make GPU_ARCH=sm_" + std::to_string(p.major) + std::to_string(p.minor) + "`");
+         "): rebuild with `make clean && make GPU_ARCH=sm_" + std::to_string(p.major) + std::to_string(p.minor) +
+         (p.major == 9 && p.minor == 0 ? "a" : "") + "`");  // sm_90a: the Hopper attention kernels (Makefile)
 }
 
 }  // namespace
