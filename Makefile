@@ -8,7 +8,7 @@
 # sm_89 L4/L40S, sm_90a H100/H200); by default the build is for the GPU nvidia-smi sees, and with none
 # visible (CI, a login node) a fat binary: machine code for sm_80, sm_86, sm_89, sm_90a and PTX that newer
 # GPUs compile when the program loads. An H100/H200 is built as sm_90a: the Hopper attention kernels
-# (attention_sm90.cuh: wgmma, TMA) need it; GPU_ARCH=sm_90 builds without them (the portable kernels run).
+# (kernels/attention_sm90.cuh: wgmma, TMA) need it; GPU_ARCH=sm_90 builds without them (the portable kernels run).
 CUDA     ?= /usr/local/cuda
 NVCC     ?= $(CUDA)/bin/nvcc
 CXX      ?= g++
@@ -47,11 +47,12 @@ NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra,-ffp-contract=off 
 LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib \
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
-OBJS      := $(B)/json.o $(B)/safetensors.o $(B)/tokenizer.o $(B)/data.o $(B)/llama_config.o $(B)/gemm.o $(B)/attention.o $(B)/attention_ref.o \
-             $(B)/llama.o $(B)/generate.o $(B)/lora.o $(B)/adamw.o $(B)/world.o $(B)/zero3.o $(B)/checkpoint.o $(B)/options.o \
-             $(B)/report.o $(B)/profile.o $(B)/threads.o
+OBJS      := $(B)/support/json.o $(B)/support/safetensors.o $(B)/support/tokenizer.o $(B)/data.o $(B)/support/llama_config.o \
+             $(B)/kernels/gemm.o $(B)/kernels/attention.o $(B)/kernels/attention_ref.o $(B)/llama.o $(B)/support/generate.o \
+             $(B)/lora.o $(B)/adamw.o $(B)/distributed/world.o $(B)/zero3.o $(B)/distributed/checkpoint.o $(B)/support/options.o \
+             $(B)/support/report.o $(B)/support/profile.o $(B)/distributed/threads.o
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
-HEADERS   := $(wildcard *.h *.cuh)
+HEADERS   := $(wildcard *.h */*.h */*.cuh)
 
 .PHONY: all deps data test bench clean
 all: train data
@@ -78,7 +79,7 @@ $(B)/test/%.o: test/%.cpp $(HEADERS) test/test.h
 	$(CXX) $(CXXFLAGS) -c -o $@ $<
 
 deps:
-	@bash deps.sh
+	@bash support/deps.sh
 
 # The default data (tokenizer, corpus, QA set): fetched once; kept when present (GPU machines have no network).
 data:

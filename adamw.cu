@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common.h"
-#include "threads.h"
+#include "support/cuda_calls.h"
+#include "distributed/threads.h"
 
 namespace {
 

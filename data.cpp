@@ -1,5 +1,5 @@
 // data.cpp — text to training batches (see data.h). Three parts, in order:
-//   Datasets corpora and JSONL rows -> Examples (ids + labels) with the tokenizer (tokenizer.cpp), in the
+//   Datasets corpora and JSONL rows -> Examples (ids + labels) with the tokenizer (support/tokenizer.cpp), in the
 //            model's templates;
 //   Packing  rows -> sequences (best fit), the eval split, the summary line;
 //   Batches  epoch order, rank shards, batches with positions and document starts.
@@ -15,8 +15,8 @@
 #include <dirent.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "report.h"
+#include "support/common.h"
+#include "support/report.h"
 
 // ================================================================================================ datasets
 
@@ -405,10 +405,7 @@ std::string data_summary(const std::string& role, const Dataset& data) {
 // ================================================================================================ batches
 
 uint64_t Rng::next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    return splitmix64(state += kGoldenGamma);
 }
 uint64_t Rng::below(uint64_t n) { return uint64_t((unsigned __int128)next() * n >> 64); }
 float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }

@@ -10,8 +10,8 @@
 #include <utility>
 #include <vector>
 
-#include "json.h"
-#include "tokenizer.h"
+#include "support/json.h"
+#include "support/tokenizer.h"
 
 // ---------------------------------------------------------------------------------------------- model tokens
 // The ids a dataset and generation need, from the model's files.

@@ -17,8 +17,8 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include "common.h"
-#include "cuda_common.cuh"
+#include "support/cuda_calls.h"
+#include "kernels/cuda_common.cuh"
 
 // ================================================================================================ kernels
 

@@ -8,10 +8,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "attention.h"
-#include "gemm.h"
-#include "llama_config.h"
-#include "profile.h"
+#include "kernels/attention.h"
+#include "support/common.h"
+#include "kernels/gemm.h"
+#include "support/llama_config.h"
+#include "support/profile.h"
 
 using bf16 = __nv_bfloat16;
 
@@ -21,10 +22,7 @@ using bf16 = __nv_bfloat16;
 __host__ __device__ inline bool lora_dropout_keep(uint64_t seed, int layer, int target, uint64_t step, int64_t index, float p) {
     uint64_t z = seed ^ (uint64_t(layer) * 0xA24BAED4963EE407ull) ^ (uint64_t(target) * 0x9FB21C651E98DF25ull) ^
                  (step * 0xD6E8FEB86659FD93ull);
-    z += uint64_t(index) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    z = splitmix64(z + uint64_t(index) * kGoldenGamma);
     return float(z >> 40) * (1.0f / 16777216.0f) >= p;
 }
 

@@ -9,9 +9,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "common.h"
+#include "support/cuda_calls.h"
 #include "data.h"
-#include "safetensors.h"
+#include "support/safetensors.h"
 
 namespace {
 const char* kNames[kTargets] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};

@@ -28,15 +28,15 @@
 #include <vector>
 
 #include "adamw.h"
-#include "checkpoint.h"
-#include "common.h"
+#include "distributed/checkpoint.h"
+#include "support/cuda_calls.h"
 #include "data.h"
-#include "generate.h"
+#include "support/generate.h"
 #include "llama.h"
 #include "lora.h"
-#include "options.h"
-#include "report.h"
-#include "world.h"
+#include "support/options.h"
+#include "support/report.h"
+#include "distributed/world.h"
 #include "zero3.h"
 
 namespace {

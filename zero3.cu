@@ -36,10 +36,10 @@
 #include <string>
 #include <thread>
 
-#include "common.h"
-#include "cuda_common.cuh"
-#include "report.h"
-#include "safetensors.h"
+#include "support/cuda_calls.h"
+#include "kernels/cuda_common.cuh"
+#include "support/report.h"
+#include "support/safetensors.h"
 
 // ================================================================================================ partitions
 
@@ -116,10 +116,7 @@ __global__ void init_normal_kernel(bf16* w16, float* w32, int64_t n, uint64_t se
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
         float x = fill;
         if (stddev > 0) {
-            uint64_t z = seed + uint64_t(index0 + i) * 0x9E3779B97F4A7C15ull;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-            z ^= z >> 31;
+            uint64_t z = splitmix64(seed + uint64_t(index0 + i) * kGoldenGamma);
             float u1 = (float(z >> 40) + 1.0f) / 16777217.0f, u2 = float((z >> 16) & 0xFFFFFF) / 16777216.0f;
             x = __bfloat162float(__float2bfloat16(stddev * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2)));
         }

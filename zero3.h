@@ -22,8 +22,8 @@
 #include "adamw.h"
 #include "llama.h"
 #include "lora.h"
-#include "threads.h"
-#include "world.h"
+#include "distributed/threads.h"
+#include "distributed/world.h"
 
 // ---------------------------------------------------------------------------------------------- partitions
 // A flat tensor of `numel` elements padded to a multiple of `ranks`; rank r owns [r*size, r*size + owned(r)).

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
+#include "support/common.h"
 #include "data.h"
 
 int main(int argc, char** argv) {

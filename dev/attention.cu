@@ -9,14 +9,14 @@
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
-// Hopper kernels of ../attention_sm90.cuh, HopperFwd / HopperBwd; elsewhere the mma.sync kernels, whose
+// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd; elsewhere the mma.sync kernels, whose
 // tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64>, the mma.sync kernels that
 // head_dim 64 runs on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
 // kept to time against them; "dq-atomic" and "no-dq" are timing bounds of the mma.sync backward whose dq
 // is wrong (DqMode). dev/NOTES.md says what each measured. This file includes ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
-#include "../attention.cu"
+#include "kernels/attention.cu"
 #include "../test/reference.h"
 
 #include <algorithm>

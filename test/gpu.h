@@ -7,7 +7,7 @@
 
 #include "data.h"
 #include "llama.h"
-#include "safetensors.h"
+#include "support/safetensors.h"
 #include "test.h"
 #include "zero3.h"
 

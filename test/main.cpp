@@ -2,6 +2,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "test.h"
 
+#include "support/cuda_calls.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <sys/stat.h>

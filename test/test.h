@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
+#include "support/common.h"
 
 // Writes `content` to a fresh file under a per-run temporary directory and returns its path.
 std::string temp_file(const std::string& name, const std::string& content);

@@ -6,9 +6,9 @@
 #include "gpu.h"
 
 #include "adamw.h"
-#include "attention.h"
+#include "kernels/attention.h"
 #include "reference.h"
-#include "threads.h"
+#include "distributed/threads.h"
 
 namespace {
 uint64_t fresh_seed() { return uint64_t(time(nullptr)) * 2654435761ull; }

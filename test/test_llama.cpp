@@ -7,7 +7,7 @@
 
 #include "data.h"
 #include "llama.h"
-#include "safetensors.h"
+#include "support/safetensors.h"
 
 TEST_CASE("llama: presets and config.json round trip") {
     LlamaConfig c = preset_config("llama-3.2-1b");

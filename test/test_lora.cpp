@@ -7,8 +7,8 @@
 #include "adamw.h"
 #include "data.h"
 #include "lora.h"
-#include "safetensors.h"
-#include "threads.h"
+#include "support/safetensors.h"
+#include "distributed/threads.h"
 
 TEST_CASE("lora: targets, layout, scale") {
     LoraConfig l;

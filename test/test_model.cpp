@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "checkpoint.h"
-#include "generate.h"
+#include "distributed/checkpoint.h"
+#include "support/generate.h"
 #include "lora.h"
 #include "zero3.h"
 

@@ -30,7 +30,8 @@
 #include <thread>
 #include <cstring>
 
-#include "json.h"
+#include "support/cuda_calls.h"
+#include "support/json.h"
 
 namespace {
 

@@ -15,8 +15,8 @@
 #include <map>
 
 #include "data.h"
-#include "json.h"
-#include "report.h"
+#include "support/json.h"
+#include "support/report.h"
 
 namespace {
 // ---------------------------------------------------------------------------------------------- XML

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <stdexcept>
 
-#include "threads.h"
+#include "distributed/threads.h"
 
 TEST_CASE("threads: the pool runs every task exactly once, and a failing task is rethrown after all have run") {
     for (int threads : {1, 3, 8}) {

@@ -7,8 +7,8 @@
 
 #include <unistd.h>
 
-#include "json.h"
-#include "tokenizer.h"
+#include "support/json.h"
+#include "support/tokenizer.h"
 
 // The fixture, loaded once (test_data.cpp uses it too).
 const Tokenizer& llama2_tokenizer() {

@@ -7,8 +7,8 @@
 #include <numeric>
 
 #include "data.h"
-#include "checkpoint.h"
-#include "safetensors.h"
+#include "distributed/checkpoint.h"
+#include "support/safetensors.h"
 #include "zero3.h"
 
 TEST_CASE("zero: every element is owned exactly once; shards round-trip to the full tensor") {

@@ -7,7 +7,7 @@
 #include "gpu.h"
 
 #include "lora.h"
-#include "checkpoint.h"
+#include "distributed/checkpoint.h"
 #include "zero3.h"
 
 namespace {

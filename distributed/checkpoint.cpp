@@ -1,0 +1,218 @@
+// distributed/checkpoint.cpp — checkpoints by parameter name, the trainer's position, and the HF export (checkpoint.h).
+// Saving: each rank writes the slices it optimizes (ZeroStore::owned_slices) under their tensor names;
+// loading: each rank reads back, by name, the slices the new world gives it, from whichever files hold
+// them — so rank count and stage may change between save and load.
+#include "distributed/checkpoint.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "support/cuda_calls.h"
+#include "support/json.h"
+#include "support/report.h"
+
+namespace {
+
+std::string lora_signature(const LoraConfig& l) {
+    std::string s = "r=" + std::to_string(l.rank) + " alpha=" + std::to_string(l.alpha) + " rslora=" + std::to_string(l.use_rslora) + " targets=";
+    for (int t = 0; t < kTargets; ++t)
+        if (l.target[t] && l.rank) s += std::string(lora_target_name(LoraTarget(t))) + ",";
+    return s;
+}
+
+const char* kKinds[3] = {"master", "m", "v"};
+
+}  // namespace
+
+std::string checkpoint_rank_file(const std::string& dir, int rank, int size) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "/rank-%05d-of-%05d.safetensors", rank, size);
+    return dir + buf;
+}
+
+std::string checkpoint_key(const std::string& kind, const std::string& name, int64_t begin) {
+    return kind + ":" + name + ":" + std::to_string(begin);
+}
+
+CheckpointIndex::CheckpointIndex(const std::string& dir, int files) : dir_(dir) {
+    for (int k = 0; k < files; ++k) {
+        readers_.emplace_back(new SafetensorsReader(checkpoint_rank_file(dir, k, files)));
+        for (const auto& [key, t] : readers_.back()->tensors()) {
+            size_t a = key.find(':'), b = key.rfind(':');
+            if (a == std::string::npos || a == b || t.shape.size() != 1) fail(t.file + ": unexpected entry " + key);
+            slices_[key.substr(a + 1, b - a - 1)].push_back({key.substr(0, a), key, std::stoll(key.substr(b + 1)), t.shape[0], k});
+        }
+    }
+}
+
+std::vector<float> CheckpointIndex::read(const std::string& kind, const std::string& name, int64_t begin, int64_t n) const {
+    std::vector<float> part(static_cast<size_t>(n));
+    int64_t covered = 0;
+    auto it = slices_.find(name);
+    if (it != slices_.end())
+        for (const Slice& sl : it->second) {
+            if (sl.kind != kind) continue;
+            int64_t lo = std::max(begin, sl.begin), hi = std::min(begin + n, sl.begin + sl.count);
+            if (lo >= hi) continue;
+            std::vector<float> v = readers_[size_t(sl.file)]->read_float(sl.key, {sl.count});
+            std::copy(v.begin() + (lo - sl.begin), v.begin() + (hi - sl.begin), part.begin() + (lo - begin));
+            covered += hi - lo;
+        }
+    if (covered != n) fail("checkpoint " + dir_ + " is incomplete: " + kind + " of " + name + " is missing elements");
+    return part;
+}
+
+void save_checkpoint(ZeroStore& store, const std::string& root, const std::string& name, const LlamaConfig& c,
+                     const LoraConfig& lora, const TrainerState& state) {
+    const World& w = store.world();
+    std::string dir = root + "/" + name;
+    if (w.rank == 0) mkdir(root.c_str(), 0755), mkdir(dir.c_str(), 0755);
+    world_barrier(w);
+    std::vector<OwnedSlice> slices = store.owned_slices();
+    Progress shown("writing checkpoint " + dir, double(slices.size()), Progress::Units::Items, w.rank == 0);
+    std::vector<std::vector<float>> data;  // host copies, alive until written
+    std::vector<TensorToWrite> entries;
+    std::vector<std::string> keys;
+    for (const OwnedSlice& s : slices) {
+        const float* src[3] = {s.master, s.m, s.v};
+        for (int k = 0; k < 3; ++k) {
+            std::vector<float> h(static_cast<size_t>(s.count));
+            if (s.host) std::memcpy(h.data(), src[k], size_t(s.count) * 4);
+            else check_cuda(cudaMemcpy(h.data(), src[k], size_t(s.count) * 4, cudaMemcpyDeviceToHost), "copy state");
+            data.push_back(std::move(h));
+            keys.push_back(checkpoint_key(kKinds[k], s.name, s.begin));
+        }
+        shown.update(double(data.size() / 3));
+    }
+    for (size_t i = 0; i < data.size(); ++i) entries.push_back({keys[i], "F32", {int64_t(data[i].size())}, data[i].data()});
+    write_safetensors(checkpoint_rank_file(dir, w.rank, w.size), entries, {{"world_size", std::to_string(w.size)}});
+    shown.finish();
+    world_barrier(w);
+    if (w.rank != 0) return;
+    write_atomically(dir + "/trainer.json",
+                     "{\"step\": " + std::to_string(state.step) + ", \"total_steps\": " + std::to_string(state.total_steps) +
+                         ", \"epoch\": " + std::to_string(state.epoch) + ", \"sequences_into_epoch\": " +
+                         std::to_string(state.sequences_into_epoch) + ", \"global_batch\": " + std::to_string(state.global_batch) +
+                         ", \"world_size\": " + std::to_string(w.size) + ", \"seed\": " + std::to_string(state.seed) + "}\n");
+    write_atomically(dir + "/zero.json", "{\"world_size\": " + std::to_string(w.size) + ", \"trainable\": " +
+                                             std::to_string(store.trainable_numel()) + ", \"lora\": " + json_quote(lora_signature(lora)) +
+                                             ", \"model\": " + json_quote(config_json(c)) + "}\n");
+    write_atomically(root + "/latest", name + "\n");
+    std::printf("checkpoint: %s\n", dir.c_str());
+}
+
+std::string find_checkpoint(const std::string& root, const std::string& flag) {
+    if (flag.empty()) return "";
+    std::string dir = flag;
+    if (dir == "auto") {
+        std::string latest = root + "/latest";
+        if (!exists(latest)) return "";
+        std::string name = read_file(latest);
+        dir = root + "/" + name.substr(0, name.find('\n'));
+    }
+    auto good = [](const std::string& d) { return exists(d + "/zero.json") && exists(d + "/trainer.json"); };
+    if (good(dir)) return dir;
+    std::string best;
+    long long best_step = -1;
+    if (DIR* d = opendir(root.c_str())) {
+        while (dirent* e = readdir(d)) {
+            std::string n = e->d_name;
+            if (n.rfind("step-", 0) == 0 && good(root + "/" + n) && std::atoll(n.c_str() + 5) > best_step)
+                best_step = std::atoll(n.c_str() + 5), best = root + "/" + n;
+        }
+        closedir(d);
+    }
+    fail("checkpoint " + dir + " is incomplete or damaged" + (best.empty() ? "" : "; the last good one is " + best + " (--resume " + best + ")"));
+}
+
+void check_checkpoint(const std::string& dir, const LlamaConfig& c, const LoraConfig& lora) {
+    Json meta = read_json_file(dir + "/zero.json");
+    const Json* ws = meta.find("world_size");
+    const Json* model = meta.find("model");
+    const Json* sig = meta.find("lora");
+    if (!ws || !ws->is_int() || ws->integer < 1 || !model || !model->is_string()) fail(dir + "/zero.json: not a checkpoint description");
+    if (model->string != config_json(c)) fail("checkpoint " + dir + " is from another model (its config differs from this run's)");
+    if (!sig || !sig->is_string()) fail(dir + "/zero.json: not a checkpoint description");
+    if (sig->string != lora_signature(lora))
+        fail("checkpoint " + dir + " has LoRA " + sig->string + " but this run has " + lora_signature(lora));
+    read_trainer_state(dir);
+}
+
+TrainerState read_trainer_state(const std::string& dir) {
+    std::string path = dir + "/trainer.json";
+    Json t = read_json_file(path);
+    TrainerState s;
+    auto get = [&](const char* key) {
+        const Json* v = t.find(key);
+        if (!v || !v->is_int() || v->integer < 0) fail(path + ": missing or bad field \"" + std::string(key) + "\"");
+        return v->integer;
+    };
+    s.step = get("step"), s.total_steps = get("total_steps"), s.epoch = get("epoch");
+    s.sequences_into_epoch = get("sequences_into_epoch"), s.global_batch = get("global_batch"), s.world_size = get("world_size");
+    s.seed = uint64_t(get("seed"));
+    return s;
+}
+
+int64_t resume_micro_batch(const TrainerState& s, int micro_batch, int grad_accum, int ranks, int64_t micro_batches_per_epoch,
+                           const std::string& where) {
+    int64_t global = int64_t(micro_batch) * grad_accum * ranks, per_micro = int64_t(micro_batch) * ranks;
+    if (s.global_batch != global)
+        fail(where + ": the checkpoint takes " + std::to_string(s.global_batch) + " sequences per step, this run " + std::to_string(global) +
+             " (" + std::to_string(micro_batch) + " x " + std::to_string(grad_accum) + " x " + std::to_string(ranks) +
+             " ranks): choose --micro-batch and --grad-accum so micro-batch x accumulation x ranks = " + std::to_string(s.global_batch));
+    if (s.sequences_into_epoch % per_micro != 0)
+        fail(where + ": the checkpoint stopped " + std::to_string(s.sequences_into_epoch) +
+             " sequences into an epoch, which is no whole number of this run's micro-batches (" + std::to_string(per_micro) +
+             " sequences across ranks)");
+    return s.epoch * micro_batches_per_epoch + s.sequences_into_epoch / per_micro;
+}
+
+TrainerState load_checkpoint(ZeroStore& store, const std::string& dir, const LlamaConfig& c, const LoraConfig& lora) {
+    check_checkpoint(dir, c, lora);
+    Json meta = read_json_file(dir + "/zero.json");
+    CheckpointIndex index(dir, int(meta.find("world_size")->integer));
+    for (const OwnedSlice& s : store.owned_slices()) {
+        float* dst[3] = {s.master, s.m, s.v};
+        for (int k = 0; k < 3; ++k) {
+            std::vector<float> part = index.read(kKinds[k], s.name, s.begin, s.count);
+            if (s.host) std::memcpy(dst[k], part.data(), size_t(s.count) * 4);
+            else check_cuda(cudaMemcpy(dst[k], part.data(), size_t(s.count) * 4, cudaMemcpyHostToDevice), "copy state");
+        }
+    }
+    store.refresh_weights();
+    return read_trainer_state(dir);
+}
+
+void save_hf(ZeroStore& store, const std::string& dir, const LlamaConfig& c, const LoraConfig& lora) {
+    const World& w = store.world();
+    std::vector<std::vector<float>> adapters = lora.rank ? store.lora_layers() : std::vector<std::vector<float>>();
+    std::unique_ptr<SafetensorsWriter> out;
+    if (w.rank == 0) {
+        mkdir(dir.c_str(), 0755);
+        std::vector<SafetensorsWriter::Entry> entries;
+        for (int u = 0; u < num_units(c); ++u)  // unit order, which is the order the data is written in
+            for (const UnitTensor& t : unit_layout(c, u).tensors) entries.push_back({t.spec.name, "BF16", t.spec.shape});
+        out.reset(new SafetensorsWriter(dir + "/model.safetensors", entries, {{"format", "pt"}}));
+    }
+    Progress shown("writing " + dir + "/model.safetensors", double(num_units(c)), Progress::Units::Items, w.rank == 0);
+    for (int u = 0; u < num_units(c); ++u) {  // one unit in host memory at a time
+        shown.update(double(u));
+        std::vector<float> weights = store.unit_weights(u);
+        if (w.rank != 0) continue;
+        if (lora.rank && u >= 1 && u <= c.num_hidden_layers) merge_lora_layer(c, lora, adapters[size_t(u - 1)].data(), weights.data());
+        for (const UnitTensor& t : unit_layout(c, u).tensors) {
+            std::vector<uint16_t> h(static_cast<size_t>(t.spec.numel()));
+            for (size_t k = 0; k < h.size(); ++k) h[k] = float_to_bf16(weights[size_t(t.offset) + k]);
+            out->write(h.data(), h.size() * 2);
+        }
+    }
+    shown.finish();
+    if (w.rank != 0) return;
+    out->finish();
+    write_atomically(dir + "/config.json", config_json(c));
+}

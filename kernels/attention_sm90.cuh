@@ -1,0 +1,785 @@
+// kernels/attention_sm90.cuh — the fused attention kernels for Hopper (H100, H200; an sm_90a build), head_dim 64:
+// the same math, tiles' order, masks and deterministic dq accumulation as attention.cu's mma.sync kernels,
+// with every product on wgmma (the warpgroup-wide asynchronous MMA reading its operands from 128-byte
+// swizzled shared memory) and, in the forward, the loads on the Tensor Memory Accelerator.
+//   forward   flash_forward_wgmma_kernel: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA stages,
+//             FlashAttention-3's overlap of one key block's softmax with the next block's products
+//   backward  flash_backward_wgmma_kernel: flash_backward_kernel's steps, one warpgroup per 64 keys, each
+//             step's Q and dO tiles brought by the TMA (one thread, completing on an mbarrier)
+// attention.cu includes this file after its own kernels (it uses FwdArgs, BwdArgs, run_backward,
+// wait_counter, ...) and runs these kernels where wgmma_applies() and the mma.sync ones elsewhere; what they measured against
+// the mma.sync kernels, and what would make them faster: dev/NOTES.md.
+#pragma once
+#include <cuda.h>           // CUtensorMap (the forward's TMA loads)
+#include <cudaTypedefs.h>   // PFN_cuTensorMapEncodeTiled
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------- Hopper (sm_90a)
+// wgmma: one warpgroup (4 warps) computes D[64 x N] += A[64 x 16] B[16 x N] asynchronously, reading operands
+// from shared memory through descriptors (A may instead come from registers). The accumulator layout is
+// that of mma.m16n8k16 C fragments: warp w of the group holds rows 16w.., and d[j][0..3] is n-tile j
+// ((g, 2q), (g, 2q+1), (g+8, 2q), (g+8, 2q+1)); a register A operand is the mma.m16n8k16 A fragment.
+// Tiles are rows of 128 bytes (64 bf16) in 1024-byte aligned atoms of 8 rows, 16-byte chunk c of row r stored
+// at chunk c ^ (r % 8) (the 128-byte swizzle). An operand is K-major (k contiguous in a row: the default) or
+// MN-major (m or n contiguous: transposed, TA/TB = 1); for both, 8-row groups are 1024 bytes apart, and a
+// k step of 16 moves the start by 32 bytes (K-major) or 2048 bytes (MN-major).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTENTION_WGMMA 1
+#endif
+
+// The matrix descriptor: start address / 16 (bits 0-13), leading and stride byte offsets / 16 (16-29, 32-45),
+// 128-byte swizzle (bits 62-63 = 1). K-major: the stride offset is the 8-row step (1024), the leading one is
+// unused (1). MN-major with at most 64 elements along M or N: one offset is the 8-row step along k and the
+// other (the step between 64-element atoms along M or N) is unused, so both are 1024.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, bool mn_major) {
+    const uint64_t lbo = mn_major ? 1024 >> 4 : 1, sbo = 1024 >> 4;
+    return uint64_t((addr & 0x3FFFFu) >> 4) | (lbo << 16) | (sbo << 32) | (uint64_t(1) << 62);
+}
+// The descriptor of the tile `bytes` further on (a multiple of 16): only the start address field changes,
+// and it cannot carry over in shared memory (addresses < 2^18), so a 32-bit add on the low word does it.
+__device__ __forceinline__ uint64_t sw128_desc_plus(uint64_t desc, uint32_t bytes) {
+    return (desc & 0xFFFFFFFF00000000ull) | uint32_t(uint32_t(desc) + (bytes >> 4));
+}
+__device__ __forceinline__ uint32_t sw128_offset(int row, int col) {  // byte offset of element (row, col) in a tile
+    return uint32_t(row * 128 + ((((col >> 3) ^ row) & 7) << 4) + (col & 7) * 2);
+}
+
+#if ATTENTION_WGMMA
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// Generic-proxy writes to shared memory (st.shared, cp.async) made visible to wgmma's reads (async proxy).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// Keeps the compiler from moving reads of accumulators above the wait that completes them.
+template <int N>
+__device__ __forceinline__ void wgmma_pin(float (&d)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])::"memory");
+}
+
+// d[64 x N] += A B (ACC = 1) or d = A B (ACC = 0), A and B in shared memory. With ACC = 0 the accumulators
+// are write-only operands: no older value flows in (else the compiler may keep d in the registers of an older
+// value that other instructions write while a product is in flight, and ptxas then serializes every wgmma of
+// the kernel).
+template <int TA, int TB, int ACC = 1>
+__device__ __forceinline__ void wgmma_64x64_ss(float (&d)[8][4], uint64_t a, uint64_t b) {
+    if constexpr (ACC) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %34, %35;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+                     "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    } else {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %34, %35;\n}\n"
+                     : "=f"(d[0][0]), "=f"(d[0][1]), "=f"(d[0][2]), "=f"(d[0][3]), "=f"(d[1][0]), "=f"(d[1][1]), "=f"(d[1][2]), "=f"(d[1][3]), "=f"(d[2][0]), "=f"(d[2][1]), "=f"(d[2][2]), "=f"(d[2][3]), "=f"(d[3][0]), "=f"(d[3][1]), "=f"(d[3][2]), "=f"(d[3][3]),
+                     "=f"(d[4][0]), "=f"(d[4][1]), "=f"(d[4][2]), "=f"(d[4][3]), "=f"(d[5][0]), "=f"(d[5][1]), "=f"(d[5][2]), "=f"(d[5][3]), "=f"(d[6][0]), "=f"(d[6][1]), "=f"(d[6][2]), "=f"(d[6][3]), "=f"(d[7][0]), "=f"(d[7][1]), "=f"(d[7][2]), "=f"(d[7][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    }
+}
+template <int TA, int TB, int ACC = 1>
+__device__ __forceinline__ void wgmma_64x96_ss(float (&d)[12][4], uint64_t a, uint64_t b) {
+    if constexpr (ACC) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, %48, %49, p, 1, 1, %50, %51;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+                     "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+                     "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    } else {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, %48, %49, p, 1, 1, %50, %51;\n}\n"
+                     : "=f"(d[0][0]), "=f"(d[0][1]), "=f"(d[0][2]), "=f"(d[0][3]), "=f"(d[1][0]), "=f"(d[1][1]), "=f"(d[1][2]), "=f"(d[1][3]), "=f"(d[2][0]), "=f"(d[2][1]), "=f"(d[2][2]), "=f"(d[2][3]), "=f"(d[3][0]), "=f"(d[3][1]), "=f"(d[3][2]), "=f"(d[3][3]),
+                     "=f"(d[4][0]), "=f"(d[4][1]), "=f"(d[4][2]), "=f"(d[4][3]), "=f"(d[5][0]), "=f"(d[5][1]), "=f"(d[5][2]), "=f"(d[5][3]), "=f"(d[6][0]), "=f"(d[6][1]), "=f"(d[6][2]), "=f"(d[6][3]), "=f"(d[7][0]), "=f"(d[7][1]), "=f"(d[7][2]), "=f"(d[7][3]),
+                     "=f"(d[8][0]), "=f"(d[8][1]), "=f"(d[8][2]), "=f"(d[8][3]), "=f"(d[9][0]), "=f"(d[9][1]), "=f"(d[9][2]), "=f"(d[9][3]), "=f"(d[10][0]), "=f"(d[10][1]), "=f"(d[10][2]), "=f"(d[10][3]), "=f"(d[11][0]), "=f"(d[11][1]), "=f"(d[11][2]), "=f"(d[11][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    }
+}
+template <int TA, int TB, int ACC = 1>
+__device__ __forceinline__ void wgmma_64x128_ss(float (&d)[16][4], uint64_t a, uint64_t b) {
+    if constexpr (ACC) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %66, %67;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+                     "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+                     "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+                     "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    } else {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %66, %67;\n}\n"
+                     : "=f"(d[0][0]), "=f"(d[0][1]), "=f"(d[0][2]), "=f"(d[0][3]), "=f"(d[1][0]), "=f"(d[1][1]), "=f"(d[1][2]), "=f"(d[1][3]), "=f"(d[2][0]), "=f"(d[2][1]), "=f"(d[2][2]), "=f"(d[2][3]), "=f"(d[3][0]), "=f"(d[3][1]), "=f"(d[3][2]), "=f"(d[3][3]),
+                     "=f"(d[4][0]), "=f"(d[4][1]), "=f"(d[4][2]), "=f"(d[4][3]), "=f"(d[5][0]), "=f"(d[5][1]), "=f"(d[5][2]), "=f"(d[5][3]), "=f"(d[6][0]), "=f"(d[6][1]), "=f"(d[6][2]), "=f"(d[6][3]), "=f"(d[7][0]), "=f"(d[7][1]), "=f"(d[7][2]), "=f"(d[7][3]),
+                     "=f"(d[8][0]), "=f"(d[8][1]), "=f"(d[8][2]), "=f"(d[8][3]), "=f"(d[9][0]), "=f"(d[9][1]), "=f"(d[9][2]), "=f"(d[9][3]), "=f"(d[10][0]), "=f"(d[10][1]), "=f"(d[10][2]), "=f"(d[10][3]), "=f"(d[11][0]), "=f"(d[11][1]), "=f"(d[11][2]), "=f"(d[11][3]),
+                     "=f"(d[12][0]), "=f"(d[12][1]), "=f"(d[12][2]), "=f"(d[12][3]), "=f"(d[13][0]), "=f"(d[13][1]), "=f"(d[13][2]), "=f"(d[13][3]), "=f"(d[14][0]), "=f"(d[14][1]), "=f"(d[14][2]), "=f"(d[14][3]), "=f"(d[15][0]), "=f"(d[15][1]), "=f"(d[15][2]), "=f"(d[15][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    }
+}
+// d[64 x 64] += A B, A in registers (this warp's 16 rows, an mma A fragment), B in shared memory
+template <int TB>
+__device__ __forceinline__ void wgmma_64x64_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB));
+}
+// The same for register A operands, before wgmma_fence: keeps the instructions that write them above it
+// (ptxas serializes every wgmma of the kernel if one lands between the fence and the wgmma).
+template <int N>
+__device__ __forceinline__ void wgmma_pin(uint32_t (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
+}
+// d[64 x 32] += A B, A and B in shared memory
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_64x32_ss(float (&d)[4][4], uint64_t a, uint64_t b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %18, %19;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+                 : "l"(a), "l"(b), "n"(TA), "n"(TB));
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized barriers visible to the other threads and to the async proxy (the TMA).
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// Arrives, and tells the barrier to expect `bytes` more from copies that complete on it.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for the completion of the barrier's phase of this parity (phases alternate 0, 1, 0, ...).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+// The box of a 4-D tensor map at coordinates (c0, c1, c2, c3) into shared memory at dst, completing on bar.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1, int c2, int c3) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3) : "memory");
+}
+
+#endif
+
+// A [B, T, heads, 64] bf16 tensor as a 4-D TMA map (d, head, t, b) whose box is `rows` tokens of one head:
+// 128-byte rows, 128-byte swizzle (as sw128_offset), tokens past T read as zeros.
+CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;  // the driver's, found once through the runtime
+    if (!encode) {
+        void* fn = nullptr;
+        cudaDriverEntryPointQueryResult found{};
+        check_cuda(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
+                   "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+        if (found != cudaDriverEntryPointSuccess || !fn) fail("flash attention: the driver has no cuTensorMapEncodeTiled");
+        encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+    }
+    const cuuint64_t row = 64 * sizeof(bf16);
+    const cuuint64_t dims[4] = {64, cuuint64_t(heads), cuuint64_t(T), cuuint64_t(B)};
+    const cuuint64_t strides[3] = {row, row * heads, row * heads * T};  // bytes, of dims 1..3
+    const cuuint32_t box[4] = {64, 1, cuuint32_t(rows), 1}, unit[4] = {1, 1, 1, 1};
+    CUtensorMap map;
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<bf16*>(base), dims, strides, box, unit,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) fail("flash attention: cuTensorMapEncodeTiled failed (" + std::to_string(int(r)) + ")");
+    return map;
+}
+
+// ---------------------------------------------------------------------------------------------- backward, Hopper
+// The same algorithm, steps and dq ordering as flash_backward_kernel, for Dh = 64 (16-byte aligned rows),
+// with the products on wgmma (sm_90a): a block has NWG warpgroups, each owning 64 keys (warp w: keys 16w..,
+// as before). Operands are read by the tensor cores straight from 128-byte-swizzled shared memory, once per
+// warpgroup instead of once per warp through ldmatrix; P^T and dS^T enter dV and dK as register operands;
+// S^T and dP^T are issued together, and dV runs while dS is formed. No product is in flight across a branch
+// (ptxas would serialize every wgmma of the kernel). With TMA, thread 0 asks the TMA for the next step's Q
+// and dO tiles (they complete on that buffer's mbarrier) instead of every thread issuing 16-byte cp.async
+// copies: 5.78-5.80 -> 5.39-5.40 ms at T = 8192 (dev/NOTES.md).
+template <int NWG_, int MINB_, bool TMA_ = false>
+struct WgBwdConfig {  // NWG warpgroups per block, MINB blocks per SM asked of ptxas, TMA: Q and dO tiles by the TMA
+    static constexpr int NWG = NWG_, MINB = MINB_;
+    static constexpr bool TMA = TMA_;
+    static constexpr int D = 64, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
+    static constexpr int NTD = 8 / NWG;                                   // dQ n-tiles per warp (64 / NWG columns)
+    static constexpr size_t smem = 1024                                   // room to align the tiles to 1024 bytes
+                                   + size_t(2 * BC + 4 * BR + BC) * ROW  // K, V, Q[2], dO[2], dS^T [keys][queries]
+                                   + size_t(6) * BR * sizeof(float);      // lse, D, doc_start [2] each
+};
+
+// Rows [0, ROWS) of a Dh = 64 tile into swizzled shared memory at dst: row r from src + r * row_stride; rows
+// >= rows_valid are zero-filled.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16* src, int64_t row_stride, int rows_valid) {
+    const int c = int(threadIdx.x) % 8;
+#pragma unroll
+    for (int r = int(threadIdx.x) / 8; r < ROWS; r += THREADS / 8) {
+        const bool ok = r < rows_valid;
+        cp_async16(dst + sw128_offset(r, c * 8), ok ? src + r * row_stride + c * 8 : src, ok ? 16 : 0);
+    }
+}
+
+// tm_q, tm_do (W::TMA): q and dO as 4-D maps (d, head, t, b) whose boxes are BR tokens of one head.
+template <class W>
+__global__ void __launch_bounds__(W::THREADS, W::MINB)
+    flash_backward_wgmma_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+#if ATTENTION_WGMMA
+    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NTD = W::NTD;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __shared__ int s_ticket;
+    __shared__ __align__(8) uint64_t qbar[2];  // W::TMA: buffer bb's Q and dO tiles have landed
+    const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
+    const uint32_t sK = base, sV = sK + BC * ROW, sQ = sV + BC * ROW, sdO = sQ + 2 * BR * ROW, sdS = sdO + 2 * BR * ROW;
+    float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
+    float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
+    int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
+    const int T = p.T, H = p.H, KVH = p.KVH, Dh = p.Dh, G = H / KVH;
+    const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
+    if (tid == 0) {
+        s_ticket = int(atomicAdd(p.ticket, 1u));
+        if constexpr (W::TMA) mbar_init(smem_u32(qbar), 1), mbar_init(smem_u32(qbar + 1), 1), mbar_init_fence();
+    }
+    __syncthreads();
+    const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
+    const int64_t q_stride = int64_t(H) * Dh, kv_stride = int64_t(KVH) * Dh;
+    const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
+
+    const int i_lo = k0 / BR;  // query tiles that see these keys, as in flash_backward_kernel
+    int i_hi = nqt - 1;
+    if (doc) {
+        int count = 0;
+        for (int base_i = i_lo; base_i < nqt; base_i += THREADS) {
+            const int i = base_i + tid;
+            count += __syncthreads_count(i < nqt && doc[i * BR] / BC <= j);
+        }
+        i_hi = i_lo + count - 1;
+    }
+    const int n_steps = (i_hi - i_lo + 1) * G;
+
+    auto load_step = [&](int step, int bb) {
+        const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+        if constexpr (W::TMA) {  // one thread; rows past T arrive as zeros
+            if (tid == 0) {
+                const uint32_t bar = smem_u32(qbar + bb);
+                mbar_arrive_expect_tx(bar, 2 * BR * ROW);
+                tma_load_4d(sQ + bb * BR * ROW, &tm_q, bar, 0, h, q0, b);
+                tma_load_4d(sdO + bb * BR * ROW, &tm_do, bar, 0, h, q0, b);
+            }
+        } else {
+            const int64_t off = (int64_t(b) * T + q0) * q_stride + int64_t(h) * Dh;
+            load_tile_sw128<BR, THREADS>(sQ + bb * BR * ROW, p.q + off, q_stride, T - q0);
+            load_tile_sw128<BR, THREADS>(sdO + bb * BR * ROW, p.dO + off, q_stride, T - q0);
+        }
+        if (tid < BR) {
+            const bool ok = q0 + tid < T;
+            const int64_t rix = (int64_t(b) * H + h) * T + q0 + tid;
+            cp_async4(smem_u32(lse_s + bb * BR + tid), ok ? p.lse + rix : p.lse, ok ? 4 : 0);
+            cp_async4(smem_u32(dr_s + bb * BR + tid), ok ? p.Dr + rix : p.Dr, ok ? 4 : 0);
+            cp_async4(smem_u32(ds_s + bb * BR + tid), doc && ok ? static_cast<const void*>(doc + q0 + tid) : p.lse, doc && ok ? 4 : 0);
+        }
+    };
+    load_tile_sw128<BC, THREADS>(sK, p.k + (int64_t(b) * T + k0) * kv_stride + int64_t(g) * Dh, kv_stride, T - k0);
+    load_tile_sw128<BC, THREADS>(sV, p.v + (int64_t(b) * T + k0) * kv_stride + int64_t(g) * Dh, kv_stride, T - k0);
+    load_step(0, 0);
+    cp_async_commit();
+
+    const int kw = warp * 16;                                  // this warp's keys in the tile
+    const int mq = (warp % 4) * 16, dq0 = wg * 8 * NTD;        // this warp's dQ rows and columns
+    const uint32_t sKg = sK + wg * 64 * ROW, sVg = sV + wg * 64 * ROW;  // this warpgroup's 64 keys
+    float dk[8][4], dv[8][4];
+#pragma unroll
+    for (int nd = 0; nd < 8; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.f;
+    int pend = -1;  // the counter of the last dq partial added, released after the next barrier
+    unsigned pend_val = 0;
+
+    for (int step = 0; step < n_steps; ++step) {
+        const int bb = step & 1;
+        cp_async_wait_all();
+        if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
+        fence_proxy_async();  // this thread's copies, visible to wgmma
+        __syncthreads();      // step's tiles landed; every product of the previous step is complete
+        if (pend >= 0) {
+            if (tid == 0) st_release(p.counters + pend, pend_val);
+            pend = -1;
+        }
+        if (step + 1 < n_steps) {
+            load_step(step + 1, bb ^ 1);
+            cp_async_commit();
+        }
+        const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+        const uint32_t sQb = sQ + bb * BR * ROW, sdOb = sdO + bb * BR * ROW;
+        const float* lse_b = lse_s + bb * BR;
+        const float* dr_b = dr_s + bb * BR;
+        const int* ds_b = ds_s + bb * BR;
+
+        // S^T - lse/scale = K Q^T + (-lse/scale) and dP^T - D = V dO^T + (-D): both K-major, issued together
+        float st[NTQ][4], dpt[NTQ][4];
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt) {
+            const float2 l2 = *reinterpret_cast<const float2*>(lse_b + nt * 8 + 2 * tq);
+            const float2 d2 = *reinterpret_cast<const float2*>(dr_b + nt * 8 + 2 * tq);
+            st[nt][0] = st[nt][2] = -l2.x * p.lse_to_s;
+            st[nt][1] = st[nt][3] = -l2.y * p.lse_to_s;
+            dpt[nt][0] = dpt[nt][2] = -d2.x;
+            dpt[nt][1] = dpt[nt][3] = -d2.y;
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wgmma_64x64_ss<0, 0>(st, sw128_desc(sKg + kk * 32, false), sw128_desc(sQb + kk * 32, false));
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wgmma_64x64_ss<0, 0>(dpt, sw128_desc(sVg + kk * 32, false), sw128_desc(sdOb + kk * 32, false));
+        wgmma_commit();
+        wgmma_wait<0>();  // (no product is in flight across the branches below: ptxas would serialize them)
+        wgmma_pin(st);
+        wgmma_pin(dpt);
+
+        // P^T, masked, packed to bf16 A fragments (as in flash_backward_kernel)
+        const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
+        const int key_q = k0 + kw + gr - q0, rows_q = T - q0;
+        uint32_t pa[BR / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = nt * 8 + 2 * tq + (e & 1);
+                float pv = ex2(st[nt][e] * p.scale_log2);
+                if (need_mask) {
+                    const int key = key_q + 8 * (e >> 1);
+                    if ((c >= rows_q) | (key > c) | (key + q0 < ds_b[c])) pv = 0.f;
+                }
+                st[nt][e] = pv;
+            }
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq) {
+            pa[kq][0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
+            pa[kq][1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
+            pa[kq][2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
+            pa[kq][3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
+        }
+
+        // dV += P^T dO: B[k = query][n = d] = dO, MN-major
+        wgmma_fence();
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq) wgmma_64x64_rs<1>(dv, pa[kq], sw128_desc(sdOb + kq * 16 * ROW, true));
+        wgmma_commit();
+
+        // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
+        uint32_t dsa[BR / 16][4];
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                __nv_bfloat162 pb;
+                memcpy(&pb, &pa[kq][r], 4);
+                const float2 pf = __bfloat1622float2(pb);
+                const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
+                dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
+                const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
+            }
+
+        // dK += dS^T Q: B[k = query][n = d] = Q, MN-major
+        wgmma_fence();
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq) wgmma_64x64_rs<1>(dk, dsa[kq], sw128_desc(sQb + kq * 16 * ROW, true));
+        wgmma_commit();
+        wgmma_wait<0>();  // dV and dK
+        wgmma_pin(dk);
+        wgmma_pin(dv);
+
+        // Our turn for this dq tile (see flash_backward_kernel)
+        const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
+        const bool first = j == jmin, last = j == jmax;
+        const int cidx = (b * H + h) * nqt + i;
+        if (tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
+        __syncthreads();      // dS^T complete; the counter seen
+
+        // dQ_part = dS K, this warpgroup's 64 / NWG columns: A[m = query][k = key] = dS^T, B[k = key][n = d] = K,
+        // both MN-major
+        float dq[NTD][4];
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.f;
+        wgmma_fence();
+#pragma unroll
+        for (int kc = 0; kc < BC / 16; ++kc) {
+            const uint64_t a = sw128_desc(sdS + kc * 16 * ROW, true), bk = sw128_desc(sK + kc * 16 * ROW + dq0 * 2, true);
+            if constexpr (NTD == 8) wgmma_64x64_ss<1, 1>(dq, a, bk);
+            else wgmma_64x32_ss<1, 1>(dq, a, bk);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin(dq);
+
+        float4* accp = reinterpret_cast<float4*>(p.dq_acc + int64_t(cidx) * (BR * W::D)) + warp * NTD * 32 + lane;
+#pragma unroll
+        for (int nt = 0; nt < NTD; ++nt) {
+            const float4 part = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+            if (!first && !last) {
+                red_add_f32x4(accp + nt * 32, part);
+            } else if (!last) {
+                __stcg(accp + nt * 32, part);
+            } else {
+                const float4 sum = first ? make_float4(0.f, 0.f, 0.f, 0.f) : __ldcg(accp + nt * 32);
+                const int col = dq0 + nt * 8 + 2 * tq, row = q0 + mq + gr;
+                bf16* dst = p.dq + (int64_t(b) * T + row) * q_stride + int64_t(h) * Dh + col;
+                if (row < T)
+                    *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn((sum.x + part.x) * p.scale, (sum.y + part.y) * p.scale);
+                if (row + 8 < T)
+                    *reinterpret_cast<__nv_bfloat162*>(dst + 8 * q_stride) =
+                        __floats2bfloat162_rn((sum.z + part.z) * p.scale, (sum.w + part.w) * p.scale);
+            }
+        }
+        if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+    }
+    __syncthreads();
+    if (pend >= 0 && tid == 0) st_release(p.counters + pend, pend_val);
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int key = k0 + kw + gr + 8 * hf;
+        if (key >= T) continue;
+        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * Dh;
+#pragma unroll
+        for (int nd = 0; nd < 8; ++nd) {
+            const int col = nd * 8 + 2 * tq;
+            *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
+                __floats2bfloat162_rn(dk[nd][2 * hf] * p.scale, dk[nd][2 * hf + 1] * p.scale);
+            *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[nd][2 * hf], dv[nd][2 * hf + 1]);
+        }
+    }
+#else
+    __trap();  // launched only where wgmma_available() says the sm_90a code is there
+#endif
+}
+
+__global__ void wgmma_probe_kernel(int* out) {
+#if ATTENTION_WGMMA
+    *out = 1;
+#else
+    *out = 0;
+#endif
+}
+
+// Whether the GPU runs this build's sm_90a code (an H100 or H200, and a build that includes it): asked once.
+bool wgmma_available() {
+    static int available = -1;
+    if (available < 0) {
+        int* d = nullptr;
+        check_cuda(cudaMalloc(&d, sizeof(int)), "cudaMalloc");
+        wgmma_probe_kernel<<<1, 1>>>(d);
+        check_launch("wgmma_probe_kernel");
+        check_cuda(cudaMemcpy(&available, d, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy");
+        check_cuda(cudaFree(d), "cudaFree");
+    }
+    return available == 1;
+}
+
+// The Hopper kernels' conditions: Dh = 64 with 16-byte aligned rows, on a GPU that runs them.
+bool wgmma_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
+    return a.Dh == 64 && all_aligned(ptrs, 16) && wgmma_available();
+}
+
+template <class W>
+void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                           const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
+                           cudaStream_t stream) {
+    if (!wgmma_applies(a, {q, k, v, dO}))
+        fail("flash attention: the wgmma backward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    static bool configured = false;
+    if (!configured) {
+        check_cuda(cudaFuncSetAttribute(flash_backward_wgmma_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_wgmma_kernel)");
+        configured = true;
+    }
+    const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    CUtensorMap tm_q{}, tm_do{};
+    if (W::TMA) tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, a.H, W::BR);
+    const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
+    flash_backward_wgmma_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    check_launch("flash_backward_wgmma_kernel");
+}
+
+// ---------------------------------------------------------------------------------------------- forward, Hopper
+// flash_forward_kernel's algorithm (attention.cu) for Dh = 64 (16-byte aligned rows) with its products on
+// wgmma and its loads on the Tensor Memory Accelerator (sm_90a).
+// Tile scheme: a block owns BR = 64 NWG query rows of one (b, h) and NWG warpgroups, each owning 64 of the
+// rows (warp w: rows 16w.., as wgmma's accumulators lay them), and walks key blocks of BC keys from the block
+// holding doc_start of its first row up to the diagonal; blocks with the longest key ranges start first.
+// Per key block, per warpgroup:
+//   S = Q K^T    A = Q, B = K, both from shared memory, K-major (Dh is k)
+//   P            online softmax in registers (exp2, scale * log2 e folded into one FMA; a row's max and sum
+//                over the 4 lanes of a quad), masked only on blocks that straddle the diagonal, a document
+//                start or T; packed to bf16 A fragments
+//   O += P V     A = P from registers, B = V: MN-major (Dh is n, contiguous)
+// FlashAttention-3's intra-warpgroup overlap: S of the next key block and P V of this one are issued together,
+// the softmax of the next block runs while P V is on the tensor cores, O is rescaled once P V has landed.
+// Loads: thread 0 issues one bulk tensor copy per tile (Q once; K and V of a key block into one of NS stages);
+// the TMA writes them 128-byte swizzled, zero-filled past T, and completes the stage's "full" mbarrier by
+// byte count. A warpgroup waits only for the stage it needs and hands it back through the stage's "empty"
+// mbarrier (one arrival per warp once its products on the stage are complete); thread 0 refills a stage once
+// every warp has handed it back. No block-wide barrier in the key loop, so the warpgroups drift apart (the
+// others up to NS - 2 key blocks ahead of warpgroup 0, which refills) and one's softmax runs under another's
+// products.
+// Nothing is in flight across a branch: the mask is chosen per key block before the products are issued
+// (ptxas would serialize every wgmma of the kernel).
+template <int NWG_, int BC_, int NS_>
+struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages of K and V
+    static constexpr int NWG = NWG_, BC = BC_, NS = NS_;
+    static constexpr int D = 64, BR = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
+    static constexpr uint32_t STAGE = 2 * BC * ROW;                              // K [BC] then V [BC] rows
+    static constexpr size_t smem = 1024 + size_t(BR) * ROW + size_t(NS) * STAGE;  // alignment; Q; stages
+    static_assert((BC == 64 || BC == 96 || BC == 128) && NS >= 2 && NWG <= 3, "tile shape (a TMA box has at most 256 rows)");
+};
+
+#if ATTENTION_WGMMA
+// s = Q K^T for one key block (descriptors of this warpgroup's Q rows and of the K block): k = Dh in 4 steps
+// of 16, 32 bytes apart (K-major)
+template <int NT>
+__device__ __forceinline__ void wg_scores(float (&s)[NT][4], uint64_t dq, uint64_t dk) {
+    if constexpr (NT == 16) {
+        wgmma_64x128_ss<0, 0, 0>(s, dq, dk);
+#pragma unroll
+        for (int kk = 1; kk < 4; ++kk) wgmma_64x128_ss<0, 0, 1>(s, sw128_desc_plus(dq, kk * 32), sw128_desc_plus(dk, kk * 32));
+    } else if constexpr (NT == 12) {
+        wgmma_64x96_ss<0, 0, 0>(s, dq, dk);
+#pragma unroll
+        for (int kk = 1; kk < 4; ++kk) wgmma_64x96_ss<0, 0, 1>(s, sw128_desc_plus(dq, kk * 32), sw128_desc_plus(dk, kk * 32));
+    } else {
+        wgmma_64x64_ss<0, 0, 0>(s, dq, dk);
+#pragma unroll
+        for (int kk = 1; kk < 4; ++kk) wgmma_64x64_ss<0, 0, 1>(s, sw128_desc_plus(dq, kk * 32), sw128_desc_plus(dk, kk * 32));
+    }
+}
+// o += P V for one key block (descriptor of the V block): k = keys in steps of 16 rows, 2048 bytes apart (MN-major)
+template <int KC>
+__device__ __forceinline__ void wg_pv(float (&o)[8][4], const uint32_t (&pa)[KC][4], uint64_t dv) {
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) wgmma_64x64_rs<1>(o, pa[kc], sw128_desc_plus(dv, kc * 2048));
+}
+
+// Online softmax of one key block for this thread's two rows (row0, row0 + 8), in place, in two halves.
+// wg_row_max: masks (MASK) keys outside [row_ds, row] and >= T; m_new = max(m, rowmax(s) scale_log2) (the
+// only cross-lane step), alpha = 2^(m - m_new), m_use = m_new (0 for a row with nothing allowed yet).
+template <bool MASK, int NT>
+__device__ __forceinline__ void wg_row_max(float (&s)[NT][4], float (&m)[2], float (&alpha)[2], float (&m_use)[2], float scale_log2,
+                                           int key0, int row0, const int (&row_ds)[2], int T) {
+    if constexpr (MASK) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = key0 + nt * 8 + (e & 1), hf = e >> 1;
+                const bool ok = key >= row_ds[hf] && key <= row0 + 8 * hf && key < T;
+                s[nt][e] = ok ? s[nt][e] : -INFINITY;
+            }
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        float mx[2] = {fmaxf(s[0][2 * hf], s[0][2 * hf + 1]), fmaxf(s[1][2 * hf], s[1][2 * hf + 1])};  // two chains (ILP)
+#pragma unroll
+        for (int nt = 2; nt < NT; ++nt) mx[nt & 1] = fmaxf(mx[nt & 1], fmaxf(s[nt][2 * hf], s[nt][2 * hf + 1]));
+        float mr = fmaxf(mx[0], mx[1]);
+        mr = fmaxf(mr, __shfl_xor_sync(0xffffffffu, mr, 1));  // the 4 lanes of a quad share a row
+        mr = fmaxf(mr, __shfl_xor_sync(0xffffffffu, mr, 2));
+        const float m_new = fmaxf(m[hf], mr * scale_log2);
+        m_use[hf] = m_new == -INFINITY ? 0.f : m_new;
+        alpha[hf] = ex2(m[hf] - m_use[hf]);
+        m[hf] = m_new;
+    }
+}
+// wg_exp: s = p = 2^(s scale_log2 - m_use), l = l alpha + rowsum(p) (this lane's part).
+template <int NT>
+__device__ __forceinline__ void wg_exp(float (&s)[NT][4], float (&l)[2], const float (&alpha)[2], const float (&m_use)[2],
+                                       float scale_log2) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 2 * hf; e < 2 * hf + 2; ++e) s[nt][e] = ex2(fmaf(s[nt][e], scale_log2, -m_use[hf]));
+        float sum[2] = {s[0][2 * hf] + s[0][2 * hf + 1], s[1][2 * hf] + s[1][2 * hf + 1]};  // two chains (ILP)
+#pragma unroll
+        for (int nt = 2; nt < NT; ++nt) sum[nt & 1] += s[nt][2 * hf] + s[nt][2 * hf + 1];
+        l[hf] = fmaf(l[hf], alpha[hf], sum[0] + sum[1]);
+    }
+}
+// P as bf16 A fragments: n-tiles 2kc, 2kc+1 of s are k-step kc.
+template <int NT>
+__device__ __forceinline__ void wg_pack(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][4]) {
+#pragma unroll
+    for (int kc = 0; kc < NT / 2; ++kc) {
+        pa[kc][0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
+        pa[kc][1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
+        pa[kc][2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        pa[kc][3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+    }
+}
+#endif
+
+// o[t] = sum_j softmax_j(scale q_t . k_j) v_j over doc_start[t] <= j <= t;  lse[t] = log sum_j exp(...)
+// tm_q, tm_k, tm_v: q, k, v as 4-D maps (d, head, t, b) whose boxes are BR (q) or BC (k, v) tokens of one head.
+template <class W>
+__global__ void __launch_bounds__(W::THREADS, 1)
+    flash_forward_wgmma_kernel(const FwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                               const __grid_constant__ CUtensorMap tm_v) {
+#if ATTENTION_WGMMA
+    constexpr int NWG = W::NWG, BR = W::BR, BC = W::BC, NS = W::NS, ROW = W::ROW, NT = BC / 8, KC = BC / 16;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __shared__ __align__(8) uint64_t bars[2 * NS + 1];  // full [NS], empty [NS], Q
+    const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sS = sQ + BR * ROW;  // Q [BR] rows, then the stages
+    const uint32_t full = smem_u32(bars), empty = full + 8 * NS, qbar = full + 16 * NS;
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4, tq = lane % 4;
+    const int T = p.T, H = p.H;
+    const int bh = blockIdx.x, b = bh / H, h = bh % H, g = h / (H / p.KVH);
+    const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * BR;  // longest key ranges first
+    const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
+
+    const int last_row = min(q0 + BR - 1, T - 1);
+    const int ds_first = doc ? doc[q0] : 0, ds_last = doc ? doc[last_row] : 0;
+    const int kt_begin = ds_first / BC, n_blocks = last_row / BC - kt_begin + 1;  // key blocks kt_begin + n
+    const int row0 = q0 + 16 * warp + lane / 4;  // this thread's rows: row0, row0 + 8
+    const int row_ds[2] = {doc ? doc[min(row0, T - 1)] : 0, doc ? doc[min(row0 + 8, T - 1)] : 0};
+    // Masks where a key may fall outside [doc_start[t], t] or beyond T.
+    auto need_mask = [&](int kt) { return kt * BC + BC - 1 > q0 || kt * BC < ds_last || kt * BC + BC > T; };
+
+    if (tid == 0) {
+        for (int st = 0; st < NS; ++st) mbar_init(full + 8 * st, 1), mbar_init(empty + 8 * st, 4 * NWG);
+        mbar_init(qbar, 1);
+        mbar_init_fence();
+    }
+    __syncthreads();
+    // Key block n (K then V) into stage n % NS (thread 0).
+    auto load_block = [&](int n) {
+        const uint32_t bar = full + 8 * (n % NS), dst = sS + (n % NS) * W::STAGE;
+        mbar_arrive_expect_tx(bar, W::STAGE);
+        tma_load_4d(dst, &tm_k, bar, 0, g, (kt_begin + n) * BC, b);
+        tma_load_4d(dst + BC * ROW, &tm_v, bar, 0, g, (kt_begin + n) * BC, b);
+    };
+    if (tid == 0) {
+        mbar_arrive_expect_tx(qbar, BR * ROW);
+        tma_load_4d(sQ, &tm_q, qbar, 0, h, q0, b);
+        for (int n = 0; n < min(NS, n_blocks); ++n) load_block(n);
+    }
+    const uint64_t desc_q = sw128_desc(sQ + wg * 64 * ROW, false);                       // this warpgroup's Q rows
+    const uint64_t desc_k0 = sw128_desc(sS, false), desc_v0 = sw128_desc(sS + BC * ROW, true);  // stage 0's K, V
+    auto stage_desc = [&](uint64_t desc0, int n) { return sw128_desc_plus(desc0, (n % NS) * W::STAGE); };
+
+    float o[8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+#pragma unroll
+    for (int nd = 0; nd < 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    uint32_t pa[KC][4];  // P of the key block whose P V is next
+
+    mbar_wait(qbar, 0);
+    mbar_wait(full, 0);
+    {  // the first key block: S, softmax
+        float s[NT][4];
+        wgmma_fence();
+        wg_scores(s, desc_q, desc_k0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin(s);
+        float m_use[2];
+        if (need_mask(kt_begin)) wg_row_max<true>(s, m, alpha, m_use, p.scale_log2, kt_begin * BC + 2 * tq, row0, row_ds, T);
+        else wg_row_max<false>(s, m, alpha, m_use, p.scale_log2, kt_begin * BC + 2 * tq, row0, row_ds, T);
+        wg_exp(s, l, alpha, m_use, p.scale_log2);
+        wg_pack(s, pa);
+    }
+
+    // Step n: S_{n+1} = Q K_{n+1}^T and O += P_n V_n issued together; the softmax of S_{n+1} while P V runs;
+    // then O *= alpha and P_{n+1} packed into pa (only once P V is done with it: ptxas serializes every wgmma
+    // if the registers of an in-flight register operand are written). (ptxas places the wait for P V early in
+    // the softmax, before its first shuffle, so in fact little of a warpgroup's own softmax runs under its
+    // P V: the other warpgroups' products fill the tensor cores. dev/NOTES.md, "wgmma forward".)
+    auto step = [&](auto mask, int n) {
+        float s[NT][4], m_use[2];
+        wgmma_pin(o);  // (o *= alpha and the packing of pa stay above the fence)
+        wgmma_pin(pa);
+        wgmma_fence();
+        wg_scores(s, desc_q, stage_desc(desc_k0, n + 1));
+        wgmma_commit();
+        wg_pv(o, pa, stage_desc(desc_v0, n));
+        wgmma_commit();
+        wgmma_wait<1>();  // S
+        wgmma_pin(s);
+        wg_row_max<decltype(mask)::value>(s, m, alpha, m_use, p.scale_log2, (kt_begin + n + 1) * BC + 2 * tq, row0, row_ds, T);
+        wg_exp(s, l, alpha, m_use, p.scale_log2);
+        wgmma_wait<0>();  // P V
+        wgmma_pin(o);
+#pragma unroll
+        for (int nd = 0; nd < 8; ++nd) o[nd][0] *= alpha[0], o[nd][1] *= alpha[0], o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
+        wg_pack(s, pa);
+    };
+    for (int n = 0; n + 1 < n_blocks; ++n) {
+        // Thread 0 refills the stage of block n - 1 (every warp is past it) with block n - 1 + NS.
+        if (tid == 0 && n >= 1 && n - 1 + NS < n_blocks) {
+            mbar_wait(empty + 8 * ((n - 1) % NS), ((n - 1) / NS) & 1);
+            load_block(n - 1 + NS);
+        }
+        mbar_wait(full + 8 * ((n + 1) % NS), ((n + 1) / NS) & 1);  // block n + 1 has landed
+        if (need_mask(kt_begin + n + 1)) step(std::true_type{}, n);
+        else step(std::false_type{}, n);
+        if (lane == 0) mbar_arrive(empty + 8 * (n % NS));  // this warp is done with block n
+    }
+
+    // The last block's P V
+    wgmma_pin(o);
+    wgmma_pin(pa);
+    wgmma_fence();
+    wg_pv(o, pa, stage_desc(desc_v0, n_blocks - 1));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin(o);
+
+    // o = O / l, lse = (m + log2 l) ln 2
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        float lt = l[hf];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const int row = row0 + 8 * hf;
+        if (row < T) {
+            bf16* orow = p.o + (int64_t(b) * T + row) * (int64_t(H) * W::D) + int64_t(h) * W::D;
+#pragma unroll
+            for (int nd = 0; nd < 8; ++nd)
+                *reinterpret_cast<__nv_bfloat162*>(orow + nd * 8 + 2 * tq) =
+                    __floats2bfloat162_rn(o[nd][2 * hf] * inv, o[nd][2 * hf + 1] * inv);
+            if (tq == 0) p.lse[(int64_t(b) * H + h) * T + row] = m[hf] * kLn2 + logf(lt);
+        }
+    }
+#else
+    __trap();  // launched only where wgmma_available() says the sm_90a code is there
+#endif
+}
+
+template <class W>
+void launch_forward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o,
+                          float* lse, cudaStream_t stream) {
+    if (!wgmma_applies(a, {q, k, v, o}))
+        fail("flash attention: the wgmma forward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    static bool configured = false;
+    if (!configured) {
+        check_cuda(cudaFuncSetAttribute(flash_forward_wgmma_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_forward_wgmma_kernel)");
+        configured = true;
+    }
+    const FwdArgs p{q, k, v, doc_start, o, lse, a.B, a.T, a.H, a.KVH, a.Dh, float(kLog2e / std::sqrt(double(a.Dh))), true};
+    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_k = head_rows_map(k, a.B, a.T, a.KVH, W::BC),
+                      tm_v = head_rows_map(v, a.B, a.T, a.KVH, W::BC);
+    const dim3 grid(unsigned(a.B * a.H), unsigned((a.T + W::BR - 1) / W::BR));
+    flash_forward_wgmma_kernel<W><<<grid, W::THREADS, W::smem, stream>>>(p, tm_q, tm_k, tm_v);
+    check_launch("flash_forward_wgmma_kernel");
+}
+
+}  // namespace

@@ -1,0 +1,48 @@
+// kernels/gemm.h — matrix products through cuBLASLt, the one library kernel. Row-major, contiguous rows, bf16
+// inputs, fp32 accumulation, bf16 or fp32 output. The three forms the model uses, named by how they
+// read their operands:
+//   matmul_nt   C[M,N] = alpha * A[M,K] · B[N,K]^T + beta * C      y = x W^T        (a linear layer)
+//   matmul_nn   C[M,N] = alpha * A[M,K] · B[K,N]   + beta * C      dx = dy W        (its input gradient)
+//   matmul_tn   C[M,N] = alpha * A[K,M]^T · B[K,N] + beta * C      dW += dy^T x     (its weight gradient)
+//   matmul_nt_add  D[M,N] = alpha * A[M,K] · B[N,K]^T + C           y = x W^T + residual (C read in the epilogue)
+// `Batched` runs `count` independent products, each operand advancing by its stride (in elements).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+using bf16 = __nv_bfloat16;
+
+struct Gemm {
+    cublasLtHandle_t lt = nullptr;
+    void* workspace = nullptr;  // [workspace_bytes] cuBLASLt scratch
+    size_t workspace_bytes = 0;
+    cudaStream_t stream = nullptr;
+};
+Gemm gemm_create(cudaStream_t stream);
+void gemm_destroy(Gemm& g);
+
+struct Batched {
+    int count = 1;
+    int64_t stride_a = 0, stride_b = 0, stride_c = 0;
+};
+// Row strides (elements) of operands that are column slices of wider matrices; 0: contiguous rows.
+struct Ld {
+    int a = 0, b = 0, c = 0;
+};
+
+// TC is bf16 or float.
+template <typename TC>
+void matmul_nt(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
+               float beta = 0.0f, Batched batch = {}, Ld ld = {});
+template <typename TC>
+void matmul_nn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
+               float beta = 0.0f, Batched batch = {}, Ld ld = {});
+template <typename TC>
+void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
+               float beta = 0.0f, Batched batch = {}, Ld ld = {});
+void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
+                   Ld ld = {});

@@ -1,0 +1,269 @@
+// support/generate.cu — generation with a KV cache (generate.h). All sequences advance together, one position per
+// step; at step p each sequence reads its prompt's token p while it has one, and its last generated token
+// after that:
+//   logits = model.decode(tokens, p)     every layer: k, v of position p into the cache, attention over 0..p
+//   next   = argmax(logits)              (on the GPU) or a draw from softmax(logits / temperature) within
+//                                        top-k and top-p, for each sequence whose prompt is read
+#include "support/generate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "support/cuda_calls.h"
+#include "kernels/cuda_common.cuh"
+#include "lora.h"
+#include "support/options.h"
+#include "support/tokenizer.h"
+#include "distributed/world.h"
+#include "zero3.h"
+
+#include <cstdio>
+#include <iostream>
+
+namespace {
+
+// ids[r] = argmax_j logits[r, j]  (the first of equal maxima; one block per row)
+__global__ void argmax_kernel(const float* logits, int V, int32_t* ids) {
+    const float* z = logits + int64_t(blockIdx.x) * V;
+    float best = -INFINITY;
+    int at = V;
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        if (z[j] > best) best = z[j], at = j;
+    __shared__ float values[1024];
+    __shared__ int index[1024];
+    values[threadIdx.x] = best, index[threadIdx.x] = at;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            float v = values[threadIdx.x + half];
+            int i = index[threadIdx.x + half];
+            if (v > values[threadIdx.x] || (v == values[threadIdx.x] && i < index[threadIdx.x])) values[threadIdx.x] = v, index[threadIdx.x] = i;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) ids[blockIdx.x] = index[0];
+}
+
+}  // namespace
+
+int32_t sample_token(const float* logits, int vocab, const Sampling& s, Rng& rng) {
+    int32_t best = int32_t(std::max_element(logits, logits + vocab) - logits);
+    if (s.temperature <= 0) return best;
+    std::vector<std::pair<float, int32_t>> p;  // (unnormalised probability, id), most likely first
+    for (int32_t i = 0; i < vocab; ++i) {
+        float e = std::exp((logits[i] - logits[best]) / s.temperature);
+        if (e > 0) p.push_back({e, i});
+    }
+    std::sort(p.begin(), p.end(), [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+    if (s.top_k > 0 && p.size() > size_t(s.top_k)) p.resize(size_t(s.top_k));
+    double total = 0;
+    for (const auto& x : p) total += x.first;
+    double keep = 0, cut = double(s.top_p) * total;
+    size_t n = 0;
+    while (n < p.size() && (n == 0 || keep < cut)) keep += p[n++].first;
+    double r = double(rng.uniform()) * keep;
+    for (size_t i = 0; i < n; ++i)
+        if ((r -= p[i].first) < 0) return p[i].second;
+    return p[n - 1].second;
+}
+
+Generator::Generator(const LlamaConfig& c, LoraShape lora, int rows, int max_len, cudaStream_t stream)
+    : c_(c), rows_(rows), stream_(stream), model_(c, lora, rows, 1, stream, true, max_len) {
+    int64_t kv = int64_t(c.num_hidden_layers) * rows * max_len * c.num_key_value_heads * c.head_dim;
+    cache_.k = device_alloc<bf16>(size_t(kv), "KV cache");
+    cache_.v = device_alloc<bf16>(size_t(kv), "KV cache");
+    cache_.scores = device_alloc<float>(size_t(rows) * c.num_attention_heads * size_t(max_len), "decode attention scores");
+    cache_.max_len = max_len;
+    logits_ = device_alloc<float>(size_t(rows) * c.vocab_size, "logits");
+    argmax_ = device_alloc<int32_t>(size_t(rows), "next tokens");
+}
+
+Generator::~Generator() {
+    device_free(cache_.k), device_free(cache_.v), device_free(cache_.scores), device_free(logits_), device_free(argmax_);
+}
+
+std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts,
+                                                      const Sampling& s, const std::vector<int32_t>& eos,
+                                                      const std::function<void(int, int32_t)>& on_token) {
+    int n = int(prompts.size()), V = c_.vocab_size;
+    if (n > rows_) exit_with_error("Generator: more prompts than rows");
+    std::vector<std::vector<int32_t>> out = prompts;
+    std::vector<bool> done(size_t(n), false);
+    std::vector<Rng> rng;
+    for (int r = 0; r < n; ++r) {
+        rng.emplace_back(s.seed ^ (kGoldenGamma * uint64_t(r)));
+        if (prompts[size_t(r)].empty() || int(prompts[size_t(r)].size()) >= cache_.max_len) done[size_t(r)] = true;
+    }
+    std::vector<int32_t> tokens(size_t(rows_), 0), positions(size_t(rows_), 0), next(size_t(rows_), 0);
+    std::vector<float> logits;
+    for (int p = 0; p < cache_.max_len; ++p) {
+        bool active = false;
+        for (int r = 0; r < n; ++r) {
+            const std::vector<int32_t>& seq = out[size_t(r)];
+            active |= !done[size_t(r)];
+            tokens[size_t(r)] = p < int(seq.size()) ? seq[size_t(p)] : 0;  // finished rows read padding
+            positions[size_t(r)] = p;
+        }
+        if (!active) break;
+        model_.decode(tokens, positions, store, cache_, logits_);
+        bool wanted = false;  // does any sequence take its next token at this position?
+        for (int r = 0; r < n; ++r) wanted |= !done[size_t(r)] && p == int(out[size_t(r)].size()) - 1;
+        if (!wanted) continue;
+        if (s.temperature <= 0) {
+            argmax_kernel<<<unsigned(rows_), 1024, 0, stream_>>>(logits_, V, argmax_);
+            check_launch("argmax_kernel");
+            check_cuda(cudaMemcpyAsync(next.data(), argmax_, size_t(rows_) * 4, cudaMemcpyDeviceToHost, stream_), "copy tokens");
+        } else {
+            logits.resize(size_t(rows_) * V);
+            check_cuda(cudaMemcpyAsync(logits.data(), logits_, logits.size() * 4, cudaMemcpyDeviceToHost, stream_), "copy logits");
+        }
+        if (wait) wait(stream_);
+        else check_cuda(cudaStreamSynchronize(stream_), "generate");
+        for (int r = 0; r < n && s.temperature > 0; ++r) next[size_t(r)] = sample_token(logits.data() + int64_t(r) * V, V, s, rng[size_t(r)]);
+        if (agree) agree(next);
+        for (int r = 0; r < n; ++r) {
+            std::vector<int32_t>& seq = out[size_t(r)];
+            if (done[size_t(r)] || p != int(seq.size()) - 1) continue;
+            seq.push_back(next[size_t(r)]);
+            if (on_token) on_token(r, next[size_t(r)]);
+            bool stop = std::find(eos.begin(), eos.end(), next[size_t(r)]) != eos.end();
+            stop |= int(seq.size() - prompts[size_t(r)].size()) >= s.max_new_tokens || int(seq.size()) >= cache_.max_len;
+            if (stop) done[size_t(r)] = true;
+        }
+    }
+    return out;
+}
+
+// ================================================================================================ the command
+
+namespace {
+
+const char* kGenerateUsage = R"(usage: ./train generate --model DIR [--adapter DIR] [OPTIONS] [PROMPT ...]
+
+Answers each PROMPT (or each line of stdin when none is given), streaming the answer as it comes, then
+prints the tokens and tokens/s. Stops at the model's end tokens (generation_config.json, config.json).
+  --model DIR            HF model directory (config.json, safetensors, tokenizer.json); e.g. OUT/model
+  --adapter DIR          a PEFT LoRA adapter on that base, e.g. OUT/adapter
+  --tokenizer PATH       tokenizer.json when the model directory has none
+  --chat-template        wrap each prompt in the model family's chat template (Instruct models)
+  --max-new-tokens N     (default 128)
+  --temperature T        0 = greedy (default); > 0 samples from softmax(logits / T)
+  --top-k K              sample among the K most likely tokens (default 0: all)
+  --top-p P              sample within the nucleus of probability P (default 1)
+  --seed N               sampling seed (default 1234)
+)";
+
+struct GenerateOptions {
+    std::string model, adapter, tokenizer;
+    bool chat = false;
+    Sampling sampling;
+    std::vector<std::string> prompts;
+};
+
+GenerateOptions parse_generate(const std::vector<std::string>& args) {
+    GenerateOptions g;
+    g.sampling.max_new_tokens = 128, g.sampling.seed = 1234;
+    for (size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        auto value = [&]() -> const std::string& {
+            if (i + 1 >= args.size()) fail(a + " needs a value");
+            return args[++i];
+        };
+        if (a == "--model") g.model = value();
+        else if (a == "--adapter") g.adapter = value();
+        else if (a == "--tokenizer") g.tokenizer = value();
+        else if (a == "--chat-template") g.chat = true;
+        else if (a == "--max-new-tokens") g.sampling.max_new_tokens = int(parse_int(a, value(), 1, 1 << 20));
+        else if (a == "--temperature") g.sampling.temperature = float(parse_real(a, value()));
+        else if (a == "--top-k") g.sampling.top_k = int(parse_int(a, value(), 0, 1 << 30));
+        else if (a == "--top-p") g.sampling.top_p = float(parse_real(a, value()));
+        else if (a == "--seed") g.sampling.seed = uint64_t(parse_int(a, value(), 0, 1LL << 62));
+        else if (a.rfind("--", 0) == 0) fail("unknown option " + a + " for generate (see ./train generate --help)");
+        else g.prompts.push_back(a);
+    }
+    if (g.model.empty()) fail("generate needs --model DIR (see ./train generate --help)");
+    if (!exists(g.model + "/config.json")) fail("--model " + g.model + ": no config.json there");
+    if (!g.adapter.empty() && !exists(g.adapter + "/adapter_config.json")) fail("--adapter " + g.adapter + ": no adapter_config.json there");
+    if (g.sampling.temperature < 0) fail("--temperature must be >= 0");
+    if (!(g.sampling.top_p > 0 && g.sampling.top_p <= 1)) fail("--top-p must be in (0, 1]");
+    if (g.tokenizer.empty()) {
+        g.tokenizer = g.model + "/tokenizer.json";
+        if (!exists(g.tokenizer)) fail("--model " + g.model + " has no tokenizer.json: pass --tokenizer PATH");
+    }
+    if (g.prompts.empty()) {
+        for (std::string line; std::getline(std::cin, line);)
+            if (line.find_first_not_of(" \t\r") != std::string::npos) g.prompts.push_back(line);
+        if (g.prompts.empty()) fail("generate: no prompt (give prompts as arguments or one per line on stdin)");
+    }
+    return g;
+}
+
+// Streams a sequence's text as its ids come: prints what decoding added, holding back an unfinished
+// UTF-8 character (decoded as U+FFFD until its last byte arrives).
+struct TextStream {
+    const Tokenizer& tok;
+    std::vector<int32_t> ids;
+    size_t printed = 0;
+    void add(int32_t id) {
+        ids.push_back(id);
+        std::string text = tok.decode(ids);
+        if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return;
+        if (text.size() > printed) std::fwrite(text.data() + printed, 1, text.size() - printed, stdout), std::fflush(stdout);
+        printed = std::max(printed, text.size());
+    }
+};
+
+}  // namespace
+
+int run_generate(const std::vector<std::string>& args) {
+    for (const std::string& a : args)
+        if (a == "-h" || a == "--help") { std::fputs(kGenerateUsage, stdout); return 0; }
+    GenerateOptions g = parse_generate(args);
+    LlamaConfig c = load_config(g.model + "/config.json");
+    Tokenizer tok = Tokenizer::load(g.tokenizer);
+    check_vocab(tok, c.vocab_size, g.tokenizer, g.model + "/config.json");
+    ModelTokens mt = model_tokens(tok, g.model);
+    LoraConfig lora;
+    std::vector<std::vector<float>> adapter;
+    if (!g.adapter.empty()) load_peft_adapter(g.adapter, c, lora, adapter);  // fails naming a tensor whose shape differs
+    std::vector<std::vector<int32_t>> prompts;
+    int longest = 0;
+    for (size_t k = 0; k < g.prompts.size(); ++k) {
+        prompts.push_back(prompt_ids(tok, mt, g.prompts[k], g.chat));
+        int n = int(prompts.back().size());
+        if (n >= c.max_position_embeddings)
+            fail("prompt " + std::to_string(k + 1) + " has " + std::to_string(n) + " tokens; the model's context is " +
+                 std::to_string(c.max_position_embeddings) + " (max_position_embeddings)");
+        longest = std::max(longest, n);
+    }
+    World w;  // one process, one GPU
+    world_start_gpu(w, Transport::automatic);
+    cudaStream_t stream;
+    check_cuda(cudaStreamCreate(&stream), "cudaStreamCreate");
+    int64_t generated = 0;
+    double seconds = 0;
+    {
+        ZeroStore store(c, lora, ZeroOptions(), w, stream);
+        store.load(g.model);
+        if (lora.rank > 0) store.set_lora(adapter);
+        int max_len = std::min(c.max_position_embeddings, longest + g.sampling.max_new_tokens);
+        Generator gen(c, {lora.rank, lora.scale()}, 1, max_len, stream);
+        for (size_t k = 0; k < prompts.size(); ++k) {
+            if (prompts.size() > 1) std::printf("%s[%zu] %s\n", k ? "\n" : "", k + 1, g.prompts[k].c_str());
+            TextStream out{tok, {}, 0};
+            double start = wall_seconds();
+            std::vector<int32_t> ids = gen.generate(store, {prompts[k]}, g.sampling, mt.eos, [&](int, int32_t id) {
+                if (std::find(mt.eos.begin(), mt.eos.end(), id) == mt.eos.end()) out.add(id);
+            })[0];
+            double s = wall_seconds() - start;
+            int64_t n = int64_t(ids.size() - prompts[k].size());
+            generated += n, seconds += s;
+            if (int(ids.size()) >= max_len && n < g.sampling.max_new_tokens) std::printf(" [stopped: the model's context is full]");
+            std::printf("\n(%lld tokens, %.1f tokens/s)\n", (long long)n, double(n) / s);
+        }
+    }
+    if (prompts.size() > 1) std::printf("\n%lld tokens in %.1f s, %.1f tokens/s\n", (long long)generated, seconds, double(generated) / seconds);
+    cudaStreamDestroy(stream);
+    world_finalize(w);
+    return 0;
+}

@@ -1,0 +1,58 @@
+// support/generate.h — text generation with a KV cache, and the `generate` command: the model's own layer forward run one token at a time for
+// a batch of sequences (LlamaModel::decode), each layer's keys and values kept for every position so far,
+// and each next token chosen greedily or sampled (temperature, top-k, top-p). Knows nothing of MPI: when
+// several ranks generate together (ZeRO stage 3 gathers are collective), `agree` makes them all take rank
+// 0's choice, so every rank runs the same steps.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "data.h"
+#include "llama.h"
+
+struct Sampling {
+    float temperature = 0;  // 0: greedy (argmax)
+    float top_p = 1;        // keep the smallest set of tokens whose probability reaches top_p
+    int top_k = 0;          // keep the k most likely tokens (0: all)
+    uint64_t seed = 0;
+    int max_new_tokens = 64;
+};
+
+// The next token from logits [V]: argmax when temperature is 0, else a draw from softmax(logits / T)
+// restricted to the top-k, then to the top-p nucleus.
+int32_t sample_token(const float* logits, int vocab, const Sampling& s, Rng& rng);
+
+class Generator {
+  public:
+    // rows: sequences generated together; max_len: prompt + generated tokens of one sequence at most.
+    Generator(const LlamaConfig& c, LoraShape lora, int rows, int max_len, cudaStream_t stream);
+    ~Generator();
+    Generator(const Generator&) = delete;
+    Generator& operator=(const Generator&) = delete;
+
+    // Each prompt (at most `rows`, each shorter than max_len) followed by its generated ids. A sequence
+    // stops after an id in `eos` (kept), after s.max_new_tokens, or when it reaches max_len. on_token (if
+    // set) sees each new id as it comes: (sequence, id).
+    std::vector<std::vector<int32_t>> generate(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, const Sampling& s,
+                                               const std::vector<int32_t>& eos,
+                                               const std::function<void(int, int32_t)>& on_token = {});
+    int rows() const { return rows_; }
+    int max_len() const { return cache_.max_len; }
+
+    std::function<void(std::vector<int32_t>&)> agree;  // several ranks: every rank takes rank 0's tokens
+    std::function<void(cudaStream_t)> wait;            // waits for the stream (default: cudaStreamSynchronize)
+
+  private:
+    LlamaConfig c_;
+    int rows_;
+    cudaStream_t stream_;
+    LlamaModel model_;         // B = rows, T = 1, one layer's activations
+    KvCache cache_;
+    float* logits_ = nullptr;  // [rows, V] device
+    int32_t* argmax_ = nullptr;  // [rows] device
+};
+
+// ./train generate: prompts as arguments or one per line on stdin, answered one after another with the
+// answer streamed as it comes; see kGenerateUsage in generate.cu. Returns the exit status.
+int run_generate(const std::vector<std::string>& args);

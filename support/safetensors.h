@@ -1,0 +1,59 @@
+// support/safetensors.h — the safetensors file format (HF's weight files): read tensors by name with their
+// shapes checked, write them atomically. Knows nothing of models.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+// File layout: u64 little-endian header length N, N bytes of JSON {name: {"dtype","shape","data_offsets"}},
+// then the raw little-endian tensor bytes.
+struct SafeTensor {
+    std::string name, dtype, file;  // dtype: "BF16", "F16", "F32", ...
+    std::vector<int64_t> shape;
+    uint64_t offset = 0, bytes = 0;  // absolute offset in `file`
+};
+
+// The tensors of a model directory: model.safetensors, or shards listed in model.safetensors.index.json
+// (or any *.safetensors there). Every header is checked against its file's size.
+class SafetensorsReader {
+  public:
+    explicit SafetensorsReader(const std::string& path);  // a directory or one .safetensors file
+    const SafeTensor* find(const std::string& name) const;
+    const std::map<std::string, SafeTensor>& tensors() const { return tensors_; }
+    // Reads `name` as fp32 values (converting BF16/F16/F32), checking the shape. Fails naming file and tensor.
+    std::vector<float> read_float(const std::string& name, const std::vector<int64_t>& shape) const;
+
+  private:
+    void add_file(const std::string& file);
+    std::string where_;
+    std::map<std::string, SafeTensor> tensors_;
+};
+
+struct TensorToWrite {
+    std::string name, dtype;  // "BF16" or "F32"
+    std::vector<int64_t> shape;
+    const void* data;  // host memory, numel * dtype size bytes
+};
+// Writes a .safetensors file (atomically: to PATH.tmp, then renamed).
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+std::string shape_string(const std::vector<int64_t>& shape);  // "[2048, 512]"
+
+// Streams a .safetensors file: the header first (every tensor's name, dtype and shape), then the tensors'
+// bytes in that order, so a model can be written one piece at a time. finish() renames PATH.tmp to PATH.
+class SafetensorsWriter {
+  public:
+    struct Entry { std::string name, dtype; std::vector<int64_t> shape; };
+    SafetensorsWriter(const std::string& path, const std::vector<Entry>& entries,
+                      const std::map<std::string, std::string>& metadata = {});
+    ~SafetensorsWriter();
+    void write(const void* data, size_t bytes);
+    void finish();
+
+  private:
+    std::string path_;
+    void* file_ = nullptr;
+    uint64_t expected_ = 0, written_ = 0;
+};
