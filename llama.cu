@@ -19,6 +19,7 @@
 
 #include "support/cuda_calls.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/ops.h"
 
 // ================================================================================================ kernels
 
@@ -224,20 +225,6 @@ __global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float
         z[j] = __float2bfloat16((__expf(__bfloat162float(z[j]) - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
 }
 
-// out = float(x)   (the logits a caller asked for, from the bf16 chunk)
-__global__ void bf16_to_float_kernel(const bf16* x, float* out, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        out[i] = __bfloat162float(x[i]);
-}
-
-// sum += sum of x[0..n)   (one block, a fixed order: deterministic)
-__global__ void sum_kernel(const float* x, int n, float* sum) {
-    float acc = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
-    acc = block_sum(acc);
-    if (threadIdx.x == 0) *sum += acc;
-}
-
 }  // namespace
 
 // ================================================================================================ launchers
@@ -316,8 +303,7 @@ void cross_entropy(bf16* logits, const int32_t* targets, float* row_loss, float*
                    bool backward, cudaStream_t s) {
     cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, row_loss, V, inv_divisor, backward);
     check_launch("cross_entropy_kernel");
-    sum_kernel<<<1, 1024, 0, s>>>(row_loss, rows, loss_sum);
-    check_launch("sum_kernel");
+    sum_into(row_loss, rows, loss_sum, s);
 }
 
 // ================================================================================================ the model
@@ -655,8 +641,7 @@ void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_div
         matmul_nt(gemm_, logits_, x, head_w, rows, V, D);  // logits = x E^T (bf16, as HF's)
         if (logits_out) {
             int64_t n = int64_t(rows) * V;
-            bf16_to_float_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(logits_, logits_out + int64_t(r0) * V, n);
-            check_launch("bf16_to_float_kernel");
+            bf16_to_f32(logits_, logits_out + int64_t(r0) * V, n, stream_);
         }
         if (!batch.labels) continue;
         cross_entropy(logits_, targets_ + r0, row_loss_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);

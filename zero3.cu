@@ -37,7 +37,7 @@
 #include <thread>
 
 #include "support/cuda_calls.h"
-#include "kernels/cuda_common.cuh"
+#include "kernels/ops.h"
 #include "support/report.h"
 #include "support/safetensors.h"
 
@@ -110,37 +110,6 @@ struct ZeroStore::Unit {
 };
 
 namespace {
-
-// w[i] = stddev * N(0,1) from a counter-based hash of (seed, index0 + i) (Box-Muller), or `fill`.
-__global__ void init_normal_kernel(bf16* w16, float* w32, int64_t n, uint64_t seed, int64_t index0, float stddev, float fill) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float x = fill;
-        if (stddev > 0) {
-            uint64_t z = splitmix64(seed + uint64_t(index0 + i) * kGoldenGamma);
-            float u1 = (float(z >> 40) + 1.0f) / 16777217.0f, u2 = float((z >> 16) & 0xFFFFFF) / 16777216.0f;
-            x = __bfloat162float(__float2bfloat16(stddev * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2)));
-        }
-        if (w16) w16[i] = __float2bfloat16(x);
-        if (w32) w32[i] = x;
-    }
-}
-
-// y = bf16(x)
-__global__ void f32_to_bf16_kernel(const float* x, bf16* y, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        y[i] = __float2bfloat16(x[i]);
-}
-
-// y = float(x)
-__global__ void bf16_to_f32_kernel(const bf16* x, float* y, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        y[i] = __bfloat162float(x[i]);
-}
-
-// acc += x  (a reduce-scattered micro-batch gradient into the shard)
-__global__ void accumulate_kernel(float* acc, const float* x, int64_t n) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) acc[i] += x[i];
-}
 
 template <typename T>
 T* host_alloc(size_t n, bool pinned) {
@@ -291,8 +260,7 @@ void ZeroStore::write_compute_copy(Segment& s) {
             check_cuda(cudaMemcpyAsync(dst, h.weights, size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
             world_wait(w_, stream_);  // h.weights is written again by the next update
         } else {
-            f32_to_bf16_kernel<<<blocks_for(s.opt_len), kThreads, 0, stream_>>>(s.master, dst, s.opt_len);
-            check_launch("f32_to_bf16_kernel");
+            f32_to_bf16(s.master, dst, s.opt_len, stream_);
         }
     }
     if (!s.sharded && z_.stage >= 1) w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
@@ -307,18 +275,14 @@ void ZeroStore::init_random(uint64_t seed) {
         bf16* resident = s.sharded ? s.shard16 : s.full16;
         for_each_tensor(u, 0, lo, hi, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
             bool norm = t.shape.size() == 1;
-            init_normal_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(resident + (soff - lo), nullptr, n, name_seed(seed, t.name), toff,
-                                                                        norm ? 0.0f : 0.02f, 1.0f);
-            check_launch("init_normal_kernel");
+            init_normal(resident + (soff - lo), nullptr, n, name_seed(seed, t.name), toff, norm ? 0.0f : 0.02f, 1.0f, stream_);
         });
         if (!s.trainable) continue;
         float* dev = z_.offload ? device_alloc<float>(size_t(std::max<int64_t>(1, s.opt_len)), "init staging") : s.master;
         if (z_.offload) check_cuda(cudaMemsetAsync(dev, 0, size_t(s.opt_len) * 4, stream_), "memset");
         for_each_tensor(u, 0, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
             bool norm = t.shape.size() == 1;
-            init_normal_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(nullptr, dev + (soff - s.opt_begin), n, name_seed(seed, t.name), toff,
-                                                                        norm ? 0.0f : 0.02f, 1.0f);
-            check_launch("init_normal_kernel");
+            init_normal(nullptr, dev + (soff - s.opt_begin), n, name_seed(seed, t.name), toff, norm ? 0.0f : 0.02f, 1.0f, stream_);
         });
         if (z_.offload) {
             check_cuda(cudaMemcpyAsync(s.master, dev, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost, stream_), "copy master");
@@ -543,8 +507,7 @@ void ZeroStore::reduce_grads(int unit) {
     float* mine = b.data + s.shard.begin(w_.rank);
     w_.comm->reduce_scatter(b.data, mine, size_t(s.shard.size), cs);
     if (s.opt_len > 0) {
-        accumulate_kernel<<<blocks_for(s.opt_len), kThreads, 0, cs>>>(s.grad, mine, s.opt_len);
-        check_launch("accumulate_kernel");
+        accumulate(s.grad, mine, s.opt_len, cs);
     }
     check_cuda(cudaEventRecord(b.free_event, cs), "event");
     b.unit = -1, b.released = releases_++, U.grad_buffer = -1;
@@ -800,8 +763,7 @@ std::vector<float> ZeroStore::unit_weights(int unit) {
         w_.comm->all_gather(s.shard16, full, size_t(s.shard.size), DType::bf16, stream_);
     }
     float* f32 = device_alloc<float>(size_t(s.numel), "gather staging");
-    bf16_to_f32_kernel<<<blocks_for(s.numel), kThreads, 0, stream_>>>(full, f32, s.numel);
-    check_launch("bf16_to_f32_kernel");
+    bf16_to_f32(full, f32, s.numel, stream_);
     world_wait(w_, stream_);
     check_cuda(cudaMemcpy(out.data(), f32, out.size() * 4, cudaMemcpyDeviceToHost), "copy");
     device_free(f32);
