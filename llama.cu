@@ -1,312 +1,28 @@
 // llama.cu — the Llama model (Touvron et al. 2023; HF's LlamaForCausalLM) on weights it borrows unit by
-// unit from a UnitStore:
+// unit from a UnitStore (llama.h). Per row of tokens:
 //   h_0 = embed[ids]
 //   for each layer:  a = h + o_proj(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),   n = rmsnorm(h)
 //                    h = a + down_proj(silu(gate_proj(m)) * up_proj(m)),                    m = rmsnorm(a)
 //   logits = lm_head(rmsnorm(h_L))   (lm_head = embed when tied);  loss = mean CE over labels != -100
-// Every projection may carry a LoRA adapter:  y = x W^T + s (x A^T) B^T  (lora.h).
-// Sections: kernels (one line of math each), their launchers, the model: its buffers (one allocation),
-// the layer forward shared by training and generation, the layer backward, the head, the passes.
-// Attention itself is attention.h; the matrix products gemm.h; the configuration llama_config.h.
+// Every projection may carry a LoRA adapter:  y = x W^T + s (x_d A^T) B^T  (lora.h; x_d: x after dropout).
+// The call order of a training micro-batch (forward_backward), each unit gathered for its turn:
+//   embedding_forward, layer_forward for l = 0..L-1, head (final norm, lm_head, cross-entropy and their
+//   backward, chunk by chunk), then for l = L-1..0: layer_forward again when recomputing, layer_backward,
+//   reduce_grads; last embedding_backward. A layer: rmsnorm, q/k/v projections, rope, attention, o_proj
+//   (+ h), rmsnorm, gate/up projections, swiglu, down_proj (+ a); its backward the same steps reversed.
+//   Generation (decode) runs the same layer_forward, one token a row, through a KV cache.
+// Sections: the activation arena (one allocation, carve), the projections (group_forward/backward: base
+// weight plus adapters), a layer forward and backward, the head, the passes. The kernels are kernels/
+// (indexed by kernels/ops.h), attention kernels/attention.h, the matrix products kernels/gemm.h.
 #include "llama.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 
-#include <cub/device/device_radix_sort.cuh>
-
-#include "support/cuda_calls.h"
-#include "kernels/cuda_common.cuh"
 #include "kernels/ops.h"
+#include "support/cuda_calls.h"
 
-// ================================================================================================ kernels
-
-namespace {
-
-// h[n, :] = E[ids[n], :]
-__global__ void embedding_forward_kernel(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * D; i += int64_t(gridDim.x) * blockDim.x)
-        h[i] = E[int64_t(ids[i / D]) * D + i % D];
-}
-
-// dE[id, :] += sum of dh[n, :] over the positions n holding token id. The positions come sorted by token
-// (a stable sort: each token's positions stay in order), and the block of each token's first sorted
-// position adds that token's rows in order, a column per thread: deterministic, no atomics.
-__global__ void embedding_backward_kernel(const int32_t* sorted_ids, const int32_t* sorted_pos, const bf16* dh, float* dE,
-                                          int64_t N, int D) {
-    int64_t i = blockIdx.x;
-    int d = blockIdx.y * blockDim.x + threadIdx.x;
-    if (d >= D || (i > 0 && sorted_ids[i] == sorted_ids[i - 1])) return;
-    float acc = 0;
-    for (int64_t j = i; j < N && sorted_ids[j] == sorted_ids[i]; ++j) acc += __bfloat162float(dh[int64_t(sorted_pos[j]) * D + d]);
-    dE[int64_t(sorted_ids[i]) * D + d] += acc;
-}
-
-// pos[n] = n
-__global__ void iota_kernel(int32_t* pos, int64_t N) {
-    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x) pos[n] = int32_t(n);
-}
-
-// y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does;
-// W elements per access)
-template <int W>
-__global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, float* rstd, int D, float eps) {
-    const bf16* xr = x + int64_t(blockIdx.x) * D;
-    bf16* yr = y + int64_t(blockIdx.x) * D;
-    float ss = 0, xv[W], wv[W];
-    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
-        load_bf16<W>(xr + i, xv);
-        for (int k = 0; k < W; ++k) ss += xv[k] * xv[k];
-    }
-    float r = rsqrtf(block_sum(ss) / float(D) + eps);
-    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
-    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
-        load_bf16<W>(xr + i, xv), load_bf16<W>(w + i, wv);
-        for (int k = 0; k < W; ++k) xv[k] = wv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
-        store_bf16<W>(yr + i, xv);
-    }
-}
-
-// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd   (residual null: none)
-template <int W>
-__global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
-                                        const bf16* residual, bf16* dx, int D) {
-    int64_t row = int64_t(blockIdx.x) * D;
-    float r = rstd[blockIdx.x], dot = 0, xv[W], wv[W], dv[W], rv[W];
-    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
-        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
-        for (int k = 0; k < W; ++k) dot += dv[k] * wv[k] * xv[k] * r;
-    }
-    float mean = block_sum(dot) / float(D);
-    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
-        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
-        if (residual) load_bf16<W>(residual + row + i, rv);
-        for (int k = 0; k < W; ++k) xv[k] = (residual ? rv[k] : 0.0f) + r * (dv[k] * wv[k] - xv[k] * r * mean);
-        store_bf16<W>(dx + row + i, xv);
-    }
-}
-
-// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i]   (R = gridDim.y; W columns a thread)
-template <int W>
-__global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D) {
-    int i = W * (blockIdx.x * blockDim.x + threadIdx.x);
-    if (i >= D) return;
-    float acc[W] = {}, xv[W], dv[W];
-    for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
-        load_bf16<W>(x + n * D + i, xv), load_bf16<W>(dy + n * D + i, dv);
-        float r = rstd[n];
-        for (int k = 0; k < W; ++k) acc[k] += dv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
-    }
-    for (int k = 0; k < W; ++k) partial[int64_t(blockIdx.y) * D + i + k] = acc[k];
-}
-
-// dw[i] += sum_r partial[r, i], r in order   (the two passes keep the sum's order fixed: deterministic)
-__global__ void rmsnorm_weight_sum_kernel(const float* partial, float* dw, int R, int D) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= D) return;
-    float acc = 0;
-    for (int r = 0; r < R; ++r) acc += partial[int64_t(r) * D + i];
-    dw[i] += acc;
-}
-
-// RoPE on the halves of each head (HF's rotate_half), angle = positions[n] * inv_freq[i]:
-//   (x1, x2) -> (x1 cos - sign x2 sin, x2 cos + sign x1 sin),   sign = -1 rotates back (the backward)
-// Each thread rotates W consecutive pairs.
-template <int W>
-__global__ void rope_kernel(bf16* x, const int32_t* positions, const float* cos_t, const float* sin_t, int64_t N, int nh, int Dh,
-                            float sign) {
-    int half = Dh / 2, groups = half / W;
-    int64_t total = N * nh * groups;
-    float x1[W], x2[W];
-    for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total; idx += int64_t(gridDim.x) * blockDim.x) {
-        int i = int(idx % groups) * W;
-        int64_t row = idx / groups;  // (n, h)
-        int64_t p = positions[row / nh];
-        bf16* r = x + row * Dh;
-        load_bf16<W>(r + i, x1), load_bf16<W>(r + i + half, x2);
-        for (int k = 0; k < W; ++k) {
-            float c = cos_t[p * half + i + k], sn = sign * sin_t[p * half + i + k], a = x1[k];
-            x1[k] = a * c - x2[k] * sn;
-            x2[k] = x2[k] * c + a * sn;
-        }
-        store_bf16<W>(r + i, x1), store_bf16<W>(r + i + half, x2);
-    }
-}
-
-// act = silu(g) * u,  silu(g) = g * sigmoid(g)   (W elements per thread and step)
-template <int W>
-__global__ void swiglu_forward_kernel(const bf16* g, const bf16* u, bf16* act, int64_t n) {
-    float gv[W], uv[W];
-    for (int64_t i = W * (blockIdx.x * int64_t(blockDim.x) + threadIdx.x); i < n; i += W * int64_t(gridDim.x) * blockDim.x) {
-        load_bf16<W>(g + i, gv), load_bf16<W>(u + i, uv);
-        for (int k = 0; k < W; ++k) gv[k] = gv[k] / (1.0f + __expf(-gv[k])) * uv[k];
-        store_bf16<W>(act + i, gv);
-    }
-}
-
-// dg = dact * u * sigmoid(g) * (1 + g * (1 - sigmoid(g))),  du = dact * silu(g)
-template <int W>
-__global__ void swiglu_backward_kernel(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n) {
-    float gv[W], uv[W], dv[W];
-    for (int64_t i = W * (blockIdx.x * int64_t(blockDim.x) + threadIdx.x); i < n; i += W * int64_t(gridDim.x) * blockDim.x) {
-        load_bf16<W>(g + i, gv), load_bf16<W>(u + i, uv), load_bf16<W>(dact + i, dv);
-        for (int k = 0; k < W; ++k) {
-            float x = gv[k], s = 1.0f / (1.0f + __expf(-x));
-            gv[k] = dv[k] * uv[k] * s * (1.0f + x * (1.0f - s));
-            uv[k] = dv[k] * x * s;
-        }
-        store_bf16<W>(dg + i, gv), store_bf16<W>(du + i, uv);
-    }
-}
-
-// x_d = x * keep / (1 - p),  keep = lora_dropout_keep(...)   (PEFT's dropout on the adapter's input)
-__global__ void lora_dropout_kernel(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p) {
-    float scale = 1.0f / (1.0f - p);
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        xd[i] = __float2bfloat16(lora_dropout_keep(seed, layer, target, step, i, p) ? __bfloat162float(x[i]) * scale : 0.0f);
-}
-
-// dx += g * keep / (1 - p)   (the dropout's backward: the same mask)
-__global__ void lora_dropout_backward_kernel(const bf16* g, bf16* dx, int64_t n, uint64_t seed, int layer, int target, uint64_t step,
-                                             float p) {
-    float scale = 1.0f / (1.0f - p);
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-        if (lora_dropout_keep(seed, layer, target, step, i, p)) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + __bfloat162float(g[i]) * scale);
-}
-
-// targets[n] = labels[n + 1] within a row, -100 at its last position (HF's shift)
-__global__ void shift_labels_kernel(const int32_t* labels, int32_t* targets, int64_t N, int T) {
-    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x)
-        targets[n] = (n % T == T - 1) ? -100 : labels[n + 1];
-}
-
-// Cross-entropy of one row of bf16 logits (as HF rounds them; the loss is computed in fp32):
-//   loss = logsumexp(z) - z[target];  with backward, z is overwritten by dz = (softmax(z) - onehot(target)) / divisor
-// (all 0 for rows without a target). One block per row: one pass for the max and the sum (online, each
-// thread rescaling its sum when its max grows), one more for dz. 16-byte loads when V % 8 == 0.
-__global__ void cross_entropy_kernel(bf16* logits, const int32_t* targets, float* row_loss, int V, float inv_divisor, bool backward) {
-    int64_t row = blockIdx.x;
-    bf16* z = logits + row * V;
-    int target = targets[row];
-    if (target < 0) {
-        if (threadIdx.x == 0) row_loss[row] = 0.0f;
-        if (backward)
-            for (int j = threadIdx.x; j < V; j += blockDim.x) z[j] = __float2bfloat16(0.0f);
-        return;
-    }
-    float zt = __bfloat162float(z[target]);  // read before the block overwrites the row
-    float m = -INFINITY, sum = 0;
-    auto see = [&](float x) {
-        if (x > m) sum = sum * __expf(m - x) + 1.0f, m = x;
-        else sum += __expf(x - m);
-    };
-    bool vec = V % 8 == 0;
-    int packs = vec ? V / 8 : 0;
-    for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        uint4 p = reinterpret_cast<const uint4*>(z)[i];
-        const bf16* e = reinterpret_cast<const bf16*>(&p);
-        for (int k = 0; k < 8; ++k) see(__bfloat162float(e[k]));
-    }
-    for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x) see(__bfloat162float(z[j]));
-    float row_max = block_max(m);
-    float lse = row_max + logf(block_sum(m == -INFINITY ? 0.0f : sum * __expf(m - row_max)));
-    if (threadIdx.x == 0) row_loss[row] = lse - zt;
-    if (!backward) return;
-    for (int i = threadIdx.x; i < packs; i += blockDim.x) {
-        uint4 p = reinterpret_cast<const uint4*>(z)[i];
-        bf16* e = reinterpret_cast<bf16*>(&p);
-        for (int k = 0; k < 8; ++k)
-            e[k] = __float2bfloat16((__expf(__bfloat162float(e[k]) - lse) - (8 * i + k == target ? 1.0f : 0.0f)) * inv_divisor);
-        reinterpret_cast<uint4*>(z)[i] = p;
-    }
-    for (int j = 8 * packs + threadIdx.x; j < V; j += blockDim.x)
-        z[j] = __float2bfloat16((__expf(__bfloat162float(z[j]) - lse) - (j == target ? 1.0f : 0.0f)) * inv_divisor);
-}
-
-}  // namespace
-
-// ================================================================================================ launchers
-
-void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s) {
-    embedding_forward_kernel<<<blocks_for(N * D), kThreads, 0, s>>>(ids, E, h, N, D);
-    check_launch("embedding_forward_kernel");
-}
-void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s) {
-    // Scratch for the sort, grown as needed and kept (stream order keeps calls on one stream apart):
-    // CUB's temporary storage, then positions, sorted ids and sorted positions [N] each.
-    static char* scratch = nullptr;
-    static size_t scratch_bytes = 0;
-    int32_t* none = nullptr;
-    size_t temp = 0;
-    check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, temp, ids, none, none, none, int(N)), "cub sort size");
-    temp = (temp + 255) / 256 * 256;
-    size_t need = temp + size_t(N) * 3 * sizeof(int32_t);
-    if (need > scratch_bytes) {
-        if (scratch) check_cuda(cudaStreamSynchronize(s), "sync"), device_free(scratch);
-        scratch = device_alloc<char>(need, "embedding sort"), scratch_bytes = need;
-    }
-    int32_t* pos = reinterpret_cast<int32_t*>(scratch + temp);
-    int32_t *sorted_ids = pos + N, *sorted_pos = pos + 2 * N;
-    iota_kernel<<<blocks_for(N), kThreads, 0, s>>>(pos, N);
-    check_launch("iota_kernel");
-    check_cuda(cub::DeviceRadixSort::SortPairs(scratch, temp, ids, sorted_ids, pos, sorted_pos, int(N), 0, 32, s), "cub sort");
-    embedding_backward_kernel<<<dim3(unsigned(N), blocks_for(D)), kThreads, 0, s>>>(sorted_ids, sorted_pos, dh, dE, N, D);
-    check_launch("embedding_backward_kernel");
-}
-void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
-    if (D % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
-    else rmsnorm_forward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
-    check_launch("rmsnorm_forward_kernel");
-}
-void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
-                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s) {
-    if (D % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
-    else rmsnorm_backward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
-    check_launch("rmsnorm_backward_kernel");
-    if (!dw) return;
-    if (D % 8 == 0)
-        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
-    else
-        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
-    check_launch("rmsnorm_weight_partial_kernel");
-    rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(dw_partial, dw, kNormPartials, D);
-    check_launch("rmsnorm_weight_sum_kernel");
-}
-void rope(bf16* x, const int32_t* positions, const float* cos_t, const float* sin_t, int64_t N, int nh, int Dh, bool inverse,
-          cudaStream_t s) {
-    float sign = inverse ? -1.0f : 1.0f;
-    if ((Dh / 2) % 8 == 0) rope_kernel<8><<<blocks_for(N * nh * (Dh / 16)), kThreads, 0, s>>>(x, positions, cos_t, sin_t, N, nh, Dh, sign);
-    else rope_kernel<1><<<blocks_for(N * nh * (Dh / 2)), kThreads, 0, s>>>(x, positions, cos_t, sin_t, N, nh, Dh, sign);
-    check_launch("rope_kernel");
-}
-void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s) {
-    if (n % 8 == 0) swiglu_forward_kernel<8><<<blocks_for(n / 8), kThreads, 0, s>>>(g, u, act, n);
-    else swiglu_forward_kernel<1><<<blocks_for(n), kThreads, 0, s>>>(g, u, act, n);
-    check_launch("swiglu_forward_kernel");
-}
-void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s) {
-    if (n % 8 == 0) swiglu_backward_kernel<8><<<blocks_for(n / 8), kThreads, 0, s>>>(g, u, dact, dg, du, n);
-    else swiglu_backward_kernel<1><<<blocks_for(n), kThreads, 0, s>>>(g, u, dact, dg, du, n);
-    check_launch("swiglu_backward_kernel");
-}
-void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s) {
-    lora_dropout_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, xd, n, seed, layer, target, step, p);
-    check_launch("lora_dropout_kernel");
-}
-void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s) {
-    shift_labels_kernel<<<blocks_for(N), kThreads, 0, s>>>(labels, targets, N, T);
-    check_launch("shift_labels_kernel");
-}
-void cross_entropy(bf16* logits, const int32_t* targets, float* row_loss, float* loss_sum, int rows, int V, float inv_divisor,
-                   bool backward, cudaStream_t s) {
-    cross_entropy_kernel<<<unsigned(rows), 1024, 0, s>>>(logits, targets, row_loss, V, inv_divisor, backward);
-    check_launch("cross_entropy_kernel");
-    sum_into(row_loss, rows, loss_sum, s);
-}
-
-// ================================================================================================ the model
+// ================================================================================================ the activation arena
 
 struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows N = B*T)
     const bf16* h = nullptr;          // [N, D] input (a slice of hidden_)
@@ -405,6 +121,8 @@ LlamaModel::~LlamaModel() {
     delete attention_;
     gemm_destroy(gemm_);
 }
+
+// ================================================================================================ the projections
 
 // The adapter's input: x, or in training with LoRA dropout x * mask / (1 - p) (the mask of this layer,
 // target and micro-batch, regenerated identically in backward).
@@ -520,12 +238,11 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
     Region region(profiler, Family::lora);
     for (int k = 0; k < p.n; ++k) {  // dx += mask(du_k A) / (1 - p)
         matmul_nn(gemm_, lora_dx_, du + k * p.col, lora.A[p.t[k]], N_, in, r, 1.0f, 0.0f, {}, {p.ld, 0, 0});
-        int64_t n = int64_t(N_) * in;
-        lora_dropout_backward_kernel<<<blocks_for(n), kThreads, 0, stream_>>>(lora_dx_, dx, n, lora_.seed, l, int(p.t[k]), dropout_step,
-                                                                              lora_.dropout);
-        check_launch("lora_dropout_backward_kernel");
+        lora_dropout_backward(lora_dx_, dx, int64_t(N_) * in, lora_.seed, l, int(p.t[k]), dropout_step, lora_.dropout, stream_);
     }
 }
+
+// ================================================================================================ a layer
 
 // One decoder layer, forward. Training and generation share it; with a KV cache (generation: one token
 // per row) k and v are also written into the cache at each row's position and the attention is the
@@ -615,6 +332,8 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
         rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_);  // + residual
     }
 }
+
+// ================================================================================================ the head and the passes
 
 // Final norm, lm_head and cross-entropy, head_rows_ tokens at a time, so full-vocabulary logits exist
 // only for one chunk. With backward, writes d(h_L) into grad_->h and accumulates the head's gradients.

@@ -1,6 +1,7 @@
-// llama.h — the Llama model on the GPU: its kernels, and the forward and backward passes of a layer and
-// of the whole model, on weights it borrows unit by unit from a UnitStore (the ZeRO partitioner).
-// Knows nothing of NCCL, MPI or where weights live. The configuration and HF names are llama_config.h.
+// llama.h — the Llama model on the GPU: the forward and backward passes of a layer and of the whole model,
+// on weights it borrows unit by unit from a UnitStore (the ZeRO partitioner). Knows nothing of NCCL, MPI
+// or where weights live. The configuration and HF names are support/llama_config.h; the kernels the passes
+// call are kernels/ (indexed by kernels/ops.h).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -15,40 +16,6 @@
 #include "support/profile.h"
 
 using bf16 = __nv_bfloat16;
-
-// LoRA dropout's mask: whether element `index` of the adapter input of (layer, target) in micro-batch
-// `step` is kept (probability 1 - p). A counter-based hash, so backward and recompute regenerate the
-// forward's mask instead of storing it, and a CPU reference can reproduce it.
-__host__ __device__ inline bool lora_dropout_keep(uint64_t seed, int layer, int target, uint64_t step, int64_t index, float p) {
-    uint64_t z = seed ^ (uint64_t(layer) * 0xA24BAED4963EE407ull) ^ (uint64_t(target) * 0x9FB21C651E98DF25ull) ^
-                 (step * 0xD6E8FEB86659FD93ull);
-    z = splitmix64(z + uint64_t(index) * kGoldenGamma);
-    return float(z >> 40) * (1.0f / 16777216.0f) >= p;
-}
-
-// ================================================================================================ kernels
-// Host launchers (one line of math each in llama.cu). Activations are row-major [N = B*T, features].
-void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, int D, cudaStream_t s);
-void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s);
-void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s);
-// dx = residual + d rmsnorm / dx;  dw += d rmsnorm / dw when dw is not null (dw_partial: kNormPartials * D floats)
-constexpr int kNormPartials = 256;
-void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
-                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s);
-// RoPE in place on x [N, nh, Dh], row n at position positions[n]; cos/sin tables [positions, Dh/2].
-// inverse = true rotates back (the transpose of the rotation: the backward pass).
-void rope(bf16* x, const int32_t* positions, const float* cos_t, const float* sin_t, int64_t N, int nh, int Dh, bool inverse,
-          cudaStream_t s);
-void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s);
-void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s);
-void shift_labels(const int32_t* labels, int32_t* targets, int64_t N, int T, cudaStream_t s);
-// row_loss = CE of each row of bf16 logits (0 without a target), loss_sum += their sum (in a fixed order);
-// when backward, logits are overwritten by dlogits = (softmax - onehot) * inv_divisor.
-void cross_entropy(bf16* logits, const int32_t* targets, float* row_loss, float* loss_sum, int rows, int V, float inv_divisor,
-                   bool backward, cudaStream_t s);
-
-// x_d = x * keep / (1 - p) with keep = lora_dropout_keep(seed, layer, target, step, i, p) for element i.
-void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s);
 
 // ================================================================================================ weights
 
@@ -123,8 +90,6 @@ struct LoraShape {
     float dropout = 0;   // PEFT's lora_dropout on the adapter's input (training passes only)
     uint64_t seed = 0;   // of the dropout masks
 };
-
-
 
 // The model's activations and workspace for batches up to B x T, and the forward/backward passes.
 class LlamaModel {

@@ -8,6 +8,7 @@
 
 #include <map>
 
+#include "kernels/ops.h"
 #include "lora.h"
 #include "reference.h"
 #include "zero3.h"

@@ -7,6 +7,7 @@
 
 #include "adamw.h"
 #include "kernels/attention.h"
+#include "kernels/ops.h"
 #include "reference.h"
 #include "distributed/threads.h"
 
@@ -178,29 +179,35 @@ TEST_CASE("gpu: rope in place at each row's position, and back") {
     }
 }
 
-TEST_CASE("gpu: LoRA dropout keeps 1 - p of the elements, scaled by 1 / (1 - p), with the host's mask") {
+TEST_CASE("gpu: LoRA dropout keeps 1 - p of the elements, scaled by 1 / (1 - p), with the host's mask, forward and backward") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
     int64_t n = 1 << 20;
-    std::vector<float> x = bf16_round(random_vector(size_t(n), rng, 2.0f));
+    std::vector<float> x = bf16_round(random_vector(size_t(n), rng, 2.0f)), g = bf16_round(random_vector(size_t(n), rng)),
+                       dx0 = bf16_round(random_vector(size_t(n), rng));
     for (float p : {0.05f, 0.1f, 0.5f}) {
         uint64_t seed = rng.next();
         DeviceFree keep;
         bf16* xd = keep(poisoned<bf16>(size_t(n)));
         lora_dropout(keep(to_device_bf16(x)), xd, n, seed, 3, kV, 17, p, nullptr);
-        std::vector<float> got = from_device_bf16(xd, size_t(n));
-        int64_t kept = 0, mismatched = 0, other_step = 0;
+        bf16* dx = keep(to_device_bf16(dx0));  // backward: dx += g * keep / (1 - p), the same mask
+        lora_dropout_backward(keep(to_device_bf16(g)), dx, n, seed, 3, kV, 17, p, nullptr);
+        std::vector<float> got = from_device_bf16(xd, size_t(n)), got_dx = from_device_bf16(dx, size_t(n));
+        int64_t kept = 0, mismatched = 0, other_step = 0, mismatched_dx = 0;
         for (int64_t i = 0; i < n; ++i) {
             bool k = lora_dropout_keep(seed, 3, kV, 17, i, p);
             kept += k;
             other_step += k != lora_dropout_keep(seed, 3, kV, 18, i, p);
             float want = k ? bf16_to_float(float_to_bf16(x[size_t(i)] / (1 - p))) : 0.0f;
             mismatched += std::fabs(got[size_t(i)] - want) > 1e-2f * std::fabs(want) + 1e-30f;
+            float add = k ? g[size_t(i)] / (1 - p) : 0.0f, want_dx = dx0[size_t(i)] + add;  // dropped: dx untouched, exactly
+            mismatched_dx += std::fabs(got_dx[size_t(i)] - want_dx) > (k ? 1e-2f * (std::fabs(dx0[size_t(i)]) + std::fabs(add)) : 0.0f);
         }
         double rate = double(n - kept) / double(n), sigma = std::sqrt(p * (1 - p) / double(n));
         CAPTURE(p);
         CHECK(std::fabs(rate - p) < 5 * sigma);                                 // the drop rate is p
         CHECK(mismatched == 0);                                                 // the GPU's mask is the host's
+        CHECK(mismatched_dx == 0);                                              // and the backward's
         CHECK(double(other_step) / n == doctest::Approx(2 * p * (1 - p)).epsilon(0.05));  // another step: an independent mask
     }
 }

@@ -1,0 +1,100 @@
+// kernels/rmsnorm.cu — RMSNorm (Zhang & Sennrich 2019; HF's LlamaRMSNorm), forward and backward, per row of D:
+//   forward   y = w * x̂,  x̂ = x * rstd,  rstd = 1 / sqrt(mean(x^2) + eps)
+//   backward  dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w;   dw += sum over rows of dy * x̂
+// One block per row: the sum of squares is a block reduction, and rstd [N] is saved for the backward. x̂ is
+// rounded to bf16 before the weight multiplies it, as HF's does (it casts back to the input's dtype first);
+// the weight gradient uses the same rounded x̂. The norm's input lies on the residual stream, so its
+// gradient is the sum of two paths: the backward adds the residual path's gradient in the same pass.
+// dw sums a column over all N rows, and atomics would add in a different order each run. Instead partial
+// row r (of kNormPartials) sums rows r, r + kNormPartials, ... and a second kernel adds the partials in
+// order: the same bits every run.
+#include "kernels/ops.h"
+
+#include "kernels/cuda_common.cuh"
+#include "support/cuda_calls.h"
+
+namespace {
+
+// y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does;
+// W elements per access)
+template <int W>
+__global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, float* rstd, int D, float eps) {
+    const bf16* xr = x + int64_t(blockIdx.x) * D;
+    bf16* yr = y + int64_t(blockIdx.x) * D;
+    float ss = 0, xv[W], wv[W];
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(xr + i, xv);
+        for (int k = 0; k < W; ++k) ss += xv[k] * xv[k];
+    }
+    float r = rsqrtf(block_sum(ss) / float(D) + eps);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(xr + i, xv), load_bf16<W>(w + i, wv);
+        for (int k = 0; k < W; ++k) xv[k] = wv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
+        store_bf16<W>(yr + i, xv);
+    }
+}
+
+// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd   (residual null: none)
+template <int W>
+__global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
+                                        const bf16* residual, bf16* dx, int D) {
+    int64_t row = int64_t(blockIdx.x) * D;
+    float r = rstd[blockIdx.x], dot = 0, xv[W], wv[W], dv[W], rv[W];
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
+        for (int k = 0; k < W; ++k) dot += dv[k] * wv[k] * xv[k] * r;
+    }
+    float mean = block_sum(dot) / float(D);
+    for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
+        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
+        if (residual) load_bf16<W>(residual + row + i, rv);
+        for (int k = 0; k < W; ++k) xv[k] = (residual ? rv[k] : 0.0f) + r * (dv[k] * wv[k] - xv[k] * r * mean);
+        store_bf16<W>(dx + row + i, xv);
+    }
+}
+
+// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i]   (R = gridDim.y; W columns a thread)
+template <int W>
+__global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D) {
+    int i = W * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= D) return;
+    float acc[W] = {}, xv[W], dv[W];
+    for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
+        load_bf16<W>(x + n * D + i, xv), load_bf16<W>(dy + n * D + i, dv);
+        float r = rstd[n];
+        for (int k = 0; k < W; ++k) acc[k] += dv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
+    }
+    for (int k = 0; k < W; ++k) partial[int64_t(blockIdx.y) * D + i + k] = acc[k];
+}
+
+// dw[i] += sum_r partial[r, i], r in order   (the two passes keep the sum's order fixed: deterministic)
+__global__ void rmsnorm_weight_sum_kernel(const float* partial, float* dw, int R, int D) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= D) return;
+    float acc = 0;
+    for (int r = 0; r < R; ++r) acc += partial[int64_t(r) * D + i];
+    dw[i] += acc;
+}
+
+}  // namespace
+
+void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
+    if (D % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
+    else rmsnorm_forward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
+    check_launch("rmsnorm_forward_kernel");
+}
+void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
+                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s) {
+    if (D % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    else rmsnorm_backward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    check_launch("rmsnorm_backward_kernel");
+    if (!dw) return;
+    if (D % 8 == 0)
+        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
+    else
+        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
+    check_launch("rmsnorm_weight_partial_kernel");
+    rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(dw_partial, dw, kNormPartials, D);
+    check_launch("rmsnorm_weight_sum_kernel");
+}
