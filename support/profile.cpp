@@ -21,12 +21,15 @@ std::vector<FamilyWork> step_work(const LlamaConfig& c, int64_t N, int T, int r,
     auto at = [&](Family f) -> FamilyWork& { return w[size_t(f)]; };
     double n = double(N), L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
     double Hd = double(c.num_attention_heads) * c.head_dim, KVd = double(c.num_key_value_heads) * c.head_dim;
-    double linear = D * Hd + 2 * D * KVd + Hd * D + 3 * D * F;  // one layer's projection weights
-    double fwd = recompute ? 2 : 1;                              // forward passes per step
+    double linear = 0, in_out = 0;  // over one layer's 7 projections: their weights (out * in), and out + in
+    for (int t = 0; t < kLayerTensors; ++t) {
+        std::vector<int64_t> s = layer_tensor_shape(c, LayerTensor(t));  // a projection [out, in], or a norm [D]
+        if (s.size() == 2) linear += double(s[0] * s[1]), in_out += double(s[0] + s[1]);
+    }
+    double fwd = recompute ? 2 : 1;  // forward passes per step
     bool full = r == 0;
     at(Family::base_gemm).flops = L * 2 * n * linear * (fwd + (full ? 2 : 1));
     if (!full) {  // each adapter: u = x A^T, y += s u B^T (2 N r (in + out) FLOPs); backward dB, du, dA, dx (twice that)
-        double in_out = 7 * D + 2 * Hd + 2 * KVd + 3 * F;  // (in + out) summed over the 7 projections
         double share = double(lora_targets) / 7.0;
         at(Family::lora).flops = L * share * 2 * n * r * in_out * (fwd + 2);
         at(Family::lora).bytes = L * share * 2 * n * in_out * (fwd + 1);  // inputs read once per pass, dy once

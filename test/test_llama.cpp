@@ -1,5 +1,6 @@
-// test/test_llama.cpp — model configuration (HF config.json, presets), parameter names and shapes, and
-// safetensors files: round trips, sharded models, and each broken file.
+// test/test_llama.cpp — model configuration (HF config.json, presets), parameter names and shapes (and the
+// profiler's FLOPs that derive from them), and safetensors files: round trips, sharded models, and each
+// broken file.
 #include "test.h"
 
 #include <cmath>
@@ -95,6 +96,17 @@ TEST_CASE("llama: llama3 RoPE frequencies keep short, slow long, blend between")
     }
     c.rope_llama3 = false;
     CHECK(rope_inv_freq(c)[31] == 1.0f / std::pow(500000.0f, 62.0f / 64.0f));
+}
+
+TEST_CASE("llama: the profiler's projection and adapter FLOPs follow the layer table (Llama-3.2-1B)") {
+    LlamaConfig c = preset_config("llama-3.2-1b");
+    double n = 1000, L = 16;
+    double linear = 2 * 2048.0 * 2048 + 2 * 512.0 * 2048 + 3 * 8192.0 * 2048;  // q, o; k, v; gate, up, down: out * in
+    double in_out = 7 * 2048.0 + 2 * 2048 + 2 * 512 + 3 * 8192;                 // out + in over the 7 projections
+    std::vector<FamilyWork> full = step_work(c, 1000, 100, 0, 7, 0, false), lora = step_work(c, 1000, 100, 16, 7, 0, true);
+    CHECK(full[size_t(Family::base_gemm)].flops == L * 2 * n * linear * 3);  // forward, dx, dW
+    CHECK(lora[size_t(Family::base_gemm)].flops == L * 2 * n * linear * 3);  // forward twice (recompute), dx
+    CHECK(lora[size_t(Family::lora)].flops == L * 2 * n * 16 * in_out * 4);  // 2 forwards, backward twice a forward
 }
 
 TEST_CASE("llama: config errors name the file and field") {
