@@ -1,5 +1,5 @@
 // lora.cu — LoRA adapters: layout, init, PEFT files and merging (see lora.h). The forward and backward
-// products live with the projections they adapt (LlamaModel::linear_forward/backward in llama.cu):
+// products live with the projections they adapt (LlamaModel::group_forward/backward in llama.cu):
 //   forward   u = x A^T,  y += s u B^T
 //   backward  dB += s dy^T u,  du = s dy B,  dA += du^T x,  dx += du A
 #include "lora.h"
