@@ -1,15 +1,17 @@
-// train.cpp — main: the subcommands, and a training run in named steps:
-//   load_inputs      tokenizer, model config, adapter, datasets, checkpoint: every input checked before the GPU
-//   Trainer          the run on the GPU: the ZeRO store, the model, the data loader, the LR schedule
-//     print_plan     what will run, and memory per rank beside the ZeRO estimate
-//     train_step     micro-batches forward and backward, then the optimizer step (queued on the GPU)
-//     finish_step    one step later: its loss and gradient norm, read without stalling the GPU
-//     log_step       a progress line, OUT/train_log.csv, OUT/memory_rankR.csv
-//     evaluate       mean loss over the eval set
-//     save           a checkpoint (every --save-every steps)
-//     save_outputs   the PEFT adapter or the HF model
-//     sample_answers a few eval prompts answered greedily
-//   print_summary    the end-of-run table
+// train.cpp — main: the subcommands, and a training run that reads top to bottom as nanoGPT's train.py does:
+//   setup       load_inputs        tokenizer, model config, adapter, datasets, checkpoint: every input checked
+//                                  before the GPU is touched
+//               plan_run           steps per epoch, the run's length, where a resumed run starts
+//               Trainer            the ZeRO store, the model, the data loader, the LR schedule; print_plan
+//   the loop    Trainer::run       for each step: queue_step (the micro-batches forward and backward, then the
+//                                  optimizer step, all queued on the GPU), read_step one step later (its loss
+//                                  and gradient norm, read without stalling the GPU), evaluate and save when due
+//   evaluation  evaluate           mean loss over the eval set
+//               answer_questions   greedy answers to the eval questions, scored against the references
+//   saving      save_checkpoint    every --save-every steps (distributed/checkpoint.h)
+//               save_outputs       the PEFT adapter or the HF model
+//   logging     RunLog             progress lines, train_log.csv, memory_rankR.csv, the charts and the summary
+//                                  (support/report.h); the Trainer hands it each step's numbers
 //   ./train [OPTIONS]                  fine-tune (the default job with no options; see --help)
 //   ./train tokenize [--tokenizer P]   print the ids of stdin's UTF-8 text, space-separated, no BOS
 //   ./train generate --model DIR ...   answer prompts with a model (generate.cu)
@@ -155,54 +157,70 @@ Inputs load_inputs(const Options& o, const World& w) {
     return in;
 }
 
-// ================================================================================================ the run
+// ================================================================================================ the plan
 
-struct RunResult {
-    double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0, min_gib = NAN;
-    double eval_samples_per_s = NAN, seconds = 0;
-    int64_t steps = 0, steps_per_epoch = 0;
-    std::vector<double> eval_losses;
-    AnswerScore answers_before, answers_after;  // greedy answers to the eval questions (--score-answers)
+// How long the run is and where it starts: micro-batches per epoch from the data and the ranks, optimizer
+// steps per epoch, the run's length (--steps, else --epochs; a resumed run keeps its checkpoint's unless
+// --steps is given), and a resumed run's position (its checkpoint's step and micro-batch).
+struct RunPlan {
+    int64_t micro_batches_per_epoch = 0, steps_per_epoch = 0, steps = 0;
+    int64_t start_step = 0, start_micro_batch = 0;
 };
+
+RunPlan plan_run(const Options& o, const Inputs& in, int ranks) {
+    RunPlan p;
+    p.micro_batches_per_epoch = Loader(in.train, o.micro_batch, o.seq, 0, ranks, o.seed, true, in.tokens.pad).micro_batches_per_epoch();
+    p.steps_per_epoch = std::max<int64_t>(1, p.micro_batches_per_epoch / o.grad_accum);
+    p.steps = o.steps ? o.steps : p.steps_per_epoch * std::max(1, o.epochs);
+    if (in.resume.empty()) return p;
+    TrainerState s = read_trainer_state(in.resume);
+    p.start_micro_batch = resume_micro_batch(s, o.micro_batch, o.grad_accum, ranks, p.micro_batches_per_epoch, "--resume " + in.resume);
+    p.start_step = s.step;
+    if (!o.given.count("--steps")) p.steps = s.total_steps;  // the schedule continues
+    return p;
+}
+
+// ================================================================================================ the run
 
 class Trainer {
   public:
-    Trainer(const Options& o, const World& w, const Inputs& in);
+    Trainer(const Options& o, const World& w, const Inputs& in, const RunPlan& plan);
     ~Trainer();
     RunResult run(const std::string& base_name);
 
   private:
-    void resume_position(const TrainerState& state);
+    // setup
     void print_plan(const MemoryReport& estimate, double load_seconds);
-    void train_step(int64_t step, bool fresh_start);  // queues the step; fresh_start: the GPU was idle before it
-    void finish_step(int64_t step, bool eval);         // waits for the step's results; logs (and evaluates) when due
-    void log_step(int64_t step, float lr, bool eval);
+    // the loop
+    void queue_step(int64_t step, bool fresh_start);  // queues the step; fresh_start: the GPU was idle before it
+    void read_step(int64_t step, bool eval);          // waits for the step's results; logs (and evaluates) when due
+    void run_batch(const Batch& b, bool backward, float divisor);
+    DeviceBatch upload_batch(const Batch& b);         // the batch's four arrays to the GPU, through a pinned slot
+    double read_loss_sum();                           // this rank's summed CE since the last read (synchronises)
+    // evaluation
     double evaluate();
+    AnswerScore answer_questions(const char* when, int limit);
+    // saving
     TrainerState state(int64_t step) const;
     void save_outputs(const std::string& base_name);
     void copy_tokenizer_files(const std::string& dir) const;
-    AnswerScore answer_questions(const char* when, int limit);
     void write_charts();
-    void run_batch(const Batch& b, bool backward, float divisor);
-    double read_loss_sum();  // this rank's summed CE since the last read (synchronises)
-    int32_t* stage(const Batch& b);  // the batch's four arrays in pinned memory, [4, B*T]
 
     const Options& o_;
     const World& w_;
     const Inputs& in_;
+    const RunPlan plan_;
     bool chief_;
     cudaStream_t stream_ = nullptr;
     ZeroStore* store_ = nullptr;
     LlamaModel* model_ = nullptr;
     Loader loader_;
-    int64_t mb_per_epoch_ = 0, micro_ = 0, start_step_ = 0;
+    int64_t micro_ = 0;  // micro-batches taken from the loader, counted from the run's first
     Schedule sched_;
     AdamWConfig adam_;
     double flops_per_token_ = 0, peak_flops_ = 0;
     int32_t *ids_ = nullptr, *labels_ = nullptr;            // [B*T] device copies of the batch (one allocation)
     int32_t *positions_ = nullptr, *doc_start_ = nullptr;  // [B*T] each token's position and document start
-    int32_t pad_ = 0;
-    RunResult res_;
     // Host-to-device batch copies come from pinned slots, reused once the copy that used a slot is done.
     static constexpr int kStagingSlots = 4;
     int32_t* staging_ = nullptr;  // [kStagingSlots, 4, B*T] pinned
@@ -221,27 +239,18 @@ class Trainer {
     float* step_results_ = nullptr;  // [kQueuedSteps, 2] pinned: summed loss, squared gradient norm of each queued step
     Profiler profiler_;
     std::vector<FamilyWork> step_work_;
-    // progress since the last log line
-    double window_ms_ = 0, window_loss_ = 0, window_targets_ = 0, window_tokens_ = 0, window_examples_ = 0, timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;
-    int64_t window_steps_ = 0, logged_ = 0;
-    float last_norm_sq_ = 0;
-    double train_start_ = 0, eval_seconds_ = 0, eval_rows_ = 0;
-    Series loss_series_, eval_series_, lr_series_;  // for OUT/loss.svg
-    std::vector<double> memory_series_;             // (seconds, GiB) pairs of this rank, for OUT/memory.svg
-    FILE* csv_ = nullptr;
-    FILE* mem_csv_ = nullptr;
+    RunLog log_;  // progress lines, CSVs, charts and the run's numbers
 };
 
-Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
-    : o_(o), w_(w), in_(in), chief_(w.rank == 0),
+// ------------------------------------------------------------------------------------------------ setup
+
+Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPlan& plan)
+    : o_(o), w_(w), in_(in), plan_(plan), chief_(w.rank == 0),
       loader_(in.train, o.micro_batch, o.seq, w.rank, w.size, o.seed, true, in.tokens.pad) {
     check_cuda(cudaStreamCreate(&stream_), "cudaStreamCreate");
-    pad_ = in.tokens.pad;
-    mb_per_epoch_ = loader_.micro_batches_per_epoch();
-    res_.steps_per_epoch = std::max<int64_t>(1, mb_per_epoch_ / o.grad_accum);
-    res_.steps = o.steps ? o.steps : res_.steps_per_epoch * std::max(1, o.epochs);
     adam_.beta1 = o.beta1, adam_.beta2 = o.beta2, adam_.eps = o.eps, adam_.weight_decay = o.weight_decay;
 
+    // the ZeRO store: every parameter byte, sharded by stage; base weights from the model or a random init
     const LlamaConfig& c = in.config;
     MemoryReport estimate = ZeroStore::estimate(c, in.lora, o.zero, w.size);
     double t0 = wall_seconds();
@@ -252,17 +261,28 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
         if (!in.adapter.empty()) store_->set_lora(in.adapter);
         else store_->init_lora(o.seed);
     }
+    // the model: activations for one micro-batch, and the device copy of the batch
     model_ = new LlamaModel(c, in.lora.shape(o.seed), o.micro_batch, o.seq, stream_, o.checkpoint_activations);
     size_t rows = size_t(o.micro_batch) * size_t(o.seq);
     ids_ = device_alloc<int32_t>(4 * rows, "batch");  // ids, labels, positions, doc_start: one copy per micro-batch
     labels_ = ids_ + rows, positions_ = ids_ + 2 * rows, doc_start_ = ids_ + 3 * rows;
-    if (!in.resume.empty()) resume_position(load_checkpoint(*store_, in.resume, c, in.lora));
-    sched_.kind = o.schedule, sched_.lr = o.lr, sched_.total_steps = int(res_.steps), sched_.warmup_min_lr = o.warmup_min_lr;
+    // a resumed run: the trainable state and the optimizer's, by name; the data position
+    if (!in.resume.empty()) {
+        TrainerState s = load_checkpoint(*store_, in.resume, c, in.lora);
+        micro_ = plan.start_micro_batch;
+        if (chief_)
+            std::printf("resume: %s (step %lld of %lld, epoch %lld, %lld sequences into it; written by %lld rank%s)\n", in.resume.c_str(),
+                        (long long)s.step, (long long)plan.steps, (long long)s.epoch, (long long)s.sequences_into_epoch,
+                        (long long)s.world_size, s.world_size == 1 ? "" : "s");
+    }
+    // the learning rate over the run
+    sched_.kind = o.schedule, sched_.lr = o.lr, sched_.total_steps = int(plan.steps), sched_.warmup_min_lr = o.warmup_min_lr;
     sched_.min_ratio = o.min_ratio;
-    sched_.warmup_steps = o.warmup_steps >= 0 ? o.warmup_steps : int(std::ceil(0.03 * double(res_.steps)));
+    sched_.warmup_steps = o.warmup_steps >= 0 ? o.warmup_steps : int(std::ceil(0.03 * double(plan.steps)));
     flops_per_token_ = flops_per_token(c, in.lora.rank ? store_->trainable_numel() : 0, o.seq, o.checkpoint_activations);
     peak_flops_ = gpu_peak_flops(w.gpu);
     print_plan(estimate, wall_seconds() - t0);
+    // pinned memory for the batches going up and the step results coming down
     check_cuda(cudaMallocHost(&staging_, kStagingSlots * 4 * rows * sizeof(int32_t)), "cudaMallocHost");
     for (cudaEvent_t& e : staged_) check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
     check_cuda(cudaMallocHost(&step_results_, kQueuedSteps * 2 * sizeof(float)), "cudaMallocHost");
@@ -273,8 +293,6 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
 }
 
 Trainer::~Trainer() {
-    if (csv_) std::fclose(csv_);
-    if (mem_csv_) std::fclose(mem_csv_);
     device_free(ids_);
     delete model_;
     delete store_;
@@ -282,26 +300,6 @@ Trainer::~Trainer() {
     for (QueuedStep& q : queued_) cudaEventDestroy(q.start), cudaEventDestroy(q.done);
     cudaFreeHost(staging_), cudaFreeHost(step_results_);
     cudaStreamDestroy(stream_);
-}
-
-// The checkpoint's position is in sequences of the epoch (all ranks together), so this world's
-// micro-batch index follows from it when micro-batch x ranks divides it; the run's length is kept.
-void Trainer::resume_position(const TrainerState& s) {
-    micro_ = resume_micro_batch(s, o_.micro_batch, o_.grad_accum, w_.size, mb_per_epoch_, "--resume " + in_.resume);
-    start_step_ = s.step;
-    if (!o_.given.count("--steps") && s.total_steps != res_.steps) res_.steps = s.total_steps;  // the schedule continues
-    if (chief_)
-        std::printf("resume: %s (step %lld of %lld, epoch %lld, %lld sequences into it; written by %lld rank%s)\n", in_.resume.c_str(),
-                    (long long)s.step, (long long)res_.steps, (long long)s.epoch, (long long)s.sequences_into_epoch,
-                    (long long)s.world_size, s.world_size == 1 ? "" : "s");
-}
-
-TrainerState Trainer::state(int64_t step) const {
-    TrainerState s;
-    s.step = step, s.total_steps = res_.steps, s.epoch = micro_ / mb_per_epoch_;
-    s.sequences_into_epoch = (micro_ % mb_per_epoch_) * o_.micro_batch * w_.size;
-    s.global_batch = int64_t(o_.micro_batch) * o_.grad_accum * w_.size, s.world_size = w_.size, s.seed = o_.seed;
-    return s;
 }
 
 void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
@@ -324,31 +322,137 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
         std::printf("memory per rank (GiB), buffers made during the first step: gathered units %.2f (estimate), gradient buffers %.2f "
                     "(estimate)\n", gib(est.gathered), gib(est.grad_buffers));
     std::printf("plan: %lld steps x %d micro-batches x %d rows x %d tokens x %d rank%s; %lld steps per epoch; lr %.3g %s (warmup %d)\n",
-                (long long)res_.steps, o_.grad_accum, o_.micro_batch, o_.seq, w_.size, w_.size > 1 ? "s" : "",
-                (long long)res_.steps_per_epoch, o_.lr, o_.schedule.c_str(), sched_.warmup_steps);
+                (long long)plan_.steps, o_.grad_accum, o_.micro_batch, o_.seq, w_.size, w_.size > 1 ? "s" : "",
+                (long long)plan_.steps_per_epoch, o_.lr, o_.schedule.c_str(), sched_.warmup_steps);
+}
+
+// ------------------------------------------------------------------------------------------------ the loop
+
+RunResult Trainer::run(const std::string& base_name) {
+    mkdir(o_.out.c_str(), 0755);
+    world_barrier(w_);
+    RunLog::Setup logged;
+    logged.out = o_.out, logged.rank = w_.rank, logged.log_every = o_.log_every;
+    logged.steps = plan_.steps, logged.steps_per_epoch = plan_.steps_per_epoch, logged.start_step = plan_.start_step;
+    logged.flops_per_token = flops_per_token_, logged.peak_flops = peak_flops_;
+    log_.open(logged);
+
+    if (o_.score_answers && plan_.start_step == 0) log_.result.answers_before = answer_questions("before training", -1);
+    log_.start();
+    // Step s is read after step s + 1 is queued, except where the host needs the weights of step s itself
+    // (evaluation, a checkpoint, the end): there the run waits, and the next step is timed from its start.
+    int64_t unread = 0;
+    bool fresh = true;
+    for (int64_t step = plan_.start_step + 1; step <= plan_.steps; ++step) {
+        queue_step(step, fresh);
+        if (unread) read_step(unread, false), unread = 0;
+        bool epoch_end = step % plan_.steps_per_epoch == 0, last = step == plan_.steps;
+        bool do_eval = !in_.eval.rows.empty() && ((o_.eval_every && step % o_.eval_every == 0) || (!o_.eval_every && epoch_end) || last);
+        bool do_save = o_.save_every && (step % o_.save_every == 0 || last);
+        fresh = do_eval || do_save || last;
+        if (!fresh) {
+            unread = step;
+            continue;
+        }
+        read_step(step, do_eval);
+        if (do_save) save_checkpoint(*store_, o_.out + "/checkpoints", "step-" + std::to_string(step), in_.config, in_.lora, state(step));
+    }
+    if (profiler_.steps() > 0 && chief_) profiler_.print(stdout, step_work_, peak_flops_, gpu_bandwidth(w_.gpu));
+    log_.finish();
+    write_charts();
+    save_outputs(base_name);
+    if (o_.score_answers) log_.result.answers_after = answer_questions("after training", -1);
+    else if (o_.sample > 0) answer_questions("after training", o_.sample);
+    if (chief_) {
+        MemoryReport m = store_->memory();
+        std::printf("memory per rank at the end (GiB): weights %.2f, gathered %.2f, master %.2f, grads %.2f (+%.2f buffers), "
+                    "moments %.2f, CPU %.2f, activations %.2f, this rank's peak on its GPU %.2f\n",
+                    gib(m.base), gib(m.gathered), gib(m.master), gib(m.grads), gib(m.grad_buffers), gib(m.moments), gib(m.host),
+                    gib(double(model_->activation_bytes())), log_.result.peak_gib);
+    }
+    return log_.result;
+}
+
+// Queues one optimizer step on the GPU without waiting for it: the host goes on to prepare the next
+// step while this one runs. Its summed loss and gradient norm are copied into pinned memory at its end;
+// read_step reads them.
+void Trainer::queue_step(int64_t step, bool fresh_start) {
+    QueuedStep& q = queued_[step % kQueuedSteps];
+    q.step = step, q.fresh_start = fresh_start, q.targets = q.tokens = q.examples = 0;
+    bool profiled = o_.profile > 0 && step > plan_.start_step + 2 && step <= plan_.start_step + 2 + o_.profile;  // after 2 warm-up steps
+    if (profiled) profiler_.begin_step(stream_);
+    check_cuda(cudaEventRecord(q.start, stream_), "event");
+    // the step's micro-batches, from the loader
+    std::vector<Batch> batches;
+    for (int a = 0; a < o_.grad_accum; ++a, ++micro_) {
+        batches.push_back(loader_.batch(micro_ / plan_.micro_batches_per_epoch, micro_ % plan_.micro_batches_per_epoch));
+        q.targets += double(batches.back().target_tokens);
+        q.tokens += double(batches.back().tokens);  // real tokens: padding is not counted
+        q.examples += double(batches.back().examples);
+    }
+    q.targets = world_sum(w_, q.targets);  // the loss is the mean over every rank's target tokens
+    // forward and backward of each, the gradients reduced as the stage says
+    store_->begin_step();
+    for (size_t a = 0; a < batches.size(); ++a) {
+        store_->begin_micro_batch(a + 1 == batches.size());
+        model_->dropout_step = uint64_t(micro_ - int64_t(batches.size()) + int64_t(a));  // LoRA dropout's masks follow the data
+        run_batch(batches[a], true, float(std::max(1.0, q.targets)));
+    }
+    // the optimizer step
+    {
+        Region r(&profiler_, Family::optimizer);
+        store_->step(adam_, sched_.lr_at(int(step - 1)), int(step), o_.clip);
+    }
+    // the step's loss and gradient norm into pinned memory, read one step later
+    float* out = step_results_ + 2 * (step % kQueuedSteps);
+    check_cuda(cudaMemcpyAsync(out, model_->loss_sum(), 4, cudaMemcpyDeviceToHost, stream_), "copy loss");
+    check_cuda(cudaMemsetAsync(model_->loss_sum(), 0, 4, stream_), "memset");
+    check_cuda(cudaMemcpyAsync(out + 1, store_->grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream_), "copy norm");
+    check_cuda(cudaEventRecord(q.done, stream_), "event");
+    if (profiled) world_wait_event(w_, q.done), profiler_.end_step();
+}
+
+// Waits for a queued step (normally the one before the step just queued, so the GPU stays busy), hands its
+// loss and time to the log, stops a run whose loss or norm is not finite, and logs (and evaluates) when due.
+void Trainer::read_step(int64_t step, bool eval) {
+    const QueuedStep& q = queued_[step % kQueuedSteps];
+    world_wait_event(w_, q.done);  // watching for a lost peer meanwhile
+    const float* out = step_results_ + 2 * (step % kQueuedSteps);
+    StepRecord r;
+    r.step = step, r.targets = q.targets, r.tokens = q.tokens, r.rows = q.examples;
+    r.loss_sum = world_sum(w_, double(out[0])), r.loss = q.targets > 0 ? r.loss_sum / q.targets : 0.0;
+    float norm_sq = out[1];
+    if (!std::isfinite(r.loss) || !std::isfinite(norm_sq))
+        fail("loss is " + std::to_string(r.loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
+    r.grad_norm = std::sqrt(double(norm_sq));
+    float ms = 0;  // from the previous step's end, or from this step's start when the GPU was idle before it
+    const QueuedStep& previous = queued_[(step - 1) % kQueuedSteps];
+    check_cuda(cudaEventElapsedTime(&ms, q.fresh_start ? q.start : previous.done, q.done), "event");
+    r.ms = ms, r.lr = sched_.lr_at(int(step - 1));
+    log_.add_step(r);
+    if (!log_.line_due(step, eval)) return;
+    double eval_loss = eval ? evaluate() : NAN;  // after the timing of the steps
+    log_.line(eval, eval_loss, gib(rank_gpu_bytes(w_)));
 }
 
 // The next pinned slot, once the copy that last read it is done (the host runs at most kStagingSlots
-// micro-batches ahead of the GPU), filled with ids, labels, positions and document starts.
-int32_t* Trainer::stage(const Batch& b) {
+// micro-batches ahead of the GPU), filled with ids, labels, positions and document starts, then copied
+// to the device batch in one transfer.
+DeviceBatch Trainer::upload_batch(const Batch& b) {
+    Region r(&profiler_, Family::copies);
     int k = int(staged_count_++ % kStagingSlots);
     world_wait_event(w_, staged_[k]);
     size_t n = size_t(o_.micro_batch) * size_t(o_.seq);
     int32_t* slot = staging_ + size_t(k) * 4 * n;
     const std::vector<int32_t>* parts[4] = {&b.ids, &b.labels, &b.positions, &b.doc_start};
     for (int i = 0; i < 4; ++i) std::copy(parts[i]->begin(), parts[i]->end(), slot + size_t(i) * n);
-    return slot;
+    check_cuda(cudaMemcpyAsync(ids_, slot, 4 * n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "copy batch");
+    check_cuda(cudaEventRecord(staged_[k], stream_), "event");
+    return DeviceBatch{b.B, b.T, ids_, labels_, positions_, doc_start_};
 }
 
 void Trainer::run_batch(const Batch& b, bool backward, float divisor) {
-    {
-        Region r(&profiler_, Family::copies);
-        const int32_t* slot = stage(b);
-        size_t n = size_t(o_.micro_batch) * size_t(o_.seq);
-        check_cuda(cudaMemcpyAsync(ids_, slot, 4 * n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "copy batch");
-        check_cuda(cudaEventRecord(staged_[(staged_count_ - 1) % kStagingSlots], stream_), "event");
-    }
-    DeviceBatch d{b.B, b.T, ids_, labels_, positions_, doc_start_};
+    DeviceBatch d = upload_batch(b);
     if (backward) model_->forward_backward(d, *store_, divisor);
     else model_->forward(d, *store_);
 }
@@ -361,193 +465,22 @@ double Trainer::read_loss_sum() {
     return v;
 }
 
+// ------------------------------------------------------------------------------------------------ evaluation
+
 // Mean CE over the eval set's target tokens (forward only; each rank takes its shard).
 double Trainer::evaluate() {
-    Loader loader(in_.eval, o_.micro_batch, o_.seq, w_.rank, w_.size, o_.seed, false, pad_);
-    double targets = 0, start = wall_seconds();
+    Loader loader(in_.eval, o_.micro_batch, o_.seq, w_.rank, w_.size, o_.seed, false, in_.tokens.pad);
+    double targets = 0, rows = 0, start = wall_seconds();
     read_loss_sum();
     for (int64_t i = 0; i < loader.micro_batches_per_epoch(); ++i) {
         Batch b = loader.batch(0, i);
         targets += double(b.target_tokens);
-        eval_rows_ += double(b.examples);
+        rows += double(b.examples);
         run_batch(b, false, 1.0f);
     }
     double loss = world_sum(w_, read_loss_sum()), all = world_sum(w_, targets);
-    eval_seconds_ += wall_seconds() - start;
+    log_.add_eval_time(wall_seconds() - start, rows);
     return all > 0 ? loss / all : NAN;
-}
-
-// Queues one optimizer step on the GPU without waiting for it: the host goes on to prepare the next
-// step while this one runs. Its summed loss and gradient norm are copied into pinned memory at its end;
-// finish_step reads them.
-void Trainer::train_step(int64_t step, bool fresh_start) {
-    QueuedStep& q = queued_[step % kQueuedSteps];
-    q.step = step, q.fresh_start = fresh_start, q.targets = q.tokens = q.examples = 0;
-    bool profiled = o_.profile > 0 && step > start_step_ + 2 && step <= start_step_ + 2 + o_.profile;  // after 2 warm-up steps
-    if (profiled) profiler_.begin_step(stream_);
-    check_cuda(cudaEventRecord(q.start, stream_), "event");
-    std::vector<Batch> batches;
-    for (int a = 0; a < o_.grad_accum; ++a, ++micro_) {
-        batches.push_back(loader_.batch(micro_ / mb_per_epoch_, micro_ % mb_per_epoch_));
-        q.targets += double(batches.back().target_tokens);
-        q.tokens += double(batches.back().tokens);  // real tokens: padding is not counted
-        q.examples += double(batches.back().examples);
-    }
-    q.targets = world_sum(w_, q.targets);  // the loss is the mean over every rank's target tokens
-    store_->begin_step();
-    for (size_t a = 0; a < batches.size(); ++a) {
-        store_->begin_micro_batch(a + 1 == batches.size());
-        model_->dropout_step = uint64_t(micro_ - int64_t(batches.size()) + int64_t(a));  // LoRA dropout's masks follow the data
-        run_batch(batches[a], true, float(std::max(1.0, q.targets)));
-    }
-    {
-        Region r(&profiler_, Family::optimizer);
-        store_->step(adam_, sched_.lr_at(int(step - 1)), int(step), o_.clip);
-    }
-    float* out = step_results_ + 2 * (step % kQueuedSteps);
-    check_cuda(cudaMemcpyAsync(out, model_->loss_sum(), 4, cudaMemcpyDeviceToHost, stream_), "copy loss");
-    check_cuda(cudaMemsetAsync(model_->loss_sum(), 0, 4, stream_), "memset");
-    check_cuda(cudaMemcpyAsync(out + 1, store_->grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream_), "copy norm");
-    check_cuda(cudaEventRecord(q.done, stream_), "event");
-    if (profiled) world_wait_event(w_, q.done), profiler_.end_step();
-}
-
-// Waits for a queued step (normally the one before the step just queued, so the GPU stays busy), adds
-// its loss and time to the progress window, stops a run whose loss or norm is not finite, and logs.
-void Trainer::finish_step(int64_t step, bool eval) {
-    const QueuedStep& q = queued_[step % kQueuedSteps];
-    world_wait_event(w_, q.done);  // watching for a lost peer meanwhile
-    const float* out = step_results_ + 2 * (step % kQueuedSteps);
-    double loss_sum = world_sum(w_, double(out[0])), loss = q.targets > 0 ? loss_sum / q.targets : 0.0;
-    last_norm_sq_ = out[1];
-    if (!std::isfinite(loss) || !std::isfinite(last_norm_sq_))
-        fail("loss is " + std::to_string(loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
-    float ms = 0;  // from the previous step's end, or from this step's start when the GPU was idle before it
-    const QueuedStep& previous = queued_[(step - 1) % kQueuedSteps];
-    check_cuda(cudaEventElapsedTime(&ms, q.fresh_start ? q.start : previous.done, q.done), "event");
-    window_ms_ += ms, window_loss_ += loss_sum, window_targets_ += q.targets, ++window_steps_;
-    window_tokens_ += q.tokens, window_examples_ += q.examples;
-    res_.final_loss = loss;
-    loss_series_.push_back({double(step), loss});  // every step, for OUT/loss.svg
-    lr_series_.push_back({double(step), sched_.lr_at(int(step - 1))});
-    if (step % o_.log_every == 0 || step == res_.steps || eval) log_step(step, sched_.lr_at(int(step - 1)), eval);
-}
-
-// The steps since the last line, timed by their events; evaluation (when due) runs after the timing.
-void Trainer::log_step(int64_t step, float lr, bool eval) {
-    double ms = window_ms_;
-    double eval_loss = eval ? evaluate() : NAN;
-    if (eval) res_.eval_losses.push_back(eval_loss);
-    timed_ms_ += ms, timed_tokens_ += window_tokens_, timed_rows_ += window_examples_;
-    double tps = window_tokens_ / (ms / 1e3), tf = tps * flops_per_token_ / 1e12;
-    double mine = gib(rank_gpu_bytes(w_)), elapsed = wall_seconds() - train_start_;
-    res_.peak_gib = std::max(res_.peak_gib, mine), res_.mean_gib += mine, ++logged_;
-    res_.min_gib = std::isnan(res_.min_gib) ? mine : std::min(res_.min_gib, mine);
-    std::fprintf(mem_csv_, "%lld,%.2f,%.3f\n", (long long)step, elapsed, mine);
-    std::fflush(mem_csv_);
-    memory_series_.push_back(elapsed), memory_series_.push_back(mine);
-    double wloss = window_loss_ / std::max(1.0, window_targets_), norm = std::sqrt(double(last_norm_sq_));
-    if (eval) eval_series_.push_back({double(step), eval_loss});
-    double eta = eta_seconds(double(step - start_step_), double(res_.steps - start_step_), elapsed);
-    if (chief_) {
-        std::printf("step %6lld/%lld  epoch %5.2f  loss %.4f  lr %.3e  grad-norm %.3f  %8.0f tok/s/GPU  %6.1f TFLOP/s", (long long)step,
-                    (long long)res_.steps, double(step) / double(res_.steps_per_epoch), wloss, lr, norm, tps, tf);
-        if (peak_flops_ > 0) std::printf("  MFU %4.1f%%", 100 * tf * 1e12 / peak_flops_);
-        std::printf("  %6.1f ms/step  GPU %.1f GiB (peak %.1f)  %s elapsed, ETA %s", ms / double(window_steps_), mine, res_.peak_gib,
-                    format_duration(elapsed).c_str(), format_duration(eta).c_str());
-        if (!std::isnan(eval_loss)) std::printf("  eval-loss %.4f", eval_loss);
-        std::printf("\n");
-        std::fflush(stdout);
-        std::fprintf(csv_, "%lld,%.4f,%.6f,%.6e,%.6f,%.1f,%.2f,%.2f,%.3f,%.3f,%s\n", (long long)step,
-                     double(step) / double(res_.steps_per_epoch), wloss, lr, norm, tps, tf, ms / double(window_steps_), mine, res_.peak_gib,
-                     std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
-        std::fflush(csv_);
-    }
-    window_ms_ = window_loss_ = window_targets_ = window_tokens_ = window_examples_ = 0, window_steps_ = 0;
-}
-
-RunResult Trainer::run(const std::string& base_name) {
-    mkdir(o_.out.c_str(), 0755);
-    world_barrier(w_);
-    // A resumed run appends to the logs it finds in OUT; a new OUT (or a fresh run) starts them with a header.
-    auto open_log = [&](const std::string& path, const char* header) {
-        bool append = start_step_ > 0 && exists(path);
-        FILE* f = std::fopen(path.c_str(), append ? "a" : "w");
-        if (!f) fail("cannot write " + path);
-        if (!append) std::fprintf(f, "%s\n", header);
-        return f;
-    };
-    if (chief_) csv_ = open_log(o_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
-    mem_csv_ = open_log(o_.out + "/memory_rank" + std::to_string(w_.rank) + ".csv", "step,seconds,rank_gpu_gib");
-
-    if (o_.score_answers && start_step_ == 0) res_.answers_before = answer_questions("before training", -1);
-    train_start_ = wall_seconds();
-    // Step s is read after step s + 1 is queued, except where the host needs the weights of step s itself
-    // (evaluation, a checkpoint, the end): there the run waits, and the next step is timed from its start.
-    int64_t unread = 0;
-    bool fresh = true;
-    for (int64_t step = start_step_ + 1; step <= res_.steps; ++step) {
-        train_step(step, fresh);
-        if (unread) finish_step(unread, false), unread = 0;
-        bool epoch_end = step % res_.steps_per_epoch == 0, last = step == res_.steps;
-        bool do_eval = !in_.eval.rows.empty() && ((o_.eval_every && step % o_.eval_every == 0) || (!o_.eval_every && epoch_end) || last);
-        bool do_save = o_.save_every && (step % o_.save_every == 0 || last);
-        fresh = do_eval || do_save || last;
-        if (!fresh) {
-            unread = step;
-            continue;
-        }
-        finish_step(step, do_eval);
-        if (do_save) save_checkpoint(*store_, o_.out + "/checkpoints", "step-" + std::to_string(step), in_.config, in_.lora, state(step));
-    }
-    if (profiler_.steps() > 0 && chief_) profiler_.print(stdout, step_work_, peak_flops_, gpu_bandwidth(w_.gpu));
-    double timed_s = timed_ms_ > 0 ? timed_ms_ / 1e3 : wall_seconds() - train_start_;
-    res_.tokens_per_s = timed_tokens_ / timed_s;
-    res_.samples_per_s = timed_rows_ / timed_s;
-    res_.tflops = res_.tokens_per_s * flops_per_token_ / 1e12;
-    res_.mean_gib = logged_ > 0 ? res_.mean_gib / double(logged_) : NAN;
-    if (eval_seconds_ > 0) res_.eval_samples_per_s = eval_rows_ / eval_seconds_;
-    res_.seconds = wall_seconds() - train_start_;
-    write_charts();
-    save_outputs(base_name);
-    if (o_.score_answers) res_.answers_after = answer_questions("after training", -1);
-    else if (o_.sample > 0) answer_questions("after training", o_.sample);
-    if (chief_) {
-        MemoryReport m = store_->memory();
-        std::printf("memory per rank at the end (GiB): weights %.2f, gathered %.2f, master %.2f, grads %.2f (+%.2f buffers), "
-                    "moments %.2f, CPU %.2f, activations %.2f, this rank's peak on its GPU %.2f\n",
-                    gib(m.base), gib(m.gathered), gib(m.master), gib(m.grads), gib(m.grad_buffers), gib(m.moments), gib(m.host),
-                    gib(double(model_->activation_bytes())), res_.peak_gib);
-    }
-    return res_;
-}
-
-// The tokenizer beside an exported model, as save_pretrained does: tokenizer.json, and the model
-// directory's tokenizer_config.json, special_tokens_map.json and generation_config.json when present.
-void Trainer::copy_tokenizer_files(const std::string& dir) const {
-    auto copy = [](const std::string& from, const std::string& to) {
-        std::ifstream in(from, std::ios::binary);
-        std::ofstream out(to, std::ios::binary);
-        if (!(out << in.rdbuf())) fail("cannot write " + to);
-    };
-    if (in_.tok) copy(in_.tokenizer_path, dir + "/tokenizer.json");
-    for (const char* name : {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
-        if (!o_.model.empty() && exists(o_.model + "/" + name)) copy(o_.model + "/" + name, dir + "/" + name);
-}
-
-// The adapter in PEFT's format, or the whole model in HF's (collective; rank 0 writes).
-void Trainer::save_outputs(const std::string& base_name) {
-    if (in_.lora.rank > 0) {
-        std::vector<std::vector<float>> layers = store_->lora_layers();
-        if (!chief_) return;
-        save_peft_adapter(o_.out + "/adapter", in_.config, in_.lora, layers, base_name);
-        std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
-    } else {
-        save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
-        if (!chief_) return;
-        copy_tokenizer_files(o_.out + "/model");
-        std::printf("saved: %s/model (HF: config.json + model.safetensors%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "");
-    }
 }
 
 // Greedy answers to the eval questions (rows that start with a prompt: labels -100), `limit` of them (-1:
@@ -602,35 +535,51 @@ AnswerScore Trainer::answer_questions(const char* when, int limit) {
     return score;
 }
 
+// ------------------------------------------------------------------------------------------------ saving
+
+TrainerState Trainer::state(int64_t step) const {
+    TrainerState s;
+    s.step = step, s.total_steps = plan_.steps, s.epoch = micro_ / plan_.micro_batches_per_epoch;
+    s.sequences_into_epoch = (micro_ % plan_.micro_batches_per_epoch) * o_.micro_batch * w_.size;
+    s.global_batch = int64_t(o_.micro_batch) * o_.grad_accum * w_.size, s.world_size = w_.size, s.seed = o_.seed;
+    return s;
+}
+
+// The tokenizer beside an exported model, as save_pretrained does: tokenizer.json, and the model
+// directory's tokenizer_config.json, special_tokens_map.json and generation_config.json when present.
+void Trainer::copy_tokenizer_files(const std::string& dir) const {
+    auto copy = [](const std::string& from, const std::string& to) {
+        std::ifstream in(from, std::ios::binary);
+        std::ofstream out(to, std::ios::binary);
+        if (!(out << in.rdbuf())) fail("cannot write " + to);
+    };
+    if (in_.tok) copy(in_.tokenizer_path, dir + "/tokenizer.json");
+    for (const char* name : {"tokenizer_config.json", "special_tokens_map.json", "generation_config.json"})
+        if (!o_.model.empty() && exists(o_.model + "/" + name)) copy(o_.model + "/" + name, dir + "/" + name);
+}
+
+// The adapter in PEFT's format, or the whole model in HF's (collective; rank 0 writes).
+void Trainer::save_outputs(const std::string& base_name) {
+    if (in_.lora.rank > 0) {
+        std::vector<std::vector<float>> layers = store_->lora_layers();
+        if (!chief_) return;
+        save_peft_adapter(o_.out + "/adapter", in_.config, in_.lora, layers, base_name);
+        std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
+    } else {
+        save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
+        if (!chief_) return;
+        copy_tokenizer_files(o_.out + "/model");
+        std::printf("saved: %s/model (HF: config.json + model.safetensors%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "");
+    }
+}
+
 // OUT/loss.svg (train and eval loss, learning rate) and, with several ranks, OUT/memory.svg (each
 // rank's GPU memory over the run); rank 0 writes.
 void Trainer::write_charts() {
-    std::vector<std::vector<double>> memory = world_gather(w_, memory_series_);
-    if (!chief_) return;
+    std::vector<std::vector<double>> memory = world_gather(w_, log_.memory_samples());
     std::string title = (o_.model.empty() ? in_.config.name : o_.model) + (in_.lora.rank ? ", LoRA r=" + std::to_string(in_.lora.rank) : ", full fine-tuning") +
                         ", ZeRO stage " + std::to_string(o_.zero.stage) + ", " + std::to_string(w_.size) + " rank" + (w_.size > 1 ? "s" : "");
-    write_loss_svg(o_.out + "/loss.svg", title, loss_series_, eval_series_, lr_series_);
-    if (w_.size == 1) return;
-    std::vector<Series> per_rank;
-    for (const std::vector<double>& m : memory) {
-        per_rank.emplace_back();
-        for (size_t i = 0; i + 1 < m.size(); i += 2) per_rank.back().push_back({m[i], m[i + 1]});
-    }
-    write_memory_svg(o_.out + "/memory.svg", "GPU memory per rank (GiB): " + title, per_rank);
-}
-
-void print_summary(const RunResult& r, const std::string& title) {
-    std::printf("\n%s\n| metric | value |\n|---|---|\n", title.c_str());
-    std::printf("| final train loss | %.4f |\n", r.final_loss);
-    for (size_t i = 0; i < r.eval_losses.size(); ++i) std::printf("| eval loss %zu | %.4f |\n", i + 1, r.eval_losses[i]);
-    std::printf("| steps (per epoch) | %lld (%lld) |\n", (long long)r.steps, (long long)r.steps_per_epoch);
-    std::printf("| train samples/s per GPU | %.1f |\n| eval samples/s per GPU | %.1f |\n", r.samples_per_s, r.eval_samples_per_s);
-    std::printf("| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.tokens_per_s, r.tflops);
-    std::printf("| GPU memory peak / mean / min (this rank) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
-    if (r.answers_after.n > 0)
-        std::printf("| eval answers: token-F1 before -> after | %.3f -> %.3f |\n| eval answers: exact match before -> after | %.1f%% -> %.1f%% |\n",
-                    r.answers_before.mean_f1(), r.answers_after.mean_f1(), 100 * r.answers_before.exact_rate(), 100 * r.answers_after.exact_rate());
-    std::printf("| time | %s |\n\n", format_duration(r.seconds).c_str());
+    log_.write_charts(title, memory);
 }
 
 void write_summary(const Options& o, const World& w, const RunResult& r, const std::string& title, int lora_rank) {
@@ -660,9 +609,10 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
                         w.nodes > 1 ? "s" : "", p.name, o.zero.stage, o.zero.offload ? " + CPU optimizer offload" : "",
                         o.checkpoint_activations ? " + activation checkpointing" : "", w.comm->name());
     }
+    RunPlan plan = plan_run(o, in, w.size);
     RunResult r;
     {
-        Trainer t(o, w, in);
+        Trainer t(o, w, in, plan);
         r = t.run(o.model.empty() ? in.config.name : o.model);
     }
     if (w.rank == 0) {

@@ -427,3 +427,107 @@ void write_summary_json(const std::string& path, const RunSummary& s) {
         text += std::string("  \"") + fields[i].first + "\": " + fields[i].second + (i + 1 < sizeof fields / sizeof fields[0] ? ",\n" : "\n");
     write_atomically(path, text + "}\n");
 }
+
+// ---------------------------------------------------------------------------------------------- the run's log
+RunLog::~RunLog() {
+    if (csv_) std::fclose(csv_);
+    if (mem_csv_) std::fclose(mem_csv_);
+}
+
+void RunLog::open(const Setup& setup) {
+    s_ = setup;
+    result.steps = s_.steps, result.steps_per_epoch = s_.steps_per_epoch;
+    // A resumed run appends to the logs it finds in OUT; a new OUT (or a fresh run) starts them with a header.
+    auto open_log = [&](const std::string& path, const char* header) {
+        bool append = s_.start_step > 0 && exists(path);
+        std::FILE* f = std::fopen(path.c_str(), append ? "a" : "w");
+        if (!f) fail("cannot write " + path);
+        if (!append) std::fprintf(f, "%s\n", header);
+        return f;
+    };
+    if (s_.rank == 0) csv_ = open_log(s_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
+    mem_csv_ = open_log(s_.out + "/memory_rank" + std::to_string(s_.rank) + ".csv", "step,seconds,rank_gpu_gib");
+}
+
+void RunLog::start() { train_start_ = wall_seconds(); }
+
+void RunLog::add_step(const StepRecord& r) {
+    window_.ms += r.ms, window_.loss_sum += r.loss_sum, window_.targets += r.targets, ++window_.steps;
+    window_.tokens += r.tokens, window_.rows += r.rows;
+    last_ = r;
+    result.final_loss = r.loss;
+    loss_.push_back({double(r.step), r.loss});  // every step, for OUT/loss.svg
+    lr_.push_back({double(r.step), r.lr});
+}
+
+bool RunLog::line_due(int64_t step, bool eval) const { return step % s_.log_every == 0 || step == s_.steps || eval; }
+
+void RunLog::line(bool eval, double eval_loss, double gpu_gib) {
+    int64_t step = last_.step;
+    double ms = window_.ms;
+    if (eval) result.eval_losses.push_back(eval_loss);
+    timed_ms_ += ms, timed_tokens_ += window_.tokens, timed_rows_ += window_.rows;
+    double tps = window_.tokens / (ms / 1e3), tf = tps * s_.flops_per_token / 1e12;
+    double elapsed = wall_seconds() - train_start_;
+    result.peak_gib = std::max(result.peak_gib, gpu_gib), result.mean_gib += gpu_gib, ++samples_;
+    result.min_gib = std::isnan(result.min_gib) ? gpu_gib : std::min(result.min_gib, gpu_gib);
+    std::fprintf(mem_csv_, "%lld,%.2f,%.3f\n", (long long)step, elapsed, gpu_gib);
+    std::fflush(mem_csv_);
+    memory_.push_back(elapsed), memory_.push_back(gpu_gib);
+    double loss = window_.loss_sum / std::max(1.0, window_.targets);
+    if (eval) eval_loss_.push_back({double(step), eval_loss});
+    double eta = eta_seconds(double(step - s_.start_step), double(s_.steps - s_.start_step), elapsed);
+    if (s_.rank == 0) {
+        std::printf("step %6lld/%lld  epoch %5.2f  loss %.4f  lr %.3e  grad-norm %.3f  %8.0f tok/s/GPU  %6.1f TFLOP/s", (long long)step,
+                    (long long)s_.steps, double(step) / double(s_.steps_per_epoch), loss, last_.lr, last_.grad_norm, tps, tf);
+        if (s_.peak_flops > 0) std::printf("  MFU %4.1f%%", 100 * tf * 1e12 / s_.peak_flops);
+        std::printf("  %6.1f ms/step  GPU %.1f GiB (peak %.1f)  %s elapsed, ETA %s", ms / double(window_.steps), gpu_gib, result.peak_gib,
+                    format_duration(elapsed).c_str(), format_duration(eta).c_str());
+        if (!std::isnan(eval_loss)) std::printf("  eval-loss %.4f", eval_loss);
+        std::printf("\n");
+        std::fflush(stdout);
+        std::fprintf(csv_, "%lld,%.4f,%.6f,%.6e,%.6f,%.1f,%.2f,%.2f,%.3f,%.3f,%s\n", (long long)step,
+                     double(step) / double(s_.steps_per_epoch), loss, last_.lr, last_.grad_norm, tps, tf, ms / double(window_.steps), gpu_gib,
+                     result.peak_gib, std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
+        std::fflush(csv_);
+    }
+    window_ = Window();
+}
+
+void RunLog::add_eval_time(double seconds, double rows) { eval_seconds_ += seconds, eval_rows_ += rows; }
+
+void RunLog::finish() {
+    double timed_s = timed_ms_ > 0 ? timed_ms_ / 1e3 : wall_seconds() - train_start_;
+    result.tokens_per_s = timed_tokens_ / timed_s;
+    result.samples_per_s = timed_rows_ / timed_s;
+    result.tflops = result.tokens_per_s * s_.flops_per_token / 1e12;
+    result.mean_gib = samples_ > 0 ? result.mean_gib / double(samples_) : NAN;
+    if (eval_seconds_ > 0) result.eval_samples_per_s = eval_rows_ / eval_seconds_;
+    result.seconds = wall_seconds() - train_start_;
+}
+
+void RunLog::write_charts(const std::string& title, const std::vector<std::vector<double>>& memory_per_rank) const {
+    if (s_.rank != 0) return;
+    write_loss_svg(s_.out + "/loss.svg", title, loss_, eval_loss_, lr_);
+    if (memory_per_rank.size() < 2) return;
+    std::vector<Series> per_rank;
+    for (const std::vector<double>& m : memory_per_rank) {
+        per_rank.emplace_back();
+        for (size_t i = 0; i + 1 < m.size(); i += 2) per_rank.back().push_back({m[i], m[i + 1]});
+    }
+    write_memory_svg(s_.out + "/memory.svg", "GPU memory per rank (GiB): " + title, per_rank);
+}
+
+void print_summary(const RunResult& r, const std::string& title) {
+    std::printf("\n%s\n| metric | value |\n|---|---|\n", title.c_str());
+    std::printf("| final train loss | %.4f |\n", r.final_loss);
+    for (size_t i = 0; i < r.eval_losses.size(); ++i) std::printf("| eval loss %zu | %.4f |\n", i + 1, r.eval_losses[i]);
+    std::printf("| steps (per epoch) | %lld (%lld) |\n", (long long)r.steps, (long long)r.steps_per_epoch);
+    std::printf("| train samples/s per GPU | %.1f |\n| eval samples/s per GPU | %.1f |\n", r.samples_per_s, r.eval_samples_per_s);
+    std::printf("| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.tokens_per_s, r.tflops);
+    std::printf("| GPU memory peak / mean / min (this rank) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
+    if (r.answers_after.n > 0)
+        std::printf("| eval answers: token-F1 before -> after | %.3f -> %.3f |\n| eval answers: exact match before -> after | %.1f%% -> %.1f%% |\n",
+                    r.answers_before.mean_f1(), r.answers_after.mean_f1(), 100 * r.answers_before.exact_rate(), 100 * r.answers_after.exact_rate());
+    std::printf("| time | %s |\n\n", format_duration(r.seconds).c_str());
+}

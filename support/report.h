@@ -1,7 +1,8 @@
-// support/report.h — what a run shows a person besides its log lines: SVG charts (loss and learning rate per
-// step; GPU memory per rank over time), SQuAD-style answer scores (exact match and token F1), progress
-// lines with an ETA for long phases, and the run summary (summary.json) that bench/collect.py turns into
-// the workshop table. Knows nothing of CUDA, MPI, the model or ZeRO: callers hand it numbers and text.
+// support/report.h — what a run shows a person: SVG charts (loss and learning rate per step; GPU memory per
+// rank over time), SQuAD-style answer scores (exact match and token F1), progress lines with an ETA for long
+// phases, the run summary (summary.json) that bench/collect.py turns into the workshop table, and the run's
+// log (RunLog: the progress line of each step window, train_log.csv, memory_rankR.csv, the summary table).
+// Knows nothing of CUDA, MPI, the model or ZeRO: callers hand it numbers and text.
 //
 // Charts are plain SVG 1.1 that any browser opens. Each series is one element whose class names it, so a
 // script (or a test) can find it: `polyline.train-loss`, `polyline.eval-loss` (+ `g.eval-loss-markers`),
@@ -14,6 +15,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <utility>
@@ -126,3 +128,80 @@ struct RunSummary {
 
 // Writes `s` as one JSON object (keys in the order above), atomically; fails naming the path.
 void write_summary_json(const std::string& path, const RunSummary& s);
+
+// ---------------------------------------------------------------------------------------------- the run's log
+// What a training run shows a person and leaves in OUT besides the model: a progress line every `log_every`
+// steps (and at each evaluation and the last step), the same numbers in OUT/train_log.csv (rank 0) and
+// OUT/memory_rankR.csv (every rank), the points of OUT/loss.svg and OUT/memory.svg, and the end-of-run
+// numbers (RunResult) for the summary table and summary.json. The trainer hands it each step's numbers as
+// it reads them back; the steps since the last line form a window whose time, tokens and loss it reports.
+
+// The end-of-run numbers: the summary table (print_summary) and OUT/summary.json.
+struct RunResult {
+    double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0, min_gib = NAN;
+    double eval_samples_per_s = NAN, seconds = 0;
+    int64_t steps = 0, steps_per_epoch = 0;
+    std::vector<double> eval_losses;
+    AnswerScore answers_before, answers_after;  // greedy answers to the eval questions (--score-answers)
+};
+
+// One optimizer step, as the trainer read it back from the GPU.
+struct StepRecord {
+    int64_t step = 0;
+    double loss = 0;                   // mean cross-entropy over the step's target tokens (all ranks)
+    double loss_sum = 0, targets = 0;  // its sum and the number of target tokens (all ranks)
+    double tokens = 0, rows = 0;       // real (non-padding) tokens and rows of this rank
+    double ms = 0;                     // its time on the GPU
+    float lr = 0;                      // the learning rate it used
+    double grad_norm = 0;              // the global gradient norm, before clipping
+};
+
+class RunLog {
+  public:
+    struct Setup {
+        std::string out;                         // OUT
+        int rank = 0;                            // rank 0 prints and writes train_log.csv
+        int log_every = 10;                      // steps per progress line
+        int64_t steps = 0, steps_per_epoch = 0;  // the run's length
+        int64_t start_step = 0;                  // steps done before (a resumed run)
+        double flops_per_token = 0;              // model FLOPs per trained token (for TFLOP/s)
+        double peak_flops = 0;                   // this GPU's peak bf16 FLOP/s (MFU; 0: unknown, not printed)
+    };
+    RunLog() = default;
+    ~RunLog();
+    RunLog(const RunLog&) = delete;
+    RunLog& operator=(const RunLog&) = delete;
+
+    void open(const Setup& setup);  // the CSVs with their headers; a resumed run appends to those it finds
+    void start();                   // the training clock starts
+    void add_step(const StepRecord& r);            // into the window; the final loss; the loss and LR points
+    bool line_due(int64_t step, bool eval) const;  // every log_every steps, at an evaluation, at the last step
+    // The progress line of the window (with the eval loss when `eval`), its CSV rows, and a memory sample
+    // of this rank (`gpu_gib`); the next window starts empty.
+    void line(bool eval, double eval_loss, double gpu_gib);
+    void add_eval_time(double seconds, double rows);  // for the eval samples/s
+    void finish();                                    // the run's rates, mean memory and time into `result`
+    // OUT/loss.svg and, with several ranks, OUT/memory.svg from each rank's memory_samples(); rank 0 writes.
+    void write_charts(const std::string& title, const std::vector<std::vector<double>>& memory_per_rank) const;
+    const std::vector<double>& memory_samples() const { return memory_; }  // (seconds, GiB) pairs of this rank
+    RunResult result;
+
+  private:
+    struct Window {
+        double ms = 0, loss_sum = 0, targets = 0, tokens = 0, rows = 0;
+        int64_t steps = 0;
+    };
+    Setup s_;
+    std::FILE* csv_ = nullptr;      // OUT/train_log.csv (rank 0)
+    std::FILE* mem_csv_ = nullptr;  // OUT/memory_rankR.csv
+    Window window_;                 // the steps since the last line
+    StepRecord last_;               // the last step added
+    double timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;  // every window logged so far
+    double train_start_ = 0, eval_seconds_ = 0, eval_rows_ = 0;
+    int64_t samples_ = 0;           // memory samples taken (for the mean)
+    Series loss_, eval_loss_, lr_;  // for OUT/loss.svg
+    std::vector<double> memory_;    // (seconds, GiB) pairs, for OUT/memory.svg
+};
+
+// The end-of-run table: final train loss, eval losses, steps, rates, GPU memory, answer scores, time.
+void print_summary(const RunResult& r, const std::string& title);

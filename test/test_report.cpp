@@ -1,10 +1,11 @@
 // test/test_report.cpp — report.h: answer scores on hand-made answers (F1 computed by hand), the charts
 // read back by a small XML well-formedness checker (itself tested on broken documents) with every series
 // found, its points counted and mapped linearly from the data, non-finite points skipped; ticks, thinning,
-// durations, ETA, Progress with an injected clock, summary.json through parse_json, and bench/collect.py
-// on two run directories and on a malformed summary.
+// durations, ETA, Progress with an injected clock, summary.json through parse_json, bench/collect.py on two
+// run directories and on a malformed summary, and the run's log (its lines and CSV rows computed by hand).
 #include "test.h"
 
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -758,6 +759,130 @@ TEST_CASE("report: summary.json parses and has every key") {
     CHECK(j.find("seconds")->number == s.seconds);
     CHECK_THROWS_WITH_AS(write_summary_json("/nonexistent_dir/summary.json", s),
                          doctest::Contains("cannot write /nonexistent_dir/summary.json"), Error);
+}
+
+// ---------------------------------------------------------------------------------------------- the run's log
+namespace {
+// Runs `fn` with stdout going to a file; returns what it printed.
+template <class Fn>
+std::string captured_stdout(const std::string& path, Fn fn) {
+    std::fflush(stdout);
+    int saved = dup(1), fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    REQUIRE(saved >= 0);
+    REQUIRE(fd >= 0);
+    dup2(fd, 1);
+    fn();
+    std::fflush(stdout);
+    dup2(saved, 1);
+    close(fd), close(saved);
+    return read_file(path);
+}
+
+StepRecord step_record(int64_t step, double loss_sum, double targets, double tokens, double ms) {
+    StepRecord r;
+    r.step = step, r.loss_sum = loss_sum, r.targets = targets, r.loss = loss_sum / targets;
+    r.tokens = tokens, r.rows = 4, r.ms = ms, r.lr = 1e-3f, r.grad_norm = 2;
+    return r;
+}
+}  // namespace
+
+TEST_CASE("report: the run's log prints each window's line and CSV rows, and a resumed run appends") {
+    std::string dir = temp_dir("runlog");
+    RunLog::Setup s;
+    s.out = dir, s.rank = 0, s.log_every = 2, s.steps = 4, s.steps_per_epoch = 2;
+    s.flops_per_token = 1e9, s.peak_flops = 1e13;
+    RunResult result;
+    std::string printed = captured_stdout(dir + "/stdout.txt", [&] {
+        RunLog log;
+        log.open(s);
+        log.start();
+        // steps 1-2: 20 nats over 10 targets, 200 tokens in 100 ms; steps 3-4: 6 over 4, 100 tokens in 50 ms
+        log.add_step(step_record(1, 10, 5, 100, 50));
+        CHECK(!log.line_due(1, false));
+        log.add_step(step_record(2, 10, 5, 100, 50));
+        REQUIRE(log.line_due(2, false));
+        log.line(false, NAN, 1.5);
+        log.add_step(step_record(3, 3, 2, 50, 25));
+        CHECK(!log.line_due(3, false));
+        CHECK(log.line_due(3, true));  // an evaluation always gets a line
+        log.add_step(step_record(4, 3, 2, 50, 25));
+        REQUIRE(log.line_due(4, false));  // the last step
+        log.line(true, 1.25, 2.5);
+        log.add_eval_time(0.5, 10);
+        log.finish();
+        log.write_charts("a run", {log.memory_samples()});
+        result = log.result;
+    });
+    CAPTURE(printed);
+    std::vector<std::string> out = lines_of(printed);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].rfind("step      2/4  epoch  1.00  loss 2.0000  lr 1.000e-03  grad-norm 2.000      2000 tok/s/GPU     2.0 TFLOP/s  "
+                       "MFU 20.0%    50.0 ms/step  GPU 1.5 GiB (peak 1.5)  ", 0) == 0);
+    CHECK(out[0].find("eval-loss") == std::string::npos);
+    CHECK(out[1].rfind("step      4/4  epoch  2.00  loss 1.5000  lr 1.000e-03  grad-norm 2.000      2000 tok/s/GPU     2.0 TFLOP/s  "
+                       "MFU 20.0%    25.0 ms/step  GPU 2.5 GiB (peak 2.5)  ", 0) == 0);
+    CHECK(out[1].size() > 18);
+    CHECK(out[1].substr(out[1].size() - 18) == "  eval-loss 1.2500");
+    std::vector<std::string> csv = lines_of(read_file(dir + "/train_log.csv"));
+    REQUIRE(csv.size() == 3);
+    CHECK(csv[0] == "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
+    CHECK(csv[1] == "2,1.0000,2.000000,1.000000e-03,2.000000,2000.0,2.00,50.00,1.500,1.500,");
+    CHECK(csv[2] == "4,2.0000,1.500000,1.000000e-03,2.000000,2000.0,2.00,25.00,2.500,2.500,1.250000");
+    std::vector<std::string> memory = lines_of(read_file(dir + "/memory_rank0.csv"));
+    REQUIRE(memory.size() == 3);
+    CHECK(memory[0] == "step,seconds,rank_gpu_gib");
+    CHECK(memory[1].rfind("2,", 0) == 0);
+    CHECK(memory[2].substr(memory[2].size() - 6) == ",2.500");
+    // the run's numbers: 300 tokens and 16 rows in 150 ms of logged steps; memory sampled at each line
+    CHECK(result.final_loss == 1.5);
+    CHECK(result.steps == 4);
+    CHECK(result.steps_per_epoch == 2);
+    CHECK(result.tokens_per_s == doctest::Approx(2000));
+    CHECK(result.samples_per_s == doctest::Approx(16 / 0.15));
+    CHECK(result.tflops == doctest::Approx(2.0));
+    CHECK(result.peak_gib == 2.5);
+    CHECK(result.mean_gib == 2.0);
+    CHECK(result.min_gib == 1.5);
+    CHECK(result.eval_samples_per_s == 20);
+    REQUIRE(result.eval_losses.size() == 1);
+    CHECK(result.eval_losses[0] == 1.25);
+    CHECK(access((dir + "/loss.svg").c_str(), R_OK) == 0);
+    CHECK(access((dir + "/memory.svg").c_str(), R_OK) != 0);  // one rank: no memory chart
+
+    // resumed after step 4: the logs are continued, not restarted
+    s.start_step = 4, s.steps = 6;
+    captured_stdout(dir + "/stdout.txt", [&] {
+        RunLog log;
+        log.open(s);
+        log.start();
+        log.add_step(step_record(5, 2, 2, 10, 10));
+        log.add_step(step_record(6, 2, 2, 10, 10));
+        log.line(false, NAN, 1.0);
+        log.write_charts("a run", {{0.5, 1.0}, {0.5, 2.0}});
+    });
+    csv = lines_of(read_file(dir + "/train_log.csv"));
+    REQUIRE(csv.size() == 4);
+    CHECK(csv[3].rfind("6,3.0000,1.000000,", 0) == 0);
+    CHECK(lines_of(read_file(dir + "/memory_rank0.csv")).size() == 4);
+    CHECK(access((dir + "/memory.svg").c_str(), R_OK) == 0);  // two ranks' samples: the memory chart
+    // a fresh run in the same directory starts the logs again
+    s.start_step = 0;
+    {
+        RunLog log;
+        log.open(s);
+    }
+    CHECK(lines_of(read_file(dir + "/train_log.csv")).size() == 1);
+    // another rank writes only its memory log
+    s.rank = 1;
+    std::string quiet = captured_stdout(dir + "/stdout.txt", [&] {
+        RunLog log;
+        log.open(s);
+        log.start();
+        log.add_step(step_record(2, 2, 2, 10, 10));
+        log.line(false, NAN, 1.0);
+    });
+    CHECK(quiet.empty());
+    CHECK(lines_of(read_file(dir + "/memory_rank1.csv")).size() == 2);
 }
 
 TEST_CASE("report: bench/collect.py makes the workshop table, and names a malformed summary") {
