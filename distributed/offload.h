@@ -2,7 +2,7 @@
 // CPU, overlapped with the GPU. Owns the fp32 master weights and moments of every trainable shard (host
 // memory), the pinned buffers the gradients and the new bf16 weights travel through, the copy stream, the
 // events, and the threads (a worker that updates the shards in forward order, a pool for its element loop).
-// The ZeRO store (zero3.cu) calls it at six named points in a step; distributed/offload.cu has the timeline.
+// The ZeRO store (zero3.cu) drives it at these points of a step (distributed/offload.cu has the timeline):
 //   O1 gradient_ready(k)   during the backward: shard k's gradient is reduced; it goes down to the host
 //   O2 start_step(...)     in step(): the clip scale to the host (the one sync), the worker's round starts
 //   O3 (the worker)        shard after shard: AdamW on the host, the new bf16 weights up to the GPU
