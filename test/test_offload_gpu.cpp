@@ -22,7 +22,7 @@ std::vector<uint16_t> raw_bf16(const bf16* d, size_t n) {
 }
 }  // namespace
 
-TEST_CASE("gpu: the CPU optimizer at its named points gives the GPU update's bits, once per step, gaps untouched") {
+TEST_CASE("gpu: offload's CPU optimizer at its named points gives the GPU update's bits, once per step, gaps untouched") {
     if (!need_gpu()) return;
     uint64_t seed = fresh_seed();
     CAPTURE(seed);
