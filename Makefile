@@ -47,12 +47,9 @@ NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra,-ffp-contract=off 
 LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib \
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
-OBJS      := $(B)/support/json.o $(B)/support/safetensors.o $(B)/support/tokenizer.o $(B)/data.o $(B)/support/llama_config.o \
-             $(B)/kernels/elementwise.o $(B)/kernels/embedding.o $(B)/kernels/rmsnorm.o $(B)/kernels/rope.o \
-             $(B)/kernels/swiglu.o $(B)/kernels/lora_dropout.o $(B)/kernels/cross_entropy.o $(B)/kernels/gemm.o \
-             $(B)/kernels/attention.o $(B)/kernels/attention_ref.o $(B)/llama.o $(B)/support/generate.o \
-             $(B)/lora.o $(B)/adamw.o $(B)/distributed/world.o $(B)/zero3.o $(B)/distributed/checkpoint.o $(B)/support/options.o \
-             $(B)/support/report.o $(B)/support/profile.o $(B)/distributed/threads.o
+# Every source of the root's lesson files and of the rooms (kernels/, distributed/, support/), but main's.
+SOURCES   := $(filter-out train.cpp,$(wildcard *.cpp *.cu kernels/*.cu distributed/*.cpp distributed/*.cu support/*.cpp support/*.cu))
+OBJS      := $(patsubst %,$(B)/%.o,$(basename $(SOURCES)))
 TEST_OBJS := $(patsubst test/%.cpp,$(B)/test/%.o,$(wildcard test/*.cpp))
 HEADERS   := $(wildcard *.h */*.h */*.cuh)
 

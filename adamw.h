@@ -24,6 +24,12 @@ void adamw_step_gpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
 class ThreadPool;
 void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat16* p16, int64_t n,
                     const AdamWConfig& c, float lr, float weight_decay, int step, float grad_scale, ThreadPool& pool);
+// A shard is updated in runs of whole tensors that share the weight-decay rule: matrices decay, norm
+// weights never do.
+struct UpdateRun {
+    int64_t offset, count;  // elements [offset, offset + count) of the shard
+    bool decays;            // weight_decay applies
+};
 
 // sum_sq += sum of grad^2 (device scalar), in a fixed order; calls must share one stream.
 void grad_sum_squares(const float* grad, int64_t n, float* sum_sq, cudaStream_t stream);

@@ -1,4 +1,5 @@
-// zero3.cu — the ZeRO partitioner behind gather / release / reduce_grads (see zero3.h).
+// zero3.cu — the ZeRO partitioner behind gather / release / reduce_grads (zero3.h), in the order a step runs
+// it: the plan; gather / release (plain stage 3, then prefetch); reduce_grads; the step; weights in and out.
 //
 // Units and segments. A unit (embedding, a decoder layer, the final norm) is one or two flat tensors:
 // its base weights, and for a layer with LoRA its adapters. Each segment is partitioned on its own:
@@ -13,35 +14,32 @@
 //     3   | own shard      | own shard (reduce-scatter)| own shard; gather() all-gathers weights
 //
 // Per rank: 2 Psi/(N at stage 3) + 4 Phi/(N at stages 2, 3) + 12 Phi/(N at stages 1-3): the paper's
-// 2 Psi + 2 Psi + K Psi with fp32 gradients and K = 12. Offload moves master, m and v to pinned host
-// memory and runs AdamW on the CPU, overlapped with the GPU: gradients go down during the backward, the
-// update runs unit by unit in a worker thread during the next forward (timeline at "the CPU step"), with
-// the same bits as the GPU's update. Small units (the final norm) stay replicated at stage 3
-// (persistence threshold). Gradient accumulation: stages 0, 1 keep full gradients and all-reduce once,
-// after the last micro-batch of a step; stages 2, 3 reduce-scatter after every micro-batch into the
+// 2 Psi + 2 Psi + K Psi with fp32 gradients and K = 12. Small units (the final norm) stay replicated at
+// stage 3 (persistence threshold). Gradient accumulation: stages 0, 1 keep full gradients and all-reduce
+// once, after the last micro-batch of a step; stages 2, 3 reduce-scatter after every micro-batch into the
 // shard, where micro-batches add up. Collectives run on their own stream, ordered with compute by events;
 // stage 3 prefetches the next unit's weights while the current one computes. On one rank a stage-3 shard
 // is the whole unit, and gather() hands it out in place (gathers_in_place; --copy-gathers copies it).
+// Offload (ZeRO-Offload, distributed/offload.h) moves master, m and v to host memory and runs AdamW on the
+// CPU, overlapped with the GPU, with the same bits; this file calls it at the points marked O1-O6.
 //
 // Where each stage differs, in this file: stage 0 — the constructor (opt_begin = 0, opt_len = numel) and
-// the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — write_compute_copy's
-// all-gather (and await_update's, with offload); stages 2/3 — take_grad_buffer and reduce_grads'
-// reduce-scatter; stage 3 — Segment::sharded, take_slot, prefetch and gather's slot branch.
+// the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — the all-gather in
+// update_on_gpu and write_compute_copy (await_update's, with offload); stages 2/3 — take_grad_buffer and
+// reduce_grads' reduce-scatter; stage 3 — Segment::sharded, gather's slot branch, all_gather_unit, prefetch.
 #include "zero3.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 
-#include "support/cuda_calls.h"
+#include "distributed/offload.h"
 #include "kernels/ops.h"
+#include "support/cuda_calls.h"
 #include "support/report.h"
 #include "support/safetensors.h"
 
-// ================================================================================================ partitions
+// ================================================================================================ the plan
 
 int64_t Shard::owned(int rank) const { return std::max<int64_t>(0, std::min<int64_t>(size, numel - begin(rank))); }
 
@@ -67,8 +65,6 @@ bool prefetches(const ZeroOptions& z) { return z.stage == 3 && z.prefetch_bucket
 
 bool gathers_in_place(const ZeroOptions& z, int ranks) { return z.stage == 3 && ranks == 1 && !z.copy_gathers; }
 
-// ================================================================================================ store
-
 struct ZeroStore::Segment {
     int64_t numel = 0;  // 0: absent
     bool trainable = false;
@@ -80,24 +76,9 @@ struct ZeroStore::Segment {
     float *master = nullptr, *m = nullptr, *v = nullptr;  // [opt_len]; host memory when offloaded
     float* grad = nullptr;           // stages 0, 1: [shard.padded]; stages 2, 3: [shard.size], accumulated
     float* opt_grad = nullptr;       // the gradient elements aligned with master
-    int host = -1;                   // offload: its index in host_
-};
-
-// Offload: what the worker needs of one trainable segment, besides its master, m and v.
-struct ZeroStore::HostShard {
-    int unit = -1;
-    int64_t n = 0;            // the segment's opt_len (may be 0: every rank still takes part)
-    float* grad = nullptr;    // [n] pinned: the gradient shard, copied down during the backward
-    bf16* weights = nullptr;  // [n] pinned: the updated bf16 weights, on their way up
-    struct Run {
-        int64_t offset, count;  // elements [offset, offset + count) of master: one or more whole tensors
-        bool decays;            // weight decay applies (matrices; norm weights never decay)
-    };
-    std::vector<Run> runs;    // the tensors' elements only: gaps between tensors are neither updated nor copied
-    cudaEvent_t grad_copied = nullptr;  // recorded on the copy stream after the gradient's copy down (main thread)
-    cudaEvent_t uploaded = nullptr;     // recorded on the copy stream after the weights' copy up (worker thread)
-    int64_t copied_for = 0;   // the CPU step whose gradient copy is queued
-    int64_t awaited = 0;      // the CPU step whose upload the GPU streams already wait for
+    std::vector<UpdateRun> runs;     // master's tensors by weight decay (offsets from opt_begin)
+    int cpu = -1;                    // offload: its shard's index in the CPU optimizer
+    bf16* opt16() const { return sharded ? shard16 : full16 + opt_begin; }  // [opt_len] the bf16 weights of master
 };
 
 struct ZeroStore::Unit {
@@ -109,30 +90,10 @@ struct ZeroStore::Unit {
     int grad_buffer = -1;  // stages 2, 3: its full-gradient buffer during backward
 };
 
-namespace {
-
-template <typename T>
-T* host_alloc(size_t n, bool pinned) {
-    void* p = nullptr;
-    if (pinned) check_cuda(cudaMallocHost(&p, std::max<size_t>(1, n) * sizeof(T)), "cudaMallocHost (offloaded optimizer state)");
-    else p = std::calloc(std::max<size_t>(1, n), sizeof(T));
-    if (!p) fail("out of host memory for the offloaded optimizer state");
-    return static_cast<T*>(p);
-}
-
-uint64_t name_seed(uint64_t seed, const std::string& name) { return fnv1a(name, 1469598103934665603ull ^ seed); }
-
-// check_cuda for the optimizer's worker thread: throws (the main thread reports it at its next wait)
-// instead of ending the process from a second thread.
-void cuda_or_throw(cudaError_t status, const std::string& what) {
-    if (status != cudaSuccess) fail(what + ": CUDA error: " + cudaGetErrorString(status));
-}
-
-}  // namespace
-
 ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, const World& world, cudaStream_t stream)
     : c_(c), lora_(lora), z_(z), w_(world), layout_(lora_layout(c, lora)), stream_(stream) {
     int N = w_.size, r = w_.rank;
+    if (z.offload) cpu_ = std::make_unique<CpuOptimizer>(w_, z.offload_threads, z.pin_memory, stream_, comm_stream());
     for (int u = 0; u < num_units(c); ++u) {
         Unit* U = new Unit();
         U->seg[0].numel = unit_layout(c, u).numel;
@@ -152,55 +113,51 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
             if (!s.trainable) continue;
             s.opt_begin = z.stage == 0 ? 0 : s.shard.begin(r);
             s.opt_len = z.stage == 0 ? s.numel : s.shard.owned(r);
-            size_t n = size_t(std::max<int64_t>(1, s.opt_len));
-            if (z.offload) {
-                s.master = host_alloc<float>(n, z.pin_memory), s.m = host_alloc<float>(n, z.pin_memory), s.v = host_alloc<float>(n, z.pin_memory);
-                std::memset(s.master, 0, n * 4), std::memset(s.m, 0, n * 4), std::memset(s.v, 0, n * 4);
-                mem_.host += double(n) * 12;
-            } else {
-                s.master = device_alloc<float>(n, "fp32 master weights"), s.m = device_alloc<float>(n, "AdamW moments");
-                s.v = device_alloc<float>(n, "AdamW moments");
-                for (float* p : {s.master, s.m, s.v}) check_cuda(cudaMemset(p, 0, n * 4), "memset");
-                mem_.master += double(n) * 4, mem_.moments += double(n) * 8;
-            }
             int64_t g = z.stage <= 1 ? s.shard.padded : s.shard.size;
             s.grad = device_alloc<float>(size_t(std::max<int64_t>(1, g)), "fp32 gradients");
             check_cuda(cudaMemset(s.grad, 0, size_t(g) * 4), "memset");
             s.opt_grad = z.stage <= 1 ? s.grad + s.opt_begin : s.grad;
             mem_.grads += double(g) * 4;
             n_train_ += s.numel;
+            for_each_tensor(u, k, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t, int64_t soff, int64_t n) {
+                bool decays = t.shape.size() > 1;  // matrices; norm weights never decay
+                int64_t at = soff - s.opt_begin;
+                if (!s.runs.empty() && s.runs.back().decays == decays && s.runs.back().offset + s.runs.back().count == at) s.runs.back().count += n;
+                else s.runs.push_back({at, n, decays});
+            });
+            if (cpu_) {  // master, m and v in host memory
+                s.cpu = cpu_->add(u, s.opt_len, s.runs, s.opt_grad, s.opt16());
+                CpuOptimizer::HostState h = cpu_->state(s.cpu);
+                s.master = h.master, s.m = h.m, s.v = h.v;
+                continue;
+            }
+            size_t n = size_t(std::max<int64_t>(1, s.opt_len));
+            s.master = device_alloc<float>(n, "fp32 master weights"), s.m = device_alloc<float>(n, "AdamW moments");
+            s.v = device_alloc<float>(n, "AdamW moments");
+            for (float* p : {s.master, s.m, s.v}) check_cuda(cudaMemset(p, 0, n * 4), "memset");
+            mem_.master += double(n) * 4, mem_.moments += double(n) * 8;
         }
         units_.push_back(U);
     }
-    if (z.offload) start_offload();
+    if (cpu_) cpu_->start(), mem_.host = cpu_->host_bytes();
     norm_sq_ = device_alloc<float>(1, "grad norm");
     clip_scale_ = device_alloc<float>(1, "clip scale");
-    check_cuda(cudaMallocHost(&host_scalars_, 16), "cudaMallocHost");
-    check_cuda(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventCreateWithFlags(&reduced_, cudaEventDisableTiming), "event");
+    for (cudaEvent_t* e : {&compute_done_, &reduced_, &gathered_}) check_cuda(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "event");
 }
 
 ZeroStore::~ZeroStore() {
-    worker_.reset();  // stops after the unit it is updating; nothing below is touched by it after this
-    pool_.reset();
-    if (copy_stream_) cudaStreamSynchronize(copy_stream_), cudaStreamDestroy(copy_stream_);
-    for (HostShard& h : host_) cudaFreeHost(h.grad), cudaFreeHost(h.weights), cudaEventDestroy(h.grad_copied), cudaEventDestroy(h.uploaded);
-    if (grad_reduced_) cudaEventDestroy(grad_reduced_), cudaEventDestroy(gathered_);
+    cpu_.reset();  // the worker stops and the copies finish before the buffers they use are freed
     for (Unit* U : units_) {
         for (Segment& s : U->seg) {
             device_free(s.full16), device_free(s.shard16), device_free(s.grad);
-            if (z_.offload && s.master) {
-                for (float* p : {s.master, s.m, s.v}) z_.pin_memory ? (void)cudaFreeHost(p) : std::free(p);
-            } else {
-                device_free(s.master), device_free(s.m), device_free(s.v);
-            }
+            if (!z_.offload) device_free(s.master), device_free(s.m), device_free(s.v);
         }
         delete U;
     }
     for (Slot& s : slots_) device_free(s.data), cudaEventDestroy(s.free_event), cudaEventDestroy(s.ready_event);
     for (GradBuffer& g : grad_buffers_) device_free(g.data), cudaEventDestroy(g.free_event);
-    device_free(norm_sq_), device_free(clip_scale_), cudaFreeHost(host_scalars_);
-    cudaEventDestroy(compute_done_), cudaEventDestroy(reduced_);
+    device_free(norm_sq_), device_free(clip_scale_);
+    cudaEventDestroy(compute_done_), cudaEventDestroy(reduced_), cudaEventDestroy(gathered_);
 }
 
 MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int N) {
@@ -230,6 +187,258 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
     return m;
 }
 
+// ================================================================================================ gather / release
+//
+// Plain stage 3, one unit u on N ranks: all that runs with prefetching off. The code below adds the prefetch,
+// the one-rank shortcut and offload's wait for the CPU update.
+//   gather(u)        slot = a free buffer; comm: all_gather(u's shards -> slot); compute waits for it
+//                    ... the model runs u's forward or backward, reading the slot ...
+//   release(u)       compute is past the slot: it may take another unit
+//   reduce_grads(u)  comm: reduce_scatter(u's full gradient -> this rank's part); shard gradient += it
+//   step()           AdamW on the shard; the next gather(u) all-gathers the new weights
+// Prefetch hides the all-gather behind compute: gather(u) also issues the all-gather of the unit needed
+// next (u+1 forward, u-1 backward), so it is in its slot, or on its way, when its own gather comes.
+//
+// The two streams (compute = stream_, comm = the comm stream) and their events, for one unit u:
+//   1. all_gather_unit(u) comm waits slot.free_event: the slot's previous unit is no longer read by compute
+//   2.                    comm all-gathers u's shards into the slot (base, then adapters at a 16-byte-aligned
+//                         offset), then records slot.ready_event
+//   3. gather(u)          compute waits slot.ready_event (steps 1-2 ran here, or earlier as a prefetch)
+//   4.                    compute runs u's forward or backward, reading the slot
+//   5. release(u)         compute records slot.free_event after the last kernel that reads the slot
+//   6. reduce_grads(u)    compute records compute_done_; comm waits it, reduce-scatters u's full gradient
+//                         into this rank's shard and adds it up there, then records buffer.free_event
+//   7. take_grad_buffer   compute waits buffer.free_event before zeroing that buffer for another unit
+//   8. step()             compute waits reduced_, recorded on comm after every reduction; comm waits for
+//                         compute's update before the next step's gathers
+// On one rank (gathers_in_place) steps 1-5 are gone: gather(u) returns the shard, which compute reads and
+// the GPU update writes in stream order (with offload, compute waits for the unit's upload: O4). Stages
+// 0-2 and persistent units keep their weights resident: gather(u) hands them out.
+
+UnitView ZeroStore::gather(int unit, Pass pass) {
+    Unit& U = *units_[size_t(unit)];
+    U.pass = pass;
+    const bf16* seg16[2] = {U.seg[0].full16, U.seg[1].full16};
+    if (U.sharded && !gathers_in_place(z_, w_.size)) {  // stage 3
+        if (U.slot < 0) all_gather_unit(unit);  // not prefetched: steps 1-2 now
+        Slot& s = slots_[size_t(U.slot)];
+        check_cuda(cudaStreamWaitEvent(stream_, s.ready_event, 0), "wait");  // 3
+        seg16[0] = s.data, seg16[1] = s.data + align_up(U.seg[0].shard.padded);
+    } else {
+        await_update(unit);  // offload: O4
+        if (U.sharded) seg16[0] = U.seg[0].shard16, seg16[1] = U.seg[1].shard16;  // one rank: the shard is the whole unit
+    }
+    prefetch(pass == Pass::forward ? unit + 1 : unit - 1);
+    float* grads = nullptr;
+    if (pass == Pass::backward && U.trainable >= 0) {
+        Segment& s = U.seg[U.trainable];
+        if (z_.stage <= 1) grads = s.grad;
+        else grads = U.grad_buffer >= 0 ? grad_buffers_[size_t(U.grad_buffer)].data : take_grad_buffer(unit);
+    }
+    UnitView v;
+    v.weights = seg16[0];
+    if (U.trainable == 0) v.grads = grads;
+    if (U.seg[1].numel) v.lora = lora_view(lora_, layout_, seg16[1], U.trainable == 1 ? grads : nullptr);
+    return v;
+}
+
+void ZeroStore::release(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    if (!U.sharded || U.slot < 0) return;
+    if (z_.keep_gathered && U.pass == Pass::forward) return;  // kept for this unit's backward
+    Slot& s = slots_[size_t(U.slot)];
+    check_cuda(cudaEventRecord(s.free_event, stream_), "event");  // 5
+    s.unit = -1, U.slot = -1;
+}
+
+// Steps 1-2: the unit's shards into a free slot, on the comm stream.
+void ZeroStore::all_gather_unit(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    int found = free_slot(slot_numel(U));
+    Slot& s = slots_[size_t(found)];
+    cudaStream_t cs = comm_stream();
+    await_update(unit);                                                                             // offload: O4
+    check_cuda(cudaStreamWaitEvent(cs, s.free_event, 0), "wait");                                   // 1
+    w_.comm->all_gather(U.seg[0].shard16, s.data, size_t(U.seg[0].shard.size), DType::bf16, cs);    // 2
+    if (U.seg[1].numel)
+        w_.comm->all_gather(U.seg[1].shard16, s.data + align_up(U.seg[0].shard.padded), size_t(U.seg[1].shard.size), DType::bf16, cs);
+    check_cuda(cudaEventRecord(s.ready_event, cs), "event");
+    s.unit = unit, U.slot = found;
+}
+
+int64_t ZeroStore::slot_numel(const Unit& U) const {
+    return align_up(U.seg[0].shard.padded) + (U.seg[1].numel ? U.seg[1].shard.padded : 0);
+}
+
+// A slot no unit holds with room for `numel`; else a new one, big enough for any unit.
+int ZeroStore::free_slot(int64_t numel) {
+    for (int i = 0; i < int(slots_.size()); ++i)
+        if (slots_[size_t(i)].unit < 0 && slots_[size_t(i)].capacity >= numel) return i;
+    Slot s;
+    for (Unit* V : units_)
+        if (V->sharded) s.capacity = std::max(s.capacity, slot_numel(*V));
+    s.data = device_alloc<bf16>(size_t(s.capacity), "stage-3 gather buffer");
+    mem_.gathered += double(s.capacity) * 2;
+    check_cuda(cudaEventCreateWithFlags(&s.free_event, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventCreateWithFlags(&s.ready_event, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventRecord(s.free_event, stream_), "event");
+    slots_.push_back(s);
+    return int(slots_.size()) - 1;
+}
+
+// The prefetch: steps 1-2 for the unit the pass needs next, while this one computes. At most kGatherSlots
+// units are gathered at once (the one computing, the one prefetched, one being released).
+void ZeroStore::prefetch(int unit) {
+    if (!prefetches(z_) || gathers_in_place(z_, w_.size) || unit < 0 || unit >= int(units_.size())) return;
+    Unit& U = *units_[size_t(unit)];
+    if (!U.sharded || U.slot >= 0) return;
+    // offload: rather than hold the host here, gather() waits for it (O4). Skipping keeps every rank's
+    // all-gathers in the same order: no other collective is issued before that unit's gather.
+    if (cpu_ && U.trainable >= 0 && cpu_->pending(U.seg[U.trainable].cpu)) return;
+    int busy = 0;
+    for (const Slot& s : slots_) busy += s.unit >= 0;
+    if (busy >= kGatherSlots && !z_.keep_gathered) return;
+    all_gather_unit(unit);
+    ++prefetched_;
+}
+
+// ================================================================================================ reduce_grads
+
+// The free gradient buffer released longest ago, so the buffer whose reduce-scatter was just queued keeps
+// running while the next unit's backward fills another (a new one is made while fewer than kGradBuffers exist).
+float* ZeroStore::take_grad_buffer(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    int64_t need = U.seg[U.trainable].shard.padded;
+    int found = -1;
+    for (int i = 0; i < int(grad_buffers_.size()); ++i) {
+        const GradBuffer& b = grad_buffers_[size_t(i)];
+        if (b.unit < 0 && b.capacity >= need && (found < 0 || b.released < grad_buffers_[size_t(found)].released)) found = i;
+    }
+    bool just_queued = found >= 0 && grad_buffers_[size_t(found)].released == releases_ - 1;
+    if (found < 0 || (just_queued && int(grad_buffers_.size()) < kGradBuffers)) {
+        GradBuffer b;
+        for (Unit* V : units_)
+            if (V->trainable >= 0) b.capacity = std::max(b.capacity, V->seg[V->trainable].shard.padded);
+        b.data = device_alloc<float>(size_t(b.capacity), "full-gradient buffer");
+        mem_.grad_buffers += double(b.capacity) * 4;
+        check_cuda(cudaEventCreateWithFlags(&b.free_event, cudaEventDisableTiming), "event");
+        check_cuda(cudaEventRecord(b.free_event, stream_), "event");
+        grad_buffers_.push_back(b);
+        found = int(grad_buffers_.size()) - 1;
+    }
+    GradBuffer& b = grad_buffers_[size_t(found)];
+    check_cuda(cudaStreamWaitEvent(stream_, b.free_event, 0), "wait");  // 7: its reduce-scatter has finished
+    check_cuda(cudaMemsetAsync(b.data, 0, size_t(need) * 4, stream_), "memset");
+    b.unit = unit, U.grad_buffer = found;
+    return b.data;
+}
+
+void ZeroStore::begin_micro_batch(bool last) { last_micro_ = last; }
+
+void ZeroStore::reduce_grads(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    if (U.trainable < 0) return;
+    Segment& s = U.seg[U.trainable];
+    cudaStream_t cs = comm_stream();
+    if (z_.stage <= 1) {  // all-reduce the full gradient once per step, in buckets
+        if (!last_micro_) return;
+        check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6: the comm stream waits for this unit's backward
+        check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+        for (int64_t off = 0; off < s.shard.padded; off += z_.reduce_bucket_size)
+            w_.comm->all_reduce(s.grad + off, size_t(std::min(z_.reduce_bucket_size, s.shard.padded - off)), cs);
+        if (cpu_) cpu_->gradient_ready(s.cpu);  // offload: O1
+        return;
+    }
+    // stages 2, 3: reduce-scatter this micro-batch's gradient, add this rank's part into the shard
+    check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6
+    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+    GradBuffer& b = grad_buffers_[size_t(U.grad_buffer)];
+    float* mine = b.data + s.shard.begin(w_.rank);
+    w_.comm->reduce_scatter(b.data, mine, size_t(s.shard.size), cs);
+    if (s.opt_len > 0) accumulate(s.grad, mine, s.opt_len, cs);
+    check_cuda(cudaEventRecord(b.free_event, cs), "event");
+    b.unit = -1, b.released = releases_++, U.grad_buffer = -1;
+    if (cpu_ && last_micro_) cpu_->gradient_ready(s.cpu);  // offload: O1, this step's gradient is complete
+}
+
+// ================================================================================================ the step
+
+void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
+    finish_cpu_step();  // offload: the last update has finished (the forward since waited for every unit)
+    cudaStream_t cs = comm_stream();
+    check_cuda(cudaEventRecord(reduced_, cs), "event");  // 8: every reduction has landed
+    check_cuda(cudaStreamWaitEvent(stream_, reduced_, 0), "wait");
+    // Global gradient norm: each rank sums the squares of the elements it optimizes (stage 0: its shard's
+    // slice of the identical full gradient), then the sums are all-reduced.
+    check_cuda(cudaMemsetAsync(norm_sq_, 0, 4, stream_), "memset");
+    for (Unit* U : units_) {
+        if (U->trainable < 0) continue;
+        Segment& s = U->seg[U->trainable];
+        if (z_.stage == 0) grad_sum_squares(s.grad + s.shard.begin(w_.rank), s.shard.owned(w_.rank), norm_sq_, stream_);
+        else grad_sum_squares(s.opt_grad, s.opt_len, norm_sq_, stream_);
+    }
+    w_.comm->all_reduce(norm_sq_, 1, stream_);
+    clip_coefficient(norm_sq_, max_norm, clip_scale_, stream_);
+    if (cpu_) cpu_->start_step(c, lr, step, clip_scale_);  // offload: O2; returns while the worker updates (O3)
+    else update_on_gpu(c, lr, step);
+    // Gathered copies are stale now; the next gathers read the new shards after this step.
+    for (Slot& s : slots_)
+        if (s.unit >= 0) units_[size_t(s.unit)]->slot = -1, s.unit = -1, check_cuda(cudaEventRecord(s.free_event, stream_), "event");
+    check_cuda(cudaEventRecord(compute_done_, stream_), "event");
+    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+}
+
+// AdamW on the GPU, unit by unit, on the compute stream; stages 1, 2 then all-gather the new weights.
+void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
+    for (Unit* U : units_) {
+        if (U->trainable < 0) continue;
+        Segment& s = U->seg[U->trainable];
+        bf16* dst = s.opt16();
+        for (const UpdateRun& r : s.runs)
+            adamw_step_gpu(s.master + r.offset, s.opt_grad + r.offset, s.m + r.offset, s.v + r.offset, dst + r.offset, r.count, c, lr,
+                           r.decays ? c.weight_decay : 0.0f, step, clip_scale_, stream_);
+        if (!s.sharded && z_.stage >= 1)  // stages 1, 2: everyone's new weights
+            w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
+    }
+}
+
+// Offload, O4: with the CPU update the step finishes in the next forward, unit by unit. Before a trainable
+// unit's weights are first read after a step, its update has run and its upload is waited for; a
+// replicated unit (stages 1, 2) then all-gathers everyone's new part, as update_on_gpu does.
+void ZeroStore::await_update(int unit) {
+    Unit& U = *units_[size_t(unit)];
+    if (!cpu_ || U.trainable < 0) return;
+    Segment& s = U.seg[U.trainable];
+    cudaEvent_t uploaded = cpu_->before_read(s.cpu);
+    if (!uploaded) return;  // already waited for since the last step
+    cudaStream_t cs = comm_stream();
+    check_cuda(cudaStreamWaitEvent(cs, uploaded, 0), "wait");
+    if (!s.sharded) {  // stages 1, 2 (and a replicated stage-3 unit): everyone's new part, then compute reads it
+        w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, cs);
+        check_cuda(cudaEventRecord(gathered_, cs), "event");
+        check_cuda(cudaStreamWaitEvent(stream_, gathered_, 0), "wait");
+    } else if (gathers_in_place(z_, w_.size)) {  // compute reads the shard itself
+        check_cuda(cudaStreamWaitEvent(stream_, uploaded, 0), "wait");
+    }
+}
+
+// Offload, O6: the CPU update in flight has finished. Called before anything reads or writes master, m or v
+// from the host.
+void ZeroStore::finish_cpu_step() {
+    if (cpu_) cpu_->finish();
+}
+
+void ZeroStore::begin_step() {
+    if (cpu_) cpu_->before_zeroing();  // offload: O5, the last step's copies down have read the gradients
+    for (Unit* U : units_)
+        if (U->trainable >= 0) {
+            Segment& s = U->seg[U->trainable];
+            check_cuda(cudaMemsetAsync(s.grad, 0, size_t(z_.stage <= 1 ? s.shard.padded : s.shard.size) * 4, stream_), "zero grads");
+        }
+}
+
+// ================================================================================================ weights in and out
+
 // Calls fn(spec, tensor_offset, segment_offset, count) for each parameter tensor of the unit's base
 // segment overlapping [begin, end), or each LoRA tensor (A, B per target) of its adapter segment.
 void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
@@ -251,24 +460,17 @@ void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
 
 // bf16(master) into the resident weights this rank optimizes; stages 1, 2 then all-gather the replicated copy.
 void ZeroStore::write_compute_copy(Segment& s) {
-    bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
-    if (s.opt_len > 0) {
-        if (z_.offload) {
-            HostShard& h = host_[size_t(s.host)];
-            check_cuda(cudaEventSynchronize(h.uploaded), "wait");  // the worker's last upload has left h.weights
-            for (int64_t i = 0; i < s.opt_len; ++i) h.weights[i] = __float2bfloat16(s.master[i]);
-            check_cuda(cudaMemcpyAsync(dst, h.weights, size_t(s.opt_len) * 2, cudaMemcpyHostToDevice, stream_), "copy weights");
-            world_wait(w_, stream_);  // h.weights is written again by the next update
-        } else {
-            f32_to_bf16(s.master, dst, s.opt_len, stream_);
-        }
-    }
+    if (cpu_ && s.cpu >= 0) cpu_->upload_master(s.cpu);  // offload: master is in host memory
+    else if (s.opt_len > 0) f32_to_bf16(s.master, s.opt16(), s.opt_len, stream_);
     if (!s.sharded && z_.stage >= 1) w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
-    if (s.host >= 0) host_[size_t(s.host)].awaited = cpu_steps_;  // these weights are newer than the last upload
 }
 
+namespace {
+uint64_t name_seed(uint64_t seed, const std::string& name) { return fnv1a(name, 1469598103934665603ull ^ seed); }
+}  // namespace
+
 void ZeroStore::init_random(uint64_t seed) {
-    finish_step();
+    finish_cpu_step();
     for (int u = 0; u < int(units_.size()); ++u) {
         Segment& s = units_[size_t(u)]->seg[0];
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
@@ -294,7 +496,7 @@ void ZeroStore::init_random(uint64_t seed) {
 }
 
 void ZeroStore::load(const std::string& dir) {
-    finish_step();
+    finish_cpu_step();
     SafetensorsReader reader(dir);
     std::vector<TensorSpec> specs = parameter_specs(c_);
     for (const auto& [name, t] : reader.tensors()) {
@@ -338,7 +540,7 @@ void ZeroStore::load(const std::string& dir) {
 }
 
 void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
-    finish_step();
+    finish_cpu_step();
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
         const float* src = layers[size_t(l)].data();
@@ -355,369 +557,28 @@ void ZeroStore::init_lora(uint64_t seed) {
     set_lora(layers);
 }
 
-// ------------------------------------------------------------------------------------------ gather / release
-//
-// Stage 3, one unit u: the two streams (compute = stream_, comm = the comm stream) and their events.
-//   1. take_slot(u)       comm waits slot.free_event: the slot's previous unit is no longer read by compute
-//   2.                    comm all-gathers u's shards into the slot (base, then adapters at a 16-byte-aligned
-//                         offset), then records slot.ready_event
-//   3. gather(u)          compute waits slot.ready_event; gather issues steps 1-2 for the unit this pass
-//                         needs next (u+1 forward, u-1 backward): the prefetch, overlapping u's compute
-//   4.                    compute runs u's forward or backward, reading the slot
-//   5. release(u)         compute records slot.free_event after the last kernel that reads the slot
-//   6. reduce_grads(u)    compute records compute_done_; comm waits it, reduce-scatters u's full gradient
-//                         into this rank's shard and adds it up there, then records buffer.free_event
-//   7. take_grad_buffer   compute waits buffer.free_event before zeroing that buffer for another unit
-//   8. step()             compute waits reduced_, recorded on comm after every reduction; comm waits for
-//                         compute's update before the next step's gathers
-// On one rank (gathers_in_place) steps 1-5 are gone: gather(u) returns the shard, which compute reads and
-// the GPU update writes in stream order (with offload, compute waits u.uploaded: O4).
-
-int64_t ZeroStore::slot_numel(const Unit& U) const {
-    return align_up(U.seg[0].shard.padded) + (U.seg[1].numel ? U.seg[1].shard.padded : 0);
-}
-
-int ZeroStore::take_slot(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    int found = -1;
-    for (int i = 0; i < int(slots_.size()) && found < 0; ++i)
-        if (slots_[size_t(i)].unit < 0 && slots_[size_t(i)].capacity >= slot_numel(U)) found = i;
-    if (found < 0) {  // a new slot, big enough for any unit
-        Slot s;
-        for (Unit* V : units_)
-            if (V->sharded) s.capacity = std::max(s.capacity, slot_numel(*V));
-        s.data = device_alloc<bf16>(size_t(s.capacity), "stage-3 gather buffer");
-        mem_.gathered += double(s.capacity) * 2;
-        check_cuda(cudaEventCreateWithFlags(&s.free_event, cudaEventDisableTiming), "event");
-        check_cuda(cudaEventCreateWithFlags(&s.ready_event, cudaEventDisableTiming), "event");
-        check_cuda(cudaEventRecord(s.free_event, stream_), "event");
-        slots_.push_back(s);
-        found = int(slots_.size()) - 1;
-    }
-    Slot& s = slots_[size_t(found)];
-    cudaStream_t cs = comm_stream();
-    await_update(unit);                                                                             // offload: O4
-    check_cuda(cudaStreamWaitEvent(cs, s.free_event, 0), "wait");                                   // 1
-    w_.comm->all_gather(U.seg[0].shard16, s.data, size_t(U.seg[0].shard.size), DType::bf16, cs);    // 2
-    if (U.seg[1].numel)
-        w_.comm->all_gather(U.seg[1].shard16, s.data + align_up(U.seg[0].shard.padded), size_t(U.seg[1].shard.size), DType::bf16, cs);
-    check_cuda(cudaEventRecord(s.ready_event, cs), "event");
-    s.unit = unit, U.slot = found;
-    return found;
-}
-
-void ZeroStore::prefetch(int unit) {
-    if (!prefetches(z_) || gathers_in_place(z_, w_.size) || unit < 0 || unit >= int(units_.size())) return;
-    Unit& U = *units_[size_t(unit)];
-    if (!U.sharded || U.slot >= 0) return;
-    // offload: rather than hold the host here, gather() waits for it (O4). Skipping keeps every rank's
-    // all-gathers in the same order: no other collective is issued before that unit's gather.
-    if (update_pending(unit)) return;
-    int busy = 0;
-    for (const Slot& s : slots_) busy += s.unit >= 0;
-    if (busy >= kGatherSlots && !z_.keep_gathered) return;
-    take_slot(unit);
-    ++prefetched_;
-}
-
-UnitView ZeroStore::gather(int unit, Pass pass) {
-    Unit& U = *units_[size_t(unit)];
-    U.pass = pass;
-    const bf16* seg16[2] = {U.seg[0].full16, U.seg[1].full16};
-    bool in_place = U.sharded && gathers_in_place(z_, w_.size);
-    if (!U.sharded || in_place) await_update(unit);  // offload: O4
-    if (in_place) {  // one rank: the shard is the whole unit
-        seg16[0] = U.seg[0].shard16, seg16[1] = U.seg[1].shard16;
-    } else if (U.sharded) {
-        if (U.slot < 0) take_slot(unit);
-        Slot& s = slots_[size_t(U.slot)];
-        check_cuda(cudaStreamWaitEvent(stream_, s.ready_event, 0), "wait");  // 3
-        seg16[0] = s.data, seg16[1] = s.data + align_up(U.seg[0].shard.padded);
-    }
-    prefetch(pass == Pass::forward ? unit + 1 : unit - 1);
-    float* grads = nullptr;
-    if (pass == Pass::backward && U.trainable >= 0) {
-        Segment& s = U.seg[U.trainable];
-        if (z_.stage <= 1) grads = s.grad;
-        else grads = U.grad_buffer >= 0 ? grad_buffers_[size_t(U.grad_buffer)].data : take_grad_buffer(unit);
-    }
-    UnitView v;
-    v.weights = seg16[0];
-    if (U.trainable == 0) v.grads = grads;
-    if (U.seg[1].numel) v.lora = lora_view(lora_, layout_, seg16[1], U.trainable == 1 ? grads : nullptr);
-    return v;
-}
-
-void ZeroStore::release(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    if (!U.sharded || U.slot < 0) return;
-    if (z_.keep_gathered && U.pass == Pass::forward) return;  // kept for this unit's backward
-    Slot& s = slots_[size_t(U.slot)];
-    check_cuda(cudaEventRecord(s.free_event, stream_), "event");  // 5
-    s.unit = -1, U.slot = -1;
-}
-
-// The free gradient buffer released longest ago, so the buffer whose reduce-scatter was just queued keeps
-// running while the next unit's backward fills another (a new one is made while fewer than kGradBuffers exist).
-float* ZeroStore::take_grad_buffer(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    int64_t need = U.seg[U.trainable].shard.padded;
-    int found = -1;
-    for (int i = 0; i < int(grad_buffers_.size()); ++i) {
-        const GradBuffer& b = grad_buffers_[size_t(i)];
-        if (b.unit < 0 && b.capacity >= need && (found < 0 || b.released < grad_buffers_[size_t(found)].released)) found = i;
-    }
-    bool just_queued = found >= 0 && grad_buffers_[size_t(found)].released == releases_ - 1;
-    if (found < 0 || (just_queued && int(grad_buffers_.size()) < kGradBuffers)) {
-        GradBuffer b;
-        for (Unit* V : units_)
-            if (V->trainable >= 0) b.capacity = std::max(b.capacity, V->seg[V->trainable].shard.padded);
-        b.data = device_alloc<float>(size_t(b.capacity), "full-gradient buffer");
-        mem_.grad_buffers += double(b.capacity) * 4;
-        check_cuda(cudaEventCreateWithFlags(&b.free_event, cudaEventDisableTiming), "event");
-        check_cuda(cudaEventRecord(b.free_event, stream_), "event");
-        grad_buffers_.push_back(b);
-        found = int(grad_buffers_.size()) - 1;
-    }
-    GradBuffer& b = grad_buffers_[size_t(found)];
-    check_cuda(cudaStreamWaitEvent(stream_, b.free_event, 0), "wait");  // 7: its reduce-scatter has finished
-    check_cuda(cudaMemsetAsync(b.data, 0, size_t(need) * 4, stream_), "memset");
-    b.unit = unit, U.grad_buffer = found;
-    return b.data;
-}
-
-void ZeroStore::reduce_grads(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    if (U.trainable < 0) return;
-    Segment& s = U.seg[U.trainable];
-    cudaStream_t cs = comm_stream();
-    if (z_.stage <= 1) {  // all-reduce the full gradient once per step, in buckets
-        if (!last_micro_) return;
-        check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6: the comm stream waits for this unit's backward
-        check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
-        for (int64_t off = 0; off < s.shard.padded; off += z_.reduce_bucket_size)
-            w_.comm->all_reduce(s.grad + off, size_t(std::min(z_.reduce_bucket_size, s.shard.padded - off)), cs);
-        if (z_.offload) download_grads(unit);  // O1
-        return;
-    }
-    // stages 2, 3: reduce-scatter this micro-batch's gradient, add this rank's part into the shard
-    check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6
-    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
-    GradBuffer& b = grad_buffers_[size_t(U.grad_buffer)];
-    float* mine = b.data + s.shard.begin(w_.rank);
-    w_.comm->reduce_scatter(b.data, mine, size_t(s.shard.size), cs);
-    if (s.opt_len > 0) {
-        accumulate(s.grad, mine, s.opt_len, cs);
-    }
-    check_cuda(cudaEventRecord(b.free_event, cs), "event");
-    b.unit = -1, b.released = releases_++, U.grad_buffer = -1;
-    if (z_.offload && last_micro_) download_grads(unit);  // O1: this step's gradient is complete
-}
-
-// ------------------------------------------------------------------------------------------ the step
-
-void ZeroStore::begin_step() {
-    for (HostShard& h : host_)  // offload: the last step's copies down have read the gradients (O5)
-        check_cuda(cudaStreamWaitEvent(stream_, h.grad_copied, 0), "wait");
-    for (Unit* U : units_)
-        if (U->trainable >= 0) {
-            Segment& s = U->seg[U->trainable];
-            check_cuda(cudaMemsetAsync(s.grad, 0, size_t(z_.stage <= 1 ? s.shard.padded : s.shard.size) * 4, stream_), "zero grads");
-        }
-}
-
-void ZeroStore::begin_micro_batch(bool last) { last_micro_ = last; }
-
-void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
-    finish_step();  // offload: the last update has finished (the forward since waited for every unit)
-    cudaStream_t cs = comm_stream();
-    check_cuda(cudaEventRecord(reduced_, cs), "event");  // 8: every reduction has landed
-    check_cuda(cudaStreamWaitEvent(stream_, reduced_, 0), "wait");
-    // Global gradient norm: each rank sums the squares of the elements it optimizes (stage 0: its shard's
-    // slice of the identical full gradient), then the sums are all-reduced.
-    check_cuda(cudaMemsetAsync(norm_sq_, 0, 4, stream_), "memset");
-    for (Unit* U : units_) {
-        if (U->trainable < 0) continue;
-        Segment& s = U->seg[U->trainable];
-        if (z_.stage == 0) grad_sum_squares(s.grad + s.shard.begin(w_.rank), s.shard.owned(w_.rank), norm_sq_, stream_);
-        else grad_sum_squares(s.opt_grad, s.opt_len, norm_sq_, stream_);
-    }
-    w_.comm->all_reduce(norm_sq_, 1, stream_);
-    clip_coefficient(norm_sq_, max_norm, clip_scale_, stream_);
-    if (z_.offload) start_cpu_step(c, lr, step);  // returns while the worker updates; gathers wait per unit
-    else update_on_gpu(c, lr, step);
-    // Gathered copies are stale now; the next gathers read the new shards after this step.
-    for (Slot& s : slots_)
-        if (s.unit >= 0) units_[size_t(s.unit)]->slot = -1, s.unit = -1, check_cuda(cudaEventRecord(s.free_event, stream_), "event");
-    check_cuda(cudaEventRecord(compute_done_, stream_), "event");
-    check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
-}
-
-// AdamW on the GPU, unit by unit, on the compute stream; stages 1, 2 then all-gather the new weights.
-void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
-    for (int u = 0; u < int(units_.size()); ++u) {
-        Unit& U = *units_[size_t(u)];
-        if (U.trainable < 0) continue;
-        Segment& s = U.seg[U.trainable];
-        bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
-        // Runs of elements with the same weight decay (norm weights never decay), one update call each.
-        std::vector<std::pair<int64_t, int64_t>> runs;  // (segment offset, count)
-        std::vector<float> decays;
-        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t, int64_t soff, int64_t n) {
-            float decay = t.shape.size() > 1 ? c.weight_decay : 0.0f;
-            if (!runs.empty() && decays.back() == decay && runs.back().first + runs.back().second == soff) runs.back().second += n;
-            else runs.push_back({soff, n}), decays.push_back(decay);
-        });
-        for (size_t k = 0; k < runs.size(); ++k) {
-            int64_t i = runs[k].first - s.opt_begin, n = runs[k].second;
-            adamw_step_gpu(s.master + i, s.opt_grad + i, s.m + i, s.v + i, dst + i, n, c, lr, decays[k], step, clip_scale_, stream_);
-        }
-        if (!s.sharded && z_.stage >= 1)  // stages 1, 2: everyone's new weights
-            w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
-    }
-}
-
-// ------------------------------------------------------------------------------------------ the CPU step
-//
-// Offload: the update runs on the host while the GPU goes on. Three streams (compute = stream_, comm, copy =
-// copy_stream_) and two threads (main, the worker; the worker hands the element loop to the pool). For each
-// trainable unit u (host_[k], in forward order), in step N:
-//   O1. reduce_grads(u)  at the last micro-batch, main: waits (host) until the worker is done with u's
-//                        update of step N-1, so u's pinned gradient buffer is free (normally long since);
-//                        comm records grad_reduced_ after u's reduction, copy waits it, copies u's gradient
-//                        shard down and records u.grad_copied. The backward of the other units goes on.
-//   O2. step()           main: the norm and clip scale on compute as without offload, then the clip scale
-//                        to the host: the one sync. After it, every reduction has landed and every kernel
-//                        and collective that read the old weights has finished. Starts the worker's round
-//                        and returns.
-//   O3. worker, u = 0, 1, 2, ...  synchronizes u.grad_copied (the gradient is on the host) and u.uploaded
-//                        (the last upload has left u's pinned weights), runs AdamW on the pool (the same
-//                        per-element operations as the GPU kernel, so the same bits), copies the new bf16
-//                        weights up on copy (the tensors' elements; gaps keep their zeros), records
-//                        u.uploaded, then marks u done for step N.
-//   O4. gather(u), take_slot(u)  main, the first time after step N: waits (host) until u is marked done,
-//                        since a stream waiting on an event not yet recorded would not wait at all; then
-//                        comm waits u.uploaded. A stage-3 shard is all-gathered there into its slot as usual
-//                        (handed out in place on one rank: compute waits u.uploaded);
-//                        a replicated unit (stages 1, 2) all-gathers everyone's new part there and compute
-//                        waits gathered_. Units that do not train never wait. The stage-3 prefetch skips a
-//                        unit not marked done yet instead of holding the host, which goes on to queue the
-//                        current unit's compute; gather() then waits for it. Either way each rank all-gathers
-//                        the units in the same order, so the collectives still match across ranks.
-//   O5. begin_step()     compute waits every u.grad_copied before zeroing the gradients.
-//   O6. finish_step()    waits for the whole round: step() and everything that reads or writes master, m,
-//                        v or the pinned buffers from the host (checkpoints, lora_layers, unit_weights, ...).
-// A failure in the worker is rethrown by the next wait in O1, O4 or O6 (threads.h), never a hang.
-
-// Pinned buffers, events and threads for every trainable unit, made once and reused every step.
-void ZeroStore::start_offload() {
-    check_cuda(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check_cuda(cudaEventCreateWithFlags(&grad_reduced_, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventCreateWithFlags(&gathered_, cudaEventDisableTiming), "event");
-    for (int u = 0; u < int(units_.size()); ++u) {
-        Unit& U = *units_[size_t(u)];
-        if (U.trainable < 0) continue;
-        Segment& s = U.seg[U.trainable];
-        HostShard h;
-        h.unit = u, h.n = s.opt_len;
-        size_t n = size_t(std::max<int64_t>(1, s.opt_len));
-        h.grad = host_alloc<float>(n, true), h.weights = host_alloc<bf16>(n, true);
-        mem_.host += double(n) * 6;
-        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t, int64_t soff, int64_t count) {
-            bool decays = t.shape.size() > 1;
-            int64_t at = soff - s.opt_begin;
-            if (!h.runs.empty() && h.runs.back().decays == decays && h.runs.back().offset + h.runs.back().count == at) h.runs.back().count += count;
-            else h.runs.push_back({at, count, decays});
-        });
-        check_cuda(cudaEventCreateWithFlags(&h.grad_copied, cudaEventDisableTiming), "event");
-        check_cuda(cudaEventCreateWithFlags(&h.uploaded, cudaEventDisableTiming), "event");
-        s.host = int(host_.size());
-        host_.push_back(h);
-    }
-    // By default the cores this rank's share of the node leaves beside the main thread and the worker: the
-    // update of each unit must keep pace with the next forward.
-    int cores = int(std::thread::hardware_concurrency()) / std::max(1, w_.local_size);
-    pool_ = std::make_unique<ThreadPool>(z_.offload_threads > 0 ? z_.offload_threads : std::max(1, cores - 2));
-    worker_ = std::make_unique<InOrderWorker>(int(host_.size()), [this](int k) { update_on_cpu(k); });
-}
-
-// O1: the unit's finished gradient shard to its pinned host buffer, on the copy stream.
-void ZeroStore::download_grads(int unit) {
-    Segment& s = units_[size_t(unit)]->seg[units_[size_t(unit)]->trainable];
-    HostShard& h = host_[size_t(s.host)];
-    worker_->wait(s.host);
-    check_cuda(cudaEventRecord(grad_reduced_, comm_stream()), "event");
-    check_cuda(cudaStreamWaitEvent(copy_stream_, grad_reduced_, 0), "wait");
-    if (h.n > 0) check_cuda(cudaMemcpyAsync(h.grad, s.opt_grad, size_t(h.n) * 4, cudaMemcpyDeviceToHost, copy_stream_), "copy grads");
-    check_cuda(cudaEventRecord(h.grad_copied, copy_stream_), "event");
-    h.copied_for = cpu_steps_ + 1;
-}
-
-// O2, after the clip scale is computed on the GPU.
-void ZeroStore::start_cpu_step(const AdamWConfig& c, float lr, int step) {
-    for (HostShard& h : host_)  // a unit whose reduce_grads did not run at the last micro-batch
-        if (h.copied_for <= cpu_steps_) download_grads(h.unit);
-    check_cuda(cudaMemcpyAsync(host_scalars_, clip_scale_, 4, cudaMemcpyDeviceToHost, stream_), "copy");
+std::vector<OwnedSlice> ZeroStore::owned_slices() {
+    finish_cpu_step();  // the caller reads or writes master, m and v through these pointers
     world_wait(w_, stream_);
-    cpu_step_.c = c, cpu_step_.lr = lr, cpu_step_.grad_scale = host_scalars_[0], cpu_step_.step = step;
-    ++cpu_steps_;
-    worker_->start();
-}
-
-// O3, in the worker thread: one unit's AdamW on the host, its new bf16 weights up.
-void ZeroStore::update_on_cpu(int k) {
-    HostShard& h = host_[size_t(k)];
-    Unit& U = *units_[size_t(h.unit)];
-    Segment& s = U.seg[U.trainable];
-    const CpuStep& j = cpu_step_;
-    std::string where = "unit " + std::to_string(h.unit) + ": ";
-    cuda_or_throw(cudaSetDevice(w_.gpu), where + "cudaSetDevice");  // the device is per thread
-    cuda_or_throw(cudaEventSynchronize(h.grad_copied), where + "the gradient's copy to the host");
-    cuda_or_throw(cudaEventSynchronize(h.uploaded), where + "the last copy of the weights to the GPU");
-    for (const HostShard::Run& r : h.runs)
-        adamw_step_cpu(s.master + r.offset, h.grad + r.offset, s.m + r.offset, s.v + r.offset, h.weights + r.offset, r.count, j.c, j.lr,
-                       r.decays ? j.c.weight_decay : 0.0f, j.step, j.grad_scale, *pool_);
-    bf16* dst = s.sharded ? s.shard16 : s.full16 + s.opt_begin;
-    for (const HostShard::Run& r : h.runs)
-        cuda_or_throw(cudaMemcpyAsync(dst + r.offset, h.weights + r.offset, size_t(r.count) * 2, cudaMemcpyHostToDevice, copy_stream_),
-                      where + "copy weights");
-    cuda_or_throw(cudaEventRecord(h.uploaded, copy_stream_), where + "event");
-}
-
-// O4: called before the unit's resident weights are read (its slot's all-gather, or compute for a
-// replicated unit); once per step and unit.
-void ZeroStore::await_update(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    if (!worker_ || U.trainable < 0) return;
-    Segment& s = U.seg[U.trainable];
-    HostShard& h = host_[size_t(s.host)];
-    if (h.awaited == cpu_steps_) return;
-    worker_->wait(s.host);
-    cudaStream_t cs = comm_stream();
-    check_cuda(cudaStreamWaitEvent(cs, h.uploaded, 0), "wait");
-    if (!s.sharded) {  // stages 1, 2 (and a replicated stage-3 unit): everyone's new part, then compute reads it
-        w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, cs);
-        check_cuda(cudaEventRecord(gathered_, cs), "event");
-        check_cuda(cudaStreamWaitEvent(stream_, gathered_, 0), "wait");
-    } else if (gathers_in_place(z_, w_.size)) {  // compute reads the shard itself
-        check_cuda(cudaStreamWaitEvent(stream_, h.uploaded, 0), "wait");
+    std::vector<OwnedSlice> out;
+    for (int u = 0; u < int(units_.size()); ++u) {
+        Unit& U = *units_[size_t(u)];
+        if (U.trainable < 0) continue;
+        Segment& s = U.seg[U.trainable];
+        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
+            int64_t at = soff - s.opt_begin;
+            out.push_back({t.name, toff, n, s.master + at, s.m + at, s.v + at, z_.offload});
+        });
     }
-    h.awaited = cpu_steps_;
+    return out;
 }
 
-bool ZeroStore::update_pending(int unit) {
-    Unit& U = *units_[size_t(unit)];
-    if (!worker_ || U.trainable < 0) return false;
-    Segment& s = U.seg[U.trainable];
-    return host_[size_t(s.host)].awaited != cpu_steps_ && !worker_->done(s.host);
+void ZeroStore::refresh_weights() {
+    finish_cpu_step();
+    for (Unit* U : units_)
+        if (U->trainable >= 0) write_compute_copy(U->seg[U->trainable]);
+    world_wait(w_, stream_);
 }
-
-// O6
-void ZeroStore::finish_step() {
-    if (worker_) worker_->finish();
-}
-
-// ------------------------------------------------------------------------------------------ whole tensors
 
 namespace {
 // The full fp32 values of a segment from the parts the ranks optimize (collective).
@@ -743,7 +604,7 @@ std::vector<float> gather_master(const World& w, const ZeroOptions& z, const flo
 }  // namespace
 
 std::vector<std::vector<float>> ZeroStore::lora_layers() {
-    finish_step();
+    finish_cpu_step();
     std::vector<std::vector<float>> layers;
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
@@ -753,7 +614,7 @@ std::vector<std::vector<float>> ZeroStore::lora_layers() {
 }
 
 std::vector<float> ZeroStore::unit_weights(int unit) {
-    finish_step();
+    finish_cpu_step();
     Segment& s = units_[size_t(unit)]->seg[0];
     if (s.trainable) return gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_);
     std::vector<float> out(size_t(s.numel));
@@ -772,7 +633,7 @@ std::vector<float> ZeroStore::unit_weights(int unit) {
 }
 
 std::vector<float> ZeroStore::trainable_grads() {
-    finish_step();
+    finish_cpu_step();
     world_wait(w_, stream_);
     world_wait(w_, comm_stream());
     std::vector<float> out;
@@ -784,27 +645,4 @@ std::vector<float> ZeroStore::trainable_grads() {
         check_cuda(cudaMemcpy(out.data() + at, s.opt_grad, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost), "copy grads");
     }
     return out;
-}
-
-std::vector<OwnedSlice> ZeroStore::owned_slices() {
-    finish_step();  // the caller reads or writes master, m and v through these pointers
-    world_wait(w_, stream_);
-    std::vector<OwnedSlice> out;
-    for (int u = 0; u < int(units_.size()); ++u) {
-        Unit& U = *units_[size_t(u)];
-        if (U.trainable < 0) continue;
-        Segment& s = U.seg[U.trainable];
-        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            int64_t at = soff - s.opt_begin;
-            out.push_back({t.name, toff, n, s.master + at, s.m + at, s.v + at, z_.offload});
-        });
-    }
-    return out;
-}
-
-void ZeroStore::refresh_weights() {
-    finish_step();
-    for (Unit* U : units_)
-        if (U->trainable >= 0) write_compute_copy(U->seg[U->trainable]);
-    world_wait(w_, stream_);
 }

@@ -10,7 +10,8 @@
 // With offload (ZeRO-Offload, Ren et al. 2021) the CPU update overlaps the GPU: each unit's gradient shard
 // goes to the host during the backward, as soon as its reduction is done; step() returns after reading the
 // clip scale, and a worker thread updates the units in forward order while the next forward runs, each
-// gather waiting only for its own unit's new weights. The update is the same bits as on the GPU.
+// gather waiting only for its own unit's new weights (distributed/offload.h). The update is the same bits
+// as on the GPU.
 // Stage 0 is data parallelism (everything replicated), so one protocol covers DDP and ZeRO 1/2/3.
 // The collectives go through the world's transport (world.h); checkpoints and exports are checkpoint.h.
 #pragma once
@@ -22,7 +23,6 @@
 #include "adamw.h"
 #include "llama.h"
 #include "lora.h"
-#include "distributed/threads.h"
 #include "distributed/world.h"
 
 // ---------------------------------------------------------------------------------------------- partitions
@@ -67,13 +67,16 @@ constexpr int kGradBuffers = 3;  // stages 2, 3: the unit computing, one reduce-
 
 // The slice of one trainable tensor that this rank optimizes: fp32 master weights and AdamW moments,
 // in host memory with offload (checkpoints read and write these by name). With offload, everything that
-// reads or writes them from the host first waits for the CPU update in flight (finish_step).
+// reads or writes them from the host first waits for the CPU update in flight
+// (distributed/offload.h, O6).
 struct OwnedSlice {
     std::string name;          // HF/PEFT name of the tensor
     int64_t begin = 0, count = 0;  // elements [begin, begin + count) of the flattened tensor
     float *master, *m, *v;     // [count] each
     bool host = false;
 };
+
+class CpuOptimizer;
 
 class ZeroStore : public UnitStore {
   public:
@@ -121,22 +124,15 @@ class ZeroStore : public UnitStore {
     void for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
                          const std::function<void(const TensorSpec&, int64_t, int64_t, int64_t)>& fn) const;
     int64_t slot_numel(const Unit& U) const;
-    int take_slot(int unit);
+    int free_slot(int64_t numel);
+    void all_gather_unit(int unit);  // stage 3: into a free slot, on the comm stream
     void prefetch(int unit);
     float* take_grad_buffer(int unit);
-    void write_compute_copy(Segment& s);  // bf16(master) into the resident copy (+ all-gather)
     void update_on_gpu(const AdamWConfig& c, float lr, int step);  // step()'s AdamW without offload
+    void await_update(int unit);  // offload: the unit's weights are read after their CPU update (O4)
+    void finish_cpu_step();       // offload: the CPU update in flight has finished (O6)
+    void write_compute_copy(Segment& s);  // bf16(master) into the resident copy (+ all-gather)
     cudaStream_t comm_stream() const { return z_.overlap_comm ? w_.comm_stream : stream_; }
-
-    // CPU offload (zero3.cu, "the CPU step", has the timeline).
-    struct HostShard;
-    void start_offload();                              // pinned buffers, copy stream, events, threads
-    void download_grads(int unit);                     // the unit's gradient shard to its host buffer
-    void start_cpu_step(const AdamWConfig& c, float lr, int step);  // clip scale to the host, worker's round
-    void update_on_cpu(int k);                         // the worker's task: host_[k]'s AdamW, weights up
-    void await_update(int unit);                       // the unit's weights are read after their upload
-    bool update_pending(int unit);                     // its upload is not queued yet (never waits)
-    void finish_step();                                // the CPU update in flight has finished
 
     LlamaConfig c_;
     LoraConfig lora_;
@@ -163,20 +159,9 @@ class ZeroStore : public UnitStore {
     int64_t releases_ = 0, prefetched_ = 0;
     bool last_micro_ = true;
     int64_t n_train_ = 0;
-    float *norm_sq_ = nullptr, *clip_scale_ = nullptr, *host_scalars_ = nullptr;
+    float *norm_sq_ = nullptr, *clip_scale_ = nullptr;
     cudaEvent_t compute_done_ = nullptr, reduced_ = nullptr;
-    // Offload: one HostShard per trainable unit, in forward order (the order the worker updates them).
-    std::vector<HostShard> host_;
-    cudaStream_t copy_stream_ = nullptr;  // gradients down, weights up
-    cudaEvent_t grad_reduced_ = nullptr;  // the copy stream waits here for a unit's reduction
-    cudaEvent_t gathered_ = nullptr;      // compute waits here for a replicated unit's new weights
-    int64_t cpu_steps_ = 0;               // CPU updates started
-    struct CpuStep {                      // the update's arguments, set before the worker's round starts
-        AdamWConfig c;
-        float lr = 0, grad_scale = 1;
-        int step = 0;
-    } cpu_step_;
-    std::unique_ptr<ThreadPool> pool_;        // offload_threads: the element loop
-    std::unique_ptr<InOrderWorker> worker_;   // one task per HostShard, one round per step
+    cudaEvent_t gathered_ = nullptr;     // offload: compute waits here for a replicated unit's new weights
+    std::unique_ptr<CpuOptimizer> cpu_;  // offload: master, m, v and the update (distributed/offload.h)
     MemoryReport mem_;
 };
