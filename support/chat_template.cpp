@@ -235,14 +235,14 @@ ChatTemplate model_chat_template(const std::string& model_dir, const Tokenizer& 
         if (text && text->is_string()) t = recognize_chat_template(text->string, config);
         else t.source = config, t.problem = config + ": chat_template must be a string or a list holding {\"name\": \"default\", \"template\": ...}";
     } else if (tok.token_id("<|im_start|>") >= 0 && tok.token_id("<|im_end|>") >= 0) {
-        t = family(ChatFamily::qwen3, "Qwen3", tok.path() + " (its <|im_start|> token; the model directory has no chat template)");
+        t = family(ChatFamily::qwen3, "Qwen3", tok.path() + " (no chat template given; its <|im_start|> token implies Qwen3's)");
     } else if (tok.token_id("<|start_header_id|>") >= 0) {
-        t = family(ChatFamily::llama3, "Llama-3.0", tok.path() + " (its <|start_header_id|> token; the model directory has no chat template)");
+        t = family(ChatFamily::llama3, "Llama-3.0", tok.path() + " (no chat template given; its <|start_header_id|> token implies Llama-3.0's)");
     } else if (tok.family() == TokenizerFamily::llama2) {
-        t = family(ChatFamily::llama2, "Llama-2", tok.path() + " (a SentencePiece-style tokenizer; the model directory has no chat template)");
+        t = family(ChatFamily::llama2, "Llama-2", tok.path() + " (no chat template given; a SentencePiece-style tokenizer implies Llama-2's)");
     } else {
         t.source = tok.path();
-        t.problem = tok.path() + " implies no chat template and the model directory has none";
+        t.problem = "no chat template given, and " + tok.path() + " implies none (pass --model with a chat template)";
     }
     t.bos_token = bos_token, t.eos_token = eos_token;
     return t;

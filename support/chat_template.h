@@ -35,7 +35,7 @@ struct ChatTemplate {
     ChatFamily family = ChatFamily::none;
     std::string name;                // "Llama-3.1/3.2 (Today Date: 26 Jul 2024)", for the data summary
     std::string source;              // where it was found: a file, or the tokenizer's special tokens
-    std::string problem;             // family none: why there is no template (said when a row needs one)
+    std::string problem = "no chat template";  // family none: why (said when a row needs a template)
     bool generation_prompt_always = false;  // Llama-3.0's first template: every rendering ends with the header
     std::string date;                // llama3_dated: the "Today Date:" value (chat_template_date)
     std::string bos_token, eos_token;  // the strings the template writes (Llama-2 and Llama-3 use BOS; Llama-2 EOS)
