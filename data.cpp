@@ -324,8 +324,8 @@ Row row_example(const Json& row, const std::string& where, const Tokenizer* tok,
         return out;
     }
     if (!tok) fail(where + ": a text row " + kNeedsTokenizer);
-    auto nonempty = [&](const char* key, bool required = true) {
-        std::string value = string_field(row, key, where, required);
+    auto nonempty = [&](const char* key) {  // a required string field that tokenizes to something
+        std::string value = string_field(row, key, where, true);
         if (tok->encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
         return value;
     };
