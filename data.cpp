@@ -1,6 +1,6 @@
 // data.cpp — text to training batches (see data.h). Three parts, in order:
-//   Datasets corpora and JSONL rows -> Examples (ids + labels) with the tokenizer (support/tokenizer.cpp), in the
-//            model's templates;
+//   Datasets files -> rows of a form recognised by content -> Examples (ids + labels) with the tokenizer
+//            (support/tokenizer.cpp), in the model's templates (chat: support/chat_template.cpp);
 //   Packing  rows -> sequences (best fit), the eval split, the summary line;
 //   Batches  epoch order, rank shards, batches with positions and document starts.
 #include "data.h"
@@ -22,12 +22,73 @@
 
 namespace {
 
+// ---------------------------------------------------------------------------------------- files, by content
+
+// Fails unless `path` is a directory or a regular file. Called before anything opens it: open() on a FIFO
+// would block until a writer comes, and a device or socket is no dataset.
 bool is_directory(const std::string& path) {
     struct stat st;
-    return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    if (stat(path.c_str(), &st) != 0) fail("cannot read dataset " + path + ": " + std::strerror(errno));
+    if (S_ISDIR(st.st_mode)) return true;
+    if (S_ISREG(st.st_mode)) return false;
+    const char* kind = S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)" : S_ISCHR(st.st_mode) ? "a character device"
+                       : S_ISBLK(st.st_mode) ? "a block device" : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file";
+    fail("dataset " + path + " is " + kind + ", not a file: write the data to a file first");
 }
 
-std::vector<std::string> list_files(const std::string& dir) {
+// A dataset file's text: UTF-8 (a NUL byte or ill-formed UTF-8 means it is not text: one error with the
+// offset), a leading byte-order mark dropped.
+std::string read_text(const std::string& path) {
+    if (is_directory(path)) fail("cannot read dataset " + path + ": it is a directory");
+    std::string text = read_file(path);
+    if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);
+    size_t nul = text.find('\0'), n, bad;
+    uint32_t cp;
+    for (size_t i = 0; i < std::min(nul, text.size()); i += n)
+        if ((n = utf8_decode(text, i, cp, bad)) == 0) {
+            char b[64];
+            std::snprintf(b, sizeof b, "byte 0x%02X at offset %zu is not UTF-8", static_cast<unsigned char>(text[i]), i);
+            fail("dataset " + path + " is not text (" + b + "): give plain text, JSON Lines or a JSON array");
+        }
+    if (nul != std::string::npos)
+        fail("dataset " + path + " is not text (a NUL byte at offset " + std::to_string(nul) +
+             "): give plain text, JSON Lines or a JSON array");
+    return text;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// What a dataset file holds, from its content: JSON rows when the first non-blank character opens a JSON
+// object that its line completes (JSON Lines) or an array that the whole file completes; plain text
+// otherwise. A .json or .jsonl name says it must be JSON: its parse error is the error.
+enum class Content { text, json_lines, json_array };
+
+Content sniff(const std::string& path, const std::string& text) {
+    bool named_json = ends_with(path, ".jsonl") || ends_with(path, ".json");
+    size_t first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string::npos) fail("dataset " + path + " is empty");
+    if (text[first] != '{' && text[first] != '[') {
+        if (named_json) fail(path + ": expected JSON rows (a JSON object per line, or one array of objects)");
+        return Content::text;
+    }
+    try {
+        if (text[first] == '[') {
+            parse_json(text, path);
+            return Content::json_array;
+        }
+        size_t end = std::min(text.find('\n', first), text.size());
+        int line = 1 + int(std::count(text.begin(), text.begin() + long(first), '\n'));
+        parse_json(std::string_view(text).substr(first, end - first), path, line);
+        return Content::json_lines;
+    } catch (const Error&) {
+        if (named_json) throw;
+        return Content::text;
+    }
+}
+
+std::vector<std::string> list_files(const std::string& dir) {  // non-hidden entries, sorted; subdirectories skipped
     std::vector<std::string> files;
     DIR* d = opendir(dir.c_str());
     if (!d) fail("cannot read dataset directory " + dir + ": " + std::strerror(errno));
@@ -42,14 +103,16 @@ std::vector<std::string> list_files(const std::string& dir) {
     return files;
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+// ---------------------------------------------------------------------------------------- rows and corpora
 
 int64_t count_targets(const std::vector<int32_t>& labels) {  // positions 1.. take loss (HF's shift)
     int64_t n = 0;
     for (size_t t = 1; t < labels.size(); ++t) n += labels[t] != kIgnoreIndex;
     return n;
+}
+
+void add_format(DataStats& s, const std::string& format) {
+    if (std::find(s.formats.begin(), s.formats.end(), format) == s.formats.end()) s.formats.push_back(format);
 }
 
 // Truncates to seq_len (counted), then adds the row to the dataset.
@@ -70,17 +133,18 @@ void add_row(Dataset& data, Example row, int seq_len) {
 
 const std::string kNeedsTokenizer = "needs a tokenizer (pass --tokenizer, or use a model directory with tokenizer.json)";
 
+// Plain-text documents (one per file), each BOS text EOS, in one stream cut into rows of seq_len tokens.
 void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tokenizer* tok, const ModelTokens* mt,
                  int seq_len, bool progress) {
     if (!tok) fail("dataset " + data.source + " is plain text: it " + kNeedsTokenizer);
     data.corpus = true;
+    add_format(data.stats, "plain text");
     std::vector<int32_t> stream;
     std::vector<size_t> starts;  // where each document begins in the stream
     Progress shown("tokenizing " + data.source, double(files.size()), Progress::Units::Items, progress);
     for (const std::string& path : files) {
         shown.update(double(data.stats.documents));
-        std::string text = read_file(path);
-        if (text.empty()) fail(path + ": empty document");
+        std::string text = read_text(path);  // not empty: sniff() saw it
         starts.push_back(stream.size());
         stream.push_back(mt->bos);
         std::vector<int32_t> ids = tok->encode(text);
@@ -105,9 +169,10 @@ void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tok
     }
 }
 
-std::string string_field(const Json& row, const char* key, const std::string& where, bool required) {
+// A string field; "" when absent and not required (or null and `null_ok`, as `datasets` writes a missing value).
+std::string string_field(const Json& row, const char* key, const std::string& where, bool required, bool null_ok = false) {
     const Json* v = row.find(key);
-    if (!v) {
+    if (!v || (null_ok && v->type == Json::Null)) {
         if (required) fail(where + ": missing field \"" + key + "\"");
         return "";
     }
@@ -130,38 +195,16 @@ std::vector<int32_t> id_array(const Json& row, const char* key, const std::strin
     return ids;
 }
 
-// Python's str.strip(), which chat templates apply to contents: Unicode white space and \x1c-\x1f.
-std::string strip(const std::string& s) {
-    auto space = [](uint32_t cp) {
-        return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-               (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
-    };
-    size_t begin = 0, end = s.size(), n, bad;
-    uint32_t cp;
-    while (begin < end && (n = utf8_decode(s, begin, cp, bad)) && space(cp)) begin += n;
-    while (end > begin) {
-        size_t j = end - 1;
-        while (j > begin && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
-        if (!(n = utf8_decode(s, j, cp, bad)) || !space(cp)) break;
-        end = j;
-    }
-    return s.substr(begin, end - begin);
-}
+// ---------------------------------------------------------------------------------------- prompt templates
 
-// A piece of a rendered template: a special token (id >= 0) or text, which is encoded as ordinary text
-// (special-token strings in user content stay text).
+// A piece of a rendered prompt template: a special token (id >= 0) or text, which is encoded as ordinary
+// text (special-token strings in the text stay text).
 struct Part {
     int32_t id = -1;
     std::string text;
 };
 Part token(int32_t id) { return {id, ""}; }
 Part text(std::string s) { return {-1, std::move(s)}; }
-
-int32_t template_token(const Tokenizer& tok, const char* name, const char* chat) {
-    int32_t id = tok.token_id(name);
-    if (id < 0) fail(std::string("the ") + chat + " chat template needs the token " + name + ", which " + tok.path() + " lacks");
-    return id;
-}
 
 // ids and labels of a rendered template, prompt then answer. Text parts that touch are encoded as one
 // string, as HF tokenizes a rendered template (Llama 2's normalizer puts a "▁" only before the first); the
@@ -189,86 +232,196 @@ Example render(const Tokenizer& tok, const std::vector<Part>& prompt, const std:
     return ex;
 }
 
-// The prompt half of one exchange in the chat template (below): everything up to the answer.
-std::vector<Part> chat_prompt(const Tokenizer& tok, const ModelTokens& mt, const std::string& user) {
-    if (mt.chat == TokenizerFamily::llama2) return {token(mt.bos), text("[INST] " + strip(user) + " [/INST]")};
-    int32_t start = template_token(tok, "<|start_header_id|>", "Llama-3"),
-            end = template_token(tok, "<|end_header_id|>", "Llama-3"), eot = template_token(tok, "<|eot_id|>", "Llama-3");
-    return {token(mt.bos), token(start), text("user"), token(end), text("\n\n" + strip(user)), token(eot), token(start), text("assistant"),
-            token(end), text("\n\n")};
+// Stanford Alpaca's prompt (its train.py PROMPT_DICT), the response on the next line as in the `text`
+// column of the tatsu-lab/alpaca dataset on the HF Hub; the input paragraph only when the input is not "".
+std::string alpaca_prompt(const std::string& instruction, const std::string& input) {
+    if (input.empty())
+        return "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+               "### Instruction:\n" + instruction + "\n\n### Response:\n";
+    return "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+           "response that appropriately completes the request.\n\n### Instruction:\n" + instruction + "\n\n### Input:\n" +
+           input + "\n\n### Response:\n";
 }
 
-// One exchange in the model family's chat template (the Instruct models' tokenizer_config.json):
-//   llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>
-//           <|start_header_id|>assistant<|end_header_id|>\n\n{answer}<|eot_id|>
-//   llama2  <s>[INST] {user} [/INST] {answer} </s>
-// with user and answer stripped of surrounding white space; the answer part takes the loss.
-Example chat_example(const Tokenizer& tok, const ModelTokens& mt, const std::string& user, const std::string& answer,
-                     bool train_on_prompt) {
-    if (mt.chat == TokenizerFamily::llama2)
-        return render(tok, chat_prompt(tok, mt, user), {text(" " + strip(answer) + " "), token(mt.eos[0])}, train_on_prompt);
-    std::vector<Part> prompt = chat_prompt(tok, mt, user);  // names a missing header token before <|eot_id|>
-    return render(tok, prompt, {text(strip(answer)), token(template_token(tok, "<|eot_id|>", "Llama-3"))}, train_on_prompt);
+// ---------------------------------------------------------------------------------------- chat rows
+
+// The messages of a "messages" (or conversational "prompt"/"completion") list: {"role", "content"
+// [, "reasoning_content"]}; other roles, tool calls and non-text contents are refused.
+std::vector<ChatMessage> message_list(const Json& row, const char* key, const std::string& where) {
+    const Json* list = row.find(key);
+    if (list->type != Json::Array || list->array.empty())
+        fail(where + ": field \"" + key + "\" must be a non-empty list of {\"role\", \"content\"} messages");
+    std::vector<ChatMessage> messages;
+    for (size_t i = 0; i < list->array.size(); ++i) {
+        const Json& m = list->array[i];
+        std::string at = where + ": " + key + "[" + std::to_string(i) + "]";
+        if (m.type != Json::Object) fail(at + " must be a {\"role\", \"content\"} object, not " + json_type_name(m.type));
+        if (const Json* calls = m.find("tool_calls"); calls && calls->type != Json::Null) fail(at + ": tool calls are not supported");
+        ChatMessage message{string_field(m, "role", at, true), string_field(m, "content", at, true)};
+        if (message.role != "system" && message.role != "user" && message.role != "assistant")
+            fail(at + ": role " + json_quote(message.role) + " is not supported (roles are \"system\", \"user\", \"assistant\")");
+        if (const Json* r = m.find("reasoning_content"); r && r->type != Json::Null)
+            message.has_reasoning = true, message.reasoning = string_field(m, "reasoning_content", at, true);
+        messages.push_back(std::move(message));
+    }
+    return messages;
 }
 
-// One JSONL row -> Example. The prompt part takes no loss unless train_on_prompt.
-Example row_example(const Json& row, const std::string& where, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
-                    const DataOptions& opt) {
-    if (row.type != Json::Object) fail(where + ": a row must be a JSON object, not " + std::string(json_type_name(row.type)));
-    bool ids = row.find("input_ids"), text_row = row.find("text"), qa = row.find("question") || row.find("answer"),
-         pc = row.find("prompt") || row.find("completion");
-    int forms = ids + text_row + qa + pc;
+size_t assistant_turns(const std::vector<ChatMessage>& messages) {
+    return size_t(std::count_if(messages.begin(), messages.end(), [](const ChatMessage& m) { return m.role == "assistant"; }));
+}
+
+// ---------------------------------------------------------------------------------------- row forms
+
+// A row's form, from which fields it has (data.h lists the forms). Fields of two forms are an error, but for
+// two that datasets carry beside others: Alpaca's "text" (tatsu-lab/alpaca: the prompt and response already
+// rendered) and a "prompt" beside "messages" (ultrachat_200k: the first user turn again); neither is read.
+enum class Form { input_ids, text, messages, prompt_completion, alpaca, squad, wikiqa, qa };
+
+Form row_form(const Json& row, const std::string& where) {
+    auto has = [&](const char* key) { return row.find(key) != nullptr; };
+    bool ids = has("input_ids"), chat = has("messages"), alpaca = has("instruction") || has("output");
+    bool pc = !chat && (has("prompt") || has("completion")), text = !alpaca && has("text");
+    bool qa = has("question") || has("answer") || has("answers") || has("sentence");
+    int forms = ids + chat + pc + alpaca + qa + text;
     if (forms == 0)
-        fail(where + ": unknown row form (expected \"text\", \"question\"+\"answer\", \"prompt\"+\"completion\" or \"input_ids\")");
-    if (forms > 1) fail(where + ": the row mixes fields of different forms (text, question/answer, prompt/completion, input_ids)");
+        fail(where + ": unknown row form (expected \"messages\", \"prompt\"+\"completion\", \"instruction\"+\"output\", "
+             "\"question\"+\"answer\" (or SQuAD's \"answers\", WikiQA's \"label\"), \"text\" or \"input_ids\")");
+    if (forms > 1)
+        fail(where + ": the row mixes fields of different forms (messages, prompt/completion, instruction/output, "
+             "question/answer, text, input_ids)");
+    if (ids) return Form::input_ids;
+    if (text) return Form::text;
+    if (chat) return Form::messages;
+    if (pc) return Form::prompt_completion;
+    if (alpaca) return Form::alpaca;
+    if (has("answers")) return Form::squad;
+    if (has("label")) return Form::wikiqa;
+    if (has("sentence")) fail(where + ": a WikiQA row (\"sentence\") needs its \"label\" (1: the sentence answers the question)");
+    return Form::qa;
+}
+
+// One JSON row, ready to add: its Example, the form it was read as (with the template it is written in), or
+// why it is dropped (a SQuAD question without an answer, a WikiQA sentence of label 0).
+struct Row {
     Example ex;
-    if (ids) {
-        ex.ids = id_array(row, "input_ids", where, vocab, false);
-        if (ex.ids.empty()) fail(where + ": field \"input_ids\" is empty");
-        ex.labels = row.find("labels") ? id_array(row, "labels", where, vocab, true) : ex.ids;
-        if (ex.labels.size() != ex.ids.size())
-            fail(where + ": \"labels\" has " + std::to_string(ex.labels.size()) + " entries but \"input_ids\" has " +
-                 std::to_string(ex.ids.size()));
-        return ex;
+    std::string format, dropped;
+};
+
+Row row_example(const Json& row, const std::string& where, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
+                const DataOptions& opt) {
+    if (row.type != Json::Object) fail(where + ": a row must be a JSON object, not " + std::string(json_type_name(row.type)));
+    Form form = row_form(row, where);
+    Row out;
+    if (form == Form::input_ids) {
+        out.format = "pre-tokenized";
+        out.ex.ids = id_array(row, "input_ids", where, vocab, false);
+        if (out.ex.ids.empty()) fail(where + ": field \"input_ids\" is empty");
+        out.ex.labels = row.find("labels") ? id_array(row, "labels", where, vocab, true) : out.ex.ids;
+        if (out.ex.labels.size() != out.ex.ids.size())
+            fail(where + ": \"labels\" has " + std::to_string(out.ex.labels.size()) + " entries but \"input_ids\" has " +
+                 std::to_string(out.ex.ids.size()));
+        return out;
     }
     if (!tok) fail(where + ": a text row " + kNeedsTokenizer);
-    auto nonempty = [&](const std::string& value, const char* key) {
+    auto nonempty = [&](const char* key) {  // a required string field that tokenizes to something
+        std::string value = string_field(row, key, where, true);
         if (tok->encode_ordinary(value).empty()) fail(where + ": field \"" + std::string(key) + "\" tokenizes to nothing");
         return value;
     };
-    if (text_row) {  // as HF's tokenizer(text) with BOS, then EOS: special-token strings in the text are tokens
-        std::vector<int32_t> body = tok->encode(nonempty(string_field(row, "text", where, true), "text"));
-        ex.ids.push_back(mt->bos);
-        ex.ids.insert(ex.ids.end(), body.begin(), body.end());
-        ex.ids.push_back(mt->eos[0]);
-        ex.labels = ex.ids;
-        return ex;
+    const ChatTemplate& chat = mt->chat;
+    std::string in_chat = " in the " + chat.name + " chat template";
+    if (form == Form::text) {  // as HF's tokenizer(text) with BOS, then EOS: special-token strings in the text are tokens
+        std::vector<int32_t> body = tok->encode(nonempty("text"));
+        out.ex.ids.push_back(mt->bos);
+        out.ex.ids.insert(out.ex.ids.end(), body.begin(), body.end());
+        out.ex.ids.push_back(mt->eos[0]);
+        out.ex.labels = out.ex.ids;
+        out.format = "text";
+        return out;
     }
-    std::string user, answer;
-    if (qa) {
-        std::string q = nonempty(string_field(row, "question", where, true), "question");
-        std::string c = string_field(row, "context", where, false);
-        answer = nonempty(string_field(row, "answer", where, true), "answer");
-        user = opt.chat_template ? "Question: " + q + (c.empty() ? "" : "\nContext: " + c) : qa_prompt(q, c);
-        if (!opt.chat_template) answer = " " + answer;
+    if (form == Form::messages) {
+        std::vector<ChatMessage> messages = message_list(row, "messages", where);
+        if (assistant_turns(messages) == 0) fail(where + ": \"messages\" has no assistant turn to train on");
+        out.ex = chat_example(*tok, chat, messages, false, opt.train_on_prompt, where);
+        out.format = "chat messages" + in_chat;
+        return out;
+    }
+    // The other forms are a prompt and its answer: with --chat-template a user turn and an assistant turn
+    // (`user`, `reply`), else BOS prompt answer EOS.
+    std::string prompt, answer, user, reply;
+    if (form == Form::prompt_completion) {
+        const Json* p = row.find("prompt");
+        const Json* c = row.find("completion");
+        if (p && c && (p->type == Json::Array || c->type == Json::Array)) {  // TRL's conversational prompt/completion
+            std::vector<ChatMessage> messages = message_list(row, "prompt", where), completion = message_list(row, "completion", where);
+            if (assistant_turns(completion) == 0) fail(where + ": \"completion\" has no assistant turn to train on");
+            size_t skip = assistant_turns(messages);  // answers inside the prompt take no loss
+            messages.insert(messages.end(), completion.begin(), completion.end());
+            out.ex = chat_example(*tok, chat, messages, false, opt.train_on_prompt, where, skip);
+            out.format = "conversational prompt/completion" + in_chat;
+            return out;
+        }
+        out.format = "prompt/completion";
+        prompt = user = nonempty("prompt"), answer = reply = nonempty("completion");
+    } else if (form == Form::alpaca) {
+        out.format = "Alpaca";
+        std::string instruction = nonempty("instruction"), input = string_field(row, "input", where, false, true);
+        answer = reply = nonempty("output");
+        prompt = alpaca_prompt(instruction, input);
+        user = instruction + (input.empty() ? "" : "\n\n" + input);
+    } else {  // question/answer: QA, SQuAD, WikiQA
+        std::string question = nonempty("question"), context;
+        if (form == Form::squad) {
+            out.format = "SQuAD";
+            context = string_field(row, "context", where, true);
+            const Json* texts = row.find("answers")->find("text");
+            if (!texts || texts->type != Json::Array)
+                fail(where + ": field \"answers\" must be {\"text\": [...], \"answer_start\": [...]} (SQuAD as `datasets` writes it)");
+            if (texts->array.empty()) return out.dropped = "SQuAD questions without an answer", out;
+            if (!texts->array[0].is_string() || tok->encode_ordinary(texts->array[0].string).empty())
+                fail(where + ": answers.text[0] must be a string that tokenizes to something");
+            reply = texts->array[0].string;
+        } else if (form == Form::wikiqa) {
+            out.format = "WikiQA";
+            reply = nonempty(row.find("sentence") ? "sentence" : "answer");
+            const Json* label = row.find("label");
+            bool zero_or_one = label->type == Json::Bool || (label->is_int() && (label->integer == 0 || label->integer == 1));
+            if (!zero_or_one) fail(where + ": field \"label\" must be 0 or 1 (WikiQA: 1 marks a sentence that answers the question)");
+            if (label->type == Json::Bool ? !label->boolean : label->integer == 0)
+                return out.dropped = "WikiQA label 0: a candidate sentence that does not answer", out;
+        } else {
+            out.format = "question/answer";
+            reply = nonempty("answer");
+            context = string_field(row, "context", where, false);
+        }
+        prompt = qa_prompt(question, context);  // "Question: ...\nContext: ...\nAnswer:" then " " + the answer
+        answer = " " + reply;
+        user = "Question: " + question + (context.empty() ? "" : "\nContext: " + context);
+    }
+    if (opt.chat_template) {
+        out.ex = chat_example(*tok, chat, {{"user", user}, {"assistant", reply}}, false, opt.train_on_prompt, where);
+        out.format += in_chat;
     } else {
-        user = nonempty(string_field(row, "prompt", where, true), "prompt");
-        answer = nonempty(string_field(row, "completion", where, true), "completion");
+        out.ex = render(*tok, {token(mt->bos), text(prompt)}, {text(answer), token(mt->eos[0])}, opt.train_on_prompt);
     }
-    if (opt.chat_template) return chat_example(*tok, *mt, user, answer, opt.train_on_prompt);
-    return render(*tok, {token(mt->bos), text(user)}, {text(answer), token(mt->eos[0])}, opt.train_on_prompt);
+    return out;
 }
 
-// JSON Lines (one row object per line), or a .json file holding one array of row objects.
-void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, const ModelTokens* mt, int32_t vocab,
-                const DataOptions& opt) {
-    std::string text = read_file(path);
+// JSON rows: one object per line (blank lines skipped), or one array of objects.
+void load_rows(Dataset& data, const std::string& path, Content content, const Tokenizer* tok, const ModelTokens* mt,
+               int32_t vocab, const DataOptions& opt) {
+    std::string text = read_text(path);
     std::vector<Example> rows;
-    size_t first = text.find_first_not_of(" \t\r\n");
-    if (ends_with(path, ".json") && first != std::string::npos && text[first] == '[') {
+    auto take = [&](const Json& value, const std::string& where) {
+        Row row = row_example(value, where, tok, mt, vocab, opt);
+        data.stats.documents++;
+        if (!row.dropped.empty()) data.stats.dropped[row.dropped]++;
+        else add_format(data.stats, row.format), rows.push_back(std::move(row.ex));
+    };
+    if (content == Content::json_array) {
         Json array = parse_json(text, path);
-        for (size_t i = 0; i < array.array.size(); ++i, data.stats.documents++)
-            rows.push_back(row_example(array.array[i], path + ": row " + std::to_string(i + 1), tok, mt, vocab, opt));
+        for (size_t i = 0; i < array.array.size(); ++i) take(array.array[i], path + ": row " + std::to_string(i + 1));
         text.clear();
     }
     size_t line_start = 0;
@@ -280,18 +433,51 @@ void load_jsonl(Dataset& data, const std::string& path, const Tokenizer* tok, co
         std::string_view s(text.data() + line_start, end - line_start);
         line_start = end + 1;
         if (s.find_first_not_of(" \t\r") == std::string_view::npos) continue;  // blank line
-        std::string where = path + ":" + std::to_string(line);
-        rows.push_back(row_example(parse_json(s, path, line), where, tok, mt, vocab, opt));
-        data.stats.documents++;
+        take(parse_json(s, path, line), path + ":" + std::to_string(line));
     }
     shown.finish();
     for (Example& row : rows) add_row(data, std::move(row), opt.seq_len);
 }
 
+std::string dropped_text(const DataStats& s) {  // ", 12 rows dropped (why), ..."
+    std::string out;
+    for (const auto& [why, n] : s.dropped) out += ", " + thousands(n) + " rows dropped (" + why + ")";
+    return out;
+}
+
 }  // namespace
 
+// The rendering is tokenized as one text, as HF's apply_chat_template(tokenize=True) does (special-token
+// strings inside contents become those tokens there too); each assistant piece after the first `skip` takes
+// the loss, its tokens found as TRL finds a completion's: the text before it, tokenized alone, is the tokens
+// before it.
+Example chat_example(const Tokenizer& tok, const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                     bool add_generation_prompt, bool train_on_prompt, const std::string& where, size_t skip) {
+    for (const std::string& special : chat_template_tokens(t))
+        if (tok.encode(special).size() != 1)
+            fail("the " + t.name + " chat template needs the token " + special + ", which " + tok.path() + " lacks");
+    std::vector<ChatPiece> pieces = render_chat(t, messages, add_generation_prompt, where);
+    std::string whole;
+    std::vector<std::pair<size_t, size_t>> spans;  // [begin, end) bytes of the pieces that take the loss
+    for (const ChatPiece& p : pieces) {
+        if (p.assistant && skip > 0) --skip;
+        else if (p.assistant) spans.push_back({whole.size(), whole.size() + p.text.size()});
+        whole += p.text;
+    }
+    Example ex;
+    ex.ids = tok.encode(whole);
+    ex.labels.assign(ex.ids.size(), kIgnoreIndex);
+    auto tokens_before = [&](size_t at) {
+        return at >= whole.size() ? ex.ids.size() : std::min(ex.ids.size(), tok.encode(std::string_view(whole).substr(0, at)).size());
+    };
+    if (train_on_prompt) ex.labels = ex.ids;
+    for (auto [begin, end] : spans)
+        for (size_t k = tokens_before(begin), stop = tokens_before(end); k < stop; ++k) ex.labels[k] = ex.ids[k];
+    return ex;
+}
+
 std::vector<int32_t> prompt_ids(const Tokenizer& tok, const ModelTokens& mt, const std::string& prompt, bool chat) {
-    if (chat) return render(tok, chat_prompt(tok, mt, prompt), {}, false).ids;
+    if (chat) return chat_example(tok, mt.chat, {{"user", prompt}}, true, false, "the prompt").ids;
     std::vector<int32_t> ids{mt.bos}, body = tok.encode(prompt);  // as HF's tokenizer(prompt): BOS, then the text
     ids.insert(ids.end(), body.begin(), body.end());
     return ids;
@@ -301,26 +487,43 @@ std::string qa_prompt(const std::string& question, const std::string& context) {
     return "Question: " + question + "\n" + (context.empty() ? "" : "Context: " + context + "\n") + "Answer:";
 }
 
+std::vector<std::string> data_paths(const std::string& list, const std::string& flag) {
+    if (list.empty()) fail(flag + " is empty: give a file or directory (several separated by commas)");
+    std::vector<std::string> paths;
+    for (size_t start = 0; start <= list.size();) {
+        size_t end = std::min(list.find(',', start), list.size());
+        if (end == start) fail(flag + " " + json_quote(list) + " has an empty entry (a comma at the start, at the end or doubled)");
+        paths.push_back(list.substr(start, end - start));
+        start = end + 1;
+    }
+    return paths;
+}
+
 Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options) {
     if (options.seq_len < 2) fail("sequence length must be at least 2 (--seq)");
     if (vocab_size <= 0 && tok) vocab_size = tok->vocab_size();
     if (vocab_size <= 0) fail("load_dataset " + path + ": no tokenizer and no vocabulary size to check ids against");
+    if (path.empty()) fail("dataset path is empty");
     ModelTokens defaults;
     const ModelTokens* mt = options.tokens;
     if (!mt && tok) defaults = model_tokens(*tok, ""), mt = &defaults;
     Dataset data;
     data.source = path, data.seq_len = options.seq_len, data.pack = options.pack;
-    struct stat st;
-    if (stat(path.c_str(), &st) != 0) fail("cannot read dataset " + path + ": " + std::strerror(errno));
-    if (S_ISDIR(st.st_mode)) {
-        std::vector<std::string> files = list_files(path);
-        if (files.empty()) fail("dataset directory " + path + " has no files");
-        load_corpus(data, files, tok, mt, options.seq_len, options.progress);
-    } else if (ends_with(path, ".jsonl") || ends_with(path, ".json")) {
-        load_jsonl(data, path, tok, mt, vocab_size, options);
-    } else {
-        load_corpus(data, {path}, tok, mt, options.seq_len, options.progress);
-    }
+    bool directory = is_directory(path);
+    std::vector<std::string> files = directory ? list_files(path) : std::vector<std::string>{path};
+    if (files.empty()) fail("dataset directory " + path + " has no files");
+    std::vector<Content> content;  // every file's, before any is tokenized
+    for (const std::string& file : files) content.push_back(sniff(file, read_text(file)));
+    size_t text = size_t(std::find(content.begin(), content.end(), Content::text) - content.begin());
+    size_t json = size_t(std::find_if(content.begin(), content.end(), [](Content c) { return c != Content::text; }) - content.begin());
+    if (text < files.size() && json < files.size())
+        fail("dataset directory " + path + " mixes JSON rows (" + files[json] + ") and plain text (" + files[text] +
+             "): give them as separate --data entries");
+    if (text < files.size()) load_corpus(data, files, tok, mt, options.seq_len, options.progress);
+    else
+        for (size_t k = 0; k < files.size(); ++k) load_rows(data, files[k], content[k], tok, mt, vocab_size, options);
+    if (data.rows.empty() && !data.stats.dropped.empty())
+        fail("dataset " + path + " has no rows to train on" + dropped_text(data.stats));
     if (data.rows.empty()) fail("dataset " + path + " is empty");
     if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");
     pack_sequences(data);
@@ -330,7 +533,6 @@ Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_si
 Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options) {
     return load_dataset(path, &tok, 0, options);
 }
-
 Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
     int64_t n = int64_t(train.rows.size());
     if (!(fraction > 0 && fraction < 1)) fail("eval fraction must be in (0, 1) (--eval-fraction)");
@@ -349,9 +551,11 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed) {
         to.stats.target_tokens += count_targets(train.rows[size_t(i)].labels);
         to.rows.push_back(std::move(train.rows[size_t(i)]));
     }
-    rest.stats.documents = train.stats.documents;  // truncation counts stay with the training set
+    rest.stats.documents = train.stats.documents;  // truncation and drop counts stay with the training set
     rest.stats.truncated_rows = train.stats.truncated_rows, rest.stats.truncated_tokens = train.stats.truncated_tokens;
     rest.stats.rows_without_targets = train.stats.rows_without_targets;
+    rest.stats.dropped = train.stats.dropped;
+    rest.stats.formats = eval.stats.formats = train.stats.formats;
     pack_sequences(rest);
     pack_sequences(eval);
     train = std::move(rest);
@@ -366,6 +570,8 @@ void append_dataset(Dataset& into, Dataset&& more) {
     const DataStats& b = more.stats;
     a.documents += b.documents, a.tokens += b.tokens, a.target_tokens += b.target_tokens;
     a.truncated_rows += b.truncated_rows, a.truncated_tokens += b.truncated_tokens, a.rows_without_targets += b.rows_without_targets;
+    for (const std::string& format : b.formats) add_format(a, format);
+    for (const auto& [why, n] : b.dropped) a.dropped[why] += n;
     pack_sequences(into);
 }
 
@@ -391,7 +597,9 @@ std::string data_summary(const std::string& role, const Dataset& data) {
     double total = double(s.sequences) * data.seq_len;
     char padding[32];
     std::snprintf(padding, sizeof padding, "%.1f%%", total > 0 ? 100.0 * double(s.padding_tokens) / total : 0.0);
-    std::string line = "data: " + role + " " + data.source + ": " +
+    std::string formats;
+    for (const std::string& f : s.formats) formats += (formats.empty() ? " (" : ", ") + f;
+    std::string line = "data: " + role + " " + data.source + formats + (formats.empty() ? "" : ")") + ": " +
                        (!data.corpus ? thousands(int64_t(data.rows.size())) + " rows in "
                         : s.documents ? thousands(s.documents) + " documents in " : "") +  // an eval split of a corpus: chunks
                        thousands(s.sequences) + " sequences of " + std::to_string(data.seq_len) + " tokens, " +
@@ -399,7 +607,7 @@ std::string data_summary(const std::string& role, const Dataset& data) {
                        " take loss), " + thousands(s.truncated_rows) + " rows truncated (" + thousands(s.truncated_tokens) +
                        " tokens cut)";
     if (s.rows_without_targets) line += ", " + thousands(s.rows_without_targets) + " rows with no answer left";
-    return line;
+    return line + dropped_text(s);
 }
 
 // ================================================================================================ batches
@@ -518,7 +726,6 @@ int32_t config_token(const Json& file, const char* key, const std::string& path,
 
 ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir) {
     ModelTokens t;
-    t.chat = tok.family();
     bool llama3 = tok.family() == TokenizerFamily::llama3;
     t.bos = tok.token_id(llama3 ? "<|begin_of_text|>" : "<s>");
     int32_t eos = tok.token_id(llama3 ? "<|end_of_text|>" : "</s>");
@@ -551,6 +758,7 @@ ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir) {
     for (int32_t id : stop)
         if (std::find(t.eos.begin(), t.eos.end(), id) == t.eos.end()) t.eos.push_back(id);
     if (t.pad < 0) t.pad = eos;
+    t.chat = model_chat_template(model_dir, tok, t.bos >= 0 ? tok.decode({t.bos}) : "", tok.decode({eos}));
     return t;
 }
 

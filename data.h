@@ -1,15 +1,18 @@
 // data.h — text to training batches, exactly as Hugging Face would make them: the model's special tokens
-// (from its config, generation and tokenizer files), datasets (plain-text corpora and JSONL rows)
-// tokenized by tokenizer.h, templates, label masks (-100 = ignored), packing with document boundaries, a
-// deterministic shuffle and per-rank sharding. Knows nothing of CUDA or the model.
+// (from its config, generation and tokenizer files), datasets (plain-text corpora and JSON rows of the usual
+// forms, recognised by content) tokenized by tokenizer.h, templates (chat templates: support/chat_template.h),
+// label masks (-100 = ignored), packing with document boundaries, a deterministic shuffle and per-rank
+// sharding. Knows nothing of CUDA or the model.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "support/chat_template.h"
 #include "support/json.h"
 #include "support/tokenizer.h"
 
@@ -19,7 +22,7 @@ struct ModelTokens {
     int32_t bos = -1;                                 // begins each document and row
     std::vector<int32_t> eos;                         // eos[0] ends documents and rows; all of them stop generation
     int32_t pad = -1;                                 // pad_token if any, else eos[0]
-    TokenizerFamily chat = TokenizerFamily::llama3;   // which chat template (the tokenizer's family)
+    ChatTemplate chat;                                // the model's chat template (model_chat_template)
     std::string source;                               // which files they came from (for messages)
 };
 
@@ -29,6 +32,7 @@ struct ModelTokens {
 // {"content": ...}, looked up in `tok`: what HF's tokenizer adds to rows). Missing files are skipped;
 // model_dir "" gives the tokenizer's own conventions (Llama 3: <|begin_of_text|> <|end_of_text|>;
 // Llama 2: <s> </s>). Fails on an id outside the tokenizer or a token it lacks, naming the file and key.
+// The chat template is the directory's (support/chat_template.h); one we cannot render fails only when used.
 ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir);
 
 // Fails, naming both files and both sizes, when the tokenizer has ids the model's embedding lacks.
@@ -61,8 +65,9 @@ struct Example {
 
 struct DataOptions {
     int seq_len = 1024;            // rows are truncated (counted) to this; sequences are this long
-    bool train_on_prompt = false;  // loss on every token, not only the answer/completion + EOS
-    bool chat_template = false;    // QA/prompt rows in the chat template of `tokens->chat` (Instruct models)
+    bool train_on_prompt = false;  // loss on every token, not only the answers (and their end tokens)
+    bool chat_template = false;    // QA/prompt/Alpaca rows as a user turn and an assistant turn in the model's
+                                   // chat template `tokens->chat` (Instruct models); chat rows always are
     bool pack = true;              // JSONL rows: best-fit packing; false (--no-pack): one row per sequence
     const ModelTokens* tokens = nullptr;  // BOS/EOS and the chat template; nullptr: the tokenizer's conventions
     bool progress = false;         // print progress lines while tokenizing a large dataset (rank 0)
@@ -76,6 +81,8 @@ struct DataStats {
     int64_t rows_without_targets = 0;  // rows whose answer was cut off entirely by truncation
     int64_t sequences = 0;         // sequences of seq_len tokens the rows are packed into
     int64_t padding_tokens = 0;    // sequences * seq_len - tokens
+    std::vector<std::string> formats;      // the row forms read ("Alpaca", "chat messages in the Llama-2 template")
+    std::map<std::string, int64_t> dropped;  // rows read but not trained on, by reason (WikiQA's label 0)
 };
 
 struct Dataset {
@@ -88,18 +95,45 @@ struct Dataset {
     DataStats stats;
 };
 
-// Loads a dataset: a directory (every non-hidden file, sorted, is a plain-text document), a .jsonl file
-// (rows {"text"}, {"question","answer"[,"context"]}, {"prompt","completion"}, {"input_ids"[,"labels"]}),
-// a .json file (the same rows as JSON Lines or as one array), or another file (one plain-text document).
-// Documents and {"text"} rows are BOS text EOS; QA and prompt rows are BOS prompt answer EOS, or the chat
-// template; the ids come from options.tokens. `tok` may be nullptr when every row is {"input_ids"} (text
-// then fails, saying to pass a tokenizer); ids are checked against `vocab_size` (the model's; 0: the
-// tokenizer's).
+// Loads a dataset. Its format is decided by content, never by the file name: a file (a regular one: a FIFO,
+// device or socket is refused before it is opened) must be UTF-8 text (a NUL byte or ill-formed UTF-8 is one
+// error); it holds JSON rows when its first non-blank line is a JSON object (JSON Lines) or the whole file is
+// a JSON array of objects, and is one plain-text document otherwise (a .json/.jsonl name only insists on
+// JSON). A directory's non-hidden files, sorted, are all JSON (their rows, file by file) or all plain text (a
+// corpus of documents). Row forms, by their fields (a row has one form's fields; other fields are not read,
+// but fields of two forms are an error, except Alpaca's rendered "text" and a "prompt" beside "messages"):
+//   {"input_ids"[,"labels"]}                  pre-tokenized, -100 = no loss
+//   {"messages": [{"role","content"},...]}    chat (TRL/HF): the model's chat template, loss on assistant turns
+//   {"prompt","completion"}                   TRL prompt/completion: strings, or lists of messages
+//                                             (conversational: the chat template, loss on the completion's
+//                                             assistant turns)
+//   {"instruction"[,"input"],"output"}        Alpaca, in the Stanford Alpaca prompt
+//   {"question","context","answers":{"text":[...]}}  SQuAD as `datasets` exports it: the first answer
+//   {"question","answer"|"sentence","label"}  WikiQA: label 1 rows are answers, label 0 rows are dropped
+//   {"question","answer"[,"context"]}         QA, "Question: ...\nContext: ...\nAnswer: ..."
+//   {"text"}                                  BOS text EOS, every token takes loss
+// Documents and {"text"} rows are BOS text EOS; prompt/answer rows BOS prompt answer EOS (answer and EOS
+// take the loss), or with options.chat_template a user and an assistant turn of the chat template; the ids
+// come from options.tokens. `tok` may be nullptr when every row is {"input_ids"} (text then fails, saying to
+// pass a tokenizer); ids are checked against `vocab_size` (the model's; 0: the tokenizer's).
 Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_size, const DataOptions& options);
 Dataset load_dataset(const std::string& path, const Tokenizer& tok, const DataOptions& options);  // the tokenizer's size
 
-// A prompt to generate from: BOS + the text (as HF's tokenizer(prompt)), or with `chat` the prompt half of
-// the family's chat template (up to where the assistant's answer begins).
+// The paths of a comma-separated --data (or --eval-data) value; fails naming `flag` on an empty value or
+// entry ("a.jsonl," or "a,,b").
+std::vector<std::string> data_paths(const std::string& list, const std::string& flag);
+
+// A conversation in the chat template `t`: its ids as HF's apply_chat_template(messages, tokenize=True,
+// add_generation_prompt) gives them, and labels: the tokens of the assistant turns after the first `skip`
+// (every token with train_on_prompt), -100 elsewhere. Fails naming `where` on a conversation the template
+// refuses and on a template token the tokenizer lacks.
+Example chat_example(const Tokenizer& tok, const ChatTemplate& t, const std::vector<ChatMessage>& messages,
+                     bool add_generation_prompt, bool train_on_prompt, const std::string& where = "the conversation",
+                     size_t skip = 0);
+
+// A prompt to generate from: BOS + the text (as HF's tokenizer(prompt)), or with `chat` the prompt as one
+// user turn in the model's chat template with the generation prompt (apply_chat_template(...,
+// add_generation_prompt=True)).
 std::vector<int32_t> prompt_ids(const Tokenizer& tok, const ModelTokens& mt, const std::string& prompt, bool chat);
 
 // The QA prompt template: "Question: ...\nContext: ...\nAnswer:" (Context line only when present).
@@ -115,8 +149,9 @@ Dataset split_eval(Dataset& train, double fraction, uint64_t seed);
 // and the sequence and padding counts.
 void pack_sequences(Dataset& data);
 
-// One line for the log, e.g. "data: train data/qa_train.jsonl: 17,890 rows in 491 sequences of 1024 tokens,
-// 1.6% padding, 530,000 tokens (120,000 take loss), 0 rows truncated (0 tokens cut)".
+// One line for the log, e.g. "data: train data/qa_train.jsonl (question/answer): 17,890 rows in 491 sequences
+// of 1024 tokens, 1.6% padding, 530,000 tokens (120,000 take loss), 0 rows truncated (0 tokens cut)", and the
+// rows dropped by reason.
 std::string data_summary(const std::string& role, const Dataset& data);
 
 // ---------------------------------------------------------------------------------------------- batches

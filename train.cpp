@@ -99,16 +99,14 @@ std::string tokenizer_path(const Options& o) {
     return exists(o.model + "/tokenizer.json") ? o.model + "/tokenizer.json" : "";
 }
 
-// Loads `paths` (comma-separated) into one dataset.
-Dataset load_datasets(const std::string& paths, const Inputs& in, const DataOptions& dopt) {
+// Loads the comma-separated paths of `flag` into one dataset.
+Dataset load_datasets(const std::string& paths, const std::string& flag, const Inputs& in, const DataOptions& dopt) {
     Dataset all;
-    size_t start = 0;
-    for (int k = 0; start <= paths.size(); ++k) {
-        size_t end = std::min(paths.find(',', start), paths.size());
-        Dataset d = load_dataset(paths.substr(start, end - start), in.tok ? &*in.tok : nullptr, in.config.vocab_size, dopt);
+    std::vector<std::string> list = data_paths(paths, flag);
+    for (size_t k = 0; k < list.size(); ++k) {
+        Dataset d = load_dataset(list[k], in.tok ? &*in.tok : nullptr, in.config.vocab_size, dopt);
         if (k == 0) all = std::move(d);
         else append_dataset(all, std::move(d));
-        start = end + 1;
     }
     return all;
 }
@@ -141,9 +139,9 @@ Inputs load_inputs(const Options& o, const World& w) {
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
     dopt.tokens = &in.tokens, dopt.progress = w.rank == 0;
-    in.train = load_datasets(o.data, in, dopt);
+    in.train = load_datasets(o.data, "--data", in, dopt);
     if (o.eval_fraction > 0) in.eval = split_eval(in.train, o.eval_fraction, o.seed);
-    else if (!o.eval_data.empty()) in.eval = load_datasets(o.eval_data, in, dopt);
+    else if (!o.eval_data.empty()) in.eval = load_datasets(o.eval_data, "--eval-data", in, dopt);
     if (w.rank == 0) {
         std::printf("%s\n", data_summary("train", in.train).c_str());
         if (!in.eval.rows.empty()) std::printf("%s\n", data_summary("eval ", in.eval).c_str());

@@ -3,6 +3,7 @@
 // file or field, and a non-zero exit, before any GPU work.
 #include "test.h"
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -168,4 +169,24 @@ TEST_CASE("gpu: out of memory and a diverging loss are one error line each") {
     Run r = run("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1");
     CHECK(r.output.find("lower --micro-batch or --seq") != std::string::npos);
     check_error("--preset tiny --seq 64 --micro-batch 4 --lr 1e30 --clip 0 --steps 20 --sample 0 --out /tmp/nan_run", "at step ");
+}
+
+TEST_CASE("cli: data that is no dataset is one error line; the data line names the format and the rows dropped") {
+    check_error("--preset tiny --seq 64 --data /bin/ls --dry-run", "dataset /bin/ls is not text (");
+    std::string fifo = temp_dir("cli_fifo") + "/pipe";
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    check_error("--preset tiny --seq 64 --data " + fifo + " --dry-run", "dataset " + fifo + " is a FIFO (named pipe), not a file");
+    check_error("--preset tiny --seq 64 --data /dev/zero --dry-run", "dataset /dev/zero is a character device, not a file");
+    std::string rows = temp_file("cli_ok.jsonl", "{\"text\": \"fine\"}\n");
+    check_error("--preset tiny --seq 64 --data " + rows + ", --dry-run", "--data \"" + rows + ",\" has an empty entry");
+    check_error("--preset tiny --seq 64 --data " + rows + " --eval-data ," + rows + " --dry-run",
+                "--eval-data \"," + rows + "\" has an empty entry");
+    std::string wiki = temp_file("cli_wikiqa.jsonl", "{\"question\": \"Q?\", \"answer\": \"yes\", \"label\": 1}\n"
+                                                     "{\"question\": \"Q?\", \"answer\": \"no\", \"label\": 0}\n"
+                                                     "{\"question\": \"Q?\", \"answer\": \"nope\", \"label\": 0}\n");
+    Run r = run("--preset tiny --seq 64 --dry-run --data " + wiki);
+    CAPTURE(r.output);
+    CHECK(r.status == 0);
+    CHECK(r.output.find("data: train " + wiki + " (WikiQA): 1 rows in 1 sequences") != std::string::npos);
+    CHECK(r.output.find(", 2 rows dropped (WikiQA label 0: a candidate sentence that does not answer)\n") != std::string::npos);
 }

@@ -85,11 +85,12 @@ TEST_CASE("data: the Llama-3 chat template for Instruct models") {
     CHECK(plain.rows[0].ids == tok.encode("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
                                           "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"));
     int eots = int(std::count(d.rows[0].ids.begin(), d.rows[0].ids.end(), 128009));
-    CHECK(eots == 2);  // the user's literal "<|eot_id|>" stays text
+    CHECK(eots == 3);  // as HF's apply_chat_template: the rendered text is tokenized, the user's "<|eot_id|>" too
     std::vector<int32_t> answer = cat({tok.encode("Hello!"), {128009}});
     size_t n = d.rows[0].ids.size();
     CHECK(std::vector<int32_t>(d.rows[0].labels.end() - long(answer.size()), d.rows[0].labels.end()) == answer);
     CHECK(std::count(d.rows[0].labels.begin(), d.rows[0].labels.end(), kIgnoreIndex) == long(n - answer.size()));
+    CHECK(data_summary("train", d).find("chat.jsonl (prompt/completion in the Llama-3.0 chat template): 1 rows") != std::string::npos);
 }
 
 TEST_CASE("data: the model's special tokens come from its files, later files overriding earlier ones") {
@@ -98,10 +99,11 @@ TEST_CASE("data: the model's special tokens come from its files, later files ove
     CHECK(d.bos == 128000);
     CHECK(d.eos == std::vector<int32_t>{128001});
     CHECK(d.pad == 128001);
-    CHECK(d.chat == TokenizerFamily::llama3);
+    CHECK(d.chat.family == ChatFamily::llama3);
     CHECK(d.source.find("its own conventions") != std::string::npos);
     ModelTokens l2 = model_tokens(llama2_tokenizer(), "");
-    CHECK((l2.bos == 1 && l2.eos == std::vector<int32_t>{2} && l2.pad == 2 && l2.chat == TokenizerFamily::llama2));
+    CHECK((l2.bos == 1 && l2.eos == std::vector<int32_t>{2} && l2.pad == 2 && l2.chat.family == ChatFamily::llama2));
+    CHECK((l2.chat.bos_token == "<s>" && l2.chat.eos_token == "</s>" && d.chat.bos_token == "<|begin_of_text|>"));
 
     uint64_t seed = uint64_t(time(nullptr));
     Rng rng(seed);
@@ -173,8 +175,8 @@ TEST_CASE("data: Llama-2-family rows use <s> and </s> and the Llama-2 chat templ
     CHECK(tok.decode(c.rows[0].ids) == "<s> [INST] Hi there [/INST] Hello! </s>");
     size_t answer = 1 + tok.encode("[INST] Hi there [/INST]").size();
     CHECK(c.rows[0].labels == cat({masked(answer), std::vector<int32_t>(c.rows[0].ids.begin() + long(answer), c.rows[0].ids.end())}));
-    CHECK(std::count(c.rows[1].ids.begin(), c.rows[1].ids.end(), 1) == 1);  // the user's "<s>" stays text
-    CHECK(tok.decode(c.rows[1].ids) == "<s> [INST] a <s> b [/INST] c </s>");
+    CHECK(c.rows[1].ids == tok.encode("<s>[INST] a <s> b [/INST] c </s>"));  // HF's: the user's "<s>" is <s> too
+    CHECK(std::count(c.rows[1].ids.begin(), c.rows[1].ids.end(), 1) == 2);
 
     std::string dir = temp_dir("l2_corpus");
     temp_file("l2_corpus/a.txt", "First document.");
@@ -184,10 +186,10 @@ TEST_CASE("data: Llama-2-family rows use <s> and </s> and the Llama-2 chat templ
     CHECK(corpus.rows[0].ids == cat({{1}, tok.encode("First document."), {2, 1}, tok.encode("Second."), {2}}));
 
     ModelTokens wrong = mt;  // a template whose tokens the tokenizer lacks
-    wrong.chat = TokenizerFamily::llama3;
+    wrong.chat.family = ChatFamily::llama3, wrong.chat.name = "Llama-3.0";
     opt.tokens = &wrong;
     CHECK_THROWS_WITH_AS(load_dataset(temp_file("l2_wrong.jsonl", qa), &tok, 32000, opt),
-                         doctest::Contains("the Llama-3 chat template needs the token <|start_header_id|>, which "
+                         doctest::Contains("the Llama-3.0 chat template needs the token <|start_header_id|>, which "
                                            "data/llama2_tokenizer.json lacks"), Error);
 }
 
@@ -411,7 +413,7 @@ TEST_CASE("data: the summary line counts rows, sequences and padding") {
     Dataset d = load_rows("summary.jsonl", "{\"input_ids\": [1,2,3,4,5]}\n{\"input_ids\": [1,2,3,4]}\n"
                                            "{\"input_ids\": [1,2,3], \"labels\": [-100,2,3]}\n{\"input_ids\": [1,2,3,4,5,6,7,8]}\n", opt);
     std::string path = d.source;
-    CHECK(data_summary("train", d) == "data: train " + path + ": 4 rows in 4 sequences of 6 tokens, 25.0% padding, 18 tokens "
+    CHECK(data_summary("train", d) == "data: train " + path + " (pre-tokenized): 4 rows in 4 sequences of 6 tokens, 25.0% padding, 18 tokens "
                                       "(14 take loss), 1 rows truncated (2 tokens cut)");
     Dataset e = split_eval(d, 0.25, 3);
     CHECK(data_summary("eval", e).find(": 1 rows in 1 sequences of 6 tokens") != std::string::npos);
@@ -449,7 +451,7 @@ TEST_CASE("data: each bad input is one error naming file, line and field") {
     std::string with_empty = temp_dir("corpus_with_empty");
     temp_file("corpus_with_empty/a.txt", "text");
     temp_file("corpus_with_empty/b.txt", "");
-    CHECK_THROWS_WITH_AS(load_dataset(with_empty, tok, DataOptions()), doctest::Contains("b.txt: empty document"), Error);
+    CHECK_THROWS_WITH_AS(load_dataset(with_empty, tok, DataOptions()), doctest::Contains("corpus_with_empty/b.txt is empty"), Error);
     DataOptions tiny;
     tiny.seq_len = 1;
     CHECK_THROWS_WITH_AS(load_rows("ok.jsonl", "{\"text\": \"x\"}\n", tiny), doctest::Contains("--seq"), Error);
