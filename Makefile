@@ -47,7 +47,7 @@ NVFLAGS  := -std=c++17 $(ARCH_FLAGS) -Xcompiler -Wall,-Wextra,-ffp-contract=off 
 LDLIBS   := -L$(CUDA)/lib64 -L$(CUDA)/lib -Wl,-rpath,$(CUDA)/lib64 -Wl,-rpath,$(CUDA)/lib \
             -lcublasLt -lnccl -lcudart $(MPI_LDFLAGS) -lpthread
 
-OBJS      := $(B)/support/json.o $(B)/support/safetensors.o $(B)/support/tokenizer.o $(B)/data.o $(B)/support/llama_config.o \
+OBJS      := $(B)/support/json.o $(B)/support/safetensors.o $(B)/support/tokenizer.o $(B)/support/nfc.o $(B)/data.o $(B)/support/llama_config.o \
              $(B)/kernels/elementwise.o $(B)/kernels/gemm.o $(B)/kernels/attention.o $(B)/kernels/attention_ref.o $(B)/llama.o $(B)/support/generate.o \
              $(B)/lora.o $(B)/adamw.o $(B)/distributed/world.o $(B)/zero3.o $(B)/distributed/checkpoint.o $(B)/support/options.o \
              $(B)/support/report.o $(B)/support/profile.o $(B)/distributed/threads.o
