@@ -6,7 +6,7 @@
 //     compose    each code point c joins the last starter S before it when nothing between them blocks it
 //                (a code point of class >= class(c), or any starter) and (S, c) has a primary composite
 //                (table), or S, c are Hangul L + V or LV + T
-// Text whose code points are all stable (support/unicode_nfc.h) is already NFC and is returned as is.
+// Stable code points (support/unicode_nfc.h) are copied as they are: NFC works on the windows around the others.
 #include "support/nfc.h"
 
 #include <algorithm>
@@ -61,6 +61,42 @@ uint32_t compose(uint32_t a, uint32_t b) {
     return c != end && c->pair == pair ? c->composite : 0;
 }
 
+// Appends the NFC form of `window`, which holds unstable code points: decompose, order, compose.
+void normalize_window(std::string_view window, std::string& out) {
+    struct Char { uint32_t cp; uint8_t ccc; };
+    std::vector<uint32_t> cps;  // decompose
+    for (size_t i = 0; i < window.size();) {
+        uint32_t cp;
+        size_t bad, n = utf8_decode(window, i, cp, bad);
+        if (n == 0) cp = 0xFFFD, n = bad;
+        decompose(cp, cps);
+        i += n;
+    }
+    std::vector<Char> d(cps.size());
+    for (size_t i = 0; i < cps.size(); ++i) d[i] = {cps[i], uint8_t(nfc_combining_class(cps[i]))};
+    for (size_t i = 0; i < d.size();) {  // order: sort each run of non-starters by class, stably
+        size_t end = i;
+        while (end < d.size() && d[end].ccc != 0) ++end;
+        std::stable_sort(d.begin() + i, d.begin() + end, [](const Char& a, const Char& b) { return a.ccc < b.ccc; });
+        i = end == i ? i + 1 : end;
+    }
+    std::vector<uint32_t> composed;  // compose
+    size_t starter = SIZE_MAX;  // the last starter's index in composed
+    int last = -1;              // the class of the last code point kept after it; -1: none (adjacent)
+    for (const Char& c : d) {
+        bool blocked = last != -1 && last >= c.ccc;
+        if (starter != SIZE_MAX && !blocked)
+            if (uint32_t composite = compose(composed[starter], c.cp)) {
+                composed[starter] = composite;
+                continue;
+            }
+        if (c.ccc == 0) starter = composed.size(), last = -1;
+        else last = c.ccc;
+        composed.push_back(c.cp);
+    }
+    for (uint32_t cp : composed) append_utf8(out, cp);
+}
+
 }  // namespace
 
 int nfc_combining_class(uint32_t cp) {
@@ -79,44 +115,29 @@ bool nfc_quick_check(std::string_view text) {
     return true;
 }
 
+// A stable code point is a boundary: nothing before it reorders or composes with it or anything after it.
+// So runs of stable code points are copied, and each window from the last stable code point before an
+// unstable one up to the next stable one is normalized on its own.
 std::string nfc(std::string_view text) {
-    if (nfc_quick_check(text)) return std::string(text);
-    std::vector<uint32_t> d;  // decomposed
-    d.reserve(text.size());
+    std::string out;
+    out.reserve(text.size());
+    size_t copied = 0;    // text[0, copied) is in out
+    size_t boundary = 0;  // where the last stable code point starts
     for (size_t i = 0; i < text.size();) {
-        uint32_t cp;
-        size_t bad, n = utf8_decode(text, i, cp, bad);
-        if (n == 0) cp = 0xFFFD, n = bad;
-        decompose(cp, d);
-        i += n;
+        uint32_t cp = (unsigned char)text[i];
+        size_t bad = 1, n = cp < 0x80 ? 1 : utf8_decode(text, i, cp, bad);
+        if (n && stable(cp)) { boundary = i, i += n; continue; }
+        size_t end = i + (n ? n : bad);
+        while (end < text.size()) {
+            cp = (unsigned char)text[end];
+            n = cp < 0x80 ? 1 : utf8_decode(text, end, cp, bad);
+            if (n && stable(cp)) break;
+            end += n ? n : bad;
+        }
+        out.append(text.substr(copied, boundary - copied));
+        normalize_window(text.substr(boundary, end - boundary), out);
+        copied = boundary = i = end;
     }
-    std::vector<uint8_t> ccc(d.size());
-    for (size_t i = 0; i < d.size(); ++i) ccc[i] = uint8_t(nfc_combining_class(d[i]));
-    for (size_t i = 0; i < d.size();) {  // order: sort each run of non-starters by class (insertion sort: stable)
-        if (ccc[i] == 0) { ++i; continue; }
-        size_t end = i;
-        while (end < d.size() && ccc[end] != 0) ++end;
-        for (size_t j = i + 1; j < end; ++j)
-            for (size_t k = j; k > i && ccc[k - 1] > ccc[k]; --k) std::swap(ccc[k - 1], ccc[k]), std::swap(d[k - 1], d[k]);
-        i = end;
-    }
-    std::vector<uint32_t> out;  // compose
-    out.reserve(d.size());
-    size_t starter = SIZE_MAX;  // the last starter's index in out
-    int last = -1;              // the class of the last code point kept after it; -1: none (adjacent)
-    for (size_t i = 0; i < d.size(); ++i) {
-        bool blocked = last >= ccc[i] && last != -1;
-        if (starter != SIZE_MAX && !blocked)
-            if (uint32_t composite = compose(out[starter], d[i])) {
-                out[starter] = composite;
-                continue;
-            }
-        if (ccc[i] == 0) starter = out.size(), last = -1;
-        else last = ccc[i];
-        out.push_back(d[i]);
-    }
-    std::string result;
-    result.reserve(text.size());
-    for (uint32_t cp : out) append_utf8(result, cp);
-    return result;
+    out.append(text.substr(copied));
+    return out;
 }

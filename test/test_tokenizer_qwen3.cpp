@@ -96,6 +96,9 @@ TEST_CASE("nfc: equals Python's unicodedata (as Unicode 9.0) on every case of te
     }
     CHECK(checked > 7000);  // every decomposition, composition pair and combining class
     CHECK(changed > 3000);
+    std::string given, expected;  // all at once, between newlines (which compose with nothing)
+    for (const NfcCase& c : nfc_cases()) given += c.given + "\n", expected += c.expected + "\n";
+    CHECK(nfc(given) == expected);
     CHECK(nfc("") == "");
     CHECK(nfc("e\xCC\x81") == "\xC3\xA9");                               // e + U+0301 -> é
     CHECK(nfc("\xE2\x84\xAB") == "\xC3\x85");                            // U+212B ANGSTROM SIGN -> Å (a singleton)
