@@ -6,7 +6,7 @@
 #include <string_view>
 
 // The NFC form of UTF-8 text: canonical decomposition, canonical ordering by combining class, canonical
-// composition. Ill-formed bytes are kept as they are (callers pass sanitized text).
+// composition. Each ill-formed byte sequence becomes U+FFFD (callers pass sanitized text).
 std::string nfc(std::string_view text);
 
 // True when nfc(text) == text is known without normalizing: every code point is stable (combining class 0,
