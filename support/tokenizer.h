@@ -1,14 +1,16 @@
-// support/tokenizer.h — text to token ids and back, exactly as Hugging Face `tokenizers` does it, for the two
-// BPE families that Llama models ship in their tokenizer.json:
+// support/tokenizer.h — text to token ids and back, exactly as Hugging Face `tokenizers` does it, for the three
+// BPE families that Llama and Qwen models ship in their tokenizer.json:
 //   llama3  byte-level BPE (tiktoken-style; Llama 3): a regex pre-tokenizer splits the text into pieces,
 //           each piece's UTF-8 bytes start as one token per byte and are merged by rank;
+//   qwen3   the same byte-level BPE after NFC normalization, with Qwen's pattern (Qwen2, Qwen2.5, Qwen3): it
+//           differs from Llama 3's only in splitting every digit on its own;
 //   llama2  SentencePiece-style BPE (Llama 2, TinyLlama, Mistral 7B v0.1): spaces become "▁" and a "▁"
 //           is prepended (a Prepend + Replace normalizer, or a Metaspace pre-tokenizer in newer files),
 //           each character starts as its vocabulary token, or as one <0xNN> token per UTF-8 byte when it
 //           has none (byte fallback), and is merged by rank.
-// In both, added (special) tokens are matched in the raw text first, leftmost-longest, and never split;
-// the text between them is encoded segment by segment. The family is recognised from the file's
-// structure; anything else is one error naming the file and what is unsupported.
+// In all, added (special) tokens are matched in the raw text first, leftmost-longest, and never split;
+// the text between them is normalized and encoded segment by segment. The family is recognised from the
+// file's structure; anything else is one error naming the file and what is unsupported.
 // Knows nothing of datasets, CUDA or the model.
 #pragma once
 #include <cstdint>
@@ -20,7 +22,8 @@
 
 struct Json;
 
-enum class TokenizerFamily { llama3, llama2 };  // byte-level BPE (tiktoken-style) / SentencePiece-style BPE
+// byte-level BPE (tiktoken-style) / SentencePiece-style BPE / NFC + byte-level BPE with single digits
+enum class TokenizerFamily { llama3, llama2, qwen3 };
 
 class Tokenizer {
   public:
@@ -43,7 +46,8 @@ class Tokenizer {
     TokenizerFamily family() const { return family_; }
     const std::string& path() const { return path_; }
 
-    // The Llama-3 pre-tokenizer pattern alone: the pieces `text` splits into (exposed for tests).
+    // The byte-level families' pre-tokenizer pattern alone (Llama 3's or Qwen's): the pieces `text` splits
+    // into, without normalization (exposed for tests).
     std::vector<std::string_view> split(std::string_view text) const;
 
   private:
@@ -71,7 +75,7 @@ class Tokenizer {
     };
     enum class Prepend { never, first, always };  // the Metaspace pre-tokenizer's prepend_scheme
 
-    void load_llama3(const std::string& path, const Json& file);
+    void load_byte_level(const std::string& path, const Json& file);
     void load_llama2(const std::string& path, const Json& file);
     void index_symbols(const std::string& path, const Json& model);
     void load_merges(const std::string& path, const Json& model);
@@ -86,15 +90,18 @@ class Tokenizer {
     std::string normalize(std::string_view text) const;
     void pre_tokenize_llama2(std::string_view text, size_t offset, std::vector<int32_t>& out) const;
     void bpe_words(std::string_view text, std::vector<int32_t>& out) const;
-    void bpe_llama3(std::string_view piece, std::vector<int32_t>& out) const;
+    void bpe_byte_level(std::string_view piece, std::vector<int32_t>& out) const;
     void bpe_llama2(std::string_view piece, std::vector<int32_t>& out) const;
     void merge(std::vector<int32_t>& symbols) const;  // BPE: merge adjacent pairs by rank until none applies
     std::string decode_llama2(const std::vector<int32_t>& ids) const;
 
+    bool byte_level() const { return family_ != TokenizerFamily::llama2; }  // llama3 and qwen3
+
     std::string path_;
     TokenizerFamily family_ = TokenizerFamily::llama3;
-    std::vector<std::string> token_;                  // every id: llama3 its raw bytes, llama2 the file's
-                                                      // spelling; added tokens their content
+    size_t digits_ = 3;                               // byte-level: the most digits one piece holds (Qwen: 1)
+    std::vector<std::string> token_;                  // every id: byte-level its raw bytes (what decoding
+                                                      // gives), llama2 the file's spelling
     std::unordered_map<std::string, int32_t> vocab_;  // the model's vocabulary, keyed like token_
     std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left<<32|right) -> (rank, merged)
     AddedSet added_;                                  // matched in the raw text
@@ -102,7 +109,7 @@ class Tokenizer {
     std::unordered_map<std::string, int32_t> added_ids_;  // content -> id of every added token
     bool ignore_merges_ = false;                      // a piece that is a whole vocabulary entry is one token
 
-    int32_t byte_id_[256] = {};                       // llama3: the token of each byte; llama2: <0xNN> or -1
+    int32_t byte_id_[256] = {};                       // byte-level: the token of each byte; llama2: <0xNN> or -1
     std::unordered_map<uint32_t, int32_t> char_id_;   // llama2: the token of each one-character entry
     int32_t unk_id_ = -1;                             // llama2: for a character with no token at all
     bool fuse_unk_ = false;

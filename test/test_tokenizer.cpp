@@ -128,7 +128,8 @@ std::string tiny_tokenizer(const std::string& pattern_or_edit = "") {
     std::string pattern = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| "
                           "?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+";
     std::string json = "{\"normalizer\": null, \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
-                       "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"" + pattern + "\"}}, {\"type\": \"ByteLevel\"}]},"
+                       "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"" + pattern + "\"}, \"behavior\": \"Isolated\"}, "
+                       "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]},"
                        "\"added_tokens\": [{\"id\": 258, \"content\": \"<|end|>\", \"special\": true}],"
                        "\"model\": {\"type\": \"BPE\", \"vocab\": {" + vocab + "}, \"merges\": [\"a b\", \"ab c\"]}}";
     if (pattern_or_edit == "bad pattern") json.replace(json.find("(?i:"), 4, "(?x:");
