@@ -8,7 +8,7 @@ token. Prompts are random ids, tried until three such prompts of different lengt
   test/golden/NAME/generate.json   {"prompts": [[...]], "continuations": [[...]], "eos": [..], "max_new_tokens": N,
                                     "adapter": bool, "min_margin": [...]}
 
-    python3 test/make_golden_generate.py test/golden
+    python3 test/make_golden_generate.py test/golden [NAME ...]
 """
 import json
 import os
@@ -35,7 +35,7 @@ def clear_continuation(model, prompt, eos):
 
 def main():
     root = sys.argv[1]
-    for name in ["llama_tied_gqa4", "llama_untied_mha"]:
+    for name in sys.argv[2:] or ["llama_tied_gqa4", "llama_untied_mha", "qwen3_tied"]:
         d = os.path.join(root, name)
         if not os.path.exists(os.path.join(d, "config.json")):
             print("skipping", name, "(no model)")

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Makes the model golden files with Hugging Face transformers + PEFT (run on a GPU machine):
 for small random Llamas (tied/untied embeddings, GQA ratios 4 and 1, head_dim 64 and 128, llama3 RoPE
-scaling), a PEFT LoRA adapter with non-zero B, and pre-tokenized rows with masked prompts and padding:
+scaling) and a small random Qwen3 (q_norm/k_norm, head_dim independent of hidden/heads, rope_theta 1e6,
+every norm weight perturbed away from 1 so a wrong norm shows), a PEFT LoRA adapter with non-zero B, and
+pre-tokenized rows with masked prompts and padding:
 
   test/golden/NAME/config.json, model.safetensors   the base model (bf16)
   test/golden/NAME/adapter/                         the PEFT adapter (adapter_config.json + safetensors)
@@ -10,7 +12,7 @@ scaling), a PEFT LoRA adapter with non-zero B, and pre-tokenized rows with maske
   test/golden/NAME/golden.json                      loss, the 10-step AdamW LoRA loss trajectory,
                                                     the 10-step full fine-tuning trajectory
 
-    python3 test/make_golden_model.py test/golden
+    python3 test/make_golden_model.py test/golden [NAME ...]     (default: every model)
 """
 import json
 import os
@@ -19,7 +21,7 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 CONFIGS = {
     "llama_tied_gqa4": dict(hidden_size=256, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
@@ -29,7 +31,12 @@ CONFIGS = {
     "llama_untied_mha": dict(hidden_size=192, intermediate_size=320, num_hidden_layers=2, num_attention_heads=2,
                              num_key_value_heads=2, head_dim=128, vocab_size=777, tie_word_embeddings=False,
                              rope_scaling=None),
+    # hidden 192 with 4 heads of 64: head_dim is not hidden / heads, as in Qwen3-0.6B (1024, 16 x 128)
+    "qwen3_tied": dict(hidden_size=192, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=64, vocab_size=1000, tie_word_embeddings=True,
+                       rope_theta=1000000.0),
 }
+FAMILY = {"qwen3_tied": (Qwen3Config, Qwen3ForCausalLM)}  # the rest are Llamas
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 B, T, STEPS, LR = 3, 45, 10, 1e-3
 
@@ -46,21 +53,29 @@ def rows(vocab, gen):
 
 def main():
     out = sys.argv[1]
-    for name, kw in CONFIGS.items():
+    names = sys.argv[2:] or list(CONFIGS)
+    for name in names:
+        kw = dict(CONFIGS[name])
+        config_class, model_class = FAMILY.get(name, (LlamaConfig, LlamaForCausalLM))
         torch.manual_seed(1234)
         gen = torch.Generator().manual_seed(99)
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
-        cfg = LlamaConfig(max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1,
-                          eos_token_id=2, **kw)
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        kw.setdefault("rope_theta", 10000.0)
+        cfg = config_class(max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, **kw)
+        model = model_class(cfg).to(torch.bfloat16)
+        if name in FAMILY:  # norm weights (input, post-attention, q_norm, k_norm, final) around 1, not all 1
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n.endswith("norm.weight"):
+                        p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
         model.save_pretrained(d, safe_serialization=True)
         ids, labels = rows(cfg.vocab_size, gen)
         json.dump({"input_ids": ids.tolist(), "labels": labels.tolist()}, open(os.path.join(d, "rows.json"), "w"))
         ids, labels = ids.cuda(), labels.cuda()
 
         # LoRA: PEFT's init, then B made non-zero so the adapter changes the outputs.
-        base = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16).cuda()
+        base = model_class.from_pretrained(d, torch_dtype=torch.bfloat16).cuda()
         peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0))
         with torch.no_grad():
             for n, p in peft.named_parameters():
@@ -88,7 +103,7 @@ def main():
             opt.step()
 
         # Full fine-tuning: fp32 master weights, bf16 compute (autocast), AdamW on all parameters.
-        full = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32).cuda()
+        full = model_class.from_pretrained(d, torch_dtype=torch.float32).cuda()
         opt = torch.optim.AdamW(full.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         full_losses = []
         for _ in range(STEPS):
