@@ -10,8 +10,8 @@
 // The call order of a training micro-batch (forward_backward), each unit gathered for its turn:
 //   embedding_forward, layer_forward for l = 0..L-1, head (final norm, lm_head, cross-entropy and their
 //   backward, chunk by chunk), then for l = L-1..0: layer_forward again when recomputing, layer_backward,
-//   reduce_grads; last embedding_backward. A layer: rmsnorm, q/k/v projections, (q/k norms,) rope, attention, o_proj
-//   (+ h), rmsnorm, gate/up projections, swiglu, down_proj (+ a); its backward the same steps reversed.
+//   reduce_grads; last embedding_backward. A layer: rmsnorm, q/k/v projections, (Qwen3: q/k norms,) rope,
+//   attention, o_proj (+ h), rmsnorm, gate/up projections, swiglu, down_proj (+ a); backward reverses them.
 //   Generation (decode) runs the same layer_forward, one token a row, through a KV cache.
 // Sections: the activation arena (one allocation, carve), the projections (group_forward/backward: base
 // weight plus adapters), a layer forward and backward, the head, the passes. The kernels are kernels/
@@ -269,7 +269,7 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
     }
     bf16* qkv[3] = {c_.qk_norm ? a.qp : a.q, c_.qk_norm ? a.kp : a.k, a.v};
     group_forward(l, kGroupQKV, a.n, D, w, qkv, nullptr, lora, a.lora_u[kGroupQKV]);
-    if (c_.qk_norm) {  // q = q_norm(q_proj(n)), k = k_norm(k_proj(n)): rmsnorm of each head's Dh, one weight [Dh] for all heads
+    if (c_.qk_norm) {  // q = q_norm(q_proj(n)), k = k_norm(k_proj(n)): rmsnorm over each head's Dh, one weight [Dh]
         Region r(profiler, Family::norm);
         rmsnorm_forward(a.qp, w.w[kQNorm], a.q, a.rstd_q, int64_t(N_) * H, Dh, c_.rms_norm_eps, stream_);
         rmsnorm_forward(a.kp, w.w[kKNorm], a.k, a.rstd_k, int64_t(N_) * KVH, Dh, c_.rms_norm_eps, stream_);

@@ -1,7 +1,7 @@
-// llama.h — the Llama model (and Qwen3, a Llama with q/k norms) on the GPU: the forward and backward passes of
-// a layer and of the whole model, on weights it borrows unit by unit from a UnitStore (the ZeRO partitioner). Knows nothing of NCCL, MPI
-// or where weights live. The configuration and HF names are support/llama_config.h; the kernels the passes
-// call are kernels/ (indexed by kernels/ops.h).
+// llama.h — the Llama model (and Qwen3, a Llama with q/k norms) on the GPU: the forward and backward passes
+// of a layer and of the whole model, on weights it borrows unit by unit from a UnitStore (the ZeRO
+// partitioner). Knows nothing of NCCL, MPI or where weights live. The configuration and HF names are
+// support/llama_config.h; the kernels the passes call are kernels/ (indexed by kernels/ops.h).
 #pragma once
 #include <cstdint>
 #include <vector>

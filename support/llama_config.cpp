@@ -113,7 +113,8 @@ LlamaConfig load_config(const std::string& path) {
     c.num_hidden_layers = int_field(j, "num_hidden_layers", path, 0, true);
     c.num_attention_heads = int_field(j, "num_attention_heads", path, 0, true);
     c.num_key_value_heads = int_field(j, "num_key_value_heads", path, c.num_attention_heads, false);
-    c.head_dim = int_field(j, "head_dim", path, family->head_dim ? family->head_dim : c.hidden_size / c.num_attention_heads, false);
+    int head_dim = family->head_dim ? family->head_dim : c.hidden_size / c.num_attention_heads;  // when config.json has none
+    c.head_dim = int_field(j, "head_dim", path, head_dim, false);
     c.vocab_size = int_field(j, "vocab_size", path, 0, true);
     c.max_position_embeddings = int_field(j, "max_position_embeddings", path, 2048, false);
     c.rms_norm_eps = real_field(j, "rms_norm_eps", path, 1e-6f);
@@ -217,7 +218,8 @@ std::string config_json(const LlamaConfig& c) {
                   "  \"rope_theta\": %.9g,\n  \"rope_scaling\": %s,\n  \"tie_word_embeddings\": %s,\n"
                   "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n%s"
                   "  \"bos_token_id\": %d,\n  \"eos_token_id\": %s,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
-                  family->architecture, family->model_type, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+                  family->architecture, family->model_type, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                  c.num_attention_heads, c.num_key_value_heads,
                   c.head_dim, c.vocab_size, c.max_position_embeddings, c.rms_norm_eps, c.rope_theta, rope.c_str(),
                   c.tie_word_embeddings ? "true" : "false", extra.c_str(), c.bos_token_id, eos.c_str());
     return buf;

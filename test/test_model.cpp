@@ -1,7 +1,8 @@
 // test/test_model.cpp — the whole model against Hugging Face transformers + PEFT (golden files made by
 // test/make_golden_model.py): logits, loss, LoRA gradients, and 10-step AdamW loss trajectories for LoRA
-// and full fine-tuning, of two Llamas and a Qwen3 (qwen3_tied: q/k norms, head_dim apart from hidden / heads). Bounds: logits max-norm relative error 2e-2 (bf16 activations through the whole
-// model), loss 1e-2 relative, gradients 5e-2 in the 2-norm, every trajectory step 1% (the bound).
+// and full fine-tuning, of two Llamas and a Qwen3 (qwen3_tied: q/k norms, head_dim apart from hidden /
+// heads). Bounds: logits max-norm relative error 2e-2 (bf16 activations through the whole model), loss 1e-2
+// relative, gradients 5e-2 in the 2-norm, every trajectory step 1% (the bound).
 #include "gpu.h"
 
 #include <sys/stat.h>
