@@ -4,12 +4,14 @@
 //   for each layer:  a = h + o_proj(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),   n = rmsnorm(h)
 //                    h = a + down_proj(silu(gate_proj(m)) * up_proj(m)),                    m = rmsnorm(a)
 //   logits = lm_head(rmsnorm(h_L))   (lm_head = embed when tied);  loss = mean CE over labels != -100
+// Qwen3 (config qk_norm) is this model with q_proj(n) -> q_norm(q_proj(n)) and k likewise before RoPE: an
+// RMSNorm over each head's head_dim, its weight shared by the heads (HF's Qwen3ForCausalLM).
 // Every projection may carry a LoRA adapter:  y = x W^T + s (x_d A^T) B^T  (lora.h; x_d: x after dropout).
 // The call order of a training micro-batch (forward_backward), each unit gathered for its turn:
 //   embedding_forward, layer_forward for l = 0..L-1, head (final norm, lm_head, cross-entropy and their
 //   backward, chunk by chunk), then for l = L-1..0: layer_forward again when recomputing, layer_backward,
-//   reduce_grads; last embedding_backward. A layer: rmsnorm, q/k/v projections, rope, attention, o_proj
-//   (+ h), rmsnorm, gate/up projections, swiglu, down_proj (+ a); its backward the same steps reversed.
+//   reduce_grads; last embedding_backward. A layer: rmsnorm, q/k/v projections, (Qwen3: q/k norms,) rope,
+//   attention, o_proj (+ h), rmsnorm, gate/up projections, swiglu, down_proj (+ a); backward reverses them.
 //   Generation (decode) runs the same layer_forward, one token a row, through a KV cache.
 // Sections: the activation arena (one allocation, carve), the projections (group_forward/backward: base
 // weight plus adapters), a layer forward and backward, the head, the passes. The kernels are kernels/
@@ -28,8 +30,10 @@ struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows 
     const bf16* h = nullptr;          // [N, D] input (a slice of hidden_)
     bf16* n = nullptr;                // [N, D] rmsnorm(h)
     float* rstd1 = nullptr;           // [N]
-    bf16* q = nullptr;                // [N, H*Dh] q_proj(n), rotated
-    bf16* k = nullptr;                // [N, KVH*Dh] k_proj(n), rotated
+    bf16* q = nullptr;                // [N, H*Dh] q_proj(n) (then q_norm), rotated
+    bf16* k = nullptr;                // [N, KVH*Dh] k_proj(n) (then k_norm), rotated
+    bf16 *qp = nullptr, *kp = nullptr;  // qk_norm: [N, H*Dh], [N, KVH*Dh] q_proj(n), k_proj(n) before the norms
+    float *rstd_q = nullptr, *rstd_k = nullptr;  // qk_norm: [N*H], [N*KVH]
     bf16* v = nullptr;                // [N, KVH*Dh] v_proj(n)
     bf16* o = nullptr;                // [N, H*Dh] attention output
     float* lse = nullptr;             // [B, H, T] log-sum-exp of each attention row
@@ -66,6 +70,7 @@ void LlamaModel::carve(char* base) {
         take(a.n, N * D), take(a.rstd1, N), take(a.q, N * Hd), take(a.k, N * KVd), take(a.v, N * KVd), take(a.o, N * Hd);
         take(a.lse, N * H), take(a.a, N * D), take(a.m, N * D), take(a.rstd2, N);
         take(a.g, N * F), take(a.u, N * F), take(a.act, N * F);
+        if (c_.qk_norm) take(a.qp, N * Hd), take(a.kp, N * KVd), take(a.rstd_q, N * H), take(a.rstd_k, N * KVd / c_.head_dim);
         if (r > 0)
             for (int g = 0; g < kGroups; ++g) take(a.lora_u[g], N * lora_columns() * kGroup[g].size);
     }
@@ -77,7 +82,8 @@ void LlamaModel::carve(char* base) {
     take(final_norm_, N * D), take(final_rstd_, N), take(positions_, N), take(decode_io_, 2 * N);
     take(rope_cos_, int64_t(max_position_) * (c_.head_dim / 2)), take(rope_sin_, int64_t(max_position_) * (c_.head_dim / 2));
     take(logits_, int64_t(head_rows_) * V);
-    take(targets_, N), take(loss_sum_, 1), take(row_loss_, head_rows_), take(norm_partial_, int64_t(kNormPartials) * D);
+    take(targets_, N), take(loss_sum_, 1), take(row_loss_, head_rows_);
+    take(norm_partial_, int64_t(kNormPartials) * std::max(D, c_.qk_norm ? Hd : 0));  // q_norm's dw views q as [N, H*Dh]
     arena_bytes_ = at;
 }
 
@@ -86,7 +92,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
       recompute_(recompute) {
     gemm_ = gemm_create(stream);
     attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
-    layer_layout_ = unit_layout(c, 1);
+    for (int t = 0; t < kLayerTensors; ++t) layer_offset_[t] = layer_tensor_offset(c, LayerTensor(t));
     for (int t = 0; t < kTargets; ++t) projection_out_[t] = int(layer_tensor_shape(c, kProjection[t])[0]);  // W: [out, in]
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
     layers_.resize(recompute ? 1 : size_t(c.num_hidden_layers));  // with recompute, one set serves every layer
@@ -133,11 +139,11 @@ const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
 }
 
 namespace {
-LayerWeights layer_weights(const UnitLayout& layout, const UnitView& u) {
+LayerWeights layer_weights(const int64_t* offset, const UnitView& u) {
     LayerWeights v;
     for (int t = 0; t < kLayerTensors; ++t) {
-        v.w[t] = u.weights + layout.tensors[size_t(t)].offset;
-        v.dw[t] = u.grads ? u.grads + layout.tensors[size_t(t)].offset : nullptr;
+        v.w[t] = offset[t] < 0 ? nullptr : u.weights + offset[t];
+        v.dw[t] = offset[t] < 0 || !u.grads ? nullptr : u.grads + offset[t];
     }
     return v;
 }
@@ -250,7 +256,7 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
 void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16* h_out, const DeviceBatch& batch,
                                const KvCache* cache) {
     Layer& a = layers_[recompute_ ? 0 : size_t(l)];
-    LayerWeights w = layer_weights(layer_layout_, uv);
+    LayerWeights w = layer_weights(layer_offset_, uv);
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
         Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
@@ -261,8 +267,13 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         Region r(profiler, Family::norm);
         rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
     }
-    bf16* qkv[3] = {a.q, a.k, a.v};
+    bf16* qkv[3] = {c_.qk_norm ? a.qp : a.q, c_.qk_norm ? a.kp : a.k, a.v};
     group_forward(l, kGroupQKV, a.n, D, w, qkv, nullptr, lora, a.lora_u[kGroupQKV]);
+    if (c_.qk_norm) {  // q = q_norm(q_proj(n)), k = k_norm(k_proj(n)): rmsnorm over each head's Dh, one weight [Dh]
+        Region r(profiler, Family::norm);
+        rmsnorm_forward(a.qp, w.w[kQNorm], a.q, a.rstd_q, int64_t(N_) * H, Dh, c_.rms_norm_eps, stream_);
+        rmsnorm_forward(a.kp, w.w[kKNorm], a.k, a.rstd_k, int64_t(N_) * KVH, Dh, c_.rms_norm_eps, stream_);
+    }
     {
         Region r(profiler, Family::rope);
         rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
@@ -295,7 +306,7 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
 void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& batch, bf16* dh) {
     Layer& a = layers_[recompute_ ? 0 : size_t(l)];
     GradScratch& d = *grad_;
-    LayerWeights w = layer_weights(layer_layout_, uv);
+    LayerWeights w = layer_weights(layer_offset_, uv);
     const LoraLayerView& lora = uv.lora;
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
         Dh = c_.head_dim, Hd = H * Dh;
@@ -324,6 +335,11 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
         Region r(profiler, Family::rope);
         rope(d.q, positions, rope_cos_, rope_sin_, N_, H, Dh, true, stream_);  // back through the rotation
         rope(d.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, true, stream_);
+    }
+    if (c_.qk_norm) {  // back through q_norm, k_norm, in place: d q -> d q_proj(n), d k -> d k_proj(n)
+        Region r(profiler, Family::norm);
+        head_rmsnorm_backward(a.qp, w.w[kQNorm], a.rstd_q, d.q, w.dw[kQNorm], norm_partial_, N_, H, Dh, stream_);
+        head_rmsnorm_backward(a.kp, w.w[kKNorm], a.rstd_k, d.k, w.dw[kKNorm], norm_partial_, N_, KVH, Dh, stream_);
     }
     const bf16* d_qkv[3] = {d.q, d.k, d.v};
     group_backward(l, kGroupQKV, a.n, D, w, d_qkv, d.n, 0.0f, lora, a.lora_u[kGroupQKV]);

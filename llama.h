@@ -1,7 +1,7 @@
-// llama.h — the Llama model on the GPU: the forward and backward passes of a layer and of the whole model,
-// on weights it borrows unit by unit from a UnitStore (the ZeRO partitioner). Knows nothing of NCCL, MPI
-// or where weights live. The configuration and HF names are support/llama_config.h; the kernels the passes
-// call are kernels/ (indexed by kernels/ops.h).
+// llama.h — the Llama model (and Qwen3, a Llama with q/k norms) on the GPU: the forward and backward passes
+// of a layer and of the whole model, on weights it borrows unit by unit from a UnitStore (the ZeRO
+// partitioner). Knows nothing of NCCL, MPI or where weights live. The configuration and HF names are
+// support/llama_config.h; the kernels the passes call are kernels/ (indexed by kernels/ops.h).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -50,7 +50,8 @@ struct UnitStore {
 
 // ================================================================================================ the model
 
-// Pointers into one gathered layer unit, by LayerTensor (dw: null unless the base weights train).
+// Pointers into one gathered layer unit, by LayerTensor (null where the family's layer lacks the tensor; dw:
+// null unless the base weights train).
 struct LayerWeights {
     const bf16* w[kLayerTensors];
     float* dw[kLayerTensors];
@@ -149,7 +150,7 @@ class LlamaModel {
     bool recompute_ = false;
     Gemm gemm_;
     Attention* attention_ = nullptr;
-    UnitLayout layer_layout_;  // offsets of the nine tensors inside a layer unit
+    int64_t layer_offset_[kLayerTensors] = {};  // where each tensor starts inside a layer unit (-1: the family has none)
     int projection_out_[kTargets] = {};  // output features of the weight each LoRA target adapts
     int64_t lm_head_offset_ = 0;  // untied lm_head inside the final unit
 

@@ -100,17 +100,19 @@ void save_peft_adapter(const std::string& dir, const LlamaConfig& model, const L
             tensors.push_back({peft_key(l, LoraTarget(t), 'B'), "F32", {layout.out[t], lora.rank}, w + layout.b_offset[t]});
         }
     write_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
-    char buf[1024];
-    std::snprintf(buf, sizeof buf,
+    std::string base = json_quote(base_model);
+    std::vector<char> buf(1024 + base.size());  // the fields PEFT writes for a causal LM (task_type CAUSAL_LM)
+    std::snprintf(buf.data(), buf.size(),
                   "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": %s,\n"
+                  "  \"auto_mapping\": null,\n  \"revision\": null,\n"
                   "  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": %.9g,\n  \"target_modules\": [%s],\n"
                   "  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n  \"use_dora\": false,\n"
                   "  \"init_lora_weights\": true,\n  \"inference_mode\": true,\n  \"modules_to_save\": null\n}\n",
-                  json_quote(base_model).c_str(), lora.rank, lora.alpha, lora.dropout, targets.c_str(), lora.use_rslora ? "true" : "false");
+                  base.c_str(), lora.rank, lora.alpha, lora.dropout, targets.c_str(), lora.use_rslora ? "true" : "false");
     std::string tmp = dir + "/adapter_config.json.tmp";
     FILE* f = std::fopen(tmp.c_str(), "w");
     if (!f) fail("cannot write " + tmp + ": " + std::strerror(errno));
-    std::fputs(buf, f);
+    std::fputs(buf.data(), f);
     std::fclose(f);
     if (std::rename(tmp.c_str(), (dir + "/adapter_config.json").c_str()) != 0) fail("cannot write " + dir + "/adapter_config.json");
 }
@@ -162,12 +164,11 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
 
 void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights) {
     LoraLayout layout = lora_layout(model, lora);
-    UnitLayout unit = unit_layout(model, 1);  // every layer unit has the same layout
     float s = lora.scale();
     for (int t = 0; t < kTargets; ++t) {
         if (!lora.target[t]) continue;
         const float *A = adapters + layout.a_offset[t], *B = adapters + layout.b_offset[t];
-        float* W = weights + unit.tensors[size_t(kProjection[t])].offset;
+        float* W = weights + layer_tensor_offset(model, kProjection[t]);  // every layer unit has the same layout
         int in = layout.in[t], out = layout.out[t];
         for (int o = 0; o < out; ++o)
             for (int k = 0; k < lora.rank; ++k) {

@@ -33,6 +33,12 @@ void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t
 constexpr int kNormPartials = 256;
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
                       float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s);
+// Per-head RMSNorm (Qwen3's q_norm, k_norm): x [N, heads*Dh] normalised over each head's Dh with one weight
+// [Dh] for every head, rstd [N*heads]; its forward is rmsnorm_forward on N*heads rows of Dh. Backward in
+// place: d holds d y on entry, d x on exit;  dw += d / dw when dw is not null (dw_partial: kNormPartials *
+// heads * Dh floats of scratch)
+void head_rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, bf16* d, float* dw, float* dw_partial, int64_t N,
+                           int heads, int Dh, cudaStream_t s);
 
 // ---------------------------------------------------------------------- kernels/rope.cu
 // RoPE in place on x [N, nh, Dh], row n at position positions[n]; cos/sin tables [positions, Dh/2].

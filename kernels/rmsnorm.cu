@@ -8,7 +8,13 @@
 // dw sums a column over all N rows, and atomics would add in a different order each run. Instead partial
 // row r (of kNormPartials) sums rows r, r + kNormPartials, ... and a second kernel adds the partials in
 // order: the same bits every run.
+// Qwen3's q_norm and k_norm are the same norm over each head's Dh (rows [N*heads, Dh], one weight [Dh] for
+// every head): the forward and dx are these kernels on N*heads rows; dw views the rows as [N, heads*Dh]
+// (each piece of Dh with its own rstd), sums the columns as above, then folds the heads' columns in order.
+// A block has as many whole warps as a row needs, so a head's short row does not idle most of a block.
 #include "kernels/ops.h"
+
+#include <algorithm>
 
 #include "kernels/cuda_common.cuh"
 #include "support/cuda_calls.h"
@@ -54,47 +60,84 @@ __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const floa
     }
 }
 
-// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i]   (R = gridDim.y; W columns a thread)
+// partial[r, i] = sum over rows n = r, r + R, r + 2R, ... of dy[n,i] * x̂[n,i],  x̂ = x * rstd of i's piece
+// (R = gridDim.y; a row of D holds D / Dn normalised pieces of Dn, rstd [N * D / Dn]; W columns a thread)
 template <int W>
-__global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D) {
+__global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D,
+                                              int Dn) {
     int i = W * (blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= D) return;
+    int pieces = D / Dn, piece = i / Dn;
     float acc[W] = {}, xv[W], dv[W];
     for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
         load_bf16<W>(x + n * D + i, xv), load_bf16<W>(dy + n * D + i, dv);
-        float r = rstd[n];
+        float r = rstd[n * pieces + piece];
         for (int k = 0; k < W; ++k) acc[k] += dv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
     }
     for (int k = 0; k < W; ++k) partial[int64_t(blockIdx.y) * D + i + k] = acc[k];
 }
 
-// dw[i] += sum_r partial[r, i], r in order   (the two passes keep the sum's order fixed: deterministic)
-__global__ void rmsnorm_weight_sum_kernel(const float* partial, float* dw, int R, int D) {
+// total[i] = sum_r partial[r, i], r in order; added to it when accumulate, else written (the two passes keep
+// the sum's order fixed: deterministic). total may be partial's row 0: each thread reads its column first.
+__global__ void rmsnorm_weight_sum_kernel(const float* partial, float* total, int R, int D, bool accumulate) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= D) return;
     float acc = 0;
     for (int r = 0; r < R; ++r) acc += partial[int64_t(r) * D + i];
+    total[i] = accumulate ? total[i] + acc : acc;
+}
+
+// dw[i] += sum_p total[p Dn + i], pieces p in order: the heads' columns of one shared weight (q_norm, k_norm)
+__global__ void rmsnorm_weight_fold_kernel(const float* total, float* dw, int pieces, int Dn) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= Dn) return;
+    float acc = 0;
+    for (int p = 0; p < pieces; ++p) acc += total[int64_t(p) * Dn + i];
     dw[i] += acc;
+}
+
+// Threads for one row of D taken W at a time: whole warps, as many as the row needs, at most kThreads. (A
+// thread still covers the same elements as with kThreads, and idle warps added only zeros: the same bits.)
+unsigned row_threads(int D, int W) { return unsigned(std::min(kThreads, std::max(32, (D / W + 31) / 32 * 32))); }
+
+// dw += sum over the N rows of dy * x̂; rows of D in pieces of Dn that share the weight [Dn]
+void weight_gradient(const bf16* x, const float* rstd, const bf16* dy, float* dw, float* partial, int64_t N, int D, int Dn,
+                     cudaStream_t s) {
+    if (Dn % 8 == 0)
+        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, partial, N, D, Dn);
+    else
+        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, partial, N, D, Dn);
+    check_launch("rmsnorm_weight_partial_kernel");
+    bool shared = Dn < D;  // the pieces' column totals go to partial's row 0, then fold into dw
+    rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(partial, shared ? partial : dw, kNormPartials, D, !shared);
+    check_launch("rmsnorm_weight_sum_kernel");
+    if (!shared) return;
+    rmsnorm_weight_fold_kernel<<<blocks_for(Dn), kThreads, 0, s>>>(partial, dw, D / Dn, Dn);
+    check_launch("rmsnorm_weight_fold_kernel");
+}
+
+// dx = residual + d rmsnorm / dx over rows of D (dx may be dy: each thread reads its elements before writing them)
+void input_gradient(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx, int64_t N,
+                    int D, cudaStream_t s) {
+    if (D % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), row_threads(D, 8), 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    else rmsnorm_backward_kernel<1><<<unsigned(N), row_threads(D, 1), 0, s>>>(x, w, rstd, dy, residual, dx, D);
+    check_launch("rmsnorm_backward_kernel");
 }
 
 }  // namespace
 
 void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
-    if (D % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
-    else rmsnorm_forward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, y, rstd, D, eps);
+    if (D % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), row_threads(D, 8), 0, s>>>(x, w, y, rstd, D, eps);
+    else rmsnorm_forward_kernel<1><<<unsigned(N), row_threads(D, 1), 0, s>>>(x, w, y, rstd, D, eps);
     check_launch("rmsnorm_forward_kernel");
 }
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
                       float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s) {
-    if (D % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
-    else rmsnorm_backward_kernel<1><<<unsigned(N), kThreads, 0, s>>>(x, w, rstd, dy, residual, dx, D);
-    check_launch("rmsnorm_backward_kernel");
-    if (!dw) return;
-    if (D % 8 == 0)
-        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
-    else
-        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, dw_partial, N, D);
-    check_launch("rmsnorm_weight_partial_kernel");
-    rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(dw_partial, dw, kNormPartials, D);
-    check_launch("rmsnorm_weight_sum_kernel");
+    input_gradient(x, w, rstd, dy, residual, dx, N, D, s);
+    if (dw) weight_gradient(x, rstd, dy, dw, dw_partial, N, D, D, s);
+}
+void head_rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, bf16* d, float* dw, float* dw_partial, int64_t N,
+                           int heads, int Dh, cudaStream_t s) {
+    if (dw) weight_gradient(x, rstd, d, dw, dw_partial, N, heads * Dh, Dh, s);  // first: d still holds d y
+    input_gradient(x, w, rstd, d, nullptr, d, N * heads, Dh, s);
 }

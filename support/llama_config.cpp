@@ -1,5 +1,6 @@
-// support/llama_config.cpp — the model's configuration: HF config.json (transformers 4 and 5 spellings), the named
-// presets, RoPE frequencies, and the parameters by HF name and shape grouped into units (llama_config.h).
+// support/llama_config.cpp — the model's configuration: HF config.json (transformers 4 and 5 spellings) of the
+// families in kFamilies, the named presets, RoPE frequencies, and the parameters by HF name and shape grouped
+// into units (llama_config.h).
 #include "support/llama_config.h"
 
 #include <cmath>
@@ -22,6 +23,25 @@ int64_t LlamaConfig::num_parameters() const {
 
 namespace {
 
+// The families config.json may name, and how each differs from Llama. A new family is a row here, and a
+// flag in LlamaConfig where it differs in a new way (docs/ADDING_A_MODEL.md).
+struct ModelFamily {
+    const char* model_type;    // config.json "model_type"
+    const char* architecture;  // config.json "architectures" on export: the class transformers builds
+    bool qk_norm;              // q_norm, k_norm before RoPE
+    int head_dim;              // head_dim when config.json has none (0: hidden_size / num_attention_heads), as HF's
+};
+constexpr ModelFamily kFamilies[] = {
+    {"llama", "LlamaForCausalLM", false, 0},
+    {"qwen3", "Qwen3ForCausalLM", true, 128},
+};
+
+const ModelFamily* find_family(const std::string& model_type) {
+    for (const ModelFamily& f : kFamilies)
+        if (model_type == f.model_type) return &f;
+    return nullptr;
+}
+
 int int_field(const Json& j, const char* key, const std::string& path, int fallback, bool required) {
     const Json* v = j.find(key);
     if (!v || v->type == Json::Null) {
@@ -40,6 +60,24 @@ float real_field(const Json& j, const char* key, const std::string& path, float 
     return float(v->number);
 }
 
+// Sliding-window attention (Qwen3's use_sliding_window, transformers 5's layer_types) is refused: every layer
+// here attends to its whole document. As HF decides it: layer_types when given, else layers from
+// max_window_layers on slide when use_sliding_window is true and sliding_window is set.
+void refuse_sliding_window(const Json& j, const LlamaConfig& c, const std::string& path) {
+    if (const Json* types = j.find("layer_types"); types && types->type == Json::Array) {
+        for (const Json& t : types->array)
+            if (!t.is_string() || t.string != "full_attention")
+                fail(path + ": layer_types must all be \"full_attention\" (sliding-window attention is not supported)");
+        return;
+    }
+    const Json* use = j.find("use_sliding_window");
+    const Json* window = j.find("sliding_window");
+    if (!use || use->type != Json::Bool || !use->boolean || !window || window->type == Json::Null) return;
+    const Json* from = j.find("max_window_layers");  // HF's default: 28
+    if ((from && (!from->is_int() || from->integer < c.num_hidden_layers)) || (!from && c.num_hidden_layers > 28))
+        fail(path + ": use_sliding_window is true; sliding-window attention is not supported (set it to false)");
+}
+
 void validate(const LlamaConfig& c, const std::string& where) {
     if (c.num_attention_heads % c.num_key_value_heads != 0)
         fail(where + ": num_attention_heads (" + std::to_string(c.num_attention_heads) +
@@ -55,21 +93,28 @@ LlamaConfig load_config(const std::string& path) {
     Json j = read_json_file(path);
     if (j.type != Json::Object) fail(path + ": not a config.json (expected a JSON object)");
     const Json* type = j.find("model_type");
-    if (!type || !type->is_string() || type->string != "llama")
-        fail(path + ": model_type must be \"llama\"" + (type && type->is_string() ? ", not \"" + type->string + "\"" : ""));
+    const ModelFamily* family = type && type->is_string() ? find_family(type->string) : nullptr;
+    if (!family) {
+        std::string known;
+        for (const ModelFamily& f : kFamilies) known += std::string(known.empty() ? "\"" : ", \"") + f.model_type + "\"";
+        fail(path + ": model_type must be one of " + known + (type && type->is_string() ? ", not \"" + type->string + "\"" : ""));
+    }
     if (const Json* act = j.find("hidden_act"); act && (!act->is_string() || act->string != "silu"))
         fail(path + ": hidden_act must be \"silu\" (Llama's SwiGLU)");
     for (const char* bias : {"attention_bias", "mlp_bias"})
         if (const Json* b = j.find(bias); b && b->type == Json::Bool && b->boolean)
-            fail(path + ": " + bias + " is true; Llama layers have no biases");
+            fail(path + ": " + bias + " is true; layers with biases are not supported (Llama and Qwen3 have none)");
     LlamaConfig c;
     c.name = path;
+    c.model_type = family->model_type;
+    c.qk_norm = family->qk_norm;
     c.hidden_size = int_field(j, "hidden_size", path, 0, true);
     c.intermediate_size = int_field(j, "intermediate_size", path, 0, true);
     c.num_hidden_layers = int_field(j, "num_hidden_layers", path, 0, true);
     c.num_attention_heads = int_field(j, "num_attention_heads", path, 0, true);
     c.num_key_value_heads = int_field(j, "num_key_value_heads", path, c.num_attention_heads, false);
-    c.head_dim = int_field(j, "head_dim", path, c.hidden_size / c.num_attention_heads, false);
+    int head_dim = family->head_dim ? family->head_dim : c.hidden_size / c.num_attention_heads;  // when config.json has none
+    c.head_dim = int_field(j, "head_dim", path, head_dim, false);
     c.vocab_size = int_field(j, "vocab_size", path, 0, true);
     c.max_position_embeddings = int_field(j, "max_position_embeddings", path, 2048, false);
     c.rms_norm_eps = real_field(j, "rms_norm_eps", path, 1e-6f);
@@ -94,6 +139,7 @@ LlamaConfig load_config(const std::string& path) {
     } else if (rope && rope->type != Json::Null) {
         fail(path + ": rope_scaling must be an object or null");
     }
+    refuse_sliding_window(j, c, path);
     if (const Json* tie = j.find("tie_word_embeddings"); tie && tie->type == Json::Bool) c.tie_word_embeddings = tie->boolean;
     c.bos_token_id = int_field(j, "bos_token_id", path, 128000, false);
     if (const Json* eos = j.find("eos_token_id"); eos && eos->type != Json::Null) {
@@ -129,8 +175,15 @@ LlamaConfig preset_config(const std::string& name) {
         c.hidden_size = 2048, c.intermediate_size = 8192, c.num_hidden_layers = 16;
         c.num_attention_heads = 32, c.num_key_value_heads = 8, c.head_dim = 64;
         c.max_position_embeddings = 131072;
+    } else if (name == "qwen3-0.6b") {  // Qwen/Qwen3-0.6B's shape: 16 heads of 128 over a hidden size of 1024
+        c.model_type = "qwen3", c.qk_norm = true;
+        c.hidden_size = 1024, c.intermediate_size = 3072, c.num_hidden_layers = 28;
+        c.num_attention_heads = 16, c.num_key_value_heads = 8, c.head_dim = 128;
+        c.vocab_size = 151936, c.max_position_embeddings = 40960;
+        c.rms_norm_eps = 1e-6f, c.rope_theta = 1000000.0f, c.rope_llama3 = false;
+        c.bos_token_id = 151643, c.eos_token_ids = {151645, 151643};
     } else {
-        fail("unknown preset \"" + name + "\" (--preset: tiny or llama-3.2-1b)");
+        fail("unknown preset \"" + name + "\" (--preset: tiny, llama-3.2-1b or qwen3-0.6b)");
     }
     return c;
 }
@@ -150,17 +203,25 @@ std::string config_json(const LlamaConfig& c) {
                       c.rope_factor, c.rope_low_freq_factor, c.rope_high_freq_factor, c.rope_original_max_position);
         rope = buf;
     }
+    // By family: the class transformers builds; Llama's config names mlp_bias, Qwen3's says that no layer slides.
+    const ModelFamily* family = find_family(c.model_type);
+    if (!family) fail("config_json: unknown model_type \"" + c.model_type + "\"");
+    std::string extra = "  \"mlp_bias\": false,\n";
+    if (c.model_type == "qwen3")
+        extra = "  \"use_sliding_window\": false,\n  \"sliding_window\": null,\n  \"max_window_layers\": " +
+                std::to_string(c.num_hidden_layers) + ",\n";
     std::snprintf(buf, sizeof buf,
-                  "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
+                  "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n"
                   "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
                   "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
                   "  \"vocab_size\": %d,\n  \"max_position_embeddings\": %d,\n  \"rms_norm_eps\": %.9g,\n"
                   "  \"rope_theta\": %.9g,\n  \"rope_scaling\": %s,\n  \"tie_word_embeddings\": %s,\n"
-                  "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
+                  "  \"hidden_act\": \"silu\",\n  \"attention_bias\": false,\n%s"
                   "  \"bos_token_id\": %d,\n  \"eos_token_id\": %s,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
-                  c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+                  family->architecture, family->model_type, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                  c.num_attention_heads, c.num_key_value_heads,
                   c.head_dim, c.vocab_size, c.max_position_embeddings, c.rms_norm_eps, c.rope_theta, rope.c_str(),
-                  c.tie_word_embeddings ? "true" : "false", c.bos_token_id, eos.c_str());
+                  c.tie_word_embeddings ? "true" : "false", extra.c_str(), c.bos_token_id, eos.c_str());
     return buf;
 }
 
@@ -191,9 +252,9 @@ std::vector<float> rope_inv_freq(const LlamaConfig& c) {
 namespace {
 
 const char* kLayerTensorNames[kLayerTensors] = {
-    "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-    "mlp.down_proj.weight"};
+    "input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight", "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
 
 }  // namespace
 
@@ -204,6 +265,7 @@ std::vector<int64_t> layer_tensor_shape(const LlamaConfig& c, LayerTensor t) {
             KV = int64_t(c.num_key_value_heads) * c.head_dim;
     switch (t) {
         case kInputNorm: case kPostNorm: return {D};
+        case kQNorm: case kKNorm: return {c.head_dim};
         case kQProj: return {Q, D};
         case kKProj: case kVProj: return {KV, D};
         case kOProj: return {D, Q};
@@ -211,6 +273,21 @@ std::vector<int64_t> layer_tensor_shape(const LlamaConfig& c, LayerTensor t) {
         case kDownProj: return {D, F};
         default: return {};
     }
+}
+
+std::vector<LayerTensor> layer_tensors(const LlamaConfig& c) {
+    std::vector<LayerTensor> rows;
+    for (int t = 0; t < kLayerTensors; ++t)
+        if (c.qk_norm || (t != kQNorm && t != kKNorm)) rows.push_back(LayerTensor(t));
+    return rows;
+}
+
+int64_t layer_tensor_offset(const LlamaConfig& c, LayerTensor t) {
+    std::vector<LayerTensor> rows = layer_tensors(c);
+    UnitLayout layer = unit_layout(c, 1);
+    for (size_t k = 0; k < rows.size(); ++k)
+        if (rows[k] == t) return layer.tensors[k].offset;
+    return -1;
 }
 
 int num_units(const LlamaConfig& c) { return c.num_hidden_layers + 2; }
@@ -227,7 +304,7 @@ UnitLayout unit_layout(const LlamaConfig& c, int unit) {
         add("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
     } else if (unit <= L) {
         std::string prefix = "model.layers." + std::to_string(unit - 1) + ".";
-        for (int t = 0; t < kLayerTensors; ++t) add(prefix + kLayerTensorNames[t], layer_tensor_shape(c, LayerTensor(t)));
+        for (LayerTensor t : layer_tensors(c)) add(prefix + kLayerTensorNames[t], layer_tensor_shape(c, t));
     } else {
         add("model.norm.weight", {c.hidden_size});
         if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, c.hidden_size});

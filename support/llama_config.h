@@ -1,12 +1,17 @@
-// support/llama_config.h — what a Llama model is, before any GPU: its configuration (an HF config.json or a named
-// preset), its parameters by HF name and shape, and how they group into units — the pieces the ZeRO
-// partitioner hands out one at a time. Knows nothing of CUDA, NCCL or where weights live.
+// support/llama_config.h — what a model of the Llama family is, before any GPU: its configuration (an HF
+// config.json or a named preset), its parameters by HF name and shape, and how they group into units — the
+// pieces the ZeRO partitioner hands out one at a time. A family other than Llama (Qwen3) is a flag here and
+// rows in the layer table, not a second model. Knows nothing of CUDA, NCCL or where weights live.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
 struct LlamaConfig {
+    // The family, as config.json's model_type names it: "llama", or "qwen3" (a Llama whose q and k are
+    // RMS-normalised per head before RoPE). How a family differs from Llama is a flag each (below).
+    std::string model_type = "llama";
+    bool qk_norm = false;  // q_norm, k_norm: RMSNorm over each head's head_dim of q and k, weight [head_dim] (Qwen3)
     int hidden_size = 0, intermediate_size = 0, num_hidden_layers = 0;
     int num_attention_heads = 0, num_key_value_heads = 0, head_dim = 0;
     int vocab_size = 0, max_position_embeddings = 0;
@@ -23,11 +28,12 @@ struct LlamaConfig {
     int64_t num_parameters() const;
 };
 
-// Reads an HF config.json; fails naming the file and field on anything a Llama model cannot be.
+// Reads an HF config.json (model_type "llama" or "qwen3"); fails naming the file and field on anything
+// these families cannot be (biases, sliding-window attention, other RoPE types).
 LlamaConfig load_config(const std::string& path);
-// Named shapes for random initialisation: "tiny" (the default base) and "llama-3.2-1b".
+// Named shapes for random initialisation: "tiny" (the default base), "llama-3.2-1b" and "qwen3-0.6b".
 LlamaConfig preset_config(const std::string& name);
-// An HF config.json for `c` (what transformers' from_pretrained reads).
+// An HF config.json for `c` (what transformers' from_pretrained reads: LlamaForCausalLM or Qwen3ForCausalLM).
 std::string config_json(const LlamaConfig& c);
 
 // RoPE inverse frequencies (head_dim/2 of them), with llama3 scaling when configured, as HF computes them.
@@ -40,26 +46,33 @@ struct TensorSpec {
 };
 
 // ---------------------------------------------------------------------------------------------- the layer
-// The nine tensors of a decoder layer, in HF's order. This table is the one description of a layer:
-// names, shapes, offsets inside the layer's unit and the views the kernels use all derive from it.
+// The tensors a decoder layer may have, in HF's order. This table is the one description of a layer:
+// names, shapes, offsets inside the layer's unit and the views the kernels use all derive from it. A
+// family's layer has the rows its flags select (q_norm and k_norm only with qk_norm).
 //   tensor                           shape        D = hidden, Q = heads*head_dim, KV = kv_heads*head_dim,
-//   input_layernorm.weight           [D]          F = intermediate
+//   input_layernorm.weight           [D]          F = intermediate, Dh = head_dim
 //   self_attn.q_proj.weight          [Q, D]
 //   self_attn.k_proj.weight          [KV, D]
 //   self_attn.v_proj.weight          [KV, D]
 //   self_attn.o_proj.weight          [D, Q]
+//   self_attn.q_norm.weight          [Dh]         qk_norm only (Qwen3): shared by every head of q
+//   self_attn.k_norm.weight          [Dh]         qk_norm only: shared by every head of k
 //   post_attention_layernorm.weight  [D]
 //   mlp.gate_proj.weight             [F, D]
 //   mlp.up_proj.weight               [F, D]
 //   mlp.down_proj.weight             [D, F]
-enum LayerTensor { kInputNorm, kQProj, kKProj, kVProj, kOProj, kPostNorm, kGateProj, kUpProj, kDownProj, kLayerTensors };
+enum LayerTensor {
+    kInputNorm, kQProj, kKProj, kVProj, kOProj, kQNorm, kKNorm, kPostNorm, kGateProj, kUpProj, kDownProj, kLayerTensors
+};
 const char* layer_tensor_name(LayerTensor t);                                 // "self_attn.q_proj.weight"
 std::vector<int64_t> layer_tensor_shape(const LlamaConfig& c, LayerTensor t);  // {Q, D}
+std::vector<LayerTensor> layer_tensors(const LlamaConfig& c);                 // the rows c's layers have, in order
+int64_t layer_tensor_offset(const LlamaConfig& c, LayerTensor t);              // inside a layer unit; -1: c has none
 
 // ---------------------------------------------------------------------------------------------- units
 // The model's parameters in units, the pieces ZeRO gathers one at a time:
 //   unit 0          model.embed_tokens.weight (also the lm_head when tied)
-//   units 1..L      the nine tensors of decoder layer u-1, in LayerTensor order
+//   units 1..L      the tensors of decoder layer u-1 (layer_tensors), in LayerTensor order
 //   unit L+1        model.norm.weight (+ lm_head.weight when untied)
 // Units in order list every parameter in HF's order. Inside a unit's flat buffer each tensor starts at an
 // offset aligned to kAlign elements (16 bytes of bf16), so every pointer a matrix product receives is

@@ -17,13 +17,13 @@ const char* kUsage = R"(usage: ./train [OPTIONS]
        ./train tokenize [--tokenizer PATH]
        ./train generate --model DIR [--adapter DIR] [OPTIONS] [PROMPT ...]
 
-Fine-tunes a Llama model with LoRA (or all weights). With no options it runs the default job: it
+Fine-tunes a Llama or Qwen3 model with LoRA (or all weights). With no options it runs the default job: it
 pretrains the `tiny` preset on data/corpus once (saved to data/base), then LoRA-fine-tunes it on the
 WordNet QA set, evaluates, prints sample answers and writes the adapter to out/.
 
 Model:
   --model DIR            HF model directory (config.json + model.safetensors[.index.json])
-  --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b
+  --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b, qwen3-0.6b
   --adapter DIR          start from a PEFT LoRA adapter (its r, alpha and targets are used)
 LoRA:
   --lora-rank N          adapter rank; 0 = full fine-tuning of every weight (default 16)

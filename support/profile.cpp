@@ -22,8 +22,8 @@ std::vector<FamilyWork> step_work(const LlamaConfig& c, int64_t N, int T, int r,
     double n = double(N), L = c.num_hidden_layers, D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
     double Hd = double(c.num_attention_heads) * c.head_dim, KVd = double(c.num_key_value_heads) * c.head_dim;
     double linear = 0, in_out = 0;  // over one layer's 7 projections: their weights (out * in), and out + in
-    for (int t = 0; t < kLayerTensors; ++t) {
-        std::vector<int64_t> s = layer_tensor_shape(c, LayerTensor(t));  // a projection [out, in], or a norm [D]
+    for (LayerTensor t : layer_tensors(c)) {
+        std::vector<int64_t> s = layer_tensor_shape(c, t);  // a projection [out, in], or a norm [D] or [Dh]
         if (s.size() == 2) linear += double(s[0] * s[1]), in_out += double(s[0] + s[1]);
     }
     double fwd = recompute ? 2 : 1;  // forward passes per step
@@ -38,6 +38,7 @@ std::vector<FamilyWork> step_work(const LlamaConfig& c, int64_t N, int T, int r,
     at(Family::attention).flops = L * causal * (fwd + 2.5);
     at(Family::attention).bytes = L * 2 * n * (2 * Hd + 2 * KVd) * (fwd + 2);
     at(Family::norm).bytes = (2 * L + 1) * 2 * n * D * (2 * fwd + 4);
+    if (c.qk_norm) at(Family::norm).bytes += L * 2 * n * (Hd + KVd) * (2 * fwd + 4);  // q_norm, k_norm over q and k
     at(Family::rope).bytes = L * 2 * n * (Hd + KVd) * 2 * (fwd + 1);
     at(Family::swiglu).bytes = L * 2 * n * F * (3 * fwd + 5);
     at(Family::head).flops = 2 * n * V * D * (full ? 3 : 2);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks our exports with Hugging Face (run on a GPU machine after the GPU tests wrote LLAMA_EXPORT_DIR):
-PEFT loads our adapter onto the golden base model and transformers loads our merged model; each must
+PEFT loads our adapter onto the golden base model and transformers loads our merged model (as the class the
+golden model is: LlamaForCausalLM, or Qwen3ForCausalLM for qwen3_tied, from our config.json); each must
 reproduce our logits. The truth is HF in fp32 (the same weights, our adapter); ours (bf16) must be as
 close to it as HF's own bf16 run is, within a factor of 2 or within 2e-2, whichever is larger:
     err(x) = max |x - hf_fp32| / max |hf_fp32|;   pass when err(ours) <= max(2e-2, 2 err(hf_bf16))
@@ -23,11 +24,13 @@ def rel(a, b):
 
 
 def logits(model_dir, adapter, ids, dtype):
+    """The model's logits and the class transformers built for it."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda()
+    built = type(model).__name__
     if adapter:
         model = PeftModel.from_pretrained(model, adapter).cuda()
     with torch.no_grad():
-        return model(input_ids=ids).logits.float()
+        return model(input_ids=ids).logits.float(), built
 
 
 def main():
@@ -37,16 +40,18 @@ def main():
         ids = torch.tensor(json.load(open(os.path.join(golden, "rows.json")))["input_ids"]).cuda()
         ours = load_file(os.path.join(d, "our_logits.safetensors"))["logits"].cuda()
         adapter = os.path.join(d, "adapter")
-        truth = logits(golden, adapter, ids, torch.float32)
-        peft_bf16 = logits(golden, adapter, ids, torch.bfloat16)
-        merged = logits(os.path.join(d, "merged"), None, ids, torch.bfloat16)
+        truth, golden_class = logits(golden, adapter, ids, torch.float32)
+        peft_bf16, _ = logits(golden, adapter, ids, torch.bfloat16)
+        merged, merged_class = logits(os.path.join(d, "merged"), None, ids, torch.bfloat16)
         e_ours, e_hf = rel(ours, truth), rel(peft_bf16, truth)
         e_peft, e_merged = rel(peft_bf16, ours), rel(merged, ours)
         bound = max(2e-2, 2 * e_hf)
         ok = e_ours <= bound and e_peft <= max(2e-2, bound + e_hf) and e_merged <= max(2e-2, bound + e_hf)
+        ok = ok and merged_class == golden_class
         failed += not ok
         print("%s: vs HF fp32: ours %.2e, HF bf16 %.2e (bound %.2e); PEFT loading our adapter %.2e, transformers loading our "
-              "merged model %.2e  %s" % (name, e_ours, e_hf, bound, e_peft, e_merged, "ok" if ok else "FAILED"))
+              "merged model %.2e as %s (golden: %s)  %s" % (name, e_ours, e_hf, bound, e_peft, e_merged, merged_class, golden_class,
+                                                           "ok" if ok else "FAILED"))
     print("%d passed, %d failed" % (len(names) - failed, failed))
     sys.exit(1 if failed else 0)
 

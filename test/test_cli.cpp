@@ -55,6 +55,9 @@ TEST_CASE("cli: help, tokenize and a dry run succeed") {
     Run dry = run("--preset tiny --seq 128 --dry-run");
     CHECK(dry.status == 0);
     CHECK(dry.output.find("dry run: inputs are valid") != std::string::npos);
+    Run qwen3 = run("--preset qwen3-0.6b --seq 128 --dry-run");  // Qwen3-0.6B's shape
+    CHECK(qwen3.status == 0);
+    CHECK(qwen3.output.find("model qwen3-0.6b, 596,049,920 parameters") != std::string::npos);
 }
 
 TEST_CASE("cli: each bad flag is one error line") {
@@ -100,7 +103,7 @@ TEST_CASE("cli: bad config files, model directories and data files") {
 
     std::string mistral = temp_dir("mistral");
     temp_file("mistral/config.json", R"({"model_type": "mistral", "hidden_size": 64})");
-    check_error("--model " + mistral + " --dry-run", "mistral/config.json: model_type must be \"llama\", not \"mistral\"");
+    check_error("--model " + mistral + " --dry-run", "mistral/config.json: model_type must be one of \"llama\", \"qwen3\", not \"mistral\"");
     std::string noweights = temp_dir("noweights");
     temp_file("noweights/config.json", R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 128256, "max_position_embeddings": 512})");

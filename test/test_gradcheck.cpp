@@ -1,9 +1,11 @@
 // test/test_gradcheck.cpp — a finite-difference gradient check of a tiny whole model. The reference is
-// a straightforward CPU forward pass in double precision (embedding, RMSNorm, llama3 RoPE, causal GQA
-// attention, SwiGLU, LoRA, tied lm_head, shifted cross-entropy); central differences of its loss give
-// the gradient of sampled weights and adapter entries, which the GPU's analytic backward (bf16 compute)
-// must match: 2-norm relative error over all samples < 6e-2, each tensor < 1e-1. (The GPU rounds the
-// activations and, as HF does, the logits to bf16; measured 1.1-4.3% over 15 runs of the three variants.)
+// a straightforward CPU forward pass in double precision (embedding, RMSNorm, Qwen3's per-head q/k norms,
+// llama3 RoPE, causal GQA attention, SwiGLU, LoRA, tied lm_head, shifted cross-entropy); central differences
+// of its loss give the gradient of sampled weights and adapter entries, which the GPU's analytic backward
+// (bf16 compute) must match: 2-norm relative error over all samples < 6e-2, each tensor < 1e-1. (The GPU
+// rounds the activations and, as HF does, the logits to bf16; measured 1.1-4.3% over 15 runs of the three
+// Llama variants.) A Qwen3-shaped model (q_norm, k_norm; head_dim 16 with hidden 32 and 4 heads) runs full
+// fine-tuning, its q_norm and k_norm weights sampled with the rest, and LoRA.
 #include "gpu.h"
 
 #include <map>
@@ -52,6 +54,10 @@ struct Reference {
             Vec q = linear(n1, N, D, w.at(p + "self_attn.q_proj.weight"), H * Dh, l, kQ);
             Vec k = linear(n1, N, D, w.at(p + "self_attn.k_proj.weight"), KVH * Dh, l, kK);
             Vec v = linear(n1, N, D, w.at(p + "self_attn.v_proj.weight"), KVH * Dh, l, kV);
+            if (c.qk_norm) {  // Qwen3: each head of q and k RMS-normalised over its Dh, before RoPE
+                q = rmsnorm_forward_ref(q, w.at(p + "self_attn.q_norm.weight"), N * H, Dh, c.rms_norm_eps);
+                k = rmsnorm_forward_ref(k, w.at(p + "self_attn.k_norm.weight"), N * KVH, Dh, c.rms_norm_eps);
+            }
             rope_ref(q, positions, inv, N, H, Dh), rope_ref(k, positions, inv, N, KVH, Dh);
             Vec o, lse;
             attention_forward_ref({B, T, H, KVH, Dh}, q, k, v, {}, o, lse);
@@ -76,37 +82,48 @@ struct Reference {
 
 TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU backward") {
     if (!need_gpu()) return;
-    LlamaConfig c = preset_config("tiny");
-    c.hidden_size = 32, c.intermediate_size = 48, c.num_hidden_layers = 2, c.num_attention_heads = 4;
-    c.num_key_value_heads = 2, c.head_dim = 8, c.vocab_size = 64, c.max_position_embeddings = 64;
-    c.rope_theta = 10000.0f, c.rope_original_max_position = 16, c.rope_factor = 4;
+    LlamaConfig llama = preset_config("tiny");
+    llama.hidden_size = 32, llama.intermediate_size = 48, llama.num_hidden_layers = 2, llama.num_attention_heads = 4;
+    llama.num_key_value_heads = 2, llama.head_dim = 8, llama.vocab_size = 64, llama.max_position_embeddings = 64;
+    llama.rope_theta = 10000.0f, llama.rope_original_max_position = 16, llama.rope_factor = 4;
+    LlamaConfig qwen3 = llama;  // q and k of 4 x 16 over a hidden size of 32; plain RoPE
+    qwen3.model_type = "qwen3", qwen3.qk_norm = true, qwen3.head_dim = 16, qwen3.rope_llama3 = false, qwen3.rope_theta = 1e6f;
     Rng rng(uint64_t(time(nullptr)));
     Reference ref;
-    ref.c = c;
-    std::string dir = temp_dir("gradcheck_model");
-    std::vector<TensorSpec> specs = parameter_specs(c);
-    std::vector<std::vector<uint16_t>> store16(specs.size());
-    std::vector<TensorToWrite> tensors;
-    for (size_t i = 0; i < specs.size(); ++i) {
-        bool norm = specs[i].shape.size() == 1;
-        Vec& v = ref.w[specs[i].name];
-        store16[i].resize(size_t(specs[i].numel()));
-        for (size_t k = 0; k < store16[i].size(); ++k) {
-            float x = norm ? 1.0f + 0.2f * (rng.uniform() - 0.5f) : 0.3f * (2 * rng.uniform() - 1);
-            store16[i][k] = float_to_bf16(x);
-            v.push_back(bf16_to_float(store16[i][k]));
+    // A model directory of random bf16 weights (norm weights around 1) for c; the same values into ref.w.
+    auto make_model = [&](const LlamaConfig& c) {
+        ref.c = c;
+        ref.w.clear();
+        std::string dir = temp_dir(c.qk_norm ? "gradcheck_qwen3" : "gradcheck_llama");
+        std::vector<TensorSpec> specs = parameter_specs(c);
+        std::vector<std::vector<uint16_t>> store16(specs.size());
+        std::vector<TensorToWrite> tensors;
+        for (size_t i = 0; i < specs.size(); ++i) {
+            bool norm = specs[i].shape.size() == 1;
+            Vec& v = ref.w[specs[i].name];
+            store16[i].resize(size_t(specs[i].numel()));
+            for (size_t k = 0; k < store16[i].size(); ++k) {
+                float x = norm ? 1.0f + 0.2f * (rng.uniform() - 0.5f) : 0.3f * (2 * rng.uniform() - 1);
+                store16[i][k] = float_to_bf16(x);
+                v.push_back(bf16_to_float(store16[i][k]));
+            }
+            tensors.push_back({specs[i].name, "BF16", specs[i].shape, store16[i].data()});
         }
-        tensors.push_back({specs[i].name, "BF16", specs[i].shape, store16[i].data()});
-    }
-    write_safetensors(dir + "/model.safetensors", tensors);
-    // all weights; LoRA r = 8 (one A product for q, v and one for gate, up); LoRA r = 3 with dropout 0.3 (one
-    // product per adapter, u in 8-column slots)
-    for (int variant : {0, 1, 2}) {
-        bool with_lora = variant > 0;
+        write_safetensors(dir + "/model.safetensors", tensors);
+        return dir;
+    };
+    std::string dir;
+    // Llama: all weights; LoRA r = 8 (one A product for q, v and one for gate, up); LoRA r = 3 with dropout
+    // 0.3 (one product per adapter, u in 8-column slots). Qwen3: all weights; LoRA r = 8 on every projection.
+    for (int variant : {0, 1, 2, 3, 4}) {
+        bool with_lora = variant == 1 || variant == 2 || variant == 4;
         CAPTURE(variant);
+        const LlamaConfig& c = variant < 3 ? llama : qwen3;
+        if (variant == 0 || variant == 3) dir = make_model(c);
         LoraConfig lora;
         if (variant == 1) lora.rank = 8, lora.alpha = 16, parse_lora_targets("q,v,o,gate,up,down", lora, "x");
         if (variant == 2) lora.rank = 3, lora.alpha = 6, parse_lora_targets("q,v,o,down", lora, "x"), lora.dropout = 0.3f;
+        if (variant == 4) lora.rank = 8, lora.alpha = 16, parse_lora_targets("all", lora, "x");
         ref.dropout_seed = rng.next();
         ref.lora = lora;
         LoraLayout layout = lora_layout(c, lora);
@@ -190,7 +207,8 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
             per_tensor[smp.tensor].first += (fd - an) * (fd - an), per_tensor[smp.tensor].second += fd * fd;
         }
         double err = std::sqrt(num / den);
-        MESSAGE((variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full") << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
+        MESSAGE((c.qk_norm ? "Qwen3, " : "") << (variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full")
+                << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
         CHECK(err < 6e-2);
         for (const auto& [name, e] : per_tensor) {
             CAPTURE(name);

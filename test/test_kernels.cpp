@@ -1,8 +1,9 @@
 // test/test_kernels.cpp — every kernel, forward and backward, against the CPU references of
-// test/reference.h: fresh random inputs, odd sizes, GQA ratios 1, 3 and 4, head_dim 64, 96 and 128,
-// several documents in a row, sequence lengths that are no block multiple, outputs poisoned with NaN
-// first. Bound: max |gpu - cpu| / max |cpu| (bf16 storage: 2^-8 per rounding, so 1e-2 for single kernels
-// and 2e-2 where bf16 intermediates feed a product).
+// test/reference.h (Qwen3's per-head q/k norms against the RMSNorm's, by rows of head_dim): fresh random
+// inputs, odd sizes, GQA ratios 1, 3 and 4, head_dim 64, 96 and 128, several documents in a row, sequence
+// lengths that are no block multiple, outputs poisoned with NaN first. Bound: max |gpu - cpu| / max |cpu|
+// (bf16 storage: 2^-8 per rounding, so 1e-2 for single kernels and 2e-2 where bf16 intermediates feed a
+// product).
 #include "gpu.h"
 
 #include "adamw.h"
@@ -145,6 +146,36 @@ TEST_CASE("gpu: rmsnorm forward and backward") {
         CAPTURE(D);
         CHECK(rel_error(from_device_bf16(y, want_y.size()), want_y) < 1e-2);
         CHECK(rel_error(from_device_bf16(dx, want_dx.size()), want_dx) < 1e-2);
+        CHECK(rel_error(from_device(dw, want_dw.size()), want_dw) < 1e-2);
+    }
+}
+
+TEST_CASE("gpu: per-head rmsnorm (Qwen3's q_norm, k_norm): rows of head_dim, backward in place, one weight for every head") {
+    if (!need_gpu()) return;
+    Rng rng(fresh_seed());
+    struct Shape { int heads, Dh; };
+    for (Shape sh : {Shape{16, 128}, Shape{3, 64}, Shape{5, 36}}) {  // Qwen3-0.6B's q; a k; Dh not a multiple of 8
+        int N = 29, rows = N * sh.heads, Dh = sh.Dh;
+        float eps = 1e-6f;
+        std::vector<float> x = bf16_round(random_vector(size_t(rows) * Dh, rng, 3.0f)), w = bf16_round(random_vector(size_t(Dh), rng)),
+                           dy = bf16_round(random_vector(size_t(rows) * Dh, rng)), dw0 = random_vector(size_t(Dh), rng);
+        DeviceFree keep;
+        bf16 *xin = keep(to_device_bf16(x)), *win = keep(to_device_bf16(w)), *y = keep(poisoned<bf16>(x.size()));
+        bf16* d = keep(to_device_bf16(dy));  // d y in, d x out
+        float *rstd = keep(poisoned<float>(size_t(rows))), *dw = keep(to_device(dw0));
+        float* partial = keep(poisoned<float>(size_t(kNormPartials) * sh.heads * Dh));
+        rmsnorm_forward(xin, win, y, rstd, rows, Dh, eps, nullptr);  // the forward: rmsnorm on N*heads rows of Dh
+        head_rmsnorm_backward(xin, win, rstd, d, dw, partial, N, sh.heads, Dh, nullptr);
+        Vec want_rstd, ref_dx, ref_dw;
+        std::vector<float> want_y = to_float(rmsnorm_forward_ref(to_double(x), to_double(w), rows, Dh, eps, &want_rstd));
+        rmsnorm_backward_ref(to_double(x), to_double(w), to_double(dy), rows, Dh, eps, ref_dx, ref_dw);  // dw: over every row and head
+        std::vector<float> want_dx = to_float(ref_dx), want_dw = to_float(ref_dw);
+        for (int i = 0; i < Dh; ++i) want_dw[size_t(i)] += dw0[size_t(i)];  // dw accumulates
+        CAPTURE(sh.heads);
+        CAPTURE(Dh);
+        CHECK(rel_error(from_device_bf16(y, want_y.size()), want_y) < 1e-2);
+        CHECK(rel_error(from_device(rstd, size_t(rows)), to_float(want_rstd)) < 1e-4);
+        CHECK(rel_error(from_device_bf16(d, want_dx.size()), want_dx) < 1e-2);
         CHECK(rel_error(from_device(dw, want_dw.size()), want_dw) < 1e-2);
     }
 }

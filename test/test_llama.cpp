@@ -51,6 +51,62 @@ TEST_CASE("llama: transformers 5 rope_parameters and defaults") {
     CHECK(specs[2].shape == std::vector<int64_t>{64, 64});
 }
 
+TEST_CASE("llama: a Qwen3 config.json (transformers 5): q_norm and k_norm in the layer table, head_dim apart from hidden / heads") {
+    std::string qwen3 = R"({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024,
+        "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}, "tie_word_embeddings": true,
+        "attention_bias": false, "hidden_act": "silu", "use_sliding_window": false, "sliding_window": null,
+        "max_window_layers": 28, "layer_types": ["full_attention", "full_attention"], "bos_token_id": 151643,
+        "eos_token_id": 151645, "dtype": "bfloat16"})";
+    LlamaConfig c = load_config(temp_file("qwen3_config.json", qwen3));
+    CHECK(c.model_type == "qwen3");
+    CHECK(c.qk_norm);
+    CHECK(c.head_dim == 128);  // 16 heads of 128 over a hidden size of 1024
+    CHECK(c.rope_theta == 1000000.0f);
+    CHECK_FALSE(c.rope_llama3);
+    CHECK(c.rms_norm_eps == 1e-6f);
+    CHECK(c.tie_word_embeddings);
+    CHECK(c.num_parameters() == 596049920LL);  // Qwen3-0.6B: 0.6B, 0.44B without the embedding
+    CHECK(c.num_parameters() == preset_config("qwen3-0.6b").num_parameters());
+    // the layer: Llama's nine tensors and the two norms after o_proj, in HF's order
+    std::vector<LayerTensor> rows = layer_tensors(c);
+    REQUIRE(rows.size() == 11u);
+    UnitLayout layer = unit_layout(c, 3);
+    CHECK(layer.tensors[5].spec.name == "model.layers.2.self_attn.q_norm.weight");
+    CHECK(layer.tensors[6].spec.name == "model.layers.2.self_attn.k_norm.weight");
+    CHECK(layer.tensors[5].spec.shape == std::vector<int64_t>{128});
+    CHECK(layer.tensors[1].spec.shape == std::vector<int64_t>{2048, 1024});  // q_proj: [heads * head_dim, hidden]
+    CHECK(layer.tensors[4].spec.shape == std::vector<int64_t>{1024, 2048});  // o_proj
+    for (size_t k = 0; k < rows.size(); ++k) {
+        CAPTURE(k);
+        CHECK(layer_tensor_offset(c, rows[k]) == layer.tensors[k].offset);
+        CHECK(layer.tensors[k].spec.name == "model.layers.2." + std::string(layer_tensor_name(rows[k])));
+    }
+    // a head_dim left out is Qwen3's 128, not hidden / heads as for Llama
+    std::string no_head_dim = qwen3;
+    no_head_dim.replace(no_head_dim.find("\"head_dim\": 128,"), 16, "");
+    CHECK(load_config(temp_file("qwen3_no_head_dim.json", no_head_dim)).head_dim == 128);
+    // a sliding window that no layer uses (all layers below max_window_layers, or layer_types all full) is fine
+    std::string unused = R"({"model_type": "qwen3", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "vocab_size": 9, "use_sliding_window": true, "sliding_window": 64)";
+    CHECK(load_config(temp_file("qwen3_window.json", unused + ", \"max_window_layers\": 2}")).num_hidden_layers == 2);
+    CHECK(load_config(temp_file("qwen3_window.json", unused + ", \"layer_types\": [\"full_attention\", \"full_attention\"]}")).qk_norm);
+    // the export's config.json: what transformers builds a Qwen3ForCausalLM from; read back the same
+    std::string exported = config_json(c);
+    CHECK(exported.find("\"architectures\": [\"Qwen3ForCausalLM\"]") != std::string::npos);
+    CHECK(exported.find("\"model_type\": \"qwen3\"") != std::string::npos);
+    CHECK(exported.find("\"use_sliding_window\": false") != std::string::npos);
+    CHECK(exported.find("mlp_bias") == std::string::npos);
+    LlamaConfig back = load_config(temp_file("qwen3_back.json", exported));
+    CHECK(back.qk_norm);
+    CHECK(back.head_dim == 128);
+    CHECK(back.rope_theta == 1000000.0f);
+    CHECK(back.eos_token_ids == std::vector<int>{151645});
+    CHECK(config_json(back) == exported);
+    CHECK(config_json(preset_config("tiny")).find("\"architectures\": [\"LlamaForCausalLM\"]") != std::string::npos);
+}
+
 TEST_CASE("llama: units list every parameter once, in HF order, each tensor on 16 bytes") {
     for (bool tied : {true, false}) {
         LlamaConfig c = preset_config("tiny");
@@ -73,11 +129,13 @@ TEST_CASE("llama: units list every parameter once, in HF order, each tensor on 1
         }
         CHECK(i == specs.size());
         UnitLayout layer = unit_layout(c, 1);
-        REQUIRE(layer.tensors.size() == size_t(kLayerTensors));
-        CHECK(layer.tensors[kQProj].spec.name == "model.layers.0.self_attn.q_proj.weight");
-        CHECK(layer.tensors[kQProj].spec.shape == std::vector<int64_t>{18, 36});
-        CHECK(layer.tensors[kDownProj].spec.shape == std::vector<int64_t>{36, 70});
-        CHECK(layer.tensors[kKProj].offset == align_up(36 + 18 * 36));
+        REQUIRE(layer.tensors.size() == 9u);  // a Llama layer: no q_norm, k_norm
+        CHECK(layer_tensors(c).size() == 9u);
+        CHECK(layer.tensors[1].spec.name == "model.layers.0.self_attn.q_proj.weight");
+        CHECK(layer.tensors[1].spec.shape == std::vector<int64_t>{18, 36});
+        CHECK(layer.tensors[8].spec.shape == std::vector<int64_t>{36, 70});
+        CHECK(layer_tensor_offset(c, kKProj) == align_up(36 + 18 * 36));
+        CHECK(layer_tensor_offset(c, kQNorm) == -1);
         CHECK(unit_layout(c, c.num_hidden_layers + 1).tensors.size() == (tied ? 1u : 2u));
     }
 }
@@ -111,8 +169,8 @@ TEST_CASE("llama: the profiler's projection and adapter FLOPs follow the layer t
 
 TEST_CASE("llama: config errors name the file and field") {
     const struct { const char* json; const char* message; } cases[] = {
-        {R"({"model_type": "mistral", "hidden_size": 8})", "model_type must be \"llama\", not \"mistral\""},
-        {R"({"hidden_size": 8})", "model_type must be \"llama\""},
+        {R"({"model_type": "mistral", "hidden_size": 8})", "model_type must be one of \"llama\", \"qwen3\", not \"mistral\""},
+        {R"({"hidden_size": 8})", "model_type must be one of \"llama\", \"qwen3\""},
         {R"({"model_type": "llama", "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9})",
          "missing field \"hidden_size\""},
         {R"({"model_type": "llama", "hidden_size": -8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9})",
@@ -125,6 +183,12 @@ TEST_CASE("llama: config errors name the file and field") {
          "attention_bias is true"},
         {R"({"model_type": "llama", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 9, "hidden_act": "gelu"})",
          "hidden_act must be \"silu\""},
+        {R"({"model_type": "qwen3", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 4, "vocab_size": 9, "attention_bias": true})",
+         "attention_bias is true; layers with biases are not supported"},
+        {R"({"model_type": "qwen3", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 4, "vocab_size": 9, "use_sliding_window": true, "sliding_window": 64, "max_window_layers": 1})",
+         "use_sliding_window is true; sliding-window attention is not supported"},
+        {R"({"model_type": "qwen3", "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 4, "vocab_size": 9, "layer_types": ["full_attention", "sliding_attention"]})",
+         "layer_types must all be \"full_attention\""},
     };
     for (const auto& c : cases) {
         CAPTURE(c.json);

@@ -104,32 +104,37 @@ TEST_CASE("lora: adapters PEFT makes that this trainer cannot honour are refused
     CHECK_THROWS_WITH_AS(load_peft_adapter(dir, c, out, w), doctest::Contains("peft_type must be \"LORA\""), Error);
 }
 
-TEST_CASE("lora: merging adds s * B A to the adapted weight only") {
-    LlamaConfig c = preset_config("tiny");
-    c.hidden_size = 8, c.intermediate_size = 12, c.num_attention_heads = 2, c.num_key_value_heads = 1, c.head_dim = 4;
-    c.num_hidden_layers = 1, c.vocab_size = 16;
-    LoraConfig l;
-    l.rank = 2, l.alpha = 6;
-    parse_lora_targets("v,up", l, "x");
-    LoraLayout layout = lora_layout(c, l);
-    Rng rng(uint64_t(time(nullptr)));
-    std::vector<float> adapters(size_t(layout.per_layer)), w(size_t(unit_layout(c, 1).numel));
-    for (float& x : adapters) x = rng.uniform() - 0.5f;
-    for (float& x : w) x = rng.uniform() - 0.5f;
-    std::vector<float> merged = w;
-    merge_lora_layer(c, l, adapters.data(), merged.data());
-    // v_proj [4, 8] sits after norm (8), q (8*8), k (4*8); up_proj [12, 8] after gate.
-    int64_t v_at = 8 + 64 + 32, up_at = 8 + 64 + 32 + 32 + 64 + 8 + 96;
-    size_t changed = 0;
-    for (size_t i = 0; i < w.size(); ++i) changed += merged[i] != w[i];
-    CHECK(changed == 4 * 8 + 12 * 8);
-    for (int o = 0; o < 12; ++o)
-        for (int i = 0; i < 8; ++i) {
-            double d = 0;
-            for (int k = 0; k < 2; ++k) d += double(adapters[size_t(layout.b_offset[kUp] + o * 2 + k)]) * adapters[size_t(layout.a_offset[kUp] + k * 8 + i)];
-            CHECK(merged[size_t(up_at + o * 8 + i)] == doctest::Approx(w[size_t(up_at + o * 8 + i)] + 3.0 * d).epsilon(1e-5));
-        }
-    CHECK(merged[size_t(v_at)] != w[size_t(v_at)]);
+TEST_CASE("lora: merging adds s * B A to the adapted weight only, also past a Qwen3 layer's q_norm and k_norm") {
+    for (bool qwen3 : {false, true}) {
+        CAPTURE(qwen3);
+        LlamaConfig c = preset_config("tiny");
+        c.hidden_size = 8, c.intermediate_size = 12, c.num_attention_heads = 2, c.num_key_value_heads = 1, c.head_dim = 4;
+        c.num_hidden_layers = 1, c.vocab_size = 16, c.qk_norm = qwen3;
+        LoraConfig l;
+        l.rank = 2, l.alpha = 6;
+        parse_lora_targets("v,up", l, "x");
+        LoraLayout layout = lora_layout(c, l);
+        Rng rng(uint64_t(time(nullptr)));
+        std::vector<float> adapters(size_t(layout.per_layer)), w(size_t(unit_layout(c, 1).numel));
+        for (float& x : adapters) x = rng.uniform() - 0.5f;
+        for (float& x : w) x = rng.uniform() - 0.5f;
+        std::vector<float> merged = w;
+        merge_lora_layer(c, l, adapters.data(), merged.data());
+        // v_proj [4, 8] sits after norm (8), q (8*8), k (4*8); up_proj [12, 8] after o, (q_norm [4] and k_norm [4],
+        // each from a multiple of 8,) the post norm and gate.
+        int64_t v_at = 8 + 64 + 32, up_at = 8 + 64 + 32 + 32 + 64 + (qwen3 ? 16 : 0) + 8 + 96;
+        CHECK(layer_tensor_offset(c, kUpProj) == up_at);
+        size_t changed = 0;
+        for (size_t i = 0; i < w.size(); ++i) changed += merged[i] != w[i];
+        CHECK(changed == 4 * 8 + 12 * 8);
+        for (int o = 0; o < 12; ++o)
+            for (int i = 0; i < 8; ++i) {
+                double d = 0;
+                for (int k = 0; k < 2; ++k) d += double(adapters[size_t(layout.b_offset[kUp] + o * 2 + k)]) * adapters[size_t(layout.a_offset[kUp] + k * 8 + i)];
+                CHECK(merged[size_t(up_at + o * 8 + i)] == doctest::Approx(w[size_t(up_at + o * 8 + i)] + 3.0 * d).epsilon(1e-5));
+            }
+        CHECK(merged[size_t(v_at)] != w[size_t(v_at)]);
+    }
 }
 
 TEST_CASE("adamw: the CPU update by hand, and weight decay") {

@@ -1,7 +1,8 @@
 // test/test_model.cpp — the whole model against Hugging Face transformers + PEFT (golden files made by
 // test/make_golden_model.py): logits, loss, LoRA gradients, and 10-step AdamW loss trajectories for LoRA
-// and full fine-tuning. Bounds: logits max-norm relative error 2e-2 (bf16 activations through the whole
-// model), loss 1e-2 relative, gradients 5e-2 in the 2-norm, every trajectory step 1% (the bound).
+// and full fine-tuning, of two Llamas and a Qwen3 (qwen3_tied: q/k norms, head_dim apart from hidden /
+// heads). Bounds: logits max-norm relative error 2e-2 (bf16 activations through the whole model), loss 1e-2
+// relative, gradients 5e-2 in the 2-norm, every trajectory step 1% (the bound).
 #include "gpu.h"
 
 #include <sys/stat.h>
@@ -44,7 +45,9 @@ std::vector<float> trajectory(LlamaModel& m, ZeroStore& store, const DeviceBatch
 
 void check_against_hf(const std::string& name) {
     Golden g;
-    if (!load_golden(name, g)) FAIL("missing golden files test/golden/" << name << " (make them with test/make_golden_model.py)");
+    if (!load_golden(name, g))
+        FAIL("missing golden files test/golden/" << name << " (make them with python3 test/make_golden_model.py test/golden " << name
+                                                  << " on a GPU machine with transformers and PEFT)");
     const LlamaConfig& c = g.config;
     LoraConfig lora;
     std::vector<std::vector<float>> adapter;
@@ -142,6 +145,11 @@ TEST_CASE("gpu: untied embeddings, no GQA, head_dim 128: equals HF + PEFT") {
     check_against_hf("llama_untied_mha");
 }
 
+TEST_CASE("gpu: Qwen3: q_norm and k_norm, head_dim 64 with hidden 192 and 4 heads, tied, rope_theta 1e6: equals HF + PEFT") {
+    if (!need_gpu()) return;
+    check_against_hf("qwen3_tied");
+}
+
 TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax") {
     if (!need_gpu()) return;
     Golden g;
@@ -192,63 +200,68 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
     for (int32_t id : a) CHECK((id >= 0 && id < c.vocab_size));
 }
 
-TEST_CASE("gpu: rows packed into sequences give the same loss and gradients as the same rows one per sequence") {
+TEST_CASE("gpu: rows packed into sequences give the same loss and gradients as the same rows one per sequence (Llama, Qwen3)") {
     if (!need_gpu()) return;
-    Golden g;
-    if (!load_golden("llama_tied_gqa4", g)) FAIL("missing golden files");
-    const LlamaConfig& c = g.config;
-    Rng rng(uint64_t(time(nullptr)));
-    int T = 96;
-    Dataset rows;  // 9 rows of random lengths (one of length 2), prompts masked
-    rows.seq_len = T;
-    for (int r = 0; r < 9; ++r) {
-        Example ex;
-        int len = r == 4 ? 2 : 8 + int(rng.below(40)), prompt = int(rng.below(uint64_t(len / 2)));
-        for (int t = 0; t < len; ++t) ex.ids.push_back(int32_t(1 + rng.below(uint64_t(c.vocab_size - 1))));
-        ex.labels = ex.ids;
-        for (int t = 0; t < prompt; ++t) ex.labels[size_t(t)] = kIgnoreIndex;
-        rows.stats.tokens += len;
-        rows.rows.push_back(ex);
+    for (const char* name : {"llama_tied_gqa4", "qwen3_tied"}) {
+        CAPTURE(name);
+        Golden g;
+        if (!load_golden(name, g)) FAIL("missing golden files test/golden/" << name);
+        const LlamaConfig& c = g.config;
+        Rng rng(uint64_t(time(nullptr)));
+        int T = 96;
+        Dataset rows;  // 9 rows of random lengths (one of length 2), prompts masked
+        rows.seq_len = T;
+        for (int r = 0; r < 9; ++r) {
+            Example ex;
+            int len = r == 4 ? 2 : 8 + int(rng.below(40)), prompt = int(rng.below(uint64_t(len / 2)));
+            for (int t = 0; t < len; ++t) ex.ids.push_back(int32_t(1 + rng.below(uint64_t(c.vocab_size - 1))));
+            ex.labels = ex.ids;
+            for (int t = 0; t < prompt; ++t) ex.labels[size_t(t)] = kIgnoreIndex;
+            rows.stats.tokens += len;
+            rows.rows.push_back(ex);
+        }
+        LoraConfig lora;
+        lora.rank = 8, lora.alpha = 16;
+        struct Result { double loss; int64_t targets; std::vector<float> grads; };
+        auto run = [&](bool pack) {
+            Dataset d = rows;
+            d.pack = pack;
+            pack_sequences(d);
+            int B = int(d.sequences.size());
+            Loader loader(d, B, T, 0, 1, 1, false, 0);
+            Batch b = loader.batch(0, 0);
+            ZeroStore store(c, lora, ZeroOptions(), test_world(), nullptr);
+            store.load(g.dir);
+            store.init_lora(3);
+            std::vector<std::vector<float>> adapter = store.lora_layers();
+            for (auto& layer : adapter)  // B = 0 after PEFT's init: give every adapter weight a value
+                for (float& x : layer) x = x == 0 ? 0.01f : x;
+            store.set_lora(adapter);
+            LlamaModel m(c, lora.shape(0), B, T, nullptr);
+            DeviceFree keep;
+            DeviceBatch batch{B, T, keep(to_device(b.ids)), keep(to_device(b.labels)), keep(to_device(b.positions)),
+                              keep(to_device(b.doc_start))};
+            store.begin_step();
+            m.forward_backward(batch, store, float(b.target_tokens));
+            return Result{from_device(m.loss_sum(), 1)[0], b.target_tokens, store.trainable_grads()};
+        };
+        Result packed = run(true), unpacked = run(false);
+        CHECK(packed.targets == unpacked.targets);
+        double loss_error = std::fabs(packed.loss - unpacked.loss) / unpacked.loss;
+        double grad_error = norm_error(packed.grads, unpacked.grads);
+        MESSAGE(name << ": packed vs unpacked: loss " << loss_error << ", LoRA gradients (2-norm) " << grad_error);
+        CHECK(loss_error < 2e-3);  // bf16 activations; the products see the rows in other groupings
+        CHECK(grad_error < 2e-2);
     }
-    LoraConfig lora;
-    lora.rank = 8, lora.alpha = 16;
-    struct Result { double loss; int64_t targets; std::vector<float> grads; };
-    auto run = [&](bool pack) {
-        Dataset d = rows;
-        d.pack = pack;
-        pack_sequences(d);
-        int B = int(d.sequences.size());
-        Loader loader(d, B, T, 0, 1, 1, false, 0);
-        Batch b = loader.batch(0, 0);
-        ZeroStore store(c, lora, ZeroOptions(), test_world(), nullptr);
-        store.load(g.dir);
-        store.init_lora(3);
-        std::vector<std::vector<float>> adapter = store.lora_layers();
-        for (auto& layer : adapter)  // B = 0 after PEFT's init: give every adapter weight a value
-            for (float& x : layer) x = x == 0 ? 0.01f : x;
-        store.set_lora(adapter);
-        LlamaModel m(c, lora.shape(0), B, T, nullptr);
-        DeviceFree keep;
-        DeviceBatch batch{B, T, keep(to_device(b.ids)), keep(to_device(b.labels)), keep(to_device(b.positions)), keep(to_device(b.doc_start))};
-        store.begin_step();
-        m.forward_backward(batch, store, float(b.target_tokens));
-        return Result{from_device(m.loss_sum(), 1)[0], b.target_tokens, store.trainable_grads()};
-    };
-    Result packed = run(true), unpacked = run(false);
-    CHECK(packed.targets == unpacked.targets);
-    double loss_error = std::fabs(packed.loss - unpacked.loss) / unpacked.loss, grad_error = norm_error(packed.grads, unpacked.grads);
-    MESSAGE("packed vs unpacked: loss " << loss_error << ", LoRA gradients (2-norm) " << grad_error);
-    CHECK(loss_error < 2e-3);  // bf16 activations; the products see the rows in other groupings
-    CHECK(grad_error < 2e-2);
 }
 
 TEST_CASE("gpu: greedy generation equals HF generate on the golden models, several prompts at once") {
     if (!need_gpu()) return;
-    for (const char* name : {"llama_tied_gqa4", "llama_untied_mha"}) {
+    for (const char* name : {"llama_tied_gqa4", "llama_untied_mha", "qwen3_tied"}) {
         CAPTURE(name);
         std::string dir = std::string("test/golden/") + name;
         if (access((dir + "/generate.json").c_str(), R_OK) != 0)
-            FAIL("missing " << dir << "/generate.json (make it with python3 test/make_golden_generate.py test/golden)");
+            FAIL("missing " << dir << "/generate.json (make it with python3 test/make_golden_generate.py test/golden " << name << ")");
         Json want = read_json_file(dir + "/generate.json");
         LlamaConfig c = load_config(dir + "/config.json");
         LoraConfig lora;

@@ -1,9 +1,9 @@
 // test/test_zero_gpu.cpp — the ZeRO protocol on the GPU with this process as the only rank: every stage,
 // with and without CPU offload, activation checkpointing and keeping stage-3 units gathered, gives the
-// same training as stage 0 (bitwise; see the one exception below); the CPU update overlapping the next
-// forward gives the GPU optimizer's weights bitwise, also when they are read between steps; 20 steps equal
-// 10 steps + checkpoint + resume + 10 steps, bitwise. Runs on more ranks are the multi-GPU benchmark's
-// (bench/zero.sh).
+// same training as stage 0 (bitwise; see the one exception below), for a Llama and for a Qwen3 (whose
+// layers carry q_norm and k_norm); the CPU update overlapping the next forward gives the GPU optimizer's
+// weights bitwise, also when they are read between steps; 20 steps equal 10 steps + checkpoint + resume +
+// 10 steps, bitwise (both models). Runs on more ranks are the multi-GPU benchmark's (bench/zero.sh).
 #include "gpu.h"
 
 #include "lora.h"
@@ -17,9 +17,10 @@ struct Trace {
     std::vector<float> peeks;  // the parameters read after steps 2 and 4 (with peek)
 };
 
-Golden golden_setup() {
+Golden golden_setup(const std::string& name = "llama_tied_gqa4") {
     Golden g;
-    if (!load_golden("llama_tied_gqa4", g)) FAIL("missing golden files test/golden/llama_tied_gqa4");
+    if (!load_golden(name, g))
+        FAIL("missing golden files test/golden/" << name << " (python3 test/make_golden_model.py test/golden " << name << ")");
     return g;
 }
 
@@ -77,42 +78,46 @@ Trace run(const Golden& s, const LoraConfig& lora, const ZeroOptions& z, bool re
 
 }  // namespace
 
-TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept units train identically on one rank") {
+TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept units train identically on one rank (Llama, Qwen3)") {
     if (!need_gpu()) return;
-    Golden s = golden_setup();
-    for (int rank : {8, 0}) {
-        LoraConfig lora;
-        lora.rank = rank, lora.alpha = 16;
-        ZeroOptions z0;
-        z0.persistence_threshold = 0;  // stage 3 shards every unit
-        Trace ref = run(s, lora, z0, false, 1, 6);
-        // copies: stage 3 gathers each unit into a buffer as N ranks do; else one rank reads its shard in place
-        struct Variant { int stage; bool offload, recompute, keep, copies; };
-        for (Variant v : {Variant{1, false, false, false, false}, Variant{2, false, false, false, false},
-                          Variant{3, false, false, false, false}, Variant{3, false, false, false, true},
-                          Variant{3, false, true, false, false}, Variant{3, false, true, false, true}, Variant{3, false, false, true, true},
-                          Variant{0, false, true, false, false}, Variant{1, true, false, false, false},
-                          Variant{3, true, false, false, false}, Variant{3, true, false, false, true}}) {
-            ZeroOptions z = z0;
-            z.stage = v.stage, z.offload = v.offload, z.keep_gathered = v.keep, z.copy_gathers = v.copies;
-            Trace t = run(s, lora, z, v.recompute, 1, 6);
-            CAPTURE(rank);
-            CAPTURE(v.stage);
-            CAPTURE(v.offload);
-            CAPTURE(v.recompute);
-            CAPTURE(v.keep);
-            CAPTURE(v.copies);
-            // Bitwise, except full fine-tuning at stages 2, 3: there the micro-batches' gradients are summed
-            // after each reduce-scatter instead of inside the products (another rounding order).
-            if (rank == 0 && v.stage >= 2) {
-                CHECK(rel_error(t.losses, ref.losses) < 1e-4);
-                CHECK(rel_error(t.params, ref.params) < 1e-2);
-            } else {
-                CHECK(t.losses == ref.losses);
-                CHECK(t.params == ref.params);
+    for (const char* name : {"llama_tied_gqa4", "qwen3_tied"}) {
+        Golden s = golden_setup(name);
+        CAPTURE(name);
+        for (int rank : {8, 0}) {
+            LoraConfig lora;
+            lora.rank = rank, lora.alpha = 16;
+            ZeroOptions z0;
+            z0.persistence_threshold = 0;  // stage 3 shards every unit
+            Trace ref = run(s, lora, z0, false, 1, 6);
+            // copies: stage 3 gathers each unit into a buffer as N ranks do; else one rank reads its shard in place
+            struct Variant { int stage; bool offload, recompute, keep, copies; };
+            for (Variant v : {Variant{1, false, false, false, false}, Variant{2, false, false, false, false},
+                              Variant{3, false, false, false, false}, Variant{3, false, false, false, true},
+                              Variant{3, false, true, false, false}, Variant{3, false, true, false, true},
+                              Variant{3, false, false, true, true},
+                              Variant{0, false, true, false, false}, Variant{1, true, false, false, false},
+                              Variant{3, true, false, false, false}, Variant{3, true, false, false, true}}) {
+                ZeroOptions z = z0;
+                z.stage = v.stage, z.offload = v.offload, z.keep_gathered = v.keep, z.copy_gathers = v.copies;
+                Trace t = run(s, lora, z, v.recompute, 1, 6);
+                CAPTURE(rank);
+                CAPTURE(v.stage);
+                CAPTURE(v.offload);
+                CAPTURE(v.recompute);
+                CAPTURE(v.keep);
+                CAPTURE(v.copies);
+                // Bitwise, except full fine-tuning at stages 2, 3: there the micro-batches' gradients are summed
+                // after each reduce-scatter instead of inside the products (another rounding order).
+                if (rank == 0 && v.stage >= 2) {
+                    CHECK(rel_error(t.losses, ref.losses) < 1e-4);
+                    CHECK(rel_error(t.params, ref.params) < 1e-2);
+                } else {
+                    CHECK(t.losses == ref.losses);
+                    CHECK(t.params == ref.params);
+                }
             }
+            CHECK(ref.losses.back() < ref.losses.front());  // it trains
         }
-        CHECK(ref.losses.back() < ref.losses.front());  // it trains
     }
 }
 
@@ -144,27 +149,30 @@ TEST_CASE("gpu: offload overlapping the next forward gives the GPU optimizer's w
     }
 }
 
-TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bitwise") {
+TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bitwise (Llama, Qwen3)") {
     if (!need_gpu()) return;
-    Golden s = golden_setup();
-    for (int rank : {8, 0}) {
-        for (int stage : {0, 3}) {
-            LoraConfig lora;
-            lora.rank = rank, lora.alpha = 16;
-            ZeroOptions z;
-            z.stage = stage;
-            std::string dir = temp_dir("resume_" + std::to_string(rank) + "_" + std::to_string(stage));
-            Trace whole = run(s, lora, z, false, 1, 20);
-            Trace first = run(s, lora, z, false, 1, 10, "", dir);
-            ZeroOptions other = z;
-            if (rank) other.stage = 3 - stage;  // LoRA resumes under another stage: the checkpoint is by name
-            Trace second = run(s, lora, other, false, 11, 20, dir);
-            std::vector<float> joined = first.losses;
-            joined.insert(joined.end(), second.losses.begin(), second.losses.end());
-            CAPTURE(rank);
-            CAPTURE(stage);
-            CHECK(joined == whole.losses);
-            CHECK(second.params == whole.params);
+    for (const char* name : {"llama_tied_gqa4", "qwen3_tied"}) {
+        Golden s = golden_setup(name);
+        CAPTURE(name);
+        for (int rank : {8, 0}) {
+            for (int stage : {0, 3}) {
+                LoraConfig lora;
+                lora.rank = rank, lora.alpha = 16;
+                ZeroOptions z;
+                z.stage = stage;
+                std::string dir = temp_dir(std::string("resume_") + name + "_" + std::to_string(rank) + "_" + std::to_string(stage));
+                Trace whole = run(s, lora, z, false, 1, 20);
+                Trace first = run(s, lora, z, false, 1, 10, "", dir);
+                ZeroOptions other = z;
+                if (rank) other.stage = 3 - stage;  // LoRA resumes under another stage: the checkpoint is by name
+                Trace second = run(s, lora, other, false, 11, 20, dir);
+                std::vector<float> joined = first.losses;
+                joined.insert(joined.end(), second.losses.begin(), second.losses.end());
+                CAPTURE(rank);
+                CAPTURE(stage);
+                CHECK(joined == whole.losses);
+                CHECK(second.params == whole.params);
+            }
         }
     }
 }
