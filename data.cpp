@@ -767,3 +767,14 @@ void check_vocab(const Tokenizer& tok, int model_vocab, const std::string& token
         fail(tokenizer_path + " has " + std::to_string(tok.vocab_size()) + " token ids but " + config_path +
              " has vocab_size " + std::to_string(model_vocab) + ": the tokenizer does not belong to this model");
 }
+
+void check_model_tokens(const ModelTokens& t, int model_vocab, const std::string& config_path) {
+    auto check = [&](int32_t id, const std::string& what) {
+        if (id < 0 || id >= model_vocab)
+            fail(what + " " + std::to_string(id) + " (from " + t.source + ") is outside the model's vocabulary: " + config_path +
+                 " has vocab_size " + std::to_string(model_vocab));
+    };
+    check(t.bos, "the BOS id");
+    for (int32_t id : t.eos) check(id, "the EOS id");
+    check(t.pad, "the pad id");
+}

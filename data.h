@@ -37,6 +37,10 @@ ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir);
 
 // Fails, naming both files and both sizes, when the tokenizer has ids the model's embedding lacks.
 void check_vocab(const Tokenizer& tok, int model_vocab, const std::string& tokenizer_path, const std::string& config_path);
+// Fails unless BOS, every EOS and pad are rows of the model's embedding (vocab_size `model_vocab`): the
+// ids the data puts around rows and after them. Tokens from a tokenizer pass check_vocab already; this
+// catches ids taken from a config.json alone (pre-tokenized data), defaults included.
+void check_model_tokens(const ModelTokens& t, int model_vocab, const std::string& config_path);
 
 // ---------------------------------------------------------------------------------------------- datasets
 // Packing with document boundaries. A dataset is a list of rows (Examples, each at most seq_len tokens);

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "support/cuda_calls.h"
 #include "data.h"
@@ -124,9 +125,12 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
     const Json* type = j.find("peft_type");
     if (!type || !type->is_string() || type->string != "LORA") fail(path + ": peft_type must be \"LORA\"");
     const Json* r = j.find("r");
-    if (!r || !r->is_int() || r->integer < 1) fail(path + ": field \"r\" must be a positive whole number");
+    if (!r || !r->is_int() || r->integer < 1 || r->integer > kMaxLoraRank)
+        fail(path + ": field \"r\" must be a whole number from 1 to " + std::to_string(kMaxLoraRank) +
+             (r && r->is_int() ? ", not " + std::to_string(r->integer) : ""));
     const Json* alpha = j.find("lora_alpha");
-    if (!alpha || alpha->type != Json::Number) fail(path + ": field \"lora_alpha\" must be a number");
+    if (!alpha || alpha->type != Json::Number || !(alpha->number > 0) || !std::isfinite(float(alpha->number)))
+        fail(path + ": field \"lora_alpha\" must be a positive number (the adapter's scale is lora_alpha / r)");
     if (const Json* d = j.find("use_dora"); d && d->type == Json::Bool && d->boolean) fail(path + ": DoRA adapters are not supported");
     if (const Json* b = j.find("bias"); b && b->is_string() && b->string != "none") fail(path + ": bias \"" + b->string + "\" is not supported (only \"none\")");
     for (const char* k : {"rank_pattern", "alpha_pattern"})
@@ -149,8 +153,22 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
         list += (list.empty() ? "" : ",") + t.string;
     }
     parse_lora_targets(list, lora, path + ": target_modules");
+    // every tensor the config calls for, with its shape and a float dtype, and no other: checked from the
+    // header before anything is allocated for the weights
     LoraLayout layout = lora_layout(model, lora);
     SafetensorsReader reader(dir + "/adapter_model.safetensors");
+    std::set<std::string> expected;
+    for (int l = 0; l < model.num_hidden_layers; ++l)
+        for (int t = 0; t < kTargets; ++t) {
+            if (!lora.target[t]) continue;
+            reader.check_float(peft_key(l, LoraTarget(t), 'A'), {lora.rank, layout.in[t]});
+            reader.check_float(peft_key(l, LoraTarget(t), 'B'), {layout.out[t], lora.rank});
+            expected.insert(peft_key(l, LoraTarget(t), 'A')), expected.insert(peft_key(l, LoraTarget(t), 'B'));
+        }
+    for (const auto& [name, t] : reader.tensors())
+        if (!expected.count(name))
+            fail(t.file + ": unexpected tensor " + name + " (not an adapter of the model's " + std::to_string(model.num_hidden_layers) +
+                 " layers and the target_modules of " + path + ")");
     layers.assign(size_t(model.num_hidden_layers), std::vector<float>(size_t(layout.per_layer)));
     for (int l = 0; l < model.num_hidden_layers; ++l)
         for (int t = 0; t < kTargets; ++t) {

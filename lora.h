@@ -8,6 +8,8 @@
 
 #include "llama.h"
 
+constexpr int kMaxLoraRank = 4096;  // --lora-rank and an adapter's r
+
 struct LoraConfig {
     int rank = 0;  // 0 = no adapters (full fine-tuning)
     float alpha = 16;
@@ -38,7 +40,9 @@ void lora_init_layer(const LoraConfig& lora, const LoraLayout& layout, uint64_t 
 // base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight, ...). `layers[l]` is layer l's flat fp32 buffer.
 void save_peft_adapter(const std::string& dir, const LlamaConfig& model, const LoraConfig& lora,
                        const std::vector<std::vector<float>>& layers, const std::string& base_model);
-// Reads adapter_config.json into `lora` (rank, alpha, targets) and the weights into `layers`.
+// Reads adapter_config.json into `lora` (rank, alpha, targets) and the weights into `layers`. Fails, naming
+// the file and field or tensor, on an r outside [1, kMaxLoraRank], a lora_alpha that is not positive, and
+// before allocating, on a tensor missing, of another shape or dtype, or not one of the adapters the config names.
 void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraConfig& lora,
                        std::vector<std::vector<float>>& layers);
 std::string peft_key(int layer, LoraTarget t, char which);  // which = 'A' or 'B'

@@ -16,8 +16,6 @@
 //   ./train tokenize [--tokenizer P]   print the ids of stdin's UTF-8 text, space-separated, no BOS
 //   ./train generate --model DIR ...   answer prompts with a model (generate.cu)
 // Every user mistake ends in one line `error: ...` naming the flag, file or field, and exit status 1.
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +23,7 @@
 #include <iostream>
 #include <fstream>
 #include <iterator>
+#include <new>
 #include <optional>
 #include <string>
 #include <vector>
@@ -111,47 +110,58 @@ Dataset load_datasets(const std::string& paths, const std::string& flag, const I
     return all;
 }
 
-Inputs load_inputs(const Options& o, const World& w) {
+// Reads and checks every input on this rank, in the order a run needs them; no collectives (the ranks
+// agree on the outcome afterwards: world_agree). `chief` prints the data summary and notes.
+Inputs load_inputs(const Options& o, bool chief) {
     Inputs in;
+    // the model: its config (sizes bounded), and the sequence length it allows
     LlamaConfig& c = in.config;
     c = !o.model.empty() ? load_config(o.model + "/config.json") : preset_config(o.preset.empty() ? "tiny" : o.preset);
+    std::string config_path = o.model.empty() ? "--preset " + c.name : o.model + "/config.json";
     if (o.seq > c.max_position_embeddings)
         fail("--seq " + std::to_string(o.seq) + " exceeds the model's max_position_embeddings (" + std::to_string(c.max_position_embeddings) + ")");
+    // the tokenizer and the special tokens, every id a row of the embedding
     in.tokenizer_path = tokenizer_path(o);
     if (!in.tokenizer_path.empty()) {
         in.tok = load_tokenizer(in.tokenizer_path);
-        check_vocab(*in.tok, c.vocab_size, in.tokenizer_path, o.model.empty() ? "--preset " + c.name : o.model + "/config.json");
+        check_vocab(*in.tok, c.vocab_size, in.tokenizer_path, config_path);
         in.tokens = model_tokens(*in.tok, o.model);
     } else {  // the config's ids (pre-tokenized data)
         in.tokens.bos = c.bos_token_id;
         in.tokens.eos.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
         in.tokens.pad = in.tokens.eos.empty() ? 0 : in.tokens.eos[0];
-        in.tokens.source = o.model + "/config.json";
+        in.tokens.source = config_path + " (bos_token_id, eos_token_id; 128000 and 128001 where absent)";
     }
+    check_model_tokens(in.tokens, c.vocab_size, config_path);
+    // the adapters: from --adapter (its r, alpha and targets), or new ones as the flags say
     if (!o.adapter.empty()) {
         load_peft_adapter(o.adapter, c, in.lora, in.adapter);
+        check_adapter_flags(o, in.lora);
         if (o.given.count("--lora-dropout")) in.lora.dropout = o.lora_dropout;
     } else {
         in.lora.rank = o.lora_rank, in.lora.alpha = o.lora_alpha, in.lora.dropout = o.lora_dropout;
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
-    if (!o.model.empty()) SafetensorsReader check(o.model);  // headers and sizes
+    // the weights: every tensor's name, shape, dtype and bytes, from the headers
+    if (!o.model.empty()) check_model_weights(SafetensorsReader(o.model), c);
+    // the data: every token id inside the embedding (load_dataset checks pre-tokenized ids)
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
-    dopt.tokens = &in.tokens, dopt.progress = w.rank == 0;
+    dopt.tokens = &in.tokens, dopt.progress = chief;
     in.train = load_datasets(o.data, "--data", in, dopt);
     if (o.eval_fraction > 0) in.eval = split_eval(in.train, o.eval_fraction, o.seed);
     else if (!o.eval_data.empty()) in.eval = load_datasets(o.eval_data, "--eval-data", in, dopt);
-    if (w.rank == 0) {
+    if (chief) {
         std::printf("%s\n", data_summary("train", in.train).c_str());
         if (!in.eval.rows.empty()) std::printf("%s\n", data_summary("eval ", in.eval).c_str());
     }
+    // the checkpoint to continue, every rank's file of it; OUT, where nothing of a previous run is lost unasked
     in.resume = find_checkpoint(o.out + "/checkpoints", o.resume);
-    world_check_same(w, in.resume, "the checkpoints to resume from (OUT/checkpoints/latest)");
-    if (!in.resume.empty()) {
-        check_checkpoint(in.resume, c, in.lora);
-        world_check_same(w, read_file(in.resume + "/trainer.json") + read_file(in.resume + "/zero.json"), "the checkpoint files");
-    }
+    if (!in.resume.empty()) check_checkpoint(in.resume, c, in.lora);
+    if (chief && !o.resume.empty() && in.resume.empty()) std::printf("resume: no checkpoint in %s/checkpoints; starting fresh\n", o.out.c_str());
+    std::string previous = check_out_dir(o);  // refused there unless --resume or --overwrite (the default job's own: always)
+    if (chief && !previous.empty() && in.resume.empty())
+        std::printf("note: %s holds a previous run's outputs (%s); this run replaces them\n", o.out.c_str(), previous.c_str());
     return in;
 }
 
@@ -170,11 +180,18 @@ RunPlan plan_run(const Options& o, const Inputs& in, int ranks) {
     p.micro_batches_per_epoch = Loader(in.train, o.micro_batch, o.seq, 0, ranks, o.seed, true, in.tokens.pad).micro_batches_per_epoch();
     p.steps_per_epoch = std::max<int64_t>(1, p.micro_batches_per_epoch / o.grad_accum);
     p.steps = o.steps ? o.steps : p.steps_per_epoch * std::max(1, o.epochs);
-    if (in.resume.empty()) return p;
-    TrainerState s = read_trainer_state(in.resume);
-    p.start_micro_batch = resume_micro_batch(s, o.micro_batch, o.grad_accum, ranks, p.micro_batches_per_epoch, "--resume " + in.resume);
-    p.start_step = s.step;
-    if (!o.given.count("--steps")) p.steps = s.total_steps;  // the schedule continues
+    if (!in.resume.empty()) {
+        TrainerState s = read_trainer_state(in.resume);
+        std::string where = "--resume " + in.resume;
+        if (!o.given.count("--steps")) p.steps = s.total_steps;  // the schedule continues
+        check_resume(s, o.seed, p.steps, where);
+        p.start_micro_batch = resume_micro_batch(s, o.micro_batch, o.grad_accum, ranks, p.micro_batches_per_epoch, where);
+        p.start_step = s.step;
+    }
+    if (p.steps > INT32_MAX)  // the schedule counts steps in an int
+        fail("the run has " + thousands(p.steps) + " steps (" + std::to_string(p.steps_per_epoch) + " per epoch x --epochs " +
+             std::to_string(o.epochs) + "), more than " + thousands(INT32_MAX));
+    check_warmup(o, p.steps);
     return p;
 }
 
@@ -327,7 +344,7 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
 // ------------------------------------------------------------------------------------------------ the loop
 
 RunResult Trainer::run(const std::string& base_name) {
-    mkdir(o_.out.c_str(), 0755);
+    if (chief_) make_out_dir(o_.out);
     world_barrier(w_);
     RunLog::Setup logged;
     logged.out = o_.out, logged.rank = w_.rank, logged.log_every = o_.log_every;
@@ -420,8 +437,8 @@ void Trainer::read_step(int64_t step, bool eval) {
     r.step = step, r.targets = q.targets, r.tokens = q.tokens, r.rows = q.examples;
     r.loss_sum = world_sum(w_, double(out[0])), r.loss = q.targets > 0 ? r.loss_sum / q.targets : 0.0;
     float norm_sq = out[1];
-    if (!std::isfinite(r.loss) || !std::isfinite(norm_sq))
-        fail("loss is " + std::to_string(r.loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
+    if (!std::isfinite(r.loss) || !std::isfinite(norm_sq))  // the same on every rank (summed over them): one line
+        throw CollectiveError("loss is " + std::to_string(r.loss) + " at step " + std::to_string(step) + " (lower --lr, or check the data)");
     r.grad_norm = std::sqrt(double(norm_sq));
     float ms = 0;  // from the previous step's end, or from this step's start when the GPU was idle before it
     const QueuedStep& previous = queued_[(step - 1) % kQueuedSteps];
@@ -590,9 +607,18 @@ void write_summary(const Options& o, const World& w, const RunResult& r, const s
     write_summary_json(o.out + "/summary.json", s);
 }
 
-// Checks everything that can be checked without a GPU, then trains.
+// Checks everything that can be checked without a GPU on every rank (the ranks agree on the outcome),
+// then trains.
 RunResult run_job(const Options& o, World& w, const std::string& title) {
-    Inputs in = load_inputs(o, w);
+    Inputs in;
+    RunPlan plan;
+    world_agree(w, o.check_timeout, [&] {
+        in = load_inputs(o, w.rank == 0);
+        plan = plan_run(o, in, w.size);
+    });
+    world_check_same(w, in.resume, "the checkpoints to resume from (OUT/checkpoints/latest)");
+    if (!in.resume.empty())
+        world_check_same(w, read_file(in.resume + "/trainer.json") + read_file(in.resume + "/zero.json"), "the checkpoint files");
     if (o.dry_run) {
         if (w.rank == 0)
             std::printf("dry run: inputs are valid (model %s, %s parameters)\n", in.config.name.c_str(), thousands(in.config.num_parameters()).c_str());
@@ -607,7 +633,6 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
                         w.nodes > 1 ? "s" : "", p.name, o.zero.stage, o.zero.offload ? " + CPU optimizer offload" : "",
                         o.checkpoint_activations ? " + activation checkpointing" : "", w.comm->name());
     }
-    RunPlan plan = plan_run(o, in, w.size);
     RunResult r;
     {
         Trainer t(o, w, in, plan);
@@ -672,19 +697,26 @@ int main(int argc, char** argv) {
         std::string signature;
         for (const std::string& a : args) signature += a + "\n";
         world_check_same(w, signature, "the command-line options");
-        Options o = parse_options(args, w.size);
+        Options o;
+        world_agree(w, o.check_timeout, [&] { o = parse_options(args, w.size); });
+        // The default job (no model, preset, data or adapter) replaces its own outputs, saying so.
         bool default_job = o.model.empty() && o.preset.empty() && o.given.count("--data") == 0 && o.adapter.empty();
+        if (default_job) o.overwrite = true;
         if (default_job && !o.dry_run) run_default(o, w);
         else run_job(o, w, "run summary");
         world_finalize(w);
         return 0;
-    } catch (const CollectiveError& e) {  // every rank found it: rank 0 says it once
-        if (w.rank == 0) std::fprintf(stderr, "error: %s\n", e.what());
+    } catch (const CollectiveError& e) {  // every rank learnt of it at once: one says it
+        if (w.rank == e.speaker) std::fprintf(stderr, "error: %s\n", e.what());
         std::fflush(stderr);
         world_barrier(w);
         world_finalize(w);
         return 1;
     } catch (const Error& e) {
         exit_with_error(e.what());
+    } catch (const std::bad_alloc&) {
+        exit_with_error("out of host memory (std::bad_alloc)");
+    } catch (const std::exception& e) {  // a failure no check foresaw: still one line, and every rank ends
+        exit_with_error(std::string("unexpected failure: ") + e.what());
     }
 }

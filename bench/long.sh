@@ -13,7 +13,7 @@ part=${2:-all}
 nvidia-smi --query-gpu=name --format=csv,noheader
 ours() {  # ours LABEL FLAGS...: the last progress line
     local label=$1; shift
-    ./train --preset llama-3.2-1b --lora-rank 16 --lora-alpha 32 --steps "$steps" --log-every 10 --sample 0 --out /tmp/bench_long "$@" 2>&1 |
+    ./train --preset llama-3.2-1b --lora-rank 16 --lora-alpha 32 --steps "$steps" --log-every 10 --sample 0 --out /tmp/bench_long --overwrite "$@" 2>&1 |
         grep -E "^step|^error" | tail -1 | sed "s/^/ours $label: /"
 }
 if [ "$part" = attention ] || [ "$part" = all ]; then

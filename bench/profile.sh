@@ -10,7 +10,7 @@ run() {  # run LABEL FLAGS...: the profile table
     local label=$1; shift
     echo "== $label"
     ./train --preset llama-3.2-1b --data data/corpus --eval-data data/qa_eval.jsonl --seq 1024 --micro-batch 8 \
-        --steps $((steps + 4)) --log-every 100 --sample 0 --profile "$steps" --out /tmp/profile_out "$@" 2>&1 |
+        --steps $((steps + 4)) --log-every 100 --sample 0 --profile "$steps" --out /tmp/profile_out --overwrite "$@" 2>&1 |
         sed -n '/^profile:/,/^  step/p;/^error/p'
 }
 run "LoRA r=16, stage 0" --lora-rank 16 --lora-alpha 32

@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 ours() {  # ours LABEL FLAGS...: the last progress line's tokens/s, TFLOP/s and memory
     local label=$1; shift
     ./train --preset llama-3.2-1b --data data/corpus --eval-data data/qa_eval.jsonl --seq 1024 --micro-batch 8 --steps "$steps" \
-        --log-every 10 --sample 0 --out /tmp/bench_out "$@" 2>&1 | grep -E "^step|^error" | tail -1 | sed "s/^/ours $label: /"
+        --log-every 10 --sample 0 --out /tmp/bench_out --overwrite "$@" 2>&1 | grep -E "^step|^error" | tail -1 | sed "s/^/ours $label: /"
 }
 ours "LoRA, stage 0             " --lora-rank 16 --lora-alpha 32
 ours "LoRA, stage 3             " --lora-rank 16 --lora-alpha 32 --zero-stage 3

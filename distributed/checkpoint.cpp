@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "support/cuda_calls.h"
@@ -44,8 +45,10 @@ CheckpointIndex::CheckpointIndex(const std::string& dir, int files) : dir_(dir) 
         readers_.emplace_back(new SafetensorsReader(checkpoint_rank_file(dir, k, files)));
         for (const auto& [key, t] : readers_.back()->tensors()) {
             size_t a = key.find(':'), b = key.rfind(':');
-            if (a == std::string::npos || a == b || t.shape.size() != 1) fail(t.file + ": unexpected entry " + key);
-            slices_[key.substr(a + 1, b - a - 1)].push_back({key.substr(0, a), key, std::stoll(key.substr(b + 1)), t.shape[0], k});
+            char* end = nullptr;
+            long long begin = a == std::string::npos || a == b ? -1 : std::strtoll(key.c_str() + b + 1, &end, 10);
+            if (begin < 0 || *end != '\0' || t.shape.size() != 1) fail(t.file + ": unexpected entry " + key);
+            slices_[key.substr(a + 1, b - a - 1)].push_back({key.substr(0, a), key, begin, t.shape[0], k});
         }
     }
 }
@@ -65,6 +68,23 @@ std::vector<float> CheckpointIndex::read(const std::string& kind, const std::str
         }
     if (covered != n) fail("checkpoint " + dir_ + " is incomplete: " + kind + " of " + name + " is missing elements");
     return part;
+}
+
+void CheckpointIndex::check_covers(const std::string& name, int64_t numel) const {
+    for (const char* kind : kKinds) {
+        std::vector<std::pair<int64_t, int64_t>> ranges;  // [begin, end) of each slice of this kind
+        auto it = slices_.find(name);
+        if (it != slices_.end())
+            for (const Slice& sl : it->second)
+                if (sl.kind == kind) ranges.push_back({sl.begin, sl.begin + sl.count});
+        std::sort(ranges.begin(), ranges.end());
+        int64_t covered = 0;
+        for (const auto& [lo, hi] : ranges)
+            if (lo <= covered) covered = std::max(covered, hi);
+        if (covered < numel || (!ranges.empty() && ranges.back().second > numel))
+            fail("checkpoint " + dir_ + " is incomplete: " + kind + " of " + name + " does not cover its " + std::to_string(numel) +
+                 " elements (a rank file from another run?)");
+    }
 }
 
 void save_checkpoint(ZeroStore& store, const std::string& root, const std::string& name, const LlamaConfig& c,
@@ -106,28 +126,59 @@ void save_checkpoint(ZeroStore& store, const std::string& root, const std::strin
     std::printf("checkpoint: %s\n", dir.c_str());
 }
 
-std::string find_checkpoint(const std::string& root, const std::string& flag) {
-    if (flag.empty()) return "";
-    std::string dir = flag;
-    if (dir == "auto") {
-        std::string latest = root + "/latest";
-        if (!exists(latest)) return "";
-        std::string name = read_file(latest);
-        dir = root + "/" + name.substr(0, name.find('\n'));
-    }
-    auto good = [](const std::string& d) { return exists(d + "/zero.json") && exists(d + "/trainer.json"); };
-    if (good(dir)) return dir;
+namespace {
+bool complete(const std::string& dir) { return exists(dir + "/zero.json") && exists(dir + "/trainer.json"); }
+
+// The newest complete step-N directory under `root`, or "".
+std::string last_complete(const std::string& root) {
     std::string best;
     long long best_step = -1;
     if (DIR* d = opendir(root.c_str())) {
         while (dirent* e = readdir(d)) {
             std::string n = e->d_name;
-            if (n.rfind("step-", 0) == 0 && good(root + "/" + n) && std::atoll(n.c_str() + 5) > best_step)
+            if (n.rfind("step-", 0) == 0 && complete(root + "/" + n) && std::atoll(n.c_str() + 5) > best_step)
                 best_step = std::atoll(n.c_str() + 5), best = root + "/" + n;
         }
         closedir(d);
     }
-    fail("checkpoint " + dir + " is incomplete or damaged" + (best.empty() ? "" : "; the last good one is " + best + " (--resume " + best + ")"));
+    return best;
+}
+
+// The trainable tensors of a run, by name and size: every parameter (full fine-tuning) or every adapter.
+std::vector<TensorSpec> trainable_tensors(const LlamaConfig& c, const LoraConfig& lora) {
+    if (lora.rank == 0) return parameter_specs(c);
+    std::vector<TensorSpec> out;
+    LoraLayout layout = lora_layout(c, lora);
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+        for (int t = 0; t < kTargets; ++t)
+            if (lora.target[t]) {
+                out.push_back({peft_key(l, LoraTarget(t), 'A'), {lora.rank, layout.in[t]}});
+                out.push_back({peft_key(l, LoraTarget(t), 'B'), {layout.out[t], lora.rank}});
+            }
+    return out;
+}
+}  // namespace
+
+std::string find_checkpoint(const std::string& root, const std::string& flag) {
+    if (flag.empty()) return "";
+    std::string dir = flag;
+    if (dir == "auto") {
+        std::string latest = root + "/latest";
+        if (!exists(latest)) {
+            std::string last = last_complete(root);
+            if (!last.empty())
+                fail(root + " holds the complete checkpoint " + last + " but no `latest` file naming the newest: resume it with --resume " + last);
+            return "";
+        }
+        std::string name = read_file(latest);
+        dir = root + "/" + name.substr(0, name.find('\n'));
+    } else if (!exists(dir)) {
+        fail("--resume " + dir + ": no such checkpoint directory");
+    }
+    if (complete(dir)) return dir;
+    std::string best = last_complete(root);
+    fail("checkpoint " + dir + " is incomplete or damaged" +
+         (best.empty() ? "" : "; the last good one is " + best + " (--resume " + best + ")"));
 }
 
 void check_checkpoint(const std::string& dir, const LlamaConfig& c, const LoraConfig& lora) {
@@ -135,12 +186,30 @@ void check_checkpoint(const std::string& dir, const LlamaConfig& c, const LoraCo
     const Json* ws = meta.find("world_size");
     const Json* model = meta.find("model");
     const Json* sig = meta.find("lora");
-    if (!ws || !ws->is_int() || ws->integer < 1 || !model || !model->is_string()) fail(dir + "/zero.json: not a checkpoint description");
+    if (!ws || !ws->is_int() || ws->integer < 1 || ws->integer > (1 << 20) || !model || !model->is_string())
+        fail(dir + "/zero.json: not a checkpoint description");
     if (model->string != config_json(c)) fail("checkpoint " + dir + " is from another model (its config differs from this run's)");
     if (!sig || !sig->is_string()) fail(dir + "/zero.json: not a checkpoint description");
     if (sig->string != lora_signature(lora))
         fail("checkpoint " + dir + " has LoRA " + sig->string + " but this run has " + lora_signature(lora));
     read_trainer_state(dir);
+    // every rank's file present, its header sized for its file, and the slices covering every trainable tensor
+    int files = int(ws->integer);
+    for (int k = 0; k < files; ++k)
+        if (!exists(checkpoint_rank_file(dir, k, files)))
+            fail("checkpoint " + dir + " lacks " + checkpoint_rank_file(dir, k, files).substr(dir.size() + 1) + " (it was written by " +
+                 std::to_string(files) + " rank" + (files == 1 ? "" : "s") + ")");
+    CheckpointIndex index(dir, files);
+    for (const TensorSpec& t : trainable_tensors(c, lora)) index.check_covers(t.name, t.numel());
+}
+
+void check_resume(const TrainerState& s, uint64_t seed, int64_t total_steps, const std::string& where) {
+    if (s.seed != seed)
+        fail(where + ": the checkpoint's run has --seed " + std::to_string(s.seed) + ", this run " + std::to_string(seed) +
+             " (the data order and the dropout masks follow the seed: give --seed " + std::to_string(s.seed) + ")");
+    if (s.step >= total_steps)
+        fail(where + ": the checkpoint is at step " + std::to_string(s.step) + " and the run ends at step " + std::to_string(total_steps) +
+             ": nothing is left to train (give a larger --steps)");
 }
 
 TrainerState read_trainer_state(const std::string& dir) {
@@ -155,6 +224,9 @@ TrainerState read_trainer_state(const std::string& dir) {
     s.step = get("step"), s.total_steps = get("total_steps"), s.epoch = get("epoch");
     s.sequences_into_epoch = get("sequences_into_epoch"), s.global_batch = get("global_batch"), s.world_size = get("world_size");
     s.seed = uint64_t(get("seed"));
+    if (s.step > s.total_steps || s.total_steps > INT32_MAX || s.global_batch < 1 || s.world_size < 1)
+        fail(path + ": not a trainer state (step " + std::to_string(s.step) + " of " + std::to_string(s.total_steps) + ", global_batch " +
+             std::to_string(s.global_batch) + ", world_size " + std::to_string(s.world_size) + ")");
     return s;
 }
 

@@ -29,6 +29,8 @@ class CheckpointIndex {
     CheckpointIndex(const std::string& dir, int files);  // reads every file's header (fails on a damaged one)
     // Elements [begin, begin + n) of tensor `name`, assembled from whichever slices hold them.
     std::vector<float> read(const std::string& kind, const std::string& name, int64_t begin, int64_t n) const;
+    // Fails unless the slices of `name` cover its `numel` elements for master, m and v (headers only).
+    void check_covers(const std::string& name, int64_t numel) const;
 
   private:
     struct Slice { std::string kind, key; int64_t begin, count; int file; };
@@ -59,11 +61,16 @@ int64_t resume_micro_batch(const TrainerState& s, int micro_batch, int grad_accu
 // Writes DIR (collective): each rank its slices, rank 0 zero.json and trainer.json, then `latest`.
 void save_checkpoint(ZeroStore& store, const std::string& root, const std::string& name, const LlamaConfig& c,
                      const LoraConfig& lora, const TrainerState& state);
-// The checkpoint to resume from: `flag` is a directory, or "auto" for ROOT/latest ("" = none). A damaged
-// one is refused with the last good one named.
+// The checkpoint to resume from: `flag` is a directory, or "auto" for ROOT/latest ("": none, and "auto"
+// finds none). A directory that does not exist, a damaged one (named with the last good one), and a
+// complete step-N beside no `latest` (a run stopped between the two) are refused.
 std::string find_checkpoint(const std::string& root, const std::string& flag);
-// Fails unless DIR was written for this model and LoRA setup (before the GPU is used).
+// Fails unless DIR was written for this model and LoRA setup, holds every rank's file with a sound header,
+// and its slices cover every trainable tensor (reads headers only: before the GPU is used).
 void check_checkpoint(const std::string& dir, const LlamaConfig& c, const LoraConfig& lora);
+// Fails, naming `where`, unless the checkpoint continues this run: the same seed, and steps left before
+// `total_steps` (the global batch and the data position: resume_micro_batch).
+void check_resume(const TrainerState& s, uint64_t seed, int64_t total_steps, const std::string& where);
 // Reads the trainable state into the store (any rank count or stage) and returns the trainer's state.
 TrainerState load_checkpoint(ZeroStore& store, const std::string& dir, const LlamaConfig& c, const LoraConfig& lora);
 TrainerState read_trainer_state(const std::string& dir);

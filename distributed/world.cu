@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -322,6 +323,37 @@ void world_check_same(const World& w, const std::string& text, const std::string
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
     check_mpi(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
     if (lo != hi) throw CollectiveError(what + " differ between ranks (start every rank with the same command line and files)");
+}
+
+void world_agree(const World& w, double timeout_s, const std::function<void()>& check) {
+    if (!w.mpi) return check();
+    std::string problem;
+    try {
+        check();
+    } catch (const std::bad_alloc&) {
+        problem = "out of host memory while checking the inputs (std::bad_alloc)";
+    } catch (const std::exception& e) {
+        problem = e.what();
+        if (!dynamic_cast<const Error*>(&e)) problem = std::string("unexpected failure while checking the inputs: ") + e.what();
+    }
+    // [lowest failing rank, lowest passing rank], each `size` when there is none
+    int mine[2] = {problem.empty() ? w.size : w.rank, problem.empty() ? w.rank : w.size}, all[2] = {0, 0};
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(mine, all, 2, MPI_INT, MPI_MIN, MPI_COMM_WORLD, &request), "MPI_Iallreduce");
+    // Ranks give up one after another (half a second apart), so the lowest waiting rank's line ends the job.
+    double give_up = wall_seconds() + timeout_s + 0.5 * w.rank;
+    for (int done = 0; !done;) {
+        check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+        if (done) break;
+        if (wall_seconds() > give_up)
+            exit_with_error("rank " + std::to_string(w.rank) + " waited " + std::to_string(int(timeout_s)) +
+                            " s for the other ranks to check their inputs: one is stuck (on a file that blocks when opened, such as "
+                            "a FIFO, or a stalled file system?); --check-timeout S sets the wait" +
+                            (problem.empty() ? "" : ". Rank " + std::to_string(w.rank) + " found: " + problem));
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (all[0] == w.size) return;
+    throw CollectiveError(problem, all[0]);
 }
 
 double gpu_in_use_bytes() {

@@ -16,6 +16,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -78,8 +79,20 @@ void world_wait_event(const World& w, cudaEvent_t event);  // the same, until `e
 double rank_gpu_bytes(const World& w);
 double gpu_in_use_bytes();  // the whole GPU's in-use memory (every process on it)
 
-// An error every rank found at once (options or checkpoints that differ between ranks): rank 0 prints
-// it; every rank exits quietly with status 1.
+// An error every rank learns of at once (options or checkpoints that differ between ranks, a diverging loss,
+// a failed input check): one rank, the speaker, prints it; every rank exits with status 1.
 struct CollectiveError : Error {
-    using Error::Error;
+    explicit CollectiveError(const std::string& message, int speaker_rank = 0) : Error(message), speaker(speaker_rank) {}
+    int speaker;
 };
+
+// Runs `check` (reading and checking this rank's inputs; no collectives inside) on every rank, then the
+// ranks agree on the outcome, so an error ends the job once and no rank waits forever:
+//   every rank passed             returns;
+//   some ranks failed             throws CollectiveError on every rank; the lowest failing rank speaks
+//                                 (its own message), the others exit quietly;
+//   a rank has not reported       after `timeout_s` (a file that blocks when opened, a stalled file system),
+//                                 the first rank to give up prints one line and ends the job (MPI_Abort).
+// One rank alone: `check` runs and its error propagates. Unexpected exceptions (std::bad_alloc, ...) count
+// as failures with their own message.
+void world_agree(const World& w, double timeout_s, const std::function<void()>& check);

@@ -8,6 +8,7 @@
 
 #include "support/common.h"
 #include "support/json.h"
+#include "support/safetensors.h"
 
 int64_t TensorSpec::numel() const {
     int64_t n = 1;
@@ -42,21 +43,37 @@ const ModelFamily* find_family(const std::string& model_type) {
     return nullptr;
 }
 
+// The largest value each size field may take: well above any Llama released (Llama 3.1 405B: hidden 16,384,
+// intermediate 53,248, 126 layers, 128 heads, vocabulary 128,256, context 131,072), and small enough that
+// every product of them the model computes fits 64 bits and nothing absurd is allocated before a check.
+struct FieldLimit {
+    const char* key;
+    int64_t max;
+};
+constexpr FieldLimit kLimits[] = {
+    {"hidden_size", 1 << 16}, {"intermediate_size", 1 << 18}, {"num_hidden_layers", 1 << 10}, {"num_attention_heads", 1 << 10},
+    {"num_key_value_heads", 1 << 10}, {"head_dim", 256}, {"vocab_size", 1 << 24}, {"max_position_embeddings", 1 << 24},
+    {"original_max_position_embeddings", 1 << 24}};
+
 int int_field(const Json& j, const char* key, const std::string& path, int fallback, bool required) {
     const Json* v = j.find(key);
     if (!v || v->type == Json::Null) {
         if (required) fail(path + ": missing field \"" + key + "\"");
         return fallback;
     }
-    if (!v->is_int() || v->integer <= 0 || v->integer > (1LL << 31) - 1)
-        fail(path + ": field \"" + key + "\" must be a positive whole number");
+    int64_t max = (1LL << 31) - 1;
+    for (const FieldLimit& l : kLimits)
+        if (std::string(key) == l.key) max = l.max;
+    if (!v->is_int() || v->integer <= 0) fail(path + ": field \"" + key + "\" must be a positive whole number");
+    if (v->integer > max) fail(path + ": field \"" + key + "\" is " + std::to_string(v->integer) + ", more than the limit " + thousands(max));
     return int(v->integer);
 }
 
 float real_field(const Json& j, const char* key, const std::string& path, float fallback) {
     const Json* v = j.find(key);
     if (!v || v->type == Json::Null) return fallback;
-    if (v->type != Json::Number || !(v->number > 0)) fail(path + ": field \"" + key + "\" must be a positive number");
+    if (v->type != Json::Number || !(v->number > 0) || !std::isfinite(float(v->number)) || float(v->number) == 0)
+        fail(path + ": field \"" + key + "\" must be a positive number (within a 32-bit float)");
     return float(v->number);
 }
 
@@ -82,9 +99,17 @@ void validate(const LlamaConfig& c, const std::string& where) {
     if (c.num_attention_heads % c.num_key_value_heads != 0)
         fail(where + ": num_attention_heads (" + std::to_string(c.num_attention_heads) +
              ") must be a multiple of num_key_value_heads (" + std::to_string(c.num_key_value_heads) + ")");
-    if (c.head_dim % 2 != 0 || c.head_dim > 256) fail(where + ": head_dim must be even and at most 256");
+    if (c.head_dim < 2 || c.head_dim % 2 != 0 || c.head_dim > 256)
+        fail(where + ": head_dim is " + std::to_string(c.head_dim) + (c.head_dim == 0 ? " (hidden_size / num_attention_heads)" : "") +
+             "; it must be even, from 2 to 256");
     if (c.rope_llama3 && !(c.rope_high_freq_factor > c.rope_low_freq_factor))
         fail(where + ": rope_scaling high_freq_factor must exceed low_freq_factor");
+}
+
+// A special token the file names must be a row of the embedding (the data and generation feed it).
+void check_token_id(int id, const char* key, const LlamaConfig& c, const std::string& where) {
+    if (id < 0 || id >= c.vocab_size)
+        fail(where + ": " + key + " " + std::to_string(id) + " is outside the vocabulary (vocab_size " + std::to_string(c.vocab_size) + ")");
 }
 
 }  // namespace
@@ -142,15 +167,15 @@ LlamaConfig load_config(const std::string& path) {
     refuse_sliding_window(j, c, path);
     if (const Json* tie = j.find("tie_word_embeddings"); tie && tie->type == Json::Bool) c.tie_word_embeddings = tie->boolean;
     c.bos_token_id = int_field(j, "bos_token_id", path, 128000, false);
+    if (const Json* bos = j.find("bos_token_id"); bos && bos->type != Json::Null) check_token_id(c.bos_token_id, "bos_token_id", c, path);
     if (const Json* eos = j.find("eos_token_id"); eos && eos->type != Json::Null) {
         c.eos_token_ids.clear();
-        if (eos->is_int()) c.eos_token_ids.push_back(int(eos->integer));
-        else if (eos->type == Json::Array)
-            for (const Json& e : eos->array) {
-                if (!e.is_int()) fail(path + ": eos_token_id must hold whole numbers");
-                c.eos_token_ids.push_back(int(e.integer));
-            }
-        else fail(path + ": eos_token_id must be a number or a list of numbers");
+        if (!eos->is_int() && eos->type != Json::Array) fail(path + ": eos_token_id must be a number or a list of numbers");
+        for (const Json& e : eos->is_int() ? std::vector<Json>{*eos} : eos->array) {
+            if (!e.is_int() || e.integer < 0 || e.integer > (1LL << 31) - 1) fail(path + ": eos_token_id must hold token ids (whole numbers >= 0)");
+            c.eos_token_ids.push_back(int(e.integer));
+        }
+        for (int id : c.eos_token_ids) check_token_id(id, "eos_token_id", c, path);
     }
     validate(c, path);
     return c;
@@ -317,4 +342,15 @@ std::vector<TensorSpec> parameter_specs(const LlamaConfig& c) {
     for (int u = 0; u < num_units(c); ++u)
         for (const UnitTensor& t : unit_layout(c, u).tensors) specs.push_back(t.spec);
     return specs;
+}
+
+void check_model_weights(const SafetensorsReader& weights, const LlamaConfig& c) {
+    std::vector<TensorSpec> specs = parameter_specs(c);
+    for (const auto& [name, t] : weights.tensors()) {
+        bool known = name.size() > 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0;  // a buffer, not a parameter
+        known |= name == "lm_head.weight" && c.tie_word_embeddings;
+        for (const TensorSpec& s : specs) known |= s.name == name;
+        if (!known) fail(t.file + ": unexpected tensor " + name + " (not a parameter of this Llama config)");
+    }
+    for (const TensorSpec& s : specs) weights.check_float(s.name, s.shape);
 }

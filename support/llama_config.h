@@ -29,7 +29,8 @@ struct LlamaConfig {
 };
 
 // Reads an HF config.json (model_type "llama" or "qwen3"); fails naming the file and field on anything
-// these families cannot be (biases, sliding-window attention, other RoPE types).
+// these families cannot be (biases, sliding-window attention, other RoPE types), and on a size beyond its
+// limit (named in the message) before anything is allocated from it.
 LlamaConfig load_config(const std::string& path);
 // Named shapes for random initialisation: "tiny" (the default base), "llama-3.2-1b" and "qwen3-0.6b".
 LlamaConfig preset_config(const std::string& name);
@@ -92,3 +93,9 @@ int num_units(const LlamaConfig& c);
 UnitLayout unit_layout(const LlamaConfig& c, int unit);
 // Every parameter of the model by HF name and shape, in HF order (lm_head only when untied).
 std::vector<TensorSpec> parameter_specs(const LlamaConfig& c);
+
+// Fails, naming the file and tensor, unless the weights hold every parameter of `c` with its shape and a
+// float dtype, and nothing else (HF's rotary_emb.inv_freq buffers and a tied lm_head are allowed). Reads
+// only the headers: the dry run and the GPU path check the same way before any weight is read.
+class SafetensorsReader;
+void check_model_weights(const SafetensorsReader& weights, const LlamaConfig& c);

@@ -1,12 +1,16 @@
 // support/options.cpp — the command line and the DeepSpeed config reader (options.h).
 #include "support/options.h"
 
+#include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "adamw.h"
 #include "support/cuda_calls.h"
@@ -68,12 +72,18 @@ ZeRO (one process per GPU: mpirun -np N ./train):
   --copy-gathers         stage 3 on one rank: gather each layer into a buffer as N ranks do (by default
                          one rank reads its shard, the whole layer, in place)
   --save-every N         write a checkpoint every N steps (and at the end) under OUT/checkpoints
-  --resume [DIR]         continue from a checkpoint (default: OUT/checkpoints/latest); any GPU count or stage
+  --resume [DIR]         continue from a checkpoint (default: OUT/checkpoints/latest; when there is none the
+                         run says so and starts fresh); any GPU count or stage; the same --seed and global batch
   --comm nccl|mpi|auto   the collectives' transport: NCCL (one rank per GPU), or MPI through host memory
                          (ranks sharing a GPU; for learning and testing); auto picks MPI only when ranks
                          share a GPU (default auto)
+  --check-timeout S      under mpirun: how long a rank that has checked its inputs waits for the others before
+                         it ends the job (a rank stuck on a file; default 600)
 Output:
-  --out DIR              where the adapter (or model), train_log.csv and eval results go (default out)
+  --out DIR              where the adapter (or model), train_log.csv and eval results go (default out). A
+                         previous run's outputs there are refused unless --resume or --overwrite (the
+                         default job replaces its own, saying so)
+  --overwrite            let this run replace a previous run's outputs in --out
   --log-every N          print a progress line every N steps (default 10)
   --eval-every N         evaluate every N steps (default: at the end of each epoch)
   --sample N             after training, answer N eval prompts next to the reference (default 3)
@@ -104,6 +114,12 @@ double parse_real(const std::string& flag, const std::string& text) {
     double v = std::strtod(text.c_str(), &end);
     if (text.empty() || *end != '\0' || !std::isfinite(v)) fail(flag + " needs a number, not \"" + text + "\"");
     return v;
+}
+
+float parse_float(const std::string& flag, const std::string& text) {
+    double v = parse_real(flag, text);
+    if (!std::isfinite(float(v))) fail(flag + " " + text + " is beyond the range of a 32-bit float");
+    return float(v);
 }
 
 // A path of the default data: relative to the working directory, else to the directory of ./train.
@@ -267,6 +283,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         const std::string& a = args[i];
         auto value = [&]() -> const std::string& {
             if (i + 1 >= args.size()) fail(a + " needs a value");
+            if (args[i + 1].empty()) fail(a + " needs a value, not an empty string");
             return args[++i];
         };
         o.given.insert(a);
@@ -279,20 +296,20 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--eval-fraction") o.eval_fraction = parse_real(a, value());
         else if (a == "--out") o.out = value();
         else if (a == "--config") o.config_file = value();
-        else if (a == "--lora-rank") o.lora_rank = int(parse_int(a, value(), 0, 4096));
-        else if (a == "--lora-alpha") o.lora_alpha = float(parse_real(a, value()));
+        else if (a == "--lora-rank") o.lora_rank = int(parse_int(a, value(), 0, kMaxLoraRank));
+        else if (a == "--lora-alpha") o.lora_alpha = parse_float(a, value());
         else if (a == "--lora-targets") o.lora_targets = value();
-        else if (a == "--lora-dropout") o.lora_dropout = float(parse_real(a, value()));
+        else if (a == "--lora-dropout") o.lora_dropout = parse_float(a, value());
         else if (a == "--seq") o.seq = int(parse_int(a, value(), 2, 1 << 17));
         else if (a == "--micro-batch") o.micro_batch = int(parse_int(a, value(), 1, 1 << 16));
         else if (a == "--grad-accum") o.grad_accum = int(parse_int(a, value(), 1, 1 << 20));
         else if (a == "--steps") o.steps = int(parse_int(a, value(), 1, 1 << 30));
         else if (a == "--epochs") o.epochs = int(parse_int(a, value(), 1, 1 << 20));
-        else if (a == "--lr") o.lr = float(parse_real(a, value()));
+        else if (a == "--lr") o.lr = parse_float(a, value());
         else if (a == "--lr-schedule") o.schedule = value();
         else if (a == "--warmup-steps") o.warmup_steps = int(parse_int(a, value(), 0, 1 << 30));
-        else if (a == "--weight-decay") o.weight_decay = float(parse_real(a, value()));
-        else if (a == "--clip") o.clip = float(parse_real(a, value()));
+        else if (a == "--weight-decay") o.weight_decay = parse_float(a, value());
+        else if (a == "--clip") o.clip = parse_float(a, value());
         else if (a == "--seed") o.seed = uint64_t(parse_int(a, value(), 0, (1LL << 62)));
         else if (a == "--log-every") o.log_every = int(parse_int(a, value(), 1, 1 << 30));
         else if (a == "--eval-every") o.eval_every = int(parse_int(a, value(), 0, 1 << 30));
@@ -312,8 +329,12 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--comm") o.comm = parse_transport(value(), a);
         else if (a == "--save-every") o.save_every = int(parse_int(a, value(), 1, 1 << 30));
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
+        else if (a == "--overwrite") o.overwrite = true;
+        else if (a == "--check-timeout") o.check_timeout = parse_real(a, value());
         else fail("unknown option " + a + " (see ./train --help)");
     }
+    if (o.given.count("--resume") && o.resume.empty())
+        fail("--resume needs a checkpoint directory, not an empty string (--resume alone continues OUT/checkpoints/latest)");
     if (!o.config_file.empty()) apply_config(o.config_file, o, world);
     check_zero_options(o.zero, o.config_file.empty() ? "--zero-stage" : o.config_file);
     if (!o.model.empty() && !o.preset.empty()) fail("--model and --preset exclude each other");
@@ -321,6 +342,11 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     if (o.eval_fraction != 0 && !(o.eval_fraction > 0 && o.eval_fraction < 1))
         fail("--eval-fraction must be in (0, 1), not " + std::to_string(o.eval_fraction));
     if (o.eval_fraction != 0 && !o.eval_data.empty()) fail("--eval-fraction and --eval-data exclude each other");
+    if (int64_t(o.micro_batch) * o.seq > kMaxTokensPerMicroBatch)
+        fail("--micro-batch " + std::to_string(o.micro_batch) + " x --seq " + std::to_string(o.seq) + " = " +
+             thousands(int64_t(o.micro_batch) * o.seq) + " tokens per micro-batch, more than the " + thousands(kMaxTokensPerMicroBatch) +
+             " a rank's batch may hold");
+    if (!(o.check_timeout > 0)) fail("--check-timeout must be positive");
     if (!(o.lr > 0)) fail("--lr must be positive");
     if (o.weight_decay < 0) fail("--weight-decay must be >= 0");
     if (o.clip < 0) fail("--clip must be >= 0");
@@ -340,3 +366,94 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     return o;
 }
 
+
+// ---------------------------------------------------------------------------------------------- --out
+
+namespace {
+bool is_directory(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Whether this process may create entries in the directory `dir`: tried, not inferred from the mode bits
+// (root passes every access() test, yet cannot write /proc or a read-only mount).
+bool can_create_in(const std::string& dir) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    std::string probe = dir + "/.train-probe-" + host + "-" + std::to_string(getpid());  // ranks on other nodes may share the directory
+    if (mkdir(probe.c_str(), 0700) != 0) return false;
+    rmdir(probe.c_str());
+    return true;
+}
+
+std::string parent_of(const std::string& path) {
+    size_t slash = path.find_last_not_of('/');
+    slash = slash == std::string::npos ? std::string::npos : path.rfind('/', slash);
+    if (slash == std::string::npos) return ".";
+    return slash == 0 ? "/" : path.substr(0, slash);
+}
+}  // namespace
+
+std::string check_out_dir(const Options& o) {
+    const std::string& out = o.out;
+    std::string where = o.given.count("--out") ? "--out " + out : "the output directory " + out + " (--out)";
+    if (out.empty()) fail("--out needs a directory, not an empty string");
+    char resolved[PATH_MAX];
+    if (realpath(out.c_str(), resolved) && std::string(resolved) == "/") fail(where + " is the root directory: give a directory of its own");
+    if (!exists(out)) {  // created by the run: the nearest existing parent must take a new directory
+        std::string parent = parent_of(out);
+        while (!exists(parent) && parent != "/" && parent != ".") parent = parent_of(parent);
+        if (!is_directory(parent)) fail(where + " cannot be created: " + parent + " is not a directory");
+        if (!can_create_in(parent)) fail(where + " cannot be created: " + parent + " is not writable");
+        return "";
+    }
+    if (!is_directory(out)) fail(where + " is not a directory");
+    if (!can_create_in(out)) fail(where + " is not writable");
+    std::string found;
+    for (const char* name : {"train_log.csv", "summary.json", "loss.svg", "memory.svg", "memory_rank0.csv", "adapter", "model", "checkpoints"})
+        if (exists(out + "/" + name)) found += (found.empty() ? "" : ", ") + std::string(name) + (is_directory(out + "/" + name) ? "/" : "");
+    if (!found.empty() && o.resume.empty() && !o.overwrite)
+        fail(where + " holds a previous run's outputs (" + found + "): give --overwrite to replace them, --resume to continue that run, or "
+             "another --out");
+    return found;
+}
+
+void make_out_dir(const std::string& path) {
+    if (is_directory(path)) return;
+    std::string parent = parent_of(path);
+    if (parent != path && parent != "/" && parent != ".") make_out_dir(parent);
+    if (mkdir(path.c_str(), 0755) != 0 && !is_directory(path)) fail("cannot create " + path + ": " + std::strerror(errno));
+}
+
+// ---------------------------------------------------------------------------------------------- cross-checks
+
+void check_adapter_flags(const Options& o, const LoraConfig& adapter) {
+    std::string from = "the adapter's adapter_config.json (--adapter " + o.adapter + ")";
+    auto refuse = [&](const std::string& flag, const std::string& given, const std::string& key, const std::string& value) {
+        fail(flag + " " + given + " disagrees with " + from + ", which has " + key + " " + value + ": an adapter keeps its own (drop " + flag + ")");
+    };
+    if (o.given.count("--lora-rank") && o.lora_rank != adapter.rank)
+        refuse("--lora-rank", std::to_string(o.lora_rank), "r", std::to_string(adapter.rank));
+    if (o.given.count("--lora-alpha") && o.lora_alpha != adapter.alpha) {
+        char a[32], b[32];
+        std::snprintf(a, sizeof a, "%g", double(o.lora_alpha)), std::snprintf(b, sizeof b, "%g", double(adapter.alpha));
+        refuse("--lora-alpha", a, "lora_alpha", b);
+    }
+    if (o.given.count("--lora-targets")) {
+        LoraConfig flag;
+        parse_lora_targets(o.lora_targets, flag, "--lora-targets");
+        if (!std::equal(flag.target, flag.target + kTargets, adapter.target)) {
+            std::string theirs;
+            for (int t = 0; t < kTargets; ++t)
+                if (adapter.target[t]) theirs += (theirs.empty() ? "" : ",") + std::string(lora_target_name(LoraTarget(t)));
+            refuse("--lora-targets", o.lora_targets, "target_modules", theirs);
+        }
+    }
+}
+
+void check_warmup(const Options& o, int64_t steps) {
+    if (o.warmup_steps <= steps) return;
+    std::string source = o.given.count("--warmup-steps") || o.config_file.empty() ? "--warmup-steps " + std::to_string(o.warmup_steps)
+                                                                                     : o.config_file + ": scheduler.params.warmup_num_steps " + std::to_string(o.warmup_steps);
+    fail(source + " is longer than the run's " + std::to_string(steps) + " steps");
+}

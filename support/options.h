@@ -12,6 +12,9 @@
 
 extern const char* kUsage;  // ./train --help
 
+// --micro-batch x --seq: the model counts a micro-batch's tokens (its rows) in a 32-bit int.
+constexpr int64_t kMaxTokensPerMicroBatch = (1LL << 31) - 1;
+
 struct Options {
     std::string model, preset, adapter, tokenizer, data, eval_data, out = "out", config_file;
     int lora_rank = 16;
@@ -32,6 +35,8 @@ struct Options {
     bool checkpoint_activations = false;
     int save_every = 0;
     std::string resume;           // "auto": OUT/checkpoints/latest if present
+    bool overwrite = false;       // a new run may replace a previous run's outputs in OUT (the default job: always)
+    double check_timeout = 600;   // seconds a rank that has checked its inputs waits for the others (mpirun)
     std::set<std::string> given;  // flags given on the command line
 };
 
@@ -42,5 +47,21 @@ void apply_config(const std::string& path, Options& o, int world);
 
 long long parse_int(const std::string& flag, const std::string& text, long long lo, long long hi);
 double parse_real(const std::string& flag, const std::string& text);
+float parse_float(const std::string& flag, const std::string& text);  // parse_real, finite as a 32-bit float too
 // A path of the default data: relative to the working directory, else to the directory of ./train.
 std::string default_path(const std::string& relative);
+
+// --out: fails unless it names a directory this process can write (or create: the nearest existing parent
+// must be a writable directory), never the root; a previous run's outputs there (train_log.csv,
+// summary.json, loss.svg, memory*.csv/svg, adapter/, model/, checkpoints/) are refused unless --resume or
+// --overwrite. Returns those outputs ("train_log.csv, adapter/"), "" when there are none. Writes nothing
+// but a probe it removes at once.
+std::string check_out_dir(const Options& o);
+void make_out_dir(const std::string& path);  // creates the directory and its missing parents
+
+// With --adapter, the adapter's r, lora_alpha and target_modules are the run's: a --lora-rank,
+// --lora-alpha or --lora-targets that says otherwise is refused, naming both.
+void check_adapter_flags(const Options& o, const LoraConfig& adapter);
+// Warmup (--warmup-steps, or the config's scheduler.params.warmup_num_steps) longer than the run's `steps`
+// is refused, naming where it came from.
+void check_warmup(const Options& o, int64_t steps);

@@ -76,6 +76,10 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : where_(path) {
     add_file(single);
 }
 
+// Reads one file's header and checks it against the file, before any tensor is read: the header fits the
+// file; each entry has a known dtype, a shape and data_offsets [begin, end) inside the data, end not before
+// begin, end - begin = numel x dtype size (computed without overflow: a shape may claim more than the file
+// holds); no two tensors share bytes.
 void SafetensorsReader::add_file(const std::string& file) {
     std::ifstream in(file, std::ios::binary);
     if (!in) fail("cannot read " + file + ": " + std::strerror(errno));
@@ -84,12 +88,15 @@ void SafetensorsReader::add_file(const std::string& file) {
     in.seekg(0);
     uint64_t n = 0;
     if (size < 8 || !in.read(reinterpret_cast<char*>(&n), 8)) fail(file + ": not a safetensors file (too short)");
-    if (n > size - 8 || n > (100u << 20)) fail(file + ": not a safetensors file (header length " + std::to_string(n) + ")");
+    if (n > size - 8 || n > (100u << 20))
+        fail(file + ": not a safetensors file (its first 8 bytes give a header of " + std::to_string(n) + " bytes; the file has " +
+             std::to_string(size) + ")");
     std::string header(n, '\0');
     in.read(header.data(), std::streamsize(n));
     Json j = parse_json(header, file + " (header)");
     if (j.type != Json::Object) fail(file + ": the safetensors header is not a JSON object");
-    uint64_t data_start = 8 + n;
+    uint64_t data_start = 8 + n, data_size = size - data_start;
+    std::vector<const SafeTensor*> in_file;
     for (const auto& [name, info] : j.object) {
         if (name == "__metadata__") continue;
         SafeTensor t;
@@ -97,27 +104,45 @@ void SafetensorsReader::add_file(const std::string& file) {
         const Json* dtype = info.find("dtype");
         const Json* shape = info.find("shape");
         const Json* offsets = info.find("data_offsets");
-        if (!dtype || !dtype->is_string() || !shape || shape->type != Json::Array || !offsets ||
-            offsets->type != Json::Array || offsets->array.size() != 2 || !offsets->array[0].is_int() ||
-            !offsets->array[1].is_int())
-            fail(file + ": tensor " + name + " has a malformed header entry");
+        if (!dtype || !dtype->is_string() || !shape || shape->type != Json::Array || !offsets || offsets->type != Json::Array ||
+            offsets->array.size() != 2 || !offsets->array[0].is_int() || !offsets->array[1].is_int() || offsets->array[0].integer < 0 ||
+            offsets->array[1].integer < 0)
+            fail(file + ": tensor " + name + " has a malformed header entry (needs \"dtype\", \"shape\" and \"data_offsets\": [begin, end])");
         t.dtype = dtype->string;
-        uint64_t numel = 1;
-        for (const Json& d : shape->array) {
-            if (!d.is_int() || d.integer < 0) fail(file + ": tensor " + name + " has a bad shape");
-            t.shape.push_back(d.integer);
-            numel *= uint64_t(d.integer);
-        }
-        uint64_t begin = uint64_t(offsets->array[0].integer), end = uint64_t(offsets->array[1].integer);
-        t.offset = data_start + begin, t.bytes = end - begin;
         size_t es = dtype_size(t.dtype);
-        if (end < begin || data_start + end > size)
-            fail(file + ": tensor " + name + " lies beyond the end of the file (truncated download?)");
-        if (es && numel * es != t.bytes)
+        if (!es) fail(file + ": tensor " + name + " has an unknown dtype \"" + t.dtype + "\"");
+        uint64_t begin = uint64_t(offsets->array[0].integer), end = uint64_t(offsets->array[1].integer);
+        if (end < begin)
+            fail(file + ": tensor " + name + " has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                 "]: the end comes before the begin");
+        if (end > data_size)
+            fail(file + ": tensor " + name + " ends at byte " + std::to_string(end) + " of the tensor data, beyond the file's " +
+                 std::to_string(data_size) + " bytes (a truncated file?)");
+        t.offset = data_start + begin, t.bytes = end - begin;
+        for (const Json& d : shape->array) {
+            if (!d.is_int() || d.integer < 0) fail(file + ": tensor " + name + " has a bad shape (dimensions are whole numbers >= 0)");
+            t.shape.push_back(d.integer);
+        }
+        uint64_t numel = 1;
+        for (int64_t d : t.shape) {
+            if (numel != 0 && uint64_t(d) > t.bytes / es / numel)  // more elements than its bytes hold (and no overflow)
+                fail(file + ": tensor " + name + " has shape " + shape_string(t.shape) + " in " + t.dtype + ", more than its " +
+                     std::to_string(t.bytes) + " bytes hold");
+            numel *= uint64_t(d);
+        }
+        if (numel * es != t.bytes)
             fail(file + ": tensor " + name + " has " + std::to_string(t.bytes) + " bytes, its shape and dtype need " +
                  std::to_string(numel * es));
         if (tensors_.count(name)) fail(file + ": tensor " + name + " is also in " + tensors_[name].file);
-        tensors_[name] = t;
+        in_file.push_back(&(tensors_[name] = t));
+    }
+    std::sort(in_file.begin(), in_file.end(), [](const SafeTensor* a, const SafeTensor* b) { return a->offset < b->offset; });
+    const SafeTensor* previous = nullptr;
+    for (const SafeTensor* t : in_file) {
+        if (t->bytes == 0) continue;
+        if (previous && t->offset < previous->offset + previous->bytes)
+            fail(file + ": tensors " + previous->name + " and " + t->name + " overlap (their data_offsets share bytes)");
+        previous = t;
     }
 }
 
@@ -126,13 +151,18 @@ const SafeTensor* SafetensorsReader::find(const std::string& name) const {
     return it == tensors_.end() ? nullptr : &it->second;
 }
 
-std::vector<float> SafetensorsReader::read_float(const std::string& name, const std::vector<int64_t>& shape) const {
+void SafetensorsReader::check_float(const std::string& name, const std::vector<int64_t>& shape) const {
     const SafeTensor* t = find(name);
     if (!t) fail(where_ + ": missing tensor " + name);
     if (t->shape != shape)
         fail(t->file + ": tensor " + name + " has shape " + shape_string(t->shape) + ", the config needs " + shape_string(shape));
     if (t->dtype != "BF16" && t->dtype != "F16" && t->dtype != "F32")
         fail(t->file + ": tensor " + name + " has dtype " + t->dtype + " (supported: BF16, F16, F32)");
+}
+
+std::vector<float> SafetensorsReader::read_float(const std::string& name, const std::vector<int64_t>& shape) const {
+    check_float(name, shape);
+    const SafeTensor* t = find(name);
     std::string raw(t->bytes, '\0');
     std::ifstream in(t->file, std::ios::binary);
     in.seekg(std::streamoff(t->offset));

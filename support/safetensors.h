@@ -15,13 +15,17 @@ struct SafeTensor {
 };
 
 // The tensors of a model directory: model.safetensors, or shards listed in model.safetensors.index.json
-// (or any *.safetensors there). Every header is checked against its file's size.
+// (or any *.safetensors there). Every header is checked against its file when it is opened: a known dtype,
+// each tensor's byte range inside the file and sized for its shape and dtype, no two tensors overlapping.
 class SafetensorsReader {
   public:
     explicit SafetensorsReader(const std::string& path);  // a directory or one .safetensors file
     const SafeTensor* find(const std::string& name) const;
     const std::map<std::string, SafeTensor>& tensors() const { return tensors_; }
-    // Reads `name` as fp32 values (converting BF16/F16/F32), checking the shape. Fails naming file and tensor.
+    // Fails, naming file and tensor, unless `name` is present with `shape` and a float dtype (BF16, F16, F32):
+    // what read_float checks before it reads, so a check of every tensor needs no tensor data.
+    void check_float(const std::string& name, const std::vector<int64_t>& shape) const;
+    // Reads `name` as fp32 values (converting BF16/F16/F32), after check_float.
     std::vector<float> read_float(const std::string& name, const std::vector<int64_t>& shape) const;
 
   private:

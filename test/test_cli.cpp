@@ -52,7 +52,7 @@ TEST_CASE("cli: help, tokenize and a dry run succeed") {
     CHECK(tok.output == "9906 1917 198\n");
     Run special = run("tokenize", "<|start_header_id|>user<|end_header_id|>");
     CHECK(special.output == "128006 882 128007\n");
-    Run dry = run("--preset tiny --seq 128 --dry-run");
+    Run dry = run("--preset tiny --seq 128 --dry-run --out " + temp_dir("cli_dry"));
     CHECK(dry.status == 0);
     CHECK(dry.output.find("dry run: inputs are valid") != std::string::npos);
     Run qwen3 = run("--preset qwen3-0.6b --seq 128 --dry-run");  // Qwen3-0.6B's shape
@@ -97,7 +97,7 @@ TEST_CASE("cli: bad config files, model directories and data files") {
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1}},
         "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_num_steps": 10, "total_num_steps": 100}},
         "bf16": {"enabled": true}, "zero_optimization": {"stage": 3, "overlap_comm": true}, "flops_profiler": {}})");
-    Run r = run("--preset tiny --seq 128 --dry-run --config " + good);
+    Run r = run("--preset tiny --seq 128 --dry-run --config " + good + " --out " + temp_dir("cli_good_config"));
     CHECK(r.status == 0);
     CHECK(r.output.find("warning: " + good + ": ignoring keys this trainer does not use: flops_profiler") != std::string::npos);
 
@@ -135,7 +135,7 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
     std::string ok = temp_file("ds_z3.json", R"({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": true},
         "overlap_comm": true, "contiguous_gradients": true, "stage3_prefetch_bucket_size": 1000, "stage3_param_persistence_threshold": 10},
         "activation_checkpointing": {"partition_activations": false}})");
-    Run r = run("--preset tiny --seq 64 --dry-run --config " + ok);
+    Run r = run("--preset tiny --seq 64 --dry-run --config " + ok + " --out " + temp_dir("cli_z3"));
     CHECK(r.status == 0);
     CHECK(r.output.find("warning") == std::string::npos);
     // a checkpoint directory whose latest step was cut short: refused, pointing at the last good one
@@ -155,7 +155,7 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
 TEST_CASE("cli: every workshop config in configs/ is accepted without warnings") {
     int seen = 0;
     for (const char* name : {"stage0", "stage1", "stage2", "stage3", "stage3_offload", "stage3_offload_checkpointing"}) {
-        Run r = run("--preset tiny --seq 64 --dry-run --config configs/" + std::string(name) + ".json");
+        Run r = run("--preset tiny --seq 64 --dry-run --config configs/" + std::string(name) + ".json --out " + temp_dir("cli_config_" + std::string(name)));
         CAPTURE(name);
         CAPTURE(r.output);
         CHECK(r.status == 0);
@@ -167,11 +167,11 @@ TEST_CASE("cli: every workshop config in configs/ is accepted without warnings")
 
 TEST_CASE("gpu: out of memory and a diverging loss are one error line each") {
     if (!need_gpu()) return;
-    check_error("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1",
+    check_error("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1 --out " + temp_dir("cli_oom_1"),
                 "GPU out of memory: ");
-    Run r = run("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1");
+    Run r = run("--preset llama-3.2-1b --data data/corpus --seq 4096 --micro-batch 4096 --steps 1 --out " + temp_dir("cli_oom_2"));
     CHECK(r.output.find("lower --micro-batch or --seq") != std::string::npos);
-    check_error("--preset tiny --seq 64 --micro-batch 4 --lr 1e30 --clip 0 --steps 20 --sample 0 --out /tmp/nan_run", "at step ");
+    check_error("--preset tiny --seq 64 --micro-batch 4 --lr 1e30 --clip 0 --steps 20 --sample 0 --out " + temp_dir("cli_nan"), "at step ");
 }
 
 TEST_CASE("cli: data that is no dataset is one error line; the data line names the format and the rows dropped") {
