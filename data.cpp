@@ -146,7 +146,7 @@ void load_corpus(Dataset& data, const std::vector<std::string>& files, const Tok
         shown.update(double(data.stats.documents));
         std::string text = read_text(path);  // not empty: sniff() saw it
         starts.push_back(stream.size());
-        stream.push_back(mt->bos);
+        if (mt->bos >= 0) stream.push_back(mt->bos);
         std::vector<int32_t> ids = tok->encode(text);
         stream.insert(stream.end(), ids.begin(), ids.end());
         stream.push_back(mt->eos[0]);
@@ -333,7 +333,7 @@ Row row_example(const Json& row, const std::string& where, const Tokenizer* tok,
     std::string in_chat = " in the " + chat.name + " chat template";
     if (form == Form::text) {  // as HF's tokenizer(text) with BOS, then EOS: special-token strings in the text are tokens
         std::vector<int32_t> body = tok->encode(nonempty("text"));
-        out.ex.ids.push_back(mt->bos);
+        if (mt->bos >= 0) out.ex.ids.push_back(mt->bos);
         out.ex.ids.insert(out.ex.ids.end(), body.begin(), body.end());
         out.ex.ids.push_back(mt->eos[0]);
         out.ex.labels = out.ex.ids;
@@ -403,7 +403,8 @@ Row row_example(const Json& row, const std::string& where, const Tokenizer* tok,
         out.ex = chat_example(*tok, chat, {{"user", user}, {"assistant", reply}}, false, opt.train_on_prompt, where);
         out.format += in_chat;
     } else {
-        out.ex = render(*tok, {token(mt->bos), text(prompt)}, {text(answer), token(mt->eos[0])}, opt.train_on_prompt);
+        std::vector<Part> begin = mt->bos >= 0 ? std::vector<Part>{token(mt->bos), text(prompt)} : std::vector<Part>{text(prompt)};
+        out.ex = render(*tok, begin, {text(answer), token(mt->eos[0])}, opt.train_on_prompt);
     }
     return out;
 }
@@ -478,8 +479,8 @@ Example chat_example(const Tokenizer& tok, const ChatTemplate& t, const std::vec
 
 std::vector<int32_t> prompt_ids(const Tokenizer& tok, const ModelTokens& mt, const std::string& prompt, bool chat) {
     if (chat) return chat_example(tok, mt.chat, {{"user", prompt}}, true, false, "the prompt").ids;
-    std::vector<int32_t> ids{mt.bos}, body = tok.encode(prompt);  // as HF's tokenizer(prompt): BOS, then the text
-    ids.insert(ids.end(), body.begin(), body.end());
+    std::vector<int32_t> ids = tok.encode(prompt);  // as HF's tokenizer(prompt): BOS (if the family adds one), then the text
+    if (mt.bos >= 0) ids.insert(ids.begin(), mt.bos);
     return ids;
 }
 
@@ -727,8 +728,13 @@ int32_t config_token(const Json& file, const char* key, const std::string& path,
 ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir) {
     ModelTokens t;
     bool llama3 = tok.family() == TokenizerFamily::llama3;
-    t.bos = tok.token_id(llama3 ? "<|begin_of_text|>" : "<s>");
-    int32_t eos = tok.token_id(llama3 ? "<|end_of_text|>" : "</s>");
+    // Qwen's tokenizer adds no BOS (its post-processor has none; config.json's bos_token_id is never put in
+    // front of text); its documents end with <|endoftext|>.
+    bool adds_bos = tok.family() != TokenizerFamily::qwen3;
+    const char* bos_name = llama3 ? "<|begin_of_text|>" : "<s>";
+    const char* eos_name = llama3 ? "<|end_of_text|>" : adds_bos ? "</s>" : "<|endoftext|>";
+    t.bos = adds_bos ? tok.token_id(bos_name) : -1;
+    int32_t eos = tok.token_id(eos_name);
     std::vector<int32_t> stop;  // what generation stops on, besides eos
     std::string read;
     for (const char* name : {"config.json", "generation_config.json", "tokenizer_config.json"}) {
@@ -740,18 +746,19 @@ ModelTokens model_tokens(const Tokenizer& tok, const std::string& model_dir) {
         if (std::string(name) == "tokenizer_config.json") {
             int32_t bos = config_token(file, "bos_token", path, tok), e = config_token(file, "eos_token", path, tok),
                     pad = config_token(file, "pad_token", path, tok);
-            t.bos = bos >= 0 ? bos : t.bos, eos = e >= 0 ? e : eos, t.pad = pad >= 0 ? pad : t.pad;
+            if (adds_bos && bos >= 0) t.bos = bos;
+            eos = e >= 0 ? e : eos, t.pad = pad >= 0 ? pad : t.pad;
             continue;
         }
         std::vector<int32_t> bos = config_ids(file, "bos_token_id", path, tok), e = config_ids(file, "eos_token_id", path, tok),
                              pad = config_ids(file, "pad_token_id", path, tok);
-        if (!bos.empty()) t.bos = bos[0];
+        if (adds_bos && !bos.empty()) t.bos = bos[0];
         if (!e.empty()) eos = e[0], stop = e;  // generation_config.json, read second, wins
         if (!pad.empty()) t.pad = pad[0];
     }
     t.source = read.empty() ? tok.path() + " (its own conventions)" : model_dir + ": " + read;
-    if (t.bos < 0 || eos < 0)
-        fail(tok.path() + " has no " + (t.bos < 0 ? (llama3 ? "<|begin_of_text|>" : "<s>") : (llama3 ? "<|end_of_text|>" : "</s>")) +
+    if ((adds_bos && t.bos < 0) || eos < 0)
+        fail(tok.path() + " has no " + (eos >= 0 ? bos_name : eos_name) +
              " and " + (read.empty() ? "no model directory names one" : model_dir + " names none") +
              " (use a model directory with tokenizer_config.json)");
     t.eos = {eos};
@@ -774,7 +781,7 @@ void check_model_tokens(const ModelTokens& t, int model_vocab, const std::string
             fail(what + " " + std::to_string(id) + " (from " + t.source + ") is outside the model's vocabulary: " + config_path +
                  " has vocab_size " + std::to_string(model_vocab));
     };
-    check(t.bos, "the BOS id");
+    if (t.bos != -1) check(t.bos, "the BOS id");  // -1: the family adds none (Qwen)
     for (int32_t id : t.eos) check(id, "the EOS id");
     check(t.pad, "the pad id");
 }

@@ -19,7 +19,7 @@
 // ---------------------------------------------------------------------------------------------- model tokens
 // The ids a dataset and generation need, from the model's files.
 struct ModelTokens {
-    int32_t bos = -1;                                 // begins each document and row
+    int32_t bos = -1;                                 // begins each document and row; -1: the family adds none (Qwen)
     std::vector<int32_t> eos;                         // eos[0] ends documents and rows; all of them stop generation
     int32_t pad = -1;                                 // pad_token if any, else eos[0]
     ChatTemplate chat;                                // the model's chat template (model_chat_template)

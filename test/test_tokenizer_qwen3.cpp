@@ -320,3 +320,23 @@ TEST_CASE("tokenizer qwen3: an unsupported byte-level structure is one error nam
     CHECK_THROWS_WITH_AS(tiny_byte_level("llama_nfc.json", llama_nfc), doctest::Contains("unsupported normalizer NFC with Llama 3's pattern"), Error);
     CHECK_NOTHROW(tiny_byte_level("qwen_supported.json", TinyByteLevel()));  // the edits above are what breaks each file
 }
+
+TEST_CASE("model tokens, Qwen: no BOS is added (even when config.json names one), documents end with <|endoftext|>, chat ends with <|im_end|>") {
+    const Tokenizer& tok = qwen3_tokenizer();
+    int32_t endoftext = tok.token_id("<|endoftext|>"), im_end = tok.token_id("<|im_end|>");
+    REQUIRE(endoftext >= 0);
+    REQUIRE(im_end >= 0);
+    ModelTokens own = model_tokens(tok, "");
+    CHECK(own.bos == -1);
+    CHECK(own.eos == std::vector<int32_t>{endoftext});
+    // Qwen3-0.6B's files: config.json names bos 151643 and eos 151645; generation_config.json stops on both.
+    std::string dir = temp_dir("qwen_model_tokens");
+    std::ofstream(dir + "/config.json") << "{\"bos_token_id\": " << endoftext << ", \"eos_token_id\": " << im_end << "}";
+    std::ofstream(dir + "/generation_config.json") << "{\"bos_token_id\": " << endoftext << ", \"eos_token_id\": [" << im_end << ", " << endoftext << "]}";
+    ModelTokens mt = model_tokens(tok, dir);
+    CHECK(mt.bos == -1);
+    CHECK(mt.eos == std::vector<int32_t>{im_end, endoftext});
+    CHECK_NOTHROW(check_model_tokens(mt, 151936, dir + "/config.json"));
+    // a prompt is its text's ids, nothing before them
+    CHECK(prompt_ids(tok, mt, "What is 12?", false) == tok.encode("What is 12?"));
+}
