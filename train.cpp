@@ -35,6 +35,7 @@
 #include "llama.h"
 #include "lora.h"
 #include "support/options.h"
+#include "support/plan.h"
 #include "support/report.h"
 #include "distributed/world.h"
 #include "zero3.h"
@@ -135,7 +136,7 @@ Inputs load_inputs(const Options& o, const World& w) {
         in.lora.rank = o.lora_rank, in.lora.alpha = o.lora_alpha, in.lora.dropout = o.lora_dropout;
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
-    if (!o.model.empty()) SafetensorsReader check(o.model);  // headers and sizes
+    if (!o.model.empty() && (!o.dry_run || has_weights(o.model))) SafetensorsReader check(o.model);  // headers and sizes
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
     dopt.tokens = &in.tokens, dopt.progress = w.rank == 0;
@@ -257,9 +258,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
     ids_ = device_alloc<int32_t>(4 * rows, "batch");  // ids, labels, positions, doc_start: one copy per micro-batch
     labels_ = ids_ + rows, positions_ = ids_ + 2 * rows, doc_start_ = ids_ + 3 * rows;
     if (!in.resume.empty()) resume_position(load_checkpoint(*store_, in.resume, c, in.lora));
-    sched_.kind = o.schedule, sched_.lr = o.lr, sched_.total_steps = int(res_.steps), sched_.warmup_min_lr = o.warmup_min_lr;
-    sched_.min_ratio = o.min_ratio;
-    sched_.warmup_steps = o.warmup_steps >= 0 ? o.warmup_steps : int(std::ceil(0.03 * double(res_.steps)));
+    sched_ = make_schedule(o, res_.steps);
     flops_per_token_ = flops_per_token(c, in.lora.rank ? store_->trainable_numel() : 0, o.seq, o.checkpoint_activations);
     peak_flops_ = gpu_peak_flops(w.gpu);
     print_plan(estimate, wall_seconds() - t0);
@@ -323,9 +322,7 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
     if (o_.zero.stage >= 2)
         std::printf("memory per rank (GiB), buffers made during the first step: gathered units %.2f (estimate), gradient buffers %.2f "
                     "(estimate)\n", gib(est.gathered), gib(est.grad_buffers));
-    std::printf("plan: %lld steps x %d micro-batches x %d rows x %d tokens x %d rank%s; %lld steps per epoch; lr %.3g %s (warmup %d)\n",
-                (long long)res_.steps, o_.grad_accum, o_.micro_batch, o_.seq, w_.size, w_.size > 1 ? "s" : "",
-                (long long)res_.steps_per_epoch, o_.lr, o_.schedule.c_str(), sched_.warmup_steps);
+    print_run_plan(stdout, make_plan(o_, c, in_.lora, in_.train, pad_, w_.size), o_, c, in_.lora);
 }
 
 // The next pinned slot, once the copy that last read it is done (the host runs at most kStagingSlots
@@ -647,8 +644,7 @@ void write_summary(const Options& o, const World& w, const RunResult& r, const s
 RunResult run_job(const Options& o, World& w, const std::string& title) {
     Inputs in = load_inputs(o, w);
     if (o.dry_run) {
-        if (w.rank == 0)
-            std::printf("dry run: inputs are valid (model %s, %s parameters)\n", in.config.name.c_str(), thousands(in.config.num_parameters()).c_str());
+        if (w.rank == 0) print_dry_run(o, in.config, in.lora, in.train, in.tokens.pad, o.plan_ranks ? o.plan_ranks : w.size);
         return RunResult();
     }
     if (!w.comm) {
