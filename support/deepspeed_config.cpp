@@ -520,7 +520,7 @@ void ConfigReader::activation_checkpointing(const Json& v) {
 void ConfigReader::batch_size(const Json& v) {
     if (is_auto(v)) {
         note("train_batch_size: \"auto\" -> " + std::to_string(int64_t(o.micro_batch) * o.grad_accum * world) + " (micro-batch x accumulation x " +
-             std::to_string(world) + " ranks)");
+             std::to_string(world) + (world == 1 ? " rank)" : " ranks)"));
         return;
     }
     int64_t tb = int64_t(v.number);

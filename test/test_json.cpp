@@ -2,6 +2,8 @@
 // and column it names), and a round trip of random strings through json_quote.
 #include "test.h"
 
+#include <cmath>
+
 #include "data.h"
 
 TEST_CASE("json: parses every value type") {
