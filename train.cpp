@@ -37,6 +37,7 @@
 #include "support/options.h"
 #include "support/plan.h"
 #include "support/report.h"
+#include "support/tensorboard.h"
 #include "distributed/world.h"
 #include "zero3.h"
 
@@ -161,6 +162,8 @@ Inputs load_inputs(const Options& o, const World& w) {
 struct RunResult {
     double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0, min_gib = NAN;
     double eval_samples_per_s = NAN, seconds = 0;
+    double mean_loss = NAN, global_samples_per_s = NAN;      // HF's train_loss and train_samples_per_second
+    double gpu_device_peak_gib = NAN, gpu_device_mean_gib = NAN;  // the whole GPU (nvidia-smi's figure)
     int64_t steps = 0, steps_per_epoch = 0;
     std::vector<double> eval_losses;
     AnswerScore answers_before, answers_after;  // greedy answers to the eval questions (--score-answers)
@@ -184,6 +187,7 @@ class Trainer {
     void copy_tokenizer_files(const std::string& dir) const;
     AnswerScore answer_questions(const char* when, int limit);
     void write_charts();
+    void summarize_run();
     void run_batch(const Batch& b, bool backward, float divisor);
     double read_loss_sum();  // this rank's summed CE since the last read (synchronises)
     int32_t* stage(const Batch& b);  // the batch's four arrays in pinned memory, [4, B*T]
@@ -231,6 +235,8 @@ class Trainer {
     std::vector<double> memory_series_;             // (seconds, GiB) pairs of this rank, for OUT/memory.svg
     FILE* csv_ = nullptr;
     FILE* mem_csv_ = nullptr;
+    TensorBoardWriter tensorboard_;  // rank 0: OUT/tensorboard (or the config's tensorboard.output_path)
+    MemorySampler sampler_;          // GPU memory every 0.1 s while training
 };
 
 Trainer::Trainer(const Options& o, const World& w, const Inputs& in)
@@ -459,6 +465,10 @@ void Trainer::log_step(int64_t step, float lr, bool eval) {
                      double(step) / double(res_.steps_per_epoch), wloss, lr, norm, tps, tf, ms / double(window_steps_), mine, res_.peak_gib,
                      std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
         std::fflush(csv_);
+        tensorboard_.scalars(step, {{"train/loss", wloss}, {"train/learning_rate", lr}, {"train/grad_norm", norm},
+                                    {"train/epoch", double(step) / double(res_.steps_per_epoch)}, {"train/tokens_per_second", tps},
+                                    {"train/tflops", tf}, {"gpu/rank_memory_gib", mine}, {"gpu/in_use_gib", gib(sampler_.last_gpu())},
+                                    {"eval/loss", eval_loss}});
     }
     window_ms_ = window_loss_ = window_targets_ = window_tokens_ = window_examples_ = 0, window_steps_ = 0;
 }
@@ -477,8 +487,10 @@ RunResult Trainer::run(const std::string& base_name) {
     if (chief_) csv_ = open_log(o_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
     mem_csv_ = open_log(o_.out + "/memory_rank" + std::to_string(w_.rank) + ".csv", "step,seconds,rank_gpu_gib");
 
+    if (chief_) tensorboard_.open(o_.tensorboard_dir.empty() ? o_.out + "/tensorboard" : o_.tensorboard_dir);
     if (o_.score_answers && start_step_ == 0) res_.answers_before = answer_questions("before training", -1);
     train_start_ = wall_seconds();
+    sampler_.start(w_);
     // Step s is read after step s + 1 is queued, except where the host needs the weights of step s itself
     // (evaluation, a checkpoint, the end): there the run waits, and the next step is timed from its start.
     int64_t unread = 0;
@@ -505,6 +517,7 @@ RunResult Trainer::run(const std::string& base_name) {
     res_.mean_gib = logged_ > 0 ? res_.mean_gib / double(logged_) : NAN;
     if (eval_seconds_ > 0) res_.eval_samples_per_s = eval_rows_ / eval_seconds_;
     res_.seconds = wall_seconds() - train_start_;
+    summarize_run();
     write_charts();
     save_outputs(base_name);
     if (o_.score_answers) res_.answers_after = answer_questions("after training", -1);
@@ -517,6 +530,19 @@ RunResult Trainer::run(const std::string& base_name) {
                     gib(double(model_->activation_bytes())), res_.peak_gib);
     }
     return res_;
+}
+
+// HF's definitions beside this trainer's: the mean of every step's loss (train_loss), rows of all ranks over
+// the run's wall time, evaluation included (train_samples_per_second); memory as sampled over time.
+void Trainer::summarize_run() {
+    sampler_.stop();
+    MemorySampler::Stats mine = sampler_.rank(), gpu = sampler_.gpu();
+    if (mine.samples > 0) res_.peak_gib = std::max(res_.peak_gib, gib(mine.peak)), res_.mean_gib = gib(mine.mean), res_.min_gib = gib(mine.min);
+    res_.gpu_device_peak_gib = gpu.samples > 0 ? gib(gpu.peak) : NAN, res_.gpu_device_mean_gib = gib(gpu.mean);
+    double sum = 0;
+    for (const auto& point : loss_series_) sum += point.second;
+    res_.mean_loss = loss_series_.empty() ? NAN : sum / double(loss_series_.size());
+    res_.global_samples_per_s = world_sum(w_, timed_rows_) / res_.seconds;
 }
 
 // The tokenizer beside an exported model, as save_pretrained does: tokenizer.json, and the model
@@ -532,19 +558,22 @@ void Trainer::copy_tokenizer_files(const std::string& dir) const {
         if (!o_.model.empty() && exists(o_.model + "/" + name)) copy(o_.model + "/" + name, dir + "/" + name);
 }
 
-// The adapter in PEFT's format, or the whole model in HF's (collective; rank 0 writes).
+// The adapter in PEFT's format, and (full fine-tuning, or LoRA with --merge: the adapters merged into the
+// base) the whole model in HF's (collective; rank 0 writes).
 void Trainer::save_outputs(const std::string& base_name) {
     if (in_.lora.rank > 0) {
         std::vector<std::vector<float>> layers = store_->lora_layers();
-        if (!chief_) return;
-        save_peft_adapter(o_.out + "/adapter", in_.config, in_.lora, layers, base_name);
-        std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
-    } else {
-        save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
-        if (!chief_) return;
-        copy_tokenizer_files(o_.out + "/model");
-        std::printf("saved: %s/model (HF: config.json + model.safetensors%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "");
+        if (chief_) {
+            save_peft_adapter(o_.out + "/adapter", in_.config, in_.lora, layers, base_name);
+            std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
+        }
+        if (!o_.merge) return;
     }
+    save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
+    if (!chief_) return;
+    copy_tokenizer_files(o_.out + "/model");
+    std::printf("saved: %s/model (HF: config.json + model.safetensors%s%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "",
+                in_.lora.rank > 0 ? "; the adapters merged into the base" : "");
 }
 
 // Greedy answers to the eval questions (rows that start with a prompt: labels -100), `limit` of them (-1:
@@ -618,12 +647,16 @@ void Trainer::write_charts() {
 
 void print_summary(const RunResult& r, const std::string& title) {
     std::printf("\n%s\n| metric | value |\n|---|---|\n", title.c_str());
-    std::printf("| final train loss | %.4f |\n", r.final_loss);
+    std::printf("| final train loss (the last step's) | %.4f |\n", r.final_loss);
+    std::printf("| train loss, mean over the run (HF's train_loss) | %.4f |\n", r.mean_loss);
     for (size_t i = 0; i < r.eval_losses.size(); ++i) std::printf("| eval loss %zu | %.4f |\n", i + 1, r.eval_losses[i]);
     std::printf("| steps (per epoch) | %lld (%lld) |\n", (long long)r.steps, (long long)r.steps_per_epoch);
     std::printf("| train samples/s per GPU | %.1f |\n| eval samples/s per GPU | %.1f |\n", r.samples_per_s, r.eval_samples_per_s);
+    std::printf("| train samples/s, all GPUs over the run's wall time (HF's train_samples_per_second) | %.1f |\n", r.global_samples_per_s);
     std::printf("| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.tokens_per_s, r.tflops);
-    std::printf("| GPU memory peak / mean / min (this rank) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
+    std::printf("| GPU memory peak / mean / min (this rank, sampled every 0.1 s) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
+    std::printf("| GPU memory in use, whole GPU as nvidia-smi shows it, peak / mean | %.2f / %.2f GiB |\n", r.gpu_device_peak_gib,
+                r.gpu_device_mean_gib);
     if (r.answers_after.n > 0)
         std::printf("| eval answers: token-F1 before -> after | %.3f -> %.3f |\n| eval answers: exact match before -> after | %.1f%% -> %.1f%% |\n",
                     r.answers_before.mean_f1(), r.answers_after.mean_f1(), 100 * r.answers_before.exact_rate(), 100 * r.answers_after.exact_rate());
@@ -634,6 +667,8 @@ void write_summary(const Options& o, const World& w, const RunResult& r, const s
     RunSummary s;
     s.title = title, s.world_size = w.size, s.zero_stage = o.zero.stage, s.offload = o.zero.offload;
     s.checkpoint_activations = o.checkpoint_activations, s.lora_rank = lora_rank, s.final_train_loss = r.final_loss;
+    s.mean_train_loss = r.mean_loss, s.global_train_samples_per_s = r.global_samples_per_s;
+    s.gpu_device_peak_gib = r.gpu_device_peak_gib, s.gpu_device_mean_gib = r.gpu_device_mean_gib;
     s.eval_losses = r.eval_losses, s.steps = r.steps, s.steps_per_epoch = r.steps_per_epoch;
     s.train_samples_per_s = r.samples_per_s, s.eval_samples_per_s = r.eval_samples_per_s, s.tokens_per_s = r.tokens_per_s;
     s.tflops = r.tflops, s.gpu_peak_gib = r.peak_gib, s.gpu_mean_gib = r.mean_gib, s.gpu_min_gib = r.min_gib, s.seconds = r.seconds;

@@ -353,3 +353,56 @@ double gpu_in_use_bytes() {
 }
 
 double rank_gpu_bytes(const World& w) { return double(tracked_device_bytes()) + double(w.context_bytes); }
+
+void MemorySampler::start(const World& w, double period_s) {
+    stop();
+    stopping_ = false;
+    thread_ = std::thread([this, w, period_s] {
+        if (cudaSetDevice(w.gpu) != cudaSuccess) return;  // this rank's GPU, whose context exists already
+        std::unique_lock<std::mutex> hold(lock_);
+        while (!stopping_) {
+            hold.unlock();
+            sample(w);
+            hold.lock();
+            wake_.wait_for(hold, std::chrono::duration<double>(period_s), [this] { return stopping_; });
+        }
+    });
+}
+
+void MemorySampler::sample(const World& w) {
+    double mine = rank_gpu_bytes(w);
+    size_t free_b = 0, total = 0;
+    double gpu = cudaMemGetInfo(&free_b, &total) == cudaSuccess ? double(total - free_b) : NAN;
+    std::lock_guard<std::mutex> hold(lock_);
+    auto add = [](Stats& s, double& sum, double v) {
+        if (std::isnan(v)) return;
+        ++s.samples, sum += v;
+        s.peak = std::max(s.peak, v), s.min = std::isnan(s.min) ? v : std::min(s.min, v), s.mean = sum / double(s.samples);
+    };
+    add(rank_, rank_sum_, mine), add(gpu_, gpu_sum_, gpu);
+    last_gpu_ = gpu;
+}
+
+void MemorySampler::stop() {
+    {
+        std::lock_guard<std::mutex> hold(lock_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+MemorySampler::Stats MemorySampler::rank() const {
+    std::lock_guard<std::mutex> hold(lock_);
+    return rank_;
+}
+
+MemorySampler::Stats MemorySampler::gpu() const {
+    std::lock_guard<std::mutex> hold(lock_);
+    return gpu_;
+}
+
+double MemorySampler::last_gpu() const {
+    std::lock_guard<std::mutex> hold(lock_);
+    return last_gpu_;
+}

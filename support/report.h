@@ -113,14 +113,17 @@ struct RunSummary {
     bool checkpoint_activations = false;
     int64_t lora_rank = 0;               // 0 = full fine-tuning
     double final_train_loss = NAN;       // nats per target token, the last logged value
+    double mean_train_loss = NAN;        // HF's train_loss: the mean of every step's loss over the run
     std::vector<double> eval_losses;     // nats per target token, one per evaluation, in order
     int64_t steps = 0;                   // optimizer steps run
     int64_t steps_per_epoch = 0;         // optimizer steps in one epoch
     double train_samples_per_s = NAN;    // rows per second per GPU, training steps only
+    double global_train_samples_per_s = NAN;  // HF's train_samples_per_second: rows of all GPUs / the run's wall time
     double eval_samples_per_s = NAN;     // rows per second per GPU, evaluation only
     double tokens_per_s = NAN;           // per GPU
     double tflops = NAN;                 // TFLOP/s per GPU (model FLOPs)
-    double gpu_peak_gib = NAN, gpu_mean_gib = NAN, gpu_min_gib = NAN;  // GiB in use on the GPU, as the trainer samples it
+    double gpu_peak_gib = NAN, gpu_mean_gib = NAN, gpu_min_gib = NAN;  // this rank's GiB on its GPU, sampled over time
+    double gpu_device_peak_gib = NAN, gpu_device_mean_gib = NAN;       // the whole GPU's GiB in use (nvidia-smi's figure)
     double seconds = NAN;                // wall time of the run
 };
 

@@ -16,13 +16,13 @@
 
 namespace {
 
-// ./train ARGS with stdout and stderr together, and its exit status.
+// A shell command's stdout and stderr together, and its exit status; ./train ARGS.
 struct Output {
     int status;
     std::string text;
 };
-Output train(const std::string& args, const std::string& env = "") {
-    std::string cmd = env + " ./train " + args + " 2>&1 < /dev/null";
+Output shell(const std::string& command) {
+    std::string cmd = "(" + command + ") 2>&1 < /dev/null";
     FILE* p = popen(cmd.c_str(), "r");
     REQUIRE(p);
     std::string out;
@@ -32,6 +32,7 @@ Output train(const std::string& args, const std::string& env = "") {
     int status = pclose(p);
     return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
+Output train(const std::string& args, const std::string& env = "") { return shell(env + " ./train " + args); }
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
@@ -398,4 +399,34 @@ TEST_CASE("cli: torchrun / deepspeed / accelerate launches without MPI are one e
     Output merge = train("--preset tiny --seq 64 --dry-run --lora-rank 0 --merge");
     CHECK(merge.status == 1);
     CHECK(has(merge.text, "error: --merge merges LoRA adapters into the base: it needs LoRA"));
+}
+
+TEST_CASE("gpu: --merge writes OUT/model beside OUT/adapter; TensorBoard event files; the table's HF columns") {
+    if (!need_gpu()) return;
+    std::string out = temp_dir("merge_run");
+    std::string tb = temp_dir("merge_run_tb");
+    std::string config = temp_file("ds_tb.json", "{\"tensorboard\": {\"enabled\": true, \"output_path\": \"" + tb + "\", \"job_name\": \"job\"}}");
+    Output run = train("--preset tiny --seq 64 --micro-batch 4 --steps 12 --log-every 4 --eval-every 6 --sample 0 --merge --config " + config +
+                       " --out " + out);
+    CAPTURE(run.text);
+    REQUIRE(run.status == 0);
+    for (const char* name : {"/adapter/adapter_config.json", "/adapter/adapter_model.safetensors", "/model/config.json",
+                             "/model/model.safetensors", "/model/tokenizer.json", "/summary.json"})
+        CHECK(exists(out + name));
+    CHECK(has(run.text, "the adapters merged into the base"));
+    CHECK(has(run.text, "| train loss, mean over the run (HF's train_loss) | "));
+    CHECK(has(run.text, "| train samples/s, all GPUs over the run's wall time (HF's train_samples_per_second) | "));
+    CHECK(has(run.text, "| GPU memory in use, whole GPU as nvidia-smi shows it, peak / mean | "));
+    std::string summary = read_file(out + "/summary.json");
+    CHECK(has(summary, "\"mean_train_loss\": "));
+    CHECK_FALSE(has(summary, "\"mean_train_loss\": null"));
+    CHECK_FALSE(has(summary, "\"gpu_device_peak_gib\": null"));
+    if (std::system("python3 -c 'import struct' > /dev/null 2>&1") != 0) return skip_test("python3 not found: event files not read back");
+    Output read = shell("python3 test/read_tensorboard.py " + tb + "/job --expect train/loss,train/learning_rate,train/grad_norm,"
+                        "train/tokens_per_second,gpu/rank_memory_gib,eval/loss");
+    CAPTURE(read.text);
+    CHECK(read.status == 0);
+    CHECK(has(read.text, "train/loss: 4 points, first step 4"));  // steps 4, 8, 12 and the evaluation's 6
+    CHECK(has(read.text, "eval/loss: 2 points, first step 6"));
+    CHECK(has(read.text, "ok: 1 file(s)"));
 }
