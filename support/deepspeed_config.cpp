@@ -96,16 +96,21 @@ const std::map<std::string, const char*> kTopNoEffect = {
     {"compile", "the kernels are compiled ahead of time"},
     {"graph_harvesting", "no CUDA graphs"},
     {"dataloader_drop_last", "every rank runs the same number of micro-batches; short ranks get masked rows"},
+    {"disable_allgather", "weights are all-gathered, one unit at a time"}, {"timers", "--profile N times each kernel family"},
+    {"torch_autocast", "products run in bf16 with fp32 accumulation"}, {"use_data_before_expert_parallel_", "no experts"},
     {"zero_optimization", ""}, {"train_micro_batch_size_per_gpu", ""}, {"gradient_accumulation_steps", ""},
     {"train_batch_size", ""}, {"gradient_clipping", ""}, {"optimizer", ""}, {"scheduler", ""}, {"bf16", ""},
     {"bfloat16", ""}, {"fp16", ""}, {"amp", ""}, {"activation_checkpointing", ""}, {"checkpoint", ""},
     {"tensorboard", ""}, {"elasticity", ""},
 };
 
-// DeepSpeed features that would change the training when enabled: refused then, silent when off.
+// DeepSpeed features this trainer lacks: refused when the section says "enabled": true (they would change
+// the training); otherwise named once (some, such as sparse_attention and pipeline, act only on models
+// built for them, so HF recipes carry them without effect).
 const std::vector<std::string> kFeatures = {"sparse_attention", "pipeline", "compression_training", "data_efficiency",
                                             "curriculum_learning", "progressive_layer_drop", "eigenvalue",
-                                            "quantize_training", "hybrid_engine", "nebula", "moe"};
+                                            "quantize_training", "hybrid_engine", "nebula", "moe", "weight_quantization",
+                                            "tensor_parallel"};
 
 const std::map<std::string, const char*> kZeroNoEffect = {
     {"contiguous_gradients", "each unit's gradient is one flat buffer already"},
@@ -133,12 +138,19 @@ const std::map<std::string, const char*> kZeroNoEffect = {
     {"zero_quantized_weights", "weights are gathered in bf16"}, {"zero_quantized_gradients", "gradients are reduced in fp32"},
     {"zero_quantized_nontrainable_weights", "weights are gathered in bf16"},
     {"mics_shard_size", "no MiCS sub-groups"}, {"mics_hierarchical_params_gather", "no MiCS sub-groups"},
+    {"stage3_gather_fp16_weights_on_model_save", "exports always gather the whole model into OUT/model"},
     {"pipeline_loading_checkpoint", "no pipeline parallelism"}, {"module_granularity_threshold", "the unit is a decoder layer"},
+    {"stage3_module_granularity_threshold", "the unit is a decoder layer"},
+    {"allgather_sequential", "stage 3 gathers one unit at a time"}, {"stage3_allgather_sequential", "stage 3 gathers one unit at a time"},
+    {"partition_stream_chunk_size", "each rank loads only its part of the weights"},
+    {"stage3_partition_stream_chunk_size", "each rank loads only its part of the weights"},
+    {"enable_sanity_checks", "the tests check every stage"}, {"save_muon_momentum_buffer_in_memory", "the optimizer is AdamW"},
+    {"leaf_module", "the unit is a decoder layer"}, {"zenflow", "the optimizer steps every unit each step"},
     {"use_all_reduce_for_fetch_params", "stage 3 all-gathers each unit"}, {"stage3_use_all_reduce_for_fetch_params", "stage 3 all-gathers each unit"},
     {"zeropp_loco_param", "no ZeRO++"},
     {"offload_optimizer", ""}, {"offload_param", ""}, {"stage", ""}, {"overlap_comm", ""}, {"reduce_bucket_size", ""},
     {"stage3_prefetch_bucket_size", ""}, {"prefetch_bucket_size", ""}, {"stage3_param_persistence_threshold", ""},
-    {"param_persistence_threshold", ""}, {"cpu_offload", ""}, {"cpu_offload_params", ""},
+    {"param_persistence_threshold", ""}, {"cpu_offload", ""}, {"cpu_offload_param", ""},
 };
 
 struct ConfigReader {
@@ -265,10 +277,11 @@ void ConfigReader::top(const std::string& key, const Json& v) {
         if (e && boolean(*e, key + ".enabled")) error(key + ".enabled", "= true is not supported: the batch is micro-batch x accumulation x ranks, fixed");
     } else if (std::find(kFeatures.begin(), kFeatures.end(), key) != kFeatures.end()) {
         const Json* e = v.type == Json::Object ? v.find("enabled") : nullptr;
-        bool on = v.type == Json::Bool ? v.boolean : (v.type == Json::Object && (!e || (e->type == Json::Bool && e->boolean)));
-        if (on) error(key, "is a DeepSpeed feature this trainer does not have (remove the section, or set \"enabled\": false)");
+        if ((v.type == Json::Bool && v.boolean) || (e && e->type == Json::Bool && e->boolean))
+            error(key, "is a DeepSpeed feature this trainer does not have (remove the section, or set \"enabled\": false)");
+        no_effect(key, "a DeepSpeed feature this trainer does not have, not enabled here");
     } else if (auto it = kTopNoEffect.find(key); it != kTopNoEffect.end()) {
-        if (key == "steps_per_print") number(v, key, 1, INFINITY);
+        if (key == "steps_per_print" && !is_auto(v)) number(v, key, 1, INFINITY);
         no_effect(key, it->second);
     } else {
         note("not a DeepSpeed key this trainer knows, ignored: " + key + nearest(key, keys_of(kTopNoEffect)));
@@ -314,7 +327,8 @@ void ConfigReader::optimizer(const Json& v) {
             }
         } else if (k == "adam_w_mode") {
             decoupled = boolean(e, key);
-        } else if (k == "torch_adam" || k == "fused" || k == "foreach" || k == "capturable" || k == "set_grad_none") {
+        } else if (k == "torch_adam" || k == "fused" || k == "foreach" || k == "capturable" || k == "set_grad_none" ||
+                   k == "fp32_optimizer_states") {
             no_effect(key, "the AdamW update is this trainer's kernel (GPU) or thread pool (CPU offload)");
         } else if (k == "amsgrad" || k == "maximize") {
             if (boolean(e, key)) error(key, "= true is not supported (AdamW)");
@@ -426,7 +440,7 @@ void ConfigReader::zero_optimization(const Json& v) {
             offload(key, e, k == "offload_param");
         } else if (k == "cpu_offload") {  // DeepSpeed's old form of offload_optimizer.device = cpu
             if (boolean(e, key) && unset("--offload")) o.zero.offload = true;
-        } else if (k == "cpu_offload_params") {
+        } else if (k == "cpu_offload_param") {
             if (boolean(e, key) && o.zero.stage == 3) error(key, "= true (parameter offload) is not supported: weights stay on the GPU (optimizer offload is supported)");
         } else if (k == "overlap_comm") {
             if (!is_auto(e)) o.zero.overlap_comm = boolean(e, key);
@@ -461,8 +475,9 @@ void ConfigReader::offload(const std::string& key, const Json& v, bool param) {
             device = e.string;
         } else if (k == "pin_memory") {
             if (!param) o.zero.pin_memory = boolean(e, sub);
-        } else if (k == "nvme_path" || k == "buffer_count" || k == "buffer_size" || k == "max_in_cpu" || k == "pipeline" ||
-                   k == "pipeline_read" || k == "pipeline_write" || k == "fast_init" || k == "ratio") {
+        } else if (k == "nvme_path" || k == "nvme_path_per_local_rank" || k == "buffer_count" || k == "buffer_size" || k == "max_in_cpu" ||
+                   k == "pipeline" || k == "pipeline_read" || k == "pipeline_write" || k == "fast_init" || k == "ratio" ||
+                   k == "super_offload" || k == "cpuadam_cores_perc") {  // NVMe and tiling details: nothing to do here
             if (k == "ratio" && e.type == Json::Number && e.number != 1.0) error(sub, "!= 1 (a partial offload) is not supported: the whole optimizer state is offloaded");
         } else {
             error(sub, std::string("is not a key of ") + (param ? "offload_param" : "offload_optimizer") +

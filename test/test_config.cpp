@@ -197,6 +197,7 @@ TEST_CASE("config: keys that change nothing here are named with why; steps_per_p
     CHECK(noted(o, "no effect here: csv_monitor (OUT/train_log.csv"));
     CHECK(noted(o, "no effect here: wandb ("));
     CHECK(noted(o, "no effect here: flops_profiler ("));
+    CHECK(noted(with_config(R"({"sparse_attention": {"mode": "fixed", "block": 16}})"), "no effect here: sparse_attention ("));
     CHECK(noted(o, "not a DeepSpeed key this trainer knows, ignored: gradient_acumulation_steps (did you mean gradient_accumulation_steps?)"));
     CHECK(o.tensorboard_dir == "tb_logs/run1");
 
@@ -276,7 +277,7 @@ TEST_CASE("config: every refused value names the file and the key path, never a 
         {R"({"tensorboard": {"enabled": "yes"}})", "tensorboard.enabled must be true or false, not \"yes\""},
         {R"({"checkpoint": {"load_universal": "true"}})", "checkpoint.load_universal must be true or false, not \"true\""},
         {R"({"elasticity": {"enabled": true}})", "elasticity.enabled = true is not supported"},
-        {R"({"sparse_attention": {"mode": "fixed"}})", "sparse_attention is a DeepSpeed feature this trainer does not have"},
+        {R"({"curriculum_learning": {"enabled": true, "curriculum_type": "seqlen"}})", "curriculum_learning is a DeepSpeed feature this trainer does not have"},
         {R"({"steps_per_print": "often"})", "steps_per_print must be a number, not \"often\""},
         {R"({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}})", "zero_optimization.offload_optimizer: optimizer offload needs ZeRO stage 1, 2 or 3"},
         {R"([1, 2])", "a DeepSpeed config must be a JSON object"},
