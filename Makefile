@@ -26,11 +26,23 @@ else
   ARCH_FLAGS := $(foreach a,80 86 89 90a,-gencode arch=compute_$(a),code=sm_$(a)) -gencode arch=compute_90,code=compute_90
 endif
 
-MPI_CFLAGS  := $(shell mpicxx --showme:compile 2>/dev/null)
-MPI_LDFLAGS := $(shell mpicxx --showme:link 2>/dev/null)
-ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
+# MPI's compile and link flags: MPI_CFLAGS and MPI_LDFLAGS when given (on the command line or in the
+# environment), else asked of the MPI C++ wrapper $(MPICXX): OpenMPI's `--showme:compile` / `--showme:link`,
+# or MPICH's `-show` (MPICH, Intel MPI, MVAPICH, Cray MPICH's mpicxx), whose one command line is split into
+# its -I/-D words and its -L/-l/-Wl words.
+MPICXX ?= mpicxx
+ifeq ($(origin MPI_LDFLAGS),undefined)
+  MPI_CFLAGS  := $(shell $(MPICXX) --showme:compile 2>/dev/null)
+  MPI_LDFLAGS := $(shell $(MPICXX) --showme:link 2>/dev/null)
   ifeq ($(MPI_LDFLAGS),)
-    $(error mpicxx not found: run `make deps` (or: apt-get install libopenmpi-dev openmpi-bin))
+    MPI_SHOW    := $(shell $(MPICXX) -show 2>/dev/null)
+    MPI_CFLAGS  := $(filter -I% -D% -pthread,$(MPI_SHOW))
+    MPI_LDFLAGS := $(filter -L% -l% -Wl% -pthread,$(MPI_SHOW))
+  endif
+endif
+ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
+  ifeq ($(strip $(MPI_LDFLAGS)),)
+    $(error MPI not found: no $(MPICXX) answering --showme (OpenMPI) or -show (MPICH). Run `make deps` (apt-get install libopenmpi-dev openmpi-bin), or name the wrapper (make MPICXX=mpicxx.mpich), or give the flags: make MPI_CFLAGS="-I/path/to/mpi/include" MPI_LDFLAGS="-L/path/to/mpi/lib -lmpi" (Cray: MPI_CFLAGS="$$(CC --cray-print-opts=cflags)" MPI_LDFLAGS="$$(CC --cray-print-opts=libs)"))
   endif
   ifeq ($(wildcard $(NVCC)),)
     $(error the CUDA Toolkit is not at $(CUDA) (no bin/nvcc): install it (https://developer.nvidia.com/cuda-downloads), or make CUDA=/path/to/cuda)

@@ -131,14 +131,39 @@ void clip_coefficient(const float* sum_sq, float max_norm, float* scale, cudaStr
     check_launch("clip_kernel");
 }
 
+bool Schedule::deepspeed() const { return kind == "WarmupLR" || kind == "WarmupDecayLR" || kind == "WarmupCosineLR"; }
+
 void check_schedule(const Schedule& s, const std::string& flag) {
-    if (s.kind != "constant" && s.kind != "warmup" && s.kind != "warmup-linear" && s.kind != "warmup-cosine")
-        fail(flag + ": unknown schedule \"" + s.kind + "\" (constant, warmup, warmup-linear, warmup-cosine)");
+    if (s.kind != "constant" && s.kind != "warmup" && s.kind != "warmup-linear" && s.kind != "warmup-cosine" && !s.deepspeed())
+        fail(flag + ": unknown schedule \"" + s.kind + "\" (constant, warmup, warmup-linear, warmup-cosine; DeepSpeed's WarmupLR, "
+             "WarmupDecayLR, WarmupCosineLR)");
     if (s.warmup_steps < 0) fail(flag + ": warmup steps must be >= 0");
     if (!(s.lr > 0)) fail(flag + ": the learning rate must be positive");
+    if (s.deepspeed() && s.warmup_type != "log" && s.warmup_type != "linear")
+        fail(flag + ": warmup_type must be \"log\" or \"linear\", not \"" + s.warmup_type + "\"");
 }
 
+namespace {
+// DeepSpeed's schedulers at iteration i (the adamw.h comment has the formulas), in double as Python does.
+double deepspeed_lr(const Schedule& s, int i) {
+    const double lr = s.lr, min_lr = s.warmup_min_lr;
+    const bool cosine = s.kind == "WarmupCosineLR";
+    if (i < 0) return cosine ? 0.0 : min_lr;
+    const int W = std::max(2, s.warmup_steps), T = s.total_steps;
+    if (i < W) {
+        double w = s.warmup_type == "log" ? std::log(double(i) + 1) / std::log(double(W)) : double(i) / double(W);
+        if (cosine) return lr * (s.warmup_min_ratio + (1.0 - s.warmup_min_ratio) * w);
+        return min_lr + (lr - min_lr) * w;
+    }
+    if (s.kind == "WarmupLR") return lr;
+    if (s.kind == "WarmupDecayLR") return min_lr + (lr - min_lr) * std::max(0.0, double(T - i) / std::max(1.0, double(T - W)));
+    double progress = std::min(1.0, double(i - W + 1) / std::max(1.0, double(T - W)));
+    return lr * std::max(0.0, s.min_ratio + (1.0 - s.min_ratio) * (1 + std::cos(M_PI * progress)) / 2);
+}
+}  // namespace
+
 float Schedule::lr_at(int step) const {
+    if (deepspeed()) return float(deepspeed_lr(*this, step - 1));
     if (kind == "constant") return lr;
     if (step < warmup_steps) return warmup_min_lr + (lr - warmup_min_lr) * float(step + 1) / float(warmup_steps);
     if (kind == "warmup") return lr;

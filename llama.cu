@@ -87,11 +87,9 @@ void LlamaModel::carve(char* base) {
     arena_bytes_ = at;
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaStream_t stream, bool recompute, int max_position)
-    : c_(c), lora_(lora), B_(B), T_(T), N_(B * T), max_position_(std::max(T, max_position)), stream_(stream),
-      recompute_(recompute) {
-    gemm_ = gemm_create(stream);
-    attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
+// Sizes every buffer and counts the arena (carve with no base); allocates nothing, touches no GPU.
+LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute, int max_position, CountOnly)
+    : c_(c), lora_(lora), B_(B), T_(T), N_(B * T), max_position_(std::max(T, max_position)), recompute_(recompute) {
     for (int t = 0; t < kLayerTensors; ++t) layer_offset_[t] = layer_tensor_offset(c, LayerTensor(t));
     for (int t = 0; t < kTargets; ++t) projection_out_[t] = int(layer_tensor_shape(c, kProjection[t])[0]);  // W: [out, in]
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
@@ -102,6 +100,17 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     int64_t logit_bytes = lora.rank > 0 ? (256ll << 20) : (1ll << 30);
     head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N_, logit_bytes / (int64_t(c.vocab_size) * 2))));
     carve(nullptr);
+}
+
+size_t LlamaModel::arena_bytes(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute) {
+    return LlamaModel(c, lora, B, T, recompute, 0, CountOnly{}).arena_bytes_;
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaStream_t stream, bool recompute, int max_position)
+    : LlamaModel(c, lora, B, T, recompute, max_position, CountOnly{}) {
+    stream_ = stream;
+    gemm_ = gemm_create(stream);
+    attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
     arena_ = device_alloc<char>(arena_bytes_, "activations");
     carve(arena_);
     check_cuda(cudaMemset(loss_sum_, 0, sizeof(float)), "memset loss");

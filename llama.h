@@ -119,9 +119,14 @@ class LlamaModel {
     uint64_t dropout_step = 0;  // which micro-batch this is: LoRA dropout's masks follow it (set by the trainer)
     Profiler* profiler = nullptr;  // when set and in a profiled step, each kernel family's time is measured
     size_t activation_bytes() const { return arena_bytes_; }
+    // What activation_bytes() will be for batches of B x T, without a GPU (--dry-run's estimate): the
+    // same buffer list counted, nothing allocated. Library workspaces (cuBLASLt, attention) are apart.
+    static size_t arena_bytes(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute);
     const LlamaConfig& config() const { return c_; }
 
   private:
+    struct CountOnly {};
+    LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute, int max_position, CountOnly);
     struct Layer;       // what backward needs of one layer's forward
     struct GradScratch; // gradients flowing back through one layer (shared by all layers)
     void carve(char* base);
@@ -146,7 +151,7 @@ class LlamaModel {
     LlamaConfig c_;
     LoraShape lora_;
     int B_, T_, N_ = 0, max_position_ = 0;
-    cudaStream_t stream_;
+    cudaStream_t stream_ = nullptr;
     bool recompute_ = false;
     Gemm gemm_;
     Attention* attention_ = nullptr;

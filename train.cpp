@@ -36,6 +36,7 @@
 #include "llama.h"
 #include "lora.h"
 #include "support/options.h"
+#include "support/plan.h"
 #include "support/report.h"
 #include "distributed/world.h"
 #include "zero3.h"
@@ -48,6 +49,8 @@ Tokenizer load_tokenizer(const std::string& path) {
 }
 
 double gib(double bytes) { return bytes / double(1 << 30); }
+
+MemoryStats memory_stats(const MemorySampler::Stats& s) { return {s.peak, s.mean, s.min, s.samples}; }
 
 int run_tokenize(const std::vector<std::string>& args) {
     std::string path;
@@ -143,7 +146,7 @@ Inputs load_inputs(const Options& o, bool chief) {
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
     // the weights: every tensor's name, shape, dtype and bytes, from the headers
-    if (!o.model.empty()) check_model_weights(SafetensorsReader(o.model), c);
+    if (!o.model.empty() && (!o.dry_run || has_weights(o.model))) check_model_weights(SafetensorsReader(o.model), c);  // a dry run plans from config.json alone
     // the data: every token id inside the embedding (load_dataset checks pre-tokenized ids)
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
@@ -254,7 +257,8 @@ class Trainer {
     float* step_results_ = nullptr;  // [kQueuedSteps, 2] pinned: summed loss, squared gradient norm of each queued step
     Profiler profiler_;
     std::vector<FamilyWork> step_work_;
-    RunLog log_;  // progress lines, CSVs, charts and the run's numbers
+    RunLog log_;            // progress lines, CSVs, TensorBoard events, charts and the run's numbers
+    MemorySampler sampler_;  // this rank's and the whole GPU's memory, sampled while training
 };
 
 // ------------------------------------------------------------------------------------------------ setup
@@ -291,9 +295,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPl
                         (long long)s.world_size, s.world_size == 1 ? "" : "s");
     }
     // the learning rate over the run
-    sched_.kind = o.schedule, sched_.lr = o.lr, sched_.total_steps = int(plan.steps), sched_.warmup_min_lr = o.warmup_min_lr;
-    sched_.min_ratio = o.min_ratio;
-    sched_.warmup_steps = o.warmup_steps >= 0 ? o.warmup_steps : int(std::ceil(0.03 * double(plan.steps)));
+    sched_ = make_schedule(o, plan.steps);
     flops_per_token_ = flops_per_token(c, in.lora.rank ? store_->trainable_numel() : 0, o.seq, o.checkpoint_activations);
     peak_flops_ = gpu_peak_flops(w.gpu);
     print_plan(estimate, wall_seconds() - t0);
@@ -336,9 +338,7 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
     if (o_.zero.stage >= 2)
         std::printf("memory per rank (GiB), buffers made during the first step: gathered units %.2f (estimate), gradient buffers %.2f "
                     "(estimate)\n", gib(est.gathered), gib(est.grad_buffers));
-    std::printf("plan: %lld steps x %d micro-batches x %d rows x %d tokens x %d rank%s; %lld steps per epoch; lr %.3g %s (warmup %d)\n",
-                (long long)plan_.steps, o_.grad_accum, o_.micro_batch, o_.seq, w_.size, w_.size > 1 ? "s" : "",
-                (long long)plan_.steps_per_epoch, o_.lr, o_.schedule.c_str(), sched_.warmup_steps);
+    print_run_plan(stdout, make_plan(o_, c, in_.lora, in_.train, in_.tokens.pad, w_.size), o_, c, in_.lora);
 }
 
 // ------------------------------------------------------------------------------------------------ the loop
@@ -350,10 +350,12 @@ RunResult Trainer::run(const std::string& base_name) {
     logged.out = o_.out, logged.rank = w_.rank, logged.log_every = o_.log_every;
     logged.steps = plan_.steps, logged.steps_per_epoch = plan_.steps_per_epoch, logged.start_step = plan_.start_step;
     logged.flops_per_token = flops_per_token_, logged.peak_flops = peak_flops_;
+    logged.tensorboard_dir = o_.tensorboard_dir.empty() ? o_.out + "/tensorboard" : o_.tensorboard_dir;
     log_.open(logged);
 
     if (o_.score_answers && plan_.start_step == 0) log_.result.answers_before = answer_questions("before training", -1);
     log_.start();
+    sampler_.start(w_);  // GPU memory every 0.1 s, whatever the log lines do
     // Step s is read after step s + 1 is queued, except where the host needs the weights of step s itself
     // (evaluation, a checkpoint, the end): there the run waits, and the next step is timed from its start.
     int64_t unread = 0;
@@ -373,7 +375,8 @@ RunResult Trainer::run(const std::string& base_name) {
         if (do_save) save_checkpoint(*store_, o_.out + "/checkpoints", "step-" + std::to_string(step), in_.config, in_.lora, state(step));
     }
     if (profiler_.steps() > 0 && chief_) profiler_.print(stdout, step_work_, peak_flops_, gpu_bandwidth(w_.gpu));
-    log_.finish();
+    sampler_.stop();
+    log_.finish(world_sum(w_, log_.timed_rows()), memory_stats(sampler_.rank()), memory_stats(sampler_.gpu()));
     write_charts();
     save_outputs(base_name);
     if (o_.score_answers) log_.result.answers_after = answer_questions("after training", -1);
@@ -447,7 +450,7 @@ void Trainer::read_step(int64_t step, bool eval) {
     log_.add_step(r);
     if (!log_.line_due(step, eval)) return;
     double eval_loss = eval ? evaluate() : NAN;  // after the timing of the steps
-    log_.line(eval, eval_loss, gib(rank_gpu_bytes(w_)));
+    log_.line(eval, eval_loss, gib(rank_gpu_bytes(w_)), gib(sampler_.last_gpu()));
 }
 
 // The next pinned slot, once the copy that last read it is done (the host runs at most kStagingSlots
@@ -577,15 +580,18 @@ void Trainer::copy_tokenizer_files(const std::string& dir) const {
 void Trainer::save_outputs(const std::string& base_name) {
     if (in_.lora.rank > 0) {
         std::vector<std::vector<float>> layers = store_->lora_layers();
-        if (!chief_) return;
-        save_peft_adapter(o_.out + "/adapter", in_.config, in_.lora, layers, base_name);
-        std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
-    } else {
-        save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
-        if (!chief_) return;
-        copy_tokenizer_files(o_.out + "/model");
-        std::printf("saved: %s/model (HF: config.json + model.safetensors%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "");
+        if (chief_) {
+            save_peft_adapter(o_.out + "/adapter", in_.config, in_.lora, layers, base_name);
+            std::printf("saved: %s/adapter (PEFT: adapter_config.json + adapter_model.safetensors)\n", o_.out.c_str());
+        }
+        if (!o_.merge) return;
     }
+    // full fine-tuning, or LoRA with --merge (the adapters merged into the base): the whole model in HF's format
+    save_hf(*store_, o_.out + "/model", in_.config, in_.lora);
+    if (!chief_) return;
+    copy_tokenizer_files(o_.out + "/model");
+    std::printf("saved: %s/model (HF: config.json + model.safetensors%s%s)\n", o_.out.c_str(), in_.tok ? " + tokenizer files" : "",
+                in_.lora.rank > 0 ? "; the adapters merged into the base" : "");
 }
 
 // OUT/loss.svg (train and eval loss, learning rate) and, with several ranks, OUT/memory.svg (each
@@ -601,6 +607,8 @@ void write_summary(const Options& o, const World& w, const RunResult& r, const s
     RunSummary s;
     s.title = title, s.world_size = w.size, s.zero_stage = o.zero.stage, s.offload = o.zero.offload;
     s.checkpoint_activations = o.checkpoint_activations, s.lora_rank = lora_rank, s.final_train_loss = r.final_loss;
+    s.mean_train_loss = r.mean_loss, s.global_train_samples_per_s = r.global_samples_per_s;
+    s.gpu_device_peak_gib = r.gpu_device_peak_gib, s.gpu_device_mean_gib = r.gpu_device_mean_gib;
     s.eval_losses = r.eval_losses, s.steps = r.steps, s.steps_per_epoch = r.steps_per_epoch;
     s.train_samples_per_s = r.samples_per_s, s.eval_samples_per_s = r.eval_samples_per_s, s.tokens_per_s = r.tokens_per_s;
     s.tflops = r.tflops, s.gpu_peak_gib = r.peak_gib, s.gpu_mean_gib = r.mean_gib, s.gpu_min_gib = r.min_gib, s.seconds = r.seconds;
@@ -620,8 +628,7 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
     if (!in.resume.empty())
         world_check_same(w, read_file(in.resume + "/trainer.json") + read_file(in.resume + "/zero.json"), "the checkpoint files");
     if (o.dry_run) {
-        if (w.rank == 0)
-            std::printf("dry run: inputs are valid (model %s, %s parameters)\n", in.config.name.c_str(), thousands(in.config.num_parameters()).c_str());
+        if (w.rank == 0) print_dry_run(o, in.config, in.lora, in.train, in.tokens.pad, o.plan_ranks ? o.plan_ranks : w.size);
         return RunResult();
     }
     if (!w.comm) {

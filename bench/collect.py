@@ -4,9 +4,12 @@
 
     python3 bench/collect.py RUN_DIR [RUN_DIR ...] [--out table.md]
 
-Columns: run (the directory's name), GPUs, ZeRO stage, offload, final train loss, eval loss (the last;
-every evaluation in parentheses when there were several), train and eval samples/s (per GPU), steps per
-epoch, GPU memory peak / mean / min (GiB), wall time. A key the summary lacks, or holds as null, prints
+Columns: run (the directory's name), GPUs, ZeRO stage, offload, final train loss (the last step's), mean
+train loss over the run (HF's train_loss), eval loss (the last; every evaluation in parentheses when there
+were several), train samples/s per GPU (training steps only), train samples/s of all GPUs over the run's
+wall time (HF's train_samples_per_second), eval samples/s (per GPU), steps per epoch, this rank's GPU
+memory peak / mean / min (GiB, sampled over time), the whole GPU's in-use memory peak / mean (GiB, what
+nvidia-smi shows), wall time. A key the summary lacks, or holds as null, prints
 as "—". The table goes to stdout, and also to --out when given. A missing or malformed summary.json is
 one line `error: ...` naming the file, and exit status 1. Standard library only.
 """
@@ -17,9 +20,9 @@ import os
 import sys
 
 DASH = "—"
-NUMBERS = ("world_size", "zero_stage", "lora_rank", "final_train_loss", "steps", "steps_per_epoch",
-           "train_samples_per_s", "eval_samples_per_s", "tokens_per_s", "tflops", "gpu_peak_gib",
-           "gpu_mean_gib", "gpu_min_gib", "seconds")
+NUMBERS = ("world_size", "zero_stage", "lora_rank", "final_train_loss", "mean_train_loss", "steps", "steps_per_epoch",
+           "train_samples_per_s", "global_train_samples_per_s", "eval_samples_per_s", "tokens_per_s", "tflops",
+           "gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib", "gpu_device_peak_gib", "gpu_device_mean_gib", "seconds")
 BOOLEANS = ("offload", "checkpoint_activations")
 
 
@@ -87,22 +90,27 @@ def eval_cell(summary):
 def row(run_dir, s):
     name = os.path.basename(os.path.normpath(run_dir)).replace("|", "\\|")
     memory = " / ".join(cell(s, k, lambda v: "%.2f" % v) for k in ("gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib"))
+    device = " / ".join(cell(s, k, lambda v: "%.2f" % v) for k in ("gpu_device_peak_gib", "gpu_device_mean_gib"))
     return [name,
             cell(s, "world_size", lambda v: "%d" % v),
             cell(s, "zero_stage", lambda v: "%d" % v),
             cell(s, "offload", lambda v: "yes" if v else "no"),
             cell(s, "final_train_loss", lambda v: "%.4f" % v),
+            cell(s, "mean_train_loss", lambda v: "%.4f" % v),
             eval_cell(s),
             cell(s, "train_samples_per_s", lambda v: "%.1f" % v),
+            cell(s, "global_train_samples_per_s", lambda v: "%.1f" % v),
             cell(s, "eval_samples_per_s", lambda v: "%.1f" % v),
             cell(s, "steps_per_epoch", lambda v: "%d" % v),
             memory,
+            device,
             cell(s, "seconds", duration)]
 
 
-HEADER = ["run", "GPUs", "ZeRO stage", "offload", "final train loss", "eval loss", "train samples/s",
-          "eval samples/s", "steps/epoch", "GPU memory peak / mean / min (GiB)", "time"]
-ALIGN = [":---", "---:", "---:", ":---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]
+HEADER = ["run", "GPUs", "ZeRO stage", "offload", "final train loss", "train loss, mean (HF)", "eval loss",
+          "train samples/s per GPU", "train samples/s, all GPUs (HF)", "eval samples/s", "steps/epoch",
+          "GPU memory peak / mean / min (GiB)", "whole GPU peak / mean (GiB)", "time"]
+ALIGN = [":---", "---:", "---:", ":---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]
 
 
 def table(run_dirs):

@@ -1,7 +1,8 @@
 // distributed/world.cu — processes, GPUs and the two transports of the collectives (world.h).
 //
 // Start-up, in order: MPI (when launched by mpirun/srun) gives rank and size, and the ranks on this node;
-// a launch whose MPI world is smaller than the launcher's task count (srun --mpi=none) is refused. Later,
+// a launch whose MPI world is smaller than the launcher's task count (srun --mpi=none), or a copy that
+// torchrun/deepspeed/accelerate started (WORLD_SIZE > 1 with an MPI world of 1), is refused. Later,
 // once the inputs are checked: each rank takes GPU local_rank % visible GPUs; the GPUs' UUIDs say which
 // ranks share one; contexts are created one rank at a time so each rank can measure its own; then the
 // transport starts: NCCL (rank 0 makes an ncclUniqueId, MPI broadcasts it) or, when ranks share a GPU,
@@ -181,10 +182,30 @@ Transport parse_transport(const std::string& text, const std::string& flag) {
     fail(flag + " must be nccl, mpi or auto, not \"" + text + "\"");
 }
 
+namespace {
+
+// torchrun, the deepspeed launcher and accelerate start N copies with WORLD_SIZE=N, RANK and LOCAL_RANK in
+// their environment and no MPI: each copy would be a world of one, all training into one OUT. When MPI
+// sees one rank but WORLD_SIZE says more, the copy with RANK 0 says how to launch and the others end
+// quietly. (An MPI world of several ranks is the truth, whatever WORLD_SIZE says.)
+void refuse_foreign_launch(int mpi_size) {
+    size_t world = env_int("WORLD_SIZE");
+    if (world <= 1 || mpi_size > 1) return;
+    const char* rank = std::getenv("RANK") ? std::getenv("RANK") : std::getenv("LOCAL_RANK");
+    if (rank && std::strtol(rank, nullptr, 10) != 0) std::exit(1);
+    std::string n = std::to_string(world);
+    fail("started as one of " + n + " processes (WORLD_SIZE=" + n + ": torchrun, deepspeed or accelerate launch) but MPI sees a world "
+         "of 1: this program's ranks come from MPI; launch it with `mpirun -np " + n + " ./train ...` (under SLURM: `srun -n " + n +
+         " --mpi=pmix ./train ...`)");
+}
+
+}  // namespace
+
 World world_init(int* argc, char*** argv) {
     World w;
     const char* launched[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
     for (const char* v : launched) w.mpi |= std::getenv(v) != nullptr;
+    if (!w.mpi) refuse_foreign_launch(1);
     if (!w.mpi) return w;  // ./train alone: one rank, no MPI needed
     check_mpi(MPI_Init(argc, argv), "MPI_Init");
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -195,6 +216,7 @@ World world_init(int* argc, char*** argv) {
     if (tasks > 1 && size_t(w.size) != tasks)
         fail("the launcher started " + std::to_string(tasks) + " tasks but MPI sees a world of " + std::to_string(w.size) +
              " (with srun use --mpi=pmix or --mpi=pmi2; or start with mpirun)");
+    refuse_foreign_launch(w.size);
     check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &node_comm), "MPI_Comm_split_type");
     check_mpi(MPI_Comm_rank(node_comm, &w.local_rank), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(node_comm, &w.local_size), "MPI_Comm_size");
@@ -363,3 +385,56 @@ double gpu_in_use_bytes() {
 }
 
 double rank_gpu_bytes(const World& w) { return double(tracked_device_bytes()) + double(w.context_bytes); }
+
+void MemorySampler::start(const World& w, double period_s) {
+    stop();
+    stopping_ = false;
+    thread_ = std::thread([this, w, period_s] {
+        if (cudaSetDevice(w.gpu) != cudaSuccess) return;  // this rank's GPU, whose context exists already
+        std::unique_lock<std::mutex> hold(lock_);
+        while (!stopping_) {
+            hold.unlock();
+            sample(w);
+            hold.lock();
+            wake_.wait_for(hold, std::chrono::duration<double>(period_s), [this] { return stopping_; });
+        }
+    });
+}
+
+void MemorySampler::sample(const World& w) {
+    double mine = rank_gpu_bytes(w);
+    size_t free_b = 0, total = 0;
+    double gpu = cudaMemGetInfo(&free_b, &total) == cudaSuccess ? double(total - free_b) : NAN;
+    std::lock_guard<std::mutex> hold(lock_);
+    auto add = [](Stats& s, double& sum, double v) {
+        if (std::isnan(v)) return;
+        ++s.samples, sum += v;
+        s.peak = std::max(s.peak, v), s.min = std::isnan(s.min) ? v : std::min(s.min, v), s.mean = sum / double(s.samples);
+    };
+    add(rank_, rank_sum_, mine), add(gpu_, gpu_sum_, gpu);
+    last_gpu_ = gpu;
+}
+
+void MemorySampler::stop() {
+    {
+        std::lock_guard<std::mutex> hold(lock_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+MemorySampler::Stats MemorySampler::rank() const {
+    std::lock_guard<std::mutex> hold(lock_);
+    return rank_;
+}
+
+MemorySampler::Stats MemorySampler::gpu() const {
+    std::lock_guard<std::mutex> hold(lock_);
+    return gpu_;
+}
+
+double MemorySampler::last_gpu() const {
+    std::lock_guard<std::mutex> hold(lock_);
+    return last_gpu_;
+}

@@ -14,10 +14,14 @@
 //          pinned host memory, MPI sums on the CPU, the result copied back before the call returns. The
 //          same order as NCCL's, so the protocol is unchanged; for learning and testing, not for speed.
 #pragma once
+#include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -78,6 +82,32 @@ void world_wait_event(const World& w, cudaEvent_t event);  // the same, until `e
 // when ranks share a GPU, where the GPU's in-use figure counts them all.
 double rank_gpu_bytes(const World& w);
 double gpu_in_use_bytes();  // the whole GPU's in-use memory (every process on it)
+
+// GPU memory over time, sampled on a thread of its own every `period_s` seconds from start() to stop():
+// this rank's bytes (rank_gpu_bytes) and the whole GPU's in-use bytes (gpu_in_use_bytes, what nvidia-smi
+// shows). Sampling does not depend on the step loop or its log lines.
+class MemorySampler {
+  public:
+    struct Stats {
+        double peak = 0, mean = NAN, min = NAN;  // bytes
+        int64_t samples = 0;
+    };
+    ~MemorySampler() { stop(); }
+    void start(const World& w, double period_s = 0.1);  // after world_start_gpu
+    void stop();                                        // joins the thread (idempotent)
+    Stats rank() const;   // this rank's bytes
+    Stats gpu() const;    // the whole GPU's in-use bytes
+    double last_gpu() const;  // the latest whole-GPU sample (bytes; NaN before the first)
+
+  private:
+    void sample(const World& w);
+    std::thread thread_;
+    mutable std::mutex lock_;
+    std::condition_variable wake_;
+    bool stopping_ = false;
+    double rank_sum_ = 0, gpu_sum_ = 0, last_gpu_ = NAN;
+    Stats rank_, gpu_;
+};
 
 // An error every rank learns of at once (options or checkpoints that differ between ranks, a diverging loss,
 // a failed input check): one rank, the speaker, prints it; every rank exits with status 1.

@@ -38,7 +38,10 @@ inline DeviceBytes& device_bytes() {
     static DeviceBytes d;
     return d;
 }
-inline size_t tracked_device_bytes() { return device_bytes().total; }
+inline size_t tracked_device_bytes() {  // any thread (the memory sampler reads it while the trainer allocates)
+    std::lock_guard<std::mutex> hold(device_bytes().lock);
+    return device_bytes().total;
+}
 
 // cudaMalloc that turns "out of memory" into a user error saying what needed how much, and what is free.
 template <typename T>

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -66,6 +67,9 @@ struct JsonParser {
         if (c == '{') parse_object(v);
         else if (c == '[') parse_array(v);
         else if (c == '"') v.type = Json::String, v.string = parse_string();
+        else if (literal("Infinity")) v.type = Json::Number, v.number = HUGE_VAL;  // Python's json writes these
+        else if (literal("-Infinity")) v.type = Json::Number, v.number = -HUGE_VAL;
+        else if (literal("NaN")) v.type = Json::Number, v.number = NAN;
         else if (c == '-' || (c >= '0' && c <= '9')) parse_number(v);
         else if (literal("true")) v.type = Json::Bool, v.boolean = true;
         else if (literal("false")) v.type = Json::Bool, v.boolean = false;

@@ -1,5 +1,6 @@
-// support/json.h — a strict JSON reader (RFC 8259; errors name FILE:LINE:COL) and UTF-8 helpers. Used for
-// tokenizer.json, config.json, safetensors headers, JSONL rows, PEFT and DeepSpeed configs.
+// support/json.h — a strict JSON reader (RFC 8259, plus Python's Infinity and NaN; errors name
+// FILE:LINE:COL) and UTF-8 helpers. Used for tokenizer.json, config.json, safetensors headers, JSONL rows,
+// PEFT and DeepSpeed configs.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -26,7 +27,9 @@ struct Json {
 
 const char* json_type_name(Json::Type type);
 
-// Parses `text` strictly (RFC 8259: no comments, no trailing commas). Errors name `source:LINE:COL`.
+// Parses `text` strictly (RFC 8259: no comments, no trailing commas), with one extension: the literals
+// Infinity, -Infinity and NaN that Python's json module writes for non-finite floats (accelerate's
+// DeepSpeed config holds "steps_per_print": Infinity). Errors name `source:LINE:COL`.
 Json parse_json(std::string_view text, const std::string& source, int first_line = 1);
 Json read_json_file(const std::string& path);
 std::string json_quote(std::string_view text);  // a JSON string literal for `text`

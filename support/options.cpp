@@ -1,4 +1,4 @@
-// support/options.cpp — the command line and the DeepSpeed config reader (options.h).
+// support/options.cpp — the command line (options.h); the DeepSpeed config reader is deepspeed_config.cpp.
 #include "support/options.h"
 
 #include <limits.h>
@@ -27,7 +27,8 @@ WordNet QA set, evaluates, prints sample answers and writes the adapter to out/.
 
 Model:
   --model DIR            HF model directory (config.json + model.safetensors[.index.json])
-  --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b, qwen3-0.6b
+  --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b,
+                         llama-2-7b, qwen3-0.6b (with --dry-run --ranks N: will it fit?)
   --adapter DIR          start from a PEFT LoRA adapter (its r, alpha and targets are used)
 LoRA:
   --lora-rank N          adapter rank; 0 = full fine-tuning of every weight (default 16)
@@ -53,17 +54,18 @@ Optimisation:
   --grad-accum N         micro-steps per optimizer step (default 1)
   --steps N | --epochs N length of the run (default: 1 epoch)
   --lr LR                peak learning rate (default 2e-4)
-  --lr-schedule KIND     constant, warmup, warmup-linear, warmup-cosine (default warmup-cosine)
+  --lr-schedule KIND     constant, warmup, warmup-linear, warmup-cosine (default warmup-cosine); DeepSpeed's
+                         WarmupLR, WarmupDecayLR, WarmupCosineLR (log warmup; a config's scheduler sets it)
   --warmup-steps N       (default 3% of the steps)
   --weight-decay W       AdamW decoupled weight decay (default 0; norm weights never decay)
   --clip C               clip the global gradient norm to C; 0 = off (default 1.0)
   --seed N               seed for data order and initialisation (default 1234)
-  --config FILE          DeepSpeed JSON: train_micro_batch_size_per_gpu, gradient_accumulation_steps,
-                         gradient_clipping, optimizer (AdamW/Adam params), scheduler (WarmupLR,
-                         WarmupDecayLR, WarmupCosineLR), bf16, zero_optimization (stage, offload_optimizer,
-                         overlap_comm, reduce_bucket_size, allgather_bucket_size, stage3_prefetch_bucket_size,
-                         stage3_param_persistence_threshold), activation_checkpointing, steps_per_print.
-                         Flags given on the command line win over the file.
+  --config FILE          a DeepSpeed JSON config, read as DeepSpeed and HF's Trainer read it ("auto" filled
+                         from the flags and defaults): batch sizes, gradient_clipping, optimizer (AdamW/Adam),
+                         scheduler (WarmupLR, WarmupDecayLR, WarmupCosineLR, DeepSpeed's formulas), bf16,
+                         zero_optimization (stage, offload_optimizer, overlap_comm, bucket sizes,
+                         persistence threshold), activation_checkpointing, tensorboard. Flags given on the
+                         command line win over the file; --dry-run shows what each key became.
 ZeRO (one process per GPU: mpirun -np N ./train):
   --zero-stage S         0 = data parallel, 1 = + optimizer state sharded, 2 = + gradients, 3 = + weights (default 0)
   --offload              optimizer state (fp32 master, m, v) in pinned CPU memory, AdamW on the CPU (stages 1-3)
@@ -80,9 +82,9 @@ ZeRO (one process per GPU: mpirun -np N ./train):
   --check-timeout S      under mpirun: how long a rank that has checked its inputs waits for the others before
                          it ends the job (a rank stuck on a file; default 600)
 Output:
-  --out DIR              where the adapter (or model), train_log.csv and eval results go (default out). A
-                         previous run's outputs there are refused unless --resume or --overwrite (the
-                         default job replaces its own, saying so)
+  --out DIR              where the adapter (or model), train_log.csv, TensorBoard event files (OUT/tensorboard)
+                         and eval results go (default out). A previous run's outputs there are refused unless
+                         --resume or --overwrite (the default job replaces its own, saying so)
   --overwrite            let this run replace a previous run's outputs in --out
   --log-every N          print a progress line every N steps (default 10)
   --eval-every N         evaluate every N steps (default: at the end of each epoch)
@@ -91,7 +93,11 @@ Output:
                          token F1 and exact match against the reference answers (SQuAD-style)
   --profile N            after 2 warm-up steps, time N steps by kernel family (GEMMs, LoRA, attention, norms,
                          ...) and print each family's milliseconds beside its floor on this GPU (bench/PROFILE.md)
-  --dry-run              check every input, print the plan, and stop before the GPU
+  --merge                LoRA: also write the base with the adapters merged, OUT/model (HF safetensors +
+                         config.json + tokenizer files; loads with AutoModelForCausalLM.from_pretrained)
+  --dry-run              check every input, print the resolved plan (steps, schedule, batch, ZeRO, LoRA) and
+                         the memory per rank by category, and stop before the GPU
+  --ranks N              with --dry-run: the plan and memory for N ranks, without starting them
   -h, --help             this text
 
 Subcommands:
@@ -133,148 +139,6 @@ std::string default_path(const std::string& relative) {
         if (exists(dir + "/" + relative)) return dir + "/" + relative;
     }
     return relative;
-}
-
-namespace {
-
-struct ConfigReader {  // one DeepSpeed config file being applied to the options
-    const std::string& path;
-    Options& o;
-    std::vector<std::string> unknown;
-
-    bool unset(const char* flag) const { return !o.given.count(flag); }  // flags on the command line win
-    const Json* number(const Json& v, const std::string& key) const {  // null for "auto"
-        if (v.is_string() && v.string == "auto") return nullptr;
-        if (v.type != Json::Number) fail(path + ": \"" + key + "\" must be a number");
-        return &v;
-    }
-    void optimizer(const Json& v);
-    void scheduler(const Json& v);
-    void zero_optimization(const Json& v);
-};
-
-void ConfigReader::optimizer(const Json& v) {
-    const Json* type = v.find("type");
-    std::string t = type && type->is_string() ? type->string : "";
-    if (t != "AdamW" && t != "Adam" && t != "adamw" && t != "adam") fail(path + ": optimizer.type \"" + t + "\" is not supported (AdamW)");
-    const Json* p = v.find("params");
-    if (!p) return;
-    for (const auto& [pk, pv] : p->object) {
-        if (pk == "lr") { if (const Json* n = number(pv, "optimizer.params.lr"); n && unset("--lr")) o.lr = float(n->number); }
-        else if (pk == "weight_decay") { if (const Json* n = number(pv, pk); n && unset("--weight-decay")) o.weight_decay = float(n->number); }
-        else if (pk == "eps") { if (const Json* n = number(pv, pk)) o.eps = float(n->number); }
-        else if (pk == "betas") {
-            if (pv.type != Json::Array || pv.array.size() != 2) fail(path + ": optimizer.params.betas must be [beta1, beta2]");
-            o.beta1 = float(pv.array[0].number), o.beta2 = float(pv.array[1].number);
-        } else if (pk != "torch_adam" && pk != "adam_w_mode") unknown.push_back("optimizer.params." + pk);
-    }
-}
-
-void ConfigReader::scheduler(const Json& v) {
-    const Json* type = v.find("type");
-    std::string t = type && type->is_string() ? type->string : "";
-    if (unset("--lr-schedule")) {
-        if (t == "WarmupLR") o.schedule = "warmup";
-        else if (t == "WarmupDecayLR") o.schedule = "warmup-linear";
-        else if (t == "WarmupCosineLR") o.schedule = "warmup-cosine";
-        else fail(path + ": scheduler.type \"" + t + "\" is not supported (WarmupLR, WarmupDecayLR, WarmupCosineLR)");
-    }
-    const Json* p = v.find("params");
-    if (!p) return;
-    for (const auto& [pk, pv] : p->object) {
-        const Json* n = pv.is_string() ? nullptr : number(pv, "scheduler.params." + pk);
-        if (!n) continue;
-        if (pk == "warmup_num_steps" && unset("--warmup-steps")) o.warmup_steps = int(n->integer);
-        else if (pk == "warmup_max_lr" && unset("--lr")) o.lr = float(n->number);
-        else if (pk == "warmup_min_lr") o.warmup_min_lr = float(n->number);
-        else if (pk == "total_num_steps" && unset("--steps")) o.steps = int(n->integer);
-        else if (pk == "cos_min_ratio") o.min_ratio = float(n->number);
-    }
-}
-
-void ConfigReader::zero_optimization(const Json& v) {
-    static const std::set<std::string> accepted = {"contiguous_gradients", "allgather_partitions", "reduce_scatter",
-                                                   "stage3_max_live_parameters", "stage3_max_reuse_distance",
-                                                   "stage3_gather_16bit_weights_on_model_save", "sub_group_size",
-                                                   "round_robin_gradients"};  // no effect here
-    for (const auto& [zk, zv] : v.object) {
-        auto whole = [&](int64_t lo) {
-            if (!zv.is_int() || zv.integer < lo) fail(path + ": zero_optimization." + zk + " must be a whole number >= " + std::to_string(lo));
-            return zv.integer;
-        };
-        if (zk == "stage") {
-            if (!zv.is_int() || zv.integer < 0 || zv.integer > 3) fail(path + ": zero_optimization.stage must be 0, 1, 2 or 3");
-            if (unset("--zero-stage")) o.zero.stage = int(zv.integer);
-        } else if (zk == "offload_optimizer") {
-            const Json* d = zv.find("device");
-            std::string dev = d && d->is_string() ? d->string : "none";
-            if (dev != "cpu" && dev != "none") fail(path + ": zero_optimization.offload_optimizer.device \"" + dev + "\" is not supported (cpu or none)");
-            if (unset("--offload")) o.zero.offload = dev == "cpu";
-            if (const Json* pin = zv.find("pin_memory"); pin && pin->type == Json::Bool) o.zero.pin_memory = pin->boolean;
-        } else if (zk == "overlap_comm") {
-            o.zero.overlap_comm = zv.type == Json::Bool && zv.boolean;
-        } else if (zk == "reduce_bucket_size") {
-            o.zero.reduce_bucket_size = whole(1);
-        } else if (zk == "allgather_bucket_size") {
-            o.zero.allgather_bucket_size = whole(1);
-        } else if (zk == "stage3_prefetch_bucket_size") {
-            o.zero.prefetch_bucket_size = whole(0);
-        } else if (zk == "stage3_param_persistence_threshold") {
-            o.zero.persistence_threshold = whole(0);
-        } else if (zk == "offload_param") {
-            const Json* d = zv.find("device");
-            if (d && d->is_string() && d->string != "none") fail(path + ": zero_optimization.offload_param is not supported (offload_optimizer is)");
-        } else if (!accepted.count(zk)) {
-            unknown.push_back("zero_optimization." + zk);
-        }
-    }
-}
-
-}  // namespace
-
-void apply_config(const std::string& path, Options& o, int world) {
-    Json j = read_json_file(path);
-    if (j.type != Json::Object) fail(path + ": a DeepSpeed config must be a JSON object");
-    ConfigReader r{path, o, {}};
-    for (const auto& [key, v] : j.object) {
-        if (key == "train_micro_batch_size_per_gpu") {
-            if (const Json* n = r.number(v, key); n && r.unset("--micro-batch")) o.micro_batch = int(parse_int(path + ": " + key, std::to_string(n->integer), 1, 1 << 16));
-        } else if (key == "gradient_accumulation_steps") {
-            if (const Json* n = r.number(v, key); n && r.unset("--grad-accum")) o.grad_accum = int(parse_int(path + ": " + key, std::to_string(n->integer), 1, 1 << 20));
-        } else if (key == "train_batch_size") {
-            r.number(v, key);  // checked against micro * accum * world after all keys are read
-        } else if (key == "gradient_clipping") {
-            if (const Json* n = r.number(v, key); n && r.unset("--clip")) o.clip = float(n->number);
-        } else if (key == "steps_per_print") {
-            if (const Json* n = r.number(v, key); n && r.unset("--log-every")) o.log_every = int(std::max<int64_t>(1, n->integer));
-        } else if (key == "fp16") {
-            const Json* e = v.find("enabled");
-            if (e && e->type == Json::Bool && e->boolean) fail(path + ": fp16 is not supported (use bf16)");
-        } else if (key == "bf16") {
-            const Json* e = v.find("enabled");
-            if (e && e->type == Json::Bool && !e->boolean) fail(path + ": bf16.enabled = false is not supported (weights compute in bf16)");
-        } else if (key == "optimizer") {
-            r.optimizer(v);
-        } else if (key == "scheduler") {
-            r.scheduler(v);
-        } else if (key == "zero_optimization") {
-            r.zero_optimization(v);
-        } else if (key == "activation_checkpointing") {
-            if (r.unset("--checkpoint-activations")) o.checkpoint_activations = true;
-        } else if (key != "wall_clock_breakdown" && key != "zero_allow_untested_optimizer" && key != "gradient_predivide_factor" &&
-                   key != "prescale_gradients") {  // those are accepted with no effect
-            r.unknown.push_back(key);
-        }
-    }
-    if (!r.unknown.empty()) {
-        std::string list;
-        for (const auto& k : r.unknown) list += (list.empty() ? "" : ", ") + k;
-        std::fprintf(stderr, "warning: %s: ignoring keys this trainer does not use: %s\n", path.c_str(), list.c_str());
-    }
-    int64_t global = int64_t(o.micro_batch) * o.grad_accum * world;
-    if (const Json* tb = j.find("train_batch_size"); tb && tb->is_int() && tb->integer != global)
-        fail(path + ": train_batch_size " + std::to_string(tb->integer) + " != train_micro_batch_size_per_gpu * gradient_accumulation_steps * GPUs (" +
-             std::to_string(global) + ")");
 }
 
 Options parse_options(const std::vector<std::string>& args, int world) {
@@ -331,11 +195,23 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
         else if (a == "--overwrite") o.overwrite = true;
         else if (a == "--check-timeout") o.check_timeout = parse_real(a, value());
+        else if (a == "--merge") o.merge = true;
+        else if (a == "--ranks") o.plan_ranks = int(parse_int(a, value(), 1, 1 << 20));
         else fail("unknown option " + a + " (see ./train --help)");
     }
     if (o.given.count("--resume") && o.resume.empty())
         fail("--resume needs a checkpoint directory, not an empty string (--resume alone continues OUT/checkpoints/latest)");
+    if (o.plan_ranks && !o.dry_run) fail("--ranks N plans a run for N ranks without starting them: it needs --dry-run (start N ranks with mpirun -np N)");
+    if (o.plan_ranks) world = o.plan_ranks;
+    // A value that breaks a rule is named by the flag that set it, else by the config key.
+    auto source = [&](const char* flag, const std::string& key) {
+        return o.given.count(flag) || o.config_file.empty() ? std::string(flag) : o.config_file + ": " + key;
+    };
     if (!o.config_file.empty()) apply_config(o.config_file, o, world);
+    if (o.zero.offload && o.zero.stage == 0)
+        fail(source("--offload", "zero_optimization.offload_optimizer") + ": optimizer offload needs ZeRO stage 1, 2 or 3 (the optimizer state "
+             "must be partitioned; the stage is 0" + (o.given.count("--zero-stage") || o.config_file.empty() ? "" : " in " + o.config_file) + ")");
+    if (o.zero.copy_gathers && o.zero.stage != 3) fail("--copy-gathers applies to ZeRO stage 3 only (the stage is " + std::to_string(o.zero.stage) + ")");
     check_zero_options(o.zero, o.config_file.empty() ? "--zero-stage" : o.config_file);
     if (!o.model.empty() && !o.preset.empty()) fail("--model and --preset exclude each other");
     if (o.steps && o.epochs) fail("--steps and --epochs exclude each other");
@@ -347,18 +223,18 @@ Options parse_options(const std::vector<std::string>& args, int world) {
              thousands(int64_t(o.micro_batch) * o.seq) + " tokens per micro-batch, more than the " + thousands(kMaxTokensPerMicroBatch) +
              " a rank's batch may hold");
     if (!(o.check_timeout > 0)) fail("--check-timeout must be positive");
-    if (!(o.lr > 0)) fail("--lr must be positive");
-    if (o.weight_decay < 0) fail("--weight-decay must be >= 0");
-    if (o.clip < 0) fail("--clip must be >= 0");
+    if (!(o.lr > 0)) fail(source("--lr", "optimizer.params.lr") + " must be positive");
+    if (o.weight_decay < 0) fail(source("--weight-decay", "optimizer.params.weight_decay") + " must be >= 0");
+    if (o.clip < 0) fail(source("--clip", "gradient_clipping") + " must be >= 0");
     if (o.lora_rank > 0 && !(o.lora_alpha > 0)) fail("--lora-alpha must be positive");
     if (!(o.lora_dropout >= 0 && o.lora_dropout < 1)) fail("--lora-dropout must be in [0, 1)");
     if (!o.model.empty() && !exists(o.model + "/config.json")) fail("--model " + o.model + ": no config.json there");
     if (!o.adapter.empty() && !exists(o.adapter + "/adapter_config.json")) fail("--adapter " + o.adapter + ": no adapter_config.json there");
     if (!o.preset.empty()) preset_config(o.preset);  // fails on an unknown name
-    Schedule s;
-    s.kind = o.schedule, s.lr = o.lr, s.warmup_steps = std::max(0, o.warmup_steps);
-    check_schedule(s, "--lr-schedule");
-    if (o.tokenizer.empty()) o.tokenizer = default_path("data/tokenizer.json");
+    if (o.merge && o.lora_rank == 0 && o.adapter.empty()) fail("--merge merges LoRA adapters into the base: it needs LoRA (--lora-rank 0 writes OUT/model anyway)");
+    Schedule s = make_schedule(o, 1);
+    check_schedule(s, source("--lr-schedule", "scheduler"));
+    if (o.tokenizer.empty()) o.tokenizer = default_path(o.preset == "llama-2-7b" ? "data/llama2_tokenizer.json" : "data/tokenizer.json");
     if (o.data.empty()) {
         o.data = default_path("data/qa_train.jsonl");
         if (o.eval_data.empty() && o.eval_fraction == 0) o.eval_data = default_path("data/qa_eval.jsonl");

@@ -1,12 +1,14 @@
-// support/options.h — what a run is asked to do: the command-line flags and a DeepSpeed-style JSON config
-// (its keys mapped onto the same options; flags given on the command line win). Every bad value is one
-// `fail()` naming the flag or the file and key. Knows nothing of the GPU.
+// support/options.h — what a run is asked to do: the command-line flags and a DeepSpeed JSON config (its keys
+// mapped onto the same options, read as DeepSpeed and HF's Trainer read them; flags given on the command
+// line win). Every bad value is one `fail()` naming the flag, or the file and key path. Knows nothing of
+// the GPU. The flags are options.cpp; the config reader is deepspeed_config.cpp.
 #pragma once
 #include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "adamw.h"
 #include "distributed/world.h"
 #include "zero3.h"
 
@@ -23,8 +25,10 @@ struct Options {
     double eval_fraction = 0;
     int seq = 1024, micro_batch = 8, grad_accum = 1, steps = 0, epochs = 0, warmup_steps = -1;
     float lr = 2e-4f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
-    float warmup_min_lr = 0.0f, min_ratio = 0.0001f;
-    std::string schedule = "warmup-cosine";
+    float warmup_min_lr = 0.0f, min_ratio = 0.0001f, warmup_min_ratio = 0.0f;
+    std::string schedule = "warmup-cosine";  // this trainer's kinds, or DeepSpeed's (adamw.h: Schedule)
+    std::string warmup_type = "log";          // DeepSpeed's schedules: "log" or "linear"
+    int64_t schedule_steps = 0;               // scheduler.params.total_num_steps; 0: the run's length
     bool train_on_prompt = false, chat_template = false, pack = true, dry_run = false;
     int log_every = 10, eval_every = 0, sample = 3;
     bool score_answers = false;   // greedy answers to every eval question, scored before and after training
@@ -37,13 +41,21 @@ struct Options {
     std::string resume;           // "auto": OUT/checkpoints/latest if present
     bool overwrite = false;       // a new run may replace a previous run's outputs in OUT (the default job: always)
     double check_timeout = 600;   // seconds a rank that has checked its inputs waits for the others (mpirun)
+    bool merge = false;           // LoRA: also write the base with the adapters merged to OUT/model (HF)
+    std::string tensorboard_dir;  // event files; "" = OUT/tensorboard (a config's tensorboard.output_path)
+    int plan_ranks = 0;           // --ranks N with --dry-run: plan for N ranks without starting them
     std::set<std::string> given;  // flags given on the command line
+    std::vector<std::string> config_notes;  // what the config resolved and which keys have no effect (the plan)
 };
 
-// Parses the flags (then --config, whose keys yield to flags); `world` ranks check train_batch_size.
+// Parses the flags (then --config, whose keys yield to flags); `world` ranks check train_batch_size
+// (--ranks N replaces it for a dry run).
 Options parse_options(const std::vector<std::string>& args, int world);
-// DeepSpeed's config keys (a subset); "auto" means "not set here"; unknown keys: one warning.
+// Reads a DeepSpeed config onto `o` (deepspeed_config.cpp has the rules): values checked with the key path
+// in the error, "auto" resolved as HF's Trainer fills it, notes for the plan in o.config_notes.
 void apply_config(const std::string& path, Options& o, int world);
+// The learning-rate schedule of a run of `run_steps` optimizer steps (warmup default: 3% of the steps).
+Schedule make_schedule(const Options& o, int64_t run_steps);
 
 long long parse_int(const std::string& flag, const std::string& text, long long lo, long long hi);
 double parse_real(const std::string& flag, const std::string& text);

@@ -410,16 +410,20 @@ void write_summary_json(const std::string& path, const RunSummary& s) {
         {"checkpoint_activations", boolean(s.checkpoint_activations)},
         {"lora_rank", integer(s.lora_rank)},
         {"final_train_loss", json_number(s.final_train_loss)},
+        {"mean_train_loss", json_number(s.mean_train_loss)},
         {"eval_losses", eval},
         {"steps", integer(s.steps)},
         {"steps_per_epoch", integer(s.steps_per_epoch)},
         {"train_samples_per_s", json_number(s.train_samples_per_s)},
+        {"global_train_samples_per_s", json_number(s.global_train_samples_per_s)},
         {"eval_samples_per_s", json_number(s.eval_samples_per_s)},
         {"tokens_per_s", json_number(s.tokens_per_s)},
         {"tflops", json_number(s.tflops)},
         {"gpu_peak_gib", json_number(s.gpu_peak_gib)},
         {"gpu_mean_gib", json_number(s.gpu_mean_gib)},
         {"gpu_min_gib", json_number(s.gpu_min_gib)},
+        {"gpu_device_peak_gib", json_number(s.gpu_device_peak_gib)},
+        {"gpu_device_mean_gib", json_number(s.gpu_device_mean_gib)},
         {"seconds", json_number(s.seconds)},
     };
     std::string text = "{\n";
@@ -447,6 +451,7 @@ void RunLog::open(const Setup& setup) {
     };
     if (s_.rank == 0) csv_ = open_log(s_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
     mem_csv_ = open_log(s_.out + "/memory_rank" + std::to_string(s_.rank) + ".csv", "step,seconds,rank_gpu_gib");
+    if (s_.rank == 0 && !s_.tensorboard_dir.empty()) tensorboard_.open(s_.tensorboard_dir);
 }
 
 void RunLog::start() { train_start_ = wall_seconds(); }
@@ -462,7 +467,7 @@ void RunLog::add_step(const StepRecord& r) {
 
 bool RunLog::line_due(int64_t step, bool eval) const { return step % s_.log_every == 0 || step == s_.steps || eval; }
 
-void RunLog::line(bool eval, double eval_loss, double gpu_gib) {
+void RunLog::line(bool eval, double eval_loss, double gpu_gib, double gpu_in_use_gib) {
     int64_t step = last_.step;
     double ms = window_.ms;
     if (eval) result.eval_losses.push_back(eval_loss);
@@ -490,13 +495,17 @@ void RunLog::line(bool eval, double eval_loss, double gpu_gib) {
                      double(step) / double(s_.steps_per_epoch), loss, last_.lr, last_.grad_norm, tps, tf, ms / double(window_.steps), gpu_gib,
                      result.peak_gib, std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
         std::fflush(csv_);
+        tensorboard_.scalars(step, {{"train/loss", loss}, {"train/learning_rate", last_.lr}, {"train/grad_norm", last_.grad_norm},
+                                    {"train/epoch", double(step) / double(s_.steps_per_epoch)}, {"train/tokens_per_second", tps},
+                                    {"train/tflops", tf}, {"gpu/rank_memory_gib", gpu_gib}, {"gpu/in_use_gib", gpu_in_use_gib},
+                                    {"eval/loss", eval_loss}});
     }
     window_ = Window();
 }
 
 void RunLog::add_eval_time(double seconds, double rows) { eval_seconds_ += seconds, eval_rows_ += rows; }
 
-void RunLog::finish() {
+void RunLog::finish(double global_rows, const MemoryStats& rank_memory, const MemoryStats& gpu_memory) {
     double timed_s = timed_ms_ > 0 ? timed_ms_ / 1e3 : wall_seconds() - train_start_;
     result.tokens_per_s = timed_tokens_ / timed_s;
     result.samples_per_s = timed_rows_ / timed_s;
@@ -504,6 +513,17 @@ void RunLog::finish() {
     result.mean_gib = samples_ > 0 ? result.mean_gib / double(samples_) : NAN;
     if (eval_seconds_ > 0) result.eval_samples_per_s = eval_rows_ / eval_seconds_;
     result.seconds = wall_seconds() - train_start_;
+    // HF's definitions: train_loss is the mean of every step's loss; train_samples_per_second counts every
+    // rank's rows over the run's wall time (evaluation included)
+    double sum = 0;
+    for (const auto& point : loss_) sum += point.second;
+    result.mean_loss = loss_.empty() ? NAN : sum / double(loss_.size());
+    result.global_samples_per_s = global_rows / result.seconds;
+    constexpr double kGiB = double(1 << 30);
+    if (rank_memory.samples > 0)
+        result.peak_gib = std::max(result.peak_gib, rank_memory.peak / kGiB), result.mean_gib = rank_memory.mean / kGiB,
+        result.min_gib = rank_memory.min / kGiB;
+    if (gpu_memory.samples > 0) result.gpu_device_peak_gib = gpu_memory.peak / kGiB, result.gpu_device_mean_gib = gpu_memory.mean / kGiB;
 }
 
 void RunLog::write_charts(const std::string& title, const std::vector<std::vector<double>>& memory_per_rank) const {
@@ -520,12 +540,16 @@ void RunLog::write_charts(const std::string& title, const std::vector<std::vecto
 
 void print_summary(const RunResult& r, const std::string& title) {
     std::printf("\n%s\n| metric | value |\n|---|---|\n", title.c_str());
-    std::printf("| final train loss | %.4f |\n", r.final_loss);
+    std::printf("| final train loss (the last step's) | %.4f |\n", r.final_loss);
+    std::printf("| train loss, mean over the run (HF's train_loss) | %.4f |\n", r.mean_loss);
     for (size_t i = 0; i < r.eval_losses.size(); ++i) std::printf("| eval loss %zu | %.4f |\n", i + 1, r.eval_losses[i]);
     std::printf("| steps (per epoch) | %lld (%lld) |\n", (long long)r.steps, (long long)r.steps_per_epoch);
     std::printf("| train samples/s per GPU | %.1f |\n| eval samples/s per GPU | %.1f |\n", r.samples_per_s, r.eval_samples_per_s);
+    std::printf("| train samples/s, all GPUs over the run's wall time (HF's train_samples_per_second) | %.1f |\n", r.global_samples_per_s);
     std::printf("| tokens/s per GPU | %.0f |\n| TFLOP/s per GPU | %.1f |\n", r.tokens_per_s, r.tflops);
-    std::printf("| GPU memory peak / mean / min (this rank) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
+    std::printf("| GPU memory peak / mean / min (this rank, sampled every 0.1 s) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
+    std::printf("| GPU memory in use, whole GPU as nvidia-smi shows it, peak / mean | %.2f / %.2f GiB |\n", r.gpu_device_peak_gib,
+                r.gpu_device_mean_gib);
     if (r.answers_after.n > 0)
         std::printf("| eval answers: token-F1 before -> after | %.3f -> %.3f |\n| eval answers: exact match before -> after | %.1f%% -> %.1f%% |\n",
                     r.answers_before.mean_f1(), r.answers_after.mean_f1(), 100 * r.answers_before.exact_rate(), 100 * r.answers_after.exact_rate());

@@ -21,6 +21,8 @@
 #include <utility>
 #include <vector>
 
+#include "support/tensorboard.h"
+
 // ---------------------------------------------------------------------------------------------- charts
 using Series = std::vector<std::pair<double, double>>;  // (x, y) points in x order
 
@@ -115,14 +117,17 @@ struct RunSummary {
     bool checkpoint_activations = false;
     int64_t lora_rank = 0;               // 0 = full fine-tuning
     double final_train_loss = NAN;       // nats per target token, the last logged value
+    double mean_train_loss = NAN;        // HF's train_loss: the mean of every step's loss over the run
     std::vector<double> eval_losses;     // nats per target token, one per evaluation, in order
     int64_t steps = 0;                   // optimizer steps run
     int64_t steps_per_epoch = 0;         // optimizer steps in one epoch
     double train_samples_per_s = NAN;    // rows per second per GPU, training steps only
+    double global_train_samples_per_s = NAN;  // HF's train_samples_per_second: rows of all GPUs / the run's wall time
     double eval_samples_per_s = NAN;     // rows per second per GPU, evaluation only
     double tokens_per_s = NAN;           // per GPU
     double tflops = NAN;                 // TFLOP/s per GPU (model FLOPs)
-    double gpu_peak_gib = NAN, gpu_mean_gib = NAN, gpu_min_gib = NAN;  // GiB in use on the GPU, as the trainer samples it
+    double gpu_peak_gib = NAN, gpu_mean_gib = NAN, gpu_min_gib = NAN;  // this rank's GiB on its GPU, sampled over time
+    double gpu_device_peak_gib = NAN, gpu_device_mean_gib = NAN;       // the whole GPU's GiB in use (nvidia-smi's figure)
     double seconds = NAN;                // wall time of the run
 };
 
@@ -140,9 +145,17 @@ void write_summary_json(const std::string& path, const RunSummary& s);
 struct RunResult {
     double final_loss = NAN, tokens_per_s = 0, samples_per_s = 0, tflops = 0, peak_gib = 0, mean_gib = 0, min_gib = NAN;
     double eval_samples_per_s = NAN, seconds = 0;
+    double mean_loss = NAN, global_samples_per_s = NAN;           // HF's train_loss and train_samples_per_second
+    double gpu_device_peak_gib = NAN, gpu_device_mean_gib = NAN;  // the whole GPU (nvidia-smi's figure)
     int64_t steps = 0, steps_per_epoch = 0;
     std::vector<double> eval_losses;
     AnswerScore answers_before, answers_after;  // greedy answers to the eval questions (--score-answers)
+};
+
+// Memory sampled over time (bytes): its peak, mean and minimum over `samples` samples.
+struct MemoryStats {
+    double peak = 0, mean = NAN, min = NAN;
+    int64_t samples = 0;
 };
 
 // One optimizer step, as the trainer read it back from the GPU.
@@ -166,6 +179,7 @@ class RunLog {
         int64_t start_step = 0;                  // steps done before (a resumed run)
         double flops_per_token = 0;              // model FLOPs per trained token (for TFLOP/s)
         double peak_flops = 0;                   // this GPU's peak bf16 FLOP/s (MFU; 0: unknown, not printed)
+        std::string tensorboard_dir;             // rank 0 writes TensorBoard event files there ("": none)
     };
     RunLog() = default;
     ~RunLog();
@@ -176,11 +190,15 @@ class RunLog {
     void start();                   // the training clock starts
     void add_step(const StepRecord& r);            // into the window; the final loss; the loss and LR points
     bool line_due(int64_t step, bool eval) const;  // every log_every steps, at an evaluation, at the last step
-    // The progress line of the window (with the eval loss when `eval`), its CSV rows, and a memory sample
-    // of this rank (`gpu_gib`); the next window starts empty.
-    void line(bool eval, double eval_loss, double gpu_gib);
+    // The progress line of the window (with the eval loss when `eval`), its CSV rows and TensorBoard
+    // scalars, and a memory sample of this rank (`gpu_gib`; `gpu_in_use_gib`: the whole GPU); the next
+    // window starts empty.
+    void line(bool eval, double eval_loss, double gpu_gib, double gpu_in_use_gib);
     void add_eval_time(double seconds, double rows);  // for the eval samples/s
-    void finish();                                    // the run's rates, mean memory and time into `result`
+    double timed_rows() const { return timed_rows_; }  // this rank's rows in the timed steps so far
+    // The run's rates, time and memory into `result`: `global_rows` (every rank's rows), and memory sampled
+    // over time (this rank's, the whole GPU's) where there are samples, else the log lines' samples.
+    void finish(double global_rows, const MemoryStats& rank_memory, const MemoryStats& gpu_memory);
     // OUT/loss.svg and, with several ranks, OUT/memory.svg from each rank's memory_samples(); rank 0 writes.
     void write_charts(const std::string& title, const std::vector<std::vector<double>>& memory_per_rank) const;
     const std::vector<double>& memory_samples() const { return memory_; }  // (seconds, GiB) pairs of this rank
@@ -194,6 +212,7 @@ class RunLog {
     Setup s_;
     std::FILE* csv_ = nullptr;      // OUT/train_log.csv (rank 0)
     std::FILE* mem_csv_ = nullptr;  // OUT/memory_rankR.csv
+    TensorBoardWriter tensorboard_; // OUT/tensorboard (rank 0)
     Window window_;                 // the steps since the last line
     StepRecord last_;               // the last step added
     double timed_ms_ = 0, timed_tokens_ = 0, timed_rows_ = 0;  // every window logged so far

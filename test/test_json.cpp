@@ -2,6 +2,8 @@
 // and column it names), and a round trip of random strings through json_quote.
 #include "test.h"
 
+#include <cmath>
+
 #include "data.h"
 
 TEST_CASE("json: parses every value type") {
@@ -28,6 +30,19 @@ TEST_CASE("json: parses every value type") {
     CHECK(parse_json("  [ ]  ", "x").array.empty());
     CHECK(parse_json("{}", "x").object.empty());
     CHECK(parse_json("9007199254740993", "x").integer == 9007199254740993LL);  // exact beyond double
+}
+
+TEST_CASE("json: Python's Infinity, -Infinity and NaN read as numbers (accelerate's steps_per_print)") {
+    Json v = parse_json(R"({"steps_per_print": Infinity, "low": -Infinity, "x": [NaN, 1]})", "ds.json");
+    CHECK(v.find("steps_per_print")->type == Json::Number);
+    CHECK(std::isinf(v.find("steps_per_print")->number));
+    CHECK(v.find("steps_per_print")->number > 0);
+    CHECK(v.find("low")->number < 0);
+    CHECK(std::isinf(v.find("low")->number));
+    CHECK(std::isnan(v.find("x")->array[0].number));
+    CHECK_FALSE(v.find("steps_per_print")->is_int());
+    CHECK_THROWS_WITH_AS(parse_json("[Inf]", "f.json"), doctest::Contains("f.json:1:2: expected a value"), Error);
+    CHECK_THROWS_WITH_AS(parse_json("[infinity]", "f.json"), doctest::Contains("f.json:1:2: expected a value"), Error);
 }
 
 TEST_CASE("json: broken input names file, line and column") {

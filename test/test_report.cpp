@@ -720,11 +720,13 @@ TEST_CASE("report: summary.json parses and has every key") {
     s.title = "fine-tuning \"summary\" — é\n";
     s.world_size = 1 + int64_t(rng.below(64)), s.zero_stage = int64_t(rng.below(4)), s.offload = true;
     s.checkpoint_activations = rng.below(2), s.lora_rank = int64_t(rng.below(64));
-    s.final_train_loss = 1 + rng.uniform();
+    s.final_train_loss = 1 + rng.uniform(), s.mean_train_loss = 2 + rng.uniform();
     s.eval_losses = {2 + rng.uniform(), NAN, 1.5 + rng.uniform()};
     s.steps = int64_t(rng.below(100000)), s.steps_per_epoch = int64_t(rng.below(1000));
     s.train_samples_per_s = 1000 * rng.uniform(), s.eval_samples_per_s = 1000 * rng.uniform();
+    s.global_train_samples_per_s = 8000 * rng.uniform();
     s.tokens_per_s = 1e6 * rng.uniform(), s.tflops = NAN;  // unknown: written as null
+    s.gpu_device_peak_gib = 80 * rng.uniform(), s.gpu_device_mean_gib = NAN;
     s.gpu_peak_gib = 80 * rng.uniform(), s.gpu_mean_gib = 40 * rng.uniform(), s.gpu_min_gib = INFINITY;
     s.seconds = 1e5 * rng.uniform();
     std::string path = temp_dir("report_summary") + "/summary.json";
@@ -732,8 +734,9 @@ TEST_CASE("report: summary.json parses and has every key") {
     Json j = read_json_file(path);
     REQUIRE(j.type == Json::Object);
     const char* keys[] = {"title", "world_size", "zero_stage", "offload", "checkpoint_activations", "lora_rank",
-                          "final_train_loss", "eval_losses", "steps", "steps_per_epoch", "train_samples_per_s",
-                          "eval_samples_per_s", "tokens_per_s", "tflops", "gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib", "seconds"};
+                          "final_train_loss", "mean_train_loss", "eval_losses", "steps", "steps_per_epoch", "train_samples_per_s",
+                          "global_train_samples_per_s", "eval_samples_per_s", "tokens_per_s", "tflops", "gpu_peak_gib", "gpu_mean_gib",
+                          "gpu_min_gib", "gpu_device_peak_gib", "gpu_device_mean_gib", "seconds"};
     REQUIRE(j.object.size() == sizeof keys / sizeof keys[0]);
     for (size_t i = 0; i < j.object.size(); ++i) CHECK(j.object[i].first == keys[i]);
     CHECK(j.find("title")->string == s.title);
@@ -743,6 +746,10 @@ TEST_CASE("report: summary.json parses and has every key") {
     CHECK(j.find("checkpoint_activations")->boolean == s.checkpoint_activations);
     CHECK(j.find("lora_rank")->integer == s.lora_rank);
     CHECK(j.find("final_train_loss")->number == s.final_train_loss);  // exact: written to round-trip
+    CHECK(j.find("mean_train_loss")->number == s.mean_train_loss);
+    CHECK(j.find("global_train_samples_per_s")->number == s.global_train_samples_per_s);
+    CHECK(j.find("gpu_device_peak_gib")->number == s.gpu_device_peak_gib);
+    CHECK(j.find("gpu_device_mean_gib")->type == Json::Null);
     REQUIRE(j.find("eval_losses")->array.size() == 3);
     CHECK(j.find("eval_losses")->array[0].number == s.eval_losses[0]);
     CHECK(j.find("eval_losses")->array[1].type == Json::Null);
@@ -801,17 +808,27 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
         CHECK(!log.line_due(1, false));
         log.add_step(step_record(2, 10, 5, 100, 50));
         REQUIRE(log.line_due(2, false));
-        log.line(false, NAN, 1.5);
+        log.line(false, NAN, 1.5, 3.0);
         log.add_step(step_record(3, 3, 2, 50, 25));
         CHECK(!log.line_due(3, false));
         CHECK(log.line_due(3, true));  // an evaluation always gets a line
         log.add_step(step_record(4, 3, 2, 50, 25));
         REQUIRE(log.line_due(4, false));  // the last step
-        log.line(true, 1.25, 2.5);
+        log.line(true, 1.25, 2.5, 3.5);
         log.add_eval_time(0.5, 10);
-        log.finish();
+        CHECK(log.timed_rows() == 16);
+        log.finish(48, MemoryStats(), MemoryStats());  // no samples over time: the lines' samples stand
         log.write_charts("a run", {log.memory_samples()});
         result = log.result;
+        // memory sampled over time, when there is some, replaces the lines' samples
+        MemoryStats rank{3.0 * double(1 << 30), 2.25 * double(1 << 30), 1.0 * double(1 << 30), 20};
+        MemoryStats gpu{4.0 * double(1 << 30), 3.5 * double(1 << 30), 3.0 * double(1 << 30), 20};
+        log.finish(48, rank, gpu);
+        CHECK(log.result.peak_gib == 3.0);
+        CHECK(log.result.mean_gib == 2.25);
+        CHECK(log.result.min_gib == 1.0);
+        CHECK(log.result.gpu_device_peak_gib == 4.0);
+        CHECK(log.result.gpu_device_mean_gib == 3.5);
     });
     CAPTURE(printed);
     std::vector<std::string> out = lines_of(printed);
@@ -835,6 +852,9 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
     CHECK(memory[2].substr(memory[2].size() - 6) == ",2.500");
     // the run's numbers: 300 tokens and 16 rows in 150 ms of logged steps; memory sampled at each line
     CHECK(result.final_loss == 1.5);
+    CHECK(result.mean_loss == doctest::Approx((2.0 + 2.0 + 1.5 + 1.5) / 4));  // HF's train_loss: every step's loss
+    CHECK(result.global_samples_per_s == doctest::Approx(48 / result.seconds));
+    CHECK(std::isnan(result.gpu_device_peak_gib));
     CHECK(result.steps == 4);
     CHECK(result.steps_per_epoch == 2);
     CHECK(result.tokens_per_s == doctest::Approx(2000));
@@ -857,7 +877,7 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
         log.start();
         log.add_step(step_record(5, 2, 2, 10, 10));
         log.add_step(step_record(6, 2, 2, 10, 10));
-        log.line(false, NAN, 1.0);
+        log.line(false, NAN, 1.0, NAN);
         log.write_charts("a run", {{0.5, 1.0}, {0.5, 2.0}});
     });
     csv = lines_of(read_file(dir + "/train_log.csv"));
@@ -879,7 +899,7 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
         log.open(s);
         log.start();
         log.add_step(step_record(2, 2, 2, 10, 10));
-        log.line(false, NAN, 1.0);
+        log.line(false, NAN, 1.0, NAN);
     });
     CHECK(quiet.empty());
     CHECK(lines_of(read_file(dir + "/memory_rank1.csv")).size() == 2);
@@ -892,9 +912,10 @@ TEST_CASE("report: bench/collect.py makes the workshop table, and names a malfor
     std::string a = temp_dir("report_collect/stage0_1gpu"), b = temp_dir("report_collect/stage3_offload_2gpu");
     RunSummary s;
     s.title = "fine-tuning summary", s.world_size = 1, s.zero_stage = 0, s.lora_rank = 8;
-    s.final_train_loss = 1.23456, s.eval_losses = {2.5}, s.steps = 200, s.steps_per_epoch = 100;
-    s.train_samples_per_s = 123.45, s.eval_samples_per_s = 456.78, s.tokens_per_s = 5e4, s.tflops = 12.5;
+    s.final_train_loss = 1.23456, s.mean_train_loss = 1.75, s.eval_losses = {2.5}, s.steps = 200, s.steps_per_epoch = 100;
+    s.train_samples_per_s = 123.45, s.global_train_samples_per_s = 111.25, s.eval_samples_per_s = 456.78, s.tokens_per_s = 5e4, s.tflops = 12.5;
     s.gpu_peak_gib = 12.345, s.gpu_mean_gib = 10.5, s.gpu_min_gib = 8, s.seconds = 3725;
+    s.gpu_device_peak_gib = 20.25, s.gpu_device_mean_gib = 19.5;
     write_summary_json(a + "/summary.json", s);
     // A summary from another writer: keys missing, one null, several evaluations.
     std::ofstream(b + "/summary.json") << R"({"world_size": 2, "zero_stage": 3, "offload": true, "final_train_loss": 0.5,
@@ -905,13 +926,14 @@ TEST_CASE("report: bench/collect.py makes the workshop table, and names a malfor
     CHECK(status == 0);
     std::vector<std::string> rows = lines_of(out);
     REQUIRE(rows.size() == 4);
-    CHECK(cells(rows[0]) == std::vector<std::string>{"run", "GPUs", "ZeRO stage", "offload", "final train loss", "eval loss",
-                                                     "train samples/s", "eval samples/s", "steps/epoch",
-                                                     "GPU memory peak / mean / min (GiB)", "time"});
-    CHECK(cells(rows[2]) == std::vector<std::string>{"stage0_1gpu", "1", "0", "no", "1.2346", "2.5000", "123.5", "456.8", "100",
-                                                     "12.35 / 10.50 / 8.00", "1h02m"});
-    CHECK(cells(rows[3]) == std::vector<std::string>{"stage3_offload_2gpu", "2", "3", "yes", "0.5000",
-                                                     "2.1250 (2.5000, 2.2500, 2.1250)", "—", "—", "50", "— / — / —", "42s"});
+    CHECK(cells(rows[0]) == std::vector<std::string>{"run", "GPUs", "ZeRO stage", "offload", "final train loss",
+                                                     "train loss, mean (HF)", "eval loss", "train samples/s per GPU",
+                                                     "train samples/s, all GPUs (HF)", "eval samples/s", "steps/epoch",
+                                                     "GPU memory peak / mean / min (GiB)", "whole GPU peak / mean (GiB)", "time"});
+    CHECK(cells(rows[2]) == std::vector<std::string>{"stage0_1gpu", "1", "0", "no", "1.2346", "1.7500", "2.5000", "123.5", "111.2", "456.8",
+                                                     "100", "12.35 / 10.50 / 8.00", "20.25 / 19.50", "1h02m"});
+    CHECK(cells(rows[3]) == std::vector<std::string>{"stage3_offload_2gpu", "2", "3", "yes", "0.5000", "—",
+                                                     "2.1250 (2.5000, 2.2500, 2.1250)", "—", "—", "—", "50", "— / — / —", "— / —", "42s"});
     CHECK(read_file(root + "/table.md") == out);
 
     std::string broken = temp_dir("report_collect/broken");

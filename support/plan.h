@@ -1,0 +1,45 @@
+// support/plan.h — the run as it will go, worked out from the options and the inputs alone, before any GPU:
+// the batch (micro-batch x accumulation x ranks), the steps and epochs, the learning-rate schedule with its
+// warmup, the ZeRO setup, LoRA, what a DeepSpeed config's keys became, and the memory each rank will need,
+// by category (ZeroStore::estimate, and the activation arena counted as the model will carve it).
+//
+// `./train --dry-run` prints it and stops; `--dry-run --ranks N` prints it for N ranks without starting
+// them ("what if": does a 70B fit on 8 GPUs at stage 3?), with the memory per rank at every stage beside
+// it. A training run prints the same plan lines at start-up, before its measured memory.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "adamw.h"
+#include "data.h"
+#include "lora.h"
+#include "support/llama_config.h"
+#include "support/options.h"
+#include "zero3.h"
+
+struct Plan {
+    int ranks = 1;
+    int64_t micro_batches_per_epoch = 0;  // per rank
+    int64_t steps_per_epoch = 0, steps = 0;
+    int64_t global_batch = 0;             // sequences per optimizer step, all ranks: micro x accumulation x ranks
+    Schedule schedule;
+    int64_t trainable = 0;                // elements the optimizer updates
+    MemoryReport memory;                  // per rank, ZeroStore::estimate
+    double activations = 0;               // bytes per rank: the activation arena
+};
+
+// The optimizer steps of a run with `steps_per_epoch` steps in an epoch: --steps, else --epochs (1) epochs.
+int64_t run_steps(const Options& o, int64_t steps_per_epoch);
+// Whether a model directory holds weights (a config.json alone plans a run but cannot train).
+bool has_weights(const std::string& model_dir);
+
+Plan make_plan(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks);
+// The plan's lines: model and LoRA, batch, steps, schedule (with the lr at a few steps), AdamW, ZeRO, and
+// what the config's keys became (each once).
+void print_run_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfig& c, const LoraConfig& lora);
+// The memory per rank by category, the total on each GPU, and the same total at every ZeRO stage (with and
+// without optimizer offload) for these ranks.
+void print_memory_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfig& c, const LoraConfig& lora);
+// --dry-run's report on stdout: the plan for `ranks` ranks, its memory, and "dry run: inputs are valid".
+void print_dry_run(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks);
