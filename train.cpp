@@ -714,6 +714,7 @@ int main(int argc, char** argv) {
         world_finalize(w);
         return 0;
     } catch (const CollectiveError& e) {  // every rank learnt of it at once: one says it
+        std::fflush(stdout);  // what was printed so far comes before the error
         if (w.rank == e.speaker) std::fprintf(stderr, "error: %s\n", e.what());
         std::fflush(stderr);
         world_barrier(w);
