@@ -72,6 +72,13 @@ ZeRO (one process per GPU: mpirun -np N ./train):
   --comm nccl|mpi|auto   the collectives' transport: NCCL (one rank per GPU), or MPI through host memory
                          (ranks sharing a GPU; for learning and testing); auto picks MPI only when ranks
                          share a GPU (default auto)
+A step on paper (the plan's bytes per rank and step time; README: Many GPUs):
+  --ranks N              with --dry-run: plan for N ranks (one GPU each) without starting them
+  --nodes M              with --dry-run: the ranks spread over M nodes (default: this launch's)
+  --interconnect GBPS    bus bandwidth of the collectives' ring in GB/s (config key interconnect_GBps;
+                         default 360, NVLink, within one node; 25, the network, across nodes)
+  --tflops T             bf16 TFLOP/s one GPU sustains, for the compute time (default 45% of its peak;
+                         an H100's without a GPU; a one-GPU run's summary measures it)
 Output:
   --out DIR              where the adapter (or model), train_log.csv and eval results go (default out)
   --log-every N          print a progress line every N steps (default 10)
@@ -243,6 +250,10 @@ void apply_config(const std::string& path, Options& o, int world) {
             r.scheduler(v);
         } else if (key == "zero_optimization") {
             r.zero_optimization(v);
+        } else if (key == "interconnect_GBps") {  // this trainer's key, not DeepSpeed's
+            const Json* n = r.number(v, key);
+            if (n && !(n->number > 0)) fail(path + ": interconnect_GBps must be a positive bandwidth in GB/s");
+            if (n && r.unset("--interconnect")) o.interconnect_GBps = n->number;
         } else if (key == "activation_checkpointing") {
             if (r.unset("--checkpoint-activations")) o.checkpoint_activations = true;
         } else if (key != "wall_clock_breakdown" && key != "zero_allow_untested_optimizer" && key != "gradient_predivide_factor" &&
@@ -311,10 +322,19 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--copy-gathers") o.zero.copy_gathers = true;
         else if (a == "--comm") o.comm = parse_transport(value(), a);
         else if (a == "--save-every") o.save_every = int(parse_int(a, value(), 1, 1 << 30));
+        else if (a == "--ranks") o.plan_ranks = int(parse_int(a, value(), 1, 1 << 20));
+        else if (a == "--nodes") o.nodes = int(parse_int(a, value(), 1, 1 << 20));
+        else if (a == "--interconnect") o.interconnect_GBps = parse_real(a, value());
+        else if (a == "--tflops") o.tflops = parse_real(a, value());
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
         else fail("unknown option " + a + " (see ./train --help)");
     }
+    if (o.plan_ranks && !o.dry_run) fail("--ranks N plans a run for N ranks without starting them: it needs --dry-run (start N ranks with mpirun -np N)");
+    if (o.nodes && !o.dry_run) fail("--nodes M plans a run over M nodes: it needs --dry-run (a run's nodes are where mpirun starts it)");
+    if (o.plan_ranks) world = o.plan_ranks;
     if (!o.config_file.empty()) apply_config(o.config_file, o, world);
+    if (o.given.count("--interconnect") && !(o.interconnect_GBps > 0)) fail("--interconnect must be a positive bandwidth in GB/s");
+    if (o.given.count("--tflops") && !(o.tflops > 0)) fail("--tflops must be positive");
     check_zero_options(o.zero, o.config_file.empty() ? "--zero-stage" : o.config_file);
     if (!o.model.empty() && !o.preset.empty()) fail("--model and --preset exclude each other");
     if (o.steps && o.epochs) fail("--steps and --epochs exclude each other");

@@ -32,6 +32,11 @@ struct Options {
     bool checkpoint_activations = false;
     int save_every = 0;
     std::string resume;           // "auto": OUT/checkpoints/latest if present
+    // A step on paper (distributed/traffic.h): the bytes each rank sends and the time they take.
+    int plan_ranks = 0;           // --ranks N with --dry-run: plan for N ranks without starting them
+    int nodes = 0;                // --nodes M with --dry-run: the ranks spread over M nodes (0: this launch's)
+    double interconnect_GBps = 0; // --interconnect (config: interconnect_GBps): bus bandwidth; 0: by the nodes
+    double tflops = 0;            // --tflops: what one GPU sustains; 0: 45% of its bf16 peak
     std::set<std::string> given;  // flags given on the command line
 };
 
