@@ -9,8 +9,8 @@
 //   - 10 steps + checkpoint, resumed on 2 ranks for 10, resumed on 3 ranks for 10: the one-rank trajectory;
 //   - the memory report per rank falls with the stage, model states within 5% of the ZeRO estimate;
 //   - the bytes each collective kind moves in every step equal ZeroStore::traffic's formula, exactly, at
-//     every stage, LoRA and full, with accumulation, keep_gathered, persistence thresholds, buckets, no
-//     prefetch, offload, and one rank in place;
+//     every stage, LoRA and full, with accumulation, recompute, keep_gathered, persistence thresholds,
+//     buckets, no prefetch, offload, and one rank in place;
 //   - failures end every rank: a rank killed mid-step, a bad file seen by one rank, ranks whose options
 //     differ, --comm nccl on a shared GPU.
 // Why a bound and not bitwise: with N ranks each product runs on 1/N of the rows (cuBLASLt may choose
@@ -269,7 +269,7 @@ TEST_CASE("gpu: every step's bytes per collective kind equal the formula, for ev
         {"stage 1 full, all-reduce buckets of 100,000", "--config " + buckets, 3, 1, 0, [](ZeroOptions& z) { z.stage = 1, z.reduce_bucket_size = 100000; }},
         {"stage 2 LoRA, 2 accumulation steps", "--zero-stage 2", 4, 2, 16, [](ZeroOptions& z) { z.stage = 2; }},
         {"stage 3 LoRA", "--zero-stage 3", 3, 1, 16, [](ZeroOptions& z) { z.stage = 3; }},
-        {"stage 3 full, 2 accumulation steps", "--zero-stage 3", 4, 2, 0, [](ZeroOptions& z) { z.stage = 3; }},
+        {"stage 3 full, 2 accumulation steps, recompute", "--zero-stage 3 --checkpoint-activations", 4, 2, 0, [](ZeroOptions& z) { z.stage = 3; }},
         {"stage 3 full, --keep-gathered", "--zero-stage 3 --keep-gathered", 2, 1, 0, [](ZeroOptions& z) { z.stage = 3, z.keep_gathered = true; }},
         {"stage 3 LoRA, layers kept replicated (threshold 1,000,000)", "--config " + kept, 4, 1, 16,
          [](ZeroOptions& z) { z.stage = 3, z.persistence_threshold = 1000000; }},
