@@ -90,7 +90,8 @@ void print_step_on_paper(const Options& o, const LlamaConfig& c, const LoraConfi
     std::printf("communication per step per rank (ZeRO stage %d, %d rank%s, formula): %s; padding shards to a multiple of %d adds %.0f bytes "
                 "(%.2g%%)\n", o.zero.stage, cl.ranks, cl.ranks > 1 ? "s" : "", traffic_text(t, psi).c_str(), cl.ranks, padding,
                 100 * padding / t.volume_bytes());
-    std::printf("on paper, one step with a GPU per rank: %s\n", step_time_text(step_time(t, cl, flops, flops_per_s), cl, flops, flops_per_s, how).c_str());
+    StepTime time = step_time(t, cl, flops, flops_per_s);
+    std::printf("on paper, one step with a GPU per rank: %s\n", step_time_text(time, cl, flops, flops_per_s, how).c_str());
     if (!every_stage) return;
     std::string line;
     for (int stage = 0; stage <= 3; ++stage) {

@@ -14,7 +14,7 @@
 //     3   | own shard      | own shard (reduce-scatter)| own shard; gather() all-gathers weights
 //
 // Per rank: 2 Psi/(N at stage 3) + 4 Phi/(N at stages 2, 3) + 12 Phi/(N at stages 1-3): the paper's
-// 2 Psi + 2 Psi + K Psi with fp32 gradients and K = 12 (estimate); what a step sends is traffic(), beside it. Small units (the final norm) stay replicated at
+// 2 Psi + 2 Psi + K Psi with fp32 gradients and K = 12. Small units (the final norm) stay replicated at
 // stage 3 (persistence threshold). Gradient accumulation: stages 0, 1 keep full gradients and all-reduce
 // once, after the last micro-batch of a step; stages 2, 3 reduce-scatter after every micro-batch into the
 // shard, where micro-batches add up. Collectives run on their own stream, ordered with compute by events;

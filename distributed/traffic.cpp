@@ -99,7 +99,8 @@ std::string Cluster::link() const {
 
 void check_cluster(const Cluster& c, const std::string& flag) {
     if (c.nodes < 1 || c.nodes > c.ranks || c.ranks % c.nodes != 0)
-        fail(flag + " " + std::to_string(c.nodes) + ": the nodes must divide the " + std::to_string(c.ranks) + " ranks evenly (ranks per node = ranks / nodes)");
+        fail(flag + " " + std::to_string(c.nodes) + ": the nodes must divide the " + std::to_string(c.ranks) +
+             " ranks evenly (ranks per node = ranks / nodes)");
     if (!(c.interconnect_GBps >= 0)) fail("--interconnect must be a positive bandwidth in GB/s");
 }
 
