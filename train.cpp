@@ -79,6 +79,46 @@ double flops_per_token(const LlamaConfig& c, int64_t lora_params, int T, bool re
     return recompute ? f + 2 * N + attention : f;
 }
 
+// A step on paper for `cl.ranks` ranks, a GPU each, on `cl.nodes` nodes: the bytes each rank sends
+// (ZeroStore::traffic) and the time the step takes at `flops_per_s` and the cluster's bus bandwidth
+// (distributed/traffic.h); with every_stage, the same at each ZeRO stage on one line.
+void print_step_on_paper(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Cluster& cl, double flops_per_s,
+                         const std::string& how, bool every_stage) {
+    double psi = double(c.num_parameters());
+    int64_t adapters = lora.rank > 0 ? lora_layout(c, lora).per_layer * c.num_hidden_layers : 0;
+    double flops = flops_per_token(c, adapters, o.seq, o.checkpoint_activations) * double(o.micro_batch) * o.seq * o.grad_accum;
+    Traffic t = ZeroStore::traffic(c, lora, o.zero, cl.ranks, o.grad_accum);
+    double padding = t.volume_bytes() - ZeroStore::traffic(c, lora, o.zero, cl.ranks, o.grad_accum, false).volume_bytes();
+    std::printf("communication per step per rank (ZeRO stage %d, %d rank%s, formula): %s; padding shards to a multiple of %d adds %.0f bytes "
+                "(%.2g%%)\n", o.zero.stage, cl.ranks, cl.ranks > 1 ? "s" : "", traffic_text(t, psi).c_str(), cl.ranks, padding,
+                100 * padding / t.volume_bytes());
+    StepTime time = step_time(t, cl, flops, flops_per_s);
+    std::printf("on paper, one step with a GPU per rank: %s\n", step_time_text(time, cl, flops, flops_per_s, how).c_str());
+    if (!every_stage) return;
+    std::string line;
+    for (int stage = 0; stage <= 3; ++stage) {
+        ZeroOptions z = o.zero;
+        z.stage = stage;
+        Traffic ts = ZeroStore::traffic(c, lora, z, cl.ranks, o.grad_accum);
+        StepTime st = step_time(ts, cl, flops, flops_per_s);
+        char cell[160];
+        std::snprintf(cell, sizeof cell, "%s%d: %.3g Psi, %.3g GB sent, %.3g ms (%s)", stage ? "; " : "", stage, ts.volume_elements() / psi,
+                      ts.wire_bytes() / 1e9, st.comm() * 1e3, st.communication_bound() ? "communication-bound" : "compute-bound");
+        line += cell;
+    }
+    std::printf("communication per step per rank at each ZeRO stage: %s\n", line.c_str());
+}
+
+// What one GPU sustains for the compute time on paper: --tflops, else kAssumedMfu of `peak` (an H100's when 0).
+double sustained_flops(const Options& o, double peak, std::string& how) {
+    if (o.tflops > 0) {
+        how = "--tflops";
+        return o.tflops * 1e12;
+    }
+    how = peak > 0 ? "assumed: 45% of this GPU's bf16 peak, --tflops to set" : "assumed: 45% of an H100's bf16 peak, --tflops to set";
+    return kAssumedMfu * (peak > 0 ? peak : kH100PeakFlops);
+}
+
 // ================================================================================================ inputs
 
 // Everything a run reads, checked before the GPU is touched.
@@ -251,10 +291,12 @@ class Trainer {
         int64_t step = 0;
         double targets = 0, tokens = 0, examples = 0;  // loss targets (all ranks), real tokens and rows (this rank)
         bool fresh_start = false;  // timed from `start`, not from the previous step's end
+        Traffic comm;              // what the transport counted while the step was queued
         cudaEvent_t start = nullptr, done = nullptr;
     };
     QueuedStep queued_[kQueuedSteps];
     float* step_results_ = nullptr;  // [kQueuedSteps, 2] pinned: summed loss, squared gradient norm of each queued step
+    Traffic formula_, unpadded_;  // the collectives of one step, per rank (ZeroStore::traffic), and without padding
     Profiler profiler_;
     std::vector<FamilyWork> step_work_;
     RunLog log_;            // progress lines, CSVs, TensorBoard events, charts and the run's numbers
@@ -272,6 +314,8 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPl
     // the ZeRO store: every parameter byte, sharded by stage; base weights from the model or a random init
     const LlamaConfig& c = in.config;
     MemoryReport estimate = ZeroStore::estimate(c, in.lora, o.zero, w.size);
+    formula_ = ZeroStore::traffic(c, in.lora, o.zero, w.size, o.grad_accum);
+    unpadded_ = ZeroStore::traffic(c, in.lora, o.zero, w.size, o.grad_accum, false);
     double t0 = wall_seconds();
     store_ = new ZeroStore(c, in.lora, o.zero, w, stream_);
     if (!o.model.empty()) store_->load(o.model);
@@ -339,6 +383,9 @@ void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
         std::printf("memory per rank (GiB), buffers made during the first step: gathered units %.2f (estimate), gradient buffers %.2f "
                     "(estimate)\n", gib(est.gathered), gib(est.grad_buffers));
     print_run_plan(stdout, make_plan(o_, c, in_.lora, in_.train, in_.tokens.pad, w_.size), o_, c, in_.lora);
+    std::string how;
+    double flops_per_s = sustained_flops(o_, peak_flops_, how);
+    print_step_on_paper(o_, c, in_.lora, Cluster{w_.size, w_.nodes, o_.interconnect_GBps}, flops_per_s, how, false);
 }
 
 // ------------------------------------------------------------------------------------------------ the loop
@@ -376,6 +423,7 @@ RunResult Trainer::run(const std::string& base_name) {
     }
     if (profiler_.steps() > 0 && chief_) profiler_.print(stdout, step_work_, peak_flops_, gpu_bandwidth(w_.gpu));
     sampler_.stop();
+    log_.result.comm_formula = formula_, log_.result.comm_unpadded = unpadded_, log_.result.parameters = double(in_.config.num_parameters());
     log_.finish(world_sum(w_, log_.timed_rows()), memory_stats(sampler_.rank()), memory_stats(sampler_.gpu()));
     write_charts();
     save_outputs(base_name);
@@ -397,6 +445,7 @@ RunResult Trainer::run(const std::string& base_name) {
 void Trainer::queue_step(int64_t step, bool fresh_start) {
     QueuedStep& q = queued_[step % kQueuedSteps];
     q.step = step, q.fresh_start = fresh_start, q.targets = q.tokens = q.examples = 0;
+    q.comm = w_.comm->counted();  // the step's collectives are the difference at its end
     bool profiled = o_.profile > 0 && step > plan_.start_step + 2 && step <= plan_.start_step + 2 + o_.profile;  // after 2 warm-up steps
     if (profiled) profiler_.begin_step(stream_);
     check_cuda(cudaEventRecord(q.start, stream_), "event");
@@ -427,6 +476,7 @@ void Trainer::queue_step(int64_t step, bool fresh_start) {
     check_cuda(cudaMemsetAsync(model_->loss_sum(), 0, 4, stream_), "memset");
     check_cuda(cudaMemcpyAsync(out + 1, store_->grad_norm_sq(), 4, cudaMemcpyDeviceToHost, stream_), "copy norm");
     check_cuda(cudaEventRecord(q.done, stream_), "event");
+    q.comm = w_.comm->counted() - q.comm;
     if (profiled) world_wait_event(w_, q.done), profiler_.end_step();
 }
 
@@ -437,7 +487,7 @@ void Trainer::read_step(int64_t step, bool eval) {
     world_wait_event(w_, q.done);  // watching for a lost peer meanwhile
     const float* out = step_results_ + 2 * (step % kQueuedSteps);
     StepRecord r;
-    r.step = step, r.targets = q.targets, r.tokens = q.tokens, r.rows = q.examples;
+    r.step = step, r.targets = q.targets, r.tokens = q.tokens, r.rows = q.examples, r.comm = q.comm;
     r.loss_sum = world_sum(w_, double(out[0])), r.loss = q.targets > 0 ? r.loss_sum / q.targets : 0.0;
     float norm_sq = out[1];
     if (!std::isfinite(r.loss) || !std::isfinite(norm_sq))  // the same on every rank (summed over them): one line
@@ -612,6 +662,8 @@ void write_summary(const Options& o, const World& w, const RunResult& r, const s
     s.eval_losses = r.eval_losses, s.steps = r.steps, s.steps_per_epoch = r.steps_per_epoch;
     s.train_samples_per_s = r.samples_per_s, s.eval_samples_per_s = r.eval_samples_per_s, s.tokens_per_s = r.tokens_per_s;
     s.tflops = r.tflops, s.gpu_peak_gib = r.peak_gib, s.gpu_mean_gib = r.mean_gib, s.gpu_min_gib = r.min_gib, s.seconds = r.seconds;
+    s.parameters = r.parameters, s.comm_step = r.comm_step, s.comm = r.comm, s.comm_formula = r.comm_formula;
+    s.comm_padding_bytes = r.comm_formula.volume_bytes() - r.comm_unpadded.volume_bytes();
     write_summary_json(o.out + "/summary.json", s);
 }
 
@@ -628,7 +680,14 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
     if (!in.resume.empty())
         world_check_same(w, read_file(in.resume + "/trainer.json") + read_file(in.resume + "/zero.json"), "the checkpoint files");
     if (o.dry_run) {
-        if (w.rank == 0) print_dry_run(o, in.config, in.lora, in.train, in.tokens.pad, o.plan_ranks ? o.plan_ranks : w.size);
+        Cluster cl{o.plan_ranks ? o.plan_ranks : w.size, o.nodes ? o.nodes : o.plan_ranks ? 1 : w.nodes, o.interconnect_GBps};
+        if (o.plan_ranks || o.nodes) check_cluster(cl, "--nodes");
+        std::string how;
+        double flops_per_s = sustained_flops(o, 0, how);
+        if (w.rank == 0) {
+            print_dry_run(o, in.config, in.lora, in.train, in.tokens.pad, cl.ranks);
+            print_step_on_paper(o, in.config, in.lora, cl, flops_per_s, how, true);
+        }
         return RunResult();
     }
     if (!w.comm) {

@@ -187,6 +187,45 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
     return m;
 }
 
+// The step's collectives, as the code below issues them (A micro-batches; bf16 weights, fp32 gradients):
+//   each micro-batch  stage 3: all-gather each sharded unit for its forward and again for its backward (once
+//                     with keep_gathered); the tied embedding once more, for the lm_head; the last unit (final
+//                     norm, + lm_head when untied) once, as the head's forward and backward share one gather
+//                     stages 2, 3: reduce-scatter each trainable unit's gradient
+//   each step         stages 0, 1: all-reduce each trainable unit's gradient, in reduce_bucket_size buckets
+//                     every stage: all-reduce the squared gradient norm (one float)
+//                     stages 1-3: all-gather the new weights of each trainable segment kept replicated (with
+//                     offload in the next step's forward, O4: a run's first step has none, later steps do)
+// On one rank a stage-3 unit is read in place: no gathers. So with Psi elements, all trainable: stage 0 moves
+// 2 Psi (4-byte), stage 1 3 Psi (its all-reduce keeps the whole gradient, then the weights come back), stage 2
+// 2 Psi, stage 3 3 Psi (two of them bf16). With LoRA the gradients and new weights are the adapters', while
+// stage 3 still gathers the frozen base twice.
+Traffic ZeroStore::traffic(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int N, int A, bool padded) {
+    Traffic t;
+    t.ranks = N;
+    LoraLayout layout = lora_layout(c, lora);
+    int L = c.num_hidden_layers;
+    auto buffer = [&](int64_t numel) { return padded ? make_shard(numel, N).padded : numel; };
+    for (int u = 0; u < num_units(c); ++u) {
+        int64_t base = unit_layout(c, u).numel, ad = (lora.rank > 0 && u >= 1 && u <= L) ? layout.per_layer : 0;
+        bool sharded = z.stage == 3 && base + ad > z.persistence_threshold;
+        if (sharded && !gathers_in_place(z, N)) {
+            int gathers = u == L + 1 ? 1 : z.keep_gathered ? 1 : 2;
+            if (u == 0 && c.tie_word_embeddings) gathers += 1;
+            t.add(Collective::all_gather, buffer(base), 2, int64_t(gathers) * A);
+            if (ad) t.add(Collective::all_gather, buffer(ad), 2, int64_t(gathers) * A);
+        }
+        int64_t trained = lora.rank > 0 ? ad : base;
+        if (!trained) continue;
+        if (z.stage >= 2) t.add(Collective::reduce_scatter, buffer(trained), 4, A);
+        for (int64_t off = 0; z.stage <= 1 && off < buffer(trained); off += z.reduce_bucket_size)
+            t.add(Collective::all_reduce, std::min(z.reduce_bucket_size, buffer(trained) - off), 4);
+        if (z.stage >= 1 && !sharded) t.add(Collective::all_gather, buffer(trained), 2);
+    }
+    t.add(Collective::all_reduce, 1, 4);  // the gradient norm
+    return t;
+}
+
 // ================================================================================================ gather / release
 //
 // Plain stage 3, one unit u on N ranks: all that runs with prefetching off. The code below adds the prefetch,

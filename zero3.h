@@ -105,6 +105,11 @@ class ZeroStore : public UnitStore {
     int64_t trainable_numel() const { return n_train_; }
     MemoryReport memory() const { return mem_; }
     static MemoryReport estimate(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int ranks);
+    // What one optimizer step of `accumulation` micro-batches sends through the transport, per rank, by kind:
+    // the calls this store makes, counted from the plan (what world.h's Comm counts as it runs them).
+    // padded = false counts each buffer without the padding of its shards to a multiple of `ranks`.
+    static Traffic traffic(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int ranks, int accumulation,
+                           bool padded = true);
     int64_t prefetched_units() const { return prefetched_; }  // stage 3 gathers issued ahead (a counter)
 
     // Whole tensors (collective: every rank calls).

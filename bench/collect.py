@@ -9,7 +9,9 @@ train loss over the run (HF's train_loss), eval loss (the last; every evaluation
 were several), train samples/s per GPU (training steps only), train samples/s of all GPUs over the run's
 wall time (HF's train_samples_per_second), eval samples/s (per GPU), steps per epoch, this rank's GPU
 memory peak / mean / min (GiB, sampled over time), the whole GPU's in-use memory peak / mean (GiB, what
-nvidia-smi shows), wall time. A key the summary lacks, or holds as null, prints
+nvidia-smi shows), the collectives of one step per rank (the last step's: the paper's volume in Psi,
+measured / formula, and in GB by kind: all-gather / reduce-scatter / all-reduce; an all-reduce counts
+twice, as a reduce-scatter and an all-gather), wall time. A key the summary lacks, or holds as null, prints
 as "—". The table goes to stdout, and also to --out when given. A missing or malformed summary.json is
 one line `error: ...` naming the file, and exit status 1. Standard library only.
 """
@@ -22,7 +24,10 @@ import sys
 DASH = "—"
 NUMBERS = ("world_size", "zero_stage", "lora_rank", "final_train_loss", "mean_train_loss", "steps", "steps_per_epoch",
            "train_samples_per_s", "global_train_samples_per_s", "eval_samples_per_s", "tokens_per_s", "tflops",
-           "gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib", "gpu_device_peak_gib", "gpu_device_mean_gib", "seconds")
+           "gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib", "gpu_device_peak_gib", "gpu_device_mean_gib", "seconds",
+           "parameters", "comm_step", "comm_psi", "comm_formula_psi", "comm_wire_bytes", "comm_padding_bytes")
+KINDS = ("all_gather", "reduce_scatter", "all_reduce")
+BY_KIND = ("comm_bytes", "comm_formula_bytes")
 BOOLEANS = ("offload", "checkpoint_activations")
 
 
@@ -53,6 +58,10 @@ def load(run_dir):
     for key in BOOLEANS:
         if summary.get(key) is not None and not isinstance(summary[key], bool):
             fail('%s: "%s" should be true or false' % (path, key))
+    for key in BY_KIND:
+        v = summary.get(key)
+        if v is not None and not (isinstance(v, dict) and all(is_number(v.get(k)) for k in KINDS)):
+            fail('%s: "%s" should be an object of numbers: %s' % (path, key, ", ".join(KINDS)))
     losses = summary.get("eval_losses")
     if losses is not None and not (isinstance(losses, list) and all(v is None or is_number(v) for v in losses)):
         fail('%s: "eval_losses" should be a list of numbers' % path)
@@ -87,6 +96,18 @@ def eval_cell(summary):
     return last if len(losses) == 1 else "%s (%s)" % (last, ", ".join("%.4f" % v for v in losses))
 
 
+def comm_psi_cell(s):
+    if "comm_psi" not in s:
+        return DASH
+    return "%.3g / %s" % (s["comm_psi"], "%.3g" % s["comm_formula_psi"] if "comm_formula_psi" in s else DASH)
+
+
+def comm_bytes_cell(s):
+    if "comm_bytes" not in s:
+        return DASH
+    return " / ".join("%.3f" % (s["comm_bytes"][k] / 1e9) for k in KINDS)
+
+
 def row(run_dir, s):
     name = os.path.basename(os.path.normpath(run_dir)).replace("|", "\\|")
     memory = " / ".join(cell(s, k, lambda v: "%.2f" % v) for k in ("gpu_peak_gib", "gpu_mean_gib", "gpu_min_gib"))
@@ -104,13 +125,16 @@ def row(run_dir, s):
             cell(s, "steps_per_epoch", lambda v: "%d" % v),
             memory,
             device,
+            comm_psi_cell(s),
+            comm_bytes_cell(s),
             cell(s, "seconds", duration)]
 
 
 HEADER = ["run", "GPUs", "ZeRO stage", "offload", "final train loss", "train loss, mean (HF)", "eval loss",
           "train samples/s per GPU", "train samples/s, all GPUs (HF)", "eval samples/s", "steps/epoch",
-          "GPU memory peak / mean / min (GiB)", "whole GPU peak / mean (GiB)", "time"]
-ALIGN = [":---", "---:", "---:", ":---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"]
+          "GPU memory peak / mean / min (GiB)", "whole GPU peak / mean (GiB)",
+          "collectives/step (Psi, measured / formula)", "GB/step: all-gather / reduce-scatter / all-reduce", "time"]
+ALIGN = [":---", "---:", "---:", ":---:"] + ["---:"] * (len(HEADER) - 4)
 
 
 def table(run_dirs):

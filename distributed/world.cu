@@ -62,7 +62,7 @@ ncclDataType_t nccl_type(DType t) { return t == DType::bf16 ? ncclBfloat16 : ncc
 
 class NcclComm : public Comm {
   public:
-    NcclComm(const World& w) {
+    NcclComm(const World& w) : Comm(w.size) {
         ncclUniqueId id;
         if (w.rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
         if (w.mpi) check_mpi(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
@@ -70,13 +70,13 @@ class NcclComm : public Comm {
     }
     ~NcclComm() override { ncclCommDestroy(comm_); }
     const char* name() const override { return "nccl"; }
-    void all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
+    void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
         check_nccl(ncclAllGather(send, recv, count, nccl_type(t), comm_, s), "ncclAllGather");
     }
-    void reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
+    void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
         check_nccl(ncclReduceScatter(send, recv, count, ncclFloat, ncclSum, comm_, s), "ncclReduceScatter");
     }
-    void all_reduce(float* buf, size_t count, cudaStream_t s) override {
+    void run_all_reduce(float* buf, size_t count, cudaStream_t s) override {
         check_nccl(ncclAllReduce(buf, buf, count, ncclFloat, ncclSum, comm_, s), "ncclAllReduce");
     }
     void check_peers() override {
@@ -97,26 +97,26 @@ class NcclComm : public Comm {
 // buffer to pinned host memory, run the MPI collective there, copy the result back and wait again.
 class MpiComm : public Comm {
   public:
-    MpiComm(const World& w) : rank_(w.rank), size_(w.size) {}
+    MpiComm(const World& w) : Comm(w.size), rank_(w.rank), size_(w.size) {}
     ~MpiComm() override {
         if (send_) cudaFreeHost(send_);
         if (recv_) cudaFreeHost(recv_);
     }
     const char* name() const override { return "mpi"; }
-    void all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
+    void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
         size_t bytes = count * dtype_size(t);
         reserve(bytes, bytes * size_t(size_));
         to_host(send_, send, bytes, s);
         check_mpi(MPI_Allgather(send_, int(bytes), MPI_BYTE, recv_, int(bytes), MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
         to_device(recv, recv_, bytes * size_t(size_), s);
     }
-    void reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
+    void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
         reserve(count * 4 * size_t(size_), count * 4);
         to_host(send_, send, count * 4 * size_t(size_), s);
         check_mpi(MPI_Reduce_scatter_block(send_, recv_, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter_block");
         to_device(recv, recv_, count * 4, s);
     }
-    void all_reduce(float* buf, size_t count, cudaStream_t s) override {
+    void run_all_reduce(float* buf, size_t count, cudaStream_t s) override {
         reserve(count * 4, count * 4);
         to_host(send_, buf, count * 4, s);
         check_mpi(MPI_Allreduce(send_, recv_, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");

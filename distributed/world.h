@@ -8,7 +8,8 @@
 //   all_gather       recv[r*count + i] = send_r[i]           (every rank's part, to every rank)
 //   reduce_scatter   recv[i] = sum_r send_r[rank*count + i]  (the sum, split: each rank keeps its part)
 //   all_reduce       buf[i] = sum_r buf_r[i]
-// with two transports:
+// each counted by what it moves (distributed/traffic.h: per kind, the buffer; the paper's volume and the
+// ring's bytes follow), with two transports:
 //   nccl   one rank per GPU (the default): NCCL's kernels run on the stream;
 //   mpi    ranks that share a GPU (NCCL refuses them): the stream is waited for, the buffers staged through
 //          pinned host memory, MPI sums on the CPU, the result copied back before the call returns. The
@@ -27,6 +28,7 @@
 #include <cuda_runtime.h>
 #include <mpi.h>
 
+#include "distributed/traffic.h"
 #include "support/cuda_calls.h"
 
 enum class DType { bf16, f32 };
@@ -36,12 +38,35 @@ class Comm {
   public:
     virtual ~Comm() = default;
     virtual const char* name() const = 0;
-    // send may be recv + rank*count (in place).
-    virtual void all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) = 0;
-    virtual void reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) = 0;
-    virtual void all_reduce(float* buf, size_t count, cudaStream_t s) = 0;
     // Ends the run with a message when the transport has failed (a lost peer); called while waiting.
     virtual void check_peers() = 0;
+
+    // ---- the collectives, counted (distributed/traffic.h), then handed to the transport's run_* below.
+    // The same accounting under every transport: each call adds its buffer to counted(), on the host, when
+    // it is issued. send may be recv + rank*count (in place).
+    void all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) {
+        counted_.add(Collective::all_gather, int64_t(count) * counted_.ranks, int64_t(dtype_size(t)));
+        run_all_gather(send, recv, count, t, s);
+    }
+    void reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) {
+        counted_.add(Collective::reduce_scatter, int64_t(count) * counted_.ranks, 4);
+        run_reduce_scatter(send, recv, count, s);
+    }
+    void all_reduce(float* buf, size_t count, cudaStream_t s) {
+        counted_.add(Collective::all_reduce, int64_t(count), 4);
+        run_all_reduce(buf, count, s);
+    }
+    const Traffic& counted() const { return counted_; }  // everything since the start; a step is a difference
+
+  protected:
+    explicit Comm(int ranks) { counted_.ranks = ranks; }
+    virtual void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) = 0;
+    virtual void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) = 0;
+    virtual void run_all_reduce(float* buf, size_t count, cudaStream_t s) = 0;
+
+  private:
+    Traffic counted_;
+    // ---- end of the counting
 };
 
 enum class Transport { automatic, nccl, mpi };

@@ -101,7 +101,7 @@ const std::map<std::string, const char*> kTopNoEffect = {
     {"zero_optimization", ""}, {"train_micro_batch_size_per_gpu", ""}, {"gradient_accumulation_steps", ""},
     {"train_batch_size", ""}, {"gradient_clipping", ""}, {"optimizer", ""}, {"scheduler", ""}, {"bf16", ""},
     {"bfloat16", ""}, {"fp16", ""}, {"amp", ""}, {"activation_checkpointing", ""}, {"checkpoint", ""},
-    {"tensorboard", ""}, {"elasticity", ""},
+    {"tensorboard", ""}, {"elasticity", ""}, {"interconnect_GBps", ""},
 };
 
 // DeepSpeed features this trainer lacks: refused when the section says "enabled": true (they would change
@@ -271,6 +271,10 @@ void ConfigReader::top(const std::string& key, const Json& v) {
         if (on && !dir.empty()) o.tensorboard_dir = dir + (job.empty() ? "" : "/" + job);
         note(std::string("tensorboard: event files go to ") + (on && !dir.empty() ? o.tensorboard_dir : "OUT/tensorboard") +
              (on ? "" : " (written whether enabled or not)"));
+    } else if (key == "interconnect_GBps") {  // this trainer's key, not DeepSpeed's: the step on paper
+        double bw = number(v, key, -INFINITY, INFINITY);
+        if (!(bw > 0)) error(key, "must be a positive bandwidth in GB/s, not " + shown(v));
+        if (unset("--interconnect")) o.interconnect_GBps = bw;
     } else if (key == "elasticity") {
         object(v, key);
         const Json* e = v.find("enabled");

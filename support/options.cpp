@@ -81,6 +81,14 @@ ZeRO (one process per GPU: mpirun -np N ./train):
                          share a GPU (default auto)
   --check-timeout S      under mpirun: how long a rank that has checked its inputs waits for the others before
                          it ends the job (a rank stuck on a file; default 600)
+A step on paper (the plan's bytes per rank and step time; README: Many GPUs):
+  --ranks N              with --dry-run: the plan, memory and traffic for N ranks (one GPU each), without
+                         starting them
+  --nodes M              with --dry-run: the ranks spread over M nodes (default: this launch's)
+  --interconnect GBPS    bus bandwidth of the collectives' ring in GB/s (config key interconnect_GBps;
+                         default 360, NVLink, within one node; 25, the network, across nodes)
+  --tflops T             bf16 TFLOP/s one GPU sustains, for the compute time (default 45% of its peak;
+                         an H100's without a GPU; a one-GPU run's summary measures it)
 Output:
   --out DIR              where the adapter (or model), train_log.csv, TensorBoard event files (OUT/tensorboard)
                          and eval results go (default out). A previous run's outputs there are refused unless
@@ -97,7 +105,6 @@ Output:
                          config.json + tokenizer files; loads with AutoModelForCausalLM.from_pretrained)
   --dry-run              check every input, print the resolved plan (steps, schedule, batch, ZeRO, LoRA) and
                          the memory per rank by category, and stop before the GPU
-  --ranks N              with --dry-run: the plan and memory for N ranks, without starting them
   -h, --help             this text
 
 Subcommands:
@@ -192,11 +199,14 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--copy-gathers") o.zero.copy_gathers = true;
         else if (a == "--comm") o.comm = parse_transport(value(), a);
         else if (a == "--save-every") o.save_every = int(parse_int(a, value(), 1, 1 << 30));
+        else if (a == "--ranks") o.plan_ranks = int(parse_int(a, value(), 1, 1 << 20));
+        else if (a == "--nodes") o.nodes = int(parse_int(a, value(), 1, 1 << 20));
+        else if (a == "--interconnect") o.interconnect_GBps = parse_real(a, value());
+        else if (a == "--tflops") o.tflops = parse_real(a, value());
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
         else if (a == "--overwrite") o.overwrite = true;
         else if (a == "--check-timeout") o.check_timeout = parse_real(a, value());
         else if (a == "--merge") o.merge = true;
-        else if (a == "--ranks") o.plan_ranks = int(parse_int(a, value(), 1, 1 << 20));
         else fail("unknown option " + a + " (see ./train --help)");
     }
     if (o.given.count("--resume") && o.resume.empty())
@@ -207,7 +217,10 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     auto source = [&](const char* flag, const std::string& key) {
         return o.given.count(flag) || o.config_file.empty() ? std::string(flag) : o.config_file + ": " + key;
     };
+    if (o.nodes && !o.dry_run) fail("--nodes M plans a run over M nodes: it needs --dry-run (a run's nodes are where mpirun starts it)");
     if (!o.config_file.empty()) apply_config(o.config_file, o, world);
+    if (o.given.count("--interconnect") && !(o.interconnect_GBps > 0)) fail("--interconnect must be a positive bandwidth in GB/s");
+    if (o.given.count("--tflops") && !(o.tflops > 0)) fail("--tflops must be positive");
     if (o.zero.offload && o.zero.stage == 0)
         fail(source("--offload", "zero_optimization.offload_optimizer") + ": optimizer offload needs ZeRO stage 1, 2 or 3 (the optimizer state "
              "must be partitioned; the stage is 0" + (o.given.count("--zero-stage") || o.config_file.empty() ? "" : " in " + o.config_file) + ")");

@@ -43,7 +43,11 @@ struct Options {
     double check_timeout = 600;   // seconds a rank that has checked its inputs waits for the others (mpirun)
     bool merge = false;           // LoRA: also write the base with the adapters merged to OUT/model (HF)
     std::string tensorboard_dir;  // event files; "" = OUT/tensorboard (a config's tensorboard.output_path)
+    // A step on paper (distributed/traffic.h): the bytes each rank sends and the time they take.
     int plan_ranks = 0;           // --ranks N with --dry-run: plan for N ranks without starting them
+    int nodes = 0;                // --nodes M with --dry-run: the ranks spread over M nodes (0: this launch's)
+    double interconnect_GBps = 0; // --interconnect (config: interconnect_GBps): bus bandwidth; 0: by the nodes
+    double tflops = 0;            // --tflops: what one GPU sustains; 0: 45% of its bf16 peak
     std::set<std::string> given;  // flags given on the command line
     std::vector<std::string> config_notes;  // what the config resolved and which keys have no effect (the plan)
 };

@@ -426,9 +426,25 @@ void write_summary_json(const std::string& path, const RunSummary& s) {
         {"gpu_device_mean_gib", json_number(s.gpu_device_mean_gib)},
         {"seconds", json_number(s.seconds)},
     };
+    std::vector<std::pair<const char*, std::string>> all(std::begin(fields), std::end(fields));
+    if (s.comm_step > 0) {  // one step's collectives per rank: {"all_gather": bytes, "reduce_scatter": ..., "all_reduce": ...}
+        auto by_kind = [](const Traffic& t) {
+            static const char* keys[kCollectives] = {"all_gather", "reduce_scatter", "all_reduce"};
+            std::string o = "{";
+            for (int k = 0; k < kCollectives; ++k) o += std::string(k ? ", " : "") + "\"" + keys[k] + "\": " + json_number(t.volume_bytes(Collective(k)));
+            return o + "}";
+        };
+        all.insert(all.end(), {{"parameters", json_number(s.parameters)},
+                               {"comm_step", integer(s.comm_step)},
+                               {"comm_bytes", by_kind(s.comm)},
+                               {"comm_formula_bytes", by_kind(s.comm_formula)},
+                               {"comm_psi", json_number(s.comm.volume_elements() / s.parameters)},
+                               {"comm_formula_psi", json_number(s.comm_formula.volume_elements() / s.parameters)},
+                               {"comm_wire_bytes", json_number(s.comm.wire_bytes())},
+                               {"comm_padding_bytes", json_number(s.comm_padding_bytes)}});
+    }
     std::string text = "{\n";
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; ++i)
-        text += std::string("  \"") + fields[i].first + "\": " + fields[i].second + (i + 1 < sizeof fields / sizeof fields[0] ? ",\n" : "\n");
+    for (size_t i = 0; i < all.size(); ++i) text += std::string("  \"") + all[i].first + "\": " + all[i].second + (i + 1 < all.size() ? ",\n" : "\n");
     write_atomically(path, text + "}\n");
 }
 
@@ -449,7 +465,8 @@ void RunLog::open(const Setup& setup) {
         if (!append) std::fprintf(f, "%s\n", header);
         return f;
     };
-    if (s_.rank == 0) csv_ = open_log(s_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
+    if (s_.rank == 0) csv_ = open_log(s_.out + "/train_log.csv", "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss,"
+                                                        "all_gather_bytes,reduce_scatter_bytes,all_reduce_bytes");
     mem_csv_ = open_log(s_.out + "/memory_rank" + std::to_string(s_.rank) + ".csv", "step,seconds,rank_gpu_gib");
     if (s_.rank == 0 && !s_.tensorboard_dir.empty()) tensorboard_.open(s_.tensorboard_dir);
 }
@@ -459,7 +476,9 @@ void RunLog::start() { train_start_ = wall_seconds(); }
 void RunLog::add_step(const StepRecord& r) {
     window_.ms += r.ms, window_.loss_sum += r.loss_sum, window_.targets += r.targets, ++window_.steps;
     window_.tokens += r.tokens, window_.rows += r.rows;
+    for (int k = 0; k < kCollectives; ++k) window_.comm_bytes[k] += r.comm.volume_bytes(Collective(k));
     last_ = r;
+    result.comm = r.comm, result.comm_step = r.step;
     result.final_loss = r.loss;
     loss_.push_back({double(r.step), r.loss});  // every step, for OUT/loss.svg
     lr_.push_back({double(r.step), r.lr});
@@ -491,9 +510,11 @@ void RunLog::line(bool eval, double eval_loss, double gpu_gib, double gpu_in_use
         if (!std::isnan(eval_loss)) std::printf("  eval-loss %.4f", eval_loss);
         std::printf("\n");
         std::fflush(stdout);
-        std::fprintf(csv_, "%lld,%.4f,%.6f,%.6e,%.6f,%.1f,%.2f,%.2f,%.3f,%.3f,%s\n", (long long)step,
+        std::fprintf(csv_, "%lld,%.4f,%.6f,%.6e,%.6f,%.1f,%.2f,%.2f,%.3f,%.3f,%s", (long long)step,
                      double(step) / double(s_.steps_per_epoch), loss, last_.lr, last_.grad_norm, tps, tf, ms / double(window_.steps), gpu_gib,
                      result.peak_gib, std::isnan(eval_loss) ? "" : std::to_string(eval_loss).c_str());
+        for (int k = 0; k < kCollectives; ++k) std::fprintf(csv_, ",%.15g", window_.comm_bytes[k] / double(window_.steps));
+        std::fprintf(csv_, "\n");
         std::fflush(csv_);
         tensorboard_.scalars(step, {{"train/loss", loss}, {"train/learning_rate", last_.lr}, {"train/grad_norm", last_.grad_norm},
                                     {"train/epoch", double(step) / double(s_.steps_per_epoch)}, {"train/tokens_per_second", tps},
@@ -538,6 +559,25 @@ void RunLog::write_charts(const std::string& title, const std::vector<std::vecto
     write_memory_svg(s_.out + "/memory.svg", "GPU memory per rank (GiB): " + title, per_rank);
 }
 
+namespace {
+// The summary's rows for one step's collectives per rank: the bytes of each kind and the volume in Psi,
+// measured beside the formula, and what the ring has each rank send.
+void print_comm_rows(const RunResult& r) {
+    auto kinds = [](const Traffic& t) {
+        return format("%.3f", t.volume_bytes(Collective::all_gather) / 1e9) + " / " + format("%.3f", t.volume_bytes(Collective::reduce_scatter) / 1e9) +
+               " / " + format("%.3f", t.volume_bytes(Collective::all_reduce) / 1e9);
+    };
+    std::string formula = r.comm == r.comm_formula ? " (formula: the same)" : " (formula " + kinds(r.comm_formula) + ")";
+    std::printf("| collectives per step per rank (step %lld): all-gather / reduce-scatter / all-reduce | %s GB%s |\n", (long long)r.comm_step,
+                kinds(r.comm).c_str(), r.parameters > 0 ? formula.c_str() : "");
+    if (r.parameters <= 0) return;
+    double padding = r.comm_formula.volume_bytes() - r.comm_unpadded.volume_bytes();
+    std::printf("| the same in Psi (%s parameters); the ring sends from each rank | %.4g Psi (formula %.4g Psi, padding of shards %.2g%%); %.4g GB |\n",
+                thousands(int64_t(r.parameters)).c_str(), r.comm.volume_elements() / r.parameters, r.comm_formula.volume_elements() / r.parameters,
+                100 * padding / std::max(1.0, r.comm_formula.volume_bytes()), r.comm.wire_bytes() / 1e9);
+}
+}  // namespace
+
 void print_summary(const RunResult& r, const std::string& title) {
     std::printf("\n%s\n| metric | value |\n|---|---|\n", title.c_str());
     std::printf("| final train loss (the last step's) | %.4f |\n", r.final_loss);
@@ -550,6 +590,7 @@ void print_summary(const RunResult& r, const std::string& title) {
     std::printf("| GPU memory peak / mean / min (this rank, sampled every 0.1 s) | %.2f / %.2f / %.2f GiB |\n", r.peak_gib, r.mean_gib, r.min_gib);
     std::printf("| GPU memory in use, whole GPU as nvidia-smi shows it, peak / mean | %.2f / %.2f GiB |\n", r.gpu_device_peak_gib,
                 r.gpu_device_mean_gib);
+    if (r.comm_step > 0) print_comm_rows(r);
     if (r.answers_after.n > 0)
         std::printf("| eval answers: token-F1 before -> after | %.3f -> %.3f |\n| eval answers: exact match before -> after | %.1f%% -> %.1f%% |\n",
                     r.answers_before.mean_f1(), r.answers_after.mean_f1(), 100 * r.answers_before.exact_rate(), 100 * r.answers_after.exact_rate());

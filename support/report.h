@@ -2,7 +2,8 @@
 // rank over time), SQuAD-style answer scores (exact match and token F1), progress lines with an ETA for long
 // phases, the run summary (summary.json) that bench/collect.py turns into the workshop table, and the run's
 // log (RunLog: the progress line of each step window, train_log.csv, memory_rankR.csv, the summary table).
-// Knows nothing of CUDA, MPI, the model or ZeRO: callers hand it numbers and text.
+// Knows nothing of CUDA, MPI, the model or ZeRO: callers hand it numbers and text (a step's collectives as
+// distributed/traffic.h counts them: plain numbers too).
 //
 // Charts are plain SVG 1.1 that any browser opens. Each series is one element whose class names it, so a
 // script (or a test) can find it: `polyline.train-loss`, `polyline.eval-loss` (+ `g.eval-loss-markers`),
@@ -21,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "distributed/traffic.h"
 #include "support/tensorboard.h"
 
 // ---------------------------------------------------------------------------------------------- charts
@@ -129,6 +131,13 @@ struct RunSummary {
     double gpu_peak_gib = NAN, gpu_mean_gib = NAN, gpu_min_gib = NAN;  // this rank's GiB on its GPU, sampled over time
     double gpu_device_peak_gib = NAN, gpu_device_mean_gib = NAN;       // the whole GPU's GiB in use (nvidia-smi's figure)
     double seconds = NAN;                // wall time of the run
+    // One step's collectives per rank (traffic.h): measured at step comm_step (the last) and the formula
+    // (ZeroStore::traffic); written as bytes per kind (the paper's volume), the volume in Psi, the ring's
+    // bytes sent, and what padding shards to a multiple of the ranks adds to the formula. parameters: Psi.
+    double parameters = NAN;
+    int64_t comm_step = 0;               // 0: nothing measured (the comm keys are left out)
+    Traffic comm, comm_formula;
+    double comm_padding_bytes = NAN;
 };
 
 // Writes `s` as one JSON object (keys in the order above), atomically; fails naming the path.
@@ -139,7 +148,9 @@ void write_summary_json(const std::string& path, const RunSummary& s);
 // steps (and at each evaluation and the last step), the same numbers in OUT/train_log.csv (rank 0) and
 // OUT/memory_rankR.csv (every rank), the points of OUT/loss.svg and OUT/memory.svg, and the end-of-run
 // numbers (RunResult) for the summary table and summary.json. The trainer hands it each step's numbers as
-// it reads them back; the steps since the last line form a window whose time, tokens and loss it reports.
+// it reads them back; the steps since the last line form a window whose time, tokens and loss it reports,
+// and the bytes its collectives moved per step, by kind (train_log.csv's last three columns: the paper's
+// volume, the mean over the window's steps).
 
 // The end-of-run numbers: the summary table (print_summary) and OUT/summary.json.
 struct RunResult {
@@ -150,6 +161,11 @@ struct RunResult {
     int64_t steps = 0, steps_per_epoch = 0;
     std::vector<double> eval_losses;
     AnswerScore answers_before, answers_after;  // greedy answers to the eval questions (--score-answers)
+    // The collectives of the last step (traffic.h), and beside them what the trainer expects: the formula for
+    // the stage (ZeroStore::traffic), the same without the padding of shards, and the model's parameters (Psi).
+    int64_t comm_step = 0;
+    Traffic comm, comm_formula, comm_unpadded;
+    double parameters = 0;  // 0: no formula (the summary table shows the measured figures alone)
 };
 
 // Memory sampled over time (bytes): its peak, mean and minimum over `samples` samples.
@@ -167,6 +183,7 @@ struct StepRecord {
     double ms = 0;                     // its time on the GPU
     float lr = 0;                      // the learning rate it used
     double grad_norm = 0;              // the global gradient norm, before clipping
+    Traffic comm;                      // what this rank's collectives moved during the step
 };
 
 class RunLog {
@@ -207,6 +224,7 @@ class RunLog {
   private:
     struct Window {
         double ms = 0, loss_sum = 0, targets = 0, tokens = 0, rows = 0;
+        double comm_bytes[kCollectives] = {};  // the paper's volume, per kind
         int64_t steps = 0;
     };
     Setup s_;

@@ -123,6 +123,39 @@ TEST_CASE("cli: the launch: a transport that does not exist, and srun tasks that
                 "SLURM_STEP_NUM_TASKS=2 SLURM_PROCID=0");
 }
 
+TEST_CASE("cli: a step on paper: --dry-run --ranks N --nodes M prints each rank's bytes and the step time") {
+    std::string base = "--preset tiny --seq 64 --lora-rank 0 --zero-stage 3 --dry-run ";
+    Run one = run(base + "--ranks 8");
+    CAPTURE(one.output);
+    REQUIRE(one.status == 0);
+    CHECK(one.output.find("communication per step per rank (ZeRO stage 3, 8 ranks, formula): all-gather ") != std::string::npos);
+    CHECK(one.output.find("over NVLink in one node, 360 GB/s: the step takes ") != std::string::npos);
+    CHECK(one.output.find("at 445 TFLOP/s, assumed: 45% of an H100's bf16 peak") != std::string::npos);
+    CHECK(one.output.find("at each ZeRO stage: 0: 2 Psi, ") != std::string::npos);  // full fine-tuning: 2, 3, 2 Psi
+    CHECK(one.output.find("; 1: 3 Psi, ") != std::string::npos);
+    CHECK(one.output.find("; 2: 2 Psi, ") != std::string::npos);
+    Run nodes = run(base + "--ranks 8 --nodes 2 --tflops 200");
+    CAPTURE(nodes.output);
+    REQUIRE(nodes.status == 0);
+    CHECK(nodes.output.find("over 2 nodes of 4 GPUs, the ring crosses the network, 25 GB/s") != std::string::npos);
+    CHECK(nodes.output.find("at 200 TFLOP/s, --tflops)") != std::string::npos);
+    CHECK(run(base + "--ranks 8 --nodes 2 --interconnect 50").output.find("the ring crosses the network, 50 GB/s (given)") != std::string::npos);
+    std::string fast = temp_file("ds_fast.json", R"({"interconnect_GBps": 900})");
+    CHECK(run(base + "--ranks 4 --config " + fast).output.find("NVLink in one node, 900 GB/s (given)") != std::string::npos);
+    check_error("--preset tiny --ranks 4", "--ranks N plans a run for N ranks without starting them: it needs --dry-run");
+    check_error("--preset tiny --nodes 2", "--nodes M plans a run over M nodes: it needs --dry-run");
+    check_error("--preset tiny --seq 64 --dry-run --ranks 8 --nodes 3", "--nodes 3: the nodes must divide the 8 ranks evenly");
+    check_error("--preset tiny --seq 64 --dry-run --nodes 2", "--nodes 2: the nodes must divide the 1 ranks evenly");
+    check_error("--preset tiny --dry-run --ranks 0", "--ranks must be in [1,");
+    check_error("--preset tiny --dry-run --interconnect 0", "--interconnect must be a positive bandwidth in GB/s");
+    check_error("--preset tiny --dry-run --interconnect fast", "--interconnect needs a number, not \"fast\"");
+    check_error("--preset tiny --dry-run --tflops -5", "--tflops must be positive");
+    std::string slow = temp_file("ds_slow.json", R"({"interconnect_GBps": -1})");
+    check_error("--preset tiny --dry-run --config " + slow, "ds_slow.json: interconnect_GBps must be a positive bandwidth in GB/s");
+    std::string word = temp_file("ds_word.json", R"({"interconnect_GBps": "fast"})");
+    check_error("--preset tiny --dry-run --config " + word, "ds_word.json: interconnect_GBps must be a number, not \"fast\"");
+}
+
 TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpoints") {
     check_error("--zero-stage 4", "--zero-stage must be in [0, 3], not 4");
     check_error("--offload --preset tiny --dry-run", "--offload: optimizer offload needs ZeRO stage 1, 2 or 3");

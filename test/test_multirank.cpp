@@ -8,6 +8,9 @@
 //     answers in near-ties, such as how often " of" repeats before the end token, that rounding can flip);
 //   - 10 steps + checkpoint, resumed on 2 ranks for 10, resumed on 3 ranks for 10: the one-rank trajectory;
 //   - the memory report per rank falls with the stage, model states within 5% of the ZeRO estimate;
+//   - the bytes each collective kind moves in every step equal ZeroStore::traffic's formula, exactly, at
+//     every stage, LoRA and full, with accumulation, recompute, keep_gathered, persistence thresholds,
+//     buckets, no prefetch, offload, and one rank in place;
 //   - failures end every rank: a rank killed mid-step, a bad file seen by one rank, ranks whose options
 //     differ, --comm nccl on a shared GPU.
 // Why a bound and not bitwise: with N ranks each product runs on 1/N of the rows (cuBLASLt may choose
@@ -25,6 +28,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -32,6 +36,7 @@
 
 #include "support/cuda_calls.h"
 #include "support/json.h"
+#include "zero3.h"
 
 namespace {
 
@@ -53,6 +58,7 @@ struct Result {
     std::vector<double> losses;  // per step
     double eval_loss = NAN;      // the last evaluation
     std::vector<std::string> samples;
+    std::vector<std::vector<double>> comm;  // per step: the paper's bytes of all-gather, reduce-scatter, all-reduce
 };
 
 std::string exe() {
@@ -81,6 +87,7 @@ Result read_run(const std::string& out_dir, FILE* p) {
         while (std::getline(ss, cell, ',')) f.push_back(cell);
         if (f.size() >= 3 && !f[2].empty()) r.losses.push_back(std::stod(f[2]));
         if (f.size() >= 11 && !f[10].empty()) r.eval_loss = std::stod(f[10]);
+        if (f.size() >= 14) r.comm.push_back({std::stod(f[11]), std::stod(f[12]), std::stod(f[13])});
     }
     std::stringstream out(r.output);
     while (std::getline(out, line))
@@ -242,6 +249,76 @@ TEST_CASE("gpu: memory per rank falls with the stage; model states match the ZeR
         MESSAGE("stage " << stage << " on 4 ranks: model states " << states << " GiB per rank");
         CHECK(states < previous * (stage == 0 ? 1.0 : 0.999));
         previous = states;
+    }
+}
+
+TEST_CASE("gpu: every step's bytes per collective kind equal the formula, for every stage and option, on 1-4 ranks") {
+    if (!gpu_and_mpi()) return;
+    struct Case {
+        std::string name, flags;
+        int ranks, accumulation;
+        int lora_rank;
+        std::function<void(ZeroOptions&)> options;  // what the flags or config set
+    };
+    std::string buckets = temp_file("comm_buckets.json", R"({"zero_optimization": {"stage": 1, "reduce_bucket_size": 100000}})");
+    std::string kept = temp_file("comm_kept.json", R"({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 1000000}})");
+    std::string bare = temp_file("comm_bare.json",
+                                 R"({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0}})");
+    const Case cases[] = {
+        {"stage 0 LoRA", "--zero-stage 0", 2, 1, 16, [](ZeroOptions& z) { z.stage = 0; }},
+        {"stage 1 full, all-reduce buckets of 100,000", "--config " + buckets, 3, 1, 0, [](ZeroOptions& z) { z.stage = 1, z.reduce_bucket_size = 100000; }},
+        {"stage 2 LoRA, 2 accumulation steps", "--zero-stage 2", 4, 2, 16, [](ZeroOptions& z) { z.stage = 2; }},
+        {"stage 3 LoRA", "--zero-stage 3", 3, 1, 16, [](ZeroOptions& z) { z.stage = 3; }},
+        {"stage 3 full, 2 accumulation steps, recompute", "--zero-stage 3 --checkpoint-activations", 4, 2, 0, [](ZeroOptions& z) { z.stage = 3; }},
+        {"stage 3 full, --keep-gathered", "--zero-stage 3 --keep-gathered", 2, 1, 0, [](ZeroOptions& z) { z.stage = 3, z.keep_gathered = true; }},
+        {"stage 3 LoRA, layers kept replicated (threshold 1,000,000)", "--config " + kept, 4, 1, 16,
+         [](ZeroOptions& z) { z.stage = 3, z.persistence_threshold = 1000000; }},
+        {"stage 3 full, every unit sharded, no prefetch", "--config " + bare, 3, 1, 0,
+         [](ZeroOptions& z) { z.stage = 3, z.persistence_threshold = 0, z.prefetch_bucket_size = 0; }},
+        {"stage 1 LoRA, CPU offload", "--zero-stage 1 --offload", 4, 1, 16, [](ZeroOptions& z) { z.stage = 1, z.offload = true; }},
+        {"stage 2 full, CPU offload", "--zero-stage 2 --offload", 3, 1, 0, [](ZeroOptions& z) { z.stage = 2, z.offload = true; }},
+        {"stage 3 full, CPU offload", "--zero-stage 3 --offload", 2, 1, 0, [](ZeroOptions& z) { z.stage = 3, z.offload = true; }},
+        {"stage 3 LoRA on one rank (shards read in place)", "--zero-stage 3", 1, 1, 16, [](ZeroOptions& z) { z.stage = 3; }},
+        {"stage 3 LoRA on one rank, --copy-gathers", "--zero-stage 3 --copy-gathers", 1, 1, 16, [](ZeroOptions& z) { z.stage = 3, z.copy_gathers = true; }},
+    };
+    LlamaConfig c = preset_config("tiny");
+    int k = 0;
+    for (const Case& t : cases) {
+        CAPTURE(t.name);
+        LoraConfig lora;
+        lora.rank = t.lora_rank, lora.alpha = 32;
+        ZeroOptions z;
+        t.options(z);
+        Traffic formula = ZeroStore::traffic(c, lora, z, t.ranks, t.accumulation);
+        // With offload the new weights of replicated units are all-gathered in the next step's forward (O4):
+        // a run's first step has none of them (stages 1, 2: every all-gather; stage 3 full: the final norm's).
+        double deferred = !z.offload ? 0 : z.stage <= 2 ? formula.volume_bytes(Collective::all_gather)
+                                         : t.lora_rank ? 0 : 2.0 * double(make_shard(c.hidden_size, t.ranks).padded);
+        std::string args = "--preset tiny --data " + data_file() + " --seq 32 --steps 3 --log-every 1 --lr 1e-3 --sample 0 --seed 3 --lora-rank " +
+                           std::to_string(t.lora_rank) + " --micro-batch 2 --grad-accum " + std::to_string(t.accumulation) + " " + t.flags;
+        std::string out = temp_dir("comm_" + std::to_string(k++));
+        Result r = train(t.ranks, args, out);
+        CAPTURE(r.output);
+        REQUIRE(r.status == 0);
+        REQUIRE(r.comm.size() == 3);
+        for (size_t step = 0; step < r.comm.size(); ++step) {
+            CAPTURE(step + 1);
+            for (int kind = 0; kind < kCollectives; ++kind) {
+                CAPTURE(collective_name(Collective(kind)));
+                double want = formula.volume_bytes(Collective(kind));
+                if (step == 0 && Collective(kind) == Collective::all_gather) want -= deferred;
+                CHECK(r.comm[step][size_t(kind)] == want);
+            }
+        }
+        // the last step in the summary: every call, element and byte as the formula says
+        CHECK(r.output.find("(formula: the same)") != std::string::npos);
+        Json j = read_json_file(out + "/summary.json");
+        REQUIRE(j.find("comm_formula_bytes"));
+        CHECK(j.find("comm_formula_bytes")->find("all_gather")->number == formula.volume_bytes(Collective::all_gather));
+        CHECK(j.find("comm_bytes")->find("reduce_scatter")->number == formula.volume_bytes(Collective::reduce_scatter));
+        CHECK(j.find("comm_psi")->number == doctest::Approx(formula.volume_elements() / double(c.num_parameters())));
+        CHECK(r.output.find("on paper, one step with a GPU per rank: compute ") != std::string::npos);
+        MESSAGE(t.name << " on " << t.ranks << " rank" << (t.ranks > 1 ? "s" : "") << ": " << traffic_text(formula, double(c.num_parameters())));
     }
 }
 

@@ -766,6 +766,29 @@ TEST_CASE("report: summary.json parses and has every key") {
     CHECK(j.find("seconds")->number == s.seconds);
     CHECK_THROWS_WITH_AS(write_summary_json("/nonexistent_dir/summary.json", s),
                          doctest::Contains("cannot write /nonexistent_dir/summary.json"), Error);
+
+    // a step's collectives, measured and the formula: the paper's bytes by kind (all-reduce twice), in Psi
+    s.parameters = double(1000 + rng.below(1000)), s.comm_step = 1 + int64_t(rng.below(100)), s.comm_padding_bytes = double(rng.below(64));
+    s.comm.ranks = s.comm_formula.ranks = 4;
+    int64_t ag = 4 * int64_t(1 + rng.below(5000)), rs = 4 * int64_t(1 + rng.below(5000)), ar = int64_t(1 + rng.below(5000));
+    s.comm.add(Collective::all_gather, ag, 2), s.comm.add(Collective::reduce_scatter, rs, 4), s.comm.add(Collective::all_reduce, ar, 4);
+    s.comm_formula = s.comm;
+    s.comm_formula.add(Collective::all_gather, 4, 2);
+    write_summary_json(path, s);
+    j = read_json_file(path);
+    const char* comm_keys[] = {"parameters", "comm_step", "comm_bytes", "comm_formula_bytes", "comm_psi", "comm_formula_psi", "comm_wire_bytes",
+                               "comm_padding_bytes"};
+    REQUIRE(j.object.size() == sizeof keys / sizeof keys[0] + sizeof comm_keys / sizeof comm_keys[0]);
+    for (size_t i = 0; i < sizeof comm_keys / sizeof comm_keys[0]; ++i) CHECK(j.object[sizeof keys / sizeof keys[0] + i].first == comm_keys[i]);
+    CHECK(j.find("comm_step")->integer == s.comm_step);
+    CHECK(j.find("comm_bytes")->find("all_gather")->number == double(2 * ag));
+    CHECK(j.find("comm_bytes")->find("reduce_scatter")->number == double(4 * rs));
+    CHECK(j.find("comm_bytes")->find("all_reduce")->number == double(2 * 4 * ar));
+    CHECK(j.find("comm_formula_bytes")->find("all_gather")->number == double(2 * ag + 8));
+    CHECK(j.find("comm_psi")->number == doctest::Approx(double(ag + rs + 2 * ar) / s.parameters));
+    CHECK(j.find("comm_formula_psi")->number == doctest::Approx(double(ag + 4 + rs + 2 * ar) / s.parameters));
+    CHECK(j.find("comm_wire_bytes")->number == doctest::Approx(0.75 * double(2 * ag + 4 * rs + 8 * ar)));
+    CHECK(j.find("comm_padding_bytes")->number == s.comm_padding_bytes);
 }
 
 // ---------------------------------------------------------------------------------------------- the run's log
@@ -785,10 +808,12 @@ std::string captured_stdout(const std::string& path, Fn fn) {
     return read_file(path);
 }
 
-StepRecord step_record(int64_t step, double loss_sum, double targets, double tokens, double ms) {
+StepRecord step_record(int64_t step, double loss_sum, double targets, double tokens, double ms, int64_t gathered = 0) {
     StepRecord r;
     r.step = step, r.loss_sum = loss_sum, r.targets = targets, r.loss = loss_sum / targets;
     r.tokens = tokens, r.rows = 4, r.ms = ms, r.lr = 1e-3f, r.grad_norm = 2;
+    r.comm.ranks = 2;
+    r.comm.add(Collective::all_gather, gathered, 2), r.comm.add(Collective::reduce_scatter, 10, 4), r.comm.add(Collective::all_reduce, 1, 4);
     return r;
 }
 }  // namespace
@@ -804,9 +829,9 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
         log.open(s);
         log.start();
         // steps 1-2: 20 nats over 10 targets, 200 tokens in 100 ms; steps 3-4: 6 over 4, 100 tokens in 50 ms
-        log.add_step(step_record(1, 10, 5, 100, 50));
+        log.add_step(step_record(1, 10, 5, 100, 50, 100));  // all-gathers of 200 and 300 bytes: 250 a step
         CHECK(!log.line_due(1, false));
-        log.add_step(step_record(2, 10, 5, 100, 50));
+        log.add_step(step_record(2, 10, 5, 100, 50, 150));
         REQUIRE(log.line_due(2, false));
         log.line(false, NAN, 1.5, 3.0);
         log.add_step(step_record(3, 3, 2, 50, 25));
@@ -842,9 +867,10 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
     CHECK(out[1].substr(out[1].size() - 18) == "  eval-loss 1.2500");
     std::vector<std::string> csv = lines_of(read_file(dir + "/train_log.csv"));
     REQUIRE(csv.size() == 3);
-    CHECK(csv[0] == "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss");
-    CHECK(csv[1] == "2,1.0000,2.000000,1.000000e-03,2.000000,2000.0,2.00,50.00,1.500,1.500,");
-    CHECK(csv[2] == "4,2.0000,1.500000,1.000000e-03,2.000000,2000.0,2.00,25.00,2.500,2.500,1.250000");
+    CHECK(csv[0] == "step,epoch,loss,lr,grad_norm,tokens_per_s,tflops,step_ms,gpu_gib,peak_gib,eval_loss,all_gather_bytes,"
+                    "reduce_scatter_bytes,all_reduce_bytes");
+    CHECK(csv[1] == "2,1.0000,2.000000,1.000000e-03,2.000000,2000.0,2.00,50.00,1.500,1.500,,250,40,8");
+    CHECK(csv[2] == "4,2.0000,1.500000,1.000000e-03,2.000000,2000.0,2.00,25.00,2.500,2.500,1.250000,0,40,8");
     std::vector<std::string> memory = lines_of(read_file(dir + "/memory_rank0.csv"));
     REQUIRE(memory.size() == 3);
     CHECK(memory[0] == "step,seconds,rank_gpu_gib");
@@ -864,6 +890,8 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
     CHECK(result.mean_gib == 2.0);
     CHECK(result.min_gib == 1.5);
     CHECK(result.eval_samples_per_s == 20);
+    CHECK(result.comm_step == 4);  // the last step's collectives
+    CHECK(result.comm == step_record(4, 3, 2, 50, 25).comm);
     REQUIRE(result.eval_losses.size() == 1);
     CHECK(result.eval_losses[0] == 1.25);
     CHECK(access((dir + "/loss.svg").c_str(), R_OK) == 0);
@@ -905,6 +933,27 @@ TEST_CASE("report: the run's log prints each window's line and CSV rows, and a r
     CHECK(lines_of(read_file(dir + "/memory_rank1.csv")).size() == 2);
 }
 
+TEST_CASE("report: the summary table shows the last step's collectives beside the formula") {
+    RunResult r;
+    r.steps = 3, r.comm_step = 3, r.parameters = 1e9;
+    r.comm.ranks = 4;  // 2 GB all-gathered, 4 GB reduce-scattered, an 8-byte all-reduce: 2 Psi; the ring sends 3/4
+    r.comm.add(Collective::all_gather, 1000000000, 2), r.comm.add(Collective::reduce_scatter, 1000000000, 4), r.comm.add(Collective::all_reduce, 1, 4);
+    r.comm_formula = r.comm, r.comm_unpadded = r.comm;
+    r.comm_unpadded.elements[0] -= 100, r.comm_unpadded.bytes[0] -= 200;
+    std::string dir = temp_dir("summary_comm");
+    std::string same = captured_stdout(dir + "/a.txt", [&] { print_summary(r, "run summary"); });
+    CAPTURE(same);
+    CHECK(same.find("| collectives per step per rank (step 3): all-gather / reduce-scatter / all-reduce | 2.000 / 4.000 / 0.000 GB "
+                    "(formula: the same) |") != std::string::npos);
+    CHECK(same.find("| the same in Psi (1,000,000,000 parameters); the ring sends from each rank | 2 Psi (formula 2 Psi, padding of shards "
+                    "3.3e-06%); 4.5 GB |") != std::string::npos);
+    r.comm_formula.calls[1] += 1;  // one call more, the same bytes: not the same traffic
+    std::string differs = captured_stdout(dir + "/b.txt", [&] { print_summary(r, "run summary"); });
+    CHECK(differs.find("| 2.000 / 4.000 / 0.000 GB (formula 2.000 / 4.000 / 0.000) |") != std::string::npos);
+    r.comm_step = 0;  // nothing measured: no rows
+    CHECK(captured_stdout(dir + "/c.txt", [&] { print_summary(r, "run summary"); }).find("collectives") == std::string::npos);
+}
+
 TEST_CASE("report: bench/collect.py makes the workshop table, and names a malformed summary") {
     if (std::system("python3 -c pass > /dev/null 2>&1") != 0) return skip_test("no python3");
     REQUIRE(access("bench/collect.py", R_OK) == 0);
@@ -916,6 +965,10 @@ TEST_CASE("report: bench/collect.py makes the workshop table, and names a malfor
     s.train_samples_per_s = 123.45, s.global_train_samples_per_s = 111.25, s.eval_samples_per_s = 456.78, s.tokens_per_s = 5e4, s.tflops = 12.5;
     s.gpu_peak_gib = 12.345, s.gpu_mean_gib = 10.5, s.gpu_min_gib = 8, s.seconds = 3725;
     s.gpu_device_peak_gib = 20.25, s.gpu_device_mean_gib = 19.5;
+    s.parameters = 1e9, s.comm_step = 200, s.comm.ranks = 2;  // 1.5e9 elements: 1.5 Psi; 3 GB of all-gather, 0.5 GB of all-reduce
+    s.comm.add(Collective::all_gather, 1500000000, 2), s.comm.add(Collective::all_reduce, 62500000, 4);
+    s.comm_formula = s.comm;
+    s.comm_formula.add(Collective::reduce_scatter, 500000000, 4);  // the formula says 2.125 Psi
     write_summary_json(a + "/summary.json", s);
     // A summary from another writer: keys missing, one null, several evaluations.
     std::ofstream(b + "/summary.json") << R"({"world_size": 2, "zero_stage": 3, "offload": true, "final_train_loss": 0.5,
@@ -929,11 +982,15 @@ TEST_CASE("report: bench/collect.py makes the workshop table, and names a malfor
     CHECK(cells(rows[0]) == std::vector<std::string>{"run", "GPUs", "ZeRO stage", "offload", "final train loss",
                                                      "train loss, mean (HF)", "eval loss", "train samples/s per GPU",
                                                      "train samples/s, all GPUs (HF)", "eval samples/s", "steps/epoch",
-                                                     "GPU memory peak / mean / min (GiB)", "whole GPU peak / mean (GiB)", "time"});
+                                                     "GPU memory peak / mean / min (GiB)", "whole GPU peak / mean (GiB)",
+                                                     "collectives/step (Psi, measured / formula)",
+                                                     "GB/step: all-gather / reduce-scatter / all-reduce", "time"});
     CHECK(cells(rows[2]) == std::vector<std::string>{"stage0_1gpu", "1", "0", "no", "1.2346", "1.7500", "2.5000", "123.5", "111.2", "456.8",
-                                                     "100", "12.35 / 10.50 / 8.00", "20.25 / 19.50", "1h02m"});
+                                                     "100", "12.35 / 10.50 / 8.00", "20.25 / 19.50", "1.62 / 2.12",
+                                                     "3.000 / 0.000 / 0.500", "1h02m"});
     CHECK(cells(rows[3]) == std::vector<std::string>{"stage3_offload_2gpu", "2", "3", "yes", "0.5000", "—",
-                                                     "2.1250 (2.5000, 2.2500, 2.1250)", "—", "—", "—", "50", "— / — / —", "— / —", "42s"});
+                                                     "2.1250 (2.5000, 2.2500, 2.1250)", "—", "—", "—", "50", "— / — / —", "— / —", "—", "—",
+                                                     "42s"});
     CHECK(read_file(root + "/table.md") == out);
 
     std::string broken = temp_dir("report_collect/broken");
@@ -952,4 +1009,8 @@ TEST_CASE("report: bench/collect.py makes the workshop table, and names a malfor
     out = run_command("python3 bench/collect.py " + broken, status);
     CHECK(status == 1);
     CHECK(out.find("\"steps\" should be a number") != std::string::npos);
+    std::ofstream(broken + "/summary.json") << "{\"comm_bytes\": {\"all_gather\": 1}}";
+    out = run_command("python3 bench/collect.py " + broken, status);
+    CHECK(status == 1);
+    CHECK(out.find("\"comm_bytes\" should be an object of numbers: all_gather, reduce_scatter, all_reduce") != std::string::npos);
 }
