@@ -21,6 +21,9 @@ class SafetensorsReader {
     explicit SafetensorsReader(const std::string& path);  // a directory or one .safetensors file
     const SafeTensor* find(const std::string& name) const;
     const std::map<std::string, SafeTensor>& tensors() const { return tensors_; }
+    // Tensor `name` with its shape checked against `shape` and its dtype one of BF16, F16, F32. Fails naming
+    // file and tensor.
+    const SafeTensor& checked(const std::string& name, const std::vector<int64_t>& shape) const;
     // Reads `name` as fp32 values (converting BF16/F16/F32), checking the shape. Fails naming file and tensor.
     std::vector<float> read_float(const std::string& name, const std::vector<int64_t>& shape) const;
 
@@ -29,6 +32,15 @@ class SafetensorsReader {
     std::string where_;
     std::map<std::string, SafeTensor> tensors_;
 };
+
+// Pieces of tensors, for a loader that puts each byte where it goes (distributed/load.h). Both are safe to
+// call from several threads at once.
+//   read_tensor_bytes  bytes [begin, begin + n) of t's data into dst (pread; fails naming the file)
+//   to_float           n values stored as `dtype` (BF16, F16 or F32) as fp32, exactly: the host reference of
+//                      the GPU's conversion (kernels/ops.h convert_weights) and what read_float returns
+void read_tensor_bytes(const SafeTensor& t, uint64_t begin, uint64_t n, void* dst);
+void to_float(const void* raw, const std::string& dtype, float* out, size_t n);
+size_t element_bytes(const std::string& dtype);  // 2 for "BF16"; 0 for a dtype this file does not know
 
 struct TensorToWrite {
     std::string name, dtype;  // "BF16" or "F32"
