@@ -81,11 +81,9 @@ void LlamaModel::carve(char* base) {
     arena_bytes_ = at;
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaStream_t stream, bool recompute, int max_position)
-    : c_(c), lora_(lora), B_(B), T_(T), N_(B * T), max_position_(std::max(T, max_position)), stream_(stream),
-      recompute_(recompute) {
-    gemm_ = gemm_create(stream);
-    attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
+// The sizes: every buffer's count, and the arena's bytes (no GPU).
+LlamaModel::LlamaModel(Sizing, const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute, int max_position)
+    : c_(c), lora_(lora), B_(B), T_(T), N_(B * T), max_position_(std::max(T, max_position)), recompute_(recompute) {
     layer_layout_ = unit_layout(c, 1);
     for (int t = 0; t < kTargets; ++t) projection_out_[t] = int(layer_tensor_shape(c, kProjection[t])[0]);  // W: [out, in]
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
@@ -96,6 +94,17 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     int64_t logit_bytes = lora.rank > 0 ? (256ll << 20) : (1ll << 30);
     head_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(N_, logit_bytes / (int64_t(c.vocab_size) * 2))));
     carve(nullptr);
+}
+
+size_t LlamaModel::arena_size(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute, int max_position) {
+    return LlamaModel(Sizing{}, c, lora, B, T, recompute, max_position).arena_bytes_;
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaStream_t stream, bool recompute, int max_position)
+    : LlamaModel(Sizing{}, c, lora, B, T, recompute, max_position) {
+    stream_ = stream;
+    gemm_ = gemm_create(stream);
+    attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
     arena_ = device_alloc<char>(arena_bytes_, "activations");
     carve(arena_);
     check_cuda(cudaMemset(loss_sum_, 0, sizeof(float)), "memset loss");
@@ -422,16 +431,18 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     training_ = false;
 }
 
-void LlamaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, UnitStore& store,
-                        const KvCache& cache, float* logits) {
+void LlamaModel::set_decode_inputs(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, int max_len) {
     if (T_ != 1 || int(tokens.size()) != B_ || int(positions.size()) != B_)
         exit_with_error("LlamaModel::decode needs a model made for one token per row and a token and position for each row");
     for (int32_t p : positions)
-        if (p < 0 || p >= cache.max_len || p >= max_position_) exit_with_error("LlamaModel::decode: position past the KV cache");
-    int L = c_.num_hidden_layers, D = c_.hidden_size;
+        if (p < 0 || p >= max_len || p >= max_position_) exit_with_error("LlamaModel::decode: position past the KV cache");
     std::vector<int32_t> io(tokens);  // pageable source: copied before the call returns
     io.insert(io.end(), positions.begin(), positions.end());
     check_cuda(cudaMemcpyAsync(decode_io_, io.data(), io.size() * 4, cudaMemcpyHostToDevice, stream_), "copy tokens");
+}
+
+void LlamaModel::decode(UnitStore& store, const KvCache& cache, float* logits) {
+    int L = c_.num_hidden_layers, D = c_.hidden_size;
     DeviceBatch batch{B_, 1, decode_io_, nullptr, decode_io_ + B_, nullptr};
     UnitView emb = store.gather(0, Pass::forward);
     embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);

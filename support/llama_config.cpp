@@ -129,8 +129,15 @@ LlamaConfig preset_config(const std::string& name) {
         c.hidden_size = 2048, c.intermediate_size = 8192, c.num_hidden_layers = 16;
         c.num_attention_heads = 32, c.num_key_value_heads = 8, c.head_dim = 64;
         c.max_position_embeddings = 131072;
+    } else if (name == "llama-2-7b" || name == "llama-2-13b") {  // meta-llama/Llama-2-7b-hf's and -13b-hf's shapes
+        bool big = name == "llama-2-13b";
+        c.vocab_size = 32000, c.rope_theta = 10000.0f, c.rope_llama3 = false, c.tie_word_embeddings = false;
+        c.bos_token_id = 1, c.eos_token_ids = {2};
+        c.hidden_size = big ? 5120 : 4096, c.intermediate_size = big ? 13824 : 11008, c.num_hidden_layers = big ? 40 : 32;
+        c.num_attention_heads = c.num_key_value_heads = big ? 40 : 32, c.head_dim = 128;
+        c.max_position_embeddings = 4096;
     } else {
-        fail("unknown preset \"" + name + "\" (--preset: tiny or llama-3.2-1b)");
+        fail("unknown preset \"" + name + "\" (--preset: tiny, llama-3.2-1b, llama-2-7b or llama-2-13b)");
     }
     return c;
 }

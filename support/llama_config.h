@@ -25,7 +25,8 @@ struct LlamaConfig {
 
 // Reads an HF config.json; fails naming the file and field on anything a Llama model cannot be.
 LlamaConfig load_config(const std::string& path);
-// Named shapes for random initialisation: "tiny" (the default base) and "llama-3.2-1b".
+// Named shapes for random initialisation: "tiny" (the default base), "llama-3.2-1b", and "llama-2-7b",
+// "llama-2-13b" (the Llama-2 vocabulary of 32,000: their default tokenizer is data/llama2_tokenizer.json).
 LlamaConfig preset_config(const std::string& name);
 // An HF config.json for `c` (what transformers' from_pretrained reads).
 std::string config_json(const LlamaConfig& c);

@@ -23,7 +23,7 @@ WordNet QA set, evaluates, prints sample answers and writes the adapter to out/.
 
 Model:
   --model DIR            HF model directory (config.json + model.safetensors[.index.json])
-  --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b
+  --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b, llama-2-7b, llama-2-13b
   --adapter DIR          start from a PEFT LoRA adapter (its r, alpha and targets are used)
 LoRA:
   --lora-rank N          adapter rank; 0 = full fine-tuning of every weight (default 16)
@@ -32,7 +32,8 @@ LoRA:
   --lora-dropout P       PEFT's lora_dropout: dropout on each adapter's input while training (default 0;
                          an --adapter's own value unless given)
 Data:
-  --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json)
+  --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json;
+                         data/llama2_tokenizer.json for the llama-2 presets)
   --data PATH[,PATH..]   training data: .jsonl rows {"text"}, {"question","answer"[,"context"]},
                          {"prompt","completion"} or {"input_ids"[,"labels"]}; or plain text (a file or a
                          directory, packed). Default: data/qa_train.jsonl
@@ -81,7 +82,7 @@ Output:
                          token F1 and exact match against the reference answers (SQuAD-style)
   --profile N            after 2 warm-up steps, time N steps by kernel family (GEMMs, LoRA, attention, norms,
                          ...) and print each family's milliseconds beside its floor on this GPU (bench/PROFILE.md)
-  --dry-run              check every input, print the plan, and stop before the GPU
+  --dry-run              check every input, print the memory estimate per rank, and stop before the GPU
   -h, --help             this text
 
 Subcommands:
@@ -332,7 +333,8 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     Schedule s;
     s.kind = o.schedule, s.lr = o.lr, s.warmup_steps = std::max(0, o.warmup_steps);
     check_schedule(s, "--lr-schedule");
-    if (o.tokenizer.empty()) o.tokenizer = default_path("data/tokenizer.json");
+    bool llama2 = o.preset.rfind("llama-2-", 0) == 0;  // the Llama-2 shapes take the Llama-2 vocabulary
+    if (o.tokenizer.empty()) o.tokenizer = default_path(llama2 ? "data/llama2_tokenizer.json" : "data/tokenizer.json");
     if (o.data.empty()) {
         o.data = default_path("data/qa_train.jsonl");
         if (o.eval_data.empty() && o.eval_fraction == 0) o.eval_data = default_path("data/qa_eval.jsonl");

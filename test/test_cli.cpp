@@ -55,6 +55,16 @@ TEST_CASE("cli: help, tokenize and a dry run succeed") {
     Run dry = run("--preset tiny --seq 128 --dry-run");
     CHECK(dry.status == 0);
     CHECK(dry.output.find("dry run: inputs are valid") != std::string::npos);
+    CHECK(dry.output.find("memory per rank (GiB), ZeRO estimate for 1 rank at stage 0: weights 0.07") != std::string::npos);
+    // a 13B's full fine-tuning on one GPU, estimated without one (its Llama-2 vocabulary: the default
+    // Llama-2-family tokenizer)
+    std::string rows = temp_file("dry_13b.jsonl", "{\"text\": \"a harbor is a sheltered port\"}\n");
+    Run big = run("--preset llama-2-13b --lora-rank 0 --zero-stage 3 --offload --checkpoint-activations --seq 4096 --micro-batch 1 "
+                  "--data " + rows + " --dry-run");
+    CAPTURE(big.output);
+    CHECK(big.status == 0);
+    CHECK(big.output.find("13,015,864,320 parameters") != std::string::npos);
+    CHECK(big.output.find("at stage 3 + offload: weights 24.24, master 0.00, grads 48.49") != std::string::npos);
 }
 
 TEST_CASE("cli: each bad flag is one error line") {
