@@ -151,11 +151,11 @@ void CpuOptimizer::start() {
 
 // ------------------------------------------------------------------------------------------ each step
 
-void CpuOptimizer::copy_down(int k) {
+void CpuOptimizer::copy_down(int k, int64_t step) {
     HostShard& h = shards_[size_t(k)];
     if (h.n > 0) cuda_or_throw(cudaMemcpyAsync(slot_of(k).grad, h.device_grad, size_t(h.n) * 4, cudaMemcpyDeviceToHost, copy_), "copy grads");
     cuda_or_throw(cudaEventRecord(h.grad_copied, copy_), "event");
-    h.copied_for = steps_ + 1;
+    h.copied_for = step;
 }
 
 // O1: the first R shards' finished gradients to their transit buffers, on the copy stream.
@@ -164,7 +164,7 @@ void CpuOptimizer::gradient_ready(int k) {
     worker_->finish();               // the slot's last round is over (long since: the forward waited for it)
     check_cuda(cudaEventRecord(grad_reduced_, comm_), "event");
     check_cuda(cudaStreamWaitEvent(copy_, grad_reduced_, 0), "wait");
-    copy_down(k);
+    copy_down(k, steps_ + 1);  // for the step about to start
 }
 
 // O2, after the clip scale is computed on the GPU.
@@ -196,7 +196,7 @@ void CpuOptimizer::update(int k) {
                       where + "copy weights");
     cuda_or_throw(cudaEventRecord(h.uploaded, copy_), where + "event");
     s.last = k;
-    if (k + kTransitSlots < int(shards_.size())) copy_down(k + kTransitSlots);
+    if (k + kTransitSlots < int(shards_.size())) copy_down(k + kTransitSlots, steps_);
 }
 
 // O4: before the shard's weights are read on the GPU; once per step and shard.

@@ -73,7 +73,7 @@ class CpuOptimizer {
         int last = -1;                  // the shard whose weights it last sent up
     };
     void update(int k);         // O3, in the worker thread
-    void copy_down(int k);      // shard k's gradient into its slot, on the copy stream
+    void copy_down(int k, int64_t step);  // shard k's gradient into its slot for CPU step `step`, on the copy stream
     Slot& slot_of(int k) { return ring_[size_t(k % kTransitSlots)]; }
 
     World w_;
