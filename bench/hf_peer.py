@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The Python peer for bench/run.sh: HF transformers + PEFT LoRA on the Llama-3.2-1B shape (random init,
-bf16), LoRA r=16 alpha=32 on q,k,v,o,gate,up,down, AdamW, seq 1024, micro-batch 8, no activation
-checkpointing. Prints one line: mode, tokens/s, peak GiB (torch's max_memory_reserved).
+"""The Python peer for bench/run.sh, bench/long.sh and bench/big.sh: HF transformers + PEFT LoRA, LoRA r=16
+alpha=32 on q,k,v,o,gate,up,down, AdamW, no activation checkpointing. The model is the Llama-3.2-1B shape
+from a random init (bf16), or a model directory (loaded in bf16: bench/big.sh's 7B). Prints one line: mode,
+shape, tokens/s, peak GiB (torch's max_memory_reserved); running out of GPU memory is that line too.
 
-    python3 bench/hf_peer.py eager|compile [steps] [micro-batch seq]
+    python3 bench/hf_peer.py eager|compile [steps] [micro-batch seq] [model-dir]
 """
 import sys
 
@@ -17,21 +18,28 @@ def main():
     mode = sys.argv[1]
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     b, t = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (B, T)
-    cfg = llama_1b_config()
+    path = sys.argv[5] if len(sys.argv) > 5 else None
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16).cuda()
+    if path:
+        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda")
+    else:
+        model = LlamaForCausalLM(llama_1b_config()).to(torch.bfloat16).cuda()
     model.config.use_cache = False
     model = with_lora(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     fwd = torch.compile(model) if mode == "compile" else model
-    ids = torch.randint(0, cfg.vocab_size, (b, t), device="cuda")
+    ids = torch.randint(0, model.config.vocab_size, (b, t), device="cuda")
 
     def step():
         opt.zero_grad(set_to_none=True)
         fwd(input_ids=ids, labels=ids).loss.backward()
         opt.step()
 
-    tps, peak = timed(step, steps, b * t)
+    try:
+        tps, peak = timed(step, steps, b * t)
+    except torch.OutOfMemoryError:
+        print("peer %-8s B=%d T=%d out of GPU memory (%.1f GiB reserved)" % (mode, b, t, torch.cuda.max_memory_reserved() / 2**30))
+        return
     print("peer %-8s B=%d T=%d %9.0f tok/s  peak %.1f GiB" % (mode, b, t, tps, peak))
 
 
