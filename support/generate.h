@@ -36,7 +36,8 @@ class Generator {
 
     // Each prompt (at most `rows`, each shorter than max_len) followed by its generated ids. A sequence
     // stops after an id in `eos` (kept), after s.max_new_tokens, or when it reaches max_len. on_token (if
-    // set) sees each new id as it comes: (sequence, id).
+    // set) sees each new id as it comes: (sequence, id). A replayed step holds the store's weight addresses:
+    // the store must outlive the Generator.
     std::vector<std::vector<int32_t>> generate(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, const Sampling& s,
                                                const std::vector<int32_t>& eos,
                                                const std::function<void(int, int32_t)>& on_token = {});
