@@ -40,7 +40,7 @@ run() {  # run LIMIT CMD...: under the time left; says when it was cut short or 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 free -g | sed -n 2p
 part "the model directory $dir"
-[ -s "$dir/model.safetensors.index.json" ] || run 150 python3 bench/make_big_model.py "$dir" llama-2-7b 2>&1 | grep -E "^made|Error|cut short"
+[ -s "$dir/made.txt" ] || run 150 python3 bench/make_big_model.py "$dir" llama-2-7b 2>&1 | grep -E "^made|Error|cut short"
 du -sh "$dir"
 cat "$dir"/*.safetensors > /dev/null  # the page cache holds the files, as after any earlier read
 

@@ -34,6 +34,8 @@ def main():
     model.save_pretrained(out)
     here = os.path.dirname(os.path.abspath(__file__))
     shutil.copy(os.path.join(here, "..", "data", "llama2_tokenizer.json"), os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "made.txt"), "w") as f:  # written last: the directory is whole
+        f.write("%s, torch.manual_seed(0)\n" % shape)
     print("made %s (%s, %.2fB parameters) in %.0f s" % (out, shape, sum(p.numel() for p in model.parameters()) / 1e9, time.time() - start))
 
 
