@@ -102,8 +102,8 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, bool 
     carve(nullptr);
 }
 
-size_t LlamaModel::arena_bytes(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute) {
-    return LlamaModel(c, lora, B, T, recompute, 0, CountOnly{}).arena_bytes_;
+size_t LlamaModel::arena_bytes(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute, int max_position) {
+    return LlamaModel(c, lora, B, T, recompute, max_position, CountOnly{}).arena_bytes_;
 }
 
 LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaStream_t stream, bool recompute, int max_position)
@@ -447,16 +447,18 @@ void LlamaModel::forward_backward(const DeviceBatch& batch, UnitStore& store, fl
     training_ = false;
 }
 
-void LlamaModel::decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, UnitStore& store,
-                        const KvCache& cache, float* logits) {
+void LlamaModel::set_decode_inputs(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, int max_len) {
     if (T_ != 1 || int(tokens.size()) != B_ || int(positions.size()) != B_)
         exit_with_error("LlamaModel::decode needs a model made for one token per row and a token and position for each row");
     for (int32_t p : positions)
-        if (p < 0 || p >= cache.max_len || p >= max_position_) exit_with_error("LlamaModel::decode: position past the KV cache");
-    int L = c_.num_hidden_layers, D = c_.hidden_size;
+        if (p < 0 || p >= max_len || p >= max_position_) exit_with_error("LlamaModel::decode: position past the KV cache");
     std::vector<int32_t> io(tokens);  // pageable source: copied before the call returns
     io.insert(io.end(), positions.begin(), positions.end());
     check_cuda(cudaMemcpyAsync(decode_io_, io.data(), io.size() * 4, cudaMemcpyHostToDevice, stream_), "copy tokens");
+}
+
+void LlamaModel::decode(UnitStore& store, const KvCache& cache, float* logits) {
+    int L = c_.num_hidden_layers, D = c_.hidden_size;
     DeviceBatch batch{B_, 1, decode_io_, nullptr, decode_io_ + B_, nullptr};
     UnitView emb = store.gather(0, Pass::forward);
     embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);

@@ -45,6 +45,9 @@ struct UnitStore {
     virtual UnitView gather(int unit, Pass pass) = 0;  // full weights of `unit`, valid until release
     virtual void release(int unit) = 0;                 // the gathered buffer may be reused
     virtual void reduce_grads(int unit) = 0;            // the unit's gradients for this micro-batch are complete
+    // Whether gather and release only hand out weights that stay where they are and issue no GPU work: then
+    // a pass over the units can be captured in a CUDA graph and replayed while the store lives (generation).
+    virtual bool weights_in_place() const { return false; }
     virtual ~UnitStore() = default;
 };
 
@@ -109,11 +112,15 @@ class LlamaModel {
     void forward_backward(const DeviceBatch& batch, UnitStore& store, float loss_divisor);
     // Forward only: adds summed CE to loss_sum(); when `logits` is given (B*T*V floats), writes them.
     void forward(const DeviceBatch& batch, UnitStore& store, float* logits = nullptr);
-    // Generation (a model made with T = 1, one row per sequence): row b's token tokens[b] at position
-    // positions[b] through every layer, its keys and values written into row b of `cache` at that position,
-    // attending to the row's positions 0..positions[b]; the next tokens' logits [B, V] into `logits` (device).
-    void decode(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, UnitStore& store, const KvCache& cache,
-                float* logits);
+    // Generation (a model made with T = 1, one row per sequence), one position per call, in two parts:
+    // set_decode_inputs queues row b's token tokens[b] and position positions[b] (< max_len, the cache's)
+    // into the model's device inputs; decode runs them through every layer, row b's keys and values written
+    // into row b of `cache` at its position, attending to the row's positions 0..positions[b], and the next
+    // tokens' logits [B, V] into `logits` (device). decode reads its inputs from device memory only and never
+    // waits for the host, so (with a store whose weights stay in place) it can be captured in a CUDA graph
+    // and replayed after each set_decode_inputs.
+    void set_decode_inputs(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, int max_len);
+    void decode(UnitStore& store, const KvCache& cache, float* logits);
 
     float* loss_sum() { return loss_sum_; }  // device fp32 scalar
     uint64_t dropout_step = 0;  // which micro-batch this is: LoRA dropout's masks follow it (set by the trainer)
@@ -121,7 +128,7 @@ class LlamaModel {
     size_t activation_bytes() const { return arena_bytes_; }
     // What activation_bytes() will be for batches of B x T, without a GPU (--dry-run's estimate): the
     // same buffer list counted, nothing allocated. Library workspaces (cuBLASLt, attention) are apart.
-    static size_t arena_bytes(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute);
+    static size_t arena_bytes(const LlamaConfig& c, LoraShape lora, int B, int T, bool recompute = false, int max_position = 0);
     const LlamaConfig& config() const { return c_; }
 
   private:

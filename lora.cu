@@ -161,8 +161,8 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
     for (int l = 0; l < model.num_hidden_layers; ++l)
         for (int t = 0; t < kTargets; ++t) {
             if (!lora.target[t]) continue;
-            reader.check_float(peft_key(l, LoraTarget(t), 'A'), {lora.rank, layout.in[t]});
-            reader.check_float(peft_key(l, LoraTarget(t), 'B'), {layout.out[t], lora.rank});
+            reader.checked(peft_key(l, LoraTarget(t), 'A'), {lora.rank, layout.in[t]});
+            reader.checked(peft_key(l, LoraTarget(t), 'B'), {layout.out[t], lora.rank});
             expected.insert(peft_key(l, LoraTarget(t), 'A')), expected.insert(peft_key(l, LoraTarget(t), 'B'));
         }
     for (const auto& [name, t] : reader.tensors())
@@ -180,19 +180,20 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
         }
 }
 
-void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights) {
+void merge_lora_target(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, LoraTarget t, float* W) {
     LoraLayout layout = lora_layout(model, lora);
+    const float *A = adapters + layout.a_offset[t], *B = adapters + layout.b_offset[t];
     float s = lora.scale();
-    for (int t = 0; t < kTargets; ++t) {
-        if (!lora.target[t]) continue;
-        const float *A = adapters + layout.a_offset[t], *B = adapters + layout.b_offset[t];
-        float* W = weights + layer_tensor_offset(model, kProjection[t]);  // every layer unit has the same layout
-        int in = layout.in[t], out = layout.out[t];
-        for (int o = 0; o < out; ++o)
-            for (int k = 0; k < lora.rank; ++k) {
-                float b = s * B[int64_t(o) * lora.rank + k];
-                if (b == 0) continue;
-                for (int i = 0; i < in; ++i) W[int64_t(o) * in + i] += b * A[int64_t(k) * in + i];
-            }
-    }
+    int in = layout.in[t], out = layout.out[t];
+    for (int o = 0; o < out; ++o)
+        for (int k = 0; k < lora.rank; ++k) {
+            float b = s * B[int64_t(o) * lora.rank + k];
+            if (b == 0) continue;
+            for (int i = 0; i < in; ++i) W[int64_t(o) * in + i] += b * A[int64_t(k) * in + i];
+        }
+}
+
+void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights) {
+    for (int t = 0; t < kTargets; ++t)  // every layer unit has the same layout
+        if (lora.target[t]) merge_lora_target(model, lora, adapters, LoraTarget(t), weights + layer_tensor_offset(model, kProjection[t]));
 }

@@ -49,3 +49,5 @@ std::string peft_key(int layer, LoraTarget t, char which);  // which = 'A' or 'B
 
 // W += s * B A for every adapted projection of one layer: `weights` is the layer unit in fp32.
 void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights);
+// The same for one target t: W is its projection's weight [out, in] in fp32.
+void merge_lora_target(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, LoraTarget t, float* W);

@@ -248,7 +248,7 @@ class Trainer {
 
   private:
     // setup
-    void print_plan(const MemoryReport& estimate, double load_seconds);
+    void print_plan(const MemoryReport& estimate, double setup_seconds, const LoadReport& loaded);
     // the loop
     void queue_step(int64_t step, bool fresh_start);  // queues the step; fresh_start: the GPU was idle before it
     void read_step(int64_t step, bool eval);          // waits for the step's results; logs (and evaluates) when due
@@ -318,7 +318,8 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPl
     unpadded_ = ZeroStore::traffic(c, in.lora, o.zero, w.size, o.grad_accum, false);
     double t0 = wall_seconds();
     store_ = new ZeroStore(c, in.lora, o.zero, w, stream_);
-    if (!o.model.empty()) store_->load(o.model);
+    LoadReport loaded;
+    if (!o.model.empty()) loaded = store_->load(o.model);
     else store_->init_random(o.seed);
     if (in.lora.rank > 0) {
         if (!in.adapter.empty()) store_->set_lora(in.adapter);
@@ -342,7 +343,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPl
     sched_ = make_schedule(o, plan.steps);
     flops_per_token_ = flops_per_token(c, in.lora.rank ? store_->trainable_numel() : 0, o.seq, o.checkpoint_activations);
     peak_flops_ = gpu_peak_flops(w.gpu);
-    print_plan(estimate, wall_seconds() - t0);
+    print_plan(estimate, wall_seconds() - t0, loaded);
     // pinned memory for the batches going up and the step results coming down
     check_cuda(cudaMallocHost(&staging_, kStagingSlots * 4 * rows * sizeof(int32_t)), "cudaMallocHost");
     for (cudaEvent_t& e : staged_) check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
@@ -363,13 +364,17 @@ Trainer::~Trainer() {
     cudaStreamDestroy(stream_);
 }
 
-void Trainer::print_plan(const MemoryReport& est, double load_seconds) {
+void Trainer::print_plan(const MemoryReport& est, double setup_seconds, const LoadReport& loaded) {
     if (!chief_) return;
     const LlamaConfig& c = in_.config;
     MemoryReport got = store_->memory();
-    std::printf("model: %s, %s parameters (%s trainable%s); load %.1f s\n", c.name.c_str(), thousands(c.num_parameters()).c_str(),
+    char read[128] = "";
+    if (loaded.bytes > 0)
+        std::snprintf(read, sizeof read, " (weights: %.2f GB read in %.1f s, %.1f GB/s on this rank)", loaded.bytes / 1e9, loaded.seconds,
+                      loaded.bytes / 1e9 / std::max(1e-9, loaded.seconds));
+    std::printf("model: %s, %s parameters (%s trainable%s); set up in %.1f s%s\n", c.name.c_str(), thousands(c.num_parameters()).c_str(),
                 thousands(store_->trainable_numel()).c_str(), in_.lora.rank ? (", LoRA r=" + std::to_string(in_.lora.rank)).c_str() : ", full",
-                load_seconds);
+                setup_seconds, read);
     std::printf("partition: %d units (embedding, %d layers, final norm), each split into %d shard%s%s\n", num_units(c), c.num_hidden_layers,
                 w_.size, w_.size > 1 ? "s" : "",
                 o_.zero.stage == 3 ? "; units up to stage3_param_persistence_threshold elements stay replicated" : "");

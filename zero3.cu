@@ -21,7 +21,9 @@
 // stage 3 prefetches the next unit's weights while the current one computes. On one rank a stage-3 shard
 // is the whole unit, and gather() hands it out in place (gathers_in_place; --copy-gathers copies it).
 // Offload (ZeRO-Offload, distributed/offload.h) moves master, m and v to host memory and runs AdamW on the
-// CPU, overlapped with the GPU, with the same bits; this file calls it at the points marked O1-O6.
+// CPU, overlapped with the GPU, with the same bits; this file calls it at the points marked O1-O6. Each
+// gradient is zeroed when its step first needs it (zero_gradient), so with offload the last step's waits
+// on the GPU until the CPU optimizer has taken it down.
 //
 // Where each stage differs, in this file: stage 0 — the constructor (opt_begin = 0, opt_len = numel) and
 // the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — the all-gather in
@@ -77,6 +79,7 @@ struct ZeroStore::Segment {
     float* grad = nullptr;           // stages 0, 1: [shard.padded]; stages 2, 3: [shard.size], accumulated
     float* opt_grad = nullptr;       // the gradient elements aligned with master
     std::vector<UpdateRun> runs;     // master's tensors by weight decay (offsets from opt_begin)
+    bool stale_grad = false;         // grad still holds the last step's: zeroed when this step first needs it
     int cpu = -1;                    // offload: its shard's index in the CPU optimizer
     bf16* opt16() const { return sharded ? shard16 : full16 + opt_begin; }  // [opt_len] the bf16 weights of master
 };
@@ -93,12 +96,12 @@ struct ZeroStore::Unit {
 ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, const World& world, cudaStream_t stream)
     : c_(c), lora_(lora), z_(z), w_(world), layout_(lora_layout(c, lora)), stream_(stream) {
     int N = w_.size, r = w_.rank;
-    if (z.offload) cpu_ = std::make_unique<CpuOptimizer>(w_, z.offload_threads, z.pin_memory, stream_, comm_stream());
+    if (z.offload && !z.inference) cpu_ = std::make_unique<CpuOptimizer>(w_, z.offload_threads, z.pin_memory, stream_, comm_stream());
     for (int u = 0; u < num_units(c); ++u) {
         Unit* U = new Unit();
         U->seg[0].numel = unit_layout(c, u).numel;
         U->seg[1].numel = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout_.per_layer : 0;
-        U->trainable = lora.rank > 0 ? (U->seg[1].numel ? 1 : -1) : 0;
+        U->trainable = z.inference ? -1 : lora.rank > 0 ? (U->seg[1].numel ? 1 : -1) : 0;
         U->sharded = z.stage == 3 && U->seg[0].numel + U->seg[1].numel > z.persistence_threshold;
         for (int k = 0; k < 2; ++k) {
             Segment& s = U->seg[k];
@@ -150,7 +153,7 @@ ZeroStore::~ZeroStore() {
     for (Unit* U : units_) {
         for (Segment& s : U->seg) {
             device_free(s.full16), device_free(s.shard16), device_free(s.grad);
-            if (!z_.offload) device_free(s.master), device_free(s.m), device_free(s.v);
+            if (s.cpu < 0) device_free(s.master), device_free(s.m), device_free(s.v);  // else host memory, the CPU optimizer's
         }
         delete U;
     }
@@ -164,6 +167,7 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
     MemoryReport m;
     LoraLayout layout = lora_layout(c, lora);
     double biggest = 0, biggest_train = 0;
+    std::vector<int64_t> offloaded;  // the shards the CPU optimizer holds
     for (int u = 0; u < num_units(c); ++u) {
         int64_t base = unit_layout(c, u).numel, ad = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout.per_layer : 0;
         bool sharded = z.stage == 3 && base + ad > z.persistence_threshold;
@@ -173,15 +177,16 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
             m.base += double(sharded ? s.size : s.padded) * 2;
         }
         if (sharded) biggest = std::max(biggest, double(align_up(make_shard(base, N).padded) + (ad ? make_shard(ad, N).padded : 0)));
-        int64_t t = lora.rank > 0 ? ad : base;
+        int64_t t = z.inference ? 0 : lora.rank > 0 ? ad : base;
         if (!t) continue;
         Shard s = make_shard(t, N);
-        double opt = double(z.stage == 0 ? t : s.size);
-        if (z.offload) m.host += opt * 18;  // master, m, v; the pinned gradient (4) and bf16 weights (2) in transit
-        else m.master += opt * 4, m.moments += opt * 8;
+        int64_t opt = z.stage == 0 ? t : s.size;
+        if (z.offload) offloaded.push_back(opt);  // master, m, v in host memory
+        else m.master += double(opt) * 4, m.moments += double(opt) * 8;
         m.grads += double(z.stage <= 1 ? s.padded : s.size) * 4;
         biggest_train = std::max(biggest_train, double(s.padded));
     }
+    if (!offloaded.empty()) m.host = offload_host_bytes(offloaded);  // + the transit ring
     if (z.stage == 3 && !gathers_in_place(z, N)) m.gathered = biggest * 2 * kGatherSlots;
     if (z.stage >= 2) m.grad_buffers = biggest_train * 4 * (lora.rank > 0 || !c.tie_word_embeddings ? kGradBuffers - 1 : kGradBuffers);
     return m;
@@ -271,6 +276,7 @@ UnitView ZeroStore::gather(int unit, Pass pass) {
     float* grads = nullptr;
     if (pass == Pass::backward && U.trainable >= 0) {
         Segment& s = U.seg[U.trainable];
+        zero_gradient(s);
         if (z_.stage <= 1) grads = s.grad;
         else grads = U.grad_buffer >= 0 ? grad_buffers_[size_t(U.grad_buffer)].data : take_grad_buffer(unit);
     }
@@ -404,6 +410,8 @@ void ZeroStore::reduce_grads(int unit) {
 
 void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
     finish_cpu_step();  // offload: the last update has finished (the forward since waited for every unit)
+    for (Unit* U : units_)
+        if (U->trainable >= 0) zero_gradient(U->seg[U->trainable]);  // a unit no backward reached this step
     cudaStream_t cs = comm_stream();
     check_cuda(cudaEventRecord(reduced_, cs), "event");  // 8: every reduction has landed
     check_cuda(cudaStreamWaitEvent(stream_, reduced_, 0), "wait");
@@ -467,13 +475,19 @@ void ZeroStore::finish_cpu_step() {
     if (cpu_) cpu_->finish();
 }
 
+// The gradients start each step at zero. Each is zeroed when the step first needs it (gather for its
+// backward), not here: with offload the last step's gradient waits on the GPU until the CPU optimizer's
+// transit ring takes it down, while the forward runs.
 void ZeroStore::begin_step() {
-    if (cpu_) cpu_->before_zeroing();  // offload: O5, the last step's copies down have read the gradients
     for (Unit* U : units_)
-        if (U->trainable >= 0) {
-            Segment& s = U->seg[U->trainable];
-            check_cuda(cudaMemsetAsync(s.grad, 0, size_t(z_.stage <= 1 ? s.shard.padded : s.shard.size) * 4, stream_), "zero grads");
-        }
+        if (U->trainable >= 0) U->seg[U->trainable].stale_grad = true;
+}
+
+void ZeroStore::zero_gradient(Segment& s) {
+    if (!s.stale_grad) return;
+    if (cpu_) cpu_->before_zeroing(s.cpu);  // offload: O5, the last step's copy down has read it
+    check_cuda(cudaMemsetAsync(s.grad, 0, size_t(z_.stage <= 1 ? s.shard.padded : s.shard.size) * 4, stream_), "zero grads");
+    s.stale_grad = false;
 }
 
 // ================================================================================================ weights in and out
@@ -534,7 +548,10 @@ void ZeroStore::init_random(uint64_t seed) {
     world_wait(w_, stream_);
 }
 
-void ZeroStore::load(const std::string& dir) {
+// Each rank reads the bytes of the elements it keeps (its shard at stage 3), in the files' dtype, through
+// the loader's threads and pinned staging (distributed/load.h); the elements it optimizes also become fp32
+// master weights, float(stored value), on the GPU or (offload) on the host.
+LoadReport ZeroStore::load(const std::string& dir) {
     finish_cpu_step();
     SafetensorsReader reader(dir);
     std::vector<TensorSpec> specs = parameter_specs(c_);
@@ -544,38 +561,25 @@ void ZeroStore::load(const std::string& dir) {
         for (const TensorSpec& s : specs) known |= s.name == name;
         if (!known) fail(t.file + ": unexpected tensor " + name + " (not a parameter of this Llama config)");
     }
-    std::string cached_name;
-    std::vector<float> cached;
-    auto values = [&](const TensorSpec& t) -> const std::vector<float>& {
-        if (t.name != cached_name) cached = reader.read_float(t.name, t.shape), cached_name = t.name;
-        return cached;
-    };
-    std::vector<uint16_t> h16;
-    double bytes = 0, done = 0;
-    for (const auto& [name, t] : reader.tensors()) bytes += double(t.bytes);
-    Progress shown("loading " + dir, bytes, Progress::Units::Bytes, w_.rank == 0);
+    std::vector<WeightCopy> copies;
+    double bytes = 0;
     for (int u = 0; u < int(units_.size()); ++u) {
-        for (const UnitTensor& t : unit_layout(c_, u).tensors)
-            if (const SafeTensor* f = reader.find(t.spec.name)) done += double(f->bytes);
-        shown.update(done);
         Segment& s = units_[size_t(u)]->seg[0];
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
+        int64_t m0 = s.trainable ? s.opt_begin : hi, m1 = s.trainable ? s.opt_begin + s.opt_len : hi;  // inside [lo, hi)
         bf16* resident = s.sharded ? s.shard16 : s.full16;
-        for_each_tensor(u, 0, lo, hi, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            const std::vector<float>& w = values(t);
-            h16.resize(size_t(n));
-            for (int64_t i = 0; i < n; ++i) h16[size_t(i)] = float_to_bf16(w[size_t(toff + i)]);
-            check_cuda(cudaMemcpy(resident + (soff - lo), h16.data(), size_t(n) * 2, cudaMemcpyHostToDevice), "copy weights");
-        });
-        if (!s.trainable) continue;
-        for_each_tensor(u, 0, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            const float* w = values(t).data() + toff;
-            float* dst = s.master + (soff - s.opt_begin);
-            if (z_.offload) std::memcpy(dst, w, size_t(n) * 4);
-            else check_cuda(cudaMemcpy(dst, w, size_t(n) * 4, cudaMemcpyHostToDevice), "copy master");
-        });
+        for (const FileRead& r : plan_unit_reads(c_, reader, u, lo, hi, {m0, m1})) {
+            WeightCopy w{r, resident + (r.at - lo)};
+            if (r.at >= m0 && r.at < m1) w.to32 = s.master + (r.at - m0), w.to32_host = cpu_ != nullptr;
+            copies.push_back(w);
+            bytes += double(r.bytes());
+        }
     }
+    check_cuda(cudaDeviceSynchronize(), "before loading");  // the constructor's zeroing is done
+    Progress shown("loading " + dir, bytes, Progress::Units::Bytes, w_.rank == 0);
+    LoadReport report = load_weights(copies, w_.gpu, load_threads(w_.local_size), [&](double done) { shown.update(done); });
     shown.finish();
+    return report;
 }
 
 void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
@@ -583,6 +587,13 @@ void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
         const float* src = layers[size_t(l)].data();
+        if (!s.trainable) {  // inference: the adapters' bf16 weights only, bf16(adapter) as the trained copy
+            int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, n = s.sharded ? s.shard.owned(w_.rank) : s.numel;
+            std::vector<uint16_t> h(size_t(std::max<int64_t>(0, n)));
+            for (size_t i = 0; i < h.size(); ++i) h[i] = float_to_bf16(src[size_t(lo) + i]);
+            check_cuda(cudaMemcpy(s.sharded ? s.shard16 : s.full16, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "copy LoRA");
+            continue;
+        }
         if (z_.offload) std::memcpy(s.master, src + s.opt_begin, size_t(s.opt_len) * 4);
         else check_cuda(cudaMemcpy(s.master, src + s.opt_begin, size_t(std::max<int64_t>(0, s.opt_len)) * 4, cudaMemcpyHostToDevice), "copy LoRA");
         write_compute_copy(s);
@@ -670,6 +681,28 @@ std::vector<float> ZeroStore::unit_weights(int unit) {
     if (s.sharded) device_free(full);
     return out;
 }
+
+std::vector<uint16_t> ZeroStore::unit_weights16(int unit) {
+    finish_cpu_step();
+    await_update(unit);  // offload: this step's new weights are in place (and, replicated, all-gathered)
+    Segment& s = units_[size_t(unit)]->seg[0];
+    std::vector<uint16_t> out(size_t(s.numel));
+    bf16* full = s.full16;
+    cudaStream_t cs = comm_stream();
+    if (s.sharded) {
+        full = device_alloc<bf16>(size_t(s.shard.padded), "gather staging");
+        check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // the shard's last writes
+        check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
+        w_.comm->all_gather(s.shard16, full, size_t(s.shard.size), DType::bf16, cs);
+    }
+    world_wait(w_, cs);
+    world_wait(w_, stream_);
+    check_cuda(cudaMemcpy(out.data(), full, out.size() * 2, cudaMemcpyDeviceToHost), "copy");
+    if (s.sharded) device_free(full);
+    return out;
+}
+
+bool ZeroStore::weights_in_place() const { return !cpu_ && (z_.stage < 3 || gathers_in_place(z_, w_.size)); }
 
 std::vector<float> ZeroStore::trainable_grads() {
     finish_cpu_step();

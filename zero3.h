@@ -7,11 +7,13 @@
 //                     micro-batch of a step) or reduce-scatter into this rank's shard (stages 2, 3)
 //   step()            AdamW on this rank's shard (GPU, or CPU with offload); stages 1, 2: all-gather the
 //                     updated bf16 weights; stage 3: nothing, the next gather reads the new shards
-// With offload (ZeRO-Offload, Ren et al. 2021) the CPU update overlaps the GPU: each unit's gradient shard
-// goes to the host during the backward, as soon as its reduction is done; step() returns after reading the
-// clip scale, and a worker thread updates the units in forward order while the next forward runs, each
-// gather waiting only for its own unit's new weights (distributed/offload.h). The update is the same bits
-// as on the GPU.
+// With offload (ZeRO-Offload, Ren et al. 2021) the CPU update overlaps the GPU: step() returns after
+// reading the clip scale, and a worker thread updates the units in forward order while the next forward
+// runs, each gather waiting only for its own unit's new weights; the gradient shards come down to the host
+// through a small ring of pinned buffers as the worker reaches them (distributed/offload.h), so the host
+// holds 12 bytes per optimized element and the ring. The update is the same bits as on the GPU.
+// Weights come in from safetensors files through distributed/load.h, each rank reading only the bytes it
+// keeps. With ZeroOptions::inference nothing trains: the store holds bf16 weights only (generation).
 // Stage 0 is data parallelism (everything replicated), so one protocol covers DDP and ZeRO 1/2/3.
 // The collectives go through the world's transport (world.h); checkpoints and exports are checkpoint.h.
 #pragma once
@@ -23,6 +25,7 @@
 #include "adamw.h"
 #include "llama.h"
 #include "lora.h"
+#include "distributed/load.h"
 #include "distributed/world.h"
 
 // ---------------------------------------------------------------------------------------------- partitions
@@ -47,6 +50,8 @@ struct ZeroOptions {
     int64_t allgather_bucket_size = 500000000;  // accepted; all-gathers run one unit at a time
     int64_t prefetch_bucket_size = 50000000;    // stage 3: 0 turns prefetching off (DeepSpeed's default 5e7)
     int64_t persistence_threshold = 100000;     // stage 3: units this small stay replicated
+    bool inference = false;                 // nothing trains: bf16 weights only, no gradients, masters or
+                                            // moments (generation)
 };
 void check_zero_options(const ZeroOptions& z, const std::string& where);
 // Stage 3: whether the next unit is gathered ahead while this one computes. A unit is the smallest piece
@@ -87,13 +92,15 @@ class ZeroStore : public UnitStore {
     ZeroStore& operator=(const ZeroStore&) = delete;
 
     void init_random(uint64_t seed);                              // HF's init: N(0, 0.02) matrices, norms 1
-    void load(const std::string& model_dir);                      // HF safetensors; each rank keeps its part
+    LoadReport load(const std::string& model_dir);                // HF safetensors; each rank reads its part
     void init_lora(uint64_t seed);                                // PEFT's init
     void set_lora(const std::vector<std::vector<float>>& layers); // from an adapter (fp32, per layer)
 
     UnitView gather(int unit, Pass pass) override;
     void release(int unit) override;
     void reduce_grads(int unit) override;
+    // Without offload, at stages 0-2 or stage 3 on one rank, gather hands out resident weights, no work.
+    bool weights_in_place() const override;
 
     void begin_step();                  // zero the gradients (offload: after the last step's copies to the host)
     void begin_micro_batch(bool last);  // stages 0, 1 reduce only after the last micro-batch of a step
@@ -115,6 +122,7 @@ class ZeroStore : public UnitStore {
     // Whole tensors (collective: every rank calls).
     std::vector<std::vector<float>> lora_layers();  // full fp32 adapters, per layer
     std::vector<float> unit_weights(int unit);      // full fp32 base weights of a unit (padding gaps included)
+    std::vector<uint16_t> unit_weights16(int unit); // its full bf16 weights as the model reads them (the export)
     std::vector<float> trainable_grads();           // this rank's fp32 gradient, all trainable elements (tests)
 
     // What this rank optimizes, tensor by tensor (checkpoints); after writing into the masters,
@@ -134,6 +142,7 @@ class ZeroStore : public UnitStore {
     void prefetch(int unit);
     float* take_grad_buffer(int unit);
     void update_on_gpu(const AdamWConfig& c, float lr, int step);  // step()'s AdamW without offload
+    void zero_gradient(Segment& s);  // before the step first writes a stale gradient (offload: O5)
     void await_update(int unit);  // offload: the unit's weights are read after their CPU update (O4)
     void finish_cpu_step();       // offload: the CPU update in flight has finished (O6)
     void write_compute_copy(Segment& s);  // bf16(master) into the resident copy (+ all-gather)

@@ -93,24 +93,31 @@ void save_checkpoint(ZeroStore& store, const std::string& root, const std::strin
     std::string dir = root + "/" + name;
     if (w.rank == 0) mkdir(root.c_str(), 0755), mkdir(dir.c_str(), 0755);
     world_barrier(w);
+    // Streamed: the header first, then each slice's values straight from host memory (offload) or through
+    // a bounded buffer from the GPU, never the rank's whole state at once (12 bytes per trainable element).
     std::vector<OwnedSlice> slices = store.owned_slices();
-    Progress shown("writing checkpoint " + dir, double(slices.size()), Progress::Units::Items, w.rank == 0);
-    std::vector<std::vector<float>> data;  // host copies, alive until written
-    std::vector<TensorToWrite> entries;
-    std::vector<std::string> keys;
+    std::vector<SafetensorsWriter::Entry> entries;
+    double bytes = 0;
+    for (const OwnedSlice& s : slices)
+        for (int k = 0; k < 3; ++k) entries.push_back({checkpoint_key(kKinds[k], s.name, s.begin), "F32", {s.count}}), bytes += double(s.count) * 4;
+    SafetensorsWriter out(checkpoint_rank_file(dir, w.rank, w.size), entries, {{"world_size", std::to_string(w.size)}});
+    Progress shown("writing checkpoint " + dir, bytes, Progress::Units::Bytes, w.rank == 0);
+    std::vector<float> buffer;
+    double done = 0;
     for (const OwnedSlice& s : slices) {
         const float* src[3] = {s.master, s.m, s.v};
         for (int k = 0; k < 3; ++k) {
-            std::vector<float> h(static_cast<size_t>(s.count));
-            if (s.host) std::memcpy(h.data(), src[k], size_t(s.count) * 4);
-            else check_cuda(cudaMemcpy(h.data(), src[k], size_t(s.count) * 4, cudaMemcpyDeviceToHost), "copy state");
-            data.push_back(std::move(h));
-            keys.push_back(checkpoint_key(kKinds[k], s.name, s.begin));
+            if (s.host) out.write(src[k], size_t(s.count) * 4);
+            for (int64_t at = 0; !s.host && at < s.count; at += int64_t(buffer.size())) {
+                buffer.resize(size_t(std::min<int64_t>(s.count, 1 << 24)));
+                size_t n = size_t(std::min<int64_t>(int64_t(buffer.size()), s.count - at));
+                check_cuda(cudaMemcpy(buffer.data(), src[k] + at, n * 4, cudaMemcpyDeviceToHost), "copy state");
+                out.write(buffer.data(), n * 4);
+            }
+            shown.update(done += double(s.count) * 4);
         }
-        shown.update(double(data.size() / 3));
     }
-    for (size_t i = 0; i < data.size(); ++i) entries.push_back({keys[i], "F32", {int64_t(data[i].size())}, data[i].data()});
-    write_safetensors(checkpoint_rank_file(dir, w.rank, w.size), entries, {{"world_size", std::to_string(w.size)}});
+    out.finish();
     shown.finish();
     world_barrier(w);
     if (w.rank != 0) return;
@@ -260,28 +267,48 @@ TrainerState load_checkpoint(ZeroStore& store, const std::string& dir, const Lla
     return read_trainer_state(dir);
 }
 
+// The bf16 weights the model computes with are written as they are (for trained weights they are
+// bf16(master), as the update writes them); only an adapted projection of a merged export goes through fp32,
+// for W + s B A.
 void save_hf(ZeroStore& store, const std::string& dir, const LlamaConfig& c, const LoraConfig& lora) {
     const World& w = store.world();
     std::vector<std::vector<float>> adapters = lora.rank ? store.lora_layers() : std::vector<std::vector<float>>();
     std::unique_ptr<SafetensorsWriter> out;
+    double bytes = 0;
     if (w.rank == 0) {
         mkdir(dir.c_str(), 0755);
         std::vector<SafetensorsWriter::Entry> entries;
         for (int u = 0; u < num_units(c); ++u)  // unit order, which is the order the data is written in
-            for (const UnitTensor& t : unit_layout(c, u).tensors) entries.push_back({t.spec.name, "BF16", t.spec.shape});
+            for (const UnitTensor& t : unit_layout(c, u).tensors) entries.push_back({t.spec.name, "BF16", t.spec.shape}), bytes += double(t.spec.numel()) * 2;
         out.reset(new SafetensorsWriter(dir + "/model.safetensors", entries, {{"format", "pt"}}));
     }
-    Progress shown("writing " + dir + "/model.safetensors", double(num_units(c)), Progress::Units::Items, w.rank == 0);
+    Progress shown("writing " + dir + "/model.safetensors", bytes, Progress::Units::Bytes, w.rank == 0);
+    double done = 0;
     for (int u = 0; u < num_units(c); ++u) {  // one unit in host memory at a time
-        shown.update(double(u));
-        std::vector<float> weights = store.unit_weights(u);
+        std::vector<uint16_t> weights = store.unit_weights16(u);
         if (w.rank != 0) continue;
-        if (lora.rank && u >= 1 && u <= c.num_hidden_layers) merge_lora_layer(c, lora, adapters[size_t(u - 1)].data(), weights.data());
-        for (const UnitTensor& t : unit_layout(c, u).tensors) {
-            std::vector<uint16_t> h(static_cast<size_t>(t.spec.numel()));
-            for (size_t k = 0; k < h.size(); ++k) h[k] = float_to_bf16(weights[size_t(t.offset) + k]);
-            out->write(h.data(), h.size() * 2);
+        std::vector<UnitTensor> tensors = unit_layout(c, u).tensors;
+        std::vector<int> adapted(tensors.size(), -1);  // the LoRA target merged into each tensor, if any
+        if (lora.rank && u >= 1 && u <= c.num_hidden_layers)
+            for (int t = 0; t < kTargets; ++t)  // found by offset: a family's layer may have other tensors between them
+                for (size_t i = 0; i < tensors.size() && lora.target[t]; ++i)
+                    if (tensors[i].offset == layer_tensor_offset(c, kProjection[t])) adapted[i] = t;
+        for (size_t i = 0; i < tensors.size(); ++i) {
+            const uint16_t* w16 = weights.data() + tensors[i].offset;
+            size_t n = size_t(tensors[i].spec.numel());
+            done += double(n) * 2;
+            if (adapted[i] < 0) {
+                out->write(w16, n * 2);
+                continue;
+            }
+            std::vector<float> W(n);
+            for (size_t k = 0; k < n; ++k) W[k] = bf16_to_float(w16[k]);
+            merge_lora_target(c, lora, adapters[size_t(u - 1)].data(), LoraTarget(adapted[i]), W.data());
+            std::vector<uint16_t> merged(n);
+            for (size_t k = 0; k < n; ++k) merged[k] = float_to_bf16(W[k]);
+            out->write(merged.data(), n * 2);
         }
+        shown.update(done);
     }
     shown.finish();
     if (w.rank != 0) return;

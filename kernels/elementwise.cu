@@ -1,7 +1,10 @@
 // kernels/elementwise.cu — the small elementwise kernels the partitioner and the model share: dtype
-// conversions, accumulation, and the seeded normal init of HF's `_init_weights` (N(0, 0.02) matrices, norm
-// weights 1). Each is a grid-stride loop over n elements.
+// conversions (the loader's too: weights in their file's type to bf16 and fp32), accumulation, and the
+// seeded normal init of HF's `_init_weights` (N(0, 0.02) matrices, norm weights 1). Each is a grid-stride
+// loop over n elements.
 #include "kernels/ops.h"
+
+#include <cuda_fp16.h>
 
 #include "kernels/cuda_common.cuh"
 #include "support/cuda_calls.h"
@@ -18,6 +21,16 @@ __global__ void f32_to_bf16_kernel(const float* x, bf16* y, int64_t n) {
 __global__ void bf16_to_f32_kernel(const bf16* x, float* y, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
         y[i] = __bfloat162float(x[i]);
+}
+
+// y16 = bf16(float(x)), y32 = float(x)   (x: bf16, f16 or f32 as T)
+template <typename T>
+__global__ void convert_weights_kernel(const T* x, bf16* y16, float* y32, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        float v = float(x[i]);
+        if (y16) y16[i] = __float2bfloat16(v);
+        if (y32) y32[i] = v;
+    }
 }
 
 // acc += x
@@ -60,6 +73,14 @@ void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s) {
     if (n <= 0) return;
     bf16_to_f32_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, y, n);
     check_launch("bf16_to_f32_kernel");
+}
+
+void convert_weights(const void* x, WeightType type, bf16* y16, float* y32, int64_t n, cudaStream_t s) {
+    if (n <= 0 || (!y16 && !y32)) return;
+    if (type == WeightType::bf16) convert_weights_kernel<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const bf16*>(x), y16, y32, n);
+    else if (type == WeightType::f16) convert_weights_kernel<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const __half*>(x), y16, y32, n);
+    else convert_weights_kernel<<<blocks_for(n), kThreads, 0, s>>>(static_cast<const float*>(x), y16, y32, n);
+    check_launch("convert_weights_kernel");
 }
 
 void accumulate(float* acc, const float* x, int64_t n, cudaStream_t s) {

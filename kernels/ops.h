@@ -16,6 +16,11 @@ using bf16 = __nv_bfloat16;
 void f32_to_bf16(const float* x, bf16* y, int64_t n, cudaStream_t s);  // y = bf16(x)
 void bf16_to_f32(const bf16* x, float* y, int64_t n, cudaStream_t s);  // y = float(x)
 void accumulate(float* acc, const float* x, int64_t n, cudaStream_t s);  // acc += x
+// Weights as a file stores them, to what the store keeps: y16 = bf16(float(x)), y32 = float(x) (exact), each
+// written when not null. float(x) is exact for all three types; bf16 rounds to nearest even, as the host's
+// float_to_bf16 does (the loader converts on the GPU, the host reference in support/safetensors.h).
+enum class WeightType { bf16, f16, f32 };
+void convert_weights(const void* x, WeightType type, bf16* y16, float* y32, int64_t n, cudaStream_t s);
 // w = bf16(stddev * N(0,1)) seeded by (seed, index0 + i), or `fill` when stddev is 0; into w16 and/or w32
 void init_normal(bf16* w16, float* w32, int64_t n, uint64_t seed, int64_t index0, float stddev, float fill, cudaStream_t s);
 void sum_into(const float* x, int n, float* sum, cudaStream_t s);  // *sum += sum(x[0..n)), deterministic

@@ -4,6 +4,8 @@
 //   logits = model.decode(tokens, p)     every layer: k, v of position p into the cache, attention over 0..p
 //   next   = argmax(logits)              (on the GPU) or a draw from softmax(logits / temperature) within
 //                                        top-k and top-p, for each sequence whose prompt is read
+// The tokens and positions go up before each step; the step itself (decode and argmax) reads only device
+// memory, so it is one CUDA graph replayed each step where the store allows (decode_step).
 #include "support/generate.h"
 
 #include <algorithm>
@@ -76,10 +78,40 @@ Generator::Generator(const LlamaConfig& c, LoraShape lora, int rows, int max_len
     cache_.max_len = max_len;
     logits_ = device_alloc<float>(size_t(rows) * c.vocab_size, "logits");
     argmax_ = device_alloc<int32_t>(size_t(rows), "next tokens");
+    check_cuda(cudaMallocHost(&next_, size_t(rows) * sizeof(int32_t)), "cudaMallocHost");
 }
 
 Generator::~Generator() {
+    if (graph_) cudaGraphExecDestroy(graph_);
+    cudaFreeHost(next_);
     device_free(cache_.k), device_free(cache_.v), device_free(cache_.scores), device_free(logits_), device_free(argmax_);
+}
+
+// One decode step and its argmax. Captured once per store, on the second step (the first runs directly, so
+// every kernel and cuBLASLt plan is loaded before a capture), where the store hands out weights that stay in
+// place and the stream is the caller's own (the legacy default stream cannot be captured).
+void Generator::decode_step(UnitStore& store) {
+    bool replayable = store.weights_in_place() && stream_ != nullptr && stream_ != cudaStreamLegacy && stream_ != cudaStreamPerThread;
+    if (graph_ && graph_store_ != &store) cudaGraphExecDestroy(graph_), graph_ = nullptr;
+    if (replayable && !graph_ && warmed_ == &store) {
+        cudaGraph_t g;
+        check_cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        model_.decode(store, cache_, logits_);
+        argmax_kernel<<<unsigned(rows_), 1024, 0, stream_>>>(logits_, c_.vocab_size, argmax_);
+        check_launch("argmax_kernel");
+        check_cuda(cudaStreamEndCapture(stream_, &g), "cudaStreamEndCapture");
+        check_cuda(cudaGraphInstantiate(&graph_, g, 0), "cudaGraphInstantiate");
+        check_cuda(cudaGraphDestroy(g), "cudaGraphDestroy");
+        graph_store_ = &store;
+    }
+    if (graph_) {
+        check_cuda(cudaGraphLaunch(graph_, stream_), "cudaGraphLaunch");
+        return;
+    }
+    model_.decode(store, cache_, logits_);
+    argmax_kernel<<<unsigned(rows_), 1024, 0, stream_>>>(logits_, c_.vocab_size, argmax_);
+    check_launch("argmax_kernel");
+    warmed_ = &store;
 }
 
 std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts,
@@ -105,21 +137,21 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
             positions[size_t(r)] = p;
         }
         if (!active) break;
-        model_.decode(tokens, positions, store, cache_, logits_);
+        model_.set_decode_inputs(tokens, positions, cache_.max_len);
+        decode_step(store);
         bool wanted = false;  // does any sequence take its next token at this position?
         for (int r = 0; r < n; ++r) wanted |= !done[size_t(r)] && p == int(out[size_t(r)].size()) - 1;
         if (!wanted) continue;
         if (s.temperature <= 0) {
-            argmax_kernel<<<unsigned(rows_), 1024, 0, stream_>>>(logits_, V, argmax_);
-            check_launch("argmax_kernel");
-            check_cuda(cudaMemcpyAsync(next.data(), argmax_, size_t(rows_) * 4, cudaMemcpyDeviceToHost, stream_), "copy tokens");
+            check_cuda(cudaMemcpyAsync(next_, argmax_, size_t(rows_) * 4, cudaMemcpyDeviceToHost, stream_), "copy tokens");
         } else {
             logits.resize(size_t(rows_) * V);
             check_cuda(cudaMemcpyAsync(logits.data(), logits_, logits.size() * 4, cudaMemcpyDeviceToHost, stream_), "copy logits");
         }
         if (wait) wait(stream_);
         else check_cuda(cudaStreamSynchronize(stream_), "generate");
-        for (int r = 0; r < n && s.temperature > 0; ++r) next[size_t(r)] = sample_token(logits.data() + int64_t(r) * V, V, s, rng[size_t(r)]);
+        for (int r = 0; r < n; ++r)
+            next[size_t(r)] = s.temperature > 0 ? sample_token(logits.data() + int64_t(r) * V, V, s, rng[size_t(r)]) : next_[r];
         if (agree) agree(next);
         for (int r = 0; r < n; ++r) {
             std::vector<int32_t>& seq = out[size_t(r)];
@@ -151,11 +183,13 @@ prints the tokens and tokens/s. Stops at the model's end tokens (generation_conf
   --top-k K              sample among the K most likely tokens (default 0: all)
   --top-p P              sample within the nucleus of probability P (default 1)
   --seed N               sampling seed (default 1234)
+  --batch N              generate N prompts together (default 1: one at a time, each streamed as it comes)
 )";
 
 struct GenerateOptions {
     std::string model, adapter, tokenizer;
     bool chat = false;
+    int batch = 1;
     Sampling sampling;
     std::vector<std::string> prompts;
 };
@@ -178,6 +212,7 @@ GenerateOptions parse_generate(const std::vector<std::string>& args) {
         else if (a == "--top-k") g.sampling.top_k = int(parse_int(a, value(), 0, 1 << 30));
         else if (a == "--top-p") g.sampling.top_p = float(parse_real(a, value()));
         else if (a == "--seed") g.sampling.seed = uint64_t(parse_int(a, value(), 0, 1LL << 62));
+        else if (a == "--batch") g.batch = int(parse_int(a, value(), 1, 4096));
         else if (a.rfind("--", 0) == 0) fail("unknown option " + a + " for generate (see ./train generate --help)");
         else g.prompts.push_back(a);
     }
@@ -243,23 +278,46 @@ int run_generate(const std::vector<std::string>& args) {
     int64_t generated = 0;
     double seconds = 0;
     {
-        ZeroStore store(c, lora, ZeroOptions(), w, stream);
-        store.load(g.model);
+        // What inference needs: the bf16 weights (and the adapter's), the KV cache for `rows` sequences of the
+        // longest prompt + --max-new-tokens, one step's activations and logits.
+        ZeroOptions inference;
+        inference.inference = true;
+        ZeroStore store(c, lora, inference, w, stream);
+        LoadReport loaded = store.load(g.model);
         if (lora.rank > 0) store.set_lora(adapter);
+        int rows = std::min(g.batch, int(prompts.size()));
         int max_len = std::min(c.max_position_embeddings, longest + g.sampling.max_new_tokens);
-        Generator gen(c, {lora.rank, lora.scale()}, 1, max_len, stream);
-        for (size_t k = 0; k < prompts.size(); ++k) {
-            if (prompts.size() > 1) std::printf("%s[%zu] %s\n", k ? "\n" : "", k + 1, g.prompts[k].c_str());
+        double weights = store.memory().base;
+        Generator gen(c, {lora.rank, lora.scale()}, rows, max_len, stream);
+        std::printf("model: %s, %s parameters; load %.1f s (%.2f GB at %.1f GB/s); GPU memory: weights %.2f GiB, KV cache and "
+                    "activations for %d x %d tokens %.2f GiB\n", g.model.c_str(), thousands(c.num_parameters()).c_str(), loaded.seconds,
+                    loaded.bytes / 1e9, loaded.bytes / 1e9 / std::max(1e-9, loaded.seconds), weights / double(1 << 30), rows, max_len,
+                    (double(tracked_device_bytes()) - weights) / double(1 << 30));
+        for (size_t first = 0; first < prompts.size(); first += size_t(rows)) {
+            size_t last = std::min(prompts.size(), first + size_t(rows));
+            std::vector<std::vector<int32_t>> batch(prompts.begin() + long(first), prompts.begin() + long(last));
+            bool streamed = batch.size() == 1;  // one sequence: its text as it comes
+            if (streamed && prompts.size() > 1) std::printf("%s[%zu] %s\n", first ? "\n" : "", first + 1, g.prompts[first].c_str());
             TextStream out{tok, {}, 0};
             double start = wall_seconds();
-            std::vector<int32_t> ids = gen.generate(store, {prompts[k]}, g.sampling, mt.eos, [&](int, int32_t id) {
-                if (std::find(mt.eos.begin(), mt.eos.end(), id) == mt.eos.end()) out.add(id);
-            })[0];
+            std::vector<std::vector<int32_t>> ids = gen.generate(store, batch, g.sampling, mt.eos, [&](int, int32_t id) {
+                if (streamed && std::find(mt.eos.begin(), mt.eos.end(), id) == mt.eos.end()) out.add(id);
+            });
             double s = wall_seconds() - start;
-            int64_t n = int64_t(ids.size() - prompts[k].size());
+            int64_t n = 0;
+            for (size_t k = 0; k < batch.size(); ++k) {
+                int64_t made = int64_t(ids[k].size() - batch[k].size());
+                n += made;
+                if (!streamed) {
+                    std::vector<int32_t> answer(ids[k].begin() + long(batch[k].size()), ids[k].end());
+                    while (!answer.empty() && std::find(mt.eos.begin(), mt.eos.end(), answer.back()) != mt.eos.end()) answer.pop_back();
+                    std::printf("%s[%zu] %s\n%s\n", first + k ? "\n" : "", first + k + 1, g.prompts[first + k].c_str(), tok.decode(answer).c_str());
+                }
+                if (int(ids[k].size()) >= max_len && made < g.sampling.max_new_tokens) std::printf(" [stopped: the model's context is full]");
+            }
             generated += n, seconds += s;
-            if (int(ids.size()) >= max_len && n < g.sampling.max_new_tokens) std::printf(" [stopped: the model's context is full]");
-            std::printf("\n(%lld tokens, %.1f tokens/s)\n", (long long)n, double(n) / s);
+            if (streamed) std::printf("\n(%lld tokens, %.1f tokens/s)\n", (long long)n, double(n) / s);
+            else std::printf("(%zu sequences together: %lld tokens, %.1f tokens/s)\n", batch.size(), (long long)n, double(n) / s);
         }
     }
     if (prompts.size() > 1) std::printf("\n%lld tokens in %.1f s, %.1f tokens/s\n", (long long)generated, seconds, double(generated) / seconds);

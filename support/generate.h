@@ -1,8 +1,11 @@
-// support/generate.h — text generation with a KV cache, and the `generate` command: the model's own layer forward run one token at a time for
-// a batch of sequences (LlamaModel::decode), each layer's keys and values kept for every position so far,
-// and each next token chosen greedily or sampled (temperature, top-k, top-p). Knows nothing of MPI: when
-// several ranks generate together (ZeRO stage 3 gathers are collective), `agree` makes them all take rank
-// 0's choice, so every rank runs the same steps.
+// support/generate.h — text generation with a KV cache, and the `generate` command: the model's own layer
+// forward run one token at a time for a batch of sequences (LlamaModel::decode), each layer's keys and
+// values kept for every position so far, and each next token chosen greedily or sampled (temperature,
+// top-k, top-p). When the store's weights stay in place (UnitStore::weights_in_place) and the stream is the
+// caller's own, one decode step (every layer, the head, the argmax) is captured in a CUDA graph after a
+// first step run directly, and replayed for every later one: the host launches one graph a token instead
+// of some 15 kernels a layer. Knows nothing of MPI: when several ranks generate together (ZeRO stage 3
+// gathers are collective), `agree` makes them all take rank 0's choice, so every rank runs the same steps.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -33,7 +36,8 @@ class Generator {
 
     // Each prompt (at most `rows`, each shorter than max_len) followed by its generated ids. A sequence
     // stops after an id in `eos` (kept), after s.max_new_tokens, or when it reaches max_len. on_token (if
-    // set) sees each new id as it comes: (sequence, id).
+    // set) sees each new id as it comes: (sequence, id). A replayed step holds the store's weight addresses:
+    // the store must outlive the Generator.
     std::vector<std::vector<int32_t>> generate(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, const Sampling& s,
                                                const std::vector<int32_t>& eos,
                                                const std::function<void(int, int32_t)>& on_token = {});
@@ -44,6 +48,8 @@ class Generator {
     std::function<void(cudaStream_t)> wait;            // waits for the stream (default: cudaStreamSynchronize)
 
   private:
+    void decode_step(UnitStore& store);  // model_.decode and the argmax: run directly, or replayed from graph_
+
     LlamaConfig c_;
     int rows_;
     cudaStream_t stream_;
@@ -51,6 +57,10 @@ class Generator {
     KvCache cache_;
     float* logits_ = nullptr;  // [rows, V] device
     int32_t* argmax_ = nullptr;  // [rows] device
+    int32_t* next_ = nullptr;    // [rows] pinned: the argmax, read by the host
+    cudaGraphExec_t graph_ = nullptr;  // one decode step, captured with the store graph_store_
+    const UnitStore* graph_store_ = nullptr;
+    const UnitStore* warmed_ = nullptr;  // the store a direct step ran with (loads every kernel before a capture)
 };
 
 // ./train generate: prompts as arguments or one per line on stdin, answered one after another with the

@@ -212,13 +212,15 @@ LlamaConfig preset_config(const std::string& name) {
         c.hidden_size = big ? 8192 : 4096, c.intermediate_size = big ? 28672 : 14336, c.num_hidden_layers = big ? 80 : 32;
         c.num_attention_heads = big ? 64 : 32, c.num_key_value_heads = 8, c.head_dim = 128;
         c.max_position_embeddings = 131072, c.rope_factor = 8, c.tie_word_embeddings = false;
-    } else if (name == "llama-2-7b") {  // meta-llama/Llama-2-7b-hf's shape (its tokenizer: data/llama2_tokenizer.json's family)
-        c.hidden_size = 4096, c.intermediate_size = 11008, c.num_hidden_layers = 32;
-        c.num_attention_heads = 32, c.num_key_value_heads = 32, c.head_dim = 128;
-        c.vocab_size = 32000, c.max_position_embeddings = 4096, c.rope_theta = 10000.0f, c.rope_llama3 = false;
-        c.tie_word_embeddings = false, c.bos_token_id = 1, c.eos_token_ids = {2};
+    } else if (name == "llama-2-7b" || name == "llama-2-13b") {  // meta-llama/Llama-2-7b-hf's and -13b-hf's shapes
+        bool big = name == "llama-2-13b";
+        c.vocab_size = 32000, c.rope_theta = 10000.0f, c.rope_llama3 = false, c.tie_word_embeddings = false;
+        c.bos_token_id = 1, c.eos_token_ids = {2};
+        c.hidden_size = big ? 5120 : 4096, c.intermediate_size = big ? 13824 : 11008, c.num_hidden_layers = big ? 40 : 32;
+        c.num_attention_heads = c.num_key_value_heads = big ? 40 : 32, c.head_dim = 128;
+        c.max_position_embeddings = 4096;
     } else {
-        fail("unknown preset \"" + name + "\" (--preset: tiny, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, llama-2-7b or qwen3-0.6b)");
+        fail("unknown preset \"" + name + "\" (--preset: tiny, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, llama-2-7b, llama-2-13b or qwen3-0.6b)");
     }
     return c;
 }
@@ -362,5 +364,5 @@ void check_model_weights(const SafetensorsReader& weights, const LlamaConfig& c)
         for (const TensorSpec& s : specs) known |= s.name == name;
         if (!known) fail(t.file + ": unexpected tensor " + name + " (not a parameter of this Llama config)");
     }
-    for (const TensorSpec& s : specs) weights.check_float(s.name, s.shape);
+    for (const TensorSpec& s : specs) weights.checked(s.name, s.shape);
 }

@@ -28,7 +28,7 @@ WordNet QA set, evaluates, prints sample answers and writes the adapter to out/.
 Model:
   --model DIR            HF model directory (config.json + model.safetensors[.index.json])
   --preset NAME          random init of a named shape instead: tiny, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b,
-                         llama-2-7b, qwen3-0.6b (with --dry-run --ranks N: will it fit?)
+                         llama-2-7b, llama-2-13b, qwen3-0.6b (with --dry-run --ranks N: will it fit?)
   --adapter DIR          start from a PEFT LoRA adapter (its r, alpha and targets are used)
 LoRA:
   --lora-rank N          adapter rank; 0 = full fine-tuning of every weight (default 16)
@@ -37,7 +37,8 @@ LoRA:
   --lora-dropout P       PEFT's lora_dropout: dropout on each adapter's input while training (default 0;
                          an --adapter's own value unless given)
 Data:
-  --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json)
+  --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json;
+                         data/llama2_tokenizer.json for the llama-2 presets)
   --data PATH[,PATH..]   training data: .jsonl rows {"text"}, {"question","answer"[,"context"]},
                          {"prompt","completion"} or {"input_ids"[,"labels"]}; or plain text (a file or a
                          directory, packed). Default: data/qa_train.jsonl
@@ -247,7 +248,8 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     if (o.merge && o.lora_rank == 0 && o.adapter.empty()) fail("--merge merges LoRA adapters into the base: it needs LoRA (--lora-rank 0 writes OUT/model anyway)");
     Schedule s = make_schedule(o, 1);
     check_schedule(s, source("--lr-schedule", "scheduler"));
-    if (o.tokenizer.empty()) o.tokenizer = default_path(o.preset == "llama-2-7b" ? "data/llama2_tokenizer.json" : "data/tokenizer.json");
+    bool llama2 = o.preset.rfind("llama-2-", 0) == 0;  // the Llama-2 shapes take the Llama-2 vocabulary
+    if (o.tokenizer.empty()) o.tokenizer = default_path(llama2 ? "data/llama2_tokenizer.json" : "data/tokenizer.json");
     if (o.data.empty()) {
         o.data = default_path("data/qa_train.jsonl");
         if (o.eval_data.empty() && o.eval_fraction == 0) o.eval_data = default_path("data/qa_eval.jsonl");

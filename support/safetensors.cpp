@@ -1,7 +1,9 @@
 // support/safetensors.cpp — reading and writing safetensors files (safetensors.h).
 #include "support/safetensors.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -151,33 +153,64 @@ const SafeTensor* SafetensorsReader::find(const std::string& name) const {
     return it == tensors_.end() ? nullptr : &it->second;
 }
 
-void SafetensorsReader::check_float(const std::string& name, const std::vector<int64_t>& shape) const {
+const SafeTensor& SafetensorsReader::checked(const std::string& name, const std::vector<int64_t>& shape) const {
     const SafeTensor* t = find(name);
     if (!t) fail(where_ + ": missing tensor " + name);
     if (t->shape != shape)
         fail(t->file + ": tensor " + name + " has shape " + shape_string(t->shape) + ", the config needs " + shape_string(shape));
     if (t->dtype != "BF16" && t->dtype != "F16" && t->dtype != "F32")
         fail(t->file + ": tensor " + name + " has dtype " + t->dtype + " (supported: BF16, F16, F32)");
+    return *t;
 }
 
 std::vector<float> SafetensorsReader::read_float(const std::string& name, const std::vector<int64_t>& shape) const {
-    check_float(name, shape);
-    const SafeTensor* t = find(name);
-    std::string raw(t->bytes, '\0');
-    std::ifstream in(t->file, std::ios::binary);
-    in.seekg(std::streamoff(t->offset));
-    if (!in.read(raw.data(), std::streamsize(raw.size()))) fail(t->file + ": cannot read tensor " + name);
-    size_t n = t->bytes / dtype_size(t->dtype);
-    std::vector<float> out(n);
-    for (size_t i = 0; i < n; ++i) {
-        if (t->dtype == "F32") std::memcpy(&out[i], raw.data() + 4 * i, 4);
-        else {
-            uint16_t h;
-            std::memcpy(&h, raw.data() + 2 * i, 2);
-            out[i] = t->dtype == "BF16" ? bf16_to_float(h) : half_to_float(h);
-        }
-    }
+    const SafeTensor& t = checked(name, shape);
+    std::vector<char> raw(t.bytes);
+    read_tensor_bytes(t, 0, t.bytes, raw.data());
+    std::vector<float> out(t.bytes / dtype_size(t.dtype));
+    to_float(raw.data(), t.dtype, out.data(), out.size());
     return out;
+}
+
+// ------------------------------------------------------------------------------------------ pieces of tensors
+
+size_t element_bytes(const std::string& dtype) { return dtype_size(dtype); }
+
+void read_tensor_bytes(const SafeTensor& t, uint64_t begin, uint64_t n, void* dst) {
+    if (begin + n > t.bytes) fail("internal: bytes " + std::to_string(begin) + "+" + std::to_string(n) + " beyond tensor " + t.name);
+    int fd = open(t.file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("cannot read " + t.file + ": " + std::strerror(errno));
+    char* out = static_cast<char*>(dst);
+    uint64_t at = t.offset + begin, left = n;
+    while (left > 0) {  // pread may return fewer bytes than asked (signals, very large reads)
+        ssize_t got = pread(fd, out, size_t(std::min<uint64_t>(left, 1u << 30)), off_t(at));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            int err = got < 0 ? errno : EIO;
+            close(fd);
+            fail(t.file + ": cannot read tensor " + t.name + ": " + (got == 0 ? std::string("the file ends early") : std::strerror(err)));
+        }
+        out += got, at += uint64_t(got), left -= uint64_t(got);
+    }
+    close(fd);
+}
+
+void to_float(const void* raw, const std::string& dtype, float* out, size_t n) {
+    const char* p = static_cast<const char*>(raw);
+    if (dtype == "F32") {
+        std::memcpy(out, p, n * 4);
+        return;
+    }
+    if (dtype != "BF16" && dtype != "F16") fail("internal: to_float of dtype " + dtype);
+    std::vector<uint16_t> h(std::min<size_t>(n, 1 << 16));
+    for (size_t at = 0; at < n; at += h.size()) {  // through an aligned buffer, a block at a time
+        size_t m = std::min(h.size(), n - at);
+        std::memcpy(h.data(), p + 2 * at, m * 2);
+        if (dtype == "BF16")
+            for (size_t i = 0; i < m; ++i) out[at + i] = bf16_to_float(h[i]);
+        else
+            for (size_t i = 0; i < m; ++i) out[at + i] = half_to_float(h[i]);
+    }
 }
 
 namespace {

@@ -22,10 +22,10 @@ class SafetensorsReader {
     explicit SafetensorsReader(const std::string& path);  // a directory or one .safetensors file
     const SafeTensor* find(const std::string& name) const;
     const std::map<std::string, SafeTensor>& tensors() const { return tensors_; }
-    // Fails, naming file and tensor, unless `name` is present with `shape` and a float dtype (BF16, F16, F32):
-    // what read_float checks before it reads, so a check of every tensor needs no tensor data.
-    void check_float(const std::string& name, const std::vector<int64_t>& shape) const;
-    // Reads `name` as fp32 values (converting BF16/F16/F32), after check_float.
+    // Tensor `name`, failing (naming file and tensor) unless it is present with `shape` and a float dtype
+    // (BF16, F16, F32): what read_float checks before it reads, so a check of every tensor needs no tensor data.
+    const SafeTensor& checked(const std::string& name, const std::vector<int64_t>& shape) const;
+    // Reads `name` as fp32 values (converting BF16/F16/F32), after checked().
     std::vector<float> read_float(const std::string& name, const std::vector<int64_t>& shape) const;
 
   private:
@@ -33,6 +33,15 @@ class SafetensorsReader {
     std::string where_;
     std::map<std::string, SafeTensor> tensors_;
 };
+
+// Pieces of tensors, for a loader that puts each byte where it goes (distributed/load.h). Both are safe to
+// call from several threads at once.
+//   read_tensor_bytes  bytes [begin, begin + n) of t's data into dst (pread; fails naming the file)
+//   to_float           n values stored as `dtype` (BF16, F16 or F32) as fp32, exactly: the host reference of
+//                      the GPU's conversion (kernels/ops.h convert_weights) and what read_float returns
+void read_tensor_bytes(const SafeTensor& t, uint64_t begin, uint64_t n, void* dst);
+void to_float(const void* raw, const std::string& dtype, float* out, size_t n);
+size_t element_bytes(const std::string& dtype);  // 2 for "BF16"; 0 for a dtype this file does not know
 
 struct TensorToWrite {
     std::string name, dtype;  // "BF16" or "F32"

@@ -58,6 +58,16 @@ TEST_CASE("cli: help, tokenize and a dry run succeed") {
     Run qwen3 = run("--preset qwen3-0.6b --seq 128 --dry-run");  // Qwen3-0.6B's shape
     CHECK(qwen3.status == 0);
     CHECK(qwen3.output.find("model qwen3-0.6b, 596,049,920 parameters") != std::string::npos);
+    // a 13B's full fine-tuning on one GPU, estimated without one (its Llama-2 vocabulary: the default
+    // Llama-2-family tokenizer)
+    std::string rows = temp_file("dry_13b.jsonl", "{\"text\": \"a harbor is a sheltered port\"}\n");
+    Run big = run("--preset llama-2-13b --lora-rank 0 --zero-stage 3 --offload --checkpoint-activations --seq 4096 --micro-batch 1 "
+                  "--data " + rows + " --dry-run");
+    CAPTURE(big.output);
+    CHECK(big.status == 0);
+    CHECK(big.output.find("13,015,864,320 parameters") != std::string::npos);
+    CHECK(big.output.find("memory per rank, estimate (GiB): weights 24.24, gathered units 0.00, master 0.00, grads 48.49") != std::string::npos);
+    CHECK(big.output.find("GiB of CPU memory (offload)") != std::string::npos);
 }
 
 TEST_CASE("cli: each bad flag is one error line") {

@@ -31,6 +31,13 @@ TEST_CASE("llama: presets and config.json round trip") {
     CHECK(back.eos_token_ids == std::vector<int>{128001, 128008, 128009});
     CHECK(back.num_parameters() == c.num_parameters());
     CHECK_THROWS_WITH_AS(preset_config("huge"), doctest::Contains("unknown preset \"huge\""), Error);
+    // Llama-2's shapes (meta-llama/Llama-2-7b-hf, -13b-hf): their published counts, untied, MHA
+    LlamaConfig l7 = preset_config("llama-2-7b"), l13 = preset_config("llama-2-13b");
+    CHECK(l7.num_parameters() == 6738415616LL);
+    CHECK(l13.num_parameters() == 13015864320LL);
+    CHECK_FALSE(l7.tie_word_embeddings);
+    CHECK(l13.num_key_value_heads == l13.num_attention_heads);
+    CHECK(load_config(temp_file("config.json", config_json(l13))).num_parameters() == l13.num_parameters());
 }
 
 TEST_CASE("llama: transformers 5 rope_parameters and defaults") {

@@ -255,10 +255,20 @@ TEST_CASE("gpu: rows packed into sequences give the same loss and gradients as t
     }
 }
 
-TEST_CASE("gpu: greedy generation equals HF generate on the golden models, several prompts at once") {
+// Twice per model: with the training store on the legacy default stream (each step's kernels launched one
+// by one), and with the inference store (bf16 weights only) on a stream of its own, where every step after
+// the first replays one CUDA graph.
+TEST_CASE("gpu: greedy generation equals HF generate on the golden models, several prompts at once, launched or replayed") {
     if (!need_gpu()) return;
-    for (const char* name : {"llama_tied_gqa4", "llama_untied_mha", "qwen3_tied"}) {
+    cudaStream_t own;
+    check_cuda(cudaStreamCreate(&own), "stream");
+    struct Case { const char* name; bool replayed; };
+    for (Case run : {Case{"llama_tied_gqa4", false}, Case{"llama_tied_gqa4", true}, Case{"llama_untied_mha", false}, Case{"llama_untied_mha", true},
+                      Case{"qwen3_tied", false}, Case{"qwen3_tied", true}}) {
+        const char* name = run.name;
+        bool replayed = run.replayed;
         CAPTURE(name);
+        CAPTURE(replayed);
         std::string dir = std::string("test/golden/") + name;
         if (access((dir + "/generate.json").c_str(), R_OK) != 0)
             FAIL("missing " << dir << "/generate.json (make it with python3 test/make_golden_generate.py test/golden " << name << ")");
@@ -267,8 +277,13 @@ TEST_CASE("gpu: greedy generation equals HF generate on the golden models, sever
         LoraConfig lora;
         std::vector<std::vector<float>> adapter;
         if (want.find("adapter")->boolean) load_peft_adapter(dir + "/adapter", c, lora, adapter);
-        ZeroStore store(c, lora, ZeroOptions(), test_world(), nullptr);
+        ZeroOptions z;
+        z.inference = replayed;
+        cudaStream_t stream = replayed ? own : nullptr;
+        ZeroStore store(c, lora, z, test_world(), stream);
         store.load(dir);
+        CHECK(store.weights_in_place());
+        if (replayed) CHECK(store.memory().master + store.memory().grads + store.memory().moments == 0);
         if (lora.rank) store.set_lora(adapter);
         std::vector<std::vector<int32_t>> prompts, expected;
         for (const Json& p : want.find("prompts")->array) {
@@ -283,14 +298,18 @@ TEST_CASE("gpu: greedy generation equals HF generate on the golden models, sever
         for (const Json& x : want.find("eos")->array) eos.push_back(int32_t(x.integer));
         Sampling greedy;
         greedy.max_new_tokens = int(want.find("max_new_tokens")->integer);
-        Generator gen(c, {lora.rank, lora.scale()}, int(prompts.size()), 64, nullptr);
-        std::vector<std::vector<int32_t>> got = gen.generate(store, prompts, greedy, eos);
-        for (size_t k = 0; k < prompts.size(); ++k) {
-            std::vector<int32_t> continuation(got[k].begin() + long(prompts[k].size()), got[k].end());
-            CAPTURE(k);
-            CHECK(continuation == expected[k]);
+        Generator gen(c, {lora.rank, lora.scale()}, int(prompts.size()), 64, stream);
+        for (int round = 0; round < 2; ++round) {  // the second round replays the graph from its first step
+            std::vector<std::vector<int32_t>> got = gen.generate(store, prompts, greedy, eos);
+            for (size_t k = 0; k < prompts.size(); ++k) {
+                std::vector<int32_t> continuation(got[k].begin() + long(prompts[k].size()), got[k].end());
+                CAPTURE(round);
+                CAPTURE(k);
+                CHECK(continuation == expected[k]);
+            }
         }
     }
+    check_cuda(cudaStreamDestroy(own), "stream");
 }
 
 TEST_CASE("gpu: a Llama-2-family model: our tokenizer, data and model give HF's loss; its adapter and export load in HF") {

@@ -8,6 +8,7 @@
 
 #include "data.h"
 #include "distributed/checkpoint.h"
+#include "distributed/offload.h"
 #include "support/safetensors.h"
 #include "zero3.h"
 
@@ -113,7 +114,10 @@ TEST_CASE("zero: the memory estimate follows the paper's 2 + 2 + K split by stag
         z.stage = 2, z.offload = true;
         MemoryReport off = ZeroStore::estimate(c, full, z, N);
         CHECK(off.master == 0);
-        CHECK(off.host == doctest::Approx(18 * psi / N).epsilon(0.01));  // master, m, v + pinned gradient and bf16 weights
+        // master, m, v (12 bytes) of the shards, and the transit ring: two buffers of the largest shard (the
+        // embedding's), 6 bytes per element each
+        double embedding = double(make_shard(int64_t(c.vocab_size) * c.hidden_size, N).size);
+        CHECK(off.host == doctest::Approx(12 * psi / N + kTransitSlots * 6 * embedding).epsilon(0.01));
     }
     LoraConfig lora;
     lora.rank = 16;
@@ -169,4 +173,46 @@ TEST_CASE("zero: stage 3 prefetches a unit whatever its size; bucket 0 turns it 
     CHECK_FALSE(prefetches(z));
     z.prefetch_bucket_size = 1, z.stage = 2;
     CHECK_FALSE(prefetches(z));  // nothing to gather below stage 3
+}
+
+TEST_CASE("offload: host memory is 12 bytes per optimized element and a ring of transit buffers of the largest shard") {
+    CHECK(offload_host_bytes({10, 30, 20}) == 12.0 * 60 + kTransitSlots * 6.0 * 30);
+    CHECK(offload_host_bytes({0, 0}) == 12.0 * 2 + kTransitSlots * 6.0);  // an empty shard still takes one element
+    CHECK(kTransitSlots >= 2);  // a gradient comes down while the shard before it is updated
+    // Full fine-tuning of a 7B (Llama-2) on one GPU: DeepSpeed's 12 bytes per parameter, and the ring (two
+    // layers' worth) on top: about 12.4 bytes, where a pinned gradient and bf16 copy per element made 18.
+    LlamaConfig c = preset_config("llama-2-7b");
+    double psi = double(c.num_parameters());
+    CHECK(psi == doctest::Approx(6.738e9).epsilon(0.001));
+    ZeroOptions z;
+    z.stage = 3, z.offload = true;
+    LoraConfig full;
+    MemoryReport m = ZeroStore::estimate(c, full, z, 1);
+    double layer = double(unit_layout(c, 1).numel);
+    CHECK(m.host == doctest::Approx(12 * psi + kTransitSlots * 6 * layer).epsilon(0.001));
+    CHECK(m.host / psi < 12.5);
+    CHECK(m.master == 0);
+    CHECK(m.moments == 0);
+    CHECK(m.base == doctest::Approx(2 * psi).epsilon(0.001));   // on the GPU: bf16 weights, fp32 gradients
+    CHECK(m.grads == doctest::Approx(4 * psi).epsilon(0.001));
+    CHECK(m.model_states() / double(1ull << 30) < 42);          // fits an 80 GB GPU beside the activations
+    // 8 ranks share the state
+    CHECK(ZeroStore::estimate(c, full, z, 8).host == doctest::Approx(12 * psi / 8 + kTransitSlots * 6 * layer / 8).epsilon(0.001));
+}
+
+TEST_CASE("zero: inference holds bf16 weights only; the 13B shape's estimate") {
+    LlamaConfig c = preset_config("llama-2-13b");
+    double psi = double(c.num_parameters());
+    CHECK(psi == doctest::Approx(13.016e9).epsilon(0.001));
+    ZeroOptions z;
+    z.inference = true;
+    LoraConfig full, lora;
+    lora.rank = 16;
+    MemoryReport m = ZeroStore::estimate(c, full, z, 1);
+    CHECK(m.base == doctest::Approx(2 * psi).epsilon(1e-6));
+    CHECK(m.master + m.grads + m.moments + m.host + m.grad_buffers + m.gathered == 0);
+    MemoryReport a = ZeroStore::estimate(c, lora, z, 1);  // the adapter's bf16 weights beside the base
+    CHECK(a.base > m.base);
+    CHECK(a.master + a.grads + a.moments == 0);
+    CHECK(m.base / double(1ull << 30) < 25);  // a 13B generates on one 80 GB GPU
 }
