@@ -63,7 +63,7 @@ def main():
         i = args.index("--out")
         out = args[i + 1]
         del args[i:i + 2]
-    bases = args or [os.path.join("test/golden", n) for n in ("llama_tied_gqa4", "llama_untied_mha")]
+    bases = args or [os.path.join("test/golden", n) for n in ("llama_tied_gqa4", "llama_untied_mha", "qwen3_tied")]
     failed = sum(not check(b, os.path.join(out, os.path.basename(b.rstrip("/")))) for b in bases)
     print("%d passed, %d failed" % (len(bases) - failed, failed))
     sys.exit(1 if failed else 0)
