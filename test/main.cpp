@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -47,6 +48,17 @@ std::string run_dir() {
     return dir;
 }
 }  // namespace
+
+Shell shell(const std::string& command) {
+    FILE* p = popen(("(" + command + ") < /dev/null 2>&1").c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int status = pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
 
 std::string temp_file(const std::string& name, const std::string& content) {
     std::string path = run_dir() + "/" + name;

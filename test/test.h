@@ -8,6 +8,14 @@
 
 #include "support/common.h"
 
+// A shell command's exit status (-1 when it did not exit) and its stdout and stderr together; its stdin is
+// /dev/null unless the command redirects it.
+struct Shell {
+    int status;
+    std::string output;
+};
+Shell shell(const std::string& command);
+
 // Writes `content` to a fresh file under a per-run temporary directory and returns its path.
 std::string temp_file(const std::string& name, const std::string& content);
 std::string temp_dir(const std::string& name);  // a fresh empty directory

@@ -30,14 +30,8 @@ struct Run {
 };
 
 Run run_command(const std::string& cmd) {
-    FILE* p = popen((cmd + " < /dev/null 2>&1").c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    Shell r = shell(cmd);
+    return {r.status, r.output};
 }
 
 Run train(const std::string& args) { return run_command("timeout 120 ./train " + args); }

@@ -17,15 +17,8 @@ struct Run {
 
 Run run(const std::string& args, const std::string& stdin_text = "", const std::string& env = "") {
     std::string in = temp_file("cli_stdin.txt", stdin_text);
-    std::string cmd = env + " ./train " + args + " < " + in + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    Shell r = shell(env + " ./train " + args + " < " + in);
+    return {r.status, r.output};
 }
 
 // The last line of the output is the error, and it is the only error line.

@@ -17,22 +17,7 @@
 namespace {
 
 // A shell command's stdout and stderr together, and its exit status; ./train ARGS.
-struct Output {
-    int status;
-    std::string text;
-};
-Output shell(const std::string& command) {
-    std::string cmd = "(" + command + ") 2>&1 < /dev/null";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-Output train(const std::string& args, const std::string& env = "") { return shell(env + " ./train " + args); }
+Shell train(const std::string& args, const std::string& env = "") { return shell(env + " ./train " + args); }
 
 bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
@@ -336,70 +321,70 @@ TEST_CASE("cli: each recipe in configs/recipes/ runs --dry-run and shows its pla
     };
     int seen = 0;
     for (const Recipe& r : recipes) {
-        Output out = train(std::string("--preset llama-3.2-1b --seq 256 --dry-run --config configs/recipes/") + r.file + " " + r.flags);
+        Shell out = train(std::string("--preset llama-3.2-1b --seq 256 --dry-run --config configs/recipes/") + r.file + " " + r.flags);
         std::string file = r.file;
         CAPTURE(file);
-        CAPTURE(out.text);
+        CAPTURE(out.output);
         CHECK(out.status == 0);
-        CHECK(has(out.text, "memory per rank, estimate (GiB): weights "));
-        CHECK(has(out.text, "memory per rank at each ZeRO stage on "));
-        CHECK(has(out.text, "dry run: inputs are valid"));
-        CHECK_FALSE(has(out.text, "warning"));
-        CHECK_FALSE(has(out.text, "error"));
+        CHECK(has(out.output, "memory per rank, estimate (GiB): weights "));
+        CHECK(has(out.output, "memory per rank at each ZeRO stage on "));
+        CHECK(has(out.output, "dry run: inputs are valid"));
+        CHECK_FALSE(has(out.output, "warning"));
+        CHECK_FALSE(has(out.output, "error"));
         for (const std::string part : r.plan) {
             CAPTURE(part);
-            CHECK(has(out.text, part));
+            CHECK(has(out.output, part));
         }
         ++seen;
     }
     CHECK(seen == 10);
     // the 7B recipe's train_batch_size is for 8 ranks: on one it is one error naming the arithmetic
-    Output one = train("--preset llama-3.2-1b --seq 256 --dry-run --config configs/recipes/llama2_7b_zero3.json");
+    Shell one = train("--preset llama-3.2-1b --seq 256 --dry-run --config configs/recipes/llama2_7b_zero3.json");
     CHECK(one.status == 1);
-    CHECK(has(one.text, "error: configs/recipes/llama2_7b_zero3.json: train_batch_size 64 != train_micro_batch_size_per_gpu * "
+    CHECK(has(one.output, "error: configs/recipes/llama2_7b_zero3.json: train_batch_size 64 != train_micro_batch_size_per_gpu * "
                         "gradient_accumulation_steps * GPUs (2 x 4 x 1 = 8)"));
 }
 
 TEST_CASE("cli: --dry-run --ranks N answers \"what if\" for a 70B model, and a config.json without weights plans") {
-    Output big = train("--preset llama-3.1-70b --seq 1024 --micro-batch 1 --dry-run --ranks 8 --zero-stage 3 --checkpoint-activations");
-    CAPTURE(big.text);
+    Shell big = train("--preset llama-3.1-70b --seq 1024 --micro-batch 1 --dry-run --ranks 8 --zero-stage 3 --checkpoint-activations");
+    CAPTURE(big.output);
     CHECK(big.status == 0);
-    CHECK(has(big.text, "plan: llama-3.1-70b, 70,553,706,496 parameters"));
-    CHECK(has(big.text, "ZeRO stage 3 over 8 ranks"));
-    CHECK(has(big.text, "memory per rank at each ZeRO stage on 8 ranks (GiB on each GPU, activations included): 0: 1"));
-    CHECK(has(big.text, "activation checkpointing on"));
-    Output ranks = train("--preset tiny --ranks 4");
+    CHECK(has(big.output, "plan: llama-3.1-70b, 70,553,706,496 parameters"));
+    CHECK(has(big.output, "ZeRO stage 3 over 8 ranks"));
+    CHECK(has(big.output, "memory per rank at each ZeRO stage on 8 ranks (GiB on each GPU, activations included): 0: 1"));
+    CHECK(has(big.output, "activation checkpointing on"));
+    Shell ranks = train("--preset tiny --ranks 4");
     CHECK(ranks.status == 1);
-    CHECK(has(ranks.text, "error: --ranks N plans a run for N ranks without starting them: it needs --dry-run"));
+    CHECK(has(ranks.output, "error: --ranks N plans a run for N ranks without starting them: it needs --dry-run"));
     // a model directory holding only config.json (Llama-3.2-1B's shape): a plan, no training
     std::string dir = temp_dir("config_only");
     temp_file("config_only/config.json", R"({"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
         "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072, "tie_word_embeddings": true})");
-    Output plan = train("--model " + dir + " --tokenizer data/tokenizer.json --seq 256 --dry-run --ranks 2 --zero-stage 2");
-    CAPTURE(plan.text);
+    Shell plan = train("--model " + dir + " --tokenizer data/tokenizer.json --seq 256 --dry-run --ranks 2 --zero-stage 2");
+    CAPTURE(plan.output);
     CHECK(plan.status == 0);
-    CHECK(has(plan.text, "holds a config.json without weights: a plan only"));
-    CHECK(has(plan.text, "ZeRO stage 2 over 2 ranks"));
-    Output train_it = train("--model " + dir + " --tokenizer data/tokenizer.json --seq 256 --steps 1");
+    CHECK(has(plan.output, "holds a config.json without weights: a plan only"));
+    CHECK(has(plan.output, "ZeRO stage 2 over 2 ranks"));
+    Shell train_it = train("--model " + dir + " --tokenizer data/tokenizer.json --seq 256 --steps 1");
     CHECK(train_it.status == 1);
-    CHECK(has(train_it.text, "no model.safetensors or model.safetensors.index.json in"));
+    CHECK(has(train_it.output, "no model.safetensors or model.safetensors.index.json in"));
 }
 
 TEST_CASE("cli: torchrun / deepspeed / accelerate launches without MPI are one error saying how to launch") {
-    Output first = train("--preset tiny --seq 64 --dry-run", "WORLD_SIZE=4 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500");
-    CAPTURE(first.text);
+    Shell first = train("--preset tiny --seq 64 --dry-run", "WORLD_SIZE=4 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500");
+    CAPTURE(first.output);
     CHECK(first.status == 1);
-    CHECK(has(first.text, "error: started as one of 4 processes (WORLD_SIZE=4: torchrun, deepspeed or accelerate launch) but MPI sees a world of 1"));
-    CHECK(has(first.text, "`mpirun -np 4 ./train ...`"));
-    CHECK_FALSE(has(first.text, "dry run: inputs are valid"));
-    Output other = train("--preset tiny --seq 64 --dry-run", "WORLD_SIZE=4 RANK=3 LOCAL_RANK=3");
+    CHECK(has(first.output, "error: started as one of 4 processes (WORLD_SIZE=4: torchrun, deepspeed or accelerate launch) but MPI sees a world of 1"));
+    CHECK(has(first.output, "`mpirun -np 4 ./train ...`"));
+    CHECK_FALSE(has(first.output, "dry run: inputs are valid"));
+    Shell other = train("--preset tiny --seq 64 --dry-run", "WORLD_SIZE=4 RANK=3 LOCAL_RANK=3");
     CHECK(other.status == 1);
-    CHECK(other.text.empty());  // the copy with RANK 0 says it once
-    Output single = train("--preset tiny --seq 64 --dry-run", "WORLD_SIZE=1 RANK=0 LOCAL_RANK=0");
+    CHECK(other.output.empty());  // the copy with RANK 0 says it once
+    Shell single = train("--preset tiny --seq 64 --dry-run", "WORLD_SIZE=1 RANK=0 LOCAL_RANK=0");
     CHECK(single.status == 0);
-    Output merge = train("--preset tiny --seq 64 --dry-run --lora-rank 0 --merge");
+    Shell merge = train("--preset tiny --seq 64 --dry-run --lora-rank 0 --merge");
     CHECK(merge.status == 1);
-    CHECK(has(merge.text, "error: --merge merges LoRA adapters into the base: it needs LoRA"));
+    CHECK(has(merge.output, "error: --merge merges LoRA adapters into the base: it needs LoRA"));
 }
 
 TEST_CASE("gpu: --merge writes OUT/model beside OUT/adapter; TensorBoard event files; the table's HF columns") {
@@ -407,27 +392,27 @@ TEST_CASE("gpu: --merge writes OUT/model beside OUT/adapter; TensorBoard event f
     std::string out = temp_dir("merge_run");
     std::string tb = temp_dir("merge_run_tb");
     std::string config = temp_file("ds_tb.json", "{\"tensorboard\": {\"enabled\": true, \"output_path\": \"" + tb + "\", \"job_name\": \"job\"}}");
-    Output run = train("--preset tiny --seq 64 --micro-batch 4 --steps 12 --log-every 4 --eval-every 6 --sample 0 --merge --config " + config +
+    Shell run = train("--preset tiny --seq 64 --micro-batch 4 --steps 12 --log-every 4 --eval-every 6 --sample 0 --merge --config " + config +
                        " --out " + out);
-    CAPTURE(run.text);
+    CAPTURE(run.output);
     REQUIRE(run.status == 0);
     for (const char* name : {"/adapter/adapter_config.json", "/adapter/adapter_model.safetensors", "/model/config.json",
                              "/model/model.safetensors", "/model/tokenizer.json", "/summary.json"})
         CHECK(exists(out + name));
-    CHECK(has(run.text, "the adapters merged into the base"));
-    CHECK(has(run.text, "| train loss, mean over the run (HF's train_loss) | "));
-    CHECK(has(run.text, "| train samples/s, all GPUs over the run's wall time (HF's train_samples_per_second) | "));
-    CHECK(has(run.text, "| GPU memory in use, whole GPU as nvidia-smi shows it, peak / mean | "));
+    CHECK(has(run.output, "the adapters merged into the base"));
+    CHECK(has(run.output, "| train loss, mean over the run (HF's train_loss) | "));
+    CHECK(has(run.output, "| train samples/s, all GPUs over the run's wall time (HF's train_samples_per_second) | "));
+    CHECK(has(run.output, "| GPU memory in use, whole GPU as nvidia-smi shows it, peak / mean | "));
     std::string summary = read_file(out + "/summary.json");
     CHECK(has(summary, "\"mean_train_loss\": "));
     CHECK_FALSE(has(summary, "\"mean_train_loss\": null"));
     CHECK_FALSE(has(summary, "\"gpu_device_peak_gib\": null"));
     if (std::system("python3 -c 'import struct' > /dev/null 2>&1") != 0) return skip_test("python3 not found: event files not read back");
-    Output read = shell("python3 test/read_tensorboard.py " + tb + "/job --expect train/loss,train/learning_rate,train/grad_norm,"
+    Shell read = shell("python3 test/read_tensorboard.py " + tb + "/job --expect train/loss,train/learning_rate,train/grad_norm,"
                         "train/tokens_per_second,gpu/rank_memory_gib,eval/loss");
-    CAPTURE(read.text);
+    CAPTURE(read.output);
     CHECK(read.status == 0);
-    CHECK(has(read.text, "train/loss: 4 points, first step 4"));  // steps 4, 8, 12 and the evaluation's 6
-    CHECK(has(read.text, "eval/loss: 2 points, first step 6"));
-    CHECK(has(read.text, "ok: 1 file(s)"));
+    CHECK(has(read.output, "train/loss: 4 points, first step 4"));  // steps 4, 8, 12 and the evaluation's 6
+    CHECK(has(read.output, "eval/loss: 2 points, first step 6"));
+    CHECK(has(read.output, "ok: 1 file(s)"));
 }

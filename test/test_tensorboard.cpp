@@ -172,16 +172,11 @@ TEST_CASE("tensorboard: a written event file parses back (here, and with the Pyt
         skip_test("python3 not found: the Python reader is not checked");
         return;
     }
-    std::string cmd = "python3 test/read_tensorboard.py " + dir + " --expect train/loss,train/learning_rate,eval/loss 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    int status = pclose(p);
+    std::string cmd = "python3 test/read_tensorboard.py " + dir + " --expect train/loss,train/learning_rate,eval/loss";
+    Shell read = shell(cmd);
+    std::string out = read.output;
     CAPTURE(out);
-    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(read.status == 0);
     CHECK(out.find("train/loss: 50 points, first step 10") != std::string::npos);
     CHECK(out.find("eval/loss: 1 points, first step 500 = 1.25") != std::string::npos);
     CHECK(out.find("ok: 1 file(s), 101 scalar points") != std::string::npos);
@@ -190,9 +185,8 @@ TEST_CASE("tensorboard: a written event file parses back (here, and with the Pyt
     f.seekp(40);
     f.put('\x7f');
     f.close();
-    p = popen(cmd.c_str(), "r");
-    out.clear();
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    CHECK(WEXITSTATUS(pclose(p)) == 1);
-    CHECK(out.find("CRC") != std::string::npos);
+    Shell damaged = shell(cmd);
+    CAPTURE(damaged.output);
+    CHECK(damaged.status == 1);
+    CHECK(damaged.output.find("CRC") != std::string::npos);
 }
