@@ -207,7 +207,7 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
             per_tensor[smp.tensor].first += (fd - an) * (fd - an), per_tensor[smp.tensor].second += fd * fd;
         }
         double err = std::sqrt(num / den);
-        MESSAGE((c.qk_norm ? "Qwen3, " : "") << (variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full")
+        MESSAGE(std::string(c.qk_norm ? "Qwen3, " : "") << (variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full")
                 << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
         CHECK(err < 6e-2);
         for (const auto& [name, e] : per_tensor) {

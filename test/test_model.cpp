@@ -249,7 +249,7 @@ TEST_CASE("gpu: rows packed into sequences give the same loss and gradients as t
         CHECK(packed.targets == unpacked.targets);
         double loss_error = std::fabs(packed.loss - unpacked.loss) / unpacked.loss;
         double grad_error = norm_error(packed.grads, unpacked.grads);
-        MESSAGE(name << ": packed vs unpacked: loss " << loss_error << ", LoRA gradients (2-norm) " << grad_error);
+        MESSAGE(std::string(name) << ": packed vs unpacked: loss " << loss_error << ", LoRA gradients (2-norm) " << grad_error);
         CHECK(loss_error < 2e-3);  // bf16 activations; the products see the rows in other groupings
         CHECK(grad_error < 2e-2);
     }
