@@ -31,7 +31,9 @@
 //   O5. before_zeroing() from begin_step(): compute waits every k.grad_copied before zeroing the gradients.
 //   O6. finish()         waits for the whole round: step() and everything that reads or writes master, m,
 //                        v or the pinned buffers from the host (checkpoints, lora_layers, unit_weights, ...).
-// A failure in the worker is rethrown by the next wait in O1, O4 or O6 (threads.h), never a hang.
+// A failure in the worker is rethrown by the next wait in O1, O4 or O6 (threads.h), never a hang; and those
+// waits poll under the watchdog (wait_for_worker), so a worker stuck behind a collective that never ends (its
+// copies wait for the comm stream) ends the job after --comm-timeout, naming that collective.
 #include "distributed/offload.h"
 
 #include <algorithm>
@@ -118,10 +120,9 @@ CpuOptimizer::HostState CpuOptimizer::state(int k) const {
 }
 
 void CpuOptimizer::start() {
-    // By default the cores this rank's share of the node leaves beside the main thread and the worker: the
-    // update of each shard must keep pace with the next forward.
-    int cores = int(std::thread::hardware_concurrency()) / std::max(1, w_.local_size);
-    pool_ = std::make_unique<ThreadPool>(threads_ > 0 ? threads_ : std::max(1, cores - 2));
+    // By default the CPUs this rank may use (its affinity, shared with the ranks bound to the same CPUs), less
+    // the main thread and the worker: the update of each shard must keep pace with the next forward.
+    pool_ = std::make_unique<ThreadPool>(threads_ > 0 ? threads_ : offload_pool_threads(w_.cpus));
     worker_ = std::make_unique<InOrderWorker>(int(shards_.size()), [this](int k) { update(k); });
 }
 
@@ -130,7 +131,7 @@ void CpuOptimizer::start() {
 // O1: the shard's finished gradient to its pinned host buffer, on the copy stream.
 void CpuOptimizer::gradient_ready(int k) {
     HostShard& h = shards_[size_t(k)];
-    worker_->wait(k);
+    wait_for_worker(k);
     check_cuda(cudaEventRecord(grad_reduced_, comm_), "event");
     check_cuda(cudaStreamWaitEvent(copy_, grad_reduced_, 0), "wait");
     if (h.n > 0) check_cuda(cudaMemcpyAsync(h.grad, h.device_grad, size_t(h.n) * 4, cudaMemcpyDeviceToHost, copy_), "copy grads");
@@ -155,6 +156,7 @@ void CpuOptimizer::update(int k) {
     const Step& j = step_;
     std::string where = "unit " + std::to_string(h.unit) + ": ";
     cuda_or_throw(cudaSetDevice(w_.gpu), where + "cudaSetDevice");  // the device is per thread
+    // These waits block this thread only: the main thread's wait for this task is the bounded one (O1, O4, O6).
     cuda_or_throw(cudaEventSynchronize(h.grad_copied), where + "the gradient's copy to the host");
     cuda_or_throw(cudaEventSynchronize(h.uploaded), where + "the last copy of the weights to the GPU");
     for (const UpdateRun& r : h.runs)
@@ -170,7 +172,7 @@ void CpuOptimizer::update(int k) {
 cudaEvent_t CpuOptimizer::before_read(int k) {
     HostShard& h = shards_[size_t(k)];
     if (h.awaited == steps_) return nullptr;
-    worker_->wait(k);
+    wait_for_worker(k);
     h.awaited = steps_;
     return h.uploaded;
 }
@@ -186,14 +188,23 @@ void CpuOptimizer::before_zeroing() {
 }
 
 // O6
-void CpuOptimizer::finish() { worker_->finish(); }
+void CpuOptimizer::finish() { wait_for_worker(-1); }
+
+void CpuOptimizer::wait_for_worker(int k) {
+    auto over = [&] { return k >= 0 ? worker_->done(k) || worker_->finished() : worker_->finished(); };
+    if (!over())
+        world_poll(w_, k >= 0 ? "the CPU optimizer's update of unit " + std::to_string(shards_[size_t(k)].unit) : "the CPU optimizer's update",
+                   over);
+    if (k >= 0) worker_->wait(k);
+    else worker_->finish();
+}
 
 // ------------------------------------------------------------------------------------------ between steps
 
 void CpuOptimizer::upload_master(int k) {
     HostShard& h = shards_[size_t(k)];
     if (h.n > 0) {
-        check_cuda(cudaEventSynchronize(h.uploaded), "wait");  // the worker's last upload has left h.weights
+        world_wait_event(w_, h.uploaded);  // the worker's last upload has left h.weights
         for (int64_t i = 0; i < h.n; ++i) h.weights[i] = __float2bfloat16(h.master[i]);
         check_cuda(cudaMemcpyAsync(h.device_weights, h.weights, size_t(h.n) * 2, cudaMemcpyHostToDevice, compute_), "copy weights");
         world_wait(w_, compute_);  // h.weights is written again by the next update

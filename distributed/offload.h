@@ -25,7 +25,8 @@
 class CpuOptimizer {
   public:
     // compute, comm: the streams the store computes and communicates on. threads: the pool's size (0: the
-    // node's hardware threads over its ranks, less two). pin_memory: master, m and v in pinned memory.
+    // CPUs this rank may use, World::cpus, less two: offload_pool_threads). pin_memory: master, m and v in
+    // pinned memory.
     CpuOptimizer(const World& w, int threads, bool pin_memory, cudaStream_t compute, cudaStream_t comm);
     ~CpuOptimizer();  // the update in flight completes; the rest of its round is dropped
     CpuOptimizer(const CpuOptimizer&) = delete;
@@ -58,6 +59,9 @@ class CpuOptimizer {
   private:
     struct HostShard;
     void update(int k);  // O3, in the worker thread
+    // The main thread's wait for the worker (shard k's update; -1: the whole round), polled so that the
+    // watchdog bounds it (world.h: world_poll); rethrows the worker's failure.
+    void wait_for_worker(int k);
 
     World w_;
     bool pinned_;

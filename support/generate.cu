@@ -112,13 +112,17 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
         if (s.temperature <= 0) {
             argmax_kernel<<<unsigned(rows_), 1024, 0, stream_>>>(logits_, V, argmax_);
             check_launch("argmax_kernel");
-            check_cuda(cudaMemcpyAsync(next.data(), argmax_, size_t(rows_) * 4, cudaMemcpyDeviceToHost, stream_), "copy tokens");
-        } else {
-            logits.resize(size_t(rows_) * V);
-            check_cuda(cudaMemcpyAsync(logits.data(), logits_, logits.size() * 4, cudaMemcpyDeviceToHost, stream_), "copy logits");
         }
+        // The stream first (its gathers wait for the other ranks: `wait` bounds that), then the copy to
+        // pageable memory, which would otherwise block the host until the stream reached it.
         if (wait) wait(stream_);
         else check_cuda(cudaStreamSynchronize(stream_), "generate");
+        if (s.temperature <= 0) {
+            check_cuda(cudaMemcpy(next.data(), argmax_, size_t(rows_) * 4, cudaMemcpyDeviceToHost), "copy tokens");
+        } else {
+            logits.resize(size_t(rows_) * V);
+            check_cuda(cudaMemcpy(logits.data(), logits_, logits.size() * 4, cudaMemcpyDeviceToHost), "copy logits");
+        }
         for (int r = 0; r < n && s.temperature > 0; ++r) next[size_t(r)] = sample_token(logits.data() + int64_t(r) * V, V, s, rng[size_t(r)]);
         if (agree) agree(next);
         for (int r = 0; r < n; ++r) {
