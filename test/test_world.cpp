@@ -112,6 +112,10 @@ TEST_CASE("world: a rank stopped inside a host collective ends the job within th
     CHECK(r.output.find("error: rank 0 waited 2 s for the other ranks (MPI_Iallreduce: a sum over ranks) at step 7") != std::string::npos);
     CHECK(r.output.find("--comm-timeout, now 2 s); ending the job") != std::string::npos);
     CHECK(r.output.find("the sum returned") == std::string::npos);
+    FILE* left = popen("pgrep -f '[w]orld child: rank 1 stops' | wc -l", "r");  // the stopped rank was ended too
+    char buf[64] = {};
+    if (left && fgets(buf, sizeof buf, left)) CHECK(std::atoi(buf) == 0);
+    if (left) pclose(left);
 }
 
 TEST_CASE("world: --check-collectives passes equal sequences and names the first collective where a rank departs") {
