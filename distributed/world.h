@@ -161,12 +161,12 @@ void world_set_timeout(double seconds);
 double world_timeout();
 // What this rank is doing, for that message: the step the trainer queues, and the unit ZeRO moves.
 void world_at_step(int64_t step);
-void world_at_unit(int unit, const char* what);  // e.g. (3, "forward gather"); -1: no unit
+void world_at_unit(int unit, const char* what);  // e.g. (3, "gathered for the forward"); -1: no unit
 // Polls `ready` until it is true, checking peers and the deadline; `what` names the wait ("the CPU
 // optimizer's update of unit 3").
 void world_poll(const World& w, const std::string& what, const std::function<bool()>& ready);
 // Keeps the host at most a few calls ahead of `stream` (ZeRO calls it for every unit it hands out): a marker
-// on the stream at each call, and a polled wait for the one made kPaceDepth calls before. A collective that
+// on the stream at each call, and a polled wait for the one made 4 calls before. A collective that
 // never completes then leaves the host in a bounded wait, not in a kernel launch that blocks because the
 // GPU's queue of launches is full (about a thousand).
 void world_pace(const World& w, cudaStream_t stream);
