@@ -1,6 +1,6 @@
 // train.cpp — main: the subcommands, and a training run that reads top to bottom as nanoGPT's train.py does:
 //   setup       load_inputs        tokenizer, model config, adapter, datasets, checkpoint: every input checked
-//                                  before the GPU is touched
+//                                  before the GPU is touched; check_same_view: every rank read the same
 //               plan_run           steps per epoch, the run's length, where a resumed run starts
 //               Trainer            the ZeRO store, the model, the data loader, the LR schedule; print_plan
 //   the loop    Trainer::run       for each step: queue_step (the micro-batches forward and backward, then the
@@ -30,6 +30,7 @@
 
 #include "adamw.h"
 #include "distributed/checkpoint.h"
+#include "distributed/threads.h"
 #include "support/cuda_calls.h"
 #include "data.h"
 #include "support/generate.h"
@@ -129,6 +130,7 @@ struct Inputs {
     LlamaConfig config;
     LoraConfig lora;
     std::vector<std::vector<float>> adapter;  // from --adapter, per layer
+    std::string weights_header;               // the weights' safetensors headers as text ("" without weights)
     Dataset train, eval;
     std::string resume;  // the checkpoint directory, or ""
 };
@@ -186,7 +188,12 @@ Inputs load_inputs(const Options& o, bool chief) {
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
     // the weights: every tensor's name, shape, dtype and bytes, from the headers
-    if (!o.model.empty() && (!o.dry_run || has_weights(o.model))) check_model_weights(SafetensorsReader(o.model), c);  // a dry run plans from config.json alone
+    if (!o.model.empty() && (!o.dry_run || has_weights(o.model))) {  // a dry run plans from config.json alone
+        SafetensorsReader weights(o.model);
+        check_model_weights(weights, c);
+        for (const auto& [name, t] : weights.tensors())
+            in.weights_header += name + " " + t.dtype + " " + shape_string(t.shape) + " " + std::to_string(t.offset) + "+" + std::to_string(t.bytes) + "\n";
+    }
     // the data: every token id inside the embedding (load_dataset checks pre-tokenized ids)
     DataOptions dopt;
     dopt.seq_len = o.seq, dopt.train_on_prompt = o.train_on_prompt, dopt.chat_template = o.chat_template, dopt.pack = o.pack;
@@ -206,6 +213,62 @@ Inputs load_inputs(const Options& o, bool chief) {
     if (chief && !previous.empty() && in.resume.empty())
         std::printf("note: %s holds a previous run's outputs (%s); this run replaces them\n", o.out.c_str(), previous.c_str());
     return in;
+}
+
+// ================================================================================================ the same run everywhere
+
+// A dataset as the batches see it: every row's ids, labels and document starts, and the sequences (not
+// where it was read from: a rank may find the default data beside ./train rather than in its directory).
+uint64_t dataset_hash(const Dataset& d) {
+    uint64_t h = fnv1a("dataset");
+    for (const Example& e : d.rows) {
+        uint64_t n[3] = {e.ids.size(), e.labels.size(), e.doc_starts.size()};
+        h = fnv1a(n, sizeof n, h);
+        h = fnv1a(e.ids.data(), e.ids.size() * 4, h), h = fnv1a(e.labels.data(), e.labels.size() * 4, h);
+        h = fnv1a(e.doc_starts.data(), e.doc_starts.size() * 4, h);
+    }
+    for (const std::vector<int64_t>& seq : d.sequences) {
+        uint64_t n = seq.size();
+        h = fnv1a(seq.data(), seq.size() * 8, fnv1a(&n, sizeof n, h));
+    }
+    return h;
+}
+
+std::string dataset_detail(const Dataset& d) {
+    return thousands(int64_t(d.rows.size())) + " rows, " + thousands(d.stats.tokens) + " tokens in " + thousands(d.stats.sequences) + " sequences";
+}
+
+// Every rank reads its inputs itself, and node-local copies may differ: a config, a weights file, a dataset
+// or a tokenizer that differ give different unit sizes or step counts, and NCCL never compares counts (a
+// hang, or silently wrong sums). Each is compared across ranks, as a hash, before the GPU is used; a
+// difference is one error naming it and the ranks that differ (world_check_same).
+void check_same_view(const World& w, const Options& o, const Inputs& in) {
+    const LlamaConfig& c = in.config;
+    world_check_same(w, config_json(c), "the model configs (" + (o.model.empty() ? "--preset " + c.name : o.model + "/config.json") + ")",
+                     "layers " + std::to_string(c.num_hidden_layers) + ", hidden " + std::to_string(c.hidden_size) + ", vocabulary " +
+                         std::to_string(c.vocab_size) + ", " + thousands(c.num_parameters()) + " parameters");
+    world_check_same(w, in.weights_header, "the weights' safetensors headers (" + o.model + ")",
+                     std::to_string(std::count(in.weights_header.begin(), in.weights_header.end(), '\n')) + " tensors");
+    std::string tokens = "BOS " + std::to_string(in.tokens.bos) + ", pad " + std::to_string(in.tokens.pad) + ", EOS";
+    for (int32_t e : in.tokens.eos) tokens += " " + std::to_string(e);
+    world_check_same(w, (in.tok ? read_file(in.tokenizer_path) : std::string()) + tokens,
+                     "the tokenizers and special tokens (" + (in.tok ? in.tokenizer_path : "none: pre-tokenized data") + ")",
+                     (in.tok ? thousands(int64_t(in.tok->vocab_size())) + " tokens; " : std::string()) + tokens);
+    uint64_t adapter = fnv1a("adapter");
+    for (const std::vector<float>& layer : in.adapter) adapter = fnv1a(layer.data(), layer.size() * 4, adapter);
+    world_check_same_hash(w, adapter, "the adapter weights (--adapter " + o.adapter + ")");
+    world_check_same_hash(w, dataset_hash(in.train), "the training data (" + o.data + ")", dataset_detail(in.train));
+    world_check_same_hash(w, dataset_hash(in.eval), "the evaluation data", dataset_detail(in.eval));
+}
+
+// Offload's host threads need CPUs: one warning line (rank 0) when a rank may use too few (threads.h).
+void warn_if_few_cpus(const World& w) {
+    std::vector<std::vector<double>> all = world_gather(w, {double(w.cpus)});
+    if (w.rank != 0) return;
+    std::vector<int> cpus;
+    for (const std::vector<double>& r : all) cpus.push_back(int(r[0]));
+    std::string warning = few_cpus_warning(cpus, w.node_cpus, w.launcher);
+    if (!warning.empty()) std::printf("%s\n", warning.c_str());
 }
 
 // ================================================================================================ the plan
@@ -255,6 +318,7 @@ class Trainer {
     void run_batch(const Batch& b, bool backward, float divisor);
     DeviceBatch upload_batch(const Batch& b);         // the batch's four arrays to the GPU, through a pinned slot
     double read_loss_sum();                           // this rank's summed CE since the last read (synchronises)
+    void report_first_step();                         // the memory NCCL and the libraries took in the first step
     // evaluation
     double evaluate();
     AnswerScore answer_questions(const char* when, int limit);
@@ -387,7 +451,7 @@ void Trainer::print_plan(const MemoryReport& est, double setup_seconds, const Lo
     if (o_.zero.stage >= 2)
         std::printf("memory per rank (GiB), buffers made during the first step: gathered units %.2f (estimate), gradient buffers %.2f "
                     "(estimate)\n", gib(est.gathered), gib(est.grad_buffers));
-    print_run_plan(stdout, make_plan(o_, c, in_.lora, in_.train, in_.tokens.pad, w_.size), o_, c, in_.lora);
+    print_run_plan(stdout, make_plan(o_, c, in_.lora, in_.train, in_.tokens.pad, w_.size, w_.cpus), o_, c, in_.lora);
     std::string how;
     double flops_per_s = sustained_flops(o_, peak_flops_, how);
     print_step_on_paper(o_, c, in_.lora, Cluster{w_.size, w_.nodes, o_.interconnect_GBps}, flops_per_s, how, false);
@@ -434,6 +498,7 @@ RunResult Trainer::run(const std::string& base_name) {
     save_outputs(base_name);
     if (o_.score_answers) log_.result.answers_after = answer_questions("after training", -1);
     else if (o_.sample > 0) answer_questions("after training", o_.sample);
+    world_check_collectives(w_, "after the last step (evaluation, outputs)");
     if (chief_) {
         MemoryReport m = store_->memory();
         std::printf("memory per rank at the end (GiB): weights %.2f, gathered %.2f, master %.2f, grads %.2f (+%.2f buffers), "
@@ -448,6 +513,7 @@ RunResult Trainer::run(const std::string& base_name) {
 // step while this one runs. Its summed loss and gradient norm are copied into pinned memory at its end;
 // read_step reads them.
 void Trainer::queue_step(int64_t step, bool fresh_start) {
+    world_at_step(step);  // the watchdog names the step of a collective that never completes
     QueuedStep& q = queued_[step % kQueuedSteps];
     q.step = step, q.fresh_start = fresh_start, q.targets = q.tokens = q.examples = 0;
     q.comm = w_.comm->counted();  // the step's collectives are the difference at its end
@@ -483,6 +549,7 @@ void Trainer::queue_step(int64_t step, bool fresh_start) {
     check_cuda(cudaEventRecord(q.done, stream_), "event");
     q.comm = w_.comm->counted() - q.comm;
     if (profiled) world_wait_event(w_, q.done), profiler_.end_step();
+    world_check_collectives(w_, "at step " + std::to_string(step));  // --check-collectives: every rank issued the same
 }
 
 // Waits for a queued step (normally the one before the step just queued, so the GPU stays busy), hands its
@@ -490,6 +557,7 @@ void Trainer::queue_step(int64_t step, bool fresh_start) {
 void Trainer::read_step(int64_t step, bool eval) {
     const QueuedStep& q = queued_[step % kQueuedSteps];
     world_wait_event(w_, q.done);  // watching for a lost peer meanwhile
+    if (step == plan_.start_step + 1) report_first_step();
     const float* out = step_results_ + 2 * (step % kQueuedSteps);
     StepRecord r;
     r.step = step, r.targets = q.targets, r.tokens = q.tokens, r.rows = q.examples, r.comm = q.comm;
@@ -506,6 +574,17 @@ void Trainer::read_step(int64_t step, bool eval) {
     if (!log_.line_due(step, eval)) return;
     double eval_loss = eval ? evaluate() : NAN;  // after the timing of the steps
     log_.line(eval, eval_loss, gib(rank_gpu_bytes(w_)), gib(sampler_.last_gpu()));
+}
+
+// NCCL allocates its buffers when it starts and lazily, at the first collectives, beside the allocations
+// this rank counts: what they took by the end of the first step joins this rank's figure (rank_gpu_bytes:
+// progress lines, memory CSV and chart, summary), and one line says it.
+void Trainer::report_first_step() {
+    bool measured = untracked_measure_end(w_);
+    if (chief_ && measured)
+        std::printf("memory per rank after the first step (GiB): NCCL and library buffers %.3f (the GPU's in-use growth since this rank's "
+                    "context less its counted allocations), this rank on its GPU %.3f (GPU in use %.3f)\n",
+                    gib(untracked_gpu_bytes()), gib(rank_gpu_bytes(w_)), gib(gpu_in_use_bytes()));
 }
 
 // The next pinned slot, once the copy that last read it is done (the host runs at most kStagingSlots
@@ -532,9 +611,9 @@ void Trainer::run_batch(const Batch& b, bool backward, float divisor) {
 
 double Trainer::read_loss_sum() {
     float v = 0;
-    check_cuda(cudaMemcpyAsync(&v, model_->loss_sum(), 4, cudaMemcpyDeviceToHost, stream_), "copy loss");
-    check_cuda(cudaMemsetAsync(model_->loss_sum(), 0, 4, stream_), "memset");
-    world_wait(w_, stream_);
+    world_wait(w_, stream_);  // first: a copy to pageable memory would block the host until the stream got there
+    check_cuda(cudaMemcpy(&v, model_->loss_sum(), 4, cudaMemcpyDeviceToHost), "copy loss");
+    check_cuda(cudaMemset(model_->loss_sum(), 0, 4), "memset");
     return v;
 }
 
@@ -681,6 +760,8 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
         in = load_inputs(o, w.rank == 0);
         plan = plan_run(o, in, w.size);
     });
+    check_same_view(w, o, in);
+    if (o.zero.offload && !o.plan_ranks) warn_if_few_cpus(w);
     world_check_same(w, in.resume, "the checkpoints to resume from (OUT/checkpoints/latest)");
     if (!in.resume.empty())
         world_check_same(w, read_file(in.resume + "/trainer.json") + read_file(in.resume + "/zero.json"), "the checkpoint files");
@@ -690,7 +771,7 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
         std::string how;
         double flops_per_s = sustained_flops(o, 0, how);
         if (w.rank == 0) {
-            print_dry_run(o, in.config, in.lora, in.train, in.tokens.pad, cl.ranks);
+            print_dry_run(o, in.config, in.lora, in.train, in.tokens.pad, cl.ranks, o.plan_ranks ? 0 : w.cpus);
             print_step_on_paper(o, in.config, in.lora, cl, flops_per_s, how, true);
         }
         return RunResult();
@@ -723,9 +804,17 @@ RunResult run_job(const Options& o, World& w, const std::string& title) {
 // what pretraining stored. Greedy answers are scored against the references before and after.
 constexpr const char* kBaseRecipe = "tiny; data/corpus,data/dictionary; seq 256; micro-batch 32; 32 epochs; lr 3e-3; wd 0.01";
 
+// Whether data/base holds the base this recipe pretrains (then part 1 is skipped). Every rank decides for
+// itself, from its own data/: main compares the decisions, since a rank that pretrains while another
+// fine-tunes would issue other collectives.
+bool base_cached() {
+    std::string base = default_path("data/base");
+    return exists(base + "/model.safetensors") && exists(base + "/recipe.txt") && read_file(base + "/recipe.txt") == kBaseRecipe;
+}
+
 int run_default(const Options& defaults, World& w) {
     std::string base = default_path("data/base");
-    bool cached = exists(base + "/model.safetensors") && exists(base + "/recipe.txt") && read_file(base + "/recipe.txt") == kBaseRecipe;
+    bool cached = base_cached();
     if (!cached) {
         if (w.rank == 0)
             std::printf("== default job, part 1: pretraining the tiny preset on data/corpus and data/dictionary (all weights, from random "
@@ -770,9 +859,14 @@ int main(int argc, char** argv) {
         world_check_same(w, signature, "the command-line options");
         Options o;
         world_agree(w, o.check_timeout, [&] { o = parse_options(args, w.size); });
+        world_set_timeout(o.comm_timeout);  // the watchdog (world.h)
+        world_track_collectives(o.check_collectives);
         // The default job (no model, preset, data or adapter) replaces its own outputs, saying so.
         bool default_job = o.model.empty() && o.preset.empty() && o.given.count("--data") == 0 && o.adapter.empty();
         if (default_job) o.overwrite = true;
+        if (default_job)
+            world_check_same(w, base_cached() ? "cached" : "to pretrain", "the default job's pretrained bases (" + default_path("data/base") + ")",
+                             base_cached() ? "there, with this recipe (part 1 skipped)" : "absent or from another recipe (part 1 pretrains it)");
         if (default_job && !o.dry_run) run_default(o, w);
         else run_job(o, w, "run summary");
         world_finalize(w);

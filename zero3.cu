@@ -262,6 +262,8 @@ Traffic ZeroStore::traffic(const LlamaConfig& c, const LoraConfig& lora, const Z
 UnitView ZeroStore::gather(int unit, Pass pass) {
     Unit& U = *units_[size_t(unit)];
     U.pass = pass;
+    world_at_unit(unit, pass == Pass::forward ? "gathered for the forward" : "gathered for the backward");  // the watchdog's label
+    world_pace(w_, stream_);  // the host stays a few units ahead of the GPU, in waits the watchdog bounds
     const bf16* seg16[2] = {U.seg[0].full16, U.seg[1].full16};
     if (U.sharded && !gathers_in_place(z_, w_.size)) {  // stage 3
         if (U.slot < 0) all_gather_unit(unit);  // not prefetched: steps 1-2 now
@@ -343,6 +345,7 @@ void ZeroStore::prefetch(int unit) {
     int busy = 0;
     for (const Slot& s : slots_) busy += s.unit >= 0;
     if (busy >= kGatherSlots && !z_.keep_gathered) return;
+    world_at_unit(unit, "prefetched");
     all_gather_unit(unit);
     ++prefetched_;
 }
@@ -385,6 +388,7 @@ void ZeroStore::reduce_grads(int unit) {
     if (U.trainable < 0) return;
     Segment& s = U.seg[U.trainable];
     cudaStream_t cs = comm_stream();
+    world_at_unit(unit, "gradients reduced");
     if (z_.stage <= 1) {  // all-reduce the full gradient once per step, in buckets
         if (!last_micro_) return;
         check_cuda(cudaEventRecord(compute_done_, stream_), "event");  // 6: the comm stream waits for this unit's backward
@@ -418,6 +422,7 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
     // Global gradient norm: each rank sums the squares of the elements it optimizes (stage 0: its shard's
     // slice of the identical full gradient), then the sums are all-reduced.
     check_cuda(cudaMemsetAsync(norm_sq_, 0, 4, stream_), "memset");
+    world_at_unit(-1, "gradient norm");
     for (Unit* U : units_) {
         if (U->trainable < 0) continue;
         Segment& s = U->seg[U->trainable];
@@ -437,9 +442,11 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
 
 // AdamW on the GPU, unit by unit, on the compute stream; stages 1, 2 then all-gather the new weights.
 void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
-    for (Unit* U : units_) {
+    for (int u = 0; u < int(units_.size()); ++u) {
+        Unit* U = units_[size_t(u)];
         if (U->trainable < 0) continue;
         Segment& s = U->seg[U->trainable];
+        world_at_unit(u, "updated weights gathered");
         bf16* dst = s.opt16();
         for (const UpdateRun& r : s.runs)
             adamw_step_gpu(s.master + r.offset, s.opt_grad + r.offset, s.m + r.offset, s.v + r.offset, dst + r.offset, r.count, c, lr,
@@ -460,6 +467,7 @@ void ZeroStore::await_update(int unit) {
     if (!uploaded) return;  // already waited for since the last step
     cudaStream_t cs = comm_stream();
     check_cuda(cudaStreamWaitEvent(cs, uploaded, 0), "wait");
+    world_at_unit(unit, "updated weights gathered (offload)");
     if (!s.sharded) {  // stages 1, 2 (and a replicated stage-3 unit): everyone's new part, then compute reads it
         w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, cs);
         check_cuda(cudaEventRecord(gathered_, cs), "event");
@@ -584,7 +592,7 @@ LoadReport ZeroStore::load(const std::string& dir) {
 
 void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
     finish_cpu_step();
-    for (int l = 0; l < c_.num_hidden_layers; ++l) {
+    for (int l = 0; l < c_.num_hidden_layers; ++l) {  // every copy first: a synchronous copy waits for the stream's collectives
         Segment& s = units_[size_t(l + 1)]->seg[1];
         const float* src = layers[size_t(l)].data();
         if (!s.trainable) {  // inference: the adapters' bf16 weights only, bf16(adapter) as the trained copy
@@ -596,7 +604,10 @@ void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
         }
         if (z_.offload) std::memcpy(s.master, src + s.opt_begin, size_t(s.opt_len) * 4);
         else check_cuda(cudaMemcpy(s.master, src + s.opt_begin, size_t(std::max<int64_t>(0, s.opt_len)) * 4, cudaMemcpyHostToDevice), "copy LoRA");
-        write_compute_copy(s);
+    }
+    for (int l = 0; l < c_.num_hidden_layers; ++l) {
+        world_at_unit(l + 1, "adapters set");
+        write_compute_copy(units_[size_t(l + 1)]->seg[1]);
     }
     world_wait(w_, stream_);
 }
@@ -625,8 +636,12 @@ std::vector<OwnedSlice> ZeroStore::owned_slices() {
 
 void ZeroStore::refresh_weights() {
     finish_cpu_step();
-    for (Unit* U : units_)
-        if (U->trainable >= 0) write_compute_copy(U->seg[U->trainable]);
+    for (int u = 0; u < int(units_.size()); ++u) {
+        Unit* U = units_[size_t(u)];
+        if (U->trainable < 0) continue;
+        world_at_unit(u, "weights set from the master");
+        write_compute_copy(U->seg[U->trainable]);
+    }
     world_wait(w_, stream_);
 }
 
@@ -658,6 +673,7 @@ std::vector<std::vector<float>> ZeroStore::lora_layers() {
     std::vector<std::vector<float>> layers;
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
+        world_at_unit(l + 1, "adapters gathered to the host");
         layers.push_back(gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_));
     }
     return layers;
@@ -665,6 +681,7 @@ std::vector<std::vector<float>> ZeroStore::lora_layers() {
 
 std::vector<float> ZeroStore::unit_weights(int unit) {
     finish_cpu_step();
+    world_at_unit(unit, "weights gathered to the host");
     Segment& s = units_[size_t(unit)]->seg[0];
     if (s.trainable) return gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_);
     std::vector<float> out(size_t(s.numel));

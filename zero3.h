@@ -41,7 +41,7 @@ struct ZeroOptions {
     int stage = 0;                          // zero_optimization.stage
     bool offload = false;                   // offload_optimizer.device = cpu (stages 1-3)
     bool pin_memory = true;                 // offload_optimizer.pin_memory
-    int offload_threads = 0;                // CPU AdamW threads; 0: the node's hardware threads over its ranks, less two
+    int offload_threads = 0;                // CPU AdamW threads; 0: the CPUs this rank may use (World::cpus), less two
     bool keep_gathered = false;             // stage 3: keep each unit from its forward to its backward
     bool copy_gathers = false;              // stage 3 on one rank: copy each unit into a gather buffer as N
                                             // ranks do, instead of handing out the shard (--copy-gathers)

@@ -5,12 +5,12 @@
 #   make && bash bench/zero.sh [steps] [GPU counts...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export NCCL_NVLS_ENABLE=0
+export NCCL_NVLS_ENABLE=0  # ./train sets it itself; the FSDP2 peer needs it here
 steps=${1:-20}; shift || true
 counts=${*:-"1 2 4"}
 run() {  # run GPUS LABEL FLAGS...
     local n=$1 label=$2; shift 2
-    mpirun --allow-run-as-root -np "$n" ./train --preset llama-3.2-1b --data data/corpus --seq 1024 --micro-batch 8 \
+    mpirun --allow-run-as-root --bind-to none -np "$n" ./train --preset llama-3.2-1b --data data/corpus --seq 1024 --micro-batch 8 \
         --steps "$steps" --log-every 10 --sample 0 --out /tmp/zero_bench --overwrite "$@" 2>&1 | grep -E "^step|^error" | tail -1 | sed "s/^/ours $n GPUs $label: /"
 }
 for n in $counts; do

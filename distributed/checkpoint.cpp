@@ -5,6 +5,7 @@
 #include "distributed/checkpoint.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -27,6 +28,21 @@ std::string lora_signature(const LoraConfig& l) {
 }
 
 const char* kKinds[3] = {"master", "m", "v"};
+
+int64_t file_size(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 ? int64_t(st.st_size) : -1;
+}
+
+// A directory's entries (files renamed into it) reach the disk. File systems that cannot sync a
+// directory (EINVAL) keep their own order.
+void sync_directory(const std::string& dir) {
+    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+    bool ok = fd >= 0 && (fsync(fd) == 0 || errno == EINVAL);
+    int err = errno;
+    if (fd >= 0) close(fd);
+    if (!ok) fail("cannot sync " + dir + " to disk: " + std::strerror(err));
+}
 
 }  // namespace
 
@@ -100,41 +116,73 @@ void save_checkpoint(ZeroStore& store, const std::string& root, const std::strin
     double bytes = 0;
     for (const OwnedSlice& s : slices)
         for (int k = 0; k < 3; ++k) entries.push_back({checkpoint_key(kKinds[k], s.name, s.begin), "F32", {s.count}}), bytes += double(s.count) * 4;
-    SafetensorsWriter out(checkpoint_rank_file(dir, w.rank, w.size), entries, {{"world_size", std::to_string(w.size)}});
+    // Every rank writes its file to disk (fsync) and reports; only when all succeeded does rank 0 go on.
+    std::string file = checkpoint_rank_file(dir, w.rank, w.size);
     Progress shown("writing checkpoint " + dir, bytes, Progress::Units::Bytes, w.rank == 0);
-    std::vector<float> buffer;
-    double done = 0;
-    for (const OwnedSlice& s : slices) {
-        const float* src[3] = {s.master, s.m, s.v};
-        for (int k = 0; k < 3; ++k) {
-            if (s.host) out.write(src[k], size_t(s.count) * 4);
-            for (int64_t at = 0; !s.host && at < s.count; at += int64_t(buffer.size())) {
-                buffer.resize(size_t(std::min<int64_t>(s.count, 1 << 24)));
-                size_t n = size_t(std::min<int64_t>(int64_t(buffer.size()), s.count - at));
-                check_cuda(cudaMemcpy(buffer.data(), src[k] + at, n * 4, cudaMemcpyDeviceToHost), "copy state");
-                out.write(buffer.data(), n * 4);
+    world_agree(w, world_timeout(), [&] {
+        SafetensorsWriter out(file, entries, {{"world_size", std::to_string(w.size)}});
+        std::vector<float> buffer;
+        double done = 0;
+        for (const OwnedSlice& s : slices) {
+            const float* src[3] = {s.master, s.m, s.v};
+            for (int k = 0; k < 3; ++k) {
+                if (s.host) out.write(src[k], size_t(s.count) * 4);
+                for (int64_t at = 0; !s.host && at < s.count; at += int64_t(buffer.size())) {
+                    buffer.resize(size_t(std::min<int64_t>(s.count, 1 << 24)));
+                    size_t n = size_t(std::min<int64_t>(int64_t(buffer.size()), s.count - at));
+                    check_cuda(cudaMemcpy(buffer.data(), src[k] + at, n * 4, cudaMemcpyDeviceToHost), "copy state");
+                    out.write(buffer.data(), n * 4);
+                }
+                shown.update(done += double(s.count) * 4);
             }
-            shown.update(done += double(s.count) * 4);
         }
-    }
-    out.finish();
+        out.finish(true);
+    });
+    std::vector<std::vector<double>> sizes = world_gather(w, {double(file_size(file))});
     shown.finish();
-    world_barrier(w);
     if (w.rank != 0) return;
+    std::string files;
+    for (int r = 0; r < w.size; ++r)
+        files += std::string(r ? ", " : "") + json_quote(checkpoint_rank_file("", r, w.size).substr(1)) + ": " +
+                 std::to_string(int64_t(sizes[size_t(r)][0]));
     write_atomically(dir + "/trainer.json",
                      "{\"step\": " + std::to_string(state.step) + ", \"total_steps\": " + std::to_string(state.total_steps) +
                          ", \"epoch\": " + std::to_string(state.epoch) + ", \"sequences_into_epoch\": " +
                          std::to_string(state.sequences_into_epoch) + ", \"global_batch\": " + std::to_string(state.global_batch) +
-                         ", \"world_size\": " + std::to_string(w.size) + ", \"seed\": " + std::to_string(state.seed) + "}\n");
+                         ", \"world_size\": " + std::to_string(w.size) + ", \"seed\": " + std::to_string(state.seed) + "}\n",
+                     true);
     write_atomically(dir + "/zero.json", "{\"world_size\": " + std::to_string(w.size) + ", \"trainable\": " +
                                              std::to_string(store.trainable_numel()) + ", \"lora\": " + json_quote(lora_signature(lora)) +
-                                             ", \"model\": " + json_quote(config_json(c)) + "}\n");
-    write_atomically(root + "/latest", name + "\n");
+                                             ", \"model\": " + json_quote(config_json(c)) + ", \"files\": {" + files + "}}\n",
+                     true);
+    sync_directory(dir);
+    write_atomically(root + "/latest", name + "\n", true);
+    sync_directory(root);
     std::printf("checkpoint: %s\n", dir.c_str());
 }
 
+std::string checkpoint_damage(const std::string& dir) {
+    for (const char* name : {"zero.json", "trainer.json"})
+        if (!exists(dir + "/" + name)) return std::string("no ") + name;
+    Json meta;
+    try {
+        meta = read_json_file(dir + "/zero.json");
+    } catch (const Error&) {
+        return "zero.json is not JSON";
+    }
+    const Json* files = meta.find("files");
+    if (!files) return "";  // written before sizes were recorded
+    for (const auto& [name, size] : files->object) {
+        int64_t bytes = file_size(dir + "/" + name);
+        if (bytes < 0) return name + " is missing";
+        if (!size.is_int() || bytes != size.integer)
+            return name + " has " + thousands(bytes) + " bytes where zero.json records " + (size.is_int() ? thousands(size.integer) : "?");
+    }
+    return "";
+}
+
 namespace {
-bool complete(const std::string& dir) { return exists(dir + "/zero.json") && exists(dir + "/trainer.json"); }
+bool complete(const std::string& dir) { return checkpoint_damage(dir).empty(); }
 
 // The newest complete step-N directory under `root`, or "".
 std::string last_complete(const std::string& root) {
@@ -182,10 +230,11 @@ std::string find_checkpoint(const std::string& root, const std::string& flag) {
     } else if (!exists(dir)) {
         fail("--resume " + dir + ": no such checkpoint directory");
     }
-    if (complete(dir)) return dir;
+    std::string damage = checkpoint_damage(dir);
+    if (damage.empty()) return dir;
     std::string best = last_complete(root);
-    fail("checkpoint " + dir + " is incomplete or damaged" +
-         (best.empty() ? "" : "; the last good one is " + best + " (--resume " + best + ")"));
+    fail("checkpoint " + dir + " is incomplete or damaged (" + damage + ")" +
+         (best.empty() ? "" : "; the last complete one is " + best + ": resume it with --resume " + best));
 }
 
 void check_checkpoint(const std::string& dir, const LlamaConfig& c, const LoraConfig& lora) {

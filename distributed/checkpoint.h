@@ -6,9 +6,13 @@
 // A checkpoint is OUT/checkpoints/step-N/:
 //   rank-R-of-W.safetensors  for every trainable tensor slice rank R optimizes, "master:NAME:BEGIN",
 //                            "m:NAME:BEGIN", "v:NAME:BEGIN" (fp32; BEGIN = first element within NAME)
-//   zero.json                the world size, stage, model config and LoRA setup (rank 0, after the files)
+//   zero.json                the world size, stage, model config and LoRA setup, and every rank file's size
+//                            (rank 0, after every rank reported its file written)
 //   trainer.json             where the run stands (TrainerState)
 // and OUT/checkpoints/latest names the newest complete one, replaced by atomic rename after it is whole.
+// Each file reaches the disk (fsync) before the next step of that order, and the directories after their
+// renames, so a node that crashes leaves `latest` naming a whole checkpoint; a resume checks every rank
+// file against its recorded size and names a damaged newest checkpoint with the last complete one.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -58,13 +62,17 @@ struct TrainerState {
 int64_t resume_micro_batch(const TrainerState& s, int micro_batch, int grad_accum, int ranks, int64_t micro_batches_per_epoch,
                            const std::string& where);
 
-// Writes DIR (collective): each rank its slices, rank 0 zero.json and trainer.json, then `latest`.
+// Writes DIR (collective): each rank its slices (the ranks agree that every file was written: a failure is
+// one error, from the rank that failed, and `latest` stays), rank 0 zero.json and trainer.json, then `latest`.
 void save_checkpoint(ZeroStore& store, const std::string& root, const std::string& name, const LlamaConfig& c,
                      const LoraConfig& lora, const TrainerState& state);
 // The checkpoint to resume from: `flag` is a directory, or "auto" for ROOT/latest ("": none, and "auto"
-// finds none). A directory that does not exist, a damaged one (named with the last good one), and a
-// complete step-N beside no `latest` (a run stopped between the two) are refused.
+// finds none). A directory that does not exist, a damaged one (named with what is wrong and the last
+// complete one), and a complete step-N beside no `latest` (a run stopped between the two) are refused.
 std::string find_checkpoint(const std::string& root, const std::string& flag);
+// Why DIR is not a complete checkpoint ("" when it is): zero.json and trainer.json present, and every rank
+// file zero.json records present at its recorded size (older checkpoints, without sizes: the JSON files).
+std::string checkpoint_damage(const std::string& dir);
 // Fails unless DIR was written for this model and LoRA setup, holds every rank's file with a sound header,
 // and its slices cover every trainable tensor (reads headers only: before the GPU is used).
 void check_checkpoint(const std::string& dir, const LlamaConfig& c, const LoraConfig& lora);

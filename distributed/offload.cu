@@ -36,7 +36,9 @@
 //                        O1, O2 or the worker's update of shard k - R, all before k was marked done).
 //   O6. finish()         waits for the whole round: step() and everything that reads or writes master, m,
 //                        v or the transit buffers from the host (checkpoints, lora_layers, unit_weights, ...).
-// A failure in the worker is rethrown by the next wait in O1, O4, O5 or O6 (threads.h), never a hang.
+// A failure in the worker is rethrown by the next wait in O1, O4, O5 or O6 (threads.h), never a hang; and those
+// waits poll under the watchdog (wait_for_worker), so a worker stuck behind a collective that never ends (its
+// copies wait for the comm stream) ends the job after --comm-timeout, naming that collective.
 #include "distributed/offload.h"
 
 #include <algorithm>
@@ -132,10 +134,9 @@ double CpuOptimizer::host_bytes() const {
 }
 
 void CpuOptimizer::start() {
-    // By default the cores this rank's share of the node leaves beside the main thread and the worker: the
-    // update of each shard must keep pace with the next forward.
-    int cores = int(std::thread::hardware_concurrency()) / std::max(1, w_.local_size);
-    pool_ = std::make_unique<ThreadPool>(threads_ > 0 ? threads_ : std::max(1, cores - 2));
+    // By default the CPUs this rank may use (its affinity, shared with the ranks bound to the same CPUs), less
+    // the main thread and the worker: the update of each shard must keep pace with the next forward.
+    pool_ = std::make_unique<ThreadPool>(threads_ > 0 ? threads_ : offload_pool_threads(w_.cpus));
     for (const HostShard& h : shards_) capacity_ = std::max(capacity_, h.n);
     ring_.resize(kTransitSlots);
     for (Slot& s : ring_) s.grad = host_alloc<float>(size_t(std::max<int64_t>(1, capacity_)), true), s.weights = host_alloc<bf16>(size_t(std::max<int64_t>(1, capacity_)), true);
@@ -161,7 +162,7 @@ void CpuOptimizer::copy_down(int k, int64_t step) {
 // O1: the first R shards' finished gradients to their transit buffers, on the copy stream.
 void CpuOptimizer::gradient_ready(int k) {
     if (k >= kTransitSlots) return;  // it waits on the GPU for its slot (O3)
-    worker_->finish();               // the slot's last round is over (long since: the forward waited for it)
+    wait_for_worker(-1);             // the slot's last round is over (long since: the forward waited for it)
     check_cuda(cudaEventRecord(grad_reduced_, comm_), "event");
     check_cuda(cudaStreamWaitEvent(copy_, grad_reduced_, 0), "wait");
     copy_down(k, steps_ + 1);  // for the step about to start
@@ -186,6 +187,7 @@ void CpuOptimizer::update(int k) {
     const Step& j = step_;
     std::string where = "unit " + std::to_string(h.unit) + ": ";
     cuda_or_throw(cudaSetDevice(w_.gpu), where + "cudaSetDevice");  // the device is per thread
+    // These waits block this thread only: the main thread's wait for this task is the bounded one (O1, O4, O6).
     cuda_or_throw(cudaEventSynchronize(h.grad_copied), where + "the gradient's copy to the host");
     if (s.last >= 0) cuda_or_throw(cudaEventSynchronize(shards_[size_t(s.last)].uploaded), where + "the last copy of a transit buffer to the GPU");
     for (const UpdateRun& r : h.runs)
@@ -203,7 +205,7 @@ void CpuOptimizer::update(int k) {
 cudaEvent_t CpuOptimizer::before_read(int k) {
     HostShard& h = shards_[size_t(k)];
     if (h.awaited == steps_) return nullptr;
-    worker_->wait(k);
+    wait_for_worker(k);
     h.awaited = steps_;
     return h.uploaded;
 }
@@ -216,13 +218,22 @@ bool CpuOptimizer::pending(int k) {
 // O5
 void CpuOptimizer::before_zeroing(int k) {
     HostShard& h = shards_[size_t(k)];
-    worker_->wait(k);               // its copy down has been queued (by O1, O2 or the update of shard k - R)
+    wait_for_worker(k);             // its copy down has been queued (by O1, O2 or the update of shard k - R)
     if (h.copied_for == 0) return;  // no copy down was ever queued
     check_cuda(cudaStreamWaitEvent(compute_, h.grad_copied, 0), "wait");
 }
 
 // O6
-void CpuOptimizer::finish() { worker_->finish(); }
+void CpuOptimizer::finish() { wait_for_worker(-1); }
+
+void CpuOptimizer::wait_for_worker(int k) {
+    auto over = [&] { return k >= 0 ? worker_->done(k) || worker_->finished() : worker_->finished(); };
+    if (!over())
+        world_poll(w_, k >= 0 ? "the CPU optimizer's update of unit " + std::to_string(shards_[size_t(k)].unit) : "the CPU optimizer's update",
+                   over);
+    if (k >= 0) worker_->wait(k);
+    else worker_->finish();
+}
 
 // ------------------------------------------------------------------------------------------ between steps
 
@@ -230,7 +241,7 @@ void CpuOptimizer::upload_master(int k) {
     HostShard& h = shards_[size_t(k)];
     if (h.n > 0) {
         Slot& s = ring_[0];  // between steps every slot is free once its last upload is done
-        if (s.last >= 0) check_cuda(cudaEventSynchronize(shards_[size_t(s.last)].uploaded), "wait");
+        if (s.last >= 0) world_wait_event(w_, shards_[size_t(s.last)].uploaded);
         for (int64_t i = 0; i < h.n; ++i) s.weights[i] = __float2bfloat16(h.master[i]);
         check_cuda(cudaMemcpyAsync(h.device_weights, s.weights, size_t(h.n) * 2, cudaMemcpyHostToDevice, compute_), "copy weights");
         world_wait(w_, compute_);  // s.weights is written again by the next update

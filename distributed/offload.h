@@ -35,7 +35,8 @@ double offload_host_bytes(const std::vector<int64_t>& shards);
 class CpuOptimizer {
   public:
     // compute, comm: the streams the store computes and communicates on. threads: the pool's size (0: the
-    // node's hardware threads over its ranks, less two). pin_memory: master, m and v in pinned memory.
+    // CPUs this rank may use, World::cpus, less two: offload_pool_threads). pin_memory: master, m and v in
+    // pinned memory.
     CpuOptimizer(const World& w, int threads, bool pin_memory, cudaStream_t compute, cudaStream_t comm);
     ~CpuOptimizer();  // the update in flight completes; the rest of its round is dropped
     CpuOptimizer(const CpuOptimizer&) = delete;
@@ -75,6 +76,9 @@ class CpuOptimizer {
     void update(int k);         // O3, in the worker thread
     void copy_down(int k, int64_t step);  // shard k's gradient into its slot for CPU step `step`, on the copy stream
     Slot& slot_of(int k) { return ring_[size_t(k % kTransitSlots)]; }
+    // The main thread's wait for the worker (shard k's update; -1: the whole round), polled so that the
+    // watchdog bounds it (world.h: world_poll); rethrows the worker's failure.
+    void wait_for_worker(int k);
 
     World w_;
     bool pinned_;

@@ -1,9 +1,47 @@
 // distributed/threads.cpp — ThreadPool and InOrderWorker (threads.h).
 #include "distributed/threads.h"
 
+#include <sched.h>
+
 #include <algorithm>
 
 #include "support/common.h"
+
+// ================================================================================================ how many
+
+int affinity_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return std::max(1, int(std::thread::hardware_concurrency()));
+    return std::max(1, CPU_COUNT(&set));
+}
+
+int offload_pool_threads(int cpus) { return std::max(1, cpus - 2); }
+
+std::string few_cpus_warning(const std::vector<int>& cpus, int node_cpus, const std::string& launcher) {
+    std::string ranks;
+    int fewest = 1 << 30, count = 0;
+    for (size_t r = 0; r < cpus.size(); ++r)
+        if (cpus[r] < kOffloadMinCpus) {
+            if (++count <= 8) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+            fewest = std::min(fewest, cpus[r]);
+        }
+    if (count == 0) return "";
+    if (count > 8) ranks += ", ...";
+    std::string who = cpus.size() == 1 ? "this run" : (count == 1 ? "rank " : "ranks ") + ranks;
+    std::string text = "warning: " + who + " may use only " + std::to_string(fewest) + " CPU" + (fewest == 1 ? "" : "s") +
+                       " (the affinity the launcher gave it), too few for CPU offload: the AdamW threads, the worker, the main thread "
+                       "and NCCL's proxy thread share them, and the update falls behind the GPU (" +
+                       std::to_string(kOffloadMinCpus) + " or more per rank keep pace)";
+    if (node_cpus < kOffloadMinCpus)
+        return text + "; this node has " + std::to_string(node_cpus) + " CPU" + (node_cpus == 1 ? "" : "s") + " per rank: start fewer ranks per node";
+    std::string n = std::to_string(node_cpus);
+    if (launcher == "openmpi") return text + ": give each rank its share of the node, `mpirun --map-by slot:PE=" + n + "` (or `--bind-to none`)";
+    if (launcher == "slurm") return text + ": give each task more, `srun --cpus-per-task=" + n + "` (and #SBATCH --cpus-per-task=" + n + ")";
+    if (launcher == "mpich") return text + ": give each rank its share of the node, `mpiexec -bind-to core:" + n + "` (or `-bind-to none`)";
+    return text + ": run it on more CPUs (taskset -c, numactl --physcpubind; launchers: `mpirun --bind-to none`, `--map-by slot:PE=N`, "
+                  "`srun --cpus-per-task=N`)";
+}
 
 // ================================================================================================ ThreadPool
 
@@ -113,6 +151,11 @@ void InOrderWorker::wait(int k) {
 bool InOrderWorker::done(int k) {
     std::lock_guard<std::mutex> lock(mu_);
     return done_[size_t(k)] >= started_;
+}
+
+bool InOrderWorker::finished() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return finished_ == started_;
 }
 
 void InOrderWorker::finish() {

@@ -4,7 +4,13 @@
 //                  says which task of the round is done (the store's per-unit update, overlapping the GPU)
 // Neither hangs its caller when a task throws: ThreadPool::run rethrows the first exception after every
 // task has run; InOrderWorker ends the round there, and waiting for a task that will not run, for the
-// round or for a new round throws Error with the message.
+// round or for a new round throws Error with the message. A caller that must not wait unbounded (the
+// watchdog, distributed/world.h) polls done(k) || finished() (or finished()) and calls wait(k) (or finish()) once that holds.
+//
+// How many threads: the CPUs this process may run on (its affinity mask, which mpirun's --bind-to, SLURM's
+// --cpus-per-task, taskset and numactl set), not the machine's hardware threads. Open MPI binds each rank
+// to one core when it starts 2 ranks or fewer, so a pool sized from the machine would put ~14 AdamW threads
+// on one core with the worker, the main thread and NCCL's proxy thread.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -14,6 +20,20 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+// The CPUs this process may run on: CPU_COUNT of its affinity mask (sched_getaffinity), at least 1.
+int affinity_cpus();
+// The CPU optimizer's pool for a rank that may use `cpus` CPUs: all but two (the main thread, which queues
+// the GPU's work, and the in-order worker), at least one.
+int offload_pool_threads(int cpus);
+// Offload keeps pace with the GPU only with this many CPUs per rank: the main thread, the worker, NCCL's
+// proxy thread and at least one AdamW thread.
+constexpr int kOffloadMinCpus = 4;
+// The one warning for ranks bound to fewer than kOffloadMinCpus CPUs with offload, "" when none is:
+// `cpus[r]` = the CPUs rank r may use (its share); `node_cpus` = this node's CPUs over its ranks (what
+// each would get unbound); `launcher` = "openmpi", "slurm", "mpich" or "" (none), which picks the option
+// the warning names.
+std::string few_cpus_warning(const std::vector<int>& cpus, int node_cpus, const std::string& launcher);
 
 class ThreadPool {
   public:
@@ -46,6 +66,7 @@ class InOrderWorker {
     void wait(int k);  // until task k of the latest round has run (at once before the first round)
     bool done(int k);  // whether it has, without waiting
     void finish();     // until the latest round has run
+    bool finished();   // whether the latest round has ended (every task run, or one failed), without waiting
 
   private:
     void loop();

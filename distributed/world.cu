@@ -6,10 +6,14 @@
 // once the inputs are checked: each rank takes GPU local_rank % visible GPUs; the GPUs' UUIDs say which
 // ranks share one; contexts are created one rank at a time so each rank can measure its own; then the
 // transport starts: NCCL (rank 0 makes an ncclUniqueId, MPI broadcasts it) or, when ranks share a GPU,
-// MPI through pinned host memory.
+// MPI through pinned host memory; either one wrapped by the watched transport, which numbers and marks each
+// collective for the watchdog (the last sections: every wait polls, bounded by --comm-timeout).
 #include "distributed/world.h"
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +23,8 @@
 #include <vector>
 
 #include <nccl.h>
+
+#include "distributed/threads.h"
 
 void exit_with_error(const std::string& message) {
     std::fflush(stdout);  // what was printed so far comes before the error
@@ -56,6 +62,15 @@ size_t env_int(const char* name) {
     return v ? size_t(std::strtoull(v, nullptr, 10)) : 0;
 }
 
+// A non-blocking MPI call's request, polled until it completes: bounded like every wait (the watchdog).
+void mpi_wait(const World& w, MPI_Request& request, const std::string& what) {
+    world_poll(w, what, [&] {
+        int done = 0;
+        check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+        return done != 0;
+    });
+}
+
 // ------------------------------------------------------------------------------------------ NCCL transport
 
 ncclDataType_t nccl_type(DType t) { return t == DType::bf16 ? ncclBfloat16 : ncclFloat; }
@@ -63,12 +78,21 @@ ncclDataType_t nccl_type(DType t) { return t == DType::bf16 ? ncclBfloat16 : ncc
 class NcclComm : public Comm {
   public:
     NcclComm(const World& w) : Comm(w.size) {
+        // NVLink SHARP (NVLS) off unless the user says otherwise: its multicast buffers cost GPU memory per
+        // communicator and need the fabric manager's multicast, which shared and partitioned hosts lack.
+        setenv("NCCL_NVLS_ENABLE", "0", 0);
         ncclUniqueId id;
         if (w.rank == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
-        if (w.mpi) check_mpi(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+        if (w.mpi) {
+            MPI_Request request;
+            check_mpi(MPI_Ibcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD, &request), "MPI_Ibcast");
+            mpi_wait(w, request, "rank 0's NCCL id (MPI_Ibcast)");
+        }
         check_nccl(ncclCommInitRank(&comm_, w.size, id, w.rank), "ncclCommInitRank");
     }
-    ~NcclComm() override { ncclCommDestroy(comm_); }
+    ~NcclComm() override {
+        if (comm_) ncclCommDestroy(comm_);
+    }
     const char* name() const override { return "nccl"; }
     void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
         check_nccl(ncclAllGather(send, recv, count, nccl_type(t), comm_, s), "ncclAllGather");
@@ -83,8 +107,12 @@ class NcclComm : public Comm {
         ncclResult_t async = ncclSuccess;
         check_nccl(ncclCommGetAsyncError(comm_, &async), "ncclCommGetAsyncError");
         if (async == ncclSuccess || async == ncclInProgress) return;
-        ncclCommAbort(comm_);
+        abort();
         exit_with_error(std::string("NCCL failed while waiting for the other ranks: ") + ncclGetErrorString(async));
+    }
+    void abort() override {
+        if (comm_) ncclCommAbort(comm_);
+        comm_ = nullptr;
     }
 
   private:
@@ -94,10 +122,11 @@ class NcclComm : public Comm {
 // ------------------------------------------------------------------------------------------ MPI transport
 
 // Each call: wait for the stream (everything ordered before the collective is done), copy the device
-// buffer to pinned host memory, run the MPI collective there, copy the result back and wait again.
+// buffer to pinned host memory, run the MPI collective there, copy the result back and wait again. The MPI
+// collectives are the non-blocking ones, polled: a rank that stops leaves the others waiting, not stuck.
 class MpiComm : public Comm {
   public:
-    MpiComm(const World& w) : Comm(w.size), rank_(w.rank), size_(w.size) {}
+    MpiComm(const World& w) : Comm(w.size), w_(w) {}
     ~MpiComm() override {
         if (send_) cudaFreeHost(send_);
         if (recv_) cudaFreeHost(recv_);
@@ -105,28 +134,35 @@ class MpiComm : public Comm {
     const char* name() const override { return "mpi"; }
     void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
         size_t bytes = count * dtype_size(t);
-        reserve(bytes, bytes * size_t(size_));
+        reserve(bytes, bytes * size_t(w_.size));
         to_host(send_, send, bytes, s);
-        check_mpi(MPI_Allgather(send_, int(bytes), MPI_BYTE, recv_, int(bytes), MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
-        to_device(recv, recv_, bytes * size_t(size_), s);
+        MPI_Request request;
+        check_mpi(MPI_Iallgather(send_, int(bytes), MPI_BYTE, recv_, int(bytes), MPI_BYTE, MPI_COMM_WORLD, &request), "MPI_Iallgather");
+        mpi_wait(w_, request, "the other ranks (MPI_Iallgather)");
+        to_device(recv, recv_, bytes * size_t(w_.size), s);
     }
     void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
-        reserve(count * 4 * size_t(size_), count * 4);
-        to_host(send_, send, count * 4 * size_t(size_), s);
-        check_mpi(MPI_Reduce_scatter_block(send_, recv_, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Reduce_scatter_block");
+        reserve(count * 4 * size_t(w_.size), count * 4);
+        to_host(send_, send, count * 4 * size_t(w_.size), s);
+        MPI_Request request;
+        check_mpi(MPI_Ireduce_scatter_block(send_, recv_, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &request),
+                  "MPI_Ireduce_scatter_block");
+        mpi_wait(w_, request, "the other ranks (MPI_Ireduce_scatter_block)");
         to_device(recv, recv_, count * 4, s);
     }
     void run_all_reduce(float* buf, size_t count, cudaStream_t s) override {
         reserve(count * 4, count * 4);
         to_host(send_, buf, count * 4, s);
-        check_mpi(MPI_Allreduce(send_, recv_, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+        MPI_Request request;
+        check_mpi(MPI_Iallreduce(send_, recv_, int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &request), "MPI_Iallreduce");
+        mpi_wait(w_, request, "the other ranks (MPI_Iallreduce)");
         to_device(buf, recv_, count * 4, s);
     }
     void check_peers() override {}  // a lost peer fails the next MPI call, or mpirun ends the job
 
   private:
     void reserve(size_t send_bytes, size_t recv_bytes) {
-        if (send_bytes > (size_t(1) << 31) || recv_bytes > (size_t(1) << 31) * size_t(size_))
+        if (send_bytes > (size_t(1) << 31) || recv_bytes > (size_t(1) << 31) * size_t(w_.size))
             exit_with_error("the MPI transport moves at most 2 GiB per rank in one collective");
         grow(send_, send_cap_, send_bytes), grow(recv_, recv_cap_, recv_bytes);
     }
@@ -136,17 +172,100 @@ class MpiComm : public Comm {
         check_cuda(cudaMallocHost(&p, bytes), "cudaMallocHost (MPI staging)");
         cap = bytes;
     }
-    static void to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+    void to_host(void* dst, const void* src, size_t bytes, cudaStream_t s) {
         check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s), "MPI staging: copy to host");
-        check_cuda(cudaStreamSynchronize(s), "MPI staging");
+        world_wait(w_, s);
     }
-    static void to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+    void to_device(void* dst, const void* src, size_t bytes, cudaStream_t s) {
         check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s), "MPI staging: copy to GPU");
-        check_cuda(cudaStreamSynchronize(s), "MPI staging");
+        world_wait(w_, s);
     }
-    int rank_, size_;
+    World w_;
     char *send_ = nullptr, *recv_ = nullptr;
     size_t send_cap_ = 0, recv_cap_ = 0;
+};
+
+// ------------------------------------------------------------------------------------------ the watched transport
+
+// One collective this rank issued: what it was, for whom, and an event that marks its end on its stream.
+struct Issued {
+    int64_t number = 0;  // 1, 2, ...: in the order this rank issued them
+    const char* kind = "";
+    size_t count = 0;
+    DType type = DType::f32;
+    int unit = -1;  // what ZeRO moved (world_at_unit), and at which step
+    const char* phase = "";
+    int64_t step = 0;
+    cudaEvent_t done = nullptr;  // recorded on the collective's stream right after it (made on first use)
+};
+
+constexpr uint64_t kFnvBasis = 1469598103934665603ull;  // FNV-1a's starting value: the hash of nothing
+
+// The watchdog's state: one per process, like MPI's world. Only the main thread issues collectives and waits.
+struct Watchdog {
+    double timeout_s = 600;
+    int64_t step = 0;                                     // world_at_step
+    int unit = -1;                                        // world_at_unit
+    const char* phase = "";
+    std::vector<Issued> ring = std::vector<Issued>(4096);  // the latest collectives, at number % size
+    int64_t issued = 0;                                   // collectives issued so far
+    bool inside = false;                                  // the latest one is still being issued (MPI: it runs there)
+    bool tracking = false;                                // --check-collectives: the sequence since the last check
+    uint64_t hash = kFnvBasis;
+    std::vector<double> sequence;                         // kind, count, dtype of each
+} watch;
+
+const char* const kCollectives[] = {"all_gather", "reduce_scatter", "all_reduce"};
+
+std::string describe(const Issued& c) {
+    std::string where = c.unit >= 0 ? "unit " + std::to_string(c.unit) + ", " + c.phase + "; " : std::string(c.phase) + (*c.phase ? "; " : "");
+    return std::string(c.kind) + " #" + std::to_string(c.number) + " of " + thousands(int64_t(c.count)) + " " +
+           (c.type == DType::bf16 ? "bf16" : "f32") + " (" + where + "step " + std::to_string(c.step) + ")";
+}
+
+// Each collective: noted (the sequence, the label), handed to the transport, then marked on its stream.
+class WatchedComm : public Comm {
+  public:
+    WatchedComm(Comm* transport, int ranks) : Comm(ranks), t_(transport) {}
+    ~WatchedComm() override {
+        delete t_;
+        for (Issued& c : watch.ring)
+            if (c.done) cudaEventDestroy(c.done), c.done = nullptr;
+    }
+    const char* name() const override { return t_->name(); }
+    void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
+        Issued& c = begin(kCollectives[0], count, t);
+        t_->all_gather(send, recv, count, t, s);
+        end(c, s);
+    }
+    void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
+        Issued& c = begin(kCollectives[1], count, DType::f32);
+        t_->reduce_scatter(send, recv, count, s);
+        end(c, s);
+    }
+    void run_all_reduce(float* buf, size_t count, cudaStream_t s) override {
+        Issued& c = begin(kCollectives[2], count, DType::f32);
+        t_->all_reduce(buf, count, s);
+        end(c, s);
+    }
+    void check_peers() override { t_->check_peers(); }
+    void abort() override { t_->abort(); }
+
+  private:
+    static Issued& begin(const char* kind, size_t count, DType t) {
+        world_note_collective(kind, count, t);
+        Issued& c = watch.ring[size_t(++watch.issued) % watch.ring.size()];
+        cudaEvent_t done = c.done;
+        c = Issued{watch.issued, kind, count, t, watch.unit, watch.phase, watch.step, done};
+        watch.inside = true;
+        return c;
+    }
+    static void end(Issued& c, cudaStream_t s) {
+        watch.inside = false;
+        if (!c.done) check_cuda(cudaEventCreateWithFlags(&c.done, cudaEventDisableTiming), "event");
+        check_cuda(cudaEventRecord(c.done, s), "event");
+    }
+    Comm* t_;
 };
 
 // ------------------------------------------------------------------------------------------ the GPU
@@ -199,14 +318,37 @@ void refuse_foreign_launch(int mpi_size) {
          " --mpi=pmix ./train ...`)");
 }
 
+// The CPUs this rank may use (its affinity mask), shared evenly with the ranks of this node bound to the very
+// same CPUs: ranks started unbound (--bind-to none) all share the node's.
+void share_cpus(World& w) {
+    w.node_cpus = std::max(1, int(std::thread::hardware_concurrency()) / std::max(1, w.local_size));
+    int same = 1;
+    if (w.mpi) {
+        cpu_set_t mine;
+        CPU_ZERO(&mine);
+        sched_getaffinity(0, sizeof mine, &mine);
+        std::vector<cpu_set_t> all(size_t(w.local_size));
+        MPI_Request request;
+        check_mpi(MPI_Iallgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, node_comm, &request), "MPI_Iallgather");
+        mpi_wait(w, request, "the ranks of this node (their CPUs)");
+        same = 0;
+        for (cpu_set_t& other : all) same += CPU_EQUAL(&other, &mine) ? 1 : 0;
+    }
+    w.cpus = std::max(1, affinity_cpus() / std::max(1, same));
+}
+
 }  // namespace
 
 World world_init(int* argc, char*** argv) {
     World w;
     const char* launched[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"};
     for (const char* v : launched) w.mpi |= std::getenv(v) != nullptr;
+    w.launcher = !w.mpi ? "" : std::getenv("SLURM_PROCID") ? "slurm" : std::getenv("OMPI_COMM_WORLD_SIZE") ? "openmpi" : "mpich";
     if (!w.mpi) refuse_foreign_launch(1);
-    if (!w.mpi) return w;  // ./train alone: one rank, no MPI needed
+    if (!w.mpi) {  // ./train alone: one rank, no MPI needed
+        share_cpus(w);
+        return w;
+    }
     check_mpi(MPI_Init(argc, argv), "MPI_Init");
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     check_mpi(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank), "MPI_Comm_rank");
@@ -221,10 +363,15 @@ World world_init(int* argc, char*** argv) {
     check_mpi(MPI_Comm_rank(node_comm, &w.local_rank), "MPI_Comm_rank");
     check_mpi(MPI_Comm_size(node_comm, &w.local_size), "MPI_Comm_size");
     int leader = w.local_rank == 0, nodes = 0;
-    check_mpi(MPI_Allreduce(&leader, &nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(&leader, &nodes, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD, &request), "MPI_Iallreduce");
+    mpi_wait(w, request, "the other ranks (counting the nodes)");
     w.nodes = nodes;
+    share_cpus(w);
     return w;
 }
+
+void untracked_measure_begin(const World& w);  // below, with rank_gpu_bytes
 
 void world_start_gpu(World& w, Transport requested) {
     int gpus = 0;
@@ -235,13 +382,20 @@ void world_start_gpu(World& w, Transport requested) {
     // Which ranks of this node share this GPU (by UUID: with one GPU per task every rank sees "GPU 0").
     std::vector<cudaUUID_t> uuids(size_t(w.local_size));
     uuids[size_t(w.local_rank)] = p.uuid;
-    if (w.mpi)
-        check_mpi(MPI_Allgather(&p.uuid, sizeof p.uuid, MPI_BYTE, uuids.data(), sizeof p.uuid, MPI_BYTE, node_comm), "MPI_Allgather");
+    MPI_Request request;
+    if (w.mpi) {
+        check_mpi(MPI_Iallgather(&p.uuid, sizeof p.uuid, MPI_BYTE, uuids.data(), sizeof p.uuid, MPI_BYTE, node_comm, &request),
+                  "MPI_Iallgather");
+        mpi_wait(w, request, "the ranks of this node (their GPUs)");
+    }
     auto same_gpu = [&](int a, int b) { return std::memcmp(&uuids[size_t(a)], &uuids[size_t(b)], sizeof(cudaUUID_t)) == 0; };
     int sharing = 0;
     for (int r = 0; r < w.local_size; ++r) sharing += same_gpu(r, w.local_rank);
     w.ranks_per_gpu = sharing;
-    if (w.mpi) check_mpi(MPI_Allreduce(MPI_IN_PLACE, &w.ranks_per_gpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+    if (w.mpi) {
+        check_mpi(MPI_Iallreduce(MPI_IN_PLACE, &w.ranks_per_gpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &request), "MPI_Iallreduce");
+        mpi_wait(w, request, "the other ranks (sharing GPUs)");
+    }
     // Contexts one rank at a time: each rank's context is the GPU memory its creation added.
     std::vector<double> used_after(size_t(w.local_size), -1);
     for (int r = 0; r < w.local_size; ++r) {
@@ -255,7 +409,10 @@ void world_start_gpu(World& w, Transport requested) {
                 if (same_gpu(q, r)) before = used_after[size_t(q)];
             w.context_bytes = size_t(std::max(0.0, used - before));
         }
-        if (w.mpi) check_mpi(MPI_Bcast(&used, 1, MPI_DOUBLE, r, node_comm), "MPI_Bcast");
+        if (w.mpi) {
+            check_mpi(MPI_Ibcast(&used, 1, MPI_DOUBLE, r, node_comm, &request), "MPI_Ibcast");
+            mpi_wait(w, request, "rank " + std::to_string(r) + "'s CUDA context");
+        }
         used_after[size_t(r)] = used;
     }
     check_gpu_code(w.gpu);
@@ -265,8 +422,9 @@ void world_start_gpu(World& w, Transport requested) {
              "(use --comm mpi, or at most one rank per GPU)");
     bool use_mpi = requested == Transport::mpi || (requested == Transport::automatic && shared);
     if (use_mpi && !w.mpi) use_mpi = false;  // one process alone: nothing to talk to
-    if (use_mpi) w.comm = new MpiComm(w);
-    else w.comm = new NcclComm(w);
+    untracked_measure_begin(w);  // from here on, what NCCL and the libraries allocate is measured (to the first step's end)
+    Comm* transport = use_mpi ? static_cast<Comm*>(new MpiComm(w)) : new NcclComm(w);
+    w.comm = new WatchedComm(transport, w.size);  // the watch around the transport; its counts are the run's
     if (w.rank == 0 && use_mpi)
         std::printf("world: %d ranks on %d GPU%s: collectives go through MPI, staged in host memory (--comm mpi: for "
                     "learning and testing, not for speed)\n",
@@ -286,49 +444,50 @@ void world_finalize(World& w) {
     }
 }
 
-namespace {
-// Polls `ready` until the GPU work is done, checking meanwhile that no peer has failed (a collective
-// waiting for a dead rank would otherwise never finish).
-template <class Query>
-void wait_polling(const World& w, Query ready) {
-    for (;;) {
-        cudaError_t status = ready();
-        if (status == cudaSuccess) return;
-        if (status != cudaErrorNotReady) check_cuda(status, "the GPU work of this step");
-        if (w.comm) w.comm->check_peers();
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-}
-}  // namespace
-
 void world_wait(const World& w, cudaStream_t stream) {
-    wait_polling(w, [&] { return cudaStreamQuery(stream); });
+    world_poll(w, "the GPU", [&] {
+        cudaError_t status = cudaStreamQuery(stream);
+        if (status != cudaErrorNotReady) check_cuda(status, "the GPU work of this step");
+        return status == cudaSuccess;
+    });
 }
 
 void world_wait_event(const World& w, cudaEvent_t event) {
-    wait_polling(w, [&] { return cudaEventQuery(event); });
+    world_poll(w, "the GPU", [&] {
+        cudaError_t status = cudaEventQuery(event);
+        if (status != cudaErrorNotReady) check_cuda(status, "the GPU work of this step");
+        return status == cudaSuccess;
+    });
 }
 
 double world_sum(const World& w, double x) {
     if (!w.mpi) return x;
     double total = 0;
-    check_mpi(MPI_Allreduce(&x, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(&x, &total, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &request), "MPI_Iallreduce");
+    mpi_wait(w, request, "the other ranks (MPI_Iallreduce: a sum over ranks)");
     return total;
 }
 
 void world_broadcast(const World& w, void* data, size_t bytes) {
-    if (w.mpi) check_mpi(MPI_Bcast(data, int(bytes), MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+    if (!w.mpi) return;
+    MPI_Request request;
+    check_mpi(MPI_Ibcast(data, int(bytes), MPI_BYTE, 0, MPI_COMM_WORLD, &request), "MPI_Ibcast");
+    mpi_wait(w, request, "rank 0 (MPI_Ibcast)");
 }
 
 std::vector<std::vector<double>> world_gather(const World& w, const std::vector<double>& values) {
     if (!w.mpi) return {values};
     int count = int(values.size());
     std::vector<int> counts(size_t(w.size)), offsets(size_t(w.size), 0);
-    check_mpi(MPI_Gather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD), "MPI_Gather");
+    MPI_Request request;
+    check_mpi(MPI_Igather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, MPI_COMM_WORLD, &request), "MPI_Igather");
+    mpi_wait(w, request, "the other ranks (MPI_Igather)");
     for (int r = 1; r < w.size; ++r) offsets[size_t(r)] = offsets[size_t(r - 1)] + counts[size_t(r - 1)];
     std::vector<double> all(w.rank == 0 ? size_t(offsets.back() + counts.back()) : 0);
-    check_mpi(MPI_Gatherv(values.data(), count, MPI_DOUBLE, all.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0, MPI_COMM_WORLD),
-              "MPI_Gatherv");
+    check_mpi(MPI_Igatherv(values.data(), count, MPI_DOUBLE, all.data(), counts.data(), offsets.data(), MPI_DOUBLE, 0, MPI_COMM_WORLD, &request),
+              "MPI_Igatherv");
+    mpi_wait(w, request, "the other ranks (MPI_Igatherv)");
     std::vector<std::vector<double>> out;
     if (w.rank == 0)
         for (int r = 0; r < w.size; ++r) out.emplace_back(all.begin() + offsets[size_t(r)], all.begin() + offsets[size_t(r)] + counts[size_t(r)]);
@@ -336,15 +495,40 @@ std::vector<std::vector<double>> world_gather(const World& w, const std::vector<
 }
 
 void world_barrier(const World& w) {
-    if (w.mpi) check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+    if (!w.mpi) return;
+    MPI_Request request;
+    check_mpi(MPI_Ibarrier(MPI_COMM_WORLD, &request), "MPI_Ibarrier");
+    mpi_wait(w, request, "the other ranks (MPI_Ibarrier)");
 }
 
-void world_check_same(const World& w, const std::string& text, const std::string& what) {
+void world_check_same(const World& w, const std::string& text, const std::string& what, const std::string& detail) {
+    world_check_same_hash(w, fnv1a(text), what, detail);
+}
+
+void world_check_same_hash(const World& w, uint64_t mine, const std::string& what, const std::string& detail) {
     if (!w.mpi) return;
-    uint64_t lo = fnv1a(text), hi = lo;
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
-    if (lo != hi) throw CollectiveError(what + " differ between ranks (start every rank with the same command line and files)");
+    std::vector<uint64_t> all(size_t(w.size));
+    MPI_Request request;
+    check_mpi(MPI_Iallgather(&mine, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD, &request), "MPI_Iallgather");
+    mpi_wait(w, request, "the other ranks (comparing " + what + ")");
+    std::vector<int> differ;
+    for (int r = 1; r < w.size; ++r)
+        if (all[size_t(r)] != all[0]) differ.push_back(r);
+    if (differ.empty()) return;
+    // each rank's detail to rank 0, as characters
+    std::vector<double> chars(detail.begin(), detail.end());
+    std::vector<std::vector<double>> details = world_gather(w, chars);
+    std::string ranks, shown;
+    for (size_t i = 0; i < differ.size() && i < 8; ++i) ranks += (i ? ", " : "") + std::to_string(differ[i]);
+    if (differ.size() > 8) ranks += ", ... (" + std::to_string(differ.size()) + " ranks)";
+    if (w.rank == 0 && !detail.empty()) {
+        auto text_of = [&](int r) { return std::string(details[size_t(r)].begin(), details[size_t(r)].end()); };
+        shown = "; rank 0: " + text_of(0);
+        for (size_t i = 0; i < differ.size() && i < 8; ++i) shown += "; rank " + std::to_string(differ[i]) + ": " + text_of(differ[i]);
+    }
+    throw CollectiveError(what + " differ between ranks: rank" + (differ.size() > 1 ? "s " : " ") + ranks + " of " + std::to_string(w.size) +
+                          (differ.size() > 1 ? " differ" : " differs") + " from rank 0" + shown +
+                          " (start every rank with the same command line and files)");
 }
 
 void world_agree(const World& w, double timeout_s, const std::function<void()>& check) {
@@ -384,7 +568,30 @@ double gpu_in_use_bytes() {
     return double(total - free_b);
 }
 
-double rank_gpu_bytes(const World& w) { return double(tracked_device_bytes()) + double(w.context_bytes); }
+namespace {
+std::atomic<double> untracked{0};  // written by the main thread, read by the memory sampler's
+struct {
+    bool on = false;
+    double in_use = 0, tracked = 0;  // when the measure began
+} measuring;
+}  // namespace
+
+void untracked_measure_begin(const World& w) {
+    if (w.ranks_per_gpu != 1) return;
+    measuring.on = true, measuring.in_use = gpu_in_use_bytes(), measuring.tracked = double(tracked_device_bytes());
+}
+
+bool untracked_measure_end(const World& w) {
+    if (!measuring.on) return false;
+    measuring.on = false;
+    double grew = (gpu_in_use_bytes() - measuring.in_use) - (double(tracked_device_bytes()) - measuring.tracked);
+    untracked.store(std::max(0.0, grew));
+    return w.ranks_per_gpu == 1;
+}
+
+double untracked_gpu_bytes() { return untracked.load(); }
+
+double rank_gpu_bytes(const World& w) { return double(tracked_device_bytes()) + double(w.context_bytes) + untracked_gpu_bytes(); }
 
 void MemorySampler::start(const World& w, double period_s) {
     stop();
@@ -437,4 +644,121 @@ MemorySampler::Stats MemorySampler::gpu() const {
 double MemorySampler::last_gpu() const {
     std::lock_guard<std::mutex> hold(lock_);
     return last_gpu_;
+}
+
+// ================================================================================================ the watchdog
+
+void world_set_timeout(double seconds) { watch.timeout_s = seconds; }
+double world_timeout() { return watch.timeout_s; }
+void world_at_step(int64_t step) { watch.step = step; }
+void world_at_unit(int unit, const char* what) { watch.unit = unit, watch.phase = what; }
+
+namespace {
+
+// The oldest collective this rank issued whose end its stream has not reached (among the latest 4096).
+const Issued* oldest_unfinished() {
+    int64_t size = int64_t(watch.ring.size());
+    for (int64_t n = std::max<int64_t>(1, watch.issued - size + 1); n <= watch.issued; ++n) {
+        const Issued& c = watch.ring[size_t(n % size)];
+        if (c.done && cudaEventQuery(c.done) == cudaErrorNotReady) return &c;
+    }
+    return nullptr;
+}
+
+[[noreturn]] void expire(const World& w, const std::string& what, double waited) {
+    std::string text = "rank " + std::to_string(w.rank) + " waited " + std::to_string(int(waited)) + " s for " + what + " at step " +
+                       std::to_string(watch.step);
+    if (watch.inside) text += ", inside " + describe(watch.ring[size_t(watch.issued) % watch.ring.size()]);
+    else if (const Issued* c = oldest_unfinished()) text += "; the oldest collective it issued that has not completed: " + describe(*c);
+    char limit[32];
+    std::snprintf(limit, sizeof limit, "%g", watch.timeout_s);
+    world_end_job(w, text + ". Another rank has stopped, hung or died (or is this slow: --comm-timeout, now " + limit + " s); ending the job", true);
+}
+
+}  // namespace
+
+void world_poll(const World& w, const std::string& what, const std::function<bool()>& ready) {
+    if (ready()) return;
+    // Ranks give up one after another (half a second apart), so the lowest waiting rank's line ends the job.
+    double start = wall_seconds(), give_up = start + watch.timeout_s + 0.5 * std::min(w.rank, 16);
+    for (;;) {
+        if (ready()) return;
+        if (w.comm) w.comm->check_peers();
+        double now = wall_seconds();
+        if (now > give_up) expire(w, what, now - start);
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+}
+
+void world_pace(const World& w, cudaStream_t stream) {
+    constexpr int kPaceDepth = 4;  // units of a few hundred kernels at most: far below the launch queue's depth
+    static cudaEvent_t marks[kPaceDepth] = {};
+    static int64_t calls = 0;
+    cudaEvent_t& mark = marks[calls++ % kPaceDepth];
+    if (mark) world_wait_event(w, mark);
+    else check_cuda(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming), "event");
+    check_cuda(cudaEventRecord(mark, stream), "event");
+}
+
+void world_end_job(const World& w, const std::string& message, bool speak) {
+    std::fflush(stdout);
+    if (speak) std::fprintf(stderr, "error: %s\n", message.c_str());
+    std::fflush(stderr);
+    if (w.comm) w.comm->abort();
+    if (w.mpi && w.size > 1) {
+        if (!speak) std::this_thread::sleep_for(std::chrono::seconds(5));  // the rank that speaks ends the job
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    std::_Exit(1);
+}
+
+// ================================================================================================ the collective sequence
+
+void world_track_collectives(bool on) { watch.tracking = on; }
+
+void world_note_collective(const char* kind, size_t count, DType type) {
+    if (!watch.tracking) return;
+    uint64_t code = 3;
+    for (uint64_t k = 0; k < 3; ++k)
+        if (std::strcmp(kind, kCollectives[k]) == 0) code = k;
+    uint64_t fields[3] = {code, uint64_t(count), uint64_t(type)};
+    watch.hash = fnv1a(fields, sizeof fields, watch.hash);
+    watch.sequence.insert(watch.sequence.end(), {double(code), double(count), double(type)});
+}
+
+namespace {
+// "reduce_scatter of 4,096 f32", from a sequence's triple at `i`; "none" past its end.
+std::string collective_at(const std::vector<double>& seq, size_t i) {
+    if (3 * i + 2 >= seq.size()) return "none (it issued " + std::to_string(seq.size() / 3) + ")";
+    size_t code = size_t(seq[3 * i]);
+    return std::string(code < 3 ? kCollectives[code] : "?") + " of " + thousands(int64_t(seq[3 * i + 1])) + " " +
+           (DType(int(seq[3 * i + 2])) == DType::bf16 ? "bf16" : "f32");
+}
+}  // namespace
+
+void world_check_collectives(const World& w, const std::string& when) {
+    if (!watch.tracking) return;
+    std::vector<double> mine;
+    std::swap(mine, watch.sequence);
+    uint64_t hash = watch.hash;
+    watch.hash = kFnvBasis;
+    if (!w.mpi) return;
+    uint64_t low[2] = {hash, ~hash};  // the least hash, and the complement of the greatest
+    MPI_Request request;
+    check_mpi(MPI_Iallreduce(MPI_IN_PLACE, low, 2, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD, &request), "MPI_Iallreduce");
+    mpi_wait(w, request, "the other ranks (comparing their collectives " + when + ")");
+    if (low[0] == ~low[1]) return;
+    // Every rank's sequence to rank 0, which names the first collective where each rank departs from its own.
+    std::vector<std::vector<double>> all = world_gather(w, mine);
+    std::string text = "the ranks issued different collectives " + when + " (--check-collectives)";
+    for (size_t r = 1, shown = 0; r < all.size() && shown < 4; ++r) {
+        size_t i = 0;
+        while (3 * i + 2 < all[0].size() && 3 * i + 2 < all[r].size() && std::equal(all[0].begin() + long(3 * i), all[0].begin() + long(3 * i + 3),
+                                                                                    all[r].begin() + long(3 * i)))
+            ++i;
+        if (all[r] == all[0]) continue;
+        text += std::string(shown++ ? ";" : ":") + " rank " + std::to_string(r) + "'s collective " + std::to_string(i + 1) + " is " +
+                collective_at(all[r], i) + ", rank 0's " + collective_at(all[0], i);
+    }
+    world_end_job(w, text, w.rank == 0);
 }

@@ -14,6 +14,8 @@
 //   mpi    ranks that share a GPU (NCCL refuses them): the stream is waited for, the buffers staged through
 //          pinned host memory, MPI sums on the CPU, the result copied back before the call returns. The
 //          same order as NCCL's, so the protocol is unchanged; for learning and testing, not for speed.
+// The transport is watched (the watchdog, below): every collective issued is numbered and marked on its
+// stream, so a wait that outlasts --comm-timeout can name the collective that never completed.
 #pragma once
 #include <cmath>
 #include <condition_variable>
@@ -40,6 +42,9 @@ class Comm {
     virtual const char* name() const = 0;
     // Ends the run with a message when the transport has failed (a lost peer); called while waiting.
     virtual void check_peers() = 0;
+    // Stops the transport for good before the job ends on an error (NCCL: ncclCommAbort, so kernels waiting
+    // for a peer stop spinning); nothing to do for MPI.
+    virtual void abort() {}
 
     // ---- the collectives, counted (distributed/traffic.h), then handed to the transport's run_* below.
     // The same accounting under every transport: each call adds its buffer to counted(), on the host, when
@@ -80,33 +85,50 @@ struct World {
     int gpu = 0;                         // the CUDA device this rank uses
     int ranks_per_gpu = 1;               // the most ranks sharing one GPU on any node
     size_t context_bytes = 0;            // this rank's CUDA context on its GPU (measured at start)
-    Comm* comm = nullptr;                // the collectives (owned; world_finalize deletes it)
+    Comm* comm = nullptr;                // the collectives (owned; world_finalize deletes it), watched
     cudaStream_t comm_stream = nullptr;  // collectives run here, ordered with compute by events
+    // Host threads: the CPUs this rank may use (its affinity mask: mpirun --bind-to, SLURM --cpus-per-task,
+    // taskset), shared evenly with the ranks of this node bound to the same CPUs (all of them when unbound).
+    int cpus = 1;
+    int node_cpus = 1;                   // this node's hardware threads over its ranks: each one's share unbound
+    const char* launcher = "";           // "openmpi", "slurm", "mpich" or "" (alone): which option to name
 };
 
-World world_init(int* argc, char*** argv);  // MPI only: rank, size, nodes; checks the launch
+World world_init(int* argc, char*** argv);  // MPI only: rank, size, nodes, CPUs; checks the launch
 // Picks the GPU, checks this build has code for it, measures the context, starts the transport and
 // the comm stream (after the inputs are checked, so a bad flag never waits on the GPU). Rank 0 prints
 // one line when ranks share a GPU.
 void world_start_gpu(World& w, Transport requested);
 void world_finalize(World& w);
 
-// Host-side agreement (MPI; no-ops on one rank).
+// Host-side agreement (MPI; no-ops on one rank). Each waits like every wait here: bounded (the watchdog).
 double world_sum(const World& w, double x);   // x added over ranks
 void world_broadcast(const World& w, void* data, size_t bytes);  // rank 0's bytes to every rank
 void world_barrier(const World& w);
 // Every rank's `values` at rank 0, in rank order (other ranks get an empty list).
 std::vector<std::vector<double>> world_gather(const World& w, const std::vector<double>& values);
-// Fails on every rank, with one line from rank 0, when `text` (e.g. the options) differs between ranks.
-void world_check_same(const World& w, const std::string& text, const std::string& what);
-// Waits for `stream` while watching the transport for a lost peer, which ends all ranks.
+// Fails on every rank (CollectiveError, one line from rank 0) when `text` (the options, a file's contents, a
+// dataset) differs between ranks, naming `what` and the ranks that differ from rank 0; `detail` (this rank's
+// summary of it: "600 rows, 25,300 tokens") is shown for rank 0 and each of those.
+void world_check_same(const World& w, const std::string& text, const std::string& what, const std::string& detail = "");
+void world_check_same_hash(const World& w, uint64_t hash, const std::string& what, const std::string& detail = "");  // of a hash
+// Waits for `stream` (or until `event` has happened) while watching the transport for a lost peer, which
+// ends all ranks, and for the deadline (the watchdog).
 void world_wait(const World& w, cudaStream_t stream);
-void world_wait_event(const World& w, cudaEvent_t event);  // the same, until `event` has happened
+void world_wait_event(const World& w, cudaEvent_t event);
 
-// This rank's bytes on its GPU: every tracked allocation (device_alloc) plus its CUDA context. Right
-// when ranks share a GPU, where the GPU's in-use figure counts them all.
+// This rank's bytes on its GPU: every tracked allocation (device_alloc), its CUDA context, and what the
+// transport and libraries allocate themselves (untracked_gpu_bytes). Right when ranks share a GPU, where the
+// GPU's in-use figure counts them all.
 double rank_gpu_bytes(const World& w);
 double gpu_in_use_bytes();  // the whole GPU's in-use memory (every process on it)
+// NCCL's buffers (made when the communicator starts and, lazily, at the first collectives) and the CUDA
+// libraries' own allocations, which device_alloc does not see: the GPU's in-use change less this rank's
+// counted change from just after its context was made (world_start_gpu begins the measure) to the end of
+// the first step (untracked_measure_end: true when it ended the measure). Only with one rank per GPU (the
+// GPU's figure would count the other ranks' allocations too); 0 otherwise.
+bool untracked_measure_end(const World& w);
+double untracked_gpu_bytes();
 
 // GPU memory over time, sampled on a thread of its own every `period_s` seconds from start() to stop():
 // this rank's bytes (rank_gpu_bytes) and the whole GPU's in-use bytes (gpu_in_use_bytes, what nvidia-smi
@@ -151,3 +173,39 @@ struct CollectiveError : Error {
 // One rank alone: `check` runs and its error propagates. Unexpected exceptions (std::bad_alloc, ...) count
 // as failures with their own message.
 void world_agree(const World& w, double timeout_s, const std::function<void()>& check);
+
+// ------------------------------------------------------------------------------------------ the watchdog
+// No wait is unbounded. Every wait on the GPU or on the other ranks polls: world_wait and world_wait_event
+// (the GPU), the MPI transport's and the host collectives' MPI requests (MPI_Test), the CPU optimizer's waits
+// for its worker (world_poll). While it polls it checks that no peer has failed (NCCL's asynchronous error)
+// and that it has not waited longer than the timeout (--comm-timeout, a config's comms_timeout; 600 s by
+// default). On expiry the rank says what it waited for and the oldest collective it issued that has not
+// completed (kind, count, unit, step), aborts the transport (ncclCommAbort: NCCL's kernels stop spinning) and
+// ends the job (MPI_Abort). Ranks give up half a second apart, so the lowest waiting rank's line comes first.
+void world_set_timeout(double seconds);
+double world_timeout();
+// What this rank is doing, for that message: the step the trainer queues, and the unit ZeRO moves.
+void world_at_step(int64_t step);
+void world_at_unit(int unit, const char* what);  // e.g. (3, "gathered for the forward"); -1: no unit
+// Polls `ready` until it is true, checking peers and the deadline; `what` names the wait ("the CPU
+// optimizer's update of unit 3").
+void world_poll(const World& w, const std::string& what, const std::function<bool()>& ready);
+// Keeps the host at most a few calls ahead of `stream` (ZeRO calls it for every unit it hands out): a marker
+// on the stream at each call, and a polled wait for the one made 4 calls before. A collective that
+// never completes then leaves the host in a bounded wait, not in a kernel launch that blocks because the
+// GPU's queue of launches is full (about a thousand).
+void world_pace(const World& w, cudaStream_t stream);
+// Ends the job now, without unwinding (the GPU may be stuck): `speak` prints `error: message`; the transport
+// is aborted; then MPI_Abort (a rank that does not speak first gives the one that does a moment).
+[[noreturn]] void world_end_job(const World& w, const std::string& message, bool speak);
+
+// The collective sequence (--check-collectives, and always in the tests). Every rank must issue the same
+// collectives in the same order, and NCCL checks neither kind nor count: a rank that departs hangs the job
+// or sums the wrong bytes. With tracking on, each collective (kind, count, dtype) is folded into a hash, and
+// world_check_collectives (collective: every rank calls it, e.g. at the end of each step) compares the
+// ranks' hashes since the last check; a difference ends the job with one line naming `when` and the first
+// collective where a rank departs from rank 0.
+void world_track_collectives(bool on);
+void world_check_collectives(const World& w, const std::string& when);
+// Folds one collective into the sequence (the watched transport calls it for every collective).
+void world_note_collective(const char* kind, size_t count, DType type);

@@ -90,6 +90,7 @@ const std::map<std::string, const char*> kTopNoEffect = {
     {"comet", "nothing is sent over the network; OUT/tensorboard holds the scalars"},
     {"flops_profiler", "progress lines show TFLOP/s and MFU; --profile N times each kernel family"},
     {"comms_logger", "NCCL_DEBUG=INFO shows the collectives"},
+    {"comms_timeout", ""},
     {"load_universal_checkpoint", "--resume reads a checkpoint on any rank count and ZeRO stage"},
     {"autotuning", "--dry-run --ranks N shows the plan and memory for a given setting"},
     {"aio", "there is no NVMe offload"},
@@ -275,6 +276,13 @@ void ConfigReader::top(const std::string& key, const Json& v) {
         double bw = number(v, key, -INFINITY, INFINITY);
         if (!(bw > 0)) error(key, "must be a positive bandwidth in GB/s, not " + shown(v));
         if (unset("--interconnect")) o.interconnect_GBps = bw;
+    } else if (key == "comms_timeout") {
+        // This trainer's key, beside DeepSpeed's (which takes its timeout as init_distributed(timeout=...), 30
+        // minutes by default; HF's Trainer as ddp_timeout): seconds any wait on the GPU or the ranks may last.
+        if (!is_auto(v))  // "auto": the flag or the default
+            if (double t = number(v, key, 1e-3, 1e9); unset("--comm-timeout")) o.comm_timeout = t;
+        note("comms_timeout: the watchdog ends the job when a wait on the GPU or the other ranks lasts " + format_number(o.comm_timeout) +
+             " s (this trainer's key: DeepSpeed takes init_distributed(timeout=), HF's Trainer ddp_timeout)");
     } else if (key == "elasticity") {
         object(v, key);
         const Json* e = v.find("enabled");

@@ -148,6 +148,8 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
             logits.resize(size_t(rows_) * V);
             check_cuda(cudaMemcpyAsync(logits.data(), logits_, logits.size() * 4, cudaMemcpyDeviceToHost, stream_), "copy logits");
         }
+        // The stream first (its gathers wait for the other ranks: `wait` bounds that), then the copy to
+        // pageable memory, which would otherwise block the host until the stream reached it.
         if (wait) wait(stream_);
         else check_cuda(cudaStreamSynchronize(stream_), "generate");
         for (int r = 0; r < n; ++r)

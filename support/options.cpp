@@ -82,6 +82,11 @@ ZeRO (one process per GPU: mpirun -np N ./train):
                          share a GPU (default auto)
   --check-timeout S      under mpirun: how long a rank that has checked its inputs waits for the others before
                          it ends the job (a rank stuck on a file; default 600)
+  --comm-timeout S       the watchdog: how long any wait on the GPU or on the other ranks may last before the
+                         rank names the collective it waits for, aborts NCCL and ends the job (a rank that
+                         stopped, hung or died; default 600; a config's comms_timeout)
+  --check-collectives    compare each step's sequence of collectives (kind, count, dtype) across ranks: a rank
+                         that departs is one error naming the collective, not a hang (a debug aid)
 A step on paper (the plan's bytes per rank and step time; README: Many GPUs):
   --ranks N              with --dry-run: the plan, memory and traffic for N ranks (one GPU each), without
                          starting them
@@ -207,6 +212,8 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--resume") o.resume = (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) ? args[++i] : "auto";
         else if (a == "--overwrite") o.overwrite = true;
         else if (a == "--check-timeout") o.check_timeout = parse_real(a, value());
+        else if (a == "--comm-timeout") o.comm_timeout = parse_real(a, value());
+        else if (a == "--check-collectives") o.check_collectives = true;
         else if (a == "--merge") o.merge = true;
         else fail("unknown option " + a + " (see ./train --help)");
     }
@@ -237,6 +244,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
              thousands(int64_t(o.micro_batch) * o.seq) + " tokens per micro-batch, more than the " + thousands(kMaxTokensPerMicroBatch) +
              " a rank's batch may hold");
     if (!(o.check_timeout > 0)) fail("--check-timeout must be positive");
+    if (!(o.comm_timeout > 0)) fail(source("--comm-timeout", "comms_timeout") + " must be positive");
     if (!(o.lr > 0)) fail(source("--lr", "optimizer.params.lr") + " must be positive");
     if (o.weight_decay < 0) fail(source("--weight-decay", "optimizer.params.weight_decay") + " must be >= 0");
     if (o.clip < 0) fail(source("--clip", "gradient_clipping") + " must be >= 0");

@@ -41,6 +41,8 @@ struct Options {
     std::string resume;           // "auto": OUT/checkpoints/latest if present
     bool overwrite = false;       // a new run may replace a previous run's outputs in OUT (the default job: always)
     double check_timeout = 600;   // seconds a rank that has checked its inputs waits for the others (mpirun)
+    double comm_timeout = 600;    // seconds any wait on the GPU or the other ranks may last (the watchdog; comms_timeout)
+    bool check_collectives = false;  // compare every step's sequence of collectives across ranks (a debug aid)
     bool merge = false;           // LoRA: also write the base with the adapters merged to OUT/model (HF)
     std::string tensorboard_dir;  // event files; "" = OUT/tensorboard (a config's tensorboard.output_path)
     // A step on paper (distributed/traffic.h): the bytes each rank sends and the time they take.

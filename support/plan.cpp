@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "distributed/threads.h"
 #include "llama.h"
 
 namespace {
@@ -78,14 +79,25 @@ int replicated_units(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
     return n;
 }
 
-std::string zero_text(const ZeroOptions& z, const LlamaConfig& c, const LoraConfig& lora, int ranks) {
+// Offload's host threads: the pool's size from the CPUs a rank may use (threads.h), when known.
+std::string offload_threads_text(const ZeroOptions& z, int cpus) {
+    if (z.offload_threads > 0) return std::to_string(z.offload_threads) + " threads per rank";
+    if (cpus <= 0) return "each rank's CPUs less two threads";
+    int n = offload_pool_threads(cpus);
+    return std::to_string(n) + " thread" + (n == 1 ? "" : "s") + " per rank: the " + std::to_string(cpus) + " CPU" + (cpus == 1 ? "" : "s") +
+           " rank 0 may use, less the main thread and the worker";
+}
+
+std::string zero_text(const ZeroOptions& z, const LlamaConfig& c, const LoraConfig& lora, int ranks, int cpus) {
     static const char* what[] = {"data parallel: every rank holds everything, gradients all-reduced after the last micro-batch",
                                  "optimizer state sharded; gradients all-reduced, updated weights all-gathered",
                                  "optimizer state and gradients sharded (reduce-scattered after every micro-batch)",
                                  "optimizer state, gradients and weights sharded (each unit all-gathered before use)"};
     std::string text = "ZeRO stage " + std::to_string(z.stage) + " over " + std::to_string(ranks) + " rank" + (ranks == 1 ? "" : "s") + ": " +
                        what[z.stage];
-    if (z.offload) text += std::string("; optimizer offload to CPU (") + (z.pin_memory ? "pinned" : "pageable") + " memory, AdamW on CPU threads)";
+    if (z.offload)
+        text += std::string("; optimizer offload to CPU (") + (z.pin_memory ? "pinned" : "pageable") + " memory, AdamW on " +
+                offload_threads_text(z, cpus) + ")";
     if (z.stage <= 1) text += "; all-reduce buckets of " + thousands(z.reduce_bucket_size) + " elements";
     if (z.stage == 3) {
         text += prefetches(z) ? "; the next unit prefetched (stage3_prefetch_bucket_size " + thousands(z.prefetch_bucket_size) + ")"
@@ -105,9 +117,9 @@ int64_t run_steps(const Options& o, int64_t steps_per_epoch) { return o.steps ? 
 
 bool has_weights(const std::string& dir) { return exists(dir + "/model.safetensors") || exists(dir + "/model.safetensors.index.json"); }
 
-Plan make_plan(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks) {
+Plan make_plan(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks, int cpus) {
     Plan p;
-    p.ranks = ranks;
+    p.ranks = ranks, p.cpus = cpus;
     Loader loader(train, o.micro_batch, o.seq, 0, ranks, o.seed, true, pad);
     p.micro_batches_per_epoch = loader.micro_batches_per_epoch();
     p.steps_per_epoch = std::max<int64_t>(1, p.micro_batches_per_epoch / o.grad_accum);
@@ -138,7 +150,7 @@ void print_run_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfi
     std::fprintf(out, "plan: lr at step %s\n", lr_samples(p.schedule, p.steps).c_str());
     std::fprintf(out, "plan: AdamW betas (%g, %g), eps %g, weight decay %g; gradient clipping %s\n", double(o.beta1), double(o.beta2),
                  double(o.eps), double(o.weight_decay), o.clip > 0 ? ("at global norm " + number(o.clip)).c_str() : "off");
-    std::fprintf(out, "plan: %s\n", zero_text(o.zero, c, lora, p.ranks).c_str());
+    std::fprintf(out, "plan: %s\n", zero_text(o.zero, c, lora, p.ranks, p.cpus).c_str());
     std::fprintf(out, "plan: activation checkpointing %s; %s\n", o.checkpoint_activations ? "on (each layer recomputed in backward)" : "off",
                  o.pack ? "rows packed into sequences" : "one row per sequence (--no-pack)");
     for (const std::string& note : o.config_notes) std::fprintf(out, "config: %s: %s\n", o.config_file.c_str(), note.c_str());
@@ -166,8 +178,8 @@ void print_memory_plan(FILE* out, const Plan& p, const Options& o, const LlamaCo
                  p.ranks, p.ranks == 1 ? "" : "s", line.c_str(), offload.c_str());
 }
 
-void print_dry_run(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks) {
-    Plan p = make_plan(o, c, lora, train, pad, ranks);
+void print_dry_run(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks, int cpus) {
+    Plan p = make_plan(o, c, lora, train, pad, ranks, cpus);
     print_run_plan(stdout, p, o, c, lora);
     print_memory_plan(stdout, p, o, c, lora);
     if (!o.model.empty() && !has_weights(o.model))

@@ -27,6 +27,7 @@ struct Plan {
     int64_t trainable = 0;                // elements the optimizer updates
     MemoryReport memory;                  // per rank, ZeroStore::estimate
     double activations = 0;               // bytes per rank: the activation arena
+    int cpus = 0;                         // the CPUs rank 0 may use (World::cpus); 0: ranks planned, not started
 };
 
 // The optimizer steps of a run with `steps_per_epoch` steps in an epoch: --steps, else --epochs (1) epochs.
@@ -34,7 +35,7 @@ int64_t run_steps(const Options& o, int64_t steps_per_epoch);
 // Whether a model directory holds weights (a config.json alone plans a run but cannot train).
 bool has_weights(const std::string& model_dir);
 
-Plan make_plan(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks);
+Plan make_plan(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks, int cpus = 0);
 // The plan's lines: model and LoRA, batch, steps, schedule (with the lr at a few steps), AdamW, ZeRO, and
 // what the config's keys became (each once).
 void print_run_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfig& c, const LoraConfig& lora);
@@ -42,4 +43,4 @@ void print_run_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfi
 // without optimizer offload) for these ranks.
 void print_memory_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfig& c, const LoraConfig& lora);
 // --dry-run's report on stdout: the plan for `ranks` ranks, its memory, and "dry run: inputs are valid".
-void print_dry_run(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks);
+void print_dry_run(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks, int cpus = 0);

@@ -261,16 +261,17 @@ void SafetensorsWriter::write(const void* data, size_t bytes) {
     written_ += bytes;
 }
 
-void SafetensorsWriter::finish() {
+void SafetensorsWriter::finish(bool durable) {
     if (written_ != expected_) fail("internal: " + path_ + " got fewer tensor bytes than its header declares");
     FILE* f = static_cast<FILE*>(file_);
     file_ = nullptr;
-    if (std::fflush(f) != 0 || std::fclose(f) != 0) fail("cannot write " + path_ + ".tmp: disk full?");
+    bool flushed = std::fflush(f) == 0 && (!durable || fsync(fileno(f)) == 0);
+    if (std::fclose(f) != 0 || !flushed) fail("cannot write " + path_ + ".tmp: disk full?");
     if (std::rename((path_ + ".tmp").c_str(), path_.c_str()) != 0) fail("cannot rename " + path_ + ".tmp: " + std::strerror(errno));
 }
 
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, bool durable) {
     std::vector<SafetensorsWriter::Entry> entries;
     for (const TensorToWrite& t : tensors) entries.push_back({t.name, t.dtype, t.shape});
     SafetensorsWriter w(path, entries, metadata);
@@ -279,7 +280,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
         for (int64_t d : t.shape) numel *= uint64_t(d);
         w.write(t.data, numel * dtype_size(t.dtype));
     }
-    w.finish();
+    w.finish(durable);
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) {

@@ -48,14 +48,16 @@ struct TensorToWrite {
     std::vector<int64_t> shape;
     const void* data;  // host memory, numel * dtype size bytes
 };
-// Writes a .safetensors file (atomically: to PATH.tmp, then renamed).
+// Writes a .safetensors file (atomically: to PATH.tmp, then renamed); with `durable` its bytes reach the
+// disk (fsync) before the rename, as a checkpoint's must.
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+                       const std::map<std::string, std::string>& metadata = {}, bool durable = false);
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2048, 512]"
 
 // Streams a .safetensors file: the header first (every tensor's name, dtype and shape), then the tensors'
-// bytes in that order, so a model can be written one piece at a time. finish() renames PATH.tmp to PATH.
+// bytes in that order, so a model can be written one piece at a time. finish() renames PATH.tmp to PATH
+// (after an fsync when `durable`).
 class SafetensorsWriter {
   public:
     struct Entry { std::string name, dtype; std::vector<int64_t> shape; };
@@ -63,7 +65,7 @@ class SafetensorsWriter {
                       const std::map<std::string, std::string>& metadata = {});
     ~SafetensorsWriter();
     void write(const void* data, size_t bytes);
-    void finish();
+    void finish(bool durable = false);
 
   private:
     std::string path_;

@@ -87,6 +87,14 @@ std::string random_text(uint64_t seed, size_t code_points) {
     return out;
 }
 
+bool has_warning(const std::string& output) {
+    for (size_t at = output.find("warning"); at != std::string::npos; at = output.find("warning", at + 1)) {
+        size_t end = output.find('\n', at);
+        if (output.substr(at, end == std::string::npos ? std::string::npos : end - at).find("too few for CPU offload") == std::string::npos) return true;
+    }
+    return false;
+}
+
 void skip_test(const std::string& why) {
     std::string name = doctest::getContextOptions()->currentTest ? doctest::getContextOptions()->currentTest->m_name : "?";
     if (skipped.insert(name).second) std::printf("skipped: %s (%s)\n", name.c_str(), why.c_str());

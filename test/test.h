@@ -23,6 +23,10 @@ std::string temp_dir(const std::string& name);  // a fresh empty directory
 // Random valid UTF-8 text mixing ASCII, whitespace, Latin, CJK, emoji and other scripts.
 std::string random_text(uint64_t seed, size_t code_points);
 
+// Whether `output` holds a warning other than offload's warning about the CPUs a rank may use, which depends
+// on the machine the tests run on (threads.h: few_cpus_warning).
+bool has_warning(const std::string& output);
+
 // Marks the current test as skipped (counted in the closing line) and says why.
 void skip_test(const std::string& why);
 

@@ -181,6 +181,7 @@ struct CheckpointSpec {
     int64_t step = 5, total_steps = 10, global_batch = 2;
     uint64_t seed = 1234;
     bool latest = true;
+    bool sizes = false;  // zero.json records each rank file's size, as save_checkpoint writes it
 };
 std::string write_checkpoint(const std::string& out, const std::string& model, const CheckpointSpec& k) {
     std::string root = out + "/checkpoints", dir = root + "/step-" + std::to_string(k.step);
@@ -197,8 +198,15 @@ std::string write_checkpoint(const std::string& out, const std::string& model, c
     write_atomically(dir + "/trainer.json", "{\"step\": " + std::to_string(k.step) + ", \"total_steps\": " + std::to_string(k.total_steps) +
                                                 ", \"epoch\": 0, \"sequences_into_epoch\": 0, \"global_batch\": " + std::to_string(k.global_batch) +
                                                 ", \"world_size\": " + std::to_string(k.ranks) + ", \"seed\": " + std::to_string(k.seed) + "}\n");
+    std::string files;
+    for (int r = 0; r < k.ranks && k.sizes; ++r) {
+        std::string file = checkpoint_rank_file(dir, r, k.ranks);
+        files += std::string(r ? ", " : ", \"files\": {") + json_quote(file.substr(dir.size() + 1)) + ": " + std::to_string(read_file(file).size());
+    }
+    if (k.sizes) files += "}";
     write_atomically(dir + "/zero.json", "{\"world_size\": " + std::to_string(k.ranks) + ", \"trainable\": 256, \"lora\": " +
-                                             json_quote("r=2 alpha=32.000000 rslora=0 targets=q_proj,") + ", \"model\": " + json_quote(config_json(c)) + "}\n");
+                                             json_quote("r=2 alpha=32.000000 rslora=0 targets=q_proj,") + ", \"model\": " + json_quote(config_json(c)) +
+                                             files + "}\n");
     if (k.latest) write_atomically(root + "/latest", "step-" + std::to_string(k.step) + "\n");
     return dir;
 }
@@ -316,6 +324,22 @@ TEST_CASE("checks: checkpoints: every rank's file, the slices, the global batch,
                     unlinked + "/checkpoints/step-5");
     check_passes(base + " --resume --out " + fresh_out(), "resume: no checkpoint in ");
     check_error(base + " --resume /nonexistent/step-5 --out " + fresh_out(), "--resume /nonexistent/step-5: no such checkpoint directory");
+    // zero.json records every rank file's size: a newest checkpoint whose file a crash cut short (or lost)
+    // is named with what is wrong, and the last complete one is offered
+    std::string crashed = out_with([] { CheckpointSpec k; k.ranks = 2, k.sizes = true; return k; }());
+    check_passes(base + " --resume --out " + crashed);
+    write_checkpoint(crashed, model, [] { CheckpointSpec k; k.ranks = 2, k.sizes = true, k.step = 7; return k; }());
+    check_passes(base + " --resume --out " + crashed);
+    std::string step7 = crashed + "/checkpoints/step-7", step5 = crashed + "/checkpoints/step-5";
+    file = checkpoint_rank_file(step7, 0, 2), bytes = read_file(file);
+    write_atomically(file, bytes.substr(0, bytes.size() / 2));
+    check_error(base + " --resume --out " + crashed, "checkpoint " + step7 + " is incomplete or damaged (rank-00000-of-00002.safetensors has " +
+                                                         thousands(int64_t(bytes.size() / 2)) + " bytes where zero.json records " +
+                                                         thousands(int64_t(bytes.size())) + "); the last complete one is " + step5 +
+                                                         ": resume it with --resume " + step5);
+    std::remove(file.c_str());
+    check_error(base + " --resume --out " + crashed, "(rank-00000-of-00002.safetensors is missing); the last complete one is " + step5);
+    check_passes(base + " --resume " + step5 + " --out " + crashed);
 }
 
 TEST_CASE("checks: --out is a writable directory of its own, and a previous run's outputs are kept unless asked") {
@@ -429,6 +453,72 @@ TEST_CASE("checks: several ranks (mpirun, dry run): one line per job, and no ran
         CHECK(r.status == 1);
         CHECK(error_lines(r.output) == 1);
         CHECK(r.output.find("error: m: missing tensor model.norm.weight") != std::string::npos);
+    }
+    // every rank's view of the run is compared before the GPU: the same command line, but node-local files differ
+    {  // one rank's data is shorter: its step count would differ
+        std::string c = temp_dir("r_wdir_short");
+        mkdir((c + "/m").c_str(), 0755);
+        write_atomically(c + "/m/config.json", config_text());
+        std::vector<Entry> e = model_entries(c + "/m/config.json");
+        write_entries(c + "/m/model.safetensors", e, data_end(e));
+        std::string rows = read_file(rows_file());
+        write_atomically(a + "/rows.jsonl", rows);
+        write_atomically(c + "/rows.jsonl", rows.substr(0, rows.rfind('\n', rows.size() - 2) + 1));  // 39 rows
+        std::string local = "--model m --data rows.jsonl --seq 64 --micro-batch 2 --lora-rank 2 --lora-targets q --dry-run --out out";
+        Run r = run_command(mpirun(1) + "--wdir " + a + " " + exe() + " " + local + " : -np 1 --wdir " + c + " " + exe() + " " + local);
+        CAPTURE(r.output);
+        CHECK(r.status == 1);
+        CHECK(error_lines(r.output) == 1);
+        CHECK(r.output.find("error: the training data (rows.jsonl) differ between ranks: rank 1 of 2 differs from rank 0; rank 0: 40 rows, 1,200 "
+                            "tokens in 20 sequences; rank 1: 39 rows, 1,170 tokens in 20 sequences") != std::string::npos);
+        // one rank's config.json differs (its rope_theta; the weights fit both)
+        write_atomically(c + "/rows.jsonl", rows);
+        write_atomically(c + "/m/config.json", config_text({{"rope_theta", "1234.0"}}));
+        r = run_command(mpirun(1) + "--wdir " + a + " " + exe() + " " + local + " : -np 1 --wdir " + c + " " + exe() + " " + local);
+        CAPTURE(r.output);
+        CHECK(r.status == 1);
+        CHECK(error_lines(r.output) == 1);
+        CHECK(r.output.find("error: the model configs (m/config.json) differ between ranks: rank 1 of 2 differs from rank 0; rank 0: ") !=
+              std::string::npos);
+        write_atomically(c + "/m/config.json", config_text());  // the same again: passes
+        r = run_command(mpirun(1) + "--wdir " + a + " " + exe() + " " + local + " : -np 1 --wdir " + c + " " + exe() + " " + local);
+        CAPTURE(r.output);
+        CHECK(r.status == 0);
+    }
+    {  // the default job: one rank finds the pretrained base in its data/base, the other would pretrain it
+        std::string cached = temp_dir("r_wdir_cached"), other = temp_dir("r_wdir_other");
+        for (const std::string& d : {cached, other}) mkdir((d + "/data").c_str(), 0755), mkdir((d + "/data/base").c_str(), 0755);
+        write_atomically(cached + "/data/base/model.safetensors", "");
+        write_atomically(other + "/data/base/model.safetensors", "");
+        // train.cpp's kBaseRecipe: the recipe the cached base must have been pretrained by
+        write_atomically(cached + "/data/base/recipe.txt", "tiny; data/corpus,data/dictionary; seq 256; micro-batch 32; 32 epochs; lr 3e-3; wd 0.01");
+        write_atomically(other + "/data/base/recipe.txt", "another recipe");
+        Run r = run_command(mpirun(1) + "--wdir " + cached + " " + exe() + " --dry-run : -np 1 --wdir " + other + " " + exe() + " --dry-run");
+        CAPTURE(r.output);
+        CHECK(r.status == 1);
+        CHECK(error_lines(r.output) == 1);
+        CHECK(r.output.find("error: the default job's pretrained bases (data/base) differ between ranks: rank 1 of 2 differs from rank 0; rank 0: "
+                            "there, with this recipe (part 1 skipped); rank 1: absent or from another recipe (part 1 pretrains it)") !=
+              std::string::npos);
+    }
+    {  // offload on ranks that mpirun binds to one core each (its default for 2 ranks): one warning naming the option
+        std::string args = model_args(model) + " --zero-stage 1 --offload --out " + fresh_out();
+        Run r = run_command("timeout 120 mpirun --allow-run-as-root -np 2 " + exe() + " " + args);
+        CAPTURE(r.output);
+        CHECK(r.status == 0);
+        // bound to one core: 1 CPU, or its 2 hardware threads with SMT; either way one AdamW thread and the warning
+        CHECK(r.output.find("AdamW on 1 thread per rank: the ") != std::string::npos);
+        CHECK(r.output.find("rank 0 may use, less the main thread and the worker") != std::string::npos);
+        CHECK(r.output.find("warning: ranks 0, 1 may use only ") != std::string::npos);
+        // the option for Open MPI, or (a node with fewer than 4 CPUs per rank, like a 2-core build machine) fewer ranks
+        CHECK((r.output.find("`mpirun --map-by slot:PE=") != std::string::npos || r.output.find("start fewer ranks per node") != std::string::npos));
+        CHECK(r.output.find("warning:") == r.output.rfind("warning:"));  // once
+        // alone, confined by taskset: the plan says it, and so does the one warning
+        r = run_command("taskset -c 0 " + exe() + " " + args);
+        CAPTURE(r.output);
+        CHECK(r.status == 0);
+        CHECK(r.output.find("AdamW on 1 thread per rank: the 1 CPU rank 0 may use") != std::string::npos);
+        CHECK(r.output.find("warning: this run may use only 1 CPU") != std::string::npos);
     }
     {  // one rank stuck opening a FIFO: the others end the job after --check-timeout
         std::string fifo_dir = temp_dir("r_wdir_fifo");

@@ -173,7 +173,7 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
         "activation_checkpointing": {"partition_activations": false}})");
     Run r = run("--preset tiny --seq 64 --dry-run --config " + ok + " --out " + temp_dir("cli_z3"));
     CHECK(r.status == 0);
-    CHECK(r.output.find("warning") == std::string::npos);
+    CHECK_FALSE(has_warning(r.output));
     // a checkpoint directory whose latest step was cut short: refused, pointing at the last good one
     std::string out = temp_dir("resume_out");
     temp_dir("resume_out/checkpoints");
@@ -183,7 +183,8 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
     temp_dir("resume_out/checkpoints/step-20");
     temp_file("resume_out/checkpoints/latest", "step-20\n");
     check_error("--preset tiny --seq 64 --dry-run --resume --out " + out,
-                "checkpoint " + out + "/checkpoints/step-20 is incomplete or damaged; the last good one is " + out + "/checkpoints/step-10");
+                "checkpoint " + out + "/checkpoints/step-20 is incomplete or damaged (no zero.json); the last complete one is " + out +
+                    "/checkpoints/step-10: resume it with --resume " + out + "/checkpoints/step-10");
     temp_file("resume_out/checkpoints/step-10/zero.json", R"({"world_size": 2, "model": "another"})");
     check_error("--preset tiny --seq 64 --dry-run --resume " + out + "/checkpoints/step-10", "is from another model");
 }
@@ -195,7 +196,7 @@ TEST_CASE("cli: every workshop config in configs/ is accepted without warnings")
         CAPTURE(name);
         CAPTURE(r.output);
         CHECK(r.status == 0);
-        CHECK(r.output.find("warning") == std::string::npos);
+        CHECK_FALSE(has_warning(r.output));
         bool recompute = std::string(name) == "stage3_offload_checkpointing";
         CHECK((r.output.find("plan: activation checkpointing on") != std::string::npos) == recompute);
         ++seen;
@@ -230,4 +231,33 @@ TEST_CASE("cli: data that is no dataset is one error line; the data line names t
     CHECK(r.status == 0);
     CHECK(r.output.find("data: train " + wiki + " (WikiQA): 1 rows in 1 sequences") != std::string::npos);
     CHECK(r.output.find(", 2 rows dropped (WikiQA label 0: a candidate sentence that does not answer)\n") != std::string::npos);
+}
+
+TEST_CASE("cli: bench/multigpu.sh refuses with one line where fewer than 2 GPUs are visible") {
+    // nvidia-smi stand-ins first on PATH: one that lists one GPU, one that fails (no driver)
+    std::string one = temp_dir("multigpu_one_gpu"), none = temp_dir("multigpu_no_gpu");
+    temp_file("multigpu_one_gpu/nvidia-smi", "#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)'\n");
+    temp_file("multigpu_no_gpu/nvidia-smi", "#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n");
+    chmod((one + "/nvidia-smi").c_str(), 0755), chmod((none + "/nvidia-smi").c_str(), 0755);
+    struct Case { std::string env, expected; };
+    const Case cases[] = {
+        {"env -u CUDA_VISIBLE_DEVICES PATH=" + one + ":$PATH", "bench/multigpu.sh: needs 2 or more GPUs, 1 visible"},
+        {"env -u CUDA_VISIBLE_DEVICES PATH=" + none + ":$PATH", "bench/multigpu.sh: needs 2 or more GPUs, 0 visible"},
+        {"env CUDA_VISIBLE_DEVICES=3 PATH=" + one + ":$PATH", "bench/multigpu.sh: needs 2 or more GPUs, 1 visible"},
+    };
+    for (const Case& c : cases) {
+        FILE* p = popen((c.env + " bash bench/multigpu.sh < /dev/null 2>&1").c_str(), "r");
+        REQUIRE(p);
+        std::string out;
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+        int status = pclose(p);
+        CAPTURE(c.env);
+        CAPTURE(out);
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 1);
+        CHECK(out.rfind(c.expected, 0) == 0);
+        CHECK(out.find('\n') == out.size() - 1);  // one line
+    }
 }

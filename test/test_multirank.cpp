@@ -12,7 +12,10 @@
 //     every stage, LoRA and full, with accumulation, recompute, keep_gathered, persistence thresholds,
 //     buckets, no prefetch, offload, and one rank in place;
 //   - failures end every rank: a rank killed mid-step, a bad file seen by one rank, ranks whose options
-//     differ, --comm nccl on a shared GPU.
+//     differ, --comm nccl on a shared GPU; a rank stopped mid-run (SIGSTOP) ends every rank within
+//     --comm-timeout with a line naming what it waited for (the MPI transport, and NCCL on 2+ GPUs);
+//   - every run compares its collective sequence across ranks at each step (--check-collectives), and its
+//     checkpoints record each rank file's size.
 // Why a bound and not bitwise: with N ranks each product runs on 1/N of the rows (cuBLASLt may choose
 // another algorithm), partial sums of the loss and gradients are added in another order, and bf16 rounds
 // each intermediate; these differences are ~1e-3 relative per step and LoRA training does not amplify
@@ -125,7 +128,7 @@ std::string eval_file() {  // 120 rows: an eval pass of ten micro-batches
 
 std::string common_args(const std::string& extra) {
     return "--preset tiny --data " + data_file() + " --eval-data " + eval_file() + " --seq 64 --steps 20 --log-every 1 --lr 2e-3 "
-           "--sample 1 --seed 7 " + extra;
+           "--sample 1 --seed 7 --check-collectives " + extra;
 }
 
 void check_same_training(const Result& one, const Result& many, const std::string& what) {
@@ -163,6 +166,20 @@ std::map<std::string, std::pair<double, double>> memory_line(const std::string& 
     return m;
 }
 
+// One rank alone on its GPU: after the first step its figure (tracked + context + NCCL and library buffers)
+// is the GPU's in-use memory, give or take what other processes hold.
+void check_first_step_memory(const std::string& output) {
+    size_t at = output.find("memory per rank after the first step (GiB): NCCL and library buffers ");
+    double untracked = 0, rank = 0, gpu = 0;
+    int got = at == std::string::npos ? 0 : std::sscanf(output.c_str() + at, "memory per rank after the first step (GiB): NCCL and library "
+                                                        "buffers %lf (%*[^)]), this rank on its GPU %lf (GPU in use %lf)", &untracked, &rank, &gpu);
+    MESSAGE("one rank after its first step: NCCL and library buffers " << untracked << " GiB, the rank " << rank << " GiB, the GPU " << gpu << " GiB");
+    CAPTURE(output);
+    REQUIRE(got == 3);
+    CHECK(untracked >= 0);
+    CHECK(std::fabs(rank - gpu) <= 0.02 * gpu + 0.01);
+}
+
 bool gpu_and_mpi() {
     if (!need_gpu()) return false;
     if (!have_mpirun()) {
@@ -191,6 +208,7 @@ TEST_CASE("gpu: 2, 3 and 4 ranks train like one rank at every stage, with offloa
         int rows = 12 / c.accum;  // per step across ranks: 12
         Result one = train(1, common_args(c.flags + " --micro-batch " + std::to_string(rows) + " --grad-accum " + std::to_string(c.accum)),
                            temp_dir("mr_" + std::to_string(k) + "_1"));
+        if (k == 0) check_first_step_memory(one.output);
         for (int n : {2, 3, 4}) {
             if (rows % n) continue;
             Result many = train(n, common_args(c.flags + " --micro-batch " + std::to_string(rows / n) + " --grad-accum " + std::to_string(c.accum)),
@@ -207,6 +225,13 @@ TEST_CASE("gpu: 10 steps on 4 ranks, resumed on 2 ranks for 10, resumed on 3 ran
     Result one = train(1, common_args(args + "--micro-batch 12"), temp_dir("resume_1"));
     std::string a = temp_dir("resume_a"), b = temp_dir("resume_b"), c = temp_dir("resume_c");
     Result first = train(4, common_args(args + "--micro-batch 3"), a);
+    {  // each rank file's size is recorded, and is the file's
+        Json meta = read_json_file(a + "/checkpoints/step-10/zero.json");
+        const Json* files = meta.find("files");
+        REQUIRE(files);
+        CHECK(files->object.size() == 4);
+        for (const auto& [name, size] : files->object) CHECK(int64_t(read_file(a + "/checkpoints/step-10/" + name).size()) == size.integer);
+    }
     Result second = train(2, common_args(args + "--micro-batch 6 --resume " + a + "/checkpoints/step-10"), b);
     Result third = train(3, common_args(args + "--micro-batch 4 --resume " + b + "/checkpoints/step-20"), c);
     REQUIRE(first.status == 0);
@@ -409,4 +434,69 @@ TEST_CASE("gpu: --comm nccl refuses ranks that share a GPU, naming --comm mpi") 
     CAPTURE(r.output);
     CHECK(r.status != 0);
     CHECK(r.output.find("--comm nccl: 2 ranks share one GPU and NCCL needs a GPU per rank (use --comm mpi") != std::string::npos);
+}
+
+TEST_CASE("gpu: a rank stopped mid-run (SIGSTOP) ends every rank within --comm-timeout, naming what it waited for") {
+    if (!gpu_and_mpi()) return;
+    int gpus = 0;
+    cudaGetDeviceCount(&gpus);
+    struct Case { std::string name; int ranks; std::string comm; };
+    std::vector<Case> cases = {{"the MPI transport, 3 ranks sharing GPUs", 3, "mpi"}};
+    if (gpus >= 2) cases.push_back({"NCCL, 2 ranks on 2 GPUs", 2, "nccl"});
+    constexpr int kTimeout = 5;
+    for (const Case& c : cases) {
+        CAPTURE(c.name);
+        std::string out = temp_dir("stopped_" + c.comm);
+        std::string cmd = mpirun(c.ranks) + exe() + " " + common_args("--steps 100000 --micro-batch 4 --comm " + c.comm + " --comm-timeout " +
+                                                                       std::to_string(kTimeout)) +
+                          " --out " + out + " > " + out + "/log.txt 2>&1";
+        pid_t launcher = fork();
+        if (launcher == 0) {
+            execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+            _exit(127);
+        }
+        for (int i = 0; i < 600; ++i) {  // until training has begun (60 s at most)
+            std::ifstream f(out + "/train_log.csv");
+            std::string header, row;
+            if (std::getline(f, header) && std::getline(f, row)) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a few steps in
+        std::string victim;
+        {
+            FILE* p = popen(("pgrep -f -- '^" + exe() + " .*--out " + out + "' | sort -n | tail -1").c_str(), "r");  // the last rank
+            char buf[64] = {};
+            if (p && fgets(buf, sizeof buf, p)) victim = buf;
+            if (p) pclose(p);
+        }
+        REQUIRE(!victim.empty());
+        pid_t stopped = pid_t(std::stol(victim));
+        double stopped_at = wall_seconds();
+        kill(stopped, SIGSTOP);
+        int status = 0;
+        bool ended = false;
+        while (wall_seconds() - stopped_at < kTimeout + 60) {
+            if (waitpid(launcher, &status, WNOHANG) == launcher) { ended = true; break; }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        double took = wall_seconds() - stopped_at;
+        if (!ended) kill(stopped, SIGKILL), kill(launcher, SIGKILL), waitpid(launcher, &status, 0);
+        CHECK(ended);
+        CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
+        std::string log = read_file(out + "/log.txt");
+        size_t at = log.find("error: rank ");
+        std::string line = at == std::string::npos ? "(no error line)" : log.substr(at, log.find('\n', at) - at);
+        MESSAGE(c.name << ": a stopped rank ended the job in " << took << " s (--comm-timeout " << kTimeout << "): " << line);
+        CAPTURE(log);
+        REQUIRE(at != std::string::npos);
+        CHECK(line.find(" waited " + std::to_string(kTimeout) + " s for ") != std::string::npos);
+        CHECK(line.find(" at step ") != std::string::npos);
+        bool named = false;  // the collective: one the transport ran, or a host-side MPI call
+        for (const char* kind : {"all_gather #", "reduce_scatter #", "all_reduce #", "MPI_I"}) named |= line.find(kind) != std::string::npos;
+        CHECK(named);
+        FILE* left = popen(("pgrep -f -- '^" + exe() + " .*--out " + out + "' | wc -l").c_str(), "r");
+        char buf[64] = {};
+        if (left && fgets(buf, sizeof buf, left)) CHECK(std::atoi(buf) == 0);
+        if (left) pclose(left);
+    }
 }
