@@ -12,14 +12,12 @@
 //   backward, chunk by chunk), then for l = L-1..0: layer_forward again when recomputing, layer_backward,
 //   reduce_grads; last embedding_backward. A layer: rmsnorm, q/k/v projections, (Qwen3: q/k norms,) rope,
 //   attention, o_proj (+ h), rmsnorm, gate/up projections, swiglu, down_proj (+ a); backward reverses them.
-//   Generation (decode) runs the same layer_forward, one token a row, through a KV cache.
-// Sections: the activation arena (one allocation, carve), the projections (group_forward/backward: base
-// weight plus adapters), a layer forward and backward, the head, the passes. The kernels are kernels/
-// (indexed by kernels/ops.h), attention kernels/attention.h, the matrix products kernels/gemm.h.
+//   Generation (decode) runs the same passes, one token a row, through a KV cache.
+// Sections: the activation arena (carve), the projections (base weight plus adapters), a layer forward and
+// backward, the head and the passes. The ops are kernels/ops.h, attention.h, gemm.h.
 #include "llama.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "kernels/ops.h"
 #include "support/cuda_calls.h"
@@ -117,24 +115,16 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     std::vector<int32_t> t_of_row(static_cast<size_t>(N_));
     for (int n = 0; n < N_; ++n) t_of_row[size_t(n)] = n % T;
     check_cuda(cudaMemcpy(positions_, t_of_row.data(), t_of_row.size() * 4, cudaMemcpyHostToDevice), "copy positions");
-    // RoPE tables: angle = p * inv_freq[i]; cos and sin rounded to bf16 as HF's are.
-    int half = c.head_dim / 2;
-    std::vector<float> inv = rope_inv_freq(c), cos_h(size_t(max_position_) * size_t(half)), sin_h(cos_h.size());
-    for (int p = 0; p < max_position_; ++p)
-        for (int i = 0; i < half; ++i) {
-            float angle = float(p) * inv[size_t(i)];
-            cos_h[size_t(p) * half + i] = bf16_to_float(float_to_bf16(std::cos(angle)));
-            sin_h[size_t(p) * half + i] = bf16_to_float(float_to_bf16(std::sin(angle)));
-        }
+    std::vector<float> cos_h, sin_h;
+    rope_tables(c, max_position_, cos_h, sin_h);
     check_cuda(cudaMemcpy(rope_cos_, cos_h.data(), cos_h.size() * 4, cudaMemcpyHostToDevice), "copy RoPE table");
     check_cuda(cudaMemcpy(rope_sin_, sin_h.data(), sin_h.size() * 4, cudaMemcpyHostToDevice), "copy RoPE table");
 }
 
 LlamaModel::~LlamaModel() {
-    device_free(arena_);
     delete grad_;
-    delete attention_;
-    gemm_destroy(gemm_);
+    delete attention_;  // before the gemm handle it borrows
+    device_free(arena_), gemm_destroy(gemm_);
 }
 
 // ================================================================================================ the projections
@@ -147,8 +137,7 @@ const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
     return lora_x_;
 }
 
-namespace {
-LayerWeights layer_weights(const int64_t* offset, const UnitView& u) {
+static LayerWeights layer_weights(const int64_t* offset, const UnitView& u) {
     LayerWeights v;
     for (int t = 0; t < kLayerTensors; ++t) {
         v.w[t] = offset[t] < 0 ? nullptr : u.weights + offset[t];
@@ -156,7 +145,6 @@ LayerWeights layer_weights(const int64_t* offset, const UnitView& u) {
     }
     return v;
 }
-}  // namespace
 
 // The projections that read the same input: LoRA's A products of a group run as one product.
 LlamaModel::Adapters LlamaModel::adapters(int group, const LoraLayerView& lora, int in) const {
@@ -383,10 +371,7 @@ void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_div
         int rows = std::min(head_rows_, N_ - r0);
         const bf16* x = final_norm_ + int64_t(r0) * D;
         matmul_nt(gemm_, logits_, x, head_w, rows, V, D);  // logits = x E^T (bf16, as HF's)
-        if (logits_out) {
-            int64_t n = int64_t(rows) * V;
-            bf16_to_f32(logits_, logits_out + int64_t(r0) * V, n, stream_);
-        }
+        if (logits_out) bf16_to_f32(logits_, logits_out + int64_t(r0) * V, int64_t(rows) * V, stream_);
         if (!batch.labels) continue;
         cross_entropy(logits_, targets_ + r0, row_loss_, loss_sum_, rows, V, 1.0f / loss_divisor, backward, stream_);
         if (!backward) continue;  // logits_ holds dlogits now
@@ -401,8 +386,9 @@ void LlamaModel::head(const DeviceBatch& batch, UnitStore& store, float loss_div
     store.release(L + 1);
 }
 
-// Embedding and every layer: h_0 .. h_L into hidden_, each unit gathered for its turn.
-void LlamaModel::forward_layers(const DeviceBatch& batch, UnitStore& store) {
+// Embedding and every layer: h_0 .. h_L into hidden_, each unit gathered for its turn (generation: through
+// the KV cache).
+void LlamaModel::forward_layers(const DeviceBatch& batch, UnitStore& store, const KvCache* cache) {
     if (batch.B != B_ || batch.T != T_) exit_with_error("LlamaModel: the batch's shape differs from the model's");
     int L = c_.num_hidden_layers, D = c_.hidden_size;
     UnitView emb = store.gather(0, Pass::forward);
@@ -413,7 +399,7 @@ void LlamaModel::forward_layers(const DeviceBatch& batch, UnitStore& store) {
     store.release(0);
     for (int l = 0; l < L; ++l) {
         UnitView w = store.gather(l + 1, Pass::forward);
-        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D, batch);
+        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D, batch, cache);
         store.release(l + 1);
     }
 }
@@ -458,15 +444,7 @@ void LlamaModel::set_decode_inputs(const std::vector<int32_t>& tokens, const std
 }
 
 void LlamaModel::decode(UnitStore& store, const KvCache& cache, float* logits) {
-    int L = c_.num_hidden_layers, D = c_.hidden_size;
     DeviceBatch batch{B_, 1, decode_io_, nullptr, decode_io_ + B_, nullptr};
-    UnitView emb = store.gather(0, Pass::forward);
-    embedding_forward(batch.ids, emb.weights, hidden_, N_, D, stream_);
-    store.release(0);
-    for (int l = 0; l < L; ++l) {
-        UnitView w = store.gather(l + 1, Pass::forward);
-        layer_forward(l, w, hidden_ + int64_t(l) * N_ * D, hidden_ + int64_t(l + 1) * N_ * D, batch, &cache);
-        store.release(l + 1);
-    }
+    forward_layers(batch, store, &cache);
     head(batch, store, 1.0f, false, logits);
 }

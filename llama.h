@@ -137,7 +137,7 @@ class LlamaModel {
     struct Layer;       // what backward needs of one layer's forward
     struct GradScratch; // gradients flowing back through one layer (shared by all layers)
     void carve(char* base);
-    void forward_layers(const DeviceBatch& batch, UnitStore& store);
+    void forward_layers(const DeviceBatch& batch, UnitStore& store, const KvCache* cache = nullptr);
     void layer_forward(int l, const UnitView& w, const bf16* h_in, bf16* h_out, const DeviceBatch& batch,
                        const KvCache* cache = nullptr);
     void layer_backward(int l, const UnitView& w, const DeviceBatch& batch, bf16* dh);  // dh: in d h_out, out d h_in

@@ -410,7 +410,7 @@ Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPl
     print_plan(estimate, wall_seconds() - t0, loaded);
     // pinned memory for the batches going up and the step results coming down
     check_cuda(cudaMallocHost(&staging_, kStagingSlots * 4 * rows * sizeof(int32_t)), "cudaMallocHost");
-    for (cudaEvent_t& e : staged_) check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
+    for (cudaEvent_t& e : staged_) e = sync_event();
     check_cuda(cudaMallocHost(&step_results_, kQueuedSteps * 2 * sizeof(float)), "cudaMallocHost");
     for (QueuedStep& q : queued_) check_cuda(cudaEventCreate(&q.start), "event"), check_cuda(cudaEventCreate(&q.done), "event");
     model_->profiler = o.profile > 0 ? &profiler_ : nullptr;

@@ -20,10 +20,9 @@
 // shard, where micro-batches add up. Collectives run on their own stream, ordered with compute by events;
 // stage 3 prefetches the next unit's weights while the current one computes. On one rank a stage-3 shard
 // is the whole unit, and gather() hands it out in place (gathers_in_place; --copy-gathers copies it).
-// Offload (ZeRO-Offload, distributed/offload.h) moves master, m and v to host memory and runs AdamW on the
-// CPU, overlapped with the GPU, with the same bits; this file calls it at the points marked O1-O6. Each
-// gradient is zeroed when its step first needs it (zero_gradient), so with offload the last step's waits
-// on the GPU until the CPU optimizer has taken it down.
+// Offload (ZeRO-Offload, distributed/offload.h) keeps master, m and v in host memory and runs AdamW on the
+// CPU, overlapped with the GPU, with the same bits; this file calls it at the points marked O1-O6. The
+// memory and the traffic all this makes, counted on paper: distributed/zero_estimate.cpp.
 //
 // Where each stage differs, in this file: stage 0 — the constructor (opt_begin = 0, opt_len = numel) and
 // the norm in step(); stages 0/1 — reduce_grads' all-reduce branch; stages 1/2 — the all-gather in
@@ -109,16 +108,13 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
             s.trainable = U->trainable == k;
             s.sharded = U->sharded;
             s.shard = make_shard(s.numel, N);
-            if (s.sharded) s.shard16 = device_alloc<bf16>(size_t(s.shard.size), "bf16 weight shard"), mem_.base += double(s.shard.size) * 2;
-            else s.full16 = device_alloc<bf16>(size_t(s.shard.padded), "bf16 weights"), mem_.base += double(s.shard.padded) * 2;
-            if (s.full16) check_cuda(cudaMemset(s.full16, 0, size_t(s.shard.padded) * 2), "memset");
-            if (s.shard16) check_cuda(cudaMemset(s.shard16, 0, size_t(s.shard.size) * 2), "memset");
+            if (s.sharded) s.shard16 = device_zeros<bf16>(size_t(s.shard.size), "bf16 weight shard"), mem_.base += double(s.shard.size) * 2;
+            else s.full16 = device_zeros<bf16>(size_t(s.shard.padded), "bf16 weights"), mem_.base += double(s.shard.padded) * 2;
             if (!s.trainable) continue;
             s.opt_begin = z.stage == 0 ? 0 : s.shard.begin(r);
             s.opt_len = z.stage == 0 ? s.numel : s.shard.owned(r);
             int64_t g = z.stage <= 1 ? s.shard.padded : s.shard.size;
-            s.grad = device_alloc<float>(size_t(std::max<int64_t>(1, g)), "fp32 gradients");
-            check_cuda(cudaMemset(s.grad, 0, size_t(g) * 4), "memset");
+            s.grad = device_zeros<float>(size_t(std::max<int64_t>(1, g)), "fp32 gradients");
             s.opt_grad = z.stage <= 1 ? s.grad + s.opt_begin : s.grad;
             mem_.grads += double(g) * 4;
             n_train_ += s.numel;
@@ -135,9 +131,8 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
                 continue;
             }
             size_t n = size_t(std::max<int64_t>(1, s.opt_len));
-            s.master = device_alloc<float>(n, "fp32 master weights"), s.m = device_alloc<float>(n, "AdamW moments");
-            s.v = device_alloc<float>(n, "AdamW moments");
-            for (float* p : {s.master, s.m, s.v}) check_cuda(cudaMemset(p, 0, n * 4), "memset");
+            s.master = device_zeros<float>(n, "fp32 master weights"), s.m = device_zeros<float>(n, "AdamW moments");
+            s.v = device_zeros<float>(n, "AdamW moments");
             mem_.master += double(n) * 4, mem_.moments += double(n) * 8;
         }
         units_.push_back(U);
@@ -145,7 +140,7 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
     if (cpu_) cpu_->start(), mem_.host = cpu_->host_bytes();
     norm_sq_ = device_alloc<float>(1, "grad norm");
     clip_scale_ = device_alloc<float>(1, "clip scale");
-    for (cudaEvent_t* e : {&compute_done_, &reduced_, &gathered_}) check_cuda(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "event");
+    compute_done_ = sync_event(), reduced_ = sync_event(), gathered_ = sync_event();
 }
 
 ZeroStore::~ZeroStore() {
@@ -161,74 +156,6 @@ ZeroStore::~ZeroStore() {
     for (GradBuffer& g : grad_buffers_) device_free(g.data), cudaEventDestroy(g.free_event);
     device_free(norm_sq_), device_free(clip_scale_);
     cudaEventDestroy(compute_done_), cudaEventDestroy(reduced_), cudaEventDestroy(gathered_);
-}
-
-MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int N) {
-    MemoryReport m;
-    LoraLayout layout = lora_layout(c, lora);
-    double biggest = 0, biggest_train = 0;
-    std::vector<int64_t> offloaded;  // the shards the CPU optimizer holds
-    for (int u = 0; u < num_units(c); ++u) {
-        int64_t base = unit_layout(c, u).numel, ad = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout.per_layer : 0;
-        bool sharded = z.stage == 3 && base + ad > z.persistence_threshold;
-        for (int64_t numel : {base, ad}) {
-            if (!numel) continue;
-            Shard s = make_shard(numel, N);
-            m.base += double(sharded ? s.size : s.padded) * 2;
-        }
-        if (sharded) biggest = std::max(biggest, double(align_up(make_shard(base, N).padded) + (ad ? make_shard(ad, N).padded : 0)));
-        int64_t t = z.inference ? 0 : lora.rank > 0 ? ad : base;
-        if (!t) continue;
-        Shard s = make_shard(t, N);
-        int64_t opt = z.stage == 0 ? t : s.size;
-        if (z.offload) offloaded.push_back(opt);  // master, m, v in host memory
-        else m.master += double(opt) * 4, m.moments += double(opt) * 8;
-        m.grads += double(z.stage <= 1 ? s.padded : s.size) * 4;
-        biggest_train = std::max(biggest_train, double(s.padded));
-    }
-    if (!offloaded.empty()) m.host = offload_host_bytes(offloaded);  // + the transit ring
-    if (z.stage == 3 && !gathers_in_place(z, N)) m.gathered = biggest * 2 * kGatherSlots;
-    if (z.stage >= 2) m.grad_buffers = biggest_train * 4 * (lora.rank > 0 || !c.tie_word_embeddings ? kGradBuffers - 1 : kGradBuffers);
-    return m;
-}
-
-// The step's collectives, as the code below issues them (A micro-batches; bf16 weights, fp32 gradients):
-//   each micro-batch  stage 3: all-gather each sharded unit for its forward and again for its backward (once
-//                     with keep_gathered); the tied embedding once more, for the lm_head; the last unit (final
-//                     norm, + lm_head when untied) once, as the head's forward and backward share one gather
-//                     stages 2, 3: reduce-scatter each trainable unit's gradient
-//   each step         stages 0, 1: all-reduce each trainable unit's gradient, in reduce_bucket_size buckets
-//                     every stage: all-reduce the squared gradient norm (one float)
-//                     stages 1-3: all-gather the new weights of each trainable segment kept replicated (with
-//                     offload in the next step's forward, O4: a run's first step has none, later steps do)
-// On one rank a stage-3 unit is read in place: no gathers. So with Psi elements, all trainable: stage 0 moves
-// 2 Psi (4-byte), stage 1 3 Psi (its all-reduce keeps the whole gradient, then the weights come back), stage 2
-// 2 Psi, stage 3 3 Psi (two of them bf16). With LoRA the gradients and new weights are the adapters', while
-// stage 3 still gathers the frozen base twice.
-Traffic ZeroStore::traffic(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, int N, int A, bool padded) {
-    Traffic t;
-    t.ranks = N;
-    LoraLayout layout = lora_layout(c, lora);
-    int L = c.num_hidden_layers;
-    auto buffer = [&](int64_t numel) { return padded ? make_shard(numel, N).padded : numel; };
-    for (int u = 0; u < num_units(c); ++u) {
-        int64_t base = unit_layout(c, u).numel, ad = (lora.rank > 0 && u >= 1 && u <= L) ? layout.per_layer : 0;
-        bool sharded = z.stage == 3 && base + ad > z.persistence_threshold;
-        if (sharded && !gathers_in_place(z, N)) {
-            int gathers = u == L + 1 ? 1 : z.keep_gathered ? 1 : 2;
-            if (u == 0 && c.tie_word_embeddings) gathers += 1;
-            t.add(Collective::all_gather, buffer(base), 2, int64_t(gathers) * A);
-            if (ad) t.add(Collective::all_gather, buffer(ad), 2, int64_t(gathers) * A);
-        }
-        int64_t trained = lora.rank > 0 ? ad : base;
-        if (!trained) continue;
-        if (z.stage >= 2) t.add(Collective::reduce_scatter, buffer(trained), 4, A);
-        for (int64_t off = 0; z.stage <= 1 && off < buffer(trained); off += z.reduce_bucket_size)
-            t.add(Collective::all_reduce, std::min(z.reduce_bucket_size, buffer(trained) - off), 4);
-        if (z.stage >= 1 && !sharded) t.add(Collective::all_gather, buffer(trained), 2);
-    }
-    t.add(Collective::all_reduce, 1, 4);  // the gradient norm
-    return t;
 }
 
 // ================================================================================================ gather / release
@@ -326,8 +253,7 @@ int ZeroStore::free_slot(int64_t numel) {
         if (V->sharded) s.capacity = std::max(s.capacity, slot_numel(*V));
     s.data = device_alloc<bf16>(size_t(s.capacity), "stage-3 gather buffer");
     mem_.gathered += double(s.capacity) * 2;
-    check_cuda(cudaEventCreateWithFlags(&s.free_event, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventCreateWithFlags(&s.ready_event, cudaEventDisableTiming), "event");
+    s.free_event = sync_event(), s.ready_event = sync_event();
     check_cuda(cudaEventRecord(s.free_event, stream_), "event");
     slots_.push_back(s);
     return int(slots_.size()) - 1;
@@ -369,7 +295,7 @@ float* ZeroStore::take_grad_buffer(int unit) {
             if (V->trainable >= 0) b.capacity = std::max(b.capacity, V->seg[V->trainable].shard.padded);
         b.data = device_alloc<float>(size_t(b.capacity), "full-gradient buffer");
         mem_.grad_buffers += double(b.capacity) * 4;
-        check_cuda(cudaEventCreateWithFlags(&b.free_event, cudaEventDisableTiming), "event");
+        b.free_event = sync_event();
         check_cuda(cudaEventRecord(b.free_event, stream_), "event");
         grad_buffers_.push_back(b);
         found = int(grad_buffers_.size()) - 1;
@@ -380,8 +306,6 @@ float* ZeroStore::take_grad_buffer(int unit) {
     b.unit = unit, U.grad_buffer = found;
     return b.data;
 }
-
-void ZeroStore::begin_micro_batch(bool last) { last_micro_ = last; }
 
 void ZeroStore::reduce_grads(int unit) {
     Unit& U = *units_[size_t(unit)];
@@ -477,11 +401,8 @@ void ZeroStore::await_update(int unit) {
     }
 }
 
-// Offload, O6: the CPU update in flight has finished. Called before anything reads or writes master, m or v
-// from the host.
-void ZeroStore::finish_cpu_step() {
-    if (cpu_) cpu_->finish();
-}
+// Offload, O6: the CPU update in flight has finished; before anything reads or writes master, m or v.
+void ZeroStore::finish_cpu_step() { if (cpu_) cpu_->finish(); }
 
 // The gradients start each step at zero. Each is zeroed when the step first needs it (gather for its
 // backward), not here: with offload the last step's gradient waits on the GPU until the CPU optimizer's
@@ -655,8 +576,7 @@ std::vector<float> gather_master(const World& w, const ZeroOptions& z, const flo
         else check_cuda(cudaMemcpy(out.data(), master, out.size() * 4, cudaMemcpyDeviceToHost), "copy master");
         return out;
     }
-    float* full = device_alloc<float>(size_t(shard.padded), "gather staging");
-    check_cuda(cudaMemset(full, 0, size_t(shard.padded) * 4), "memset");
+    float* full = device_zeros<float>(size_t(shard.padded), "gather staging");
     float* mine = full + shard.begin(w.rank);
     if (opt_len > 0)
         check_cuda(cudaMemcpy(mine, master, size_t(opt_len) * 4, z.offload ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice), "copy");
@@ -680,23 +600,15 @@ std::vector<std::vector<float>> ZeroStore::lora_layers() {
 }
 
 std::vector<float> ZeroStore::unit_weights(int unit) {
+    Segment& s = units_[size_t(unit)]->seg[0];
+    if (!s.trainable) {  // frozen: the bf16 weights are the values
+        std::vector<float> out;
+        for (uint16_t b : unit_weights16(unit)) out.push_back(bf16_to_float(b));
+        return out;
+    }
     finish_cpu_step();
     world_at_unit(unit, "weights gathered to the host");
-    Segment& s = units_[size_t(unit)]->seg[0];
-    if (s.trainable) return gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_);
-    std::vector<float> out(size_t(s.numel));
-    bf16* full = s.full16;
-    if (s.sharded) {
-        full = device_alloc<bf16>(size_t(s.shard.padded), "gather staging");
-        w_.comm->all_gather(s.shard16, full, size_t(s.shard.size), DType::bf16, stream_);
-    }
-    float* f32 = device_alloc<float>(size_t(s.numel), "gather staging");
-    bf16_to_f32(full, f32, s.numel, stream_);
-    world_wait(w_, stream_);
-    check_cuda(cudaMemcpy(out.data(), f32, out.size() * 4, cudaMemcpyDeviceToHost), "copy");
-    device_free(f32);
-    if (s.sharded) device_free(full);
-    return out;
+    return gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_);
 }
 
 std::vector<uint16_t> ZeroStore::unit_weights16(int unit) {

@@ -103,7 +103,7 @@ class ZeroStore : public UnitStore {
     bool weights_in_place() const override;
 
     void begin_step();                  // zero the gradients (offload: after the last step's copies to the host)
-    void begin_micro_batch(bool last);  // stages 0, 1 reduce only after the last micro-batch of a step
+    void begin_micro_batch(bool last) { last_micro_ = last; }  // stages 0, 1 reduce only after the last micro-batch of a step
     // Clips by the global norm (max_norm <= 0: off) and applies AdamW to this rank's trainable shard.
     // Offload: returns once the CPU update has started; gather() waits for each unit's new weights.
     void step(const AdamWConfig& c, float lr, int step, float max_norm);

@@ -46,7 +46,7 @@ cat "$dir"/*.safetensors > /dev/null  # the page cache holds the files, as after
 
 ours() {  # ours LIMIT LABEL FLAGS...: the start-up lines (load, memory), the progress lines, memory at the end
     local t=$1 label=$2; shift 2
-    run "$t" ./train --model "$dir" --data data/corpus --seq 4096 --lr 1e-5 --sample 0 --out /tmp/big_out "$@" 2>&1 |
+    run "$t" ./train --model "$dir" --data data/corpus --seq 4096 --lr 1e-5 --sample 0 --out /tmp/big_out --overwrite "$@" 2>&1 |
         grep -E "^model:|^memory per rank|^step|^error|: done|^saved|cut short|skipped" | sed "s/^/ours $label: /"
 }
 gen() {  # gen LIMIT BATCH PROMPTS: ours greedy, 128 new tokens

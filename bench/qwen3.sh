@@ -16,7 +16,7 @@ with open('/tmp/qwen3_rows.jsonl', 'w') as f:
     for _ in range(64): f.write(json.dumps({'input_ids': [r.randrange(151643) for _ in range(4096)]}) + '\\n')"
 ours() {  # ours LABEL FLAGS...: the last progress line's tokens/s, TFLOP/s and memory
     local label=$1; shift
-    ./train --preset qwen3-0.6b --data /tmp/qwen3_rows.jsonl --steps "$steps" --log-every 10 --sample 0 --out /tmp/bench_qwen3 "$@" 2>&1 |
+    ./train --preset qwen3-0.6b --data /tmp/qwen3_rows.jsonl --steps "$steps" --log-every 10 --sample 0 --out /tmp/bench_qwen3 --overwrite "$@" 2>&1 |
         grep -E "^step|^error" | tail -1 | sed "s/^/ours $label: /"
 }
 for shape in "1024 8" "4096 2"; do

@@ -95,7 +95,7 @@ double offload_host_bytes(const std::vector<int64_t>& shards) {
 CpuOptimizer::CpuOptimizer(const World& w, int threads, bool pin_memory, cudaStream_t compute, cudaStream_t comm)
     : w_(w), pinned_(pin_memory), threads_(threads), compute_(compute), comm_(comm) {
     check_cuda(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), "cudaStreamCreate");
-    check_cuda(cudaEventCreateWithFlags(&grad_reduced_, cudaEventDisableTiming), "event");
+    grad_reduced_ = sync_event();
     check_cuda(cudaMallocHost(&clip_scale_, sizeof(float)), "cudaMallocHost");
 }
 
@@ -116,8 +116,8 @@ int CpuOptimizer::add(int unit, int64_t n, const std::vector<UpdateRun>& runs, c
     h.unit = unit, h.n = n, h.runs = runs, h.device_grad = grad, h.device_weights = weights;
     size_t size = size_t(std::max<int64_t>(1, n));
     h.master = host_alloc<float>(size, pinned_), h.m = host_alloc<float>(size, pinned_), h.v = host_alloc<float>(size, pinned_);
-    check_cuda(cudaEventCreateWithFlags(&h.grad_copied, cudaEventDisableTiming), "event");
-    check_cuda(cudaEventCreateWithFlags(&h.uploaded, cudaEventDisableTiming), "event");
+    h.grad_copied = sync_event();
+    h.uploaded = sync_event();
     shards_.push_back(h);
     return int(shards_.size()) - 1;
 }

@@ -215,7 +215,7 @@ struct Watchdog {
     std::vector<double> sequence;                         // kind, count, dtype of each
 } watch;
 
-const char* const kCollectives[] = {"all_gather", "reduce_scatter", "all_reduce"};
+const char* const kCollectiveKinds[] = {"all_gather", "reduce_scatter", "all_reduce"};
 
 std::string describe(const Issued& c) {
     std::string where = c.unit >= 0 ? "unit " + std::to_string(c.unit) + ", " + c.phase + "; " : std::string(c.phase) + (*c.phase ? "; " : "");
@@ -234,17 +234,17 @@ class WatchedComm : public Comm {
     }
     const char* name() const override { return t_->name(); }
     void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
-        Issued& c = begin(kCollectives[0], count, t);
+        Issued& c = begin(kCollectiveKinds[0], count, t);
         t_->all_gather(send, recv, count, t, s);
         end(c, s);
     }
     void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
-        Issued& c = begin(kCollectives[1], count, DType::f32);
+        Issued& c = begin(kCollectiveKinds[1], count, DType::f32);
         t_->reduce_scatter(send, recv, count, s);
         end(c, s);
     }
     void run_all_reduce(float* buf, size_t count, cudaStream_t s) override {
-        Issued& c = begin(kCollectives[2], count, DType::f32);
+        Issued& c = begin(kCollectiveKinds[2], count, DType::f32);
         t_->all_reduce(buf, count, s);
         end(c, s);
     }
@@ -262,7 +262,7 @@ class WatchedComm : public Comm {
     }
     static void end(Issued& c, cudaStream_t s) {
         watch.inside = false;
-        if (!c.done) check_cuda(cudaEventCreateWithFlags(&c.done, cudaEventDisableTiming), "event");
+        if (!c.done) c.done = sync_event();
         check_cuda(cudaEventRecord(c.done, s), "event");
     }
     Comm* t_;
@@ -696,7 +696,7 @@ void world_pace(const World& w, cudaStream_t stream) {
     static int64_t calls = 0;
     cudaEvent_t& mark = marks[calls++ % kPaceDepth];
     if (mark) world_wait_event(w, mark);
-    else check_cuda(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming), "event");
+    else mark = sync_event();
     check_cuda(cudaEventRecord(mark, stream), "event");
 }
 
@@ -720,7 +720,7 @@ void world_note_collective(const char* kind, size_t count, DType type) {
     if (!watch.tracking) return;
     uint64_t code = 3;
     for (uint64_t k = 0; k < 3; ++k)
-        if (std::strcmp(kind, kCollectives[k]) == 0) code = k;
+        if (std::strcmp(kind, kCollectiveKinds[k]) == 0) code = k;
     uint64_t fields[3] = {code, uint64_t(count), uint64_t(type)};
     watch.hash = fnv1a(fields, sizeof fields, watch.hash);
     watch.sequence.insert(watch.sequence.end(), {double(code), double(count), double(type)});
@@ -731,7 +731,7 @@ namespace {
 std::string collective_at(const std::vector<double>& seq, size_t i) {
     if (3 * i + 2 >= seq.size()) return "none (it issued " + std::to_string(seq.size() / 3) + ")";
     size_t code = size_t(seq[3 * i]);
-    return std::string(code < 3 ? kCollectives[code] : "?") + " of " + thousands(int64_t(seq[3 * i + 1])) + " " +
+    return std::string(code < 3 ? kCollectiveKinds[code] : "?") + " of " + thousands(int64_t(seq[3 * i + 1])) + " " +
            (DType(int(seq[3 * i + 2])) == DType::bf16 ? "bf16" : "f32");
 }
 }  // namespace

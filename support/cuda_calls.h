@@ -67,6 +67,21 @@ T* device_alloc(size_t count, const char* what) {
     return static_cast<T*>(p);
 }
 
+// device_alloc, set to zero.
+template <typename T>
+T* device_zeros(size_t count, const char* what) {
+    T* p = device_alloc<T>(count, what);
+    if (p) check_cuda(cudaMemset(p, 0, count * sizeof(T)), what);
+    return p;
+}
+
+// An event that orders streams (no timing: cheaper to record and wait on).
+inline cudaEvent_t sync_event() {
+    cudaEvent_t e = nullptr;
+    check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
+    return e;
+}
+
 // Frees what device_alloc gave (null is fine).
 inline void device_free(void* p) {
     if (!p) return;

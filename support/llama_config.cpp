@@ -286,6 +286,18 @@ std::vector<float> rope_inv_freq(const LlamaConfig& c) {
     return inv;
 }
 
+void rope_tables(const LlamaConfig& c, int positions, std::vector<float>& cos, std::vector<float>& sin) {
+    int half = c.head_dim / 2;
+    std::vector<float> inv = rope_inv_freq(c);
+    cos.assign(size_t(positions) * size_t(half), 0.0f), sin.assign(cos.size(), 0.0f);
+    for (int p = 0; p < positions; ++p)
+        for (int i = 0; i < half; ++i) {
+            float angle = float(p) * inv[size_t(i)];
+            cos[size_t(p) * half + i] = bf16_to_float(float_to_bf16(std::cos(angle)));
+            sin[size_t(p) * half + i] = bf16_to_float(float_to_bf16(std::sin(angle)));
+        }
+}
+
 namespace {
 
 const char* kLayerTensorNames[kLayerTensors] = {

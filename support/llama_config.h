@@ -41,6 +41,8 @@ std::string config_json(const LlamaConfig& c);
 
 // RoPE inverse frequencies (head_dim/2 of them), with llama3 scaling when configured, as HF computes them.
 std::vector<float> rope_inv_freq(const LlamaConfig& c);
+// RoPE's tables [positions, head_dim/2]: angle = p * inv_freq[i]; cos and sin rounded to bf16 as HF's are.
+void rope_tables(const LlamaConfig& c, int positions, std::vector<float>& cos, std::vector<float>& sin);
 
 struct TensorSpec {
     std::string name;  // HF name, e.g. model.layers.3.self_attn.q_proj.weight
