@@ -246,17 +246,11 @@ TEST_CASE("cli: bench/multigpu.sh refuses with one line where fewer than 2 GPUs 
         {"env CUDA_VISIBLE_DEVICES=3 PATH=" + one + ":$PATH", "bench/multigpu.sh: needs 2 or more GPUs, 1 visible"},
     };
     for (const Case& c : cases) {
-        FILE* p = popen((c.env + " bash bench/multigpu.sh < /dev/null 2>&1").c_str(), "r");
-        REQUIRE(p);
-        std::string out;
-        char buf[4096];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-        int status = pclose(p);
+        Shell r = shell(c.env + " bash bench/multigpu.sh");
+        const std::string& out = r.output;
         CAPTURE(c.env);
         CAPTURE(out);
-        CHECK(WIFEXITED(status));
-        CHECK(WEXITSTATUS(status) == 1);
+        CHECK(r.status == 1);
         CHECK(out.rfind(c.expected, 0) == 0);
         CHECK(out.find('\n') == out.size() - 1);  // one line
     }
