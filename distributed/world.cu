@@ -694,6 +694,9 @@ void world_pace(const World& w, cudaStream_t stream) {
     constexpr int kPaceDepth = 4;  // units of a few hundred kernels at most: far below the launch queue's depth
     static cudaEvent_t marks[kPaceDepth] = {};
     static int64_t calls = 0;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    check_cuda(cudaStreamIsCapturing(stream, &capture), "capture status");
+    if (capture != cudaStreamCaptureStatusNone) return;  // a CUDA graph being recorded: nothing runs until it is launched
     cudaEvent_t& mark = marks[calls++ % kPaceDepth];
     if (mark) world_wait_event(w, mark);
     else mark = sync_event();

@@ -208,7 +208,7 @@ TEST_CASE("chat template: the loss is on the assistant turns' tokens, every toke
     const Tokenizer& tok = default_tokenizer();
     std::vector<ChatMessage> m = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", " Hello! "}, {"user", "Bye"}, {"assistant", "Bye."}};
     for (const char* name : {"llama-3-instruct.jinja", "llama-3.1-instruct.jinja", "llama-3-instruct-first.jinja"}) {
-        CAPTURE(name);
+        CAPTURE(std::string(name));
         ChatTemplate t = stored(name);
         Example ex = chat_example(tok, t, m, false, false);
         CHECK(ex.ids == tok.encode(joined(render_chat(t, m, false, "test"))));

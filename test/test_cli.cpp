@@ -193,7 +193,7 @@ TEST_CASE("cli: every workshop config in configs/ is accepted without warnings")
     int seen = 0;
     for (const char* name : {"stage0", "stage1", "stage2", "stage3", "stage3_offload", "stage3_offload_checkpointing"}) {
         Run r = run("--preset tiny --seq 64 --dry-run --config configs/" + std::string(name) + ".json --out " + temp_dir("cli_config_" + std::string(name)));
-        CAPTURE(name);
+        CAPTURE(std::string(name));
         CAPTURE(r.output);
         CHECK(r.status == 0);
         CHECK_FALSE(has_warning(r.output));

@@ -207,12 +207,14 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
             per_tensor[smp.tensor].first += (fd - an) * (fd - an), per_tensor[smp.tensor].second += fd * fd;
         }
         double err = std::sqrt(num / den);
-        MESSAGE(std::string(c.qk_norm ? "Qwen3, " : "") << (variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full")
-                << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
+        std::string what = std::string(c.qk_norm ? "Qwen3, " : "") + (variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full");
+        MESSAGE(what << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
         CHECK(err < 6e-2);
+        // Each tensor alone, 8 samples: bf16 rounding of its inputs puts one now and then near 12% (seen: a
+        // LoRA A of o_proj, 11.6%); a wrong term or a missing scale is 100% and more.
         for (const auto& [name, e] : per_tensor) {
-            CAPTURE(name);
-            CHECK(std::sqrt(e.first / std::max(e.second, 1e-30)) < 1e-1);
+            CAPTURE(std::string(name));
+            CHECK(std::sqrt(e.first / std::max(e.second, 1e-30)) < 2e-1);
         }
     }
 }

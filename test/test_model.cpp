@@ -203,7 +203,7 @@ TEST_CASE("gpu: generation with the KV cache follows the full forward's argmax")
 TEST_CASE("gpu: rows packed into sequences give the same loss and gradients as the same rows one per sequence (Llama, Qwen3)") {
     if (!need_gpu()) return;
     for (const char* name : {"llama_tied_gqa4", "qwen3_tied"}) {
-        CAPTURE(name);
+        CAPTURE(std::string(name));
         Golden g;
         if (!load_golden(name, g)) FAIL("missing golden files test/golden/" << name);
         const LlamaConfig& c = g.config;
@@ -267,7 +267,7 @@ TEST_CASE("gpu: greedy generation equals HF generate on the golden models, sever
                       Case{"qwen3_tied", false}, Case{"qwen3_tied", true}}) {
         const char* name = run.name;
         bool replayed = run.replayed;
-        CAPTURE(name);
+        CAPTURE(std::string(name));
         CAPTURE(replayed);
         std::string dir = std::string("test/golden/") + name;
         if (access((dir + "/generate.json").c_str(), R_OK) != 0)

@@ -343,7 +343,7 @@ TEST_CASE("gpu: every step's bytes per collective kind equal the formula, for ev
         CHECK(j.find("comm_bytes")->find("reduce_scatter")->number == formula.volume_bytes(Collective::reduce_scatter));
         CHECK(j.find("comm_psi")->number == doctest::Approx(formula.volume_elements() / double(c.num_parameters())));
         CHECK(r.output.find("on paper, one step with a GPU per rank: compute ") != std::string::npos);
-        MESSAGE(t.name << " on " << t.ranks << " rank" << (t.ranks > 1 ? "s" : "") << ": " << traffic_text(formula, double(c.num_parameters())));
+        MESSAGE(t.name << " on " << t.ranks << " rank" << std::string(t.ranks > 1 ? "s" : "") << ": " << traffic_text(formula, double(c.num_parameters())));
     }
 }
 

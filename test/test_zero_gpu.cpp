@@ -82,7 +82,7 @@ TEST_CASE("gpu: ZeRO stages 0-3, offload, activation checkpointing and kept unit
     if (!need_gpu()) return;
     for (const char* name : {"llama_tied_gqa4", "qwen3_tied"}) {
         Golden s = golden_setup(name);
-        CAPTURE(name);
+        CAPTURE(std::string(name));
         for (int rank : {8, 0}) {
             LoraConfig lora;
             lora.rank = rank, lora.alpha = 16;
@@ -153,7 +153,7 @@ TEST_CASE("gpu: 20 steps equal 10 steps, a checkpoint, a resume and 10 more, bit
     if (!need_gpu()) return;
     for (const char* name : {"llama_tied_gqa4", "qwen3_tied"}) {
         Golden s = golden_setup(name);
-        CAPTURE(name);
+        CAPTURE(std::string(name));
         for (int rank : {8, 0}) {
             for (int stage : {0, 3}) {
                 LoraConfig lora;
