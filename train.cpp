@@ -69,57 +69,6 @@ int run_tokenize(const std::vector<std::string>& args) {
     return 0;
 }
 
-// Model FLOPs per trained token (forward + backward), as the PaLM paper counts them: 6 N for full
-// fine-tuning (N = parameters that take part in products: all but the embedding lookup), 4 N + 6 N_lora
-// when the base is frozen (no weight gradients), plus attention's 12 L H Dh T (4 forward, 8 backward);
-// activation checkpointing adds one more forward (2 N + 4 L H Dh T), counted as work done.
-double flops_per_token(const LlamaConfig& c, int64_t lora_params, int T, bool recompute) {
-    double N = double(c.num_parameters()) - (c.tie_word_embeddings ? 0.0 : double(c.vocab_size) * c.hidden_size);
-    double attention = 4.0 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * double(T);
-    double f = (lora_params > 0 ? 4 * N + 6.0 * double(lora_params) : 6 * N) + 3 * attention;
-    return recompute ? f + 2 * N + attention : f;
-}
-
-// A step on paper for `cl.ranks` ranks, a GPU each, on `cl.nodes` nodes: the bytes each rank sends
-// (ZeroStore::traffic) and the time the step takes at `flops_per_s` and the cluster's bus bandwidth
-// (distributed/traffic.h); with every_stage, the same at each ZeRO stage on one line.
-void print_step_on_paper(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Cluster& cl, double flops_per_s,
-                         const std::string& how, bool every_stage) {
-    double psi = double(c.num_parameters());
-    int64_t adapters = lora.rank > 0 ? lora_layout(c, lora).per_layer * c.num_hidden_layers : 0;
-    double flops = flops_per_token(c, adapters, o.seq, o.checkpoint_activations) * double(o.micro_batch) * o.seq * o.grad_accum;
-    Traffic t = ZeroStore::traffic(c, lora, o.zero, cl.ranks, o.grad_accum);
-    double padding = t.volume_bytes() - ZeroStore::traffic(c, lora, o.zero, cl.ranks, o.grad_accum, false).volume_bytes();
-    std::printf("communication per step per rank (ZeRO stage %d, %d rank%s, formula): %s; padding shards to a multiple of %d adds %.0f bytes "
-                "(%.2g%%)\n", o.zero.stage, cl.ranks, cl.ranks > 1 ? "s" : "", traffic_text(t, psi).c_str(), cl.ranks, padding,
-                100 * padding / t.volume_bytes());
-    StepTime time = step_time(t, cl, flops, flops_per_s);
-    std::printf("on paper, one step with a GPU per rank: %s\n", step_time_text(time, cl, flops, flops_per_s, how).c_str());
-    if (!every_stage) return;
-    std::string line;
-    for (int stage = 0; stage <= 3; ++stage) {
-        ZeroOptions z = o.zero;
-        z.stage = stage;
-        Traffic ts = ZeroStore::traffic(c, lora, z, cl.ranks, o.grad_accum);
-        StepTime st = step_time(ts, cl, flops, flops_per_s);
-        char cell[160];
-        std::snprintf(cell, sizeof cell, "%s%d: %.3g Psi, %.3g GB sent, %.3g ms (%s)", stage ? "; " : "", stage, ts.volume_elements() / psi,
-                      ts.wire_bytes() / 1e9, st.comm() * 1e3, st.communication_bound() ? "communication-bound" : "compute-bound");
-        line += cell;
-    }
-    std::printf("communication per step per rank at each ZeRO stage: %s\n", line.c_str());
-}
-
-// What one GPU sustains for the compute time on paper: --tflops, else kAssumedMfu of `peak` (an H100's when 0).
-double sustained_flops(const Options& o, double peak, std::string& how) {
-    if (o.tflops > 0) {
-        how = "--tflops";
-        return o.tflops * 1e12;
-    }
-    how = peak > 0 ? "assumed: 45% of this GPU's bf16 peak, --tflops to set" : "assumed: 45% of an H100's bf16 peak, --tflops to set";
-    return kAssumedMfu * (peak > 0 ? peak : kH100PeakFlops);
-}
-
 // ================================================================================================ inputs
 
 // Everything a run reads, checked before the GPU is touched.

@@ -5,7 +5,8 @@
 //
 // `./train --dry-run` prints it and stops; `--dry-run --ranks N` prints it for N ranks without starting
 // them ("what if": does a 70B fit on 8 GPUs at stage 3?), with the memory per rank at every stage beside
-// it. A training run prints the same plan lines at start-up, before its measured memory.
+// it. A training run prints the same plan lines at start-up, before its measured memory. The step on paper
+// (bytes each rank sends, compute and communication time at N GPUs and M nodes) is printed here too.
 #pragma once
 #include <cstdint>
 #include <cstdio>
@@ -44,3 +45,13 @@ void print_run_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfi
 void print_memory_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfig& c, const LoraConfig& lora);
 // --dry-run's report on stdout: the plan for `ranks` ranks, its memory, and "dry run: inputs are valid".
 void print_dry_run(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Dataset& train, int32_t pad, int ranks, int cpus = 0);
+
+// The step on paper (distributed/traffic.h). Model FLOPs per trained token, as the PaLM paper counts them
+// (lora_params: the adapters' elements, 0 for full fine-tuning).
+double flops_per_token(const LlamaConfig& c, int64_t lora_params, int T, bool recompute);
+// What one GPU sustains for the compute time on paper: --tflops, else 45% of `peak` (an H100's when 0); `how` says which.
+double sustained_flops(const Options& o, double peak, std::string& how);
+// The bytes each rank sends per step at cl.ranks ranks and the step's time at flops_per_s; with every_stage,
+// the same at each ZeRO stage on one more line.
+void print_step_on_paper(const Options& o, const LlamaConfig& c, const LoraConfig& lora, const Cluster& cl, double flops_per_s,
+                         const std::string& how, bool every_stage);
