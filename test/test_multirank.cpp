@@ -347,6 +347,21 @@ TEST_CASE("gpu: every step's bytes per collective kind equal the formula, for ev
     }
 }
 
+// The process of the last rank of the run writing to `out`, once its train_log.csv has a row (60 s at
+// most) and `settle_ms` more have passed.
+pid_t last_rank_training(const std::string& out, int settle_ms) {
+    for (int i = 0; i < 600; ++i) {
+        std::ifstream f(out + "/train_log.csv");
+        std::string header, row;
+        if (std::getline(f, header) && std::getline(f, row)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms));
+    Shell r = shell("pgrep -f -- '^" + exe() + " .*--out " + out + "' | sort -n | tail -1");
+    REQUIRE(r.output.find_first_of("0123456789") == 0);
+    return pid_t(std::stol(r.output));
+}
+
 TEST_CASE("gpu: a failing rank ends every rank: killed mid-step, a bad file on one rank, options that differ") {
     if (!gpu_and_mpi()) return;
     {  // kill -9 one rank while training: every rank must end within 60 s, with a message
@@ -358,23 +373,9 @@ TEST_CASE("gpu: a failing rank ends every rank: killed mid-step, a bad file on o
             execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
             _exit(127);
         }
-        std::string csv = out + "/train_log.csv";
-        for (int i = 0; i < 600; ++i) {  // until training has begun (60 s at most)
-            std::ifstream f(csv);
-            std::string header, row;
-            if (std::getline(f, header) && std::getline(f, row)) break;
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-        std::string victim;
-        {
-            FILE* p = popen(("pgrep -f -- '^" + exe() + " .*--out " + out + "' | sort -n | tail -1").c_str(), "r");  // the last rank
-            char buf[64] = {};
-            if (p && fgets(buf, sizeof buf, p)) victim = buf;
-            if (p) pclose(p);
-        }
-        REQUIRE(!victim.empty());
+        pid_t victim = last_rank_training(out, 0);
         double killed_at = wall_seconds();
-        kill(pid_t(std::stol(victim)), SIGKILL);
+        kill(victim, SIGKILL);
         int status = 0;
         bool ended = false;
         while (wall_seconds() - killed_at < 60) {
@@ -455,22 +456,7 @@ TEST_CASE("gpu: a rank stopped mid-run (SIGSTOP) ends every rank within --comm-t
             execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
             _exit(127);
         }
-        for (int i = 0; i < 600; ++i) {  // until training has begun (60 s at most)
-            std::ifstream f(out + "/train_log.csv");
-            std::string header, row;
-            if (std::getline(f, header) && std::getline(f, row)) break;
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));  // a few steps in
-        std::string victim;
-        {
-            FILE* p = popen(("pgrep -f -- '^" + exe() + " .*--out " + out + "' | sort -n | tail -1").c_str(), "r");  // the last rank
-            char buf[64] = {};
-            if (p && fgets(buf, sizeof buf, p)) victim = buf;
-            if (p) pclose(p);
-        }
-        REQUIRE(!victim.empty());
-        pid_t stopped = pid_t(std::stol(victim));
+        pid_t stopped = last_rank_training(out, 500);  // a few steps in
         double stopped_at = wall_seconds();
         kill(stopped, SIGSTOP);
         int status = 0;

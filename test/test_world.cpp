@@ -29,17 +29,10 @@ Run run_child(int ranks, const std::string& name) {
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     REQUIRE(n > 0);
-    std::string cmd = "timeout 120 mpirun --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(ranks) + " " +
-                      std::string(self, size_t(n)) + " --no-skip -tc='" + name + "' < /dev/null 2>&1";
     double start = wall_seconds();
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
-    int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, wall_seconds() - start};
+    Shell r = shell("timeout 120 mpirun --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(ranks) + " " +
+                    std::string(self, size_t(n)) + " --no-skip -tc='" + name + "'");
+    return {r.status, r.output, wall_seconds() - start};
 }
 
 int count(const std::string& text, const std::string& what) {
