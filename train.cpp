@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <fstream>
 #include <iterator>
@@ -778,7 +779,9 @@ int run_default(const Options& defaults, World& w) {
             std::string tmp = base + ".part/model";
             std::FILE* f = std::fopen((tmp + "/recipe.txt").c_str(), "w");
             if (!f || std::fputs(kBaseRecipe, f) < 0 || std::fclose(f) != 0) fail("cannot write " + tmp + "/recipe.txt");
-            std::system(("rm -rf '" + base + "'").c_str());  // an older base, pretrained by another recipe
+            std::error_code gone;
+            std::filesystem::remove_all(base, gone);  // an older base, pretrained by another recipe
+            if (gone) fail("cannot remove the older base " + base + ": " + gone.message());
             if (std::rename(tmp.c_str(), base.c_str()) != 0) fail("cannot move " + tmp + " to " + base);
             std::printf("saved the pretrained base model to %s (HF format); later runs start from it\n", base.c_str());
         }
