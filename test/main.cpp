@@ -106,12 +106,20 @@ bool need_gpu() {
     return false;
 }
 
+static Tokenizer load_fixture(const std::string& path) {
+    if (access(path.c_str(), R_OK) != 0) FAIL(path << " is missing: run `make data` (or `bash data/fetch.sh`) first");
+    return Tokenizer::load(path);
+}
 const Tokenizer& default_tokenizer() {
-    static Tokenizer tok = [] {
-        if (access("data/tokenizer.json", R_OK) != 0)
-            FAIL("data/tokenizer.json is missing: run `make data` (or `bash data/fetch.sh`) first");
-        return Tokenizer::load("data/tokenizer.json");
-    }();
+    static Tokenizer tok = load_fixture("data/tokenizer.json");
+    return tok;
+}
+const Tokenizer& llama2_tokenizer() {
+    static Tokenizer tok = load_fixture("data/llama2_tokenizer.json");
+    return tok;
+}
+const Tokenizer& qwen3_tokenizer() {
+    static Tokenizer tok = load_fixture("data/qwen3_tokenizer.json");
     return tok;
 }
 

@@ -33,9 +33,12 @@ void skip_test(const std::string& why);
 // True when a GPU is present; otherwise marks the test skipped. Use: if (!need_gpu()) return;
 bool need_gpu();
 
-// The default tokenizer (data/tokenizer.json), loaded once.
+// The tokenizers data/fetch.sh prepares, each loaded once: data/tokenizer.json (Llama-3, the default),
+// data/llama2_tokenizer.json (Llama-2 family), data/qwen3_tokenizer.json (Qwen).
 class Tokenizer;
 const Tokenizer& default_tokenizer();
+const Tokenizer& llama2_tokenizer();
+const Tokenizer& qwen3_tokenizer();
 
 // Token-id golden files (test/make_golden_tokenizer*.py): an id list from a JSON array, the FNV-1a hash of
 // ids as the scripts write it (each id's 4 little-endian bytes), and the check of every default data

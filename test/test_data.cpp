@@ -9,8 +9,6 @@
 
 #include "data.h"
 
-const Tokenizer& llama2_tokenizer();  // test_tokenizer_llama2.cpp: data/llama2_tokenizer.json
-
 namespace {
 
 std::vector<int32_t> cat(std::initializer_list<std::vector<int32_t>> parts) {

@@ -10,15 +10,6 @@
 #include "support/json.h"
 #include "support/tokenizer.h"
 
-// The fixture, loaded once (test_data.cpp uses it too).
-const Tokenizer& llama2_tokenizer() {
-    static Tokenizer tok = [] {
-        if (access("data/llama2_tokenizer.json", R_OK) != 0) fail("missing data/llama2_tokenizer.json: run `bash data/fetch.sh`");
-        return Tokenizer::load("data/llama2_tokenizer.json");
-    }();
-    return tok;
-}
-
 namespace {
 
 const Tokenizer& llama2() { return llama2_tokenizer(); }

@@ -15,15 +15,6 @@
 #include "support/nfc.h"
 #include "support/tokenizer.h"
 
-// Qwen3's tokenizer, loaded once (other tests may use it too).
-const Tokenizer& qwen3_tokenizer() {
-    static Tokenizer tok = [] {
-        if (access("data/qwen3_tokenizer.json", R_OK) != 0) fail("missing data/qwen3_tokenizer.json: run `bash data/fetch.sh`");
-        return Tokenizer::load("data/qwen3_tokenizer.json");
-    }();
-    return tok;
-}
-
 namespace {
 
 const char* kGolden = "test/golden/tokenizer_qwen3_ids.json";
