@@ -164,7 +164,10 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         double loss = ref.loss(ids, labels, B, T);
         CHECK(gpu_loss == doctest::Approx(loss).epsilon(1e-2));
 
-        // Sample entries: (reference vector, index, GPU gradient index)
+        // Sample entries: (reference vector, index, GPU gradient index). 24 a tensor: with 8, bf16 rounding of a
+        // tensor's inputs put one now and then past the per-tensor bound (a LoRA A of o_proj at 11.6%, the
+        // whole check at 3.9%); a wrong term or a missing scale is 100% and more.
+        const int kSamplesPerTensor = 24;
         struct Sample { Vec* v; size_t i; int64_t g; std::string tensor; };
         std::vector<Sample> samples;
         if (!with_lora) {
@@ -172,7 +175,7 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
             for (int u = 0; u < num_units(c); ++u) {
                 UnitLayout unit = unit_layout(c, u);
                 for (const UnitTensor& t : unit.tensors)
-                    for (int k = 0; k < 8; ++k) {
+                    for (int k = 0; k < kSamplesPerTensor; ++k) {
                         size_t idx = size_t(rng.below(uint64_t(t.spec.numel())));
                         samples.push_back({&ref.w[t.spec.name], idx, base + t.offset + int64_t(idx), t.spec.name});
                     }
@@ -185,7 +188,7 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
                     for (char which : {'A', 'B'}) {
                         std::string key = std::to_string(l) + "." + std::to_string(t) + "." + which;
                         int64_t off = int64_t(l) * layout.per_layer + (which == 'A' ? layout.a_offset[t] : layout.b_offset[t]);
-                        for (int k = 0; k < 8; ++k) {
+                        for (int k = 0; k < kSamplesPerTensor; ++k) {
                             size_t idx = size_t(rng.below(uint64_t(ref.adapt[key].size())));
                             samples.push_back({&ref.adapt[key], idx, off + int64_t(idx), peft_key(l, LoraTarget(t), which)});
                         }
@@ -210,11 +213,9 @@ TEST_CASE("gpu: finite differences of a double-precision reference equal the GPU
         std::string what = std::string(c.qk_norm ? "Qwen3, " : "") + (variant == 2 ? "LoRA with dropout" : with_lora ? "LoRA" : "full");
         MESSAGE(what << " gradients: 2-norm relative error over " << samples.size() << " samples " << err);
         CHECK(err < 6e-2);
-        // Each tensor alone, 8 samples: bf16 rounding of its inputs puts one now and then near 12% (seen: a
-        // LoRA A of o_proj, 11.6%); a wrong term or a missing scale is 100% and more.
         for (const auto& [name, e] : per_tensor) {
             CAPTURE(std::string(name));
-            CHECK(std::sqrt(e.first / std::max(e.second, 1e-30)) < 2e-1);
+            CHECK(std::sqrt(e.first / std::max(e.second, 1e-30)) < 1e-1);
         }
     }
 }
