@@ -223,7 +223,7 @@ std::string describe(const Issued& c) {
            (c.type == DType::bf16 ? "bf16" : "f32") + " (" + where + "step " + std::to_string(c.step) + ")";
 }
 
-// Each collective: noted (the sequence, the label), handed to the transport, then marked on its stream.
+// Each collective: counted (Comm), noted (the sequence, the label), handed to the transport uncounted, then marked on its stream.
 class WatchedComm : public Comm {
   public:
     WatchedComm(Comm* transport, int ranks) : Comm(ranks), t_(transport) {}
@@ -235,17 +235,17 @@ class WatchedComm : public Comm {
     const char* name() const override { return t_->name(); }
     void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) override {
         Issued& c = begin(kCollectiveKinds[0], count, t);
-        t_->all_gather(send, recv, count, t, s);
+        hand_all_gather(t_, send, recv, count, t, s);
         end(c, s);
     }
     void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) override {
         Issued& c = begin(kCollectiveKinds[1], count, DType::f32);
-        t_->reduce_scatter(send, recv, count, s);
+        hand_reduce_scatter(t_, send, recv, count, s);
         end(c, s);
     }
     void run_all_reduce(float* buf, size_t count, cudaStream_t s) override {
         Issued& c = begin(kCollectiveKinds[2], count, DType::f32);
-        t_->all_reduce(buf, count, s);
+        hand_all_reduce(t_, buf, count, s);
         end(c, s);
     }
     void check_peers() override { t_->check_peers(); }

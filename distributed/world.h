@@ -68,6 +68,15 @@ class Comm {
     virtual void run_all_gather(const void* send, void* recv, size_t count, DType t, cudaStream_t s) = 0;
     virtual void run_reduce_scatter(const float* send, float* recv, size_t count, cudaStream_t s) = 0;
     virtual void run_all_reduce(float* buf, size_t count, cudaStream_t s) = 0;
+    // A wrapper (the watchdog's WatchedComm) hands a collective it has counted to the transport it wraps,
+    // uncounted there: the run's counts are the wrapper's alone.
+    static void hand_all_gather(Comm* to, const void* send, void* recv, size_t count, DType t, cudaStream_t s) {
+        to->run_all_gather(send, recv, count, t, s);
+    }
+    static void hand_reduce_scatter(Comm* to, const float* send, float* recv, size_t count, cudaStream_t s) {
+        to->run_reduce_scatter(send, recv, count, s);
+    }
+    static void hand_all_reduce(Comm* to, float* buf, size_t count, cudaStream_t s) { to->run_all_reduce(buf, count, s); }
 
   private:
     Traffic counted_;
