@@ -13,10 +13,13 @@
 // tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64>, the mma.sync kernels that
 // head_dim 64 runs on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
-// kept to time against them; "dq-atomic" and "no-dq" are timing bounds of the mma.sync backward whose dq
-// is wrong (DqMode). dev/NOTES.md says what each measured. This file includes ../attention.cu to reach them.
+// kept to time against them; v6 the Hopper forward for head_dim 128 (attention_sm90_d128.cuh, dev only:
+// there the library runs the mma.sync Lib<128>, v1's D128 rows); "dq-atomic" and "no-dq" are timing bounds of
+// the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
+// ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
+#include "attention_sm90_d128.cuh"  // v6: the Hopper forward at head_dim 128 (builds on attention.cu's definitions)
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -39,6 +42,7 @@ struct FwdVersion {
     int D;  // padded head dim it runs, 0 = any (the library entry point)
     FwdFn run;
     int exact_dh = 0;  // runs only for this head dim (0: any that pads to D)
+    bool sm90a = false;  // a Hopper kernel: runs only where wgmma_available()
 };
 struct BwdVersion {
     std::string name;
@@ -75,7 +79,14 @@ template <class W>
 FwdVersion wgmma_fwd_version() {
     char s[96];
     std::snprintf(s, sizeof s, "v5 fwd D64 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
-    return {s, 64, launch_forward_wgmma<W>, 64};
+    return {s, 64, launch_forward_wgmma<W>, 64, true};
+}
+// The Hopper forward for Dh 128 (dev only, sm_90a): NWG warpgroups (64 query rows each), BC keys per block, NS stages.
+template <class W>
+FwdVersion wgmma_d128_fwd_version() {
+    char s[96];
+    std::snprintf(s, sizeof s, "v6 fwd D128 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
+    return {s, 128, hopper_forward_d128<W>, 128, true};
 }
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
@@ -87,7 +98,11 @@ std::vector<FwdVersion> fwd_versions() {
             wgmma_fwd_version<WgFwdConfig<3, 128, 3>>(),
             wgmma_fwd_version<WgFwdConfig<3, 128, 4>>(),
             wgmma_fwd_version<WgFwdConfig<3, 96, 4>>(),
-            wgmma_fwd_version<WgFwdConfig<2, 128, 4>>()};
+            wgmma_fwd_version<WgFwdConfig<2, 128, 4>>(),
+            wgmma_d128_fwd_version<WgFwdD128Config<2, 128, 3>>(),  // 2 warpgroups, 128-key blocks (225 KB)
+            wgmma_d128_fwd_version<WgFwdD128Config<2, 64, 4>>(),   // 2 warpgroups, 64-key blocks
+            wgmma_d128_fwd_version<WgFwdD128Config<3, 64, 3>>(),   // 3 warpgroups (168-register cap), 64-key blocks
+            wgmma_d128_fwd_version<WgFwdD128Config<3, 64, 4>>()};
 }
 // The Hopper backward (Dh 64 only, sm_90a) with NWG warpgroups per block.
 template <class W>
@@ -118,7 +133,7 @@ bool runs(const BwdVersion& v, int Dh) {
     return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (v.exact_dh != 64 || wgmma_available());
 }
 bool runs(const FwdVersion& v, int Dh) {
-    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (v.exact_dh != 64 || wgmma_available());
+    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (!v.sm90a || wgmma_available());
 }
 
 // Registers, spills, shared memory and blocks per SM of one kernel instance.
@@ -444,6 +459,12 @@ int main(int argc, char** argv) {
     print_resources<WgFwdConfig<3, 128, 4>>("v5 fwd wgmma BR192 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 4>>);
     print_resources<WgFwdConfig<3, 96, 4>>("v5 fwd wgmma BR192 BC96 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 96, 4>>);
     print_resources<WgFwdConfig<2, 128, 4>>("v5 fwd wgmma BR128 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 4>>);
+    if (wgmma_available()) {  // (225 KB of shared memory: more than GPUs before Hopper allow a block)
+        print_resources<WgFwdD128Config<2, 128, 3>>("v6 fwd D128 wgmma BR128 BC128 3st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<2, 128, 3>>);
+        print_resources<WgFwdD128Config<2, 64, 4>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<2, 64, 4>>);
+        print_resources<WgFwdD128Config<3, 64, 3>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<3, 64, 3>>);
+        print_resources<WgFwdD128Config<3, 64, 4>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<3, 64, 4>>);
+    }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);
     std::mt19937 rng(seed);
