@@ -9,17 +9,17 @@
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
-// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd; elsewhere the mma.sync kernels, whose
-// tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64>, the mma.sync kernels that
-// head_dim 64 runs on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
+// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 the Hopper forward
+// of ../kernels/attention_sm90_d128.cuh, HopperFwdD128; elsewhere the mma.sync kernels, whose tile configuration
+// per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>'s forward, the mma.sync kernels that
+// those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
-// kept to time against them; v6 the Hopper forward for head_dim 128 (attention_sm90_d128.cuh, dev only:
-// there the library runs the mma.sync Lib<128>, v1's D128 rows); "dq-atomic" and "no-dq" are timing bounds of
+// kept to time against them; v6 configurations of the Hopper forward for head_dim 128
+// (../kernels/attention_sm90_d128.cuh; the library's is WgFwdD128Config<2, 128, 3>); "dq-atomic" and "no-dq" are timing bounds of
 // the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
-#include "attention_sm90_d128.cuh"  // v6: the Hopper forward at head_dim 128 (builds on attention.cu's definitions)
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -91,6 +91,7 @@ FwdVersion wgmma_d128_fwd_version() {
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
             fwd_version<Lib<64>::Fwd>("v1m"),                     // the mma.sync forward head_dim 64 runs on other GPUs
+            fwd_version<Lib<128>::Fwd>("v1m"),                    // the mma.sync forward head_dim 128 runs on other GPUs
             fwd_version<FwdConfig<64, 1, 4, 64, true>>("v2"),    // 64-row tiles: 16 rows per warp
             fwd_version<FwdConfig<64, 2, 4, 64, false>>("v3"),   // Q re-read from shared memory
             fwd_version<FwdConfig<128, 1, 4, 64, true>>("v2"),

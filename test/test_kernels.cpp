@@ -377,14 +377,15 @@ TEST_CASE("gpu: attention, reference path: causal, documents in a row, GQA 1-4, 
     gemm_destroy(g);
 }
 
-// On an H100/H200 head_dim 64 runs the Hopper kernels; both kernel families are checked there.
+// On an H100/H200 head_dim 64 runs the Hopper kernels, and head_dim 128 the Hopper forward; both kernel families
+// are checked there.
 TEST_CASE("gpu: attention at its call site (fused where supported), and the decode attention over a cache") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
     Gemm g = gemm_create(nullptr);
     for (bool hopper : {true, false}) {
         bool runs = flash_attention_use_hopper(hopper);
-        MESSAGE("head_dim 64: " << std::string(runs ? "the Hopper kernels (wgmma, TMA)" : "the mma.sync kernels"));
+        MESSAGE("head_dim 64 and 128's forward: " << std::string(runs ? "the Hopper kernels (wgmma, TMA)" : "the mma.sync kernels"));
         if (hopper && !runs) continue;  // not this GPU or build: the pass below covers what runs
         for (const AttentionShape& a : kAttentionShapes)
             for (bool documents : {false, true}) {

@@ -1,12 +1,13 @@
-// dev/attention_sm90_d128.cuh — a Hopper (sm_90a) fused-attention forward for head_dim 128 (v6 in the harness,
-// dev only): flash_forward_wgmma_kernel's algorithm, pipeline and masks (../kernels/attention_sm90.cuh) with
-// every row of Q, K and V twice as wide.
+// kernels/attention_sm90_d128.cuh — the Hopper (sm_90a) fused-attention forward for head_dim 128:
+// flash_forward_wgmma_kernel's algorithm, pipeline and masks (attention_sm90.cuh) with every row of Q, K and V
+// twice as wide. (The backward at head_dim 128 is still attention.cu's mma.sync kernel.)
 //   o[t] = sum_j softmax_j(scale q_t . k_j) v_j over doc_start[t] <= j <= t,  lse[t] = log sum_j exp(scale q_t . k_j)
 // (scale = 1/sqrt(128); o [B, T, H, 128] bf16, lse [B, H, T] fp32 in natural log, as the backward reads it).
-// Owns: WgFwdD128Config, flash_forward_wgmma_d128_kernel, hopper_forward_d128 (the launcher, the harness's
-// FwdFn). Reuses from attention_sm90.cuh the descriptors (sw128_desc, sw128_desc_plus), the wgmma wrappers,
-// the mbarrier/TMA helpers, head_rows_map and the softmax pieces (wg_row_max, wg_exp, wg_pack, wg_pv), and
-// from attention.cu FwdArgs and the shape checks; dev/attention.cu includes it after ../kernels/attention.cu.
+// Owns: WgFwdD128Config, flash_forward_wgmma_d128_kernel, hopper_forward_d128 (the launcher). Reuses from
+// attention_sm90.cuh the descriptors (sw128_desc, sw128_desc_plus), the wgmma wrappers, the mbarrier/TMA
+// helpers, head_rows_map and the softmax pieces (wg_row_max, wg_exp, wg_pack, wg_pv), and from attention.cu
+// FwdArgs and the shape checks; attention.cu includes it after attention_sm90.cuh and runs it where
+// wgmma_d128_applies(); dev/attention.cu times its other configurations ("v6 fwd D128").
 //
 // The difference from head_dim 64: a 128-byte swizzled tile row holds 64 bf16, a row of Q/K/V is 128. So every
 // tile is stored as two column halves, each its own 128-byte-swizzled tile of 64 columns (rows of 128 bytes,
@@ -224,7 +225,7 @@ bool wgmma_d128_applies(const AttentionShape& a, std::initializer_list<const voi
     return a.Dh == 128 && all_aligned(ptrs, 16) && wgmma_available();
 }
 
-// The launcher, with the harness's FwdFn signature (doc_start: [B, T] or null).
+// The launcher (doc_start: [B, T] or null), with the signature of flash_attention_forward.
 template <class W>
 void hopper_forward_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o,
                          float* lse, cudaStream_t stream) {
