@@ -9,13 +9,13 @@
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
-// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 the Hopper forward
-// of ../kernels/attention_sm90_d128.cuh, HopperFwdD128; elsewhere the mma.sync kernels, whose tile configuration
+// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 its Hopper forward,
+// HopperFwdD128; elsewhere the mma.sync kernels, whose tile configuration
 // per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>'s forward, the mma.sync kernels that
 // those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
-// kept to time against them; v6 configurations of the Hopper forward for head_dim 128
-// (../kernels/attention_sm90_d128.cuh; the library's is WgFwdD128Config<2, 128, 3>); "dq-atomic" and "no-dq" are timing bounds of
+// kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
+// WgFwdConfig<2, 128, 3, 128>); "dq-atomic" and "no-dq" are timing bounds of
 // the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
@@ -74,19 +74,13 @@ BwdVersion bwd_version(const char* v) {
     return {bwd_name<C>(v), C::D, launch_backward<C>, backward_workspace_bytes<C>, C::DQ == kDqAtomic || C::DQ == kDqNone};
 }
 
-// The Hopper forward (Dh 64 only, sm_90a): NWG warpgroups (64 query rows each), BC keys per block, NS stages.
+// The Hopper forward (sm_90a) at head_dim W::D: NWG warpgroups (64 query rows each), BC keys per block, NS
+// stages; "v5" at head_dim 64, "v6" at 128.
 template <class W>
 FwdVersion wgmma_fwd_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v5 fwd D64 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
-    return {s, 64, launch_forward_wgmma<W>, 64, true};
-}
-// The Hopper forward for Dh 128 (dev only, sm_90a): NWG warpgroups (64 query rows each), BC keys per block, NS stages.
-template <class W>
-FwdVersion wgmma_d128_fwd_version() {
-    char s[96];
-    std::snprintf(s, sizeof s, "v6 fwd D128 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
-    return {s, 128, hopper_forward_d128<W>, 128, true};
+    std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma", W::D == 64 ? "v5" : "v6", W::D, W::BR, W::BC, W::THREADS / 32, W::NS);
+    return {s, W::D, launch_forward_wgmma<W>, W::D, true};
 }
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
@@ -100,10 +94,10 @@ std::vector<FwdVersion> fwd_versions() {
             wgmma_fwd_version<WgFwdConfig<3, 128, 4>>(),
             wgmma_fwd_version<WgFwdConfig<3, 96, 4>>(),
             wgmma_fwd_version<WgFwdConfig<2, 128, 4>>(),
-            wgmma_d128_fwd_version<WgFwdD128Config<2, 128, 3>>(),  // 2 warpgroups, 128-key blocks (225 KB)
-            wgmma_d128_fwd_version<WgFwdD128Config<2, 64, 4>>(),   // 2 warpgroups, 64-key blocks
-            wgmma_d128_fwd_version<WgFwdD128Config<3, 64, 3>>(),   // 3 warpgroups (168-register cap), 64-key blocks
-            wgmma_d128_fwd_version<WgFwdD128Config<3, 64, 4>>()};
+            wgmma_fwd_version<WgFwdConfig<2, 128, 3, 128>>(),  // 2 warpgroups, 128-key blocks (225 KB)
+            wgmma_fwd_version<WgFwdConfig<2, 64, 4, 128>>(),   // 2 warpgroups, 64-key blocks
+            wgmma_fwd_version<WgFwdConfig<3, 64, 3, 128>>(),   // 3 warpgroups (168-register cap), 64-key blocks
+            wgmma_fwd_version<WgFwdConfig<3, 64, 4, 128>>()};
 }
 // The Hopper backward (Dh 64 only, sm_90a) with NWG warpgroups per block.
 template <class W>
@@ -461,10 +455,10 @@ int main(int argc, char** argv) {
     print_resources<WgFwdConfig<3, 96, 4>>("v5 fwd wgmma BR192 BC96 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 96, 4>>);
     print_resources<WgFwdConfig<2, 128, 4>>("v5 fwd wgmma BR128 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 4>>);
     if (wgmma_available()) {  // (225 KB of shared memory: more than GPUs before Hopper allow a block)
-        print_resources<WgFwdD128Config<2, 128, 3>>("v6 fwd D128 wgmma BR128 BC128 3st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<2, 128, 3>>);
-        print_resources<WgFwdD128Config<2, 64, 4>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<2, 64, 4>>);
-        print_resources<WgFwdD128Config<3, 64, 3>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<3, 64, 3>>);
-        print_resources<WgFwdD128Config<3, 64, 4>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<3, 64, 4>>);
+        print_resources<WgFwdConfig<2, 128, 3, 128>>("v6 fwd D128 wgmma BR128 BC128 3st", flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 3, 128>>);
+        print_resources<WgFwdConfig<2, 64, 4, 128>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 64, 4, 128>>);
+        print_resources<WgFwdConfig<3, 64, 3, 128>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 3, 128>>);
+        print_resources<WgFwdConfig<3, 64, 4, 128>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 4, 128>>);
     }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);

@@ -1,7 +1,7 @@
 // kernels/attention.cu — the fused attention kernels behind attention.h's "fused path" (FlashAttention-2 on
 // mma.sync tensor cores): causal attention over documents packed in rows, grouped KV heads (GQA). On
 // Hopper, head_dim 64 runs the same algorithm on wgmma and the TMA instead (attention_sm90.cuh), and so does
-// head_dim 128's forward (attention_sm90_d128.cuh).
+// head_dim 128's forward.
 // Owns: flash_attention_supported, flash_attention_backward_workspace, flash_attention_forward,
 // flash_attention_backward, and the `Attention` class at the end: the one call site, which takes this path
 // for the head dims it supports and the reference path (attention_ref.cu) otherwise. Nothing T x T is ever
@@ -782,14 +782,13 @@ void with_lib(int Dh, F&& f) {
 
 }  // namespace
 
-#include "kernels/attention_sm90.cuh"       // the Hopper kernels for head_dim 64 (they build on the definitions above)
-#include "kernels/attention_sm90_d128.cuh"  // the Hopper forward for head_dim 128
+#include "kernels/attention_sm90.cuh"  // the Hopper kernels for head_dim 64 and 128's forward (they build on the definitions above)
 
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
 using HopperBwd = WgBwdConfig<1, 3, true>;  // one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA
-using HopperFwdD128 = WgFwdD128Config<2, 128, 3>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6, fastest from T = 4096)
+using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096)
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
 bool use_hopper = true;  // flash_attention_use_hopper
 }  // namespace
@@ -811,8 +810,9 @@ size_t flash_attention_backward_workspace(const AttentionShape& a) {
 void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start,
                              bf16* o, float* lse, cudaStream_t stream) {
     check_shape(a, {q, k, v, o});
-    if (use_hopper && wgmma_applies(a, {q, k, v, o})) launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream);
-    else if (use_hopper && wgmma_d128_applies(a, {q, k, v, o})) hopper_forward_d128<HopperFwdD128>(a, q, k, v, doc_start, o, lse, stream);
+    if (use_hopper && wgmma_forward_applies<HopperFwd>(a, {q, k, v, o})) launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream);
+    else if (use_hopper && wgmma_forward_applies<HopperFwdD128>(a, {q, k, v, o}))
+        launch_forward_wgmma<HopperFwdD128>(a, q, k, v, doc_start, o, lse, stream);
     else with_lib(a.Dh, [&](auto lib) { launch_forward<typename decltype(lib)::Fwd>(a, q, k, v, doc_start, o, lse, stream); });
 }
 
