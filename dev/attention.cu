@@ -15,11 +15,13 @@
 // those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
 // kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
-// WgFwdConfig<2, 128, 3, 128>); "dq-atomic" and "no-dq" are timing bounds of
+// WgFwdConfig<2, 128, 3, 128>); v7 the Hopper backward for head_dim 128 (attention_sm90_d128_bwd.cuh, dev only,
+// also checked for bitwise determinism on its own); "dq-atomic" and "no-dq" are timing bounds of
 // the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
+#include "attention_sm90_d128_bwd.cuh"  // v7: the Hopper backward at head_dim 128 (builds on attention.cu's definitions)
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -51,6 +53,7 @@ struct BwdVersion {
     WsFn workspace;
     bool timing_only = false;  // a bound whose dq is wrong (DqMode kDqAtomic / kDqNone): timed, not validated
     int exact_dh = 0;          // runs only for this head dim (0: any that pads to D)
+    bool sm90a = false;        // a Hopper kernel: runs only where wgmma_available()
 };
 
 template <class C>
@@ -106,6 +109,13 @@ BwdVersion wgmma_version() {
     std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "");
     return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, false, 64};
 }
+// The Hopper backward for Dh 128 (dev only, sm_90a): NWG warpgroups (64 keys each), MINB blocks per SM.
+template <class W>
+BwdVersion wgmma_d128_bwd_version() {
+    char s[96];
+    std::snprintf(s, sizeof s, "v7 bwd D128 BC%d BR%d %dw x%d wgmma%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "");
+    return {s, 128, hopper_backward_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, false, 128, true};
+}
 std::vector<BwdVersion> bwd_versions() {
     return {{"v1 bwd library", 0, flash_attention_backward, flash_attention_backward_workspace},
             bwd_version<Lib<64>::Bwd>("v1m"),  // the mma.sync backward head_dim 64 runs on other GPUs
@@ -117,6 +127,8 @@ std::vector<BwdVersion> bwd_versions() {
             bwd_version<BwdConfig<64, 4, 64, true>>("v3"),    // 64-key blocks
             bwd_version<BwdConfig<128, 4, 32, false>>("v2"),  // 64-key blocks
             bwd_version<BwdConfig<128, 8, 32, false>>("v3"),  // 32-query steps (the library before: v3 won)
+            wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true>>(),   // 2 warpgroups, 128-key blocks
+            wgmma_d128_bwd_version<WgBwdD128Config<1, 2, true>>(),   // 1 warpgroup, 64-key blocks, 2 blocks per SM
             // bounds: the library configurations with unordered atomics, and with no dq at all
             bwd_version<BwdConfig<64, 8, 64, true, kDqAtomic>>("v1"),
             bwd_version<BwdConfig<64, 8, 64, true, kDqNone>>("v1"),
@@ -125,7 +137,7 @@ std::vector<BwdVersion> bwd_versions() {
 }
 bool runs(int version_D, int Dh) { return version_D == 0 || version_D == padded_head_dim(Dh); }
 bool runs(const BwdVersion& v, int Dh) {
-    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (v.exact_dh != 64 || wgmma_available());
+    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && ((v.exact_dh != 64 && !v.sm90a) || wgmma_available());
 }
 bool runs(const FwdVersion& v, int Dh) {
     return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (!v.sm90a || wgmma_available());
@@ -336,6 +348,38 @@ void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream) {
     record("determinism " + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
 }
 
+// A dev backward (v7: sm90a, exact_dh set), three times on the same inputs after the library's forward:
+// bitwise the same dq, dk, dv.
+void check_determinism_version(const BwdVersion& bv, const Case& c, uint32_t seed, cudaStream_t stream) {
+    const AttentionShape a{c.B, c.T, c.H, c.KVH, c.Dh};
+    const size_t nq = size_t(c.B) * c.T * c.H * c.Dh, nk = size_t(c.B) * c.T * c.KVH * c.Dh, nl = size_t(c.B) * c.H * c.T;
+    DevBuf q(nq * 2), k(nk * 2), v(nk * 2), dO(nq * 2), o(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
+    DevBuf ws(bv.workspace(a)), doc(size_t(c.B) * c.T * 4);
+    fill_random(q, seed, c.q_scale), fill_random(k, seed + 1, 1.f), fill_random(v, seed + 2, 1.f), fill_random(dO, seed + 3, 1.f);
+    std::mt19937 rng(seed);
+    if (c.docs) upload(doc, random_docs(rng, c.B, c.T));
+    const int32_t* doc_ptr = c.docs ? doc.as<int32_t>() : nullptr;
+    flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream);
+    std::vector<unsigned char> first[3];
+    bool same = true;
+    for (int run = 0; run < 3; ++run) {
+        dq.poison(), dk.poison(), dv.poison(), ws.poison();
+        bv.run(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(), doc_ptr, dq.as<bf16>(),
+               dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
+        check_cuda(cudaStreamSynchronize(stream), "determinism run");
+        const DevBuf* outs[3] = {&dq, &dk, &dv};
+        for (int t = 0; t < 3; ++t) {
+            std::vector<unsigned char> bytes = download_bytes(*outs[t]);
+            if (run == 0) first[t] = std::move(bytes);
+            else same = same && bytes == first[t];
+        }
+    }
+    bool finite = true;
+    for (float x : download_bf16(dq, nq)) finite = finite && std::isfinite(x);
+    for (float x : download_bf16(dk, nk)) finite = finite && std::isfinite(x);
+    record("determinism " + bv.name + " " + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
+}
+
 // ---------------------------------------------------------------------------------------------- benchmark
 struct Timer {
     cudaEvent_t start, stop;
@@ -459,6 +503,8 @@ int main(int argc, char** argv) {
         print_resources<WgFwdConfig<2, 64, 4, 128>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 64, 4, 128>>);
         print_resources<WgFwdConfig<3, 64, 3, 128>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 3, 128>>);
         print_resources<WgFwdConfig<3, 64, 4, 128>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 4, 128>>);
+        print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
+        print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
     }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);
@@ -478,10 +524,15 @@ int main(int argc, char** argv) {
     };
     if (check) {
         for (const Case& c : cases) validate(c, rng, stream);
-        std::printf("\nbitwise determinism (library forward + backward, 3 runs):\n");
+        std::printf("\nbitwise determinism (library forward + backward, 3 runs; then each v7 backward alone):\n");
         check_determinism({2, 1536, 32, 8, 64, true, 1.f}, seed, stream);
         check_determinism({2, 2048, 32, 8, 64, false, 1.f}, seed + 7, stream);
         check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
+        for (const BwdVersion& bv : bwd_versions())  // the dev Hopper backwards at head_dim 128 (v7)
+            if (bv.sm90a && bv.exact_dh == 128 && runs(bv, 128)) {
+                check_determinism_version(bv, {1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
+                check_determinism_version(bv, {2, 1536, 16, 8, 128, false, 1.f}, seed + 17, stream);
+            }
     }
 
     std::vector<BenchRow> lib_rows;

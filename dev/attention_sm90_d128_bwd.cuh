@@ -1,0 +1,387 @@
+// dev/attention_sm90_d128_bwd.cuh — a Hopper (sm_90a) fused-attention backward for head_dim 128 (v7 in the
+// harness, dev only): flash_backward_wgmma_kernel's algorithm, steps, masks, GQA order and deterministic dq
+// accumulation (../kernels/attention_sm90.cuh, itself flash_backward_kernel's in ../kernels/attention.cu) with
+// every row of K, V, Q, dO twice as wide.
+//   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
+//   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
+// Owns: WgBwdD128Config, flash_backward_wgmma_d128_kernel, hopper_backward_d128 (the launcher, the harness's
+// BwdFn). Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
+// register/shared), the mbarrier/TMA helpers, head_rows_map and load_tile_sw128; from attention.cu BwdArgs,
+// prepare_backward (counters zeroed, D = rowsum(dO o)), wait_counter, st_release, the workspace layout
+// (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). dev/attention.cu includes it after ../kernels/attention.cu.
+//
+// Tiles as at head_dim 128 in the forward (flash_forward_wgmma_kernel with WgFwdConfig's D = 128): a 128-byte swizzled row holds 64 bf16, so
+// each K, V, Q, dO tile is two column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms
+// of 1024 bytes); Q and dO come by the TMA (head_rows_map with 2H heads: half c of head h is map head 2h + c),
+// K and V once per block by cp.async (load_tile_sw128 per half). The block: NWG warpgroups, each owning 64
+// keys of the block's BC = 64 NWG (warp w: keys 16w.., as wgmma's accumulators lay them), BR = 64 queries a
+// step. Per step (query tile i, head h), per warpgroup:
+//   S^T = K Q^T                  M = 64 keys, N = 64 queries, k = head dim: 8 k-steps, both K-major; steps 0-3
+//                                read half 0 of both operands (+32 bytes a step), 4-7 half 1. The accumulator
+//                                starts at -lse/scale (as at head_dim 64).
+//   P^T                          in registers, masked as flash_backward_kernel, packed to bf16 A fragments
+//   dP^T = V dO^T, dV += P^T dO  issued together (two commit groups): dP^T as S^T (starting at -D); dV with A
+//                                from registers and B MN-major (n = head dim): per k-step of 16 queries two
+//                                m64n64k16, one per column half of dO, into dv[0] / dv[1]
+//   dS^T                         once dP^T has landed, while dV runs; bf16 A fragments, and into shared memory
+//                                [BC keys][64 queries] (one 128-byte half) for dQ
+//   dK += dS^T Q                 as dV
+//   dQ_part = dS K               A = dS^T (MN-major), B = K (MN-major, n = head dim), k = the block's BC keys;
+//                                with 2 warpgroups each computes one column half (64), with one both
+// (the head_dim 64 kernel issues S^T and dP^T together; here that would hold both in registers at once, and
+// dK, dV take 128). dQ_part is added to the fp32 tile in the workspace in the order of the key blocks
+// (counters), as flash_backward_wgmma_kernel does: the first contributor stores, the others red.global.add;
+// the diagonal block (the last) adds too, then reads the sum back and writes bf16 dq (flash_backward_wgmma_kernel
+// adds its own partial in registers instead; here, holding the partial and the loaded sum together spilled).
+// The tile's fp32
+// layout is this kernel's own: float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane.
+// Registers per thread: dK and dV 2 x 64 fp32, S^T or dP^T 32 fp32, P^T and dS^T 16 + 16 packed, so the
+// 255-register cap is needed: 2 warpgroups and 1 block per SM, or 1 warpgroup and 2 blocks per SM. The
+// descriptors of the products are made in the loop from opaque bases (else ptxas hoists ~50 of them into
+// registers and spills). TMA = false (Q and dO by cp.async) spills ~110 bytes: not in the harness.
+#pragma once
+
+namespace {
+
+template <int NWG_, int MINB_, bool TMA_ = true>
+struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB blocks per SM asked of ptxas, TMA: Q and dO by the TMA
+    static constexpr int NWG = NWG_, MINB = MINB_;
+    static constexpr bool TMA = TMA_;
+    static constexpr int D = 128, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per row of a half
+    static constexpr int NC = 2 / NWG;                                                      // dQ column halves per warpgroup
+    static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;    // bytes of one column half
+    static constexpr size_t smem = 1024                                  // room to align the tiles to 1024 bytes
+                                   + 4 * size_t(KV_HALF)                 // K, V: 2 halves each
+                                   + 8 * size_t(Q_HALF)                  // Q[2], dO[2]: 2 halves each
+                                   + size_t(BC) * ROW                    // dS^T [keys][64 queries]
+                                   + size_t(6) * BR * sizeof(float);     // lse, D, doc_start [2] each
+    static_assert(NWG == 1 || NWG == 2, "64 or 128 keys per block");
+    static_assert(smem * MINB + MINB * 1024 <= 228 * 1024, "shared memory per SM");
+};
+
+// tm_q, tm_do (W::TMA): q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column
+// half of one head (head_rows_map with 2H heads).
+template <class W>
+__global__ void __launch_bounds__(W::THREADS, W::MINB)
+    flash_backward_wgmma_d128_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+#if ATTENTION_WGMMA
+    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NC = W::NC, D = W::D;
+    constexpr uint32_t KH = W::KV_HALF, QH = W::Q_HALF;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __shared__ int s_ticket;
+    __shared__ __align__(8) uint64_t qbar[2];  // W::TMA: buffer bb's Q and dO tiles have landed
+    // K [2 halves][BC][128 B], V the same, Q [2 buffers][2 halves][BR][128 B], dO the same, dS^T [BC][128 B]
+    const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
+    const uint32_t sK = base, sV = sK + 2 * KH, sQ = sV + 2 * KH, sdO = sQ + 4 * QH, sdS = sdO + 4 * QH;
+    float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
+    float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
+    int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
+    const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
+    const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
+    if (tid == 0) {
+        s_ticket = int(atomicAdd(p.ticket, 1u));
+        if constexpr (W::TMA) mbar_init(smem_u32(qbar), 1), mbar_init(smem_u32(qbar + 1), 1), mbar_init_fence();
+    }
+    __syncthreads();
+    const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
+    const int64_t q_stride = int64_t(H) * D, kv_stride = int64_t(KVH) * D;
+    const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
+
+    const int i_lo = k0 / BR;  // query tiles that see these keys, as in flash_backward_kernel
+    int i_hi = nqt - 1;
+    if (doc) {
+        int count = 0;
+        for (int base_i = i_lo; base_i < nqt; base_i += THREADS) {
+            const int i = base_i + tid;
+            count += __syncthreads_count(i < nqt && doc[i * BR] / BC <= j);
+        }
+        i_hi = i_lo + count - 1;
+    }
+    const int n_steps = (i_hi - i_lo + 1) * G;
+
+    auto load_step = [&](int step, int bb) {
+        const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+        const uint32_t dq_ = sQ + bb * 2 * QH, ddo = sdO + bb * 2 * QH;  // buffer bb: half 0, half 1 at + QH
+        if constexpr (W::TMA) {  // one thread; rows past T arrive as zeros
+            if (tid == 0) {
+                const uint32_t bar = smem_u32(qbar + bb);
+                mbar_arrive_expect_tx(bar, 4 * QH);
+                tma_load_4d(dq_, &tm_q, bar, 0, 2 * h, q0, b);
+                tma_load_4d(dq_ + QH, &tm_q, bar, 0, 2 * h + 1, q0, b);
+                tma_load_4d(ddo, &tm_do, bar, 0, 2 * h, q0, b);
+                tma_load_4d(ddo + QH, &tm_do, bar, 0, 2 * h + 1, q0, b);
+            }
+        } else {
+            const int64_t off = (int64_t(b) * T + q0) * q_stride + int64_t(h) * D;
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                load_tile_sw128<BR, THREADS>(dq_ + c * QH, p.q + off + c * 64, q_stride, T - q0);
+                load_tile_sw128<BR, THREADS>(ddo + c * QH, p.dO + off + c * 64, q_stride, T - q0);
+            }
+        }
+        if (tid < BR) {
+            const bool ok = q0 + tid < T;
+            const int64_t rix = (int64_t(b) * H + h) * T + q0 + tid;
+            cp_async4(smem_u32(lse_s + bb * BR + tid), ok ? p.lse + rix : p.lse, ok ? 4 : 0);
+            cp_async4(smem_u32(dr_s + bb * BR + tid), ok ? p.Dr + rix : p.Dr, ok ? 4 : 0);
+            cp_async4(smem_u32(ds_s + bb * BR + tid), doc && ok ? static_cast<const void*>(doc + q0 + tid) : p.lse, doc && ok ? 4 : 0);
+        }
+    };
+    {
+        const int64_t off = (int64_t(b) * T + k0) * kv_stride + int64_t(g) * D;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            load_tile_sw128<BC, THREADS>(sK + c * KH, p.k + off + c * 64, kv_stride, T - k0);
+            load_tile_sw128<BC, THREADS>(sV + c * KH, p.v + off + c * 64, kv_stride, T - k0);
+        }
+    }
+    load_step(0, 0);
+    cp_async_commit();
+
+    const int kw = warp * 16;                           // this warp's keys in the block
+    const int mq = (warp % 4) * 16;                     // this warp's dQ rows
+    const uint32_t sKg = sK + wg * 64 * ROW, sVg = sV + wg * 64 * ROW;  // this warpgroup's 64 keys (half 0; half 1 at + KH)
+    float dk[2][8][4], dv[2][8][4];                     // [column half][n-tile][4]
+#pragma unroll
+    for (int c = 0; c < 2; ++c)
+#pragma unroll
+        for (int nd = 0; nd < 8; ++nd)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
+    int pend = -1;  // the counter of the last dq partial added, released after the next barrier
+    unsigned pend_val = 0;
+
+    for (int step = 0; step < n_steps; ++step) {
+        const int bb = step & 1;
+        cp_async_wait_all();
+        if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
+        fence_proxy_async();  // this thread's copies, visible to wgmma
+        __syncthreads();      // step's tiles landed; every product of the previous step is complete
+        if (pend >= 0) {
+            if (tid == 0) st_release(p.counters + pend, pend_val);
+            pend = -1;
+        }
+        if (step + 1 < n_steps) {
+            load_step(step + 1, bb ^ 1);
+            cp_async_commit();
+        }
+        const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+        const uint32_t sQb = sQ + bb * 2 * QH, sdOb = sdO + bb * 2 * QH;
+        const float* lse_b = lse_s + bb * BR;
+        const float* dr_b = dr_s + bb * BR;
+        const int* ds_b = ds_s + bb * BR;
+
+        // S^T - lse/scale = K Q^T + (-lse/scale): both K-major, k = 128 in 8 steps (0-3: half 0, 4-7: half 1,
+        // 32 bytes apart in a half). dP^T is issued later, with dV: one of S^T and dP^T in registers at a time.
+        float st[NTQ][4];
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt) {
+            const float2 l2 = *reinterpret_cast<const float2*>(lse_b + nt * 8 + 2 * tq);
+            st[nt][0] = st[nt][2] = -l2.x * p.lse_to_s;
+            st[nt][1] = st[nt][3] = -l2.y * p.lse_to_s;
+        }
+        uint32_t kg = sKg, vg = sVg;
+        asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
+        const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+            wgmma_64x64_ss<0, 0>(st, sw128_desc_plus(dK0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dQ0, (kk / 4) * QH + (kk % 4) * 32));
+        wgmma_commit();
+        wgmma_wait<0>();  // (no product is in flight across the branches below: ptxas would serialize them)
+        wgmma_pin(st);
+
+        // P^T, masked, packed to bf16 A fragments (as in flash_backward_kernel)
+        const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
+        const int key_q = k0 + kw + gr - q0, rows_q = T - q0;
+        uint32_t pa[BR / 16][4];
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = nt * 8 + 2 * tq + (e & 1);
+                float pv = ex2(st[nt][e] * p.scale_log2);
+                if (need_mask) {
+                    const int key = key_q + 8 * (e >> 1);
+                    if ((c >= rows_q) | (key > c) | (key + q0 < ds_b[c])) pv = 0.f;
+                }
+                st[nt][e] = pv;
+            }
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq) {
+            pa[kq][0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
+            pa[kq][1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
+            pa[kq][2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
+            pa[kq][3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
+        }
+
+        // dP^T - D = V dO^T + (-D) (as S^T), then dV += P^T dO (B[k = query][n = d] = dO, MN-major; one n64
+        // product per column half): two groups; dS is formed once the first has landed, while dV runs
+        float dpt[NTQ][4];
+#pragma unroll
+        for (int nt = 0; nt < NTQ; ++nt) {
+            const float2 d2 = *reinterpret_cast<const float2*>(dr_b + nt * 8 + 2 * tq);
+            dpt[nt][0] = dpt[nt][2] = -d2.x;
+            dpt[nt][1] = dpt[nt][3] = -d2.y;
+        }
+        const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
+        wgmma_pin(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+            wgmma_64x64_ss<0, 0>(dpt, sw128_desc_plus(dV0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dO0, (kk / 4) * QH + (kk % 4) * 32));
+        wgmma_commit();
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dv[c], pa[kq], sw128_desc_plus(dO0t, c * QH + kq * 16 * ROW));
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T
+        wgmma_pin(dpt);
+
+        // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
+        uint32_t dsa[BR / 16][4];
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                __nv_bfloat162 pb;
+                memcpy(&pb, &pa[kq][r], 4);
+                const float2 pf = __bfloat1622float2(pb);
+                const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
+                dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
+                const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
+            }
+
+        // dK += dS^T Q: B[k = query][n = d] = Q, MN-major; one n64 product per column half
+        const uint64_t dQ0t = sw128_desc(sQb, true);
+        wgmma_pin(dsa);
+        wgmma_fence();
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dk[c], dsa[kq], sw128_desc_plus(dQ0t, c * QH + kq * 16 * ROW));
+        wgmma_commit();
+        wgmma_wait<0>();  // dV and dK
+        wgmma_pin(dk[0]);
+        wgmma_pin(dk[1]);
+        wgmma_pin(dv[0]);
+        wgmma_pin(dv[1]);
+
+        // Our turn for this dq tile (see flash_backward_kernel)
+        const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
+        const bool first = j == jmin, last = j == jmax;
+        const int cidx = (b * H + h) * nqt + i;
+        if (tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
+        __syncthreads();      // dS^T complete; the counter seen
+
+        // dQ_part = dS K, column half(s) wg * NC + c of this warpgroup: A[m = query][k = key] = dS^T,
+        // B[k = key][n = d] = K half, both MN-major; k = the block's BC keys, 16 rows (2048 bytes) a step
+        float dq[NC][8][4];
+        uint32_t ks = sK + wg * NC * KH, dss = sdS;
+        asm volatile("" : "+r"(ks), "+r"(dss));  // (descriptors made here, not hoisted out of the loop: registers)
+        const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
+        wgmma_fence();
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+            wgmma_64x64_ss<1, 1, 0>(dq[c], dS0, sw128_desc_plus(dKs, c * KH));
+#pragma unroll
+            for (int kc = 1; kc < BC / 16; ++kc)
+                wgmma_64x64_ss<1, 1, 1>(dq[c], sw128_desc_plus(dS0, kc * 16 * ROW), sw128_desc_plus(dKs, c * KH + kc * 16 * ROW));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+#pragma unroll
+        for (int c = 0; c < NC; ++c) wgmma_pin(dq[c]);
+
+        // Into the tile (float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane): the first contributor
+        // stores, the others add with reductions; the last (the diagonal block) then reads the sum back (its own
+        // reductions, same thread and address: ordered), scales and writes bf16 dq. (Adding in the L2 rather
+        // than in registers keeps the partial and the sum from being live together: registers.)
+        float4* acct = reinterpret_cast<float4*>(p.dq_acc + int64_t(cidx) * (BR * D)) + lane;
+        auto write_dq = [&](int ch, int nt, float4 sum) {
+            const int col = ch * 64 + nt * 8 + 2 * tq, row = q0 + mq + gr;
+            bf16* dst = p.dq + (int64_t(b) * T + row) * q_stride + int64_t(h) * D + col;
+            if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(sum.x * p.scale, sum.y * p.scale);
+            if (row + 8 < T)
+                *reinterpret_cast<__nv_bfloat162*>(dst + 8 * q_stride) = __floats2bfloat162_rn(sum.z * p.scale, sum.w * p.scale);
+        };
+        if (first && last) {  // the only contributor
+#pragma unroll
+            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) write_dq(wg * NC + c, nt, make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]));
+        } else {
+#pragma unroll
+            for (int c = 0; c < NC; ++c) {
+                float4* accp = acct + ((wg * NC + c) * 4 + warp % 4) * 8 * 32;
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const float4 part = make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]);
+                    if (first) __stcg(accp + nt * 32, part);
+                    else red_add_f32x4(accp + nt * 32, part);
+                }
+            }
+            if (last) {
+#pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    const float4* accp = acct + ((wg * NC + c) * 4 + warp % 4) * 8 * 32;
+#pragma unroll
+                    for (int nt = 0; nt < 8; ++nt) write_dq(wg * NC + c, nt, __ldcg(accp + nt * 32));
+                }
+            }
+        }
+        if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+    }
+    __syncthreads();
+    if (pend >= 0 && tid == 0) st_release(p.counters + pend, pend_val);
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int key = k0 + kw + gr + 8 * hf;
+        if (key >= T) continue;
+        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * D;
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+            for (int nd = 0; nd < 8; ++nd) {
+                const int col = c * 64 + nd * 8 + 2 * tq;
+                *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
+                    __floats2bfloat162_rn(dk[c][nd][2 * hf] * p.scale, dk[c][nd][2 * hf + 1] * p.scale);
+                *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[c][nd][2 * hf], dv[c][nd][2 * hf + 1]);
+            }
+    }
+#else
+    __trap();  // launched only where wgmma_available() says the sm_90a code is there
+#endif
+}
+
+// The launcher, with the harness's BwdFn signature; the workspace is Lib<128>::Bwd's (BR 64, D 128).
+template <class W>
+void hopper_backward_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                          const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
+                          cudaStream_t stream) {
+    static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
+    check_shape(a, {q, k, v, o, dO, dq, dk, dv});
+    if (a.Dh != 128 || !all_aligned({q, k, v, dO, dq, dk, dv}, 16) || !wgmma_available())
+        fail("flash attention: the head_dim 128 wgmma backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    static bool configured = false;
+    if (!configured) {
+        check_cuda(cudaFuncSetAttribute(flash_backward_wgmma_d128_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_wgmma_d128_kernel)");
+        configured = true;
+    }
+    const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    CUtensorMap tm_q{}, tm_do{};
+    // Each head's 128 columns as two 64-column heads: column half c of head h is head 2h + c of the map.
+    if (W::TMA) tm_q = head_rows_map(q, a.B, a.T, 2 * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, 2 * a.H, W::BR);
+    const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
+    flash_backward_wgmma_d128_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    check_launch("flash_backward_wgmma_d128_kernel");
+}
+
+}  // namespace
