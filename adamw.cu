@@ -108,10 +108,11 @@ void adamw_step_cpu(float* p, const float* grad, float* m, float* v, __nv_bfloat
     float lr_wd = lr * weight_decay;
     int chunks = int(std::min<int64_t>(pool.size(), std::max<int64_t>(1, n)));  // one per thread
     int64_t chunk = (n + chunks - 1) / chunks;
+    uint16_t* bits16 = reinterpret_cast<uint16_t*>(p16);  // float_to_bf16: the GPU's bits (CUDA's host conversion is 5x slower)
     pool.run(chunks, [&](int t) {
         for (int64_t i = t * chunk, end = std::min(n, (t + 1) * chunk); i < end; ++i) {
             p[i] = adamw_element(p[i], grad[i], m[i], v[i], lr, lr_wd, c.beta1, c.beta2, c.eps, bc1, bc2, grad_scale);
-            if (p16) p16[i] = __float2bfloat16(p[i]);
+            if (bits16) bits16[i] = float_to_bf16(p[i]);
         }
     });
 }

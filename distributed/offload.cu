@@ -242,7 +242,8 @@ void CpuOptimizer::upload_master(int k) {
     if (h.n > 0) {
         Slot& s = ring_[0];  // between steps every slot is free once its last upload is done
         if (s.last >= 0) world_wait_event(w_, shards_[size_t(s.last)].uploaded);
-        for (int64_t i = 0; i < h.n; ++i) s.weights[i] = __float2bfloat16(h.master[i]);
+        uint16_t* bits16 = reinterpret_cast<uint16_t*>(s.weights);
+        for (int64_t i = 0; i < h.n; ++i) bits16[i] = float_to_bf16(h.master[i]);
         check_cuda(cudaMemcpyAsync(h.device_weights, s.weights, size_t(h.n) * 2, cudaMemcpyHostToDevice, compute_), "copy weights");
         world_wait(w_, compute_);  // s.weights is written again by the next update
     }
