@@ -128,6 +128,8 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
     }
     std::vector<int32_t> tokens(size_t(rows_), 0), positions(size_t(rows_), 0), next(size_t(rows_), 0);
     std::vector<float> logits;
+    double start = wall_seconds();
+    first_token_s_ = 0, first_tokens_ = 0;
     for (int p = 0; p < cache_.max_len; ++p) {
         bool active = false;
         for (int r = 0; r < n; ++r) {
@@ -155,10 +157,13 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
         for (int r = 0; r < n; ++r)
             next[size_t(r)] = s.temperature > 0 ? sample_token(logits.data() + int64_t(r) * V, V, s, rng[size_t(r)]) : next_[r];
         if (agree) agree(next);
+        bool first = first_tokens_ == 0;  // the first step that gives tokens: the prompts read so far are its cost
+        if (first) first_token_s_ = wall_seconds() - start;
         for (int r = 0; r < n; ++r) {
             std::vector<int32_t>& seq = out[size_t(r)];
             if (done[size_t(r)] || p != int(seq.size()) - 1) continue;
             seq.push_back(next[size_t(r)]);
+            first_tokens_ += first;
             if (on_token) on_token(r, next[size_t(r)]);
             bool stop = std::find(eos.begin(), eos.end(), next[size_t(r)]) != eos.end();
             stop |= int(seq.size() - prompts[size_t(r)].size()) >= s.max_new_tokens || int(seq.size()) >= cache_.max_len;
@@ -318,8 +323,13 @@ int run_generate(const std::vector<std::string>& args) {
                 if (int(ids[k].size()) >= max_len && made < g.sampling.max_new_tokens) std::printf(" [stopped: the model's context is full]");
             }
             generated += n, seconds += s;
-            if (streamed) std::printf("\n(%lld tokens, %.1f tokens/s)\n", (long long)n, double(n) / s);
-            else std::printf("(%zu sequences together: %lld tokens, %.1f tokens/s)\n", batch.size(), (long long)n, double(n) / s);
+            // the rate after the first token: the prompts' steps (one per token) are the first token's latency
+            char after[96] = "";
+            double t1 = gen.first_token_seconds();
+            if (n > gen.first_tokens() && s > t1)
+                std::snprintf(after, sizeof after, "; the first after %.0f ms, then %.1f tokens/s", 1e3 * t1, double(n - gen.first_tokens()) / (s - t1));
+            if (streamed) std::printf("\n(%lld tokens, %.1f tokens/s%s)\n", (long long)n, double(n) / s, after);
+            else std::printf("(%zu sequences together: %lld tokens, %.1f tokens/s%s)\n", batch.size(), (long long)n, double(n) / s, after);
         }
     }
     if (prompts.size() > 1) std::printf("\n%lld tokens in %.1f s, %.1f tokens/s\n", (long long)generated, seconds, double(generated) / seconds);

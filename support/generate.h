@@ -43,6 +43,10 @@ class Generator {
                                                const std::function<void(int, int32_t)>& on_token = {});
     int rows() const { return rows_; }
     int max_len() const { return cache_.max_len; }
+    // The last generate(): seconds from its start to its first new token (every prompt token before it is a
+    // step of its own), and how many tokens came at that step (one per sequence whose prompt ended there).
+    double first_token_seconds() const { return first_token_s_; }
+    int first_tokens() const { return first_tokens_; }
 
     std::function<void(std::vector<int32_t>&)> agree;  // several ranks: every rank takes rank 0's tokens
     std::function<void(cudaStream_t)> wait;            // waits for the stream (default: cudaStreamSynchronize)
@@ -61,6 +65,8 @@ class Generator {
     cudaGraphExec_t graph_ = nullptr;  // one decode step, captured with the store graph_store_
     const UnitStore* graph_store_ = nullptr;
     const UnitStore* warmed_ = nullptr;  // the store a direct step ran with (loads every kernel before a capture)
+    double first_token_s_ = 0;
+    int first_tokens_ = 0;
 };
 
 // ./train generate: prompts as arguments or one per line on stdin, answered one after another with the
