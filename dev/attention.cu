@@ -7,6 +7,7 @@
 //   make -C dev && ./dev/attention               checks + benchmark (well under a minute on an H100)
 //   ./dev/attention --no-bench                   checks only;   --seed N   repeat a run's inputs
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
+//   ./dev/attention --skip v7                      leave out the versions whose names start so (repeatable)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
 // Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 its Hopper forward,
@@ -135,12 +136,18 @@ std::vector<BwdVersion> bwd_versions() {
             bwd_version<BwdConfig<128, 8, 64, false, kDqAtomic>>("v1"),
             bwd_version<BwdConfig<128, 8, 64, false, kDqNone>>("v1")};
 }
+std::vector<std::string> skipped;  // --skip PREFIX: versions whose name starts with one of these do not run
+bool skip(const std::string& name) {
+    for (const std::string& p : skipped)
+        if (name.compare(0, p.size(), p) == 0) return true;
+    return false;
+}
 bool runs(int version_D, int Dh) { return version_D == 0 || version_D == padded_head_dim(Dh); }
 bool runs(const BwdVersion& v, int Dh) {
-    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && ((v.exact_dh != 64 && !v.sm90a) || wgmma_available());
+    return !skip(v.name) && runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && ((v.exact_dh != 64 && !v.sm90a) || wgmma_available());
 }
 bool runs(const FwdVersion& v, int Dh) {
-    return runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (!v.sm90a || wgmma_available());
+    return !skip(v.name) && runs(v.D, Dh) && (v.exact_dh == 0 || v.exact_dh == Dh) && (!v.sm90a || wgmma_available());
 }
 
 // Registers, spills, shared memory and blocks per SM of one kernel instance.
@@ -460,6 +467,7 @@ void benchmark(cudaStream_t stream, std::vector<BenchRow>& lib_rows, int only_T)
 }  // namespace
 
 int main(int argc, char** argv) {
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line into a log too: a version that hangs (a timeout kills the run) leaves what came before
     bool bench = true, check = true;
     int only_T = 0;
     uint32_t seed = uint32_t(std::time(nullptr));
@@ -468,8 +476,9 @@ int main(int argc, char** argv) {
         if (arg == "--no-bench") bench = false;
         else if (arg == "--seed" && i + 1 < argc) seed = uint32_t(std::stoul(argv[++i]));
         else if (arg == "--bench-only" && i + 1 < argc) check = false, only_T = std::stoi(argv[++i]);
+        else if (arg == "--skip" && i + 1 < argc) skipped.push_back(argv[++i]);
         else {
-            std::fprintf(stderr, "usage: %s [--no-bench] [--seed N] [--bench-only T]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--no-bench] [--seed N] [--bench-only T] [--skip PREFIX ...]\n", argv[0]);
             return 2;
         }
     }
