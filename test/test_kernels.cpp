@@ -354,6 +354,7 @@ void check_attention(const AttentionShape& a, bool documents, Rng& rng, Run run)
 
 const AttentionShape kAttentionShapes[] = {{2, 37, 4, 1, 64}, {2, 37, 2, 2, 128}, {1, 130, 8, 2, 64}, {1, 67, 6, 2, 96},
                                            {2, 33, 3, 1, 64}, {1, 257, 4, 4, 128},
+                                           {1, 300, 8, 2, 128},   // GQA 4 at head_dim 128 (Llama-3-8B's and Qwen3's grouping)
                                            {1, 1001, 6, 2, 64}};  // many key and query blocks of every kernel
 
 }  // namespace
