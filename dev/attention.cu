@@ -14,15 +14,14 @@
 // tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64>, the mma.sync kernels that
 // head_dim 64 runs on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
-// kept to time against them; v6 the Hopper forward for head_dim 128 (attention_sm90_d128.cuh, dev only:
-// there the library runs the mma.sync Lib<128>, v1's D128 rows); v7 the Hopper backward for head_dim 128
-// (attention_sm90_d128_bwd.cuh, dev only, also checked for bitwise determinism on its own); "dq-atomic" and "no-dq" are timing bounds of
+// kept to time against them; v6 the same Hopper forward at head_dim 128 (WgFwdConfig's D = 128; the library
+// runs the mma.sync Lib<128> there, v1's D128 rows); v7 the Hopper backward for head_dim 128 (attention_sm90_d128_bwd.cuh, dev only,
+// also checked for bitwise determinism on its own); "dq-atomic" and "no-dq" are timing bounds of
 // the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
-#include "attention_sm90_d128.cuh"  // v6: the Hopper forward at head_dim 128 (builds on attention.cu's definitions)
-#include "attention_sm90_d128_bwd.cuh"  // v7: the Hopper backward at head_dim 128 (after attention_sm90_d128.cuh)
+#include "attention_sm90_d128_bwd.cuh"  // v7: the Hopper backward at head_dim 128 (builds on attention.cu's definitions)
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -78,19 +77,13 @@ BwdVersion bwd_version(const char* v) {
     return {bwd_name<C>(v), C::D, launch_backward<C>, backward_workspace_bytes<C>, C::DQ == kDqAtomic || C::DQ == kDqNone};
 }
 
-// The Hopper forward (Dh 64 only, sm_90a): NWG warpgroups (64 query rows each), BC keys per block, NS stages.
+// The Hopper forward (sm_90a) at head_dim W::D: NWG warpgroups (64 query rows each), BC keys per block, NS
+// stages; "v5" at head_dim 64, "v6" at 128.
 template <class W>
 FwdVersion wgmma_fwd_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v5 fwd D64 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
-    return {s, 64, launch_forward_wgmma<W>, 64, true};
-}
-// The Hopper forward for Dh 128 (dev only, sm_90a): NWG warpgroups (64 query rows each), BC keys per block, NS stages.
-template <class W>
-FwdVersion wgmma_d128_fwd_version() {
-    char s[96];
-    std::snprintf(s, sizeof s, "v6 fwd D128 BR%d BC%d %dw %dst wgmma", W::BR, W::BC, W::THREADS / 32, W::NS);
-    return {s, 128, hopper_forward_d128<W>, 128, true};
+    std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma", W::D == 64 ? "v5" : "v6", W::D, W::BR, W::BC, W::THREADS / 32, W::NS);
+    return {s, W::D, launch_forward_wgmma<W>, W::D, true};
 }
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
@@ -103,10 +96,10 @@ std::vector<FwdVersion> fwd_versions() {
             wgmma_fwd_version<WgFwdConfig<3, 128, 4>>(),
             wgmma_fwd_version<WgFwdConfig<3, 96, 4>>(),
             wgmma_fwd_version<WgFwdConfig<2, 128, 4>>(),
-            wgmma_d128_fwd_version<WgFwdD128Config<2, 128, 3>>(),  // 2 warpgroups, 128-key blocks (225 KB)
-            wgmma_d128_fwd_version<WgFwdD128Config<2, 64, 4>>(),   // 2 warpgroups, 64-key blocks
-            wgmma_d128_fwd_version<WgFwdD128Config<3, 64, 3>>(),   // 3 warpgroups (168-register cap), 64-key blocks
-            wgmma_d128_fwd_version<WgFwdD128Config<3, 64, 4>>()};
+            wgmma_fwd_version<WgFwdConfig<2, 128, 3, 128>>(),  // 2 warpgroups, 128-key blocks (225 KB)
+            wgmma_fwd_version<WgFwdConfig<2, 64, 4, 128>>(),   // 2 warpgroups, 64-key blocks
+            wgmma_fwd_version<WgFwdConfig<3, 64, 3, 128>>(),   // 3 warpgroups (168-register cap), 64-key blocks
+            wgmma_fwd_version<WgFwdConfig<3, 64, 4, 128>>()};
 }
 // The Hopper backward (Dh 64 only, sm_90a) with NWG warpgroups per block.
 template <class W>
@@ -329,26 +322,32 @@ void validate(const Case& c, std::mt19937& rng, cudaStream_t stream) {
     }
 }
 
-// The library's forward and backward, three times each on the same inputs: bitwise the same outputs.
-void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream) {
+// Three runs on the same inputs give bitwise the same outputs: the library's forward and backward each run
+// (o, lse, dq, dk, dv), or, with `bv` (a dev backward: v7), the library's forward once and bv each run (dq, dk, dv).
+void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream, const BwdVersion* bv = nullptr) {
     const AttentionShape a{c.B, c.T, c.H, c.KVH, c.Dh};
     const size_t nq = size_t(c.B) * c.T * c.H * c.Dh, nk = size_t(c.B) * c.T * c.KVH * c.Dh, nl = size_t(c.B) * c.H * c.T;
     DevBuf q(nq * 2), k(nk * 2), v(nk * 2), dO(nq * 2), o(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
-    DevBuf ws(flash_attention_backward_workspace(a)), doc(size_t(c.B) * c.T * 4);
+    DevBuf ws(bv ? bv->workspace(a) : flash_attention_backward_workspace(a)), doc(size_t(c.B) * c.T * 4);
     fill_random(q, seed, c.q_scale), fill_random(k, seed + 1, 1.f), fill_random(v, seed + 2, 1.f), fill_random(dO, seed + 3, 1.f);
     std::mt19937 rng(seed);
     if (c.docs) upload(doc, random_docs(rng, c.B, c.T));
     const int32_t* doc_ptr = c.docs ? doc.as<int32_t>() : nullptr;
-    std::vector<unsigned char> first[5];
+    auto forward = [&] { flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream); };
+    const BwdFn backward = bv ? bv->run : flash_attention_backward;
+    std::vector<DevBuf*> outs = {&dq, &dk, &dv};
+    if (bv) forward();
+    else outs.insert(outs.begin(), {&o, &lse});
+    std::vector<std::vector<unsigned char>> first(outs.size());
     bool same = true;
     for (int run = 0; run < 3; ++run) {
-        o.poison(), lse.poison(), dq.poison(), dk.poison(), dv.poison(), ws.poison();
-        flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream);
-        flash_attention_backward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(),
-                                 doc_ptr, dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
+        for (DevBuf* b : outs) b->poison();
+        ws.poison();
+        if (!bv) forward();
+        backward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(), doc_ptr, dq.as<bf16>(),
+                 dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
         check_cuda(cudaStreamSynchronize(stream), "determinism run");
-        const DevBuf* outs[5] = {&o, &lse, &dq, &dk, &dv};
-        for (int t = 0; t < 5; ++t) {
+        for (size_t t = 0; t < outs.size(); ++t) {
             std::vector<unsigned char> bytes = download_bytes(*outs[t]);
             if (run == 0) first[t] = std::move(bytes);
             else same = same && bytes == first[t];
@@ -357,39 +356,8 @@ void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream) {
     // NaNs would compare equal bytewise: make sure the outputs are also finite.
     bool finite = true;
     for (float x : download_bf16(dq, nq)) finite = finite && std::isfinite(x);
-    record("determinism " + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
-}
-
-// A dev backward (v7: sm90a, exact_dh set), three times on the same inputs after the library's forward:
-// bitwise the same dq, dk, dv.
-void check_determinism_version(const BwdVersion& bv, const Case& c, uint32_t seed, cudaStream_t stream) {
-    const AttentionShape a{c.B, c.T, c.H, c.KVH, c.Dh};
-    const size_t nq = size_t(c.B) * c.T * c.H * c.Dh, nk = size_t(c.B) * c.T * c.KVH * c.Dh, nl = size_t(c.B) * c.H * c.T;
-    DevBuf q(nq * 2), k(nk * 2), v(nk * 2), dO(nq * 2), o(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
-    DevBuf ws(bv.workspace(a)), doc(size_t(c.B) * c.T * 4);
-    fill_random(q, seed, c.q_scale), fill_random(k, seed + 1, 1.f), fill_random(v, seed + 2, 1.f), fill_random(dO, seed + 3, 1.f);
-    std::mt19937 rng(seed);
-    if (c.docs) upload(doc, random_docs(rng, c.B, c.T));
-    const int32_t* doc_ptr = c.docs ? doc.as<int32_t>() : nullptr;
-    flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream);
-    std::vector<unsigned char> first[3];
-    bool same = true;
-    for (int run = 0; run < 3; ++run) {
-        dq.poison(), dk.poison(), dv.poison(), ws.poison();
-        bv.run(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(), doc_ptr, dq.as<bf16>(),
-               dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
-        check_cuda(cudaStreamSynchronize(stream), "determinism run");
-        const DevBuf* outs[3] = {&dq, &dk, &dv};
-        for (int t = 0; t < 3; ++t) {
-            std::vector<unsigned char> bytes = download_bytes(*outs[t]);
-            if (run == 0) first[t] = std::move(bytes);
-            else same = same && bytes == first[t];
-        }
-    }
-    bool finite = true;
-    for (float x : download_bf16(dq, nq)) finite = finite && std::isfinite(x);
     for (float x : download_bf16(dk, nk)) finite = finite && std::isfinite(x);
-    record("determinism " + bv.name + " " + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
+    record("determinism " + (bv ? bv->name + " " : std::string()) + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
 }
 
 // ---------------------------------------------------------------------------------------------- benchmark
@@ -513,10 +481,10 @@ int main(int argc, char** argv) {
     print_resources<WgFwdConfig<3, 96, 4>>("v5 fwd wgmma BR192 BC96 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 96, 4>>);
     print_resources<WgFwdConfig<2, 128, 4>>("v5 fwd wgmma BR128 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 4>>);
     if (wgmma_available()) {  // (225 KB of shared memory: more than GPUs before Hopper allow a block)
-        print_resources<WgFwdD128Config<2, 128, 3>>("v6 fwd D128 wgmma BR128 BC128 3st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<2, 128, 3>>);
-        print_resources<WgFwdD128Config<2, 64, 4>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<2, 64, 4>>);
-        print_resources<WgFwdD128Config<3, 64, 3>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<3, 64, 3>>);
-        print_resources<WgFwdD128Config<3, 64, 4>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_d128_kernel<WgFwdD128Config<3, 64, 4>>);
+        print_resources<WgFwdConfig<2, 128, 3, 128>>("v6 fwd D128 wgmma BR128 BC128 3st", flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 3, 128>>);
+        print_resources<WgFwdConfig<2, 64, 4, 128>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 64, 4, 128>>);
+        print_resources<WgFwdConfig<3, 64, 3, 128>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 3, 128>>);
+        print_resources<WgFwdConfig<3, 64, 4, 128>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 4, 128>>);
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
     }
@@ -544,8 +512,8 @@ int main(int argc, char** argv) {
         check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
         for (const BwdVersion& bv : bwd_versions())  // the dev Hopper backwards at head_dim 128 (v7)
             if (bv.sm90a && bv.exact_dh == 128 && runs(bv, 128)) {
-                check_determinism_version(bv, {1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
-                check_determinism_version(bv, {2, 1536, 16, 8, 128, false, 1.f}, seed + 17, stream);
+                check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream, &bv);
+                check_determinism({2, 1536, 16, 8, 128, false, 1.f}, seed + 17, stream, &bv);
             }
     }
 

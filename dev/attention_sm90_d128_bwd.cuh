@@ -8,10 +8,9 @@
 // BwdFn). Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
 // register/shared), the mbarrier/TMA helpers, head_rows_map and load_tile_sw128; from attention.cu BwdArgs,
 // prepare_backward (counters zeroed, D = rowsum(dO o)), wait_counter, st_release, the workspace layout
-// (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles); from attention_sm90_d128.cuh wgmma_d128_applies.
-// dev/attention.cu includes it after attention_sm90_d128.cuh.
+// (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). dev/attention.cu includes it after ../kernels/attention.cu.
 //
-// Tiles as at head_dim 128 in the forward (attention_sm90_d128.cuh): a 128-byte swizzled row holds 64 bf16, so
+// Tiles as at head_dim 128 in the forward (flash_forward_wgmma_kernel with WgFwdConfig's D = 128): a 128-byte swizzled row holds 64 bf16, so
 // each K, V, Q, dO tile is two column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms
 // of 1024 bytes); Q and dO come by the TMA (head_rows_map with 2H heads: half c of head h is map head 2h + c),
 // K and V once per block by cp.async (load_tile_sw128 per half). The block: NWG warpgroups, each owning 64
@@ -357,7 +356,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
             }
     }
 #else
-    __trap();  // launched only where wgmma_d128_applies() says the sm_90a code is there
+    __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif
 }
 
@@ -368,7 +367,7 @@ void hopper_backward_d128(const AttentionShape& a, const bf16* q, const bf16* k,
                           cudaStream_t stream) {
     static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
-    if (!wgmma_d128_applies(a, {q, k, v, dO, dq, dk, dv}))
+    if (a.Dh != 128 || !all_aligned({q, k, v, dO, dq, dk, dv}, 16) || !wgmma_available())
         fail("flash attention: the head_dim 128 wgmma backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
     if (!configured) {

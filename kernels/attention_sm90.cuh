@@ -1,9 +1,11 @@
-// kernels/attention_sm90.cuh — the fused attention kernels for Hopper (H100, H200; an sm_90a build), head_dim 64:
-// the same math, tiles' order, masks and deterministic dq accumulation as attention.cu's mma.sync kernels,
-// with every product on wgmma (the warpgroup-wide asynchronous MMA reading its operands from 128-byte
-// swizzled shared memory) and, in the forward, the loads on the Tensor Memory Accelerator.
-//   forward   flash_forward_wgmma_kernel: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA stages,
-//             FlashAttention-3's overlap of one key block's softmax with the next block's products
+// kernels/attention_sm90.cuh — the fused attention kernels for Hopper (H100, H200; an sm_90a build), head_dim 64
+// (forward and backward) and 128 (forward): the same math, tiles' order, masks and deterministic dq accumulation
+// as attention.cu's mma.sync kernels, with every product on wgmma (the warpgroup-wide asynchronous MMA reading
+// its operands from 128-byte swizzled shared memory) and, in the forward, the loads on the Tensor Memory Accelerator.
+//   forward   flash_forward_wgmma_kernel: head_dim 64: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA
+//             stages; head_dim 128 (dev/attention's v6; the library runs attention.cu's forward there until
+//             the GPU suite has run on it): 2 warpgroups, each row as two 64-column halves; FlashAttention-3's
+//             overlap of one key block's softmax with the next block's products
 //   backward  flash_backward_wgmma_kernel: flash_backward_kernel's steps, one warpgroup per 64 keys, each
 //             step's Q and dO tiles brought by the TMA (one thread, completing on an mbarrier)
 // attention.cu includes this file after its own kernels (it uses FwdArgs, BwdArgs, run_backward,
@@ -510,8 +512,8 @@ void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k
 }
 
 // ---------------------------------------------------------------------------------------------- forward, Hopper
-// flash_forward_kernel's algorithm (attention.cu) for Dh = 64 (16-byte aligned rows) with its products on
-// wgmma and its loads on the Tensor Memory Accelerator (sm_90a).
+// flash_forward_kernel's algorithm (attention.cu) for Dh = 64 and 128 (16-byte aligned rows) with its products
+// on wgmma and its loads on the Tensor Memory Accelerator (sm_90a).
 // Tile scheme: a block owns BR = 64 NWG query rows of one (b, h) and NWG warpgroups, each owning 64 of the
 // rows (warp w: rows 16w.., as wgmma's accumulators lay them), and walks key blocks of BC keys from the block
 // holding doc_start of its first row up to the diagonal; blocks with the longest key ranges start first.
@@ -532,33 +534,44 @@ void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k
 // products.
 // Nothing is in flight across a branch: the mask is chosen per key block before the products are issued
 // (ptxas would serialize every wgmma of the kernel).
-template <int NWG_, int BC_, int NS_>
-struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages of K and V
-    static constexpr int NWG = NWG_, BC = BC_, NS = NS_;
-    static constexpr int D = 64, BR = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
-    static constexpr uint32_t STAGE = 2 * BC * ROW;                              // K [BC] then V [BC] rows
-    static constexpr size_t smem = 1024 + size_t(BR) * ROW + size_t(NS) * STAGE;  // alignment; Q; stages
-    static_assert((BC == 64 || BC == 96 || BC == 128) && NS >= 2 && NWG <= 3, "tile shape (a TMA box has at most 256 rows)");
+// Head_dim 128: a 128-byte swizzled row holds 64 bf16, so each Q, K, V tile is HALVES = D / 64 tiles of 64
+// columns ("halves"), each an ordinary swizzled tile brought by its own TMA copy from a map that sees
+// [B, T, heads, D] as [B, T, HALVES heads, 64] (half c of head h is map head HALVES h + c). S = Q K^T takes 4
+// k-steps per half; O += P V is one n64 product per half of V, into o[c] (columns 64c..64c+63). Registers per
+// thread at D 128: O 64, S BC/2, P BC/4, all live at once, so BC 128 fits 2 warpgroups (255 registers at
+// 256 threads), not 3 (168).
+template <int NWG_, int BC_, int NS_, int D_ = 64>
+struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages of K and V, head_dim D (64 or 128)
+    static constexpr int NWG = NWG_, BC = BC_, NS = NS_, D = D_;
+    static constexpr int HALVES = D / 64, BR = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
+    static constexpr uint32_t Q_HALF = uint32_t(BR) * ROW, KV_HALF = uint32_t(BC) * ROW;  // bytes of one 64-column half
+    static constexpr uint32_t STAGE = 2 * HALVES * KV_HALF;                              // K's halves, then V's
+    static constexpr size_t smem = 1024 + HALVES * size_t(Q_HALF) + size_t(NS) * STAGE;  // alignment; Q; stages
+    static_assert((D == 64 || D == 128) && (BC == 64 || BC == 96 || BC == 128) && NS >= 2 && NWG <= 3,
+                  "tile shape (a TMA box has at most 256 rows)");
+    static_assert(smem + (2 * NS + 1) * 8 <= 227 * 1024, "shared memory: at most 227 KB per block");
 };
 
 #if ATTENTION_WGMMA
-// s = Q K^T for one key block (descriptors of this warpgroup's Q rows and of the K block): k = Dh in 4 steps
-// of 16, 32 bytes apart (K-major)
-template <int NT>
-__device__ __forceinline__ void wg_scores(float (&s)[NT][4], uint64_t dq, uint64_t dk) {
-    if constexpr (NT == 16) {
-        wgmma_64x128_ss<0, 0, 0>(s, dq, dk);
+// One k-step of 16 of s[64 x BC] (+)= A B, both K-major from shared memory (ACC = 0: s = A B).
+template <int NT, int ACC>
+__device__ __forceinline__ void wg_qk_step(float (&s)[NT][4], uint64_t a, uint64_t b) {
+    if constexpr (NT == 16) wgmma_64x128_ss<0, 0, ACC>(s, a, b);
+    else if constexpr (NT == 12) wgmma_64x96_ss<0, 0, ACC>(s, a, b);
+    else wgmma_64x64_ss<0, 0, ACC>(s, a, b);
+}
+// s = Q K^T for one key block: k = Dh in 4 steps of 16 per 64-column half, 32 bytes apart (K-major); dq[c]
+// and dk + c * k_half: half c of this warpgroup's Q rows and of the K block.
+template <int HALVES, int NT>
+__device__ __forceinline__ void wg_scores(float (&s)[NT][4], const uint64_t (&dq)[HALVES], uint64_t dk, uint32_t k_half) {
+    wg_qk_step<NT, 0>(s, dq[0], dk);
 #pragma unroll
-        for (int kk = 1; kk < 4; ++kk) wgmma_64x128_ss<0, 0, 1>(s, sw128_desc_plus(dq, kk * 32), sw128_desc_plus(dk, kk * 32));
-    } else if constexpr (NT == 12) {
-        wgmma_64x96_ss<0, 0, 0>(s, dq, dk);
+    for (int kk = 1; kk < 4; ++kk) wg_qk_step<NT, 1>(s, sw128_desc_plus(dq[0], kk * 32), sw128_desc_plus(dk, kk * 32));
 #pragma unroll
-        for (int kk = 1; kk < 4; ++kk) wgmma_64x96_ss<0, 0, 1>(s, sw128_desc_plus(dq, kk * 32), sw128_desc_plus(dk, kk * 32));
-    } else {
-        wgmma_64x64_ss<0, 0, 0>(s, dq, dk);
+    for (int c = 1; c < HALVES; ++c)
 #pragma unroll
-        for (int kk = 1; kk < 4; ++kk) wgmma_64x64_ss<0, 0, 1>(s, sw128_desc_plus(dq, kk * 32), sw128_desc_plus(dk, kk * 32));
-    }
+        for (int kk = 0; kk < 4; ++kk)
+            wg_qk_step<NT, 1>(s, sw128_desc_plus(dq[c], kk * 32), sw128_desc_plus(dk, c * k_half + kk * 32));
 }
 // o += P V for one key block (descriptor of the V block): k = keys in steps of 16 rows, 2048 bytes apart (MN-major)
 template <int KC>
@@ -627,16 +640,19 @@ __device__ __forceinline__ void wg_pack(const float (&s)[NT][4], uint32_t (&pa)[
 #endif
 
 // o[t] = sum_j softmax_j(scale q_t . k_j) v_j over doc_start[t] <= j <= t;  lse[t] = log sum_j exp(...)
-// tm_q, tm_k, tm_v: q, k, v as 4-D maps (d, head, t, b) whose boxes are BR (q) or BC (k, v) tokens of one head.
+// tm_q, tm_k, tm_v: q, k, v as 4-D maps (64 columns, HALVES heads, t, b) whose boxes are BR (q) or BC (k, v)
+// tokens of one half of one head.
 template <class W>
 __global__ void __launch_bounds__(W::THREADS, 1)
     flash_forward_wgmma_kernel(const FwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                const __grid_constant__ CUtensorMap tm_v) {
 #if ATTENTION_WGMMA
-    constexpr int NWG = W::NWG, BR = W::BR, BC = W::BC, NS = W::NS, ROW = W::ROW, NT = BC / 8, KC = BC / 16;
+    constexpr int NWG = W::NWG, BR = W::BR, BC = W::BC, NS = W::NS, ROW = W::ROW, HV = W::HALVES, NT = BC / 8, KC = BC / 16;
+    constexpr uint32_t QH = W::Q_HALF, KH = W::KV_HALF;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ __align__(8) uint64_t bars[2 * NS + 1];  // full [NS], empty [NS], Q
-    const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sS = sQ + BR * ROW;  // Q [BR] rows, then the stages
+    // Q: half c [BR][128 B] at sQ + c QH; stage st at sS + st STAGE: K's halves, then V's, [BC][128 B] each
+    const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sS = sQ + HV * QH;
     const uint32_t full = smem_u32(bars), empty = full + 8 * NS, qbar = full + 16 * NS;
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4, tq = lane % 4;
@@ -659,33 +675,47 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         mbar_init_fence();
     }
     __syncthreads();
-    // Key block n (K then V) into stage n % NS (thread 0).
+    // Key block n (K's halves, then V's) into stage n % NS (thread 0).
     auto load_block = [&](int n) {
         const uint32_t bar = full + 8 * (n % NS), dst = sS + (n % NS) * W::STAGE;
         mbar_arrive_expect_tx(bar, W::STAGE);
-        tma_load_4d(dst, &tm_k, bar, 0, g, (kt_begin + n) * BC, b);
-        tma_load_4d(dst + BC * ROW, &tm_v, bar, 0, g, (kt_begin + n) * BC, b);
+        for (int c = 0; c < HV; ++c) {
+            tma_load_4d(dst + c * KH, &tm_k, bar, 0, HV * g + c, (kt_begin + n) * BC, b);
+            tma_load_4d(dst + (HV + c) * KH, &tm_v, bar, 0, HV * g + c, (kt_begin + n) * BC, b);
+        }
     };
     if (tid == 0) {
-        mbar_arrive_expect_tx(qbar, BR * ROW);
-        tma_load_4d(sQ, &tm_q, qbar, 0, h, q0, b);
+        mbar_arrive_expect_tx(qbar, HV * QH);
+        for (int c = 0; c < HV; ++c) tma_load_4d(sQ + c * QH, &tm_q, qbar, 0, HV * h + c, q0, b);
         for (int n = 0; n < min(NS, n_blocks); ++n) load_block(n);
     }
-    const uint64_t desc_q = sw128_desc(sQ + wg * 64 * ROW, false);                       // this warpgroup's Q rows
-    const uint64_t desc_k0 = sw128_desc(sS, false), desc_v0 = sw128_desc(sS + BC * ROW, true);  // stage 0's K, V
+    uint64_t desc_q[HV];  // this warpgroup's Q rows, half by half
+#pragma unroll
+    for (int c = 0; c < HV; ++c) desc_q[c] = sw128_desc(sQ + c * QH + wg * 64 * ROW, false);
+    const uint64_t desc_k0 = sw128_desc(sS, false), desc_v0 = sw128_desc(sS + HV * KH, true);  // stage 0's K, V (half 0)
     auto stage_desc = [&](uint64_t desc0, int n) { return sw128_desc_plus(desc0, (n % NS) * W::STAGE); };
 
-    float o[8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+    float o[HV][8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];  // o[c]: columns 64c..64c+63
 #pragma unroll
-    for (int nd = 0; nd < 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    for (int c = 0; c < HV; ++c)
+#pragma unroll
+        for (int nd = 0; nd < 8; ++nd) o[c][nd][0] = o[c][nd][1] = o[c][nd][2] = o[c][nd][3] = 0.f;
     uint32_t pa[KC][4];  // P of the key block whose P V is next
+    auto pv = [&](int n) {  // o += P V of key block n, half by half of V
+#pragma unroll
+        for (int c = 0; c < HV; ++c) wg_pv(o[c], pa, sw128_desc_plus(stage_desc(desc_v0, n), c * KH));
+    };
+    auto pin_o = [&] {
+#pragma unroll
+        for (int c = 0; c < HV; ++c) wgmma_pin(o[c]);
+    };
 
     mbar_wait(qbar, 0);
     mbar_wait(full, 0);
     {  // the first key block: S, softmax
         float s[NT][4];
         wgmma_fence();
-        wg_scores(s, desc_q, desc_k0);
+        wg_scores(s, desc_q, desc_k0, KH);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_pin(s);
@@ -703,21 +733,24 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     // P V: the other warpgroups' products fill the tensor cores. dev/NOTES.md, "wgmma forward".)
     auto step = [&](auto mask, int n) {
         float s[NT][4], m_use[2];
-        wgmma_pin(o);  // (o *= alpha and the packing of pa stay above the fence)
+        pin_o();  // (o *= alpha and the packing of pa stay above the fence)
         wgmma_pin(pa);
         wgmma_fence();
-        wg_scores(s, desc_q, stage_desc(desc_k0, n + 1));
+        wg_scores(s, desc_q, stage_desc(desc_k0, n + 1), KH);
         wgmma_commit();
-        wg_pv(o, pa, stage_desc(desc_v0, n));
+        pv(n);
         wgmma_commit();
         wgmma_wait<1>();  // S
         wgmma_pin(s);
         wg_row_max<decltype(mask)::value>(s, m, alpha, m_use, p.scale_log2, (kt_begin + n + 1) * BC + 2 * tq, row0, row_ds, T);
         wg_exp(s, l, alpha, m_use, p.scale_log2);
         wgmma_wait<0>();  // P V
-        wgmma_pin(o);
+        pin_o();
 #pragma unroll
-        for (int nd = 0; nd < 8; ++nd) o[nd][0] *= alpha[0], o[nd][1] *= alpha[0], o[nd][2] *= alpha[1], o[nd][3] *= alpha[1];
+        for (int c = 0; c < HV; ++c)
+#pragma unroll
+            for (int nd = 0; nd < 8; ++nd)
+                o[c][nd][0] *= alpha[0], o[c][nd][1] *= alpha[0], o[c][nd][2] *= alpha[1], o[c][nd][3] *= alpha[1];
         wg_pack(s, pa);
     };
     for (int n = 0; n + 1 < n_blocks; ++n) {
@@ -733,13 +766,13 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     }
 
     // The last block's P V
-    wgmma_pin(o);
+    pin_o();
     wgmma_pin(pa);
     wgmma_fence();
-    wg_pv(o, pa, stage_desc(desc_v0, n_blocks - 1));
+    pv(n_blocks - 1);
     wgmma_commit();
     wgmma_wait<0>();
-    wgmma_pin(o);
+    pin_o();
 
     // o = O / l, lse = (m + log2 l) ln 2
 #pragma unroll
@@ -752,9 +785,11 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         if (row < T) {
             bf16* orow = p.o + (int64_t(b) * T + row) * (int64_t(H) * W::D) + int64_t(h) * W::D;
 #pragma unroll
-            for (int nd = 0; nd < 8; ++nd)
-                *reinterpret_cast<__nv_bfloat162*>(orow + nd * 8 + 2 * tq) =
-                    __floats2bfloat162_rn(o[nd][2 * hf] * inv, o[nd][2 * hf + 1] * inv);
+            for (int c = 0; c < HV; ++c)
+#pragma unroll
+                for (int nd = 0; nd < 8; ++nd)
+                    *reinterpret_cast<__nv_bfloat162*>(orow + c * 64 + nd * 8 + 2 * tq) =
+                        __floats2bfloat162_rn(o[c][nd][2 * hf] * inv, o[c][nd][2 * hf + 1] * inv);
             if (tq == 0) p.lse[(int64_t(b) * H + h) * T + row] = m[hf] * kLn2 + logf(lt);
         }
     }
@@ -763,11 +798,18 @@ __global__ void __launch_bounds__(W::THREADS, 1)
 #endif
 }
 
+// The forward's conditions: Dh = W::D with 16-byte aligned rows, on a GPU that runs the sm_90a code.
+template <class W>
+bool wgmma_forward_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
+    return a.Dh == W::D && all_aligned(ptrs, 16) && wgmma_available();
+}
+
 template <class W>
 void launch_forward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o,
                           float* lse, cudaStream_t stream) {
-    if (!wgmma_applies(a, {q, k, v, o}))
-        fail("flash attention: the wgmma forward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    if (!wgmma_forward_applies<W>(a, {q, k, v, o}))
+        fail("flash attention: this wgmma forward needs head_dim " + std::to_string(W::D) +
+             ", 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
     if (!configured) {
         check_cuda(cudaFuncSetAttribute(flash_forward_wgmma_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
@@ -775,8 +817,10 @@ void launch_forward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k,
         configured = true;
     }
     const FwdArgs p{q, k, v, doc_start, o, lse, a.B, a.T, a.H, a.KVH, a.Dh, float(kLog2e / std::sqrt(double(a.Dh))), true};
-    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_k = head_rows_map(k, a.B, a.T, a.KVH, W::BC),
-                      tm_v = head_rows_map(v, a.B, a.T, a.KVH, W::BC);
+    // head_dim D as HALVES heads of 64 columns: half c of head h is map head HALVES h + c
+    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, W::HALVES * a.H, W::BR),
+                      tm_k = head_rows_map(k, a.B, a.T, W::HALVES * a.KVH, W::BC),
+                      tm_v = head_rows_map(v, a.B, a.T, W::HALVES * a.KVH, W::BC);
     const dim3 grid(unsigned(a.B * a.H), unsigned((a.T + W::BR - 1) / W::BR));
     flash_forward_wgmma_kernel<W><<<grid, W::THREADS, W::smem, stream>>>(p, tm_q, tm_k, tm_v);
     check_launch("flash_forward_wgmma_kernel");
