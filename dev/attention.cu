@@ -324,26 +324,32 @@ void validate(const Case& c, std::mt19937& rng, cudaStream_t stream) {
     }
 }
 
-// The library's forward and backward, three times each on the same inputs: bitwise the same outputs.
-void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream) {
+// Three runs on the same inputs give bitwise the same outputs: the library's forward and backward each run
+// (o, lse, dq, dk, dv), or, with `bv` (a dev backward: v7), the library's forward once and bv each run (dq, dk, dv).
+void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream, const BwdVersion* bv = nullptr) {
     const AttentionShape a{c.B, c.T, c.H, c.KVH, c.Dh};
     const size_t nq = size_t(c.B) * c.T * c.H * c.Dh, nk = size_t(c.B) * c.T * c.KVH * c.Dh, nl = size_t(c.B) * c.H * c.T;
     DevBuf q(nq * 2), k(nk * 2), v(nk * 2), dO(nq * 2), o(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
-    DevBuf ws(flash_attention_backward_workspace(a)), doc(size_t(c.B) * c.T * 4);
+    DevBuf ws(bv ? bv->workspace(a) : flash_attention_backward_workspace(a)), doc(size_t(c.B) * c.T * 4);
     fill_random(q, seed, c.q_scale), fill_random(k, seed + 1, 1.f), fill_random(v, seed + 2, 1.f), fill_random(dO, seed + 3, 1.f);
     std::mt19937 rng(seed);
     if (c.docs) upload(doc, random_docs(rng, c.B, c.T));
     const int32_t* doc_ptr = c.docs ? doc.as<int32_t>() : nullptr;
-    std::vector<unsigned char> first[5];
+    auto forward = [&] { flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream); };
+    const BwdFn backward = bv ? bv->run : flash_attention_backward;
+    std::vector<DevBuf*> outs = {&dq, &dk, &dv};
+    if (bv) forward();
+    else outs.insert(outs.begin(), {&o, &lse});
+    std::vector<std::vector<unsigned char>> first(outs.size());
     bool same = true;
     for (int run = 0; run < 3; ++run) {
-        o.poison(), lse.poison(), dq.poison(), dk.poison(), dv.poison(), ws.poison();
-        flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream);
-        flash_attention_backward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(),
-                                 doc_ptr, dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
+        for (DevBuf* b : outs) b->poison();
+        ws.poison();
+        if (!bv) forward();
+        backward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(), doc_ptr, dq.as<bf16>(),
+                 dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
         check_cuda(cudaStreamSynchronize(stream), "determinism run");
-        const DevBuf* outs[5] = {&o, &lse, &dq, &dk, &dv};
-        for (int t = 0; t < 5; ++t) {
+        for (size_t t = 0; t < outs.size(); ++t) {
             std::vector<unsigned char> bytes = download_bytes(*outs[t]);
             if (run == 0) first[t] = std::move(bytes);
             else same = same && bytes == first[t];
@@ -352,39 +358,8 @@ void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream) {
     // NaNs would compare equal bytewise: make sure the outputs are also finite.
     bool finite = true;
     for (float x : download_bf16(dq, nq)) finite = finite && std::isfinite(x);
-    record("determinism " + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
-}
-
-// A dev backward (v7: sm90a, exact_dh set), three times on the same inputs after the library's forward:
-// bitwise the same dq, dk, dv.
-void check_determinism_version(const BwdVersion& bv, const Case& c, uint32_t seed, cudaStream_t stream) {
-    const AttentionShape a{c.B, c.T, c.H, c.KVH, c.Dh};
-    const size_t nq = size_t(c.B) * c.T * c.H * c.Dh, nk = size_t(c.B) * c.T * c.KVH * c.Dh, nl = size_t(c.B) * c.H * c.T;
-    DevBuf q(nq * 2), k(nk * 2), v(nk * 2), dO(nq * 2), o(nq * 2), lse(nl * 4), dq(nq * 2), dk(nk * 2), dv(nk * 2);
-    DevBuf ws(bv.workspace(a)), doc(size_t(c.B) * c.T * 4);
-    fill_random(q, seed, c.q_scale), fill_random(k, seed + 1, 1.f), fill_random(v, seed + 2, 1.f), fill_random(dO, seed + 3, 1.f);
-    std::mt19937 rng(seed);
-    if (c.docs) upload(doc, random_docs(rng, c.B, c.T));
-    const int32_t* doc_ptr = c.docs ? doc.as<int32_t>() : nullptr;
-    flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream);
-    std::vector<unsigned char> first[3];
-    bool same = true;
-    for (int run = 0; run < 3; ++run) {
-        dq.poison(), dk.poison(), dv.poison(), ws.poison();
-        bv.run(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), dO.as<bf16>(), lse.as<float>(), doc_ptr, dq.as<bf16>(),
-               dk.as<bf16>(), dv.as<bf16>(), ws.p, stream);
-        check_cuda(cudaStreamSynchronize(stream), "determinism run");
-        const DevBuf* outs[3] = {&dq, &dk, &dv};
-        for (int t = 0; t < 3; ++t) {
-            std::vector<unsigned char> bytes = download_bytes(*outs[t]);
-            if (run == 0) first[t] = std::move(bytes);
-            else same = same && bytes == first[t];
-        }
-    }
-    bool finite = true;
-    for (float x : download_bf16(dq, nq)) finite = finite && std::isfinite(x);
     for (float x : download_bf16(dk, nk)) finite = finite && std::isfinite(x);
-    record("determinism " + bv.name + " " + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
+    record("determinism " + (bv ? bv->name + " " : std::string()) + shape_text(c), same ? "3 runs bitwise equal" : "runs differ", same && finite);
 }
 
 // ---------------------------------------------------------------------------------------------- benchmark
@@ -539,8 +514,8 @@ int main(int argc, char** argv) {
         check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
         for (const BwdVersion& bv : bwd_versions())  // the dev Hopper backwards at head_dim 128 (v7)
             if (bv.sm90a && bv.exact_dh == 128 && runs(bv, 128)) {
-                check_determinism_version(bv, {1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
-                check_determinism_version(bv, {2, 1536, 16, 8, 128, false, 1.f}, seed + 17, stream);
+                check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream, &bv);
+                check_determinism({2, 1536, 16, 8, 128, false, 1.f}, seed + 17, stream, &bv);
             }
     }
 
