@@ -77,6 +77,9 @@ $(B)/run_tests: $(TEST_OBJS) $(OBJS)
 $(B)/tokenize_bench: $(B)/bench/tokenize_bench.o $(OBJS)
 	$(CXX) -o $@ $^ $(LDLIBS)
 
+$(B)/gemv_bench: $(B)/bench/gemv_bench.o $(OBJS)
+	$(CXX) -o $@ $^ $(LDLIBS)
+
 $(B)/%.o: %.cpp $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c -o $@ $<
@@ -100,7 +103,7 @@ data:
 test: $(B)/run_tests train data
 	./$(B)/run_tests
 
-bench: $(B)/tokenize_bench data
+bench: $(B)/tokenize_bench $(B)/gemv_bench data
 
 clean:
 	rm -rf $(B) train

@@ -215,31 +215,57 @@ __global__ void kv_cache_write_kernel(const bf16* k, const bf16* v, bf16* k_cach
 }
 
 // o[b, h] = sum_{j <= positions[b]} softmax_j(q[b, h] . k[b, j, g] / sqrt(Dh)) v[b, j, g]   (a block per (h, b))
-__global__ void decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o,
-                                        float* scores, int max_len, int H, int KVH, int Dh) {
+// A thread per key for the scores (q in shared memory, k in 16-byte loads); then the weights p_j =
+// exp(s_j - max) in place of the scores; then o with a warp per key j (mod the warps) and the lanes across
+// Dh, the warps' partial sums added in a fixed order. Dh a multiple of 8, at most kDecodeMaxDh.
+constexpr int kDecodeThreads = 256, kDecodeMaxDh = 256;
+__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache,
+                                                                          const int32_t* positions, bf16* o, float* scores, int max_len,
+                                                                          int H, int KVH, int Dh) {
+    constexpr int kWarps = kDecodeThreads / 32, kPerLane = kDecodeMaxDh / 32;
+    __shared__ float qs[kDecodeMaxDh];
+    __shared__ float partial[kWarps][kDecodeMaxDh];
     int h = blockIdx.x, b = blockIdx.y, g = h / (H / KVH), len = positions[b] + 1;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float* s = scores + (int64_t(b) * H + h) * max_len;
-    const bf16* qh = q + (int64_t(b) * H + h) * Dh;
-    const bf16* kb = k_cache + int64_t(b) * max_len * KVH * Dh;
-    const bf16* vb = v_cache + int64_t(b) * max_len * KVH * Dh;
+    const bf16* kb = k_cache + int64_t(b) * max_len * KVH * Dh + int64_t(g) * Dh;  // key j at kb + j * KVH * Dh
+    const bf16* vb = v_cache + int64_t(b) * max_len * KVH * Dh + int64_t(g) * Dh;
+    const int64_t row = int64_t(KVH) * Dh;
     float scale = rsqrtf(float(Dh));
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        const bf16* kj = kb + (int64_t(j) * KVH + g) * Dh;
-        float acc = 0;
-        for (int d = 0; d < Dh; ++d) acc += __bfloat162float(qh[d]) * __bfloat162float(kj[d]);
-        s[j] = acc * scale;
-    }
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) qs[d] = __bfloat162float(q[(int64_t(b) * H + h) * Dh + d]);
     __syncthreads();
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) m = fmaxf(m, s[j]);
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {  // s_j = q . k_j / sqrt(Dh)
+        float acc = 0, kf[8];
+        for (int d = 0; d < Dh; d += 8) {
+            load_bf16<8>(kb + j * row + d, kf);
+            for (int e = 0; e < 8; ++e) acc = fmaf(qs[d + e], kf[e], acc);
+        }
+        s[j] = acc * scale;
+        m = fmaxf(m, s[j]);
+    }
     m = block_max(m);
     float sum = 0;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) sum += __expf(s[j] - m);
-    sum = block_sum(sum);
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {  // p_j = exp(s_j - m), written over s_j by the thread that wrote it
+        float p = __expf(s[j] - m);
+        s[j] = p;
+        sum += p;
+    }
+    sum = block_sum(sum);  // its barriers also make every p_j visible to the block
+    float acc[kPerLane] = {};
+#pragma unroll 4
+    for (int j = warp; j < len; j += kWarps) {  // this warp's share of sum_j p_j v_j
+        float p = s[j];
+        for (int t = 0; t < kPerLane; ++t)
+            if (lane + 32 * t < Dh) acc[t] = fmaf(p, __bfloat162float(vb[j * row + lane + 32 * t]), acc[t]);
+    }
+    for (int t = 0; t < kPerLane; ++t)
+        if (lane + 32 * t < Dh) partial[warp][lane + 32 * t] = acc[t];
+    __syncthreads();
     for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
-        float acc = 0;
-        for (int j = 0; j < len; ++j) acc += __expf(s[j] - m) * __bfloat162float(vb[(int64_t(j) * KVH + g) * Dh + d]);
-        o[(int64_t(b) * H + h) * Dh + d] = __float2bfloat16(acc / sum);
+        float total = 0;
+        for (int w = 0; w < kWarps; ++w) total += partial[w][d];
+        o[(int64_t(b) * H + h) * Dh + d] = __float2bfloat16(total / sum);
     }
 }
 
@@ -253,6 +279,9 @@ void kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, 
 
 void decode_attention(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o, float* scores, int B,
                       int max_len, int H, int KVH, int Dh, cudaStream_t stream) {
-    decode_attention_kernel<<<dim3(unsigned(H), unsigned(B)), 128, 0, stream>>>(q, k_cache, v_cache, positions, o, scores, max_len, H, KVH, Dh);
+    if (Dh % 8 != 0 || Dh > kDecodeMaxDh)
+        exit_with_error("decode_attention: head_dim " + std::to_string(Dh) + " (a multiple of 8, at most " + std::to_string(kDecodeMaxDh) + ")");
+    decode_attention_kernel<<<dim3(unsigned(H), unsigned(B)), kDecodeThreads, 0, stream>>>(q, k_cache, v_cache, positions, o, scores,
+                                                                                          max_len, H, KVH, Dh);
     check_launch("decode_attention_kernel");
 }

@@ -1,6 +1,7 @@
-// kernels/gemm.cu — the cuBLASLt wrapper (gemm.h). cuBLAS is column-major: a row-major X is the column-major
-// X^T, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T with the operands swapped. Each distinct
-// product (shapes, transposes, output type, beta = 0 or not) gets its algorithm chosen once and cached.
+// kernels/gemm.cu — the cuBLASLt wrapper (gemm.h); y = x W^T of a few rows goes to gemv.cu instead. cuBLAS
+// is column-major: a row-major X is the column-major X^T, so C = op(A) op(B) is computed as
+// C^T = op(B)^T op(A)^T with the operands swapped. Each distinct product (shapes, transposes, output type,
+// beta = 0 or not) gets its algorithm chosen once and cached.
 #include "kernels/gemm.h"
 
 #include <cstring>
@@ -83,6 +84,10 @@ void gemm(const Gemm& g, bool trans_a, bool trans_b, int M, int N, int K, const 
     Product p{trans_a, trans_b, c_fp32, beta == 0.0f, M, N, K, ld.a ? ld.a : trans_a ? M : K, ld.b ? ld.b : trans_b ? K : N,
               ld.c ? ld.c : N, batch.count,
               batch.stride_a, batch.stride_b, batch.stride_c};
+    if (!trans_a && trans_b && batch.count == 1 && M <= g.gemv_rows && gemv_applies(M, K, A, p.lda, B, p.ldb)) {
+        gemv_nt(A, p.lda, B, p.ldb, C, c_fp32, p.ldc, static_cast<const bf16*>(C_in), M, N, K, alpha, beta, g.stream);
+        return;
+    }
     auto it = plans.find(p);
     if (it == plans.end()) it = plans.emplace(p, make_plan(g, p)).first;
     const Plan& plan = it->second;

@@ -6,6 +6,8 @@
 //   matmul_tn   C[M,N] = alpha * A[K,M]^T · B[K,N] + beta * C      dW += dy^T x     (its weight gradient)
 //   matmul_nt_add  D[M,N] = alpha * A[M,K] · B[N,K]^T + C           y = x W^T + residual (C read in the epilogue)
 // `Batched` runs `count` independent products, each operand advancing by its stride (in elements).
+// matmul_nt and matmul_nt_add with at most Gemm::gemv_rows rows of A (generation: a token per sequence)
+// run as matrix-vector products (gemv.cu), which stream the weights at memory speed; the rest is cuBLASLt.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -21,6 +23,7 @@ struct Gemm {
     void* workspace = nullptr;  // [workspace_bytes] cuBLASLt scratch
     size_t workspace_bytes = 0;
     cudaStream_t stream = nullptr;
+    int gemv_rows = 4;  // products y = x W^T with at most this many rows of x go to gemv_nt; 0: all to cuBLASLt
 };
 Gemm gemm_create(cudaStream_t stream);
 void gemm_destroy(Gemm& g);
@@ -46,3 +49,11 @@ void matmul_tn(const Gemm& g, TC* C, const bf16* A, const bf16* B, int M, int N,
                float beta = 0.0f, Batched batch = {}, Ld ld = {});
 void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const bf16* B, int M, int N, int K, float alpha = 1.0f,
                    Ld ld = {});
+
+// kernels/gemv.cu: y[m, n] = alpha x[m] . W[n] + (c ? c[m, n] : beta y[m, n]) for M ≤ kGemvMaxRows rows,
+// with row strides ldx, ldw, ldy (c's is ldy). gemv_applies: the shapes and alignment it needs (K, the
+// strides a multiple of 8 elements, x and W 16-byte aligned).
+constexpr int kGemvMaxRows = 4;
+bool gemv_applies(int M, int K, const bf16* x, int ldx, const bf16* W, int ldw);
+void gemv_nt(const bf16* x, int ldx, const bf16* W, int ldw, void* y, bool y_fp32, int ldy, const bf16* c, int M, int N, int K,
+             float alpha, float beta, cudaStream_t stream);

@@ -97,6 +97,59 @@ TEST_CASE("gpu: y = x W^T + C read in the epilogue, and products on column slice
     gemm_destroy(g);
 }
 
+TEST_CASE("gpu: generation's matrix-vector products (1 to 4 rows): bf16 and fp32 out, beta, C in the epilogue, row strides") {
+    if (!need_gpu()) return;
+    Rng rng(fresh_seed());
+    Gemm g = gemm_create(nullptr);
+    // K = 1000: 125 16-byte chunks, so the four-load loop and the one-load remainder both run; N = 77 leaves
+    // a block part-empty; x and y are column slices (rows 1016 and 96 apart).
+    const int N = 77, K = 1000, ldx = 1016, ldy = 96;
+    for (int M = 1; M <= kGemvMaxRows; ++M)
+        for (int form = 0; form < 4; ++form) {  // 0: bf16, beta 0;  1: bf16, beta 1;  2: fp32, beta 0.5;  3: + C
+            CAPTURE(M);
+            CAPTURE(form);
+            std::vector<float> X = bf16_round(random_vector(size_t(M * ldx), rng)), W = bf16_round(random_vector(size_t(N * K), rng)),
+                               Y0 = bf16_round(random_vector(size_t(M * ldy), rng)), C = bf16_round(random_vector(size_t(M * ldy), rng));
+            DeviceFree keep;
+            bf16 *x = keep(to_device_bf16(X)), *w = keep(to_device_bf16(W)), *c = keep(to_device_bf16(C));
+            const float alpha = 0.75f, beta = form == 1 ? 1.0f : form == 2 ? 0.5f : 0.0f;
+            REQUIRE(gemv_applies(M, K, x + 8, ldx, w, K));
+            std::vector<float> want = Y0;
+            for (int m = 0; m < M; ++m)
+                for (int n = 0; n < N; ++n) {
+                    double acc = 0;
+                    for (int k = 0; k < K; ++k) acc += double(X[size_t(m * ldx + 8 + k)]) * W[size_t(n * K + k)];
+                    float& y = want[size_t(m * ldy + n)];
+                    y = float(alpha * acc + (form == 3 ? double(C[size_t(m * ldy + n)]) : double(beta) * y));
+                }
+            // the kernel itself, then matmul_nt / matmul_nt_add through gemm.cu's dispatch, with and without it
+            for (int route = 0; route < 3; ++route) {
+                CAPTURE(route);
+                g.gemv_rows = route == 2 ? 0 : kGemvMaxRows;
+                std::vector<float> got;
+                if (form == 2) {
+                    float* y = keep(to_device(Y0));
+                    if (route == 0) gemv_nt(x + 8, ldx, w, K, y, true, ldy, nullptr, M, N, K, alpha, beta, nullptr);
+                    else matmul_nt(g, y, x + 8, w, M, N, K, alpha, beta, {}, {ldx, 0, ldy});
+                    got = from_device(y, Y0.size());
+                } else {
+                    std::vector<float> start = Y0;  // forms 0 and 3 must not read y: NaN in its N columns
+                    for (int m = 0; m < M && form != 1; ++m)
+                        for (int n = 0; n < N; ++n) start[size_t(m * ldy + n)] = NAN;
+                    bf16* y = keep(to_device_bf16(start));
+                    if (route == 0) gemv_nt(x + 8, ldx, w, K, y, false, ldy, form == 3 ? c : nullptr, M, N, K, alpha, beta, nullptr);
+                    else if (form == 3) matmul_nt_add(g, y, c, x + 8, w, M, N, K, alpha, {ldx, 0, ldy});
+                    else matmul_nt(g, y, x + 8, w, M, N, K, alpha, beta, {}, {ldx, 0, ldy});
+                    got = from_device_bf16(y, Y0.size());
+                }
+                for (int m = 0; m < M; ++m)  // past column N of each row: untouched
+                    for (int n = N; n < ldy; ++n) REQUIRE(got[size_t(m * ldy + n)] == Y0[size_t(m * ldy + n)]);
+                CHECK(rel_error(got, want) < (form == 2 ? 1e-5 : 1e-2));
+            }
+        }
+    gemm_destroy(g);
+}
+
 TEST_CASE("gpu: embedding forward and backward") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
@@ -400,32 +453,36 @@ TEST_CASE("gpu: attention at its call site (fused where supported), and the deco
             }
     }
     flash_attention_use_hopper(true);
-    // decode: two sequences of different lengths; each new token's k, v written into its row of the cache,
-    // then its query against the row's positions: the last query row of the causal reference
-    int H = 6, KVH = 2, Dh = 64, max_len = 64, KVd = KVH * Dh, lengths[2] = {45, 30};
-    std::vector<float> cache_k(size_t(2 * max_len * KVd), 0.0f), cache_v = cache_k, new_k, new_v, last_q, want;
-    std::vector<int32_t> last_pos;
-    for (int b = 0; b < 2; ++b) {
-        int T = lengths[b];
-        std::vector<float> q = bf16_round(random_vector(size_t(T * H * Dh), rng)), k = bf16_round(random_vector(size_t(T * KVd), rng)),
-                           v = bf16_round(random_vector(k.size(), rng));
-        Vec o, lse;
-        attention_forward_ref({1, T, H, KVH, Dh}, to_double(q), to_double(k), to_double(v), {}, o, lse);
-        std::copy(k.begin(), k.end() - KVd, cache_k.begin() + b * max_len * KVd);  // positions 0..T-2 cached already
-        std::copy(v.begin(), v.end() - KVd, cache_v.begin() + b * max_len * KVd);
-        new_k.insert(new_k.end(), k.end() - KVd, k.end()), new_v.insert(new_v.end(), v.end() - KVd, v.end());
-        last_q.insert(last_q.end(), q.end() - H * Dh, q.end());
-        std::vector<float> of = to_float(o);
-        want.insert(want.end(), of.end() - H * Dh, of.end());
-        last_pos.push_back(T - 1);
+    // decode: two sequences of different lengths (one longer than the kernel's 256 threads); each new token's
+    // k, v written into its row of the cache, then its query against the row's positions: the last query row
+    // of the causal reference; head_dim 64 and 128
+    for (int Dh : {64, 128}) {
+        CAPTURE(Dh);
+        int H = 6, KVH = 2, max_len = 320, KVd = KVH * Dh, lengths[2] = {300, 30};
+        std::vector<float> cache_k(size_t(2 * max_len * KVd), 0.0f), cache_v = cache_k, new_k, new_v, last_q, want;
+        std::vector<int32_t> last_pos;
+        for (int b = 0; b < 2; ++b) {
+            int T = lengths[b];
+            std::vector<float> q = bf16_round(random_vector(size_t(T * H * Dh), rng)), k = bf16_round(random_vector(size_t(T * KVd), rng)),
+                               v = bf16_round(random_vector(k.size(), rng));
+            Vec o, lse;
+            attention_forward_ref({1, T, H, KVH, Dh}, to_double(q), to_double(k), to_double(v), {}, o, lse);
+            std::copy(k.begin(), k.end() - KVd, cache_k.begin() + b * max_len * KVd);  // positions 0..T-2 cached already
+            std::copy(v.begin(), v.end() - KVd, cache_v.begin() + b * max_len * KVd);
+            new_k.insert(new_k.end(), k.end() - KVd, k.end()), new_v.insert(new_v.end(), v.end() - KVd, v.end());
+            last_q.insert(last_q.end(), q.end() - H * Dh, q.end());
+            std::vector<float> of = to_float(o);
+            want.insert(want.end(), of.end() - H * Dh, of.end());
+            last_pos.push_back(T - 1);
+        }
+        DeviceFree keep;
+        bf16 *kc = keep(to_device_bf16(cache_k)), *vc = keep(to_device_bf16(cache_v)), *out = keep(poisoned<bf16>(size_t(2 * H * Dh)));
+        int32_t* dpos = keep(to_device(last_pos));
+        kv_cache_write(keep(to_device_bf16(new_k)), keep(to_device_bf16(new_v)), kc, vc, dpos, 2, max_len, KVd, nullptr);
+        decode_attention(keep(to_device_bf16(last_q)), kc, vc, dpos, out, keep(poisoned<float>(size_t(2 * H * max_len))), 2, max_len, H,
+                         KVH, Dh, nullptr);
+        CHECK(rel_error(from_device_bf16(out, size_t(2 * H * Dh)), want) < 2e-2);
     }
-    DeviceFree keep;
-    bf16 *kc = keep(to_device_bf16(cache_k)), *vc = keep(to_device_bf16(cache_v)), *out = keep(poisoned<bf16>(size_t(2 * H * Dh)));
-    int32_t* dpos = keep(to_device(last_pos));
-    kv_cache_write(keep(to_device_bf16(new_k)), keep(to_device_bf16(new_v)), kc, vc, dpos, 2, max_len, KVd, nullptr);
-    decode_attention(keep(to_device_bf16(last_q)), kc, vc, dpos, out, keep(poisoned<float>(size_t(2 * H * max_len))), 2, max_len, H, KVH,
-                     Dh, nullptr);
-    CHECK(rel_error(from_device_bf16(out, size_t(2 * H * Dh)), want) < 2e-2);
     gemm_destroy(g);
 }
 
