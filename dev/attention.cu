@@ -10,19 +10,18 @@
 //   ./dev/attention --skip v7                      leave out the versions whose names start so (repeatable)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
-// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 its Hopper forward,
-// HopperFwdD128; elsewhere the mma.sync kernels, whose tile configuration
-// per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>'s forward, the mma.sync kernels that
+// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 HopperFwdD128 and
+// HopperBwdD128 (../kernels/attention_sm90_d128_bwd.cuh); elsewhere the mma.sync kernels, whose tile configuration
+// per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>, the mma.sync kernels that
 // those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
 // kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
-// WgFwdConfig<2, 128, 3, 128>); v7 the Hopper backward for head_dim 128 (attention_sm90_d128_bwd.cuh, dev only,
-// also checked for bitwise determinism on its own); "dq-atomic" and "no-dq" are timing bounds of
+// WgFwdConfig<2, 128, 3, 128>); v7 configurations of the Hopper backward for head_dim 128 (the library's is
+// WgBwdD128Config<2, 1, true>), each also checked for bitwise determinism on its own); "dq-atomic" and "no-dq" are timing bounds of
 // the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
-#include "attention_sm90_d128_bwd.cuh"  // v7: the Hopper backward at head_dim 128 (builds on attention.cu's definitions)
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -110,16 +109,17 @@ BwdVersion wgmma_version() {
     std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "");
     return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, false, 64};
 }
-// The Hopper backward for Dh 128 (dev only, sm_90a): NWG warpgroups (64 keys each), MINB blocks per SM.
+// The Hopper backward for Dh 128 (sm_90a): NWG warpgroups (64 keys each), MINB blocks per SM.
 template <class W>
 BwdVersion wgmma_d128_bwd_version() {
     char s[96];
     std::snprintf(s, sizeof s, "v7 bwd D128 BC%d BR%d %dw x%d wgmma%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "");
-    return {s, 128, hopper_backward_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, false, 128, true};
+    return {s, 128, launch_backward_wgmma_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, false, 128, true};
 }
 std::vector<BwdVersion> bwd_versions() {
     return {{"v1 bwd library", 0, flash_attention_backward, flash_attention_backward_workspace},
-            bwd_version<Lib<64>::Bwd>("v1m"),  // the mma.sync backward head_dim 64 runs on other GPUs
+            bwd_version<Lib<64>::Bwd>("v1m"),   // the mma.sync backward head_dim 64 runs on other GPUs
+            bwd_version<Lib<128>::Bwd>("v1m"),  // the mma.sync backward head_dim 128 runs on other GPUs
             wgmma_version<WgBwdConfig<2, 1>>(),
             wgmma_version<WgBwdConfig<1, 2>>(),
             wgmma_version<WgBwdConfig<1, 3>>(),

@@ -1,7 +1,7 @@
 // kernels/attention.cu — the fused attention kernels behind attention.h's "fused path" (FlashAttention-2 on
 // mma.sync tensor cores): causal attention over documents packed in rows, grouped KV heads (GQA). On
-// Hopper, head_dim 64 runs the same algorithm on wgmma and the TMA instead (attention_sm90.cuh), and so does
-// head_dim 128's forward.
+// Hopper, head_dim 64 and 128 run the same algorithm on wgmma and the TMA instead (attention_sm90.cuh; head_dim
+// 128's backward: attention_sm90_d128_bwd.cuh).
 // Owns: flash_attention_supported, flash_attention_backward_workspace, flash_attention_forward,
 // flash_attention_backward, and the `Attention` class at the end: the one call site, which takes this path
 // for the head dims it supports and the reference path (attention_ref.cu) otherwise. Nothing T x T is ever
@@ -783,12 +783,14 @@ void with_lib(int Dh, F&& f) {
 }  // namespace
 
 #include "kernels/attention_sm90.cuh"  // the Hopper kernels for head_dim 64 and 128's forward (they build on the definitions above)
+#include "kernels/attention_sm90_d128_bwd.cuh"  // head_dim 128's Hopper backward
 
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
 using HopperBwd = WgBwdConfig<1, 3, true>;  // one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096)
+using HopperBwdD128 = WgBwdD128Config<2, 1, true>;  // head_dim 128: 2 warpgroups per 128 keys, 1 block per SM (dev v7: 353 against 224 TFLOP/s at T = 8192 on an H100)
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
 bool use_hopper = true;  // flash_attention_use_hopper
 }  // namespace
@@ -822,6 +824,10 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
     if (use_hopper && wgmma_applies(a, {q, k, v, dO})) {
         launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        return;
+    }
+    if (use_hopper && wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv})) {
+        launch_backward_wgmma_d128<HopperBwdD128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
     with_lib(a.Dh, [&](auto lib) {

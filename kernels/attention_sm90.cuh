@@ -1,5 +1,5 @@
 // kernels/attention_sm90.cuh — the fused attention kernels for Hopper (H100, H200; an sm_90a build), head_dim 64
-// (forward and backward) and 128 (forward): the same math, tiles' order, masks and deterministic dq accumulation
+// (forward and backward) and 128 (forward; its backward: attention_sm90_d128_bwd.cuh): the same math, tiles' order, masks and deterministic dq accumulation
 // as attention.cu's mma.sync kernels, with every product on wgmma (the warpgroup-wide asynchronous MMA reading
 // its operands from 128-byte swizzled shared memory) and, in the forward, the loads on the Tensor Memory Accelerator.
 //   forward   flash_forward_wgmma_kernel: head_dim 64: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA

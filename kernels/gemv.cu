@@ -4,6 +4,8 @@
 // W's row n in 16-byte loads, four in flight per lane, against each of the M rows of x (which stay in L1).
 //   y[m, n] = alpha * sum_k x[m, k] W[n, k] + (c ? c[m, n] : beta * y[m, n])       m < M ≤ kGemvMaxRows
 // gemm.cu sends matmul_nt and matmul_nt_add here when the shapes allow (gemv_applies); elsewhere cuBLASLt.
+// Measured (bench/gemv_bench.cu, an H100, 2026-12-07): at one row 1.03-1.25x cuBLASLt on the 7B and 13B
+// shapes (2.4-3.1 TB/s), at two rows 0.96-1.12x, at four rows slower (0.73-1.04x): hence kGemvMaxRows = 2.
 #include <cstdint>
 #include <string>
 
@@ -76,8 +78,6 @@ void dispatch(const bf16* x, int ldx, const bf16* W, int ldw, TC* y, int ldy, co
     switch (M) {
         case 1: return launch<1>(x, ldx, W, ldw, y, ldy, c, N, K, alpha, beta, stream);
         case 2: return launch<2>(x, ldx, W, ldw, y, ldy, c, N, K, alpha, beta, stream);
-        case 3: return launch<3>(x, ldx, W, ldw, y, ldy, c, N, K, alpha, beta, stream);
-        case 4: return launch<4>(x, ldx, W, ldw, y, ldy, c, N, K, alpha, beta, stream);
         default: exit_with_error("gemv_nt: " + std::to_string(M) + " rows (at most " + std::to_string(kGemvMaxRows) + ")");
     }
 }

@@ -1,14 +1,14 @@
-// dev/attention_sm90_d128_bwd.cuh — a Hopper (sm_90a) fused-attention backward for head_dim 128 (v7 in the
-// harness, dev only): flash_backward_wgmma_kernel's algorithm, steps, masks, GQA order and deterministic dq
-// accumulation (../kernels/attention_sm90.cuh, itself flash_backward_kernel's in ../kernels/attention.cu) with
-// every row of K, V, Q, dO twice as wide.
+// kernels/attention_sm90_d128_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 128:
+// flash_backward_wgmma_kernel's algorithm, steps, masks, GQA order and deterministic dq accumulation
+// (attention_sm90.cuh, itself flash_backward_kernel's in attention.cu) with every row of K, V, Q, dO twice as wide.
 //   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
 //   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
-// Owns: WgBwdD128Config, flash_backward_wgmma_d128_kernel, hopper_backward_d128 (the launcher, the harness's
-// BwdFn). Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
+// Owns: WgBwdD128Config, flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and
+// launch_backward_wgmma_d128 (the launcher; dev/attention.cu times its other configurations as "v7").
+// Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
 // register/shared), the mbarrier/TMA helpers, head_rows_map and load_tile_sw128; from attention.cu BwdArgs,
 // prepare_backward (counters zeroed, D = rowsum(dO o)), wait_counter, st_release, the workspace layout
-// (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). dev/attention.cu includes it after ../kernels/attention.cu.
+// (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). attention.cu includes it after attention_sm90.cuh.
 //
 // Tiles as at head_dim 128 in the forward (flash_forward_wgmma_kernel with WgFwdConfig's D = 128): a 128-byte swizzled row holds 64 bf16, so
 // each K, V, Q, dO tile is two column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms
@@ -360,14 +360,19 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
 #endif
 }
 
-// The launcher, with the harness's BwdFn signature; the workspace is Lib<128>::Bwd's (BR 64, D 128).
+// Its conditions: head_dim 128 with 16-byte aligned rows, on a GPU that runs the sm_90a code.
+bool wgmma_backward_d128_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
+    return a.Dh == 128 && all_aligned(ptrs, 16) && wgmma_available();
+}
+
+// The launcher (the harness's BwdFn signature); the workspace is Lib<128>::Bwd's (BR 64, D 128).
 template <class W>
-void hopper_backward_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
-                          const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
-                          cudaStream_t stream) {
+void launch_backward_wgmma_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                                const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
+                                cudaStream_t stream) {
     static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
-    if (a.Dh != 128 || !all_aligned({q, k, v, dO, dq, dk, dv}, 16) || !wgmma_available())
+    if (!wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}))
         fail("flash attention: the head_dim 128 wgmma backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
     if (!configured) {
