@@ -176,21 +176,22 @@ void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const La
             for (int k = 0; k < p.n; ++k)
                 matmul_nt(gemm_, u + k * p.col, dropped(l, p.t[k], x, in), lora.A[p.t[k]], N_, r, in, 1.0f, 0.0f, {}, {0, 0, p.ld});  // u_k = x_d A^T
     }
+    static_assert(kGroup[kGroupQKV].size <= kGemvMaxGroup, "a group's products in one matmul_nt_group");
+    GemvOut base[kGemvMaxGroup];  // y = x W^T + what it adds: the adapter's term and/or the residual, or nothing
     for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
         LoraTarget t = kGroup[group].t[m];
         int out = projection_out_[t];
-        const bf16* add = residual;  // what the base product adds
+        base[m] = {w.w[kProjection[t]], y[m], residual, out};
         if (lora.A[t]) {
             Region region(profiler, Family::lora);
             const bf16* uk = u + k++ * p.col;
             if (residual) matmul_nt_add(gemm_, y[m], residual, uk, lora.B[t], N_, out, r, lora_.scale, {p.ld, 0, 0});  // y = s u B^T + residual
             else matmul_nt(gemm_, y[m], uk, lora.B[t], N_, out, r, lora_.scale, 0.0f, {}, {p.ld, 0, 0});                // y = s u B^T
-            add = y[m];
+            base[m].c = y[m];
         }
-        Region region(profiler, Family::base_gemm);
-        if (add) matmul_nt_add(gemm_, y[m], add, x, w.w[kProjection[t]], N_, out, in);  // y = x W^T + add
-        else matmul_nt(gemm_, y[m], x, w.w[kProjection[t]], N_, out, in);               // y = x W^T
     }
+    Region region(profiler, Family::base_gemm);
+    matmul_nt_group(gemm_, x, N_, in, base, kGroup[group].size);  // y = x W^T + add, each member (one launch in generation)
 }
 
 // One group of projections, backward, given dy of each member:

@@ -57,3 +57,15 @@ constexpr int kGemvMaxRows = 2;  // at 4 rows cuBLASLt is faster (bench/gemv_ben
 bool gemv_applies(int M, int K, const bf16* x, int ldx, const bf16* W, int ldw);
 void gemv_nt(const bf16* x, int ldx, const bf16* W, int ldw, void* y, bool y_fp32, int ldy, const bf16* c, int M, int N, int K,
              float alpha, float beta, cudaStream_t stream);
+
+// The products of one input x [M, K] (a group of projections: q, k, v; gate, up): y_i = x W_i^T (+ c_i when
+// set), each W_i [N_i, K], y_i and c_i [M, N_i] contiguous. Where gemv_nt applies to all (M ≤ g.gemv_rows)
+// they run as one launch, else one product at a time.
+constexpr int kGemvMaxGroup = 3;
+struct GemvOut {
+    const bf16* W;
+    bf16* y;
+    const bf16* c;  // added in the epilogue, or null
+    int N;
+};
+void matmul_nt_group(const Gemm& g, const bf16* x, int M, int K, const GemvOut* out, int count);

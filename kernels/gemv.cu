@@ -31,15 +31,12 @@ __device__ inline void dot8(const uint4& w, const bf16* x, int ldx, int chunk, f
     }
 }
 
-// y[m, n] = alpha x[m] . W[n] + (c ? c[m, n] : beta y[m, n])   (a warp per n; K a multiple of 8)
-template <int M, typename TC>
-__global__ void __launch_bounds__(kWarps * 32) gemv_nt_kernel(const bf16* __restrict__ x, int ldx, const bf16* __restrict__ W, int ldw,
-                                                              TC* y, int ldy, const bf16* c, int N, int K, float alpha, float beta) {
-    int n = blockIdx.x * kWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (n >= N) return;
-    const uint4* w = reinterpret_cast<const uint4*>(W + int64_t(n) * ldw);
-    const int chunks = K / 8;
-    float acc[M] = {};
+// acc[m] = x[m] . w  over the warp (every lane gets the sums); w one row of K (a multiple of 8) bf16
+template <int M>
+__device__ inline void warp_dot(const bf16* x, int ldx, const bf16* w_row, int K, float* acc) {
+    const uint4* w = reinterpret_cast<const uint4*>(w_row);
+    const int chunks = K / 8, lane = threadIdx.x % 32;
+    for (int m = 0; m < M; ++m) acc[m] = 0;
     int i = lane;
     for (; i + 32 * (kUnroll - 1) < chunks; i += 32 * kUnroll) {  // all loads first, then the arithmetic
         uint4 wv[kUnroll];
@@ -49,7 +46,17 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_nt_kernel(const bf16* __rest
     for (; i < chunks; i += 32) dot8<M>(__ldcs(w + i), x, ldx, i, acc);
     for (int m = 0; m < M; ++m)
         for (int o = 16; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(0xffffffff, acc[m], o);
-    if (lane != 0) return;
+}
+
+// y[m, n] = alpha x[m] . W[n] + (c ? c[m, n] : beta y[m, n])   (a warp per n)
+template <int M, typename TC>
+__global__ void __launch_bounds__(kWarps * 32) gemv_nt_kernel(const bf16* __restrict__ x, int ldx, const bf16* __restrict__ W, int ldw,
+                                                              TC* y, int ldy, const bf16* c, int N, int K, float alpha, float beta) {
+    int n = blockIdx.x * kWarps + threadIdx.x / 32;
+    if (n >= N) return;
+    float acc[M];
+    warp_dot<M>(x, ldx, W + int64_t(n) * ldw, K, acc);
+    if (threadIdx.x % 32 != 0) return;
     for (int m = 0; m < M; ++m) {
         float v = alpha * acc[m];
         int64_t at = int64_t(m) * ldy + n;
@@ -62,6 +69,30 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_nt_kernel(const bf16* __rest
             else if (beta != 0.0f) v += beta * __bfloat162float(y[at]);
             y[at] = __float2bfloat16(v);
         }
+    }
+}
+
+// The products of one input, one launch:  y_i[m, n] = x[m] . W_i[n] (+ c_i[m, n])   (blocks first_block[i]..
+// belong to product i; each W_i [N_i, K], y_i and c_i [M, N_i] contiguous)
+struct GroupArgs {
+    const bf16* x;
+    int ldx, K, count;
+    GemvOut out[kGemvMaxGroup];
+    int first_block[kGemvMaxGroup + 1];
+};
+template <int M>
+__global__ void __launch_bounds__(kWarps * 32) gemv_nt_group_kernel(const GroupArgs a) {
+    int i = 0;
+    while (i + 1 < a.count && int(blockIdx.x) >= a.first_block[i + 1]) ++i;
+    const GemvOut& o = a.out[i];
+    int n = (int(blockIdx.x) - a.first_block[i]) * kWarps + threadIdx.x / 32;
+    if (n >= o.N) return;
+    float acc[M];
+    warp_dot<M>(a.x, a.ldx, o.W + int64_t(n) * a.K, a.K, acc);
+    if (threadIdx.x % 32 != 0) return;
+    for (int m = 0; m < M; ++m) {
+        int64_t at = int64_t(m) * o.N + n;
+        o.y[at] = __float2bfloat16(acc[m] + (o.c ? __bfloat162float(o.c[at]) : 0.0f));
     }
 }
 
@@ -94,4 +125,23 @@ void gemv_nt(const bf16* x, int ldx, const bf16* W, int ldw, void* y, bool y_fp3
              float alpha, float beta, cudaStream_t stream) {
     if (y_fp32) dispatch(x, ldx, W, ldw, static_cast<float*>(y), ldy, c, M, N, K, alpha, beta, stream);
     else dispatch(x, ldx, W, ldw, static_cast<bf16*>(y), ldy, c, M, N, K, alpha, beta, stream);
+}
+
+void matmul_nt_group(const Gemm& g, const bf16* x, int M, int K, const GemvOut* out, int count) {
+    if (count < 1 || count > kGemvMaxGroup) exit_with_error("matmul_nt_group: " + std::to_string(count) + " products (1 to " + std::to_string(kGemvMaxGroup) + ")");
+    bool together = M <= g.gemv_rows;
+    for (int i = 0; i < count; ++i) together &= gemv_applies(M, K, x, K, out[i].W, K);
+    if (!together) {  // one product at a time (cuBLASLt, or gemv_nt through gemm.cu)
+        for (int i = 0; i < count; ++i) {
+            if (out[i].c) matmul_nt_add(g, out[i].y, out[i].c, x, out[i].W, M, out[i].N, K);
+            else matmul_nt(g, out[i].y, x, out[i].W, M, out[i].N, K);
+        }
+        return;
+    }
+    GroupArgs a{x, K, K, count, {}, {}};
+    for (int i = 0; i < count; ++i) a.out[i] = out[i], a.first_block[i + 1] = a.first_block[i] + (out[i].N + kWarps - 1) / kWarps;
+    const unsigned blocks = unsigned(a.first_block[count]);
+    if (M == 1) gemv_nt_group_kernel<1><<<blocks, kWarps * 32, 0, g.stream>>>(a);
+    else gemv_nt_group_kernel<2><<<blocks, kWarps * 32, 0, g.stream>>>(a);
+    check_launch("gemv_nt_group_kernel");
 }

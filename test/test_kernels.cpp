@@ -150,6 +150,43 @@ TEST_CASE("gpu: generation's matrix-vector products (1 and 2 rows): bf16 and fp3
     gemm_destroy(g);
 }
 
+TEST_CASE("gpu: the products of one input in one launch (q, k, v; gate, up), with and without C, and one at a time") {
+    if (!need_gpu()) return;
+    Rng rng(fresh_seed());
+    Gemm g = gemm_create(nullptr);
+    const int K = 520, Ns[kGemvMaxGroup] = {77, 16, 40};  // 520: 65 chunks; 77: a part-empty last block
+    for (int M : {1, 2, 5})                                // 5 rows: one product at a time (cuBLASLt)
+        for (int route = 0; route < 2; ++route) {          // 1: gemv_rows 0, every product through cuBLASLt
+            CAPTURE(M);
+            CAPTURE(route);
+            g.gemv_rows = route == 1 ? 0 : kGemvMaxRows;
+            std::vector<float> X = bf16_round(random_vector(size_t(M * K), rng));
+            DeviceFree keep;
+            bf16* x = keep(to_device_bf16(X));
+            std::vector<std::vector<float>> W(kGemvMaxGroup), C(kGemvMaxGroup);
+            GemvOut out[kGemvMaxGroup];
+            for (int i = 0; i < kGemvMaxGroup; ++i) {
+                W[size_t(i)] = bf16_round(random_vector(size_t(Ns[i] * K), rng));
+                C[size_t(i)] = bf16_round(random_vector(size_t(M * Ns[i]), rng));
+                out[i] = {keep(to_device_bf16(W[size_t(i)])), keep(poisoned<bf16>(size_t(M * Ns[i]))),
+                          i == 1 ? nullptr : keep(to_device_bf16(C[size_t(i)])), Ns[i]};  // the second adds nothing
+            }
+            matmul_nt_group(g, x, M, K, out, kGemvMaxGroup);
+            for (int i = 0; i < kGemvMaxGroup; ++i) {
+                CAPTURE(i);
+                std::vector<float> want(size_t(M * Ns[i]));
+                for (int m = 0; m < M; ++m)
+                    for (int n = 0; n < Ns[i]; ++n) {
+                        double acc = i == 1 ? 0.0 : C[size_t(i)][size_t(m * Ns[i] + n)];
+                        for (int k = 0; k < K; ++k) acc += double(X[size_t(m * K + k)]) * W[size_t(i)][size_t(n * K + k)];
+                        want[size_t(m * Ns[i] + n)] = float(acc);
+                    }
+                CHECK(rel_error(from_device_bf16(out[i].y, want.size()), want) < 1e-2);
+            }
+        }
+    gemm_destroy(g);
+}
+
 TEST_CASE("gpu: embedding forward and backward") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
