@@ -176,7 +176,8 @@ void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const La
             for (int k = 0; k < p.n; ++k)
                 matmul_nt(gemm_, u + k * p.col, dropped(l, p.t[k], x, in), lora.A[p.t[k]], N_, r, in, 1.0f, 0.0f, {}, {0, 0, p.ld});  // u_k = x_d A^T
     }
-    static_assert(kGroup[kGroupQKV].size <= kGemvMaxGroup, "a group's products in one matmul_nt_group");
+    static_assert(kGroup[kGroupQKV].size <= kGemvMaxGroup && kGroup[kGroupGateUp].size <= kGemvMaxGroup && kGroup[kGroupO].size <= kGemvMaxGroup &&
+                      kGroup[kGroupDown].size <= kGemvMaxGroup, "each group's products fit one matmul_nt_group");
     GemvOut base[kGemvMaxGroup];  // y = x W^T + what it adds: the adapter's term and/or the residual, or nothing
     for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
         LoraTarget t = kGroup[group].t[m];

@@ -18,12 +18,13 @@
 
 using bf16 = __nv_bfloat16;
 
+constexpr int kGemvMaxRows = 2;  // gemv.cu's products take at most this many rows (at 4, cuBLASLt is faster: bench/gemv_bench.cu)
 struct Gemm {
     cublasLtHandle_t lt = nullptr;
     void* workspace = nullptr;  // [workspace_bytes] cuBLASLt scratch
     size_t workspace_bytes = 0;
     cudaStream_t stream = nullptr;
-    int gemv_rows = 2;  // products y = x W^T with at most this many rows of x go to gemv_nt; 0: all to cuBLASLt
+    int gemv_rows = kGemvMaxRows;  // products y = x W^T with at most this many rows of x go to gemv_nt; 0: all to cuBLASLt
 };
 Gemm gemm_create(cudaStream_t stream);
 void gemm_destroy(Gemm& g);
@@ -53,7 +54,6 @@ void matmul_nt_add(const Gemm& g, bf16* D, const bf16* C, const bf16* A, const b
 // kernels/gemv.cu: y[m, n] = alpha x[m] . W[n] + (c ? c[m, n] : beta y[m, n]) for M ≤ kGemvMaxRows rows,
 // with row strides ldx, ldw, ldy (c's is ldy). gemv_applies: the shapes and alignment it needs (K, the
 // strides a multiple of 8 elements, x and W 16-byte aligned).
-constexpr int kGemvMaxRows = 2;  // at 4 rows cuBLASLt is faster (bench/gemv_bench.cu)
 bool gemv_applies(int M, int K, const bf16* x, int ldx, const bf16* W, int ldw);
 void gemv_nt(const bf16* x, int ldx, const bf16* W, int ldw, void* y, bool y_fp32, int ldy, const bf16* c, int M, int N, int K,
              float alpha, float beta, cudaStream_t stream);
