@@ -103,6 +103,11 @@ struct World {
     const char* launcher = "";           // "openmpi", "slurm", "mpich" or "" (alone): which option to name
 };
 
+// Checked MPI calls: a failure names the call and ends every rank; a non-blocking call's request polled until
+// it completes, bounded like every wait (the watchdog).
+void check_mpi(int status, const char* what);
+void mpi_wait(const World& w, MPI_Request& request, const std::string& what);
+
 World world_init(int* argc, char*** argv);  // MPI only: rank, size, nodes, CPUs; checks the launch
 // Picks the GPU, checks this build has code for it, measures the context, starts the transport and
 // the comm stream (after the inputs are checked, so a bad flag never waits on the GPU). Rank 0 prints
@@ -193,6 +198,9 @@ void world_agree(const World& w, double timeout_s, const std::function<void()>& 
 // ends the job (MPI_Abort). Ranks give up half a second apart, so the lowest waiting rank's line comes first.
 void world_set_timeout(double seconds);
 double world_timeout();
+// The watched transport (distributed/watchdog.cu): `transport`, owned from here on, with every collective
+// counted, numbered and marked on its stream. world_start_gpu wraps its transport with it.
+Comm* watch_transport(Comm* transport, int ranks);
 // What this rank is doing, for that message: the step the trainer queues, and the unit ZeRO moves.
 void world_at_step(int64_t step);
 void world_at_unit(int unit, const char* what);  // e.g. (3, "gathered for the forward"); -1: no unit
