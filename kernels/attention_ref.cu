@@ -217,8 +217,10 @@ __global__ void kv_cache_write_kernel(const bf16* k, const bf16* v, bf16* k_cach
 // o[b, h] = sum_{j <= positions[b]} softmax_j(q[b, h] . k[b, j, g] / sqrt(Dh)) v[b, j, g]   (a block per (h, b))
 // A thread per key for the scores (q in shared memory, k in 16-byte loads); then the weights p_j =
 // exp(s_j - max) in place of the scores; then o with a warp per key j (mod the warps) and the lanes across
-// Dh, the warps' partial sums added in a fixed order. Dh a multiple of 8, at most kDecodeMaxDh.
+// Dh, the warps' partial sums added in a fixed order. Keys are read VEC elements at a time: 8 (16-byte
+// loads) when Dh is a multiple of 8, else 2 (every head_dim the config accepts is even); Dh at most kDecodeMaxDh.
 constexpr int kDecodeThreads = 256, kDecodeMaxDh = 256;
+template <int VEC>
 __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const bf16* q, const bf16* k_cache, const bf16* v_cache,
                                                                           const int32_t* positions, bf16* o, float* scores, int max_len,
                                                                           int H, int KVH, int Dh) {
@@ -236,10 +238,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
     __syncthreads();
     float m = -INFINITY;
     for (int j = threadIdx.x; j < len; j += blockDim.x) {  // s_j = q . k_j / sqrt(Dh)
-        float acc = 0, kf[8];
-        for (int d = 0; d < Dh; d += 8) {
-            load_bf16<8>(kb + j * row + d, kf);
-            for (int e = 0; e < 8; ++e) acc = fmaf(qs[d + e], kf[e], acc);
+        float acc = 0, kf[VEC];
+        for (int d = 0; d < Dh; d += VEC) {
+            load_bf16<VEC>(kb + j * row + d, kf);
+            for (int e = 0; e < VEC; ++e) acc = fmaf(qs[d + e], kf[e], acc);
         }
         s[j] = acc * scale;
         m = fmaxf(m, s[j]);
@@ -277,11 +279,19 @@ void kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, 
     check_launch("kv_cache_write_kernel");
 }
 
+void kv_cache_fill(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, int B, int T, int max_len, int kv_dim,
+                   cudaStream_t stream) {
+    if (T > max_len) exit_with_error("kv_cache_fill: " + std::to_string(T) + " positions, the cache holds " + std::to_string(max_len));
+    const size_t row = size_t(T) * kv_dim * sizeof(bf16), pitch = size_t(max_len) * kv_dim * sizeof(bf16);  // bytes
+    check_cuda(cudaMemcpy2DAsync(k_cache, pitch, k, row, row, size_t(B), cudaMemcpyDeviceToDevice, stream), "kv_cache_fill");
+    check_cuda(cudaMemcpy2DAsync(v_cache, pitch, v, row, row, size_t(B), cudaMemcpyDeviceToDevice, stream), "kv_cache_fill");
+}
+
 void decode_attention(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o, float* scores, int B,
                       int max_len, int H, int KVH, int Dh, cudaStream_t stream) {
-    if (Dh % 8 != 0 || Dh > kDecodeMaxDh)
-        exit_with_error("decode_attention: head_dim " + std::to_string(Dh) + " (a multiple of 8, at most " + std::to_string(kDecodeMaxDh) + ")");
-    decode_attention_kernel<<<dim3(unsigned(H), unsigned(B)), kDecodeThreads, 0, stream>>>(q, k_cache, v_cache, positions, o, scores,
-                                                                                          max_len, H, KVH, Dh);
+    if (Dh % 2 != 0 || Dh > kDecodeMaxDh)
+        exit_with_error("decode_attention: head_dim " + std::to_string(Dh) + " (even, at most " + std::to_string(kDecodeMaxDh) + ")");
+    auto kernel = Dh % 8 == 0 ? decode_attention_kernel<8> : decode_attention_kernel<2>;
+    kernel<<<dim3(unsigned(H), unsigned(B)), kDecodeThreads, 0, stream>>>(q, k_cache, v_cache, positions, o, scores, max_len, H, KVH, Dh);
     check_launch("decode_attention_kernel");
 }

@@ -493,8 +493,8 @@ TEST_CASE("gpu: attention at its call site (fused where supported), and the deco
     flash_attention_use_hopper(true);
     // decode: two sequences of different lengths (one longer than the kernel's 256 threads); each new token's
     // k, v written into its row of the cache, then its query against the row's positions: the last query row
-    // of the causal reference; head_dim 64 and 128
-    for (int Dh : {64, 128}) {
+    // of the causal reference; head_dim 64 and 128 (16-byte loads) and 36 (not a multiple of 8: 4-byte loads)
+    for (int Dh : {64, 128, 36}) {
         CAPTURE(Dh);
         int H = 6, KVH = 2, max_len = 320, KVd = KVH * Dh, lengths[2] = {300, 30};
         std::vector<float> cache_k(size_t(2 * max_len * KVd), 0.0f), cache_v = cache_k, new_k, new_v, last_q, want;
