@@ -249,9 +249,10 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
 
 // ================================================================================================ a layer
 
-// One decoder layer, forward. Training and generation share it; with a KV cache (generation: one token
-// per row) k and v are also written into the cache at each row's position and the attention is the
-// decode attention over the row's cache; everything else is the same.
+// One decoder layer, forward. Training and generation share it. With a KV cache and one token a row
+// (decode), k and v are also written into the cache at each row's position and the attention is the
+// decode attention over the row's cache; with a cache and T tokens a row (prefill), the attention is
+// training's and k, v fill the cache's positions 0..T-1; everything else is the same.
 void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16* h_out, const DeviceBatch& batch,
                                const KvCache* cache) {
     Layer& a = layers_[recompute_ ? 0 : size_t(l)];
@@ -278,13 +279,14 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         rope(a.q, positions, rope_cos_, rope_sin_, N_, H, Dh, false, stream_);
         rope(a.k, positions, rope_cos_, rope_sin_, N_, KVH, Dh, false, stream_);
     }
-    if (cache) {  // generation: this token's k, v join the cache; attend to the row's cache
-        int64_t layer = int64_t(l) * B_ * cache->max_len * KVd;
+    const int64_t layer = cache ? int64_t(l) * B_ * cache->max_len * KVd : 0;  // this layer's part of the cache
+    if (cache && T_ == 1) {  // decode: this token's k, v join the cache; attend to the row's cache
         kv_cache_write(a.k, a.v, cache->k + layer, cache->v + layer, positions, B_, cache->max_len, KVd, stream_);
         decode_attention(a.q, cache->k + layer, cache->v + layer, positions, a.o, cache->scores, B_, cache->max_len, H, KVH, Dh, stream_);
     } else {
         Region r(profiler, Family::attention);
         attention_->forward(a.q, a.k, a.v, batch.doc_start, a.o, a.lse);
+        if (cache) kv_cache_fill(a.k, a.v, cache->k + layer, cache->v + layer, B_, T_, cache->max_len, KVd, stream_);  // prefill
     }
     group_forward(l, kGroupO, a.o, Hd, w, &a.a, h_in, lora, a.lora_u[kGroupO]);  // a = h + o_proj(o)
     // MLP block:  h_out = a + down_proj(silu(gate_proj(m)) * up_proj(m)),  m = rmsnorm(a)
@@ -443,6 +445,12 @@ void LlamaModel::set_decode_inputs(const std::vector<int32_t>& tokens, const std
     std::vector<int32_t> io(tokens);  // pageable source: copied before the call returns
     io.insert(io.end(), positions.begin(), positions.end());
     check_cuda(cudaMemcpyAsync(decode_io_, io.data(), io.size() * 4, cudaMemcpyHostToDevice, stream_), "copy tokens");
+}
+
+void LlamaModel::prefill(UnitStore& store, const KvCache& cache, int32_t* ids) {
+    if (T_ < 2) exit_with_error("LlamaModel::prefill needs a model made for at least 2 tokens a row");
+    DeviceBatch batch{B_, T_, ids, nullptr, nullptr, nullptr};
+    forward_layers(batch, store, &cache);
 }
 
 void LlamaModel::decode(UnitStore& store, const KvCache& cache, float* logits) {

@@ -121,6 +121,11 @@ class LlamaModel {
     // and replayed after each set_decode_inputs.
     void set_decode_inputs(const std::vector<int32_t>& tokens, const std::vector<int32_t>& positions, int max_len);
     void decode(UnitStore& store, const KvCache& cache, float* logits);
+    // The start of the prompts in one pass (a model made with B = the cache's rows and T ≥ 2 tokens a row):
+    // ids [B, T] (device) at positions 0..T-1 through every layer with training's attention, each layer's
+    // keys and values written into the cache's positions 0..T-1. No logits: decode steps go on from position
+    // T, as if positions 0..T-1 had been decoded one by one (the same values up to bf16 rounding).
+    void prefill(UnitStore& store, const KvCache& cache, int32_t* ids);
 
     float* loss_sum() { return loss_sum_; }  // device fp32 scalar
     uint64_t dropout_step = 0;  // which micro-batch this is: LoRA dropout's masks follow it (set by the trainer)

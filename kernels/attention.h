@@ -62,6 +62,9 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
 // (q, o [B, H, Dh]) against its cache's positions 0..positions[b]; scores [B, H, max_len] is scratch.
 void kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, const int32_t* positions, int B, int max_len,
                     int kv_dim, cudaStream_t stream);
+// A prompt read in one pass (prefill): rows' k, v [B, T, KVH*Dh] into one layer's cache at positions 0..T-1.
+void kv_cache_fill(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache, int B, int T, int max_len, int kv_dim,
+                   cudaStream_t stream);
 void decode_attention(const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* positions, bf16* o, float* scores, int B,
                       int max_len, int H, int KVH, int Dh, cudaStream_t stream);
 

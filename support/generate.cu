@@ -1,6 +1,7 @@
-// support/generate.cu — generation with a KV cache (generate.h). All sequences advance together, one position per
-// step; at step p each sequence reads its prompt's token p while it has one, and its last generated token
-// after that:
+// support/generate.cu — generation with a KV cache (generate.h). First the positions every prompt has but its
+// last are read in one pass (LlamaModel::prefill: training's attention, the keys and values into the cache).
+// Then all sequences advance together, one position per step; at step p each sequence reads its prompt's
+// token p while it has one, and its last generated token after that:
 //   logits = model.decode(tokens, p)     every layer: k, v of position p into the cache, attention over 0..p
 //   next   = argmax(logits)              (on the GPU) or a draw from softmax(logits / temperature) within
 //                                        top-k and top-p, for each sequence whose prompt is read
@@ -70,7 +71,7 @@ int32_t sample_token(const float* logits, int vocab, const Sampling& s, Rng& rng
 }
 
 Generator::Generator(const LlamaConfig& c, LoraShape lora, int rows, int max_len, cudaStream_t stream)
-    : c_(c), rows_(rows), stream_(stream), model_(c, lora, rows, 1, stream, true, max_len) {
+    : c_(c), lora_(lora), rows_(rows), stream_(stream), model_(c, lora, rows, 1, stream, true, max_len) {
     int64_t kv = int64_t(c.num_hidden_layers) * rows * max_len * c.num_key_value_heads * c.head_dim;
     cache_.k = device_alloc<bf16>(size_t(kv), "KV cache");
     cache_.v = device_alloc<bf16>(size_t(kv), "KV cache");
@@ -85,6 +86,25 @@ Generator::~Generator() {
     if (graph_) cudaGraphExecDestroy(graph_);
     cudaFreeHost(next_);
     device_free(cache_.k), device_free(cache_.v), device_free(cache_.scores), device_free(logits_), device_free(argmax_);
+    if (prefill_ids_) device_free(prefill_ids_);
+}
+
+// Positions 0..P-1 of every row in one pass (rows without a prompt read padding). The model for P tokens a
+// row (one layer's activations, as decode's) is made when P differs from the last call's.
+void Generator::prefill(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, int P) {
+    if (!prefill_model_ || prefill_tokens_ != P) {
+        prefill_model_.reset();
+        if (prefill_ids_) device_free(prefill_ids_);
+        prefill_model_ = std::make_unique<LlamaModel>(c_, lora_, rows_, P, stream_, true, cache_.max_len);
+        prefill_ids_ = device_alloc<int32_t>(size_t(rows_) * size_t(P), "prefill ids");
+        prefill_tokens_ = P;
+    }
+    std::vector<int32_t> ids(size_t(rows_) * size_t(P), 0);
+    for (size_t r = 0; r < prompts.size(); ++r)
+        if (int(prompts[r].size()) > P) std::copy(prompts[r].begin(), prompts[r].begin() + P, ids.begin() + long(r) * P);
+    // pageable source: copied before the call returns
+    check_cuda(cudaMemcpyAsync(prefill_ids_, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice, stream_), "copy prefill ids");
+    prefill_model_->prefill(store, cache_, prefill_ids_);
 }
 
 // One decode step and its argmax. Captured once per store, on the second step (the first runs directly, so
@@ -130,7 +150,13 @@ std::vector<std::vector<int32_t>> Generator::generate(UnitStore& store, const st
     std::vector<float> logits;
     double start = wall_seconds();
     first_token_s_ = 0, first_tokens_ = 0;
-    for (int p = 0; p < cache_.max_len; ++p) {
+    // Every position before the shortest prompt's last token at once; that token's step gives its first.
+    int shortest = cache_.max_len;
+    for (int r = 0; r < n; ++r)
+        if (!done[size_t(r)]) shortest = std::min(shortest, int(prompts[size_t(r)].size()));
+    const int P = std::min(shortest - 1, kMaxPrefillTokens / rows_), first_step = shortest < cache_.max_len && P >= min_prefill ? P : 0;
+    if (first_step > 0) prefill(store, prompts, P);
+    for (int p = first_step; p < cache_.max_len; ++p) {
         bool active = false;
         for (int r = 0; r < n; ++r) {
             const std::vector<int32_t>& seq = out[size_t(r)];
@@ -323,7 +349,7 @@ int run_generate(const std::vector<std::string>& args) {
                 if (int(ids[k].size()) >= max_len && made < g.sampling.max_new_tokens) std::printf(" [stopped: the model's context is full]");
             }
             generated += n, seconds += s;
-            // the rate after the first token: the prompts' steps (one per token) are the first token's latency
+            // the rate after the first token: the prefill and the prompts' remaining steps are the first token's latency
             char after[96] = "";
             double t1 = gen.first_token_seconds();
             if (n > gen.first_tokens() && s > t1)

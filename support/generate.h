@@ -1,7 +1,7 @@
-// support/generate.h — text generation with a KV cache, and the `generate` command: the model's own layer
-// forward run one token at a time for a batch of sequences (LlamaModel::decode), each layer's keys and
-// values kept for every position so far, and each next token chosen greedily or sampled (temperature,
-// top-k, top-p). When the store's weights stay in place (UnitStore::weights_in_place) and the stream is the
+// support/generate.h — text generation with a KV cache, and the `generate` command: the prompts' first
+// positions read in one pass (LlamaModel::prefill), then the model's own layer forward run one token at a
+// time for a batch of sequences (LlamaModel::decode), each layer's keys and values kept for every position
+// so far, and each next token chosen greedily or sampled (temperature, top-k, top-p). When the store's weights stay in place (UnitStore::weights_in_place) and the stream is the
 // caller's own, one decode step (every layer, the head, the argmax) is captured in a CUDA graph after a
 // first step run directly, and replayed for every later one: the host launches one graph a token instead
 // of some 15 kernels a layer. Knows nothing of MPI: when several ranks generate together (ZeRO stage 3
@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "data.h"
@@ -43,21 +44,30 @@ class Generator {
                                                const std::function<void(int, int32_t)>& on_token = {});
     int rows() const { return rows_; }
     int max_len() const { return cache_.max_len; }
-    // The last generate(): seconds from its start to its first new token (every prompt token before it is a
-    // step of its own), and how many tokens came at that step (one per sequence whose prompt ended there).
+    // The last generate(): seconds from its start to its first new token (the prefill, then a step for each
+    // prompt token after it), and how many tokens came at that step (one per sequence whose prompt ended there).
     double first_token_seconds() const { return first_token_s_; }
     int first_tokens() const { return first_tokens_; }
 
+    // Positions 0..P-1 of every row are read in one pass (prefill) when P ≥ min_prefill, P being one less than
+    // the shortest prompt (at most kMaxPrefillTokens over all rows); the rest of each prompt a step a token.
+    static constexpr int kMaxPrefillTokens = 8192;
+    int min_prefill = 2;
     std::function<void(std::vector<int32_t>&)> agree;  // several ranks: every rank takes rank 0's tokens
     std::function<void(cudaStream_t)> wait;            // waits for the stream (default: cudaStreamSynchronize)
 
   private:
     void decode_step(UnitStore& store);  // model_.decode and the argmax: run directly, or replayed from graph_
+    void prefill(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, int P);  // positions 0..P-1
 
     LlamaConfig c_;
+    LoraShape lora_;
     int rows_;
     cudaStream_t stream_;
     LlamaModel model_;         // B = rows, T = 1, one layer's activations
+    std::unique_ptr<LlamaModel> prefill_model_;  // B = rows, T = the last prefill's P (made when P changes)
+    int32_t* prefill_ids_ = nullptr;             // [rows, P] device
+    int prefill_tokens_ = 0;                     // P of prefill_model_
     KvCache cache_;
     float* logits_ = nullptr;  // [rows, V] device
     int32_t* argmax_ = nullptr;  // [rows] device
