@@ -201,10 +201,11 @@ CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
 // (ptxas would serialize every wgmma of the kernel). With TMA, thread 0 asks the TMA for the next step's Q
 // and dO tiles (they complete on that buffer's mbarrier) instead of every thread issuing 16-byte cp.async
 // copies: 5.78-5.80 -> 5.39-5.40 ms at T = 8192 (dev/NOTES.md).
-template <int NWG_, int MINB_, bool TMA_ = false>
+template <int NWG_, int MINB_, bool TMA_ = false, DqMode DQ_ = kDqOrdered>
 struct WgBwdConfig {  // NWG warpgroups per block, MINB blocks per SM asked of ptxas, TMA: Q and dO tiles by the TMA
     static constexpr int NWG = NWG_, MINB = MINB_;
     static constexpr bool TMA = TMA_;
+    static constexpr DqMode DQ = DQ_;  // kDqOrdered; the others are dev/attention's timing bounds (dq wrong)
     static constexpr int D = 64, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
     static constexpr int NTD = 8 / NWG;                                   // dQ n-tiles per warp (64 / NWG columns)
     static constexpr size_t smem = 1024                                   // room to align the tiles to 1024 bytes
@@ -397,11 +398,12 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         wgmma_pin(dk);
         wgmma_pin(dv);
 
+        if constexpr (W::DQ == kDqNone) continue;
         // Our turn for this dq tile (see flash_backward_kernel)
         const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
         const bool first = j == jmin, last = j == jmax;
         const int cidx = (b * H + h) * nqt + i;
-        if (tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        if (W::DQ != kDqAtomic && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
         __syncthreads();      // dS^T complete; the counter seen
 

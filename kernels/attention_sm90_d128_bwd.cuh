@@ -43,10 +43,11 @@
 
 namespace {
 
-template <int NWG_, int MINB_, bool TMA_ = true>
+template <int NWG_, int MINB_, bool TMA_ = true, DqMode DQ_ = kDqOrdered>
 struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB blocks per SM asked of ptxas, TMA: Q and dO by the TMA
     static constexpr int NWG = NWG_, MINB = MINB_;
     static constexpr bool TMA = TMA_;
+    static constexpr DqMode DQ = DQ_;  // kDqOrdered; the others are dev/attention's timing bounds (dq wrong)
     static constexpr int D = 128, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per row of a half
     static constexpr int NC = 2 / NWG;                                                      // dQ column halves per warpgroup
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;    // bytes of one column half
@@ -271,11 +272,12 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         wgmma_pin(dv[0]);
         wgmma_pin(dv[1]);
 
+        if constexpr (W::DQ == kDqNone) continue;
         // Our turn for this dq tile (see flash_backward_kernel)
         const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
         const bool first = j == jmin, last = j == jmax;
         const int cidx = (b * H + h) * nqt + i;
-        if (tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        if (W::DQ != kDqAtomic && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
         __syncthreads();      // dS^T complete; the counter seen
 
