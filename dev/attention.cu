@@ -65,7 +65,7 @@ std::string fwd_name(const char* v) {
 template <class C>
 std::string bwd_name(const char* v) {
     char s[96];
-    const char* dq[] = {"", " dq-atomic", " no-dq"};
+    const char* dq[] = {"", " dq-atomic", " no-dq", " dq-bulk"};
     std::snprintf(s, sizeof s, "%s bwd D%d BC%d BR%d %dw %s%s", v, C::D, C::BC, C::BR, C::NW, C::KV_REGS ? "KV-reg" : "KV-smem",
                   dq[C::DQ]);
     return s;
@@ -106,7 +106,7 @@ std::vector<FwdVersion> fwd_versions() {
 template <class W>
 BwdVersion wgmma_version() {
     char s[96];
-    const char* dq[] = {"", " dq-atomic", " no-dq"};
+    const char* dq[] = {"", " dq-atomic", " no-dq", " dq-bulk"};
     std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma%s%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "",
                   dq[W::DQ]);
     return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, W::DQ != kDqOrdered, 64};
@@ -115,10 +115,10 @@ BwdVersion wgmma_version() {
 template <class W>
 BwdVersion wgmma_d128_bwd_version() {
     char s[96];
-    const char* dq[] = {"", " dq-atomic", " no-dq"};
+    const char* dq[] = {"", " dq-atomic", " no-dq", " dq-bulk"};
     std::snprintf(s, sizeof s, "v7 bwd D128 BC%d BR%d %dw x%d wgmma%s%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "",
                   dq[W::DQ]);
-    return {s, 128, launch_backward_wgmma_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, W::DQ != kDqOrdered, 128, true};
+    return {s, 128, launch_backward_wgmma_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, W::DQ == kDqAtomic || W::DQ == kDqNone, 128, true};
 }
 std::vector<BwdVersion> bwd_versions() {
     return {{"v1 bwd library", 0, flash_attention_backward, flash_attention_backward_workspace},
@@ -134,6 +134,7 @@ std::vector<BwdVersion> bwd_versions() {
             bwd_version<BwdConfig<128, 8, 32, false>>("v3"),  // 32-query steps (the library before: v3 won)
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true>>(),   // 2 warpgroups, 128-key blocks
             wgmma_d128_bwd_version<WgBwdD128Config<1, 2, true>>(),   // 1 warpgroup, 64-key blocks, 2 blocks per SM
+            wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true, kDqBulk>>(),  // dq partials added by the TMA
             // bounds: the library configurations with unordered atomics, and with no dq at all
             wgmma_version<WgBwdConfig<1, 3, true, kDqAtomic>>(),
             wgmma_version<WgBwdConfig<1, 3, true, kDqNone>>(),

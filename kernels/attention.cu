@@ -329,9 +329,10 @@ struct BwdArgs {
     bool vec16;
 };
 
-// How a block adds its dq partial. The library uses kDqOrdered; the other two exist for dev/attention.cu as
-// timing bounds whose dq is wrong: kDqAtomic (FA2's unordered float atomics, no waits) and kDqNone (no dq).
-enum DqMode { kDqOrdered, kDqAtomic, kDqNone };
+// How a block adds its dq partial. The library uses kDqOrdered; kDqAtomic (FA2's unordered float atomics,
+// no waits) and kDqNone (no dq) exist for dev/attention.cu as timing bounds whose dq is wrong; kDqBulk (the
+// head_dim 128 Hopper backward only) keeps the order and has the TMA add the partial from shared memory.
+enum DqMode { kDqOrdered, kDqAtomic, kDqNone, kDqBulk };
 
 // D: padded head dim; NW: warps (keys per block BC = 16 NW); BR: query rows per step; KV_REGS: K and V A
 // fragments kept in registers for the whole block (else re-read from shared memory every step).

@@ -51,14 +51,46 @@ struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB block
     static constexpr int D = 128, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per row of a half
     static constexpr int NC = 2 / NWG;                                                      // dQ column halves per warpgroup
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;    // bytes of one column half
+    static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);  // bytes of one fp32 dq partial
     static constexpr size_t smem = 1024                                  // room to align the tiles to 1024 bytes
                                    + 4 * size_t(KV_HALF)                 // K, V: 2 halves each
                                    + 8 * size_t(Q_HALF)                  // Q[2], dO[2]: 2 halves each
                                    + size_t(BC) * ROW                    // dS^T [keys][64 queries]
-                                   + size_t(6) * BR * sizeof(float);     // lse, D, doc_start [2] each
+                                   + size_t(6) * BR * sizeof(float)      // lse, D, doc_start [2] each
+                                   + (DQ == kDqBulk ? 2 * size_t(DQ_TILE) : 0);  // kDqBulk: dq partials [2]
     static_assert(NWG == 1 || NWG == 2, "64 or 128 keys per block");
     static_assert(smem * MINB + MINB * 1024 <= 228 * 1024, "shared memory per SM");
 };
+
+// The TMA's bulk copies from shared to global memory (kDqBulk): a store, and an fp32 add done in the L2,
+// `bytes` (a multiple of 16) from 16-byte aligned addresses; commit closes a group of them, and bulk_wait<N>
+// returns once at most N of this thread's groups are still running (the others complete, writes done).
+__device__ __forceinline__ void bulk_store(float* dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// dq[b, t, h, :] = scale * the fp32 sum of tile (b H + h) nqt + t / 64 in acc, in the kernel's layout: float4
+// ((half * 4 + rows16) * 8 + n-tile) * 32 + lane holds row 16 rows16 + lane / 4 (x, y) and 8 rows on (z, w),
+// columns 64 half + 8 n-tile + 2 (lane % 4) and the next
+__global__ void dq_from_tiles_kernel(const float4* acc, bf16* dq, int T, int H, int nqt, int64_t n, float scale) {
+    constexpr int BR = 64, D = 128, PER_TILE = BR * D / 4;
+    for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < n; f += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t tile = f / PER_TILE;
+        const int e = int(f % PER_TILE), lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024;
+        const int i = int(tile % nqt), h = int(tile / nqt % H), b = int(tile / nqt / H);
+        const int row = i * BR + rows16 * 16 + lane / 4, col = half * 64 + nt * 8 + 2 * (lane % 4);
+        const float4 v = acc[f];
+        bf16* dst = dq + (int64_t(b) * T + row) * H * D + int64_t(h) * D + col;
+        if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+        if (row + 8 < T) *reinterpret_cast<__nv_bfloat162*>(dst + int64_t(8) * H * D) = __floats2bfloat162_rn(v.z * scale, v.w * scale);
+    }
+}
 
 // tm_q, tm_do (W::TMA): q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column
 // half of one head (head_rows_map with 2H heads).
@@ -77,6 +109,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
     float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
     float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
     int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
+    const uint32_t sDQ = sdS + BC * ROW + 6 * BR * 4;                            // kDqBulk: [2][BR * D] fp32
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
@@ -153,6 +186,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
             for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
     int pend = -1;  // the counter of the last dq partial added, released after the next barrier
     unsigned pend_val = 0;
+    int pend2 = -1;  // kDqBulk: the one before, released once the TMA has added it (two steps on)
+    unsigned pend2_val = 0;
 
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
@@ -160,7 +195,13 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
         fence_proxy_async();  // this thread's copies, visible to wgmma
         __syncthreads();      // step's tiles landed; every product of the previous step is complete
-        if (pend >= 0) {
+        if constexpr (W::DQ == kDqBulk) {  // the partial of step - 2 is in (and its buffer free): release its tile
+            if (tid == 0) {
+                bulk_wait<1>();
+                if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
+            }
+            pend2 = pend, pend2_val = pend_val, pend = -1;
+        } else if (pend >= 0) {
             if (tid == 0) st_release(p.counters + pend, pend_val);
             pend = -1;
         }
@@ -277,7 +318,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
         const bool first = j == jmin, last = j == jmax;
         const int cidx = (b * H + h) * nqt + i;
-        if (W::DQ != kDqAtomic && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        if (W::DQ == kDqOrdered && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
         __syncthreads();      // dS^T complete; the counter seen
 
@@ -300,6 +341,28 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
 #pragma unroll
         for (int c = 0; c < NC; ++c) wgmma_pin(dq[c]);
 
+        if constexpr (W::DQ == kDqBulk) {
+            // Into shared memory (the tile's layout, below), then one thread adds it to the tile in its turn with
+            // the TMA (the first contributor stores it); dq in bf16 comes from dq_from_tiles after the kernel.
+            float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(step & 1) * W::DQ_TILE - raw)) + lane;
+#pragma unroll
+            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt)
+                    buf[((wg * NC + c) * 4 + warp % 4) * 8 * 32 + nt * 32] = make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]);
+            fence_proxy_async();  // this thread's stores, visible to the TMA
+            __syncthreads();      // the partial complete
+            if (tid == 0) {
+                if (!first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+                float* tile = p.dq_acc + int64_t(cidx) * (BR * D);
+                const uint32_t src = sDQ + uint32_t(step & 1) * W::DQ_TILE;
+                if (first) bulk_store(tile, src, W::DQ_TILE);
+                else bulk_reduce_add_f32(tile, src, W::DQ_TILE);
+                bulk_commit();
+            }
+            if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+            continue;
+        }
         // Into the tile (float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane): the first contributor
         // stores, the others add with reductions; the last (the diagonal block) then reads the sum back (its own
         // reductions, same thread and address: ordered), scales and writes bf16 dq. (Adding in the L2 rather
@@ -340,7 +403,15 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
     }
     __syncthreads();
-    if (pend >= 0 && tid == 0) st_release(p.counters + pend, pend_val);
+    if constexpr (W::DQ == kDqBulk) {
+        if (tid == 0) {
+            bulk_wait<0>();
+            if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
+            if (pend >= 0) st_release(p.counters + pend, pend_val);
+        }
+    } else if (pend >= 0 && tid == 0) {
+        st_release(p.counters + pend, pend_val);
+    }
 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -389,6 +460,12 @@ void launch_backward_wgmma_d128(const AttentionShape& a, const bf16* q, const bf
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
     flash_backward_wgmma_d128_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_wgmma_d128_kernel");
+    if constexpr (W::DQ == kDqBulk) {
+        const int nqt = (a.T + W::BR - 1) / W::BR;
+        const int64_t n = int64_t(a.B) * a.H * nqt * (W::BR * W::D / 4);
+        dq_from_tiles_kernel<<<unsigned(std::min<int64_t>((n + 255) / 256, 65535)), 256, 0, stream>>>(reinterpret_cast<const float4*>(p.dq_acc), dq, a.T, a.H, nqt, n, p.scale);
+        check_launch("dq_from_tiles_kernel");
+    }
 }
 
 }  // namespace
