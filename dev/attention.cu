@@ -17,8 +17,8 @@
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
 // kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
 // WgFwdConfig<2, 128, 3, 128>); v7 configurations of the Hopper backward for head_dim 128 (the library's is
-// WgBwdD128Config<2, 1, true>), each also checked for bitwise determinism on its own); "dq-atomic" and "no-dq" are timing bounds of
-// the mma.sync backward whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
+// WgBwdD128Config<2, 1, true>), each also checked for bitwise determinism on its own, "dq-bulk" among them (dq added
+// by the TMA); "dq-atomic" and "no-dq" are timing bounds of the mma.sync and Hopper backwards whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
