@@ -80,6 +80,9 @@ $(B)/tokenize_bench: $(B)/bench/tokenize_bench.o $(OBJS)
 $(B)/gemv_bench: $(B)/bench/gemv_bench.o $(OBJS)
 	$(CXX) -o $@ $^ $(LDLIBS)
 
+$(B)/gemm_bench: $(B)/bench/gemm_bench.o $(OBJS)
+	$(CXX) -o $@ $^ $(LDLIBS)
+
 $(B)/%.o: %.cpp $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c -o $@ $<
@@ -103,7 +106,7 @@ data:
 test: $(B)/run_tests train data
 	./$(B)/run_tests
 
-bench: $(B)/tokenize_bench $(B)/gemv_bench data
+bench: $(B)/tokenize_bench $(B)/gemv_bench $(B)/gemm_bench data
 
 clean:
 	rm -rf $(B) train
