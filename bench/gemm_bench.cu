@@ -11,23 +11,14 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "kernels/ops.h"
 #include "support/cuda_calls.h"
 
 namespace {
 
-// x[i] = a uniform value in [-1, 1) from a hash of i
-__global__ void fill_random_kernel(bf16* x, size_t n, uint32_t seed) {
-    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-        uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-        h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-        x[i] = __float2bfloat16(float(h >> 8) / float(1 << 23) - 1.0f);
-    }
-}
-
-bf16* random_matrix(size_t n, uint32_t seed) {
+bf16* random_matrix(size_t n, uint64_t seed) {  // N(0, 1) values (the model's own initializer)
     bf16* x = device_alloc<bf16>(n, "operand");
-    fill_random_kernel<<<1024, 256>>>(x, n, seed);
-    check_launch("fill_random_kernel");
+    init_normal(x, nullptr, int64_t(n), seed, 0, 1.0f, 0.0f, nullptr);
     return x;
 }
 

@@ -461,6 +461,7 @@ void launch_backward_wgmma_d128(const AttentionShape& a, const bf16* q, const bf
     flash_backward_wgmma_d128_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_wgmma_d128_kernel");
     if constexpr (W::DQ == kDqBulk) {
+        static_assert(W::BR == 64 && W::D == 128, "dq_from_tiles_kernel's tile layout");
         const int nqt = (a.T + W::BR - 1) / W::BR;
         const int64_t n = int64_t(a.B) * a.H * nqt * (W::BR * W::D / 4);
         dq_from_tiles_kernel<<<unsigned(std::min<int64_t>((n + 255) / 256, 65535)), 256, 0, stream>>>(reinterpret_cast<const float4*>(p.dq_acc), dq, a.T, a.H, nqt, n, p.scale);

@@ -90,7 +90,8 @@ Generator::~Generator() {
 }
 
 // Positions 0..P-1 of every row in one pass (rows without a prompt read padding). The model for P tokens a
-// row (one layer's activations, as decode's) is made when P differs from the last call's.
+// row (one layer's activations, with recompute, but every layer's input and the gradient scratch too) is made
+// when P differs from the last call's.
 void Generator::prefill(UnitStore& store, const std::vector<std::vector<int32_t>>& prompts, int P) {
     if (!prefill_model_ || prefill_tokens_ != P) {
         prefill_model_.reset();
