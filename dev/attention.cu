@@ -109,7 +109,7 @@ BwdVersion wgmma_version() {
     const char* dq[] = {"", " dq-atomic", " no-dq", " dq-bulk"};
     std::snprintf(s, sizeof s, "v5 bwd D64 BC%d BR%d %dw x%d wgmma%s%s", W::BC, W::BR, W::THREADS / 32, W::MINB, W::TMA ? " tma" : "",
                   dq[W::DQ]);
-    return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, W::DQ != kDqOrdered, 64};
+    return {s, 64, launch_backward_wgmma<W>, backward_workspace_bytes<Lib<64>::Bwd>, W::DQ == kDqAtomic || W::DQ == kDqNone, 64};
 }
 // The Hopper backward for Dh 128 (sm_90a): NWG warpgroups (64 keys each), MINB blocks per SM.
 template <class W>
@@ -128,6 +128,7 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_version<WgBwdConfig<1, 2>>(),
             wgmma_version<WgBwdConfig<1, 3>>(),
             wgmma_version<WgBwdConfig<1, 3, true>>(),
+            wgmma_version<WgBwdConfig<1, 3, true, kDqBulk>>(),  // dq partials added by the TMA
             bwd_version<BwdConfig<64, 8, 64, false>>("v2"),   // K, V re-read from shared memory
             bwd_version<BwdConfig<64, 4, 64, true>>("v3"),    // 64-key blocks
             bwd_version<BwdConfig<128, 4, 32, false>>("v2"),  // 64-key blocks
@@ -487,6 +488,7 @@ int main(int argc, char** argv) {
     print_resources<WgBwdConfig<1, 2>>("v5 bwd wgmma BC64 4w x2", flash_backward_wgmma_kernel<WgBwdConfig<1, 2>>);
     print_resources<WgBwdConfig<1, 3>>("v5 bwd wgmma BC64 4w x3", flash_backward_wgmma_kernel<WgBwdConfig<1, 3>>);
     print_resources<WgBwdConfig<1, 3, true>>("v5 bwd wgmma BC64 4w x3 tma", flash_backward_wgmma_kernel<WgBwdConfig<1, 3, true>>);
+    print_resources<WgBwdConfig<1, 3, true, kDqBulk>>("v5 bwd wgmma BC64 4w x3 tma dq-bulk", flash_backward_wgmma_kernel<WgBwdConfig<1, 3, true, kDqBulk>>);
     print_resources<WgFwdConfig<3, 128, 3>>("v5 fwd wgmma BR192 BC128 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 3>>);
     print_resources<WgFwdConfig<3, 128, 4>>("v5 fwd wgmma BR192 BC128 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 4>>);
     print_resources<WgFwdConfig<3, 96, 4>>("v5 fwd wgmma BR192 BC96 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 96, 4>>);
@@ -498,6 +500,7 @@ int main(int argc, char** argv) {
         print_resources<WgFwdConfig<3, 64, 4, 128>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 4, 128>>);
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
+        print_resources<WgBwdD128Config<2, 1, true, kDqBulk>>("v7 bwd D128 wgmma BC128 8w x1 tma dq-bulk", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true, kDqBulk>>);
     }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);

@@ -192,6 +192,49 @@ CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
     return map;
 }
 
+// The TMA's bulk copies from shared to global memory (kDqBulk): a store, and an fp32 add done in the L2,
+// `bytes` (a multiple of 16) from 16-byte aligned addresses; commit closes a group of them; bulk_wait<N>
+// returns once at most N of this thread's groups are still running (the others complete, writes done), and
+// bulk_wait_read<N> once the others have read their shared memory (it may be written again).
+__device__ __forceinline__ void bulk_store(float* dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
+
+// dq[b, t, h, :] = scale * the fp32 sum of tile (b H + h) nqt + t / 64 in acc (kDqBulk), in the Hopper backwards'
+// layout: float4 ((half * 4 + rows16) * 8 + n-tile) * 32 + lane holds row 16 rows16 + lane / 4 (x, y) and 8 rows
+// on (z, w), columns 64 half + 8 n-tile + 2 (lane % 4) and the next (half: 0 at D = 64, 0 and 1 at 128)
+template <int D>
+__global__ void dq_from_tiles_kernel(const float4* acc, bf16* dq, int T, int H, int nqt, int64_t n, float scale) {
+    constexpr int BR = 64, PER_TILE = BR * D / 4;
+    for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < n; f += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t tile = f / PER_TILE;
+        const int e = int(f % PER_TILE), lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024;
+        const int i = int(tile % nqt), h = int(tile / nqt % H), b = int(tile / nqt / H);
+        const int row = i * BR + rows16 * 16 + lane / 4, col = half * 64 + nt * 8 + 2 * (lane % 4);
+        const float4 v = acc[f];
+        bf16* dst = dq + (int64_t(b) * T + row) * H * D + int64_t(h) * D + col;
+        if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+        if (row + 8 < T) *reinterpret_cast<__nv_bfloat162*>(dst + int64_t(8) * H * D) = __floats2bfloat162_rn(v.z * scale, v.w * scale);
+    }
+}
+
+// dq in bf16 from the fp32 tiles after a kDqBulk backward (the tiles of B H heads of T rows, BR = 64)
+template <int D>
+void launch_dq_from_tiles(const float* dq_acc, bf16* dq, const AttentionShape& a, float scale, cudaStream_t stream) {
+    const int nqt = (a.T + 63) / 64;
+    const int64_t n = int64_t(a.B) * a.H * nqt * (64 * D / 4);
+    dq_from_tiles_kernel<D><<<unsigned(std::min<int64_t>((n + 255) / 256, 65535)), 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_acc), dq, a.T, a.H, nqt, n, scale);
+    check_launch("dq_from_tiles_kernel");
+}
+
 // ---------------------------------------------------------------------------------------------- backward, Hopper
 // The same algorithm, steps and dq ordering as flash_backward_kernel, for Dh = 64 (16-byte aligned rows),
 // with the products on wgmma (sm_90a): a block has NWG warpgroups, each owning 64 keys (warp w: keys 16w..,
@@ -210,7 +253,9 @@ struct WgBwdConfig {  // NWG warpgroups per block, MINB blocks per SM asked of p
     static constexpr int NTD = 8 / NWG;                                   // dQ n-tiles per warp (64 / NWG columns)
     static constexpr size_t smem = 1024                                   // room to align the tiles to 1024 bytes
                                    + size_t(2 * BC + 4 * BR + BC) * ROW  // K, V, Q[2], dO[2], dS^T [keys][queries]
-                                   + size_t(6) * BR * sizeof(float);      // lse, D, doc_start [2] each
+                                   + size_t(6) * BR * sizeof(float)       // lse, D, doc_start [2] each
+                                   + (DQ == kDqBulk ? size_t(BR) * D * sizeof(float) : 0);  // kDqBulk: one dq partial
+    static_assert(DQ != kDqBulk || NWG == 1, "kDqBulk: dq_from_tiles_kernel's layout is one warpgroup's");
 };
 
 // Rows [0, ROWS) of a Dh = 64 tile into swizzled shared memory at dst: row r from src + r * row_stride; rows
@@ -239,6 +284,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
     float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
     float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
     int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
+    const uint32_t sDQ = sdS + BC * ROW + 6 * BR * 4;                            // kDqBulk: [BR * D] fp32
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, Dh = p.Dh, G = H / KVH;
@@ -301,6 +347,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.f;
     int pend = -1;  // the counter of the last dq partial added, released after the next barrier
     unsigned pend_val = 0;
+    int pend2 = -1;  // kDqBulk: the one before, released once the TMA has added it (two steps on)
+    unsigned pend2_val = 0;
 
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
@@ -308,7 +356,13 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
         fence_proxy_async();  // this thread's copies, visible to wgmma
         __syncthreads();      // step's tiles landed; every product of the previous step is complete
-        if (pend >= 0) {
+        if constexpr (W::DQ == kDqBulk) {  // the partial of step - 2 is in: release its tile
+            if (tid == 0) {
+                bulk_wait<1>();
+                if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
+            }
+            pend2 = pend, pend2_val = pend_val, pend = -1;
+        } else if (pend >= 0) {
             if (tid == 0) st_release(p.counters + pend, pend_val);
             pend = -1;
         }
@@ -403,7 +457,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
         const bool first = j == jmin, last = j == jmax;
         const int cidx = (b * H + h) * nqt + i;
-        if (W::DQ != kDqAtomic && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        if (W::DQ == kDqOrdered && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+        if (W::DQ == kDqBulk && tid == 0) bulk_wait_read<0>();  // the last partial read out: its buffer is free
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
         __syncthreads();      // dS^T complete; the counter seen
 
@@ -423,6 +478,24 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         wgmma_wait<0>();
         wgmma_pin(dq);
 
+        if constexpr (W::DQ == kDqBulk) {
+            // Into shared memory (the tile's layout), then one thread adds it to the tile in its turn with the TMA
+            // (the first contributor stores it); dq in bf16 comes from dq_from_tiles after the kernel.
+            float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ - raw)) + warp * NTD * 32 + lane;
+#pragma unroll
+            for (int nt = 0; nt < NTD; ++nt) buf[nt * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+            fence_proxy_async();  // this thread's stores, visible to the TMA
+            __syncthreads();      // the partial complete
+            if (tid == 0) {
+                if (!first) wait_counter(p.counters + cidx, unsigned(j - jmin));
+                float* tile = p.dq_acc + int64_t(cidx) * (BR * W::D);
+                if (first) bulk_store(tile, sDQ, BR * W::D * 4);
+                else bulk_reduce_add_f32(tile, sDQ, BR * W::D * 4);
+                bulk_commit();
+            }
+            if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+            continue;
+        }
         float4* accp = reinterpret_cast<float4*>(p.dq_acc + int64_t(cidx) * (BR * W::D)) + warp * NTD * 32 + lane;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt) {
@@ -445,7 +518,15 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
     }
     __syncthreads();
-    if (pend >= 0 && tid == 0) st_release(p.counters + pend, pend_val);
+    if constexpr (W::DQ == kDqBulk) {
+        if (tid == 0) {
+            bulk_wait<0>();
+            if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
+            if (pend >= 0) st_release(p.counters + pend, pend_val);
+        }
+    } else if (pend >= 0 && tid == 0) {
+        st_release(p.counters + pend, pend_val);
+    }
 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -510,6 +591,7 @@ void launch_backward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
     flash_backward_wgmma_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_wgmma_kernel");
+    if constexpr (W::DQ == kDqBulk) launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
 }
 
 // ---------------------------------------------------------------------------------------------- forward, Hopper

@@ -6,7 +6,7 @@
 // Owns: WgBwdD128Config, flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and
 // launch_backward_wgmma_d128 (the launcher; dev/attention.cu times its other configurations as "v7").
 // Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
-// register/shared), the mbarrier/TMA helpers, head_rows_map and load_tile_sw128; from attention.cu BwdArgs,
+// register/shared), the mbarrier/TMA helpers, head_rows_map, load_tile_sw128 and kDqBulk's bulk copies and dq_from_tiles; from attention.cu BwdArgs,
 // prepare_backward (counters zeroed, D = rowsum(dO o)), wait_counter, st_release, the workspace layout
 // (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). attention.cu includes it after attention_sm90.cuh.
 //
@@ -61,36 +61,6 @@ struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB block
     static_assert(NWG == 1 || NWG == 2, "64 or 128 keys per block");
     static_assert(smem * MINB + MINB * 1024 <= 228 * 1024, "shared memory per SM");
 };
-
-// The TMA's bulk copies from shared to global memory (kDqBulk): a store, and an fp32 add done in the L2,
-// `bytes` (a multiple of 16) from 16-byte aligned addresses; commit closes a group of them, and bulk_wait<N>
-// returns once at most N of this thread's groups are still running (the others complete, writes done).
-__device__ __forceinline__ void bulk_store(float* dst, uint32_t src, uint32_t bytes) {
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-// dq[b, t, h, :] = scale * the fp32 sum of tile (b H + h) nqt + t / 64 in acc, in the kernel's layout: float4
-// ((half * 4 + rows16) * 8 + n-tile) * 32 + lane holds row 16 rows16 + lane / 4 (x, y) and 8 rows on (z, w),
-// columns 64 half + 8 n-tile + 2 (lane % 4) and the next
-__global__ void dq_from_tiles_kernel(const float4* acc, bf16* dq, int T, int H, int nqt, int64_t n, float scale) {
-    constexpr int BR = 64, D = 128, PER_TILE = BR * D / 4;
-    for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < n; f += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t tile = f / PER_TILE;
-        const int e = int(f % PER_TILE), lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024;
-        const int i = int(tile % nqt), h = int(tile / nqt % H), b = int(tile / nqt / H);
-        const int row = i * BR + rows16 * 16 + lane / 4, col = half * 64 + nt * 8 + 2 * (lane % 4);
-        const float4 v = acc[f];
-        bf16* dst = dq + (int64_t(b) * T + row) * H * D + int64_t(h) * D + col;
-        if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
-        if (row + 8 < T) *reinterpret_cast<__nv_bfloat162*>(dst + int64_t(8) * H * D) = __floats2bfloat162_rn(v.z * scale, v.w * scale);
-    }
-}
 
 // tm_q, tm_do (W::TMA): q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column
 // half of one head (head_rows_map with 2H heads).
@@ -460,13 +430,7 @@ void launch_backward_wgmma_d128(const AttentionShape& a, const bf16* q, const bf
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
     flash_backward_wgmma_d128_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_wgmma_d128_kernel");
-    if constexpr (W::DQ == kDqBulk) {
-        static_assert(W::BR == 64 && W::D == 128, "dq_from_tiles_kernel's tile layout");
-        const int nqt = (a.T + W::BR - 1) / W::BR;
-        const int64_t n = int64_t(a.B) * a.H * nqt * (W::BR * W::D / 4);
-        dq_from_tiles_kernel<<<unsigned(std::min<int64_t>((n + 255) / 256, 65535)), 256, 0, stream>>>(reinterpret_cast<const float4*>(p.dq_acc), dq, a.T, a.H, nqt, n, p.scale);
-        check_launch("dq_from_tiles_kernel");
-    }
+    if constexpr (W::DQ == kDqBulk) launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
 }
 
 }  // namespace
