@@ -359,6 +359,51 @@ __device__ __forceinline__ void wait_counter(const unsigned* c, unsigned target)
     }
 }
 
+// The dq tile a block has added its partial to, not yet handed to the next contributor: thread 0 releases the
+// tile's counter with the next contributor's turn. Ordered (BULK false): right after the next step's first
+// barrier, which orders every thread's stores and reductions before the release (gpu scope, cumulative).
+// kDqBulk (BULK true): two steps on, once the TMA's add has completed (bulk_wait<1>: all but the last group).
+struct DqHandoff {
+    int tile = -1, tile2 = -1;     // the last step's tile, and (BULK) the one before; -1: none
+    unsigned turn = 0, turn2 = 0;  // the values released
+
+    __device__ __forceinline__ void hand(int cidx, unsigned next_turn) { tile = cidx, turn = next_turn; }
+    // at the top of each step, after its first barrier; finish: after the loop's last barrier
+    template <bool BULK>
+    __device__ __forceinline__ void after_barrier(unsigned* counters, int tid) {
+        if constexpr (BULK) {
+            if (tid == 0) {
+                bulk_wait<1>();  // the add of two steps ago has completed
+                if (tile2 >= 0) st_release(counters + tile2, turn2);
+            }
+            tile2 = tile, turn2 = turn;
+        } else if (tile >= 0 && tid == 0) {
+            st_release(counters + tile, turn);
+        }
+        tile = -1;
+    }
+    template <bool BULK>
+    __device__ __forceinline__ void finish(unsigned* counters, int tid) {
+        if (tid != 0) return;
+        if constexpr (BULK) {
+            bulk_wait<0>();
+            if (tile2 >= 0) st_release(counters + tile2, turn2);
+        }
+        if (tile >= 0) st_release(counters + tile, turn);
+    }
+};
+
+// kDqBulk, thread 0: the partial at src (BYTES of fp32 in shared memory) into tile cidx in the tile's turn: the
+// first contributor stores it, the others wait for the one before to release the tile and add it in the L2.
+template <uint32_t BYTES>
+__device__ __forceinline__ void bulk_add_partial(const BwdArgs& p, int cidx, bool first, unsigned turn, uint32_t src) {
+    if (!first) wait_counter(p.counters + cidx, turn);
+    float* tile = p.dq_acc + int64_t(cidx) * (BYTES / sizeof(float));
+    if (first) bulk_store(tile, src, BYTES);
+    else bulk_reduce_add_f32(tile, src, BYTES);
+    bulk_commit();
+}
+
 // Block (j, b, g): dV_j = sum_{h in group, t} P^T dO,  dK_j = scale sum dS^T Q,  dq tiles += dS K in order of j.
 template <class C>
 __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const BwdArgs p) {
@@ -431,17 +476,13 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.f;
     uint32_t kf[C::KV_REGS ? KD : 1][4], vf[C::KV_REGS ? KD : 1][4];
-    int pend = -1;  // the counter of the last dq partial added, released in the next step
-    unsigned pend_val = 0;
+    DqHandoff handoff;  // the last dq partial's tile, released in the next step
 
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
         cp_async_wait_all();
         __syncthreads();  // step's tiles landed; all warps are done with buffer bb ^ 1 and with dS^T
-        if (pend >= 0) {  // the previous step's partial (see the end of the step)
-            if (tid == 0) st_release(p.counters + pend, pend_val);
-            pend = -1;
-        }
+        handoff.after_barrier<false>(p.counters, tid);  // the previous step's partial
         if (step + 1 < n_steps) {
             load_step(step + 1, bb ^ 1);
             cp_async_commit();
@@ -635,12 +676,10 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
                 }
             }
         }
-        // Released by thread 0 right after the next barrier, which orders every thread's stores and reductions
-        // before the release (gpu scope, cumulative): whoever acquires the counter sees them all.
-        if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+        if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
     }
     __syncthreads();
-    if (pend >= 0 && tid == 0) st_release(p.counters + pend, pend_val);
+    handoff.finish<false>(p.counters, tid);
 
     // dK (scaled) and dV of this warp's 16 keys
 #pragma unroll

@@ -192,22 +192,6 @@ CUtensorMap head_rows_map(const bf16* base, int B, int T, int heads, int rows) {
     return map;
 }
 
-// The TMA's bulk copies from shared to global memory (kDqBulk): a store, and an fp32 add done in the L2,
-// `bytes` (a multiple of 16) from 16-byte aligned addresses; commit closes a group of them; bulk_wait<N>
-// returns once at most N of this thread's groups are still running (the others complete, writes done), and
-// bulk_wait_read<N> once the others have read their shared memory (it may be written again).
-__device__ __forceinline__ void bulk_store(float* dst, uint32_t src, uint32_t bytes) {
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
-template <int N>
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
-
 // dq[b, t, h, :] = scale * the fp32 sum of tile (b H + h) nqt + t / 64 in acc (kDqBulk), in the Hopper backwards'
 // layout: float4 ((half * 4 + rows16) * 8 + n-tile) * 32 + lane holds row 16 rows16 + lane / 4 (x, y) and 8 rows
 // on (z, w), columns 64 half + 8 n-tile + 2 (lane % 4) and the next (half: 0 at D = 64, 0 and 1 at 128)
@@ -345,10 +329,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
     for (int nd = 0; nd < 8; ++nd)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.f;
-    int pend = -1;  // the counter of the last dq partial added, released after the next barrier
-    unsigned pend_val = 0;
-    int pend2 = -1;  // kDqBulk: the one before, released once the TMA has added it (two steps on)
-    unsigned pend2_val = 0;
+    DqHandoff handoff;  // the dq partials' tiles not yet released to their next contributors
 
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
@@ -356,16 +337,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
         fence_proxy_async();  // this thread's copies, visible to wgmma
         __syncthreads();      // step's tiles landed; every product of the previous step is complete
-        if constexpr (W::DQ == kDqBulk) {  // the partial of step - 2 is in: release its tile
-            if (tid == 0) {
-                bulk_wait<1>();
-                if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
-            }
-            pend2 = pend, pend2_val = pend_val, pend = -1;
-        } else if (pend >= 0) {
-            if (tid == 0) st_release(p.counters + pend, pend_val);
-            pend = -1;
-        }
+        handoff.after_barrier<W::DQ == kDqBulk>(p.counters, tid);
         if (step + 1 < n_steps) {
             load_step(step + 1, bb ^ 1);
             cp_async_commit();
@@ -486,14 +458,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
             for (int nt = 0; nt < NTD; ++nt) buf[nt * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
             fence_proxy_async();  // this thread's stores, visible to the TMA
             __syncthreads();      // the partial complete
-            if (tid == 0) {
-                if (!first) wait_counter(p.counters + cidx, unsigned(j - jmin));
-                float* tile = p.dq_acc + int64_t(cidx) * (BR * W::D);
-                if (first) bulk_store(tile, sDQ, BR * W::D * 4);
-                else bulk_reduce_add_f32(tile, sDQ, BR * W::D * 4);
-                bulk_commit();
-            }
-            if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+            if (tid == 0) bulk_add_partial<BR * W::D * 4>(p, cidx, first, unsigned(j - jmin), sDQ);
+            if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
             continue;
         }
         float4* accp = reinterpret_cast<float4*>(p.dq_acc + int64_t(cidx) * (BR * W::D)) + warp * NTD * 32 + lane;
@@ -515,18 +481,10 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
                         __floats2bfloat162_rn((sum.z + part.z) * p.scale, (sum.w + part.w) * p.scale);
             }
         }
-        if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+        if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
     }
     __syncthreads();
-    if constexpr (W::DQ == kDqBulk) {
-        if (tid == 0) {
-            bulk_wait<0>();
-            if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
-            if (pend >= 0) st_release(p.counters + pend, pend_val);
-        }
-    } else if (pend >= 0 && tid == 0) {
-        st_release(p.counters + pend, pend_val);
-    }
+    handoff.finish<W::DQ == kDqBulk>(p.counters, tid);
 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {

@@ -154,10 +154,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         for (int nd = 0; nd < 8; ++nd)
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
-    int pend = -1;  // the counter of the last dq partial added, released after the next barrier
-    unsigned pend_val = 0;
-    int pend2 = -1;  // kDqBulk: the one before, released once the TMA has added it (two steps on)
-    unsigned pend2_val = 0;
+    DqHandoff handoff;  // the dq partials' tiles not yet released to their next contributors
 
     for (int step = 0; step < n_steps; ++step) {
         const int bb = step & 1;
@@ -165,16 +162,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
         fence_proxy_async();  // this thread's copies, visible to wgmma
         __syncthreads();      // step's tiles landed; every product of the previous step is complete
-        if constexpr (W::DQ == kDqBulk) {  // the partial of step - 2 is in (and its buffer free): release its tile
-            if (tid == 0) {
-                bulk_wait<1>();
-                if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
-            }
-            pend2 = pend, pend2_val = pend_val, pend = -1;
-        } else if (pend >= 0) {
-            if (tid == 0) st_release(p.counters + pend, pend_val);
-            pend = -1;
-        }
+        handoff.after_barrier<W::DQ == kDqBulk>(p.counters, tid);  // (kDqBulk: and step - 2's buffer is free)
         if (step + 1 < n_steps) {
             load_step(step + 1, bb ^ 1);
             cp_async_commit();
@@ -322,15 +310,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
                     buf[((wg * NC + c) * 4 + warp % 4) * 8 * 32 + nt * 32] = make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]);
             fence_proxy_async();  // this thread's stores, visible to the TMA
             __syncthreads();      // the partial complete
-            if (tid == 0) {
-                if (!first) wait_counter(p.counters + cidx, unsigned(j - jmin));
-                float* tile = p.dq_acc + int64_t(cidx) * (BR * D);
-                const uint32_t src = sDQ + uint32_t(step & 1) * W::DQ_TILE;
-                if (first) bulk_store(tile, src, W::DQ_TILE);
-                else bulk_reduce_add_f32(tile, src, W::DQ_TILE);
-                bulk_commit();
-            }
-            if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+            if (tid == 0) bulk_add_partial<W::DQ_TILE>(p, cidx, first, unsigned(j - jmin), sDQ + uint32_t(step & 1) * W::DQ_TILE);
+            if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
             continue;
         }
         // Into the tile (float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane): the first contributor
@@ -370,18 +351,10 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
                 }
             }
         }
-        if (!last) pend = cidx, pend_val = unsigned(j - jmin + 1);
+        if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
     }
     __syncthreads();
-    if constexpr (W::DQ == kDqBulk) {
-        if (tid == 0) {
-            bulk_wait<0>();
-            if (pend2 >= 0) st_release(p.counters + pend2, pend2_val);
-            if (pend >= 0) st_release(p.counters + pend, pend_val);
-        }
-    } else if (pend >= 0 && tid == 0) {
-        st_release(p.counters + pend, pend_val);
-    }
+    handoff.finish<W::DQ == kDqBulk>(p.counters, tid);
 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {

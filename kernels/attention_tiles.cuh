@@ -1,6 +1,7 @@
 // kernels/attention_tiles.cuh — what the fused attention kernels (attention.cu) build on: thin wrappers of the
-// PTX instructions they use (ldmatrix, mma.sync m16n8k16 bf16 -> fp32, cp.async) with the fragment layouts
-// spelled out, and the tile loads from global into padded shared memory. Included by attention.cu only.
+// PTX instructions they use (ldmatrix, mma.sync m16n8k16 bf16 -> fp32, cp.async, release/acquire, the bulk
+// copies) with the fragment layouts spelled out, and the tile loads from global into padded shared memory.
+// Included by attention.cu only.
 #pragma once
 #include <cstdint>
 
@@ -88,6 +89,22 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 __device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
     asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
+
+// The TMA's bulk copies from shared to global memory (sm_90; the Hopper backwards' kDqBulk): a store, and an
+// fp32 add done in the L2, `bytes` (a multiple of 16) from 16-byte aligned addresses; commit closes a group of
+// them; bulk_wait<N> returns once at most N of this thread's groups are still running (the others complete,
+// writes done), and bulk_wait_read<N> once the others have read their shared memory (it may be written again).
+__device__ __forceinline__ void bulk_store(float* dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
 
 // Rows [0, ROWS) of a tile into shared memory (row stride D + 8): row r from src + r * row_stride, columns
 // [0, Dh); rows >= rows_valid and columns >= Dh are zero-filled. Issues cp.async; the caller commits.
