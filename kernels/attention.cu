@@ -404,6 +404,61 @@ __device__ __forceinline__ void bulk_add_partial(const BwdArgs& p, int cidx, boo
     bulk_commit();
 }
 
+// The last query tile a backward block must visit (its keys from key block j, BC wide; its first tile i_lo):
+// with documents, the last tile whose first row's document starts at or before this block (doc_start is
+// non-decreasing, so the tiles that pass are a prefix from i_lo); without, the last tile. Every thread calls it.
+template <int BR, int BC, int THREADS>
+__device__ __forceinline__ int last_query_tile(const int32_t* doc, int i_lo, int nqt, int j) {
+    if (!doc) return nqt - 1;
+    int count = 0;
+    for (int base = i_lo; base < nqt; base += THREADS) {
+        const int i = base + int(threadIdx.x);
+        count += __syncthreads_count(i < nqt && doc[i * BR] / BC <= j);
+    }
+    return i_lo + count - 1;
+}
+
+// An S^T-shaped accumulator (n-tiles of 8 query columns; this lane's columns 2 tq, 2 tq + 1 of each) started
+// at -factor * col[query]: S^T at -lse/scale (the softmax's subtraction folded into the product), dP^T at -D.
+template <int NTQ>
+__device__ __forceinline__ void start_at_minus(float (&acc)[NTQ][4], const float* col, float factor, int tq) {
+#pragma unroll
+    for (int nt = 0; nt < NTQ; ++nt) {
+        const float2 v = *reinterpret_cast<const float2*>(col + nt * 8 + 2 * tq);
+        acc[nt][0] = acc[nt][2] = -v.x * factor;
+        acc[nt][1] = acc[nt][3] = -v.y * factor;
+    }
+}
+
+// P^T = exp2(scale_log2 (s - lse/scale)) from the S^T accumulators st (this lane's keys key_q and key_q + 8,
+// relative to the tile's first query q0; its queries 2 tq.. of each n-tile), zero where masked (key outside
+// [doc_start[t], t], t >= T: rows_q = T - q0), as the bf16 A fragments of the k-steps over queries (the C
+// fragments of n-tiles 2kq, 2kq+1). Only this packed copy is kept, so P and dP never both sit in fp32.
+// mma.sync's m16n8 and wgmma's m64 accumulators lay a warp's 16 rows out alike: all three backwards use it.
+template <int BR>
+__device__ __forceinline__ void probs_as_fragments(float (&st)[BR / 8][4], uint32_t (&pa)[BR / 16][4], float scale_log2, bool need_mask,
+                                                   int key_q, int rows_q, int q0, const int* ds_b, int tq) {
+#pragma unroll
+    for (int nt = 0; nt < BR / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int c = nt * 8 + 2 * tq + (e & 1);  // query column in the tile
+            float pv = ex2(st[nt][e] * scale_log2);
+            if (need_mask) {
+                const int key = key_q + 8 * (e >> 1);  // relative to q0
+                if ((c >= rows_q) | (key > c) | (key + q0 < ds_b[c])) pv = 0.f;
+            }
+            st[nt][e] = pv;
+        }
+#pragma unroll
+    for (int kq = 0; kq < BR / 16; ++kq) {
+        pa[kq][0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
+        pa[kq][1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
+        pa[kq][2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
+        pa[kq][3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
+    }
+}
+
 // Block (j, b, g): dV_j = sum_{h in group, t} P^T dO,  dK_j = scale sum dS^T Q,  dq tiles += dS K in order of j.
 template <class C>
 __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const BwdArgs p) {
@@ -429,18 +484,8 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
     const int64_t q_stride = int64_t(H) * Dh, kv_stride = int64_t(KVH) * Dh;
     const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
 
-    // Query tiles that see these keys: i_lo (the first reaching key k0) .. i_hi (the last whose first row's
-    // document starts at or before this tile). doc_start is non-decreasing, so the test is a prefix.
-    const int i_lo = k0 / BR;
-    int i_hi = nqt - 1;
-    if (doc) {
-        int count = 0;
-        for (int base = i_lo; base < nqt; base += THREADS) {
-            const int i = base + tid;
-            count += __syncthreads_count(i < nqt && doc[i * BR] / BC <= j);
-        }
-        i_hi = i_lo + count - 1;
-    }
+    // Query tiles that see these keys: i_lo (the first reaching key k0) .. i_hi
+    const int i_lo = k0 / BR, i_hi = last_query_tile<BR, BC, THREADS>(doc, i_lo, nqt, j);
     const int n_steps = (i_hi - i_lo + 1) * G;  // step = (query tile i descending, head h of the group)
 
     auto load_step = [&](int step, int bb) {
@@ -505,12 +550,7 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
         // S^T - lse/scale = K Q^T + (-lse/scale) (rows: this warp's 16 keys; columns: BR queries; the
         // accumulator starts at -lse of its column). B[k = d][n = query] = Q[query][d].
         float st[NTQ][4];
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt) {
-            const float2 l2 = *reinterpret_cast<const float2*>(lse_b + nt * 8 + 2 * tq);
-            st[nt][0] = st[nt][2] = -l2.x * p.lse_to_s;
-            st[nt][1] = st[nt][3] = -l2.y * p.lse_to_s;
-        }
+        start_at_minus(st, lse_b, p.lse_to_s, tq);
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk) {
             uint32_t a[4];
@@ -529,32 +569,10 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
             }
         }
 
-        // P^T = exp2(scale_log2 (s - lse/scale)), zero where masked (key outside [doc_start[t], t], t >= T)
+        // P^T, masked, as bf16 A fragments (dS below uses them too)
         const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
-        const int key_q = k0 + kw + gr - q0;  // this lane's first key, relative to the tile's first query
-        const int rows_q = T - q0;
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = nt * 8 + 2 * tq + (e & 1);  // query column in the tile
-                float pv = ex2(st[nt][e] * p.scale_log2);
-                if (need_mask) {
-                    const int key = key_q + 8 * (e >> 1);  // relative to q0
-                    if ((c >= rows_q) | (key > c) | (key + q0 < ds_b[c])) pv = 0.f;
-                }
-                st[nt][e] = pv;
-            }
-        // P^T as the bf16 A fragments of the k-steps over queries: the C fragments of n-tiles 2kq, 2kq+1.
-        // Only this packed copy is kept (dS below uses it too), so P and dP never both sit in fp32.
         uint32_t pa[BR / 16][4];
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq) {
-            pa[kq][0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
-            pa[kq][1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
-            pa[kq][2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
-            pa[kq][3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
-        }
+        probs_as_fragments<BR>(st, pa, p.scale_log2, need_mask, k0 + kw + gr - q0, T - q0, q0, ds_b, tq);
 
         // dV += P^T dO: B[k = query][n = d] = dO[query][d] (transposing ldmatrix)
 #pragma unroll
@@ -569,12 +587,7 @@ __global__ void __launch_bounds__(C::THREADS, 1) flash_backward_kernel(const Bwd
 
         // dP^T - D = V dO^T + (-D) (the accumulator starts at -D of its column)
         float dpt[NTQ][4];
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt) {
-            const float2 d2 = *reinterpret_cast<const float2*>(dr_b + nt * 8 + 2 * tq);
-            dpt[nt][0] = dpt[nt][2] = -d2.x;
-            dpt[nt][1] = dpt[nt][3] = -d2.y;
-        }
+        start_at_minus(dpt, dr_b, 1.f, tq);
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk) {
             uint32_t a[4];

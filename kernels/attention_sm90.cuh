@@ -282,16 +282,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
     const int64_t q_stride = int64_t(H) * Dh, kv_stride = int64_t(KVH) * Dh;
     const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
 
-    const int i_lo = k0 / BR;  // query tiles that see these keys, as in flash_backward_kernel
-    int i_hi = nqt - 1;
-    if (doc) {
-        int count = 0;
-        for (int base_i = i_lo; base_i < nqt; base_i += THREADS) {
-            const int i = base_i + tid;
-            count += __syncthreads_count(i < nqt && doc[i * BR] / BC <= j);
-        }
-        i_hi = i_lo + count - 1;
-    }
+    const int i_lo = k0 / BR, i_hi = last_query_tile<BR, BC, THREADS>(doc, i_lo, nqt, j);  // query tiles that see these keys
     const int n_steps = (i_hi - i_lo + 1) * G;
 
     auto load_step = [&](int step, int bb) {
@@ -372,27 +363,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
 
         // P^T, masked, packed to bf16 A fragments (as in flash_backward_kernel)
         const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
-        const int key_q = k0 + kw + gr - q0, rows_q = T - q0;
         uint32_t pa[BR / 16][4];
-#pragma unroll
-        for (int nt = 0; nt < NTQ; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = nt * 8 + 2 * tq + (e & 1);
-                float pv = ex2(st[nt][e] * p.scale_log2);
-                if (need_mask) {
-                    const int key = key_q + 8 * (e >> 1);
-                    if ((c >= rows_q) | (key > c) | (key + q0 < ds_b[c])) pv = 0.f;
-                }
-                st[nt][e] = pv;
-            }
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq) {
-            pa[kq][0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
-            pa[kq][1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
-            pa[kq][2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
-            pa[kq][3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
-        }
+        probs_as_fragments<BR>(st, pa, p.scale_log2, need_mask, k0 + kw + gr - q0, T - q0, q0, ds_b, tq);
 
         // dV += P^T dO: B[k = query][n = d] = dO, MN-major
         wgmma_fence();
