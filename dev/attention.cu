@@ -10,9 +10,9 @@
 //   ./dev/attention --skip v7                      leave out the versions whose names start so (repeatable)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
-// Hopper kernels of ../kernels/attention_sm90.cuh, HopperFwd / HopperBwd, and at head_dim 128 HopperFwdD128 and
-// HopperBwdD128 (../kernels/attention_sm90_d128_bwd.cuh); elsewhere the mma.sync kernels, whose tile configuration
-// per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>, the mma.sync kernels that
+// Hopper kernels of ../kernels/attention_sm90.cuh and attention_sm90_bwd.cuh, HopperFwd / HopperBwd, and at
+// head_dim 128 HopperFwdD128 and HopperBwdD128 (../kernels/attention_sm90_d128_bwd.cuh); elsewhere the
+// mma.sync kernels, whose tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>, the mma.sync kernels that
 // those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
 // kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is

@@ -331,7 +331,7 @@ struct BwdArgs {
 
 // How a block adds its dq partial. The library uses kDqOrdered; kDqAtomic (FA2's unordered float atomics,
 // no waits) and kDqNone (no dq) exist for dev/attention.cu as timing bounds whose dq is wrong; kDqBulk (the
-// head_dim 128 Hopper backward only) keeps the order and has the TMA add the partial from shared memory.
+// Hopper backwards only; dev for now) keeps the order and has the TMA add the partial from shared memory.
 enum DqMode { kDqOrdered, kDqAtomic, kDqNone, kDqBulk };
 
 // D: padded head dim; NW: warps (keys per block BC = 16 NW); BR: query rows per step; KV_REGS: K and V A
@@ -450,13 +450,7 @@ __device__ __forceinline__ void probs_as_fragments(float (&st)[BR / 8][4], uint3
             }
             st[nt][e] = pv;
         }
-#pragma unroll
-    for (int kq = 0; kq < BR / 16; ++kq) {
-        pa[kq][0] = pack_bf16(st[2 * kq][0], st[2 * kq][1]);
-        pa[kq][1] = pack_bf16(st[2 * kq][2], st[2 * kq][3]);
-        pa[kq][2] = pack_bf16(st[2 * kq + 1][0], st[2 * kq + 1][1]);
-        pa[kq][3] = pack_bf16(st[2 * kq + 1][2], st[2 * kq + 1][3]);
-    }
+    pack_fragments(st, pa);
 }
 
 // Block (j, b, g): dV_j = sum_{h in group, t} P^T dO,  dK_j = scale sum dS^T Q,  dq tiles += dS K in order of j.
@@ -835,7 +829,8 @@ void with_lib(int Dh, F&& f) {
 
 }  // namespace
 
-#include "kernels/attention_sm90.cuh"  // the Hopper kernels for head_dim 64 and 128's forward (they build on the definitions above)
+#include "kernels/attention_sm90.cuh"      // the Hopper forward for head_dim 64 and 128 (they build on the definitions above)
+#include "kernels/attention_sm90_bwd.cuh"  // head_dim 64's Hopper backward
 #include "kernels/attention_sm90_d128_bwd.cuh"  // head_dim 128's Hopper backward
 
 namespace {

@@ -6,9 +6,12 @@
 // Owns: WgBwdD128Config, flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and
 // launch_backward_wgmma_d128 (the launcher; dev/attention.cu times its other configurations as "v7").
 // Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
-// register/shared), the mbarrier/TMA helpers, head_rows_map, load_tile_sw128 and kDqBulk's bulk copies and dq_from_tiles; from attention.cu BwdArgs,
-// prepare_backward (counters zeroed, D = rowsum(dO o)), wait_counter, st_release, the workspace layout
-// (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). attention.cu includes it after attention_sm90.cuh.
+// register/shared), the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128
+// and (kDqBulk) launch_dq_from_tiles;
+// from attention.cu BwdArgs, prepare_backward (counters zeroed, D = rowsum(dO o)), the steps' shared pieces
+// (last_query_tile, start_at_minus, probs_as_fragments), the dq hand-off (wait_counter, DqHandoff,
+// bulk_add_partial) and the workspace layout (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). attention.cu
+// includes it after attention_sm90_bwd.cuh.
 //
 // Tiles as at head_dim 128 in the forward (flash_forward_wgmma_kernel with WgFwdConfig's D = 128): a 128-byte swizzled row holds 64 bf16, so
 // each K, V, Q, dO tile is two column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms
@@ -47,7 +50,7 @@ template <int NWG_, int MINB_, bool TMA_ = true, DqMode DQ_ = kDqOrdered>
 struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB blocks per SM asked of ptxas, TMA: Q and dO by the TMA
     static constexpr int NWG = NWG_, MINB = MINB_;
     static constexpr bool TMA = TMA_;
-    static constexpr DqMode DQ = DQ_;  // kDqOrdered; the others are dev/attention's timing bounds (dq wrong)
+    static constexpr DqMode DQ = DQ_;  // the library: kDqOrdered (the others: see DqMode)
     static constexpr int D = 128, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per row of a half
     static constexpr int NC = 2 / NWG;                                                      // dQ column halves per warpgroup
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;    // bytes of one column half

@@ -71,6 +71,18 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     memcpy(&u, &v, 4);
     return u;
 }
+// C fragments (n-tiles of 8 columns) as the bf16 A fragments of the k-steps over those columns: n-tiles 2kc,
+// 2kc+1 are k-step kc (mma.sync's m16n8 and wgmma's accumulators lay a warp's 16 rows out alike).
+template <int NT>
+__device__ __forceinline__ void pack_fragments(const float (&c)[NT][4], uint32_t (&a)[NT / 2][4]) {
+#pragma unroll
+    for (int kc = 0; kc < NT / 2; ++kc) {
+        a[kc][0] = pack_bf16(c[2 * kc][0], c[2 * kc][1]);
+        a[kc][1] = pack_bf16(c[2 * kc][2], c[2 * kc][3]);
+        a[kc][2] = pack_bf16(c[2 * kc + 1][0], c[2 * kc + 1][1]);
+        a[kc][3] = pack_bf16(c[2 * kc + 1][2], c[2 * kc + 1][3]);
+    }
+}
 
 // *p += v through the L2's reductions (red.global.add): one 16-byte reduction from sm_90, four 4-byte ones before.
 __device__ __forceinline__ void red_add_f32x4(float4* p, float4 v) {
