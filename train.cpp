@@ -322,7 +322,7 @@ class Trainer {
 Trainer::Trainer(const Options& o, const World& w, const Inputs& in, const RunPlan& plan)
     : o_(o), w_(w), in_(in), plan_(plan), chief_(w.rank == 0),
       loader_(in.train, o.micro_batch, o.seq, w.rank, w.size, o.seed, true, in.tokens.pad) {
-    check_cuda(cudaStreamCreate(&stream_), "cudaStreamCreate");
+    stream_ = priority_stream(cudaStreamDefault);  // ahead of the GPU optimizer's stream (zero3.cu: update_on_gpu)
     adam_.beta1 = o.beta1, adam_.beta2 = o.beta2, adam_.eps = o.eps, adam_.weight_decay = o.weight_decay;
 
     // the ZeRO store: every parameter byte, sharded by stage; base weights from the model or a random init

@@ -80,6 +80,7 @@ struct ZeroStore::Segment {
     std::vector<UpdateRun> runs;     // master's tensors by weight decay (offsets from opt_begin)
     bool stale_grad = false;         // grad still holds the last step's: zeroed when this step first needs it
     int cpu = -1;                    // offload: its shard's index in the CPU optimizer
+    bool update_pending = false;     // overlap_update: its update may still run; the next reader waits for it
     bf16* opt16() const { return sharded ? shard16 : full16 + opt_begin; }  // [opt_len] the bf16 weights of master
 };
 
@@ -141,6 +142,11 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
     norm_sq_ = device_alloc<float>(1, "grad norm");
     clip_scale_ = device_alloc<float>(1, "clip scale");
     compute_done_ = sync_event(), reduced_ = sync_event(), gathered_ = sync_event();
+    if (z.overlap_update && !cpu_ && n_train_ > 0) {
+        check_cuda(cudaStreamCreateWithFlags(&update_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+        clipped_ = sync_event();
+        for (size_t u = 0; u < units_.size(); ++u) updated_.push_back(sync_event());
+    }
 }
 
 ZeroStore::~ZeroStore() {
@@ -156,6 +162,8 @@ ZeroStore::~ZeroStore() {
     for (GradBuffer& g : grad_buffers_) device_free(g.data), cudaEventDestroy(g.free_event);
     device_free(norm_sq_), device_free(clip_scale_);
     cudaEventDestroy(compute_done_), cudaEventDestroy(reduced_), cudaEventDestroy(gathered_);
+    if (update_stream_) cudaStreamSynchronize(update_stream_), cudaStreamDestroy(update_stream_), cudaEventDestroy(clipped_);
+    for (cudaEvent_t e : updated_) cudaEventDestroy(e);
 }
 
 // ================================================================================================ gather / release
@@ -198,7 +206,7 @@ UnitView ZeroStore::gather(int unit, Pass pass) {
         check_cuda(cudaStreamWaitEvent(stream_, s.ready_event, 0), "wait");  // 3
         seg16[0] = s.data, seg16[1] = s.data + align_up(U.seg[0].shard.padded);
     } else {
-        await_update(unit);  // offload: O4
+        await_update(unit, stream_);  // the step's update of these weights (offload: O4)
         if (U.sharded) seg16[0] = U.seg[0].shard16, seg16[1] = U.seg[1].shard16;  // one rank: the shard is the whole unit
     }
     prefetch(pass == Pass::forward ? unit + 1 : unit - 1);
@@ -231,7 +239,7 @@ void ZeroStore::all_gather_unit(int unit) {
     int found = free_slot(slot_numel(U));
     Slot& s = slots_[size_t(found)];
     cudaStream_t cs = comm_stream();
-    await_update(unit);                                                                             // offload: O4
+    await_update(unit, cs);                                                                         // (offload: O4)
     check_cuda(cudaStreamWaitEvent(cs, s.free_event, 0), "wait");                                   // 1
     w_.comm->all_gather(U.seg[0].shard16, s.data, size_t(U.seg[0].shard.size), DType::bf16, cs);    // 2
     if (U.seg[1].numel)
@@ -337,7 +345,7 @@ void ZeroStore::reduce_grads(int unit) {
 // ================================================================================================ the step
 
 void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
-    finish_cpu_step();  // offload: the last update has finished (the forward since waited for every unit)
+    finish_update();  // the last update has finished (the forward since waited for every unit)
     for (Unit* U : units_)
         if (U->trainable >= 0) zero_gradient(U->seg[U->trainable]);  // a unit no backward reached this step
     cudaStream_t cs = comm_stream();
@@ -364,29 +372,50 @@ void ZeroStore::step(const AdamWConfig& c, float lr, int step, float max_norm) {
     check_cuda(cudaStreamWaitEvent(cs, compute_done_, 0), "wait");
 }
 
-// AdamW on the GPU, unit by unit, on the compute stream; stages 1, 2 then all-gather the new weights.
+// AdamW on the GPU, unit by unit; stages 1, 2 then all-gather the new weights. With overlap_update, a unit
+// whose new weights need no all-gather (stage 0, stage 3's sharded units) is updated on update_stream_ once
+// the clip coefficient is ready, in unit order, while the compute stream goes on: the next step's forward of
+// unit u waits only for u's update (await_update), so the updates of later units run beside the forward of
+// earlier ones (memory-bound AdamW beside compute-bound products). The compute stream has the greater
+// priority (train.cpp), so the update's blocks take the SMs its kernels leave. The rest run on the compute
+// stream.
+//   compute:  ... backward | norm, clip -> clipped_ | (forward u=0: waits updated_[0]) (forward u=1: waits ..
+//   update:                  waits clipped_ | AdamW u=0 -> updated_[0] | AdamW u=1 -> updated_[1] | ...
 void ZeroStore::update_on_gpu(const AdamWConfig& c, float lr, int step) {
+    if (update_stream_) {
+        check_cuda(cudaEventRecord(clipped_, stream_), "event");
+        check_cuda(cudaStreamWaitEvent(update_stream_, clipped_, 0), "wait");
+    }
     for (int u = 0; u < int(units_.size()); ++u) {
         Unit* U = units_[size_t(u)];
         if (U->trainable < 0) continue;
         Segment& s = U->seg[U->trainable];
         world_at_unit(u, "updated weights gathered");
         bf16* dst = s.opt16();
+        const bool aside = overlaps_update(s);
         for (const UpdateRun& r : s.runs)
             adamw_step_gpu(s.master + r.offset, s.opt_grad + r.offset, s.m + r.offset, s.v + r.offset, dst + r.offset, r.count, c, lr,
-                           r.decays ? c.weight_decay : 0.0f, step, clip_scale_, stream_);
+                           r.decays ? c.weight_decay : 0.0f, step, clip_scale_, aside ? update_stream_ : stream_);
+        if (aside) check_cuda(cudaEventRecord(updated_[size_t(u)], update_stream_), "event"), s.update_pending = true;
         if (!s.sharded && z_.stage >= 1)  // stages 1, 2: everyone's new weights
             w_.comm->all_gather(s.full16 + s.shard.begin(w_.rank), s.full16, size_t(s.shard.size), DType::bf16, stream_);
     }
 }
 
-// Offload, O4: with the CPU update the step finishes in the next forward, unit by unit. Before a trainable
-// unit's weights are first read after a step, its update has run and its upload is waited for; a
-// replicated unit (stages 1, 2) then all-gathers everyone's new part, as update_on_gpu does.
-void ZeroStore::await_update(int unit) {
+bool ZeroStore::overlaps_update(const Segment& s) const { return update_stream_ && (s.sharded || z_.stage == 0); }
+
+// Before a trainable unit's weights are first read after a step (by `reader`: compute, or the comm stream's
+// all-gather), its update has run. On the GPU with overlap_update: the reader waits for the unit's event.
+// Offload, O4: the step finishes in the next forward, unit by unit: the upload of the CPU's update is waited
+// for; a replicated unit (stages 1, 2) then all-gathers everyone's new part, as update_on_gpu does.
+void ZeroStore::await_update(int unit, cudaStream_t reader) {
     Unit& U = *units_[size_t(unit)];
-    if (!cpu_ || U.trainable < 0) return;
+    if (U.trainable < 0) return;
     Segment& s = U.seg[U.trainable];
+    if (!cpu_) {
+        if (s.update_pending) check_cuda(cudaStreamWaitEvent(reader, updated_[size_t(unit)], 0), "wait"), s.update_pending = false;
+        return;
+    }
     cudaEvent_t uploaded = cpu_->before_read(s.cpu);
     if (!uploaded) return;  // already waited for since the last step
     cudaStream_t cs = comm_stream();
@@ -401,8 +430,16 @@ void ZeroStore::await_update(int unit) {
     }
 }
 
-// Offload, O6: the CPU update in flight has finished; before anything reads or writes master, m or v.
-void ZeroStore::finish_cpu_step() { if (cpu_) cpu_->finish(); }
+// The update in flight has finished, before anything reads or writes master, m or v (or the gradients the
+// update reads): on the GPU with overlap_update, the host waits for the update stream; offload, O6: for the
+// CPU's update.
+void ZeroStore::finish_update() {
+    if (cpu_) return cpu_->finish();
+    if (!update_stream_) return;
+    world_wait(w_, update_stream_);
+    for (Unit* U : units_)
+        for (Segment& s : U->seg) s.update_pending = false;
+}
 
 // The gradients start each step at zero. Each is zeroed when the step first needs it (gather for its
 // backward), not here: with offload the last step's gradient waits on the GPU until the CPU optimizer's
@@ -452,7 +489,7 @@ uint64_t name_seed(uint64_t seed, const std::string& name) { return fnv1a(name, 
 }  // namespace
 
 void ZeroStore::init_random(uint64_t seed) {
-    finish_cpu_step();
+    finish_update();
     for (int u = 0; u < int(units_.size()); ++u) {
         Segment& s = units_[size_t(u)]->seg[0];
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
@@ -481,7 +518,7 @@ void ZeroStore::init_random(uint64_t seed) {
 // the loader's threads and pinned staging (distributed/load.h); the elements it optimizes also become fp32
 // master weights, float(stored value), on the GPU or (offload) on the host.
 LoadReport ZeroStore::load(const std::string& dir) {
-    finish_cpu_step();
+    finish_update();
     SafetensorsReader reader(dir);
     std::vector<TensorSpec> specs = parameter_specs(c_);
     for (const auto& [name, t] : reader.tensors()) {
@@ -512,7 +549,7 @@ LoadReport ZeroStore::load(const std::string& dir) {
 }
 
 void ZeroStore::set_lora(const std::vector<std::vector<float>>& layers) {
-    finish_cpu_step();
+    finish_update();
     for (int l = 0; l < c_.num_hidden_layers; ++l) {  // every copy first: a synchronous copy waits for the stream's collectives
         Segment& s = units_[size_t(l + 1)]->seg[1];
         const float* src = layers[size_t(l)].data();
@@ -540,7 +577,7 @@ void ZeroStore::init_lora(uint64_t seed) {
 }
 
 std::vector<OwnedSlice> ZeroStore::owned_slices() {
-    finish_cpu_step();  // the caller reads or writes master, m and v through these pointers
+    finish_update();  // the caller reads or writes master, m and v through these pointers
     world_wait(w_, stream_);
     std::vector<OwnedSlice> out;
     for (int u = 0; u < int(units_.size()); ++u) {
@@ -556,7 +593,7 @@ std::vector<OwnedSlice> ZeroStore::owned_slices() {
 }
 
 void ZeroStore::refresh_weights() {
-    finish_cpu_step();
+    finish_update();
     for (int u = 0; u < int(units_.size()); ++u) {
         Unit* U = units_[size_t(u)];
         if (U->trainable < 0) continue;
@@ -589,7 +626,7 @@ std::vector<float> gather_master(const World& w, const ZeroOptions& z, const flo
 }  // namespace
 
 std::vector<std::vector<float>> ZeroStore::lora_layers() {
-    finish_cpu_step();
+    finish_update();
     std::vector<std::vector<float>> layers;
     for (int l = 0; l < c_.num_hidden_layers; ++l) {
         Segment& s = units_[size_t(l + 1)]->seg[1];
@@ -606,14 +643,14 @@ std::vector<float> ZeroStore::unit_weights(int unit) {
         for (uint16_t b : unit_weights16(unit)) out.push_back(bf16_to_float(b));
         return out;
     }
-    finish_cpu_step();
+    finish_update();
     world_at_unit(unit, "weights gathered to the host");
     return gather_master(w_, z_, s.master, s.shard, s.opt_len, stream_);
 }
 
 std::vector<uint16_t> ZeroStore::unit_weights16(int unit) {
-    finish_cpu_step();
-    await_update(unit);  // offload: this step's new weights are in place (and, replicated, all-gathered)
+    finish_update();
+    await_update(unit, stream_);  // offload: this step's new weights are in place (and, replicated, all-gathered)
     Segment& s = units_[size_t(unit)]->seg[0];
     std::vector<uint16_t> out(size_t(s.numel));
     bf16* full = s.full16;
@@ -634,7 +671,7 @@ std::vector<uint16_t> ZeroStore::unit_weights16(int unit) {
 bool ZeroStore::weights_in_place() const { return !cpu_ && (z_.stage < 3 || gathers_in_place(z_, w_.size)); }
 
 std::vector<float> ZeroStore::trainable_grads() {
-    finish_cpu_step();
+    finish_update();
     world_wait(w_, stream_);
     world_wait(w_, comm_stream());
     std::vector<float> out;

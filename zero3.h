@@ -46,6 +46,9 @@ struct ZeroOptions {
     bool copy_gathers = false;              // stage 3 on one rank: copy each unit into a gather buffer as N
                                             // ranks do, instead of handing out the shard (--copy-gathers)
     bool overlap_comm = true;               // collectives on their own stream (else on the compute stream)
+    bool overlap_update = true;             // the GPU update of each unit on its own stream, beside the next
+                                            // forward of the units before it (--serial-update: all of it on the
+                                            // compute stream, before the forward)
     int64_t reduce_bucket_size = 500000000;     // elements per all-reduce collective (stages 0, 1)
     int64_t allgather_bucket_size = 500000000;  // accepted; all-gathers run one unit at a time
     int64_t prefetch_bucket_size = 50000000;    // stage 3: 0 turns prefetching off (DeepSpeed's default 5e7)
@@ -143,8 +146,9 @@ class ZeroStore : public UnitStore {
     float* take_grad_buffer(int unit);
     void update_on_gpu(const AdamWConfig& c, float lr, int step);  // step()'s AdamW without offload
     void zero_gradient(Segment& s);  // before the step first writes a stale gradient (offload: O5)
-    void await_update(int unit);  // offload: the unit's weights are read after their CPU update (O4)
-    void finish_cpu_step();       // offload: the CPU update in flight has finished (O6)
+    void await_update(int unit, cudaStream_t reader);  // the unit's weights are read after its update (offload: O4)
+    void finish_update();  // the update in flight has finished: the GPU's (overlapped) or the CPU's (offload: O6)
+    bool overlaps_update(const Segment& s) const;  // its GPU update runs on update_stream_
     void write_compute_copy(Segment& s);  // bf16(master) into the resident copy (+ all-gather)
     cudaStream_t comm_stream() const { return z_.overlap_comm ? w_.comm_stream : stream_; }
 
@@ -176,6 +180,9 @@ class ZeroStore : public UnitStore {
     float *norm_sq_ = nullptr, *clip_scale_ = nullptr;
     cudaEvent_t compute_done_ = nullptr, reduced_ = nullptr;
     cudaEvent_t gathered_ = nullptr;     // offload: compute waits here for a replicated unit's new weights
+    cudaStream_t update_stream_ = nullptr;  // overlap_update: the GPU updates, unit by unit
+    cudaEvent_t clipped_ = nullptr;         // overlap_update: the clip coefficient is ready (compute stream)
+    std::vector<cudaEvent_t> updated_;      // overlap_update: [unit] its update has written its weights
     std::unique_ptr<CpuOptimizer> cpu_;  // offload: master, m, v and the update (distributed/offload.h)
     MemoryReport mem_;
 };

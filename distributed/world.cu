@@ -346,7 +346,7 @@ void world_start_gpu(World& w, Transport requested) {
         std::printf("world: %d ranks on %d GPU%s: collectives go through MPI, staged in host memory (--comm mpi: for "
                     "learning and testing, not for speed)\n",
                     w.size, std::max(1, w.size / w.ranks_per_gpu), w.size / w.ranks_per_gpu > 1 ? "s" : "");
-    check_cuda(cudaStreamCreateWithFlags(&w.comm_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    w.comm_stream = priority_stream(cudaStreamNonBlocking);  // as the compute stream (train.cpp)
 }
 
 void world_finalize(World& w) {

@@ -82,6 +82,16 @@ inline cudaEvent_t sync_event() {
     return e;
 }
 
+// A stream at this GPU's greatest priority: where its kernels and another stream's both have blocks waiting
+// for an SM, its go first (the step's compute and collectives, ahead of the optimizer's own stream).
+inline cudaStream_t priority_stream(unsigned flags) {
+    int least = 0, greatest = 0;
+    check_cuda(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+    cudaStream_t s = nullptr;
+    check_cuda(cudaStreamCreateWithPriority(&s, flags, greatest), "cudaStreamCreateWithPriority");
+    return s;
+}
+
 // Frees what device_alloc gave (null is fine).
 inline void device_free(void* p) {
     if (!p) return;

@@ -74,6 +74,8 @@ ZeRO (one process per GPU: mpirun -np N ./train):
   --keep-gathered        stage 3: keep each layer's gathered weights from forward to backward
   --copy-gathers         stage 3 on one rank: gather each layer into a buffer as N ranks do (by default
                          one rank reads its shard, the whole layer, in place)
+  --serial-update        run the GPU optimizer on the compute stream after the backward (by default each
+                         unit's AdamW runs on a stream of its own, beside the next forward of the units before it)
   --save-every N         write a checkpoint every N steps (and at the end) under OUT/checkpoints
   --resume [DIR]         continue from a checkpoint (default: OUT/checkpoints/latest; when there is none the
                          run says so and starts fresh); any GPU count or stage; the same --seed and global batch
@@ -203,6 +205,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--checkpoint-activations") o.checkpoint_activations = true;
         else if (a == "--keep-gathered") o.zero.keep_gathered = true;
         else if (a == "--copy-gathers") o.zero.copy_gathers = true;
+        else if (a == "--serial-update") o.zero.overlap_update = false;
         else if (a == "--comm") o.comm = parse_transport(value(), a);
         else if (a == "--save-every") o.save_every = int(parse_int(a, value(), 1, 1 << 30));
         else if (a == "--ranks") o.plan_ranks = int(parse_int(a, value(), 1, 1 << 20));

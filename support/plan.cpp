@@ -108,6 +108,8 @@ std::string zero_text(const ZeroOptions& z, const LlamaConfig& c, const LoraConf
         if (z.keep_gathered) text += "; units kept gathered from forward to backward";
     }
     text += z.overlap_comm ? "; collectives on their own stream (overlap_comm)" : "; collectives on the compute stream (overlap_comm false)";
+    if (!z.offload && (z.stage == 0 || z.stage == 3))
+        text += z.overlap_update ? "; each unit's AdamW on a stream of its own, beside the next forward" : "; AdamW on the compute stream (--serial-update)";
     return text;
 }
 

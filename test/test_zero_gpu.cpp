@@ -2,8 +2,9 @@
 // with and without CPU offload, activation checkpointing and keeping stage-3 units gathered, gives the
 // same training as stage 0 (bitwise; see the one exception below), for a Llama and for a Qwen3 (whose
 // layers carry q_norm and k_norm); the CPU update overlapping the next forward gives the GPU optimizer's
-// weights bitwise, also when they are read between steps; 20 steps equal 10 steps + checkpoint + resume +
-// 10 steps, bitwise (both models). Runs on more ranks are the multi-GPU benchmark's (bench/zero.sh).
+// weights bitwise, also when they are read between steps, and so does the GPU update on a stream of its own;
+// 20 steps equal 10 steps + checkpoint + resume + 10 steps, bitwise (both models). Runs on more ranks are
+// the multi-GPU benchmark's (bench/zero.sh).
 #include "gpu.h"
 
 #include "lora.h"
@@ -145,6 +146,34 @@ TEST_CASE("gpu: offload overlapping the next forward gives the GPU optimizer's w
             CHECK(overlapped.losses == gpu.losses);
             CHECK(overlapped.params == gpu.params);
             CHECK(gpu.losses.back() < gpu.losses.front());
+        }
+    }
+}
+
+TEST_CASE("gpu: the GPU update beside the next forward gives the serial update's bits, read mid-run or not") {
+    if (!need_gpu()) return;
+    Golden s = golden_setup();
+    for (int rank : {8, 0}) {
+        LoraConfig lora;
+        lora.rank = rank, lora.alpha = 16;
+        // stage 0; stage 3 with every unit sharded (read in place, or gathered by copies on the comm stream)
+        struct Variant { int stage; bool copies; };
+        for (Variant v : {Variant{0, false}, Variant{3, false}, Variant{3, true}}) {
+            ZeroOptions z;
+            z.stage = v.stage, z.copy_gathers = v.copies, z.persistence_threshold = 0;
+            z.overlap_update = false;
+            Trace serial = run(s, lora, z, false, 1, 6, "", "", true);
+            z.overlap_update = true;
+            Trace peeked = run(s, lora, z, false, 1, 6, "", "", true);
+            Trace overlapped = run(s, lora, z, false, 1, 6);
+            CAPTURE(rank);
+            CAPTURE(v.stage);
+            CAPTURE(v.copies);
+            CHECK(peeked.losses == serial.losses);
+            CHECK(peeked.peeks == serial.peeks);
+            CHECK(overlapped.losses == serial.losses);
+            CHECK(overlapped.params == serial.params);
+            CHECK(serial.losses.back() < serial.losses.front());
         }
     }
 }
