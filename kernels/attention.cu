@@ -329,9 +329,10 @@ struct BwdArgs {
     bool vec16;
 };
 
-// How a block adds its dq partial. The library uses kDqOrdered; kDqAtomic (FA2's unordered float atomics,
-// no waits) and kDqNone (no dq) exist for dev/attention.cu as timing bounds whose dq is wrong; kDqBulk (the
-// Hopper backwards only; dev for now) keeps the order and has the TMA add the partial from shared memory.
+// How a block adds its dq partial. kDqOrdered: in the key blocks' order, with reductions; kDqBulk (the Hopper
+// backwards only; the library's at head_dim 64) keeps the order and has the TMA add the partial from shared
+// memory. kDqAtomic (FA2's unordered float atomics, no waits) and kDqNone (no dq) exist for dev/attention.cu
+// as timing bounds whose dq is wrong.
 enum DqMode { kDqOrdered, kDqAtomic, kDqNone, kDqBulk };
 
 // D: padded head dim; NW: warps (keys per block BC = 16 NW); BR: query rows per step; KV_REGS: K and V A
@@ -836,7 +837,10 @@ void with_lib(int Dh, F&& f) {
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
-using HopperBwd = WgBwdConfig<1, 3, true>;  // one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA
+// head_dim 64's backward: one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA, dq partials added by
+// the TMA from shared memory (dev v5 dq-bulk: 4-7% faster than in-order reductions on an H100, T = 1k..16k;
+// at head_dim 128 the bulk copy is slower from T = 2048 on, so HopperBwdD128 keeps the reductions)
+using HopperBwd = WgBwdConfig<1, 3, true, kDqBulk>;
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096)
 using HopperBwdD128 = WgBwdD128Config<2, 1, true>;  // head_dim 128: 2 warpgroups per 128 keys, 1 block per SM (dev v7: 353 against 224 TFLOP/s at T = 8192 on an H100)
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
