@@ -1,13 +1,16 @@
-// bench/gemm_bench.cu — the training step's base products on the 7B and 1B shapes, through gemm.h, two
-// questions at a time: what the epilogue's addend costs (matmul_nt_add, which adds LoRA's B term or the
-// residual while writing y, against matmul_nt), and what one product per projection group would save (q, k,
-// v and gate, up over concatenated weights, against one product each). TFLOP/s. Operands hold random values
+// bench/gemm_bench.cu — the training step's products on the 7B and 1B shapes, through gemm.h. Three
+// questions: what the epilogue's addend costs (matmul_nt_add, which adds LoRA's B term or the residual while
+// writing y, against matmul_nt); what one product per projection group would save (q, k, v and gate, up over
+// concatenated weights, against one product each), in TFLOP/s; and where LoRA's products of one layer (r = 16,
+// as llama.cu issues them) stand against the memory they must move, in GB/s. Operands hold random values
 // (zeros draw less power and run faster than training does). The two sides of a question alternate, 10
 // rounds of 10 products each, and each side keeps its median round: a sustained run slows as the GPU heats,
 // and alternating gives both sides the same clocks.
 //   make build/gemm_bench && ./build/gemm_bench
 #include <algorithm>
 #include <cstdio>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/gemm.h"
@@ -46,6 +49,47 @@ void time_pair(const Gemm& g, A&& a, B&& b, double& ms_a, double& ms_b) {
 }
 
 double tflops(double M, double N, double K, double ms) { return 2.0 * M * N * K / (ms * 1e-3) / 1e12; }
+
+// One LoRA product of a layer as llama.cu's group_forward / group_backward issue it (r = 16, each group's u in
+// columns of width 16 of a [tokens, 16 x members] matrix).
+struct LoraProduct {
+    std::string what;
+    char form;  // 'f' y = s u B^T or u = x A^T (nt), 'a' the same + residual (nt_add), 'b' dB or dA (tn, fp32 += ), 'd' du or dx (nn)
+    int M, N, K;
+    Ld ld;
+    double bytes() const {  // operands read once, the result written once (and read, where it accumulates or adds)
+        double out = form == 'b' ? 8.0 : form == 'a' ? 4.0 : 2.0;
+        return 2.0 * (double(M) * K + double(N) * K) + out * M * N;
+    }
+};
+
+// The LoRA products of one layer: groups (input width, member widths) q,k,v | o | gate,up | down.
+std::vector<LoraProduct> lora_products(int tokens, int D, int q, int kv, int F) {
+    const int r = 16;
+    struct Group {
+        const char* name;
+        int in;
+        std::vector<std::pair<const char*, int>> members;
+        bool residual;
+    };
+    const Group groups[] = {{"qkv", D, {{"q", q}, {"k", kv}, {"v", kv}}, false},
+                            {"o", q, {{"o", D}}, true},
+                            {"gate,up", D, {{"gate", F}, {"up", F}}, false},
+                            {"down", F, {{"down", D}}, true}};
+    std::vector<LoraProduct> list;
+    for (const Group& g : groups) {
+        int n = int(g.members.size()), ld = n * r;
+        list.push_back({std::string("u = x A^T, ") + g.name, 'f', tokens, ld, g.in, {0, 0, ld}});
+        for (auto& [name, out] : g.members) list.push_back({std::string("y = s u B^T, ") + name, g.residual ? 'a' : 'f', tokens, out, r, {ld, 0, 0}});
+        for (auto& [name, out] : g.members) {
+            list.push_back({std::string("dB += s dy^T u, ") + name, 'b', out, r, tokens, {0, ld, 0}});
+            list.push_back({std::string("du = s dy B, ") + name, 'd', tokens, r, out, {0, 0, ld}});
+        }
+        list.push_back({std::string("dA += du^T x, ") + g.name, 'b', ld, g.in, tokens, {ld, 0, 0}});
+        list.push_back({std::string("dx = du A, ") + g.name, 'd', tokens, g.in, ld, {ld, 0, 0}});
+    }
+    return list;
+}
 
 }  // namespace
 
@@ -99,6 +143,36 @@ int main() {
         time_pair(g, separate, [&] { matmul_nt(g, y, x, w, gr.M, total, gr.K); }, apart, one);
         std::printf("%-32s %10.1f %14.1f\n", gr.name, tflops(gr.M, total, gr.K, apart), tflops(gr.M, total, gr.K, one));
     }
+
+    // LoRA: each product timed against itself (both sides of time_pair run it), GB/s of the bytes it must move.
+    float* f32 = device_alloc<float>(size_t(64) * 22016, "fp32 gradient");
+    struct Model {
+        const char* name;
+        int tokens, D, q, kv, F, layers;
+    };
+    const Model models[] = {{"1b, 8192 tokens", 8192, 2048, 2048, 512, 8192, 16}, {"7b, 4096 tokens", 4096, 4096, 4096, 4096, 11008, 32}};
+    for (const Model& m : models) {
+        std::printf("\nLoRA r=16, one layer of %-18s %9s %9s %9s\n", m.name, "us", "GB/s", "TFLOP/s");
+        double total_ms = 0, total_bytes = 0;
+        for (const LoraProduct& p : lora_products(m.tokens, m.D, m.q, m.kv, m.F)) {
+            auto run = [&] {
+                switch (p.form) {
+                    case 'f': matmul_nt(g, y, x, w, p.M, p.N, p.K, 1.0f, 0.0f, {}, p.ld); break;
+                    case 'a': matmul_nt_add(g, y, c, x, w, p.M, p.N, p.K, 1.0f, p.ld); break;
+                    case 'b': matmul_tn(g, f32, x, w, p.M, p.N, p.K, 1.0f, 1.0f, {}, p.ld); break;
+                    default: matmul_nn(g, y, x, w, p.M, p.N, p.K, 1.0f, 0.0f, {}, p.ld); break;
+                }
+            };
+            double ms = 0, again = 0;
+            time_pair(g, run, run, ms, again);
+            ms = std::min(ms, again);
+            total_ms += ms, total_bytes += p.bytes();
+            std::printf("  %-40s %9.1f %9.0f %9.1f\n", p.what.c_str(), ms * 1e3, p.bytes() / (ms * 1e-3) / 1e9, tflops(p.M, p.N, p.K, ms));
+        }
+        std::printf("  %-40s %9.1f %9.0f   x %d layers: %.2f ms (at 3.35 TB/s: %.2f)\n", "all", total_ms * 1e3, total_bytes / (total_ms * 1e-3) / 1e9,
+                    m.layers, total_ms * m.layers, total_bytes / 3.35e12 * 1e3 * m.layers);
+    }
+    device_free(f32);
     gemm_destroy(g);
     return 0;
 }
