@@ -189,10 +189,12 @@ ZeroStore::~ZeroStore() {
 //                         into this rank's shard and adds it up there, then records buffer.free_event
 //   7. take_grad_buffer   compute waits buffer.free_event before zeroing that buffer for another unit
 //   8. step()             compute waits reduced_, recorded on comm after every reduction; comm waits for
-//                         compute's update before the next step's gathers
-// On one rank (gathers_in_place) steps 1-5 are gone: gather(u) returns the shard, which compute reads and
-// the GPU update writes in stream order (with offload, compute waits for the unit's upload: O4). Stages
-// 0-2 and persistent units keep their weights resident: gather(u) hands them out.
+//                         compute's part of the step before the next step's gathers; u's update runs on the
+//                         update stream (overlap_update) and records updated_[u], which step 1 of u's next
+//                         all-gather waits for (await_update)
+// On one rank (gathers_in_place) steps 1-5 are gone: gather(u) returns the shard, which compute reads once
+// it has waited for u's update (with offload, for the unit's upload: O4). Stages 0-2 and persistent units
+// keep their weights resident: gather(u) hands them out (stage 0 after the same wait).
 
 UnitView ZeroStore::gather(int unit, Pass pass) {
     Unit& U = *units_[size_t(unit)];
