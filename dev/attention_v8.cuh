@@ -1,0 +1,305 @@
+// dev/attention_v8.cuh — v8: head_dim 128's Hopper backward, warp-specialized (FlashAttention-3's shape), for
+// dev/attention.cu to validate and time beside v7 (../kernels/attention_sm90_d128_bwd.cuh). The math, the
+// steps' order (query tiles from the last, heads of the GQA group inner), the masks and the dq tiles' order
+// of contributors are v7's:
+//   dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t),  dq_t = scale sum_j ds_tj k_j,
+//   dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
+// What differs is who waits for what. A block is three warpgroups (384 threads, 1 block per SM):
+//   warpgroup 0, the producer (setmaxnreg 24): its warp 0 loads each step's Q and dO halves by the TMA and
+//     the rows' lse, D and document starts, into one of two stages (mbarriers full[s] / empty[s]); its warp 1
+//     (lane 0) adds each step's dq partial from shared memory into the fp32 tile with cp.reduce.async.bulk
+//     (the first contributor stores), in the tile's turn (the counters, as v7), and releases the tile once
+//     its add has completed (mbarriers dq_full[s] / dq_empty[s] between it and the compute warps).
+//   warpgroups 1, 2, the compute (setmaxnreg 240): 64 keys each (BC = 128), every product on wgmma as v7.
+//     They meet only where they must: a named barrier (256 threads) once both have written dS^T, before
+//     the dq product reads all 128 keys of it, and one before dS^T is written again (the other's dq product
+//     of the step before has read it). No block-wide barrier runs in the loop, and no compute thread ever
+//     waits for a dq tile's turn.
+// Shared memory as v7 dq-bulk: K, V (2 halves each), Q, dO (2 stages x 2 halves), dS^T, lse/D/starts
+// [2 stages], two 32 KB dq partials. dq in bf16 comes from dq_from_tiles after the kernel.
+#pragma once
+
+namespace {
+
+struct WsBwdD128 {
+    static constexpr int D = 128, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
+    static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
+    static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);                 // one fp32 dq partial
+    static constexpr size_t smem = 1024                          // room to align the tiles to 1024 bytes
+                                   + 4 * size_t(KV_HALF)         // K, V: 2 halves each
+                                   + 8 * size_t(Q_HALF)          // Q[2], dO[2]: 2 halves each
+                                   + size_t(BC) * ROW            // dS^T [keys][64 queries]
+                                   + size_t(6) * BR * sizeof(float)  // lse, D, doc_start [2] each
+                                   + 2 * size_t(DQ_TILE);        // dq partials [2]
+    static_assert(smem <= 227 * 1024, "shared memory per block");
+};
+
+// mbar_wait, but a wait of more than ~2^26 polls is a broken pipeline (a bug): trap, so the harness fails
+// with a CUDA error instead of hanging.
+__device__ __forceinline__ void mbar_wait_bounded(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0, polls = 0;
+    while (!done) {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+        if (++polls == (1u << 26)) __trap();
+    }
+}
+__device__ __forceinline__ void named_barrier(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
+__global__ void __launch_bounds__(384, 1)
+    flash_backward_ws_d128_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+#if ATTENTION_WGMMA
+    using W = WsBwdD128;
+    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, D = W::D;
+    constexpr uint32_t KH = W::KV_HALF, QH = W::Q_HALF;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __shared__ int s_ticket;
+    __shared__ __align__(8) uint64_t bars[8];  // full[2], empty[2], dq_full[2], dq_empty[2]
+    const uint32_t full = smem_u32(bars), empty = full + 16, dq_full = full + 32, dq_empty = full + 48;  // stage s: + 8 s
+    const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
+    const uint32_t sK = base, sV = sK + 2 * KH, sQ = sV + 2 * KH, sdO = sQ + 4 * QH, sdS = sdO + 4 * QH;
+    float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
+    float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
+    int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
+    const uint32_t sDQ = sdS + BC * ROW + 6 * BR * 4;                            // [2][BR * D] fp32
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
+    const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
+    const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
+    if (tid == 0) {
+        s_ticket = int(atomicAdd(p.ticket, 1u));
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
+            mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
+            mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their part of the partial
+            mbar_init(dq_empty + 8 * s, 1);   // the writer's copy has read it
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+    const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
+    const int64_t kv_stride = int64_t(KVH) * D;
+    const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
+    const int i_lo = k0 / BR, i_hi = last_query_tile<BR, BC, THREADS>(doc, i_lo, nqt, j);  // query tiles that see these keys
+    const int n_steps = (i_hi - i_lo + 1) * G;
+    {  // K and V, once, by every thread
+        const int64_t off = (int64_t(b) * T + k0) * kv_stride + int64_t(g) * D;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            load_tile_sw128<BC, THREADS>(sK + c * KH, p.k + off + c * 64, kv_stride, T - k0);
+            load_tile_sw128<BC, THREADS>(sV + c * KH, p.v + off + c * 64, kv_stride, T - k0);
+        }
+        cp_async_commit();
+        cp_async_wait_all();
+        fence_proxy_async();  // this thread's copies, visible to wgmma
+    }
+    __syncthreads();  // the last block-wide barrier
+
+    if (wg == 0) {  // ------------------------------------------------------------------------- the producer
+        setmaxnreg_dec<24>();
+        if (warp == 0) {  // step s's Q, dO, lse, D and starts into stage s % 2 once its step s - 2 is done
+            for (int step = 0; step < n_steps; ++step) {
+                const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+                if (step >= 2) mbar_wait_bounded(empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
+                if (lane == 0) {  // rows past T arrive as zeros
+                    const uint32_t bar = full + 8 * st, dq_ = sQ + st * 2 * QH, ddo = sdO + st * 2 * QH;
+                    mbar_arrive_expect_tx(bar, 4 * QH);
+                    tma_load_4d(dq_, &tm_q, bar, 0, 2 * h, q0, b);
+                    tma_load_4d(dq_ + QH, &tm_q, bar, 0, 2 * h + 1, q0, b);
+                    tma_load_4d(ddo, &tm_do, bar, 0, 2 * h, q0, b);
+                    tma_load_4d(ddo + QH, &tm_do, bar, 0, 2 * h + 1, q0, b);
+                }
+#pragma unroll
+                for (int r = lane; r < BR; r += 32) {
+                    const bool ok = q0 + r < T;
+                    const int64_t rix = (int64_t(b) * H + h) * T + q0 + r;
+                    lse_s[st * BR + r] = ok ? p.lse[rix] : 0.f;
+                    dr_s[st * BR + r] = ok ? p.Dr[rix] : 0.f;
+                    ds_s[st * BR + r] = doc && ok ? doc[q0 + r] : 0;
+                }
+                mbar_arrive(full + 8 * st);  // (release: the stores above, to the compute threads' wait)
+            }
+        } else if (warp == 1 && lane == 0) {  // the dq partials into their tiles, each in its turn
+            for (int step = 0; step < n_steps; ++step) {
+                const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+                const int jmin = doc ? doc[q0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
+                const int cidx = (b * H + h) * nqt + i;
+                mbar_wait_bounded(dq_full + 8 * st, uint32_t(step >> 1) & 1u);
+                bulk_add_partial<W::DQ_TILE>(p, cidx, j == jmin, unsigned(j - jmin), sDQ + uint32_t(st) * W::DQ_TILE);
+                bulk_wait_read<0>();
+                mbar_arrive(dq_empty + 8 * st);  // the compute warps may write the next partial here
+                bulk_wait<0>();                  // the add has completed: the tile is the next contributor's
+                if (j != jmax) st_release(p.counters + cidx, unsigned(j - jmin + 1));
+            }
+        }
+        return;
+    }
+
+    // ------------------------------------------------------------------------------------ the compute
+    setmaxnreg_inc<240>();
+    const int cw = wg - 1, cwarp = warp - 4, gr = lane / 4, tq = lane % 4;  // compute warpgroup 0/1, its warps 0..7
+    const int kw = cwarp * 16;                                              // this warp's keys in the block
+    const uint32_t sKg = sK + cw * 64 * ROW, sVg = sV + cw * 64 * ROW;     // this warpgroup's 64 keys (half 0; half 1 at + KH)
+    float dk[2][8][4], dv[2][8][4];                                         // [column half][n-tile][4]
+#pragma unroll
+    for (int c = 0; c < 2; ++c)
+#pragma unroll
+        for (int nd = 0; nd < 8; ++nd)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
+
+    for (int step = 0; step < n_steps; ++step) {
+        const int st = step & 1, i = i_hi - step / G, q0 = i * BR;
+        mbar_wait_bounded(full + 8 * st, uint32_t(step >> 1) & 1u);  // the stage's tiles and rows have landed
+        const uint32_t sQb = sQ + st * 2 * QH, sdOb = sdO + st * 2 * QH;
+        const float* lse_b = lse_s + st * BR;
+        const float* dr_b = dr_s + st * BR;
+        const int* ds_b = ds_s + st * BR;
+
+        // S^T - lse/scale = K Q^T + (-lse/scale), as v7
+        float sT[NTQ][4];
+        start_at_minus(sT, lse_b, p.lse_to_s, tq);
+        uint32_t kg = sKg, vg = sVg;
+        asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
+        const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+            wgmma_64x64_ss<0, 0>(sT, sw128_desc_plus(dK0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dQ0, (kk / 4) * QH + (kk % 4) * 32));
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin(sT);
+
+        const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
+        uint32_t pa[BR / 16][4];
+        probs_as_fragments<BR>(sT, pa, p.scale_log2, need_mask, k0 + kw + gr - q0, T - q0, q0, ds_b, tq);
+
+        // dP^T - D = V dO^T + (-D), then dV += P^T dO: two groups, as v7
+        float dpt[NTQ][4];
+        start_at_minus(dpt, dr_b, 1.f, tq);
+        const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
+        wgmma_pin(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk)
+            wgmma_64x64_ss<0, 0>(dpt, sw128_desc_plus(dV0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dO0, (kk / 4) * QH + (kk % 4) * 32));
+        wgmma_commit();
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dv[c], pa[kq], sw128_desc_plus(dO0t, c * QH + kq * 16 * ROW));
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T
+        wgmma_pin(dpt);
+
+        // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ once the other warpgroup's
+        // dq product of the last step has read what is there
+        uint32_t dsa[BR / 16][4];
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                __nv_bfloat162 pb;
+                memcpy(&pb, &pa[kq][r], 4);
+                const float2 pf = __bfloat1622float2(pb);
+                const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
+                dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
+            }
+        if (step > 0) named_barrier(1, 256);
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
+            }
+
+        // dK += dS^T Q (as v7), left running while the two warpgroups meet
+        const uint64_t dQ0t = sw128_desc(sQb, true);
+        wgmma_pin(dsa);
+        wgmma_fence();
+#pragma unroll
+        for (int kq = 0; kq < BR / 16; ++kq)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dk[c], dsa[kq], sw128_desc_plus(dQ0t, c * QH + kq * 16 * ROW));
+        wgmma_commit();
+        fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
+        named_barrier(2, 256);  // both warpgroups' dS^T are in
+
+        // dQ_part = dS K, column half cw: A[m = query][k = key] = dS^T, B[k = key][n = d] = K half, both MN-major
+        float dq[8][4];
+        uint32_t ks = sK + cw * KH, dss = sdS;
+        asm volatile("" : "+r"(ks), "+r"(dss));
+        const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
+        wgmma_fence();
+        wgmma_64x64_ss<1, 1, 0>(dq, dS0, dKs);
+#pragma unroll
+        for (int kc = 1; kc < BC / 16; ++kc) wgmma_64x64_ss<1, 1, 1>(dq, sw128_desc_plus(dS0, kc * 16 * ROW), sw128_desc_plus(dKs, kc * 16 * ROW));
+        wgmma_commit();
+        wgmma_wait<0>();  // dV, dK and dQ_part
+        wgmma_pin(dk[0]);
+        wgmma_pin(dk[1]);
+        wgmma_pin(dv[0]);
+        wgmma_pin(dv[1]);
+        wgmma_pin(dq);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty + 8 * st);  // this warp is done with the stage (Q, dO, lse, D, starts)
+
+        // The partial into buffer st once the writer has read what it held two steps ago (the tile's layout:
+        // float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane, half = cw)
+        if (step >= 2) mbar_wait_bounded(dq_empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
+        float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(st) * W::DQ_TILE - raw)) + lane;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) buf[((cw * 4 + cwarp % 4) * 8 + nt) * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+        fence_proxy_async();  // this thread's stores, visible to the TMA
+        __syncwarp();
+        if (lane == 0) mbar_arrive(dq_full + 8 * st);
+    }
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int key = k0 + kw + gr + 8 * hf;
+        if (key >= T) continue;
+        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * D;
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+            for (int nd = 0; nd < 8; ++nd) {
+                const int col = c * 64 + nd * 8 + 2 * tq;
+                *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
+                    __floats2bfloat162_rn(dk[c][nd][2 * hf] * p.scale, dk[c][nd][2 * hf + 1] * p.scale);
+                *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[c][nd][2 * hf], dv[c][nd][2 * hf + 1]);
+            }
+    }
+#else
+    __trap();  // launched only where wgmma_available() says the sm_90a code is there
+#endif
+}
+
+// The launcher (the harness's BwdFn signature); the workspace is Lib<128>::Bwd's (BR 64, D 128).
+void launch_backward_ws_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                             const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+    using W = WsBwdD128;
+    static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
+    check_shape(a, {q, k, v, o, dO, dq, dk, dv});
+    if (!wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}))
+        fail("flash attention: v8 needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    static bool configured = false;
+    if (!configured) {
+        check_cuda(cudaFuncSetAttribute(flash_backward_ws_d128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_ws_d128_kernel)");
+        configured = true;
+    }
+    const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, 2 * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, 2 * a.H, W::BR);
+    const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
+    flash_backward_ws_d128_kernel<<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    check_launch("flash_backward_ws_d128_kernel");
+    launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
+}
+
+}  // namespace
