@@ -34,14 +34,23 @@ struct WsBwdD128 {
     static_assert(smem <= 227 * 1024, "shared memory per block");
 };
 
-// mbar_wait, but a wait of more than ~2^26 polls is a broken pipeline (a bug): trap, so the harness fails
-// with a CUDA error instead of hanging.
+// mbar_wait, but a wait of more than 4 s (the GPU's global timer) is a broken pipeline (a bug): trap, so the
+// harness fails with a CUDA error instead of hanging.
+__device__ __forceinline__ uint64_t global_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 __device__ __forceinline__ void mbar_wait_bounded(uint32_t bar, uint32_t parity) {
     uint32_t done = 0, polls = 0;
+    uint64_t start = 0;
     while (!done) {
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-        if (++polls == (1u << 26)) __trap();
+        if (!done && (++polls & 1023u) == 0) {
+            if (start == 0) start = global_ns();
+            else if (global_ns() - start > 4000000000ull) __trap();
+        }
     }
 }
 __device__ __forceinline__ void named_barrier(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
@@ -292,6 +301,11 @@ void launch_backward_ws_d128(const AttentionShape& a, const bf16* q, const bf16*
     if (!configured) {
         check_cuda(cudaFuncSetAttribute(flash_backward_ws_d128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
                    "cudaFuncSetAttribute(flash_backward_ws_d128_kernel)");
+        // setmaxnreg moves 144 registers from each producer thread to 72 for each compute thread: the pool is
+        // exact only when the kernel starts at 168 a thread (else setmaxnreg.inc waits for ever)
+        cudaFuncAttributes fa{};
+        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_d128_kernel), "cudaFuncGetAttributes(flash_backward_ws_d128_kernel)");
+        if (fa.numRegs != 168) fail("v8: the kernel starts at " + std::to_string(fa.numRegs) + " registers a thread, not 168: setmaxnreg would wait for ever");
         configured = true;
     }
     const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
