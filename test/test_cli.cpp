@@ -174,6 +174,14 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
     Run r = run("--preset tiny --seq 64 --dry-run --config " + ok + " --out " + temp_dir("cli_z3"));
     CHECK(r.status == 0);
     CHECK_FALSE(has_warning(r.output));
+    CHECK(r.output.find("each unit's AdamW on a stream of its own") == std::string::npos);  // offload: the CPU's
+    // the GPU optimizer beside the next forward, or on the compute stream with --serial-update: the plan says which
+    Run overlapped = run("--preset tiny --seq 64 --dry-run --out " + temp_dir("cli_update"));
+    CHECK(overlapped.status == 0);
+    CHECK(overlapped.output.find("; each unit's AdamW on a stream of its own, beside the next forward") != std::string::npos);
+    Run serial = run("--preset tiny --seq 64 --dry-run --serial-update --out " + temp_dir("cli_update_serial"));
+    CHECK(serial.status == 0);
+    CHECK(serial.output.find("; AdamW on the compute stream (--serial-update)") != std::string::npos);
     // a checkpoint directory whose latest step was cut short: refused, pointing at the last good one
     std::string out = temp_dir("resume_out");
     temp_dir("resume_out/checkpoints");
