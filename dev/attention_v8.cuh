@@ -15,7 +15,8 @@
 //     the dq product reads all 128 keys of it, and one before dS^T is written again (the other's dq product
 //     of the step before has read it). No block-wide barrier runs in the loop, and no compute thread ever
 //     waits for a dq tile's turn.
-// Shared memory as v7 dq-bulk: K, V (2 halves each), Q, dO (2 stages x 2 halves), dS^T, lse/D/starts
+// The pieces of a step are v7's (wg_dot_d128, wg_accumulate_d128, ds_fragments, store_ds, wg_dq_d128,
+// store_dk_dv_d128 in attention_sm90_d128_bwd.cuh). Shared memory as v7 dq-bulk: K, V (2 halves each), Q, dO (2 stages x 2 halves), dS^T, lse/D/starts
 // [2 stages], two 32 KB dq partials. dq in bf16 comes from dq_from_tiles after the kernel.
 #pragma once
 
@@ -176,9 +177,7 @@ __global__ void __launch_bounds__(384, 1)
         asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
         const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-            wgmma_64x64_ss<0, 0>(sT, sw128_desc_plus(dK0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dQ0, (kk / 4) * QH + (kk % 4) * 32));
+        wg_dot_d128(sT, dK0, dQ0, KH, QH);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_pin(sT);
@@ -193,48 +192,24 @@ __global__ void __launch_bounds__(384, 1)
         const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
         wgmma_pin(pa);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-            wgmma_64x64_ss<0, 0>(dpt, sw128_desc_plus(dV0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dO0, (kk / 4) * QH + (kk % 4) * 32));
+        wg_dot_d128(dpt, dV0, dO0, KH, QH);
         wgmma_commit();
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dv[c], pa[kq], sw128_desc_plus(dO0t, c * QH + kq * 16 * ROW));
+        wg_accumulate_d128(dv, pa, dO0t, QH);
         wgmma_commit();
         wgmma_wait<1>();  // dP^T
         wgmma_pin(dpt);
 
-        // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ once the other warpgroup's
-        // dq product of the last step has read what is there
+        // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
         uint32_t dsa[BR / 16][4];
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                __nv_bfloat162 pb;
-                memcpy(&pb, &pa[kq][r], 4);
-                const float2 pf = __bfloat1622float2(pb);
-                const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
-                dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
-            }
-        if (step > 0) named_barrier(1, 256);
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
-            }
+        ds_fragments(pa, dpt, dsa);
+        if (step > 0) named_barrier(1, 256);  // the other warpgroup's dq product of the last step has read dS^T
+        store_ds(dsa, sdS, kw, gr, tq);
 
         // dK += dS^T Q (as v7), left running while the two warpgroups meet
         const uint64_t dQ0t = sw128_desc(sQb, true);
         wgmma_pin(dsa);
         wgmma_fence();
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dk[c], dsa[kq], sw128_desc_plus(dQ0t, c * QH + kq * 16 * ROW));
+        wg_accumulate_d128(dk, dsa, dQ0t, QH);
         wgmma_commit();
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
         named_barrier(2, 256);  // both warpgroups' dS^T are in
@@ -245,9 +220,7 @@ __global__ void __launch_bounds__(384, 1)
         asm volatile("" : "+r"(ks), "+r"(dss));
         const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
         wgmma_fence();
-        wgmma_64x64_ss<1, 1, 0>(dq, dS0, dKs);
-#pragma unroll
-        for (int kc = 1; kc < BC / 16; ++kc) wgmma_64x64_ss<1, 1, 1>(dq, sw128_desc_plus(dS0, kc * 16 * ROW), sw128_desc_plus(dKs, kc * 16 * ROW));
+        wg_dq_d128<BC / 16>(dq, dS0, dKs, 0);
         wgmma_commit();
         wgmma_wait<0>();  // dV, dK and dQ_part
         wgmma_pin(dk[0]);
@@ -269,21 +242,7 @@ __global__ void __launch_bounds__(384, 1)
         if (lane == 0) mbar_arrive(dq_full + 8 * st);
     }
 
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-        const int key = k0 + kw + gr + 8 * hf;
-        if (key >= T) continue;
-        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * D;
-#pragma unroll
-        for (int c = 0; c < 2; ++c)
-#pragma unroll
-            for (int nd = 0; nd < 8; ++nd) {
-                const int col = c * 64 + nd * 8 + 2 * tq;
-                *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
-                    __floats2bfloat162_rn(dk[c][nd][2 * hf] * p.scale, dk[c][nd][2 * hf + 1] * p.scale);
-                *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[c][nd][2 * hf], dv[c][nd][2 * hf + 1]);
-            }
-    }
+    store_dk_dv_d128(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif

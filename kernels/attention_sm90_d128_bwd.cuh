@@ -3,8 +3,10 @@
 // (attention_sm90.cuh, itself flash_backward_kernel's in attention.cu) with every row of K, V, Q, dO twice as wide.
 //   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
 //   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
-// Owns: WgBwdD128Config, flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and
-// launch_backward_wgmma_d128 (the launcher; dev/attention.cu times its other configurations as "v7").
+// Owns: WgBwdD128Config, the pieces of a step (wg_dot_d128, wg_accumulate_d128, ds_fragments, store_ds,
+// wg_dq_d128, store_dk_dv_d128; dev/attention_v8.cuh's warp-specialized kernel uses them too),
+// flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and launch_backward_wgmma_d128 (the
+// launcher; dev/attention.cu times its other configurations as "v7").
 // Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
 // register/shared), the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128
 // and (kDqBulk) launch_dq_from_tiles;
@@ -64,6 +66,80 @@ struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB block
     static_assert(NWG == 1 || NWG == 2, "64 or 128 keys per block");
     static_assert(smem * MINB + MINB * 1024 <= 228 * 1024, "shared memory per SM");
 };
+
+#if ATTENTION_WGMMA
+// The products of a step, as one warpgroup issues them (v7's kernel below and dev/attention_v8.cuh's share
+// them). Tiles are two 128-byte-swizzled column halves of 64; `rows_half`, `cols_half`: bytes from a tile's
+// half 0 to its half 1.
+// acc += rows cols^T over the head dim: 8 k-steps of 16, both K-major (S^T = K Q^T, dP^T = V dO^T)
+__device__ __forceinline__ void wg_dot_d128(float (&acc)[8][4], uint64_t rows, uint64_t cols, uint32_t rows_half, uint32_t cols_half) {
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+        wgmma_64x64_ss<0, 0>(acc, sw128_desc_plus(rows, (kk / 4) * rows_half + (kk % 4) * 32), sw128_desc_plus(cols, (kk / 4) * cols_half + (kk % 4) * 32));
+}
+// acc[c] += a b, column half c of b: A from registers (k-steps of 16 queries), B[k = query][n = d] MN-major
+// (dV += P^T dO, dK += dS^T Q)
+template <int KQ>
+__device__ __forceinline__ void wg_accumulate_d128(float (&acc)[2][8][4], const uint32_t (&a)[KQ][4], uint64_t b_t, uint32_t b_half) {
+#pragma unroll
+    for (int kq = 0; kq < KQ; ++kq)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(acc[c], a[kq], sw128_desc_plus(b_t, c * b_half + kq * 16 * 128));
+}
+// dS^T = P^T (dP^T - D) as bf16 A fragments, from P^T's packed fragments pa and dP^T - D in dpt
+template <int KQ>
+__device__ __forceinline__ void ds_fragments(const uint32_t (&pa)[KQ][4], const float (&dpt)[2 * KQ][4], uint32_t (&dsa)[KQ][4]) {
+#pragma unroll
+    for (int kq = 0; kq < KQ; ++kq)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            __nv_bfloat162 pb;
+            memcpy(&pb, &pa[kq][r], 4);
+            const float2 pf = __bfloat1622float2(pb);
+            const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
+            dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
+        }
+}
+// dS^T's fragments into shared memory at sdS [keys][64 queries], for dQ (this lane's keys kw + gr, + 8)
+template <int KQ>
+__device__ __forceinline__ void store_ds(const uint32_t (&dsa)[KQ][4], uint32_t sdS, int kw, int gr, int tq) {
+#pragma unroll
+    for (int kq = 0; kq < KQ; ++kq)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
+        }
+}
+// dQ_part = dS K for the column half of K `half_at` bytes from k: A[m = query][k = key] = dS^T, B[k = key][n = d],
+// both MN-major, k = KC steps of 16 keys (128-byte rows)
+template <int KC>
+__device__ __forceinline__ void wg_dq_d128(float (&dq)[8][4], uint64_t ds, uint64_t k, uint32_t half_at) {
+    wgmma_64x64_ss<1, 1, 0>(dq, ds, sw128_desc_plus(k, half_at));
+#pragma unroll
+    for (int kc = 1; kc < KC; ++kc) wgmma_64x64_ss<1, 1, 1>(dq, sw128_desc_plus(ds, kc * 16 * 128), sw128_desc_plus(k, half_at + kc * 16 * 128));
+}
+// dK (scaled) and dV of this lane's keys key0 and key0 + 8 (those before T) into the [B, T, KVH, 128] tensors
+// (kv_stride = KVH 128)
+__device__ __forceinline__ void store_dk_dv_d128(const BwdArgs& p, const float (&dk)[2][8][4], const float (&dv)[2][8][4], int b, int g,
+                                                 int key0, int tq, int T, int64_t kv_stride) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        const int key = key0 + 8 * hf;
+        if (key >= T) continue;
+        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * 128;
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+            for (int nd = 0; nd < 8; ++nd) {
+                const int col = c * 64 + nd * 8 + 2 * tq;
+                *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
+                    __floats2bfloat162_rn(dk[c][nd][2 * hf] * p.scale, dk[c][nd][2 * hf + 1] * p.scale);
+                *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[c][nd][2 * hf], dv[c][nd][2 * hf + 1]);
+            }
+    }
+}
+#endif
 
 // tm_q, tm_do (W::TMA): q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column
 // half of one head (head_rows_map with 2H heads).
@@ -175,9 +251,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
         const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-            wgmma_64x64_ss<0, 0>(st, sw128_desc_plus(dK0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dQ0, (kk / 4) * QH + (kk % 4) * 32));
+        wg_dot_d128(st, dK0, dQ0, KH, QH);
         wgmma_commit();
         wgmma_wait<0>();  // (no product is in flight across the branches below: ptxas would serialize them)
         wgmma_pin(st);
@@ -194,41 +268,23 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
         wgmma_pin(pa);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-            wgmma_64x64_ss<0, 0>(dpt, sw128_desc_plus(dV0, (kk / 4) * KH + (kk % 4) * 32), sw128_desc_plus(dO0, (kk / 4) * QH + (kk % 4) * 32));
+        wg_dot_d128(dpt, dV0, dO0, KH, QH);
         wgmma_commit();
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dv[c], pa[kq], sw128_desc_plus(dO0t, c * QH + kq * 16 * ROW));
+        wg_accumulate_d128(dv, pa, dO0t, QH);
         wgmma_commit();
         wgmma_wait<1>();  // dP^T
         wgmma_pin(dpt);
 
         // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
         uint32_t dsa[BR / 16][4];
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                __nv_bfloat162 pb;
-                memcpy(&pb, &pa[kq][r], 4);
-                const float2 pf = __bfloat1622float2(pb);
-                const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
-                dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
-                const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
-            }
+        ds_fragments(pa, dpt, dsa);
+        store_ds(dsa, sdS, kw, gr, tq);
 
         // dK += dS^T Q: B[k = query][n = d] = Q, MN-major; one n64 product per column half
         const uint64_t dQ0t = sw128_desc(sQb, true);
         wgmma_pin(dsa);
         wgmma_fence();
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(dk[c], dsa[kq], sw128_desc_plus(dQ0t, c * QH + kq * 16 * ROW));
+        wg_accumulate_d128(dk, dsa, dQ0t, QH);
         wgmma_commit();
         wgmma_wait<0>();  // dV and dK
         wgmma_pin(dk[0]);
@@ -253,12 +309,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
         wgmma_fence();
 #pragma unroll
-        for (int c = 0; c < NC; ++c) {
-            wgmma_64x64_ss<1, 1, 0>(dq[c], dS0, sw128_desc_plus(dKs, c * KH));
-#pragma unroll
-            for (int kc = 1; kc < BC / 16; ++kc)
-                wgmma_64x64_ss<1, 1, 1>(dq[c], sw128_desc_plus(dS0, kc * 16 * ROW), sw128_desc_plus(dKs, c * KH + kc * 16 * ROW));
-        }
+        for (int c = 0; c < NC; ++c) wg_dq_d128<BC / 16>(dq[c], dS0, dKs, c * KH);
         wgmma_commit();
         wgmma_wait<0>();
 #pragma unroll
@@ -320,22 +371,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
     }
     __syncthreads();
     handoff.finish<W::DQ == kDqBulk>(p.counters, tid);
-
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-        const int key = k0 + kw + gr + 8 * hf;
-        if (key >= T) continue;
-        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * D;
-#pragma unroll
-        for (int c = 0; c < 2; ++c)
-#pragma unroll
-            for (int nd = 0; nd < 8; ++nd) {
-                const int col = c * 64 + nd * 8 + 2 * tq;
-                *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
-                    __floats2bfloat162_rn(dk[c][nd][2 * hf] * p.scale, dk[c][nd][2 * hf + 1] * p.scale);
-                *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[c][nd][2 * hf], dv[c][nd][2 * hf + 1]);
-            }
-    }
+    store_dk_dv_d128(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif
