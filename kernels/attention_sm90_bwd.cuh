@@ -5,7 +5,8 @@
 //   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
 //   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
 // Owns: WgBwdConfig, flash_backward_wgmma_kernel, launch_backward_wgmma (dev/attention.cu times its other
-// configurations as "v5 bwd"), dq_from_tiles_kernel and launch_dq_from_tiles. Reuses from attention_sm90.cuh
+// configurations as "v5 bwd"), dq_from_tiles_kernel and launch_dq_from_tiles, and the pieces both head dims'
+// backwards share: load_tile_sw128, ds_fragments, store_ds. Reuses from attention_sm90.cuh
 // the descriptors, the wgmma wrappers, the mbarrier/TMA helpers, head_rows_map and wgmma_applies; from
 // attention.cu BwdArgs, prepare_backward, the steps' shared pieces (last_query_tile, start_at_minus,
 // probs_as_fragments) and the dq hand-off (wait_counter, DqHandoff, bulk_add_partial). attention.cu includes
@@ -76,6 +77,32 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t dst, const bf16* src, i
     }
 }
 
+// dS^T = P^T (dP^T - D) as bf16 A fragments, from P^T's packed fragments pa and dP^T - D in dpt
+template <int KQ>
+__device__ __forceinline__ void ds_fragments(const uint32_t (&pa)[KQ][4], const float (&dpt)[2 * KQ][4], uint32_t (&dsa)[KQ][4]) {
+#pragma unroll
+    for (int kq = 0; kq < KQ; ++kq)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            __nv_bfloat162 pb;
+            memcpy(&pb, &pa[kq][r], 4);
+            const float2 pf = __bfloat1622float2(pb);
+            const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
+            dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
+        }
+}
+// dS^T's fragments into shared memory at sdS [keys][64 queries] (one 128-byte-swizzled tile, or head_dim
+// 128's column half), for dQ (this lane's keys kw + gr, + 8)
+template <int KQ>
+__device__ __forceinline__ void store_ds(const uint32_t (&dsa)[KQ][4], uint32_t sdS, int kw, int gr, int tq) {
+#pragma unroll
+    for (int kq = 0; kq < KQ; ++kq)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
+        }
+}
 // tm_q, tm_do (W::TMA): q and dO as 4-D maps (d, head, t, b) whose boxes are BR tokens of one head.
 template <class W>
 __global__ void __launch_bounds__(W::THREADS, W::MINB)
@@ -196,18 +223,8 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
 
         // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
         uint32_t dsa[BR / 16][4];
-#pragma unroll
-        for (int kq = 0; kq < BR / 16; ++kq)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                __nv_bfloat162 pb;
-                memcpy(&pb, &pa[kq][r], 4);
-                const float2 pf = __bfloat1622float2(pb);
-                const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
-                dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
-                const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
-            }
+        ds_fragments(pa, dpt, dsa);
+        store_ds(dsa, sdS, kw, gr, tq);
 
         // dK += dS^T Q: B[k = query][n = d] = Q, MN-major
         wgmma_fence();

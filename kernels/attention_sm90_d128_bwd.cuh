@@ -3,13 +3,13 @@
 // (attention_sm90.cuh, itself flash_backward_kernel's in attention.cu) with every row of K, V, Q, dO twice as wide.
 //   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
 //   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
-// Owns: WgBwdD128Config, the pieces of a step (wg_dot_d128, wg_accumulate_d128, ds_fragments, store_ds,
-// wg_dq_d128, store_dk_dv_d128; dev/attention_v8.cuh's warp-specialized kernel uses them too),
+// Owns: WgBwdD128Config, the pieces of a step (wg_dot_d128, wg_accumulate_d128, wg_dq_d128,
+// store_dk_dv_d128; dev/attention_v8.cuh's warp-specialized kernel uses them too),
 // flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and launch_backward_wgmma_d128 (the
 // launcher; dev/attention.cu times its other configurations as "v7").
 // Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
-// register/shared), the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128
-// and (kDqBulk) launch_dq_from_tiles;
+// register/shared), the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128,
+// ds_fragments, store_ds and (kDqBulk) launch_dq_from_tiles;
 // from attention.cu BwdArgs, prepare_backward (counters zeroed, D = rowsum(dO o)), the steps' shared pieces
 // (last_query_tile, start_at_minus, probs_as_fragments), the dq hand-off (wait_counter, DqHandoff,
 // bulk_add_partial) and the workspace layout (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). attention.cu
@@ -85,31 +85,6 @@ __device__ __forceinline__ void wg_accumulate_d128(float (&acc)[2][8][4], const 
     for (int kq = 0; kq < KQ; ++kq)
 #pragma unroll
         for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(acc[c], a[kq], sw128_desc_plus(b_t, c * b_half + kq * 16 * 128));
-}
-// dS^T = P^T (dP^T - D) as bf16 A fragments, from P^T's packed fragments pa and dP^T - D in dpt
-template <int KQ>
-__device__ __forceinline__ void ds_fragments(const uint32_t (&pa)[KQ][4], const float (&dpt)[2 * KQ][4], uint32_t (&dsa)[KQ][4]) {
-#pragma unroll
-    for (int kq = 0; kq < KQ; ++kq)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            __nv_bfloat162 pb;
-            memcpy(&pb, &pa[kq][r], 4);
-            const float2 pf = __bfloat1622float2(pb);
-            const int nt = 2 * kq + r / 2, e = 2 * (r % 2);
-            dsa[kq][r] = pack_bf16(dpt[nt][e] * pf.x, dpt[nt][e + 1] * pf.y);
-        }
-}
-// dS^T's fragments into shared memory at sdS [keys][64 queries], for dQ (this lane's keys kw + gr, + 8)
-template <int KQ>
-__device__ __forceinline__ void store_ds(const uint32_t (&dsa)[KQ][4], uint32_t sdS, int kw, int gr, int tq) {
-#pragma unroll
-    for (int kq = 0; kq < KQ; ++kq)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-            const int key = kw + gr + 8 * (r & 1), col = kq * 16 + 8 * (r >> 1) + 2 * tq;
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(sdS + sw128_offset(key, col)), "r"(dsa[kq][r]) : "memory");
-        }
 }
 // dQ_part = dS K for the column half of K `half_at` bytes from k: A[m = query][k = key] = dS^T, B[k = key][n = d],
 // both MN-major, k = KC steps of 16 keys (128-byte rows)
