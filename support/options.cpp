@@ -236,6 +236,9 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         fail(source("--offload", "zero_optimization.offload_optimizer") + ": optimizer offload needs ZeRO stage 1, 2 or 3 (the optimizer state "
              "must be partitioned; the stage is 0" + (o.given.count("--zero-stage") || o.config_file.empty() ? "" : " in " + o.config_file) + ")");
     if (o.zero.copy_gathers && o.zero.stage != 3) fail("--copy-gathers applies to ZeRO stage 3 only (the stage is " + std::to_string(o.zero.stage) + ")");
+    if (!o.zero.overlap_update && o.zero.offload)
+        fail(source("--offload", "zero_optimization.offload_optimizer") + ": --serial-update applies to the GPU optimizer (the CPU's "
+             "update always runs beside the next forward)");
     check_zero_options(o.zero, o.config_file.empty() ? "--zero-stage" : o.config_file);
     if (!o.model.empty() && !o.preset.empty()) fail("--model and --preset exclude each other");
     if (o.steps && o.epochs) fail("--steps and --epochs exclude each other");

@@ -182,6 +182,7 @@ TEST_CASE("cli: ZeRO flags, DeepSpeed zero_optimization keys and damaged checkpo
     Run serial = run("--preset tiny --seq 64 --dry-run --serial-update --out " + temp_dir("cli_update_serial"));
     CHECK(serial.status == 0);
     CHECK(serial.output.find("; AdamW on the compute stream (--serial-update)") != std::string::npos);
+    check_error("--preset tiny --seq 64 --dry-run --zero-stage 2 --offload --serial-update", "--offload: --serial-update applies to the GPU optimizer");
     // a checkpoint directory whose latest step was cut short: refused, pointing at the last good one
     std::string out = temp_dir("resume_out");
     temp_dir("resume_out/checkpoints");
