@@ -8,23 +8,22 @@
 //   ./dev/attention --no-bench                   checks only;   --seed N   repeat a run's inputs
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //   ./dev/attention --skip v7                      leave out the versions whose names start so (repeatable)
-//   ./dev/attention --with v8                      run v8 too (not yet validated on a GPU: left out by default)
 //
 // Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
 // Hopper kernels of ../kernels/attention_sm90.cuh and attention_sm90_bwd.cuh, HopperFwd / HopperBwd, and at
-// head_dim 128 HopperFwdD128 and HopperBwdD128 (../kernels/attention_sm90_d128_bwd.cuh); elsewhere the
+// head_dim 128 HopperFwdD128 and the warp-specialized backward (../kernels/attention_sm90_d128_bwd.cuh, dev v8 until
+// it won); elsewhere the
 // mma.sync kernels, whose tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>, the mma.sync kernels that
 // those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
 // other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
 // kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
-// WgFwdConfig<2, 128, 3, 128>); v7 configurations of the Hopper backward for head_dim 128 (the library's is
-// WgBwdD128Config<2, 1, true>), each also checked for bitwise determinism on its own, "dq-bulk" among them (dq added
-// by the TMA); v8 the warp-specialized head_dim 128 backward of attention_v8.cuh (a producer warpgroup, the dq
-// partials added by one of its threads); "dq-atomic" and "no-dq" are timing bounds of the mma.sync and Hopper backwards whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
+// WgFwdConfig<2, 128, 3, 128>); v7 configurations of the head_dim 128 Hopper backward before warp specialization
+// (attention_v7.cuh; the library's until v8), each also checked for bitwise determinism on its own, "dq-bulk"
+// among them (dq added by the TMA); "dq-atomic" and "no-dq" are timing bounds of the mma.sync and Hopper backwards whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
-#include "attention_v8.cuh"
+#include "attention_v7.cuh"
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -139,7 +138,6 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true>>(),   // 2 warpgroups, 128-key blocks
             wgmma_d128_bwd_version<WgBwdD128Config<1, 2, true>>(),   // 1 warpgroup, 64-key blocks, 2 blocks per SM
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true, kDqBulk>>(),  // dq partials added by the TMA
-            {"v8 bwd D128 BC128 BR64 12w ws dq-bulk", 128, launch_backward_ws_d128, backward_workspace_bytes<Lib<128>::Bwd>, false, 128, true},  // warp-specialized (attention_v8.cuh)
             // bounds: the library configurations with unordered atomics, and with no dq at all
             wgmma_version<WgBwdConfig<1, 3, true, kDqAtomic>>(),
             wgmma_version<WgBwdConfig<1, 3, true, kDqNone>>(),
@@ -150,8 +148,7 @@ std::vector<BwdVersion> bwd_versions() {
             bwd_version<BwdConfig<128, 8, 64, false, kDqAtomic>>("v1"),
             bwd_version<BwdConfig<128, 8, 64, false, kDqNone>>("v1")};
 }
-std::vector<std::string> skipped = {"v8"};  // --skip PREFIX: versions whose name starts with one of these do not run
-                                           // (v8 until it has passed on a GPU; --with v8 runs it)
+std::vector<std::string> skipped;  // --skip PREFIX: versions whose name starts with one of these do not run
 bool skip(const std::string& name) {
     for (const std::string& p : skipped)
         if (name.compare(0, p.size(), p) == 0) return true;
@@ -467,9 +464,8 @@ int main(int argc, char** argv) {
         else if (arg == "--seed" && i + 1 < argc) seed = uint32_t(std::stoul(argv[++i]));
         else if (arg == "--bench-only" && i + 1 < argc) check = false, only_T = std::stoi(argv[++i]);
         else if (arg == "--skip" && i + 1 < argc) skipped.push_back(argv[++i]);
-        else if (arg == "--with" && i + 1 < argc) skipped.erase(std::remove(skipped.begin(), skipped.end(), std::string(argv[++i])), skipped.end());
         else {
-            std::fprintf(stderr, "usage: %s [--no-bench] [--seed N] [--bench-only T] [--skip PREFIX ...] [--with v8]\n", argv[0]);
+            std::fprintf(stderr, "usage: %s [--no-bench] [--seed N] [--bench-only T] [--skip PREFIX ...]\n", argv[0]);
             return 2;
         }
     }
@@ -507,7 +503,7 @@ int main(int argc, char** argv) {
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
         print_resources<WgBwdD128Config<2, 1, true, kDqBulk>>("v7 bwd D128 wgmma BC128 8w x1 tma dq-bulk", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true, kDqBulk>>);
-        print_resources<WsBwdD128>("v8 bwd D128 wgmma BC128 12w ws dq-bulk", flash_backward_ws_d128_kernel);
+        print_resources<WsBwdD128>("v1 bwd D128 wgmma BC128 12w ws (library)", flash_backward_ws_d128_kernel);
     }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);

@@ -838,11 +838,11 @@ namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
 // head_dim 64's backward: one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA, dq partials added by
-// the TMA from shared memory (dev v5 dq-bulk: 4-7% faster than in-order reductions on an H100, T = 1k..16k;
-// at head_dim 128 the bulk copy is slower from T = 2048 on, so HopperBwdD128 keeps the reductions)
+// the TMA from shared memory (dev v5 dq-bulk: 4-7% faster than in-order reductions on an H100, T = 1k..16k)
 using HopperBwd = WgBwdConfig<1, 3, true, kDqBulk>;
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096)
-using HopperBwdD128 = WgBwdD128Config<2, 1, true>;  // head_dim 128: 2 warpgroups per 128 keys, 1 block per SM (dev v7: 353 against 224 TFLOP/s at T = 8192 on an H100)
+// head_dim 128's backward: WsBwdD128 (attention_sm90_d128_bwd.cuh), a producer warpgroup and two compute
+// warpgroups per 128 keys (dev v8: 468 against v7's 338 TFLOP/s at T = 8192 on an H100)
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
 bool use_hopper = true;  // flash_attention_use_hopper
 }  // namespace
@@ -878,8 +878,8 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
         launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
-    if (use_hopper && wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv})) {
-        launch_backward_wgmma_d128<HopperBwdD128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if (use_hopper && wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}) && ws_d128_registers_fit()) {
+        launch_backward_ws_d128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
     with_lib(a.Dh, [&](auto lib) {

@@ -1,29 +1,27 @@
-// kernels/attention_sm90_d128_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 128:
-// flash_backward_wgmma_kernel's algorithm, steps, masks, GQA order and deterministic dq accumulation
-// (attention_sm90.cuh, itself flash_backward_kernel's in attention.cu) with every row of K, V, Q, dO twice as wide.
+// kernels/attention_sm90_d128_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 128,
+// warp-specialized as FlashAttention-3's: the math, masks, GQA order and deterministic dq accumulation of
+// flash_backward_kernel (attention.cu) with every row of K, V, Q, dO 128 wide.
 //   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
 //   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
-// Owns: WgBwdD128Config, the pieces of a step (wg_dot_d128, wg_accumulate_d128, wg_dq_d128,
-// store_dk_dv_d128; dev/attention_v8.cuh's warp-specialized kernel uses them too),
-// flash_backward_wgmma_d128_kernel, wgmma_backward_d128_applies and launch_backward_wgmma_d128 (the
-// launcher; dev/attention.cu times its other configurations as "v7").
-// Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and
-// register/shared), the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128,
-// ds_fragments, store_ds and (kDqBulk) launch_dq_from_tiles;
-// from attention.cu BwdArgs, prepare_backward (counters zeroed, D = rowsum(dO o)), the steps' shared pieces
-// (last_query_tile, start_at_minus, probs_as_fragments), the dq hand-off (wait_counter, DqHandoff,
-// bulk_add_partial) and the workspace layout (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles). attention.cu
-// includes it after attention_sm90_bwd.cuh.
+// Owns: WsBwdD128, the pieces of a step (wg_dot_d128, wg_accumulate_d128, wg_dq_d128, store_dk_dv_d128; dev v7,
+// the kernel before this one, uses them too), flash_backward_ws_d128_kernel, wgmma_backward_d128_applies,
+// ws_d128_registers_fit and launch_backward_ws_d128.
+// Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and register/shared),
+// the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128, ds_fragments,
+// store_ds and launch_dq_from_tiles; from attention.cu BwdArgs, prepare_backward (counters zeroed,
+// D = rowsum(dO o)), the steps' shared pieces (last_query_tile, start_at_minus, probs_as_fragments), the dq
+// turns (bulk_add_partial, st_release) and the workspace layout (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles).
+// attention.cu includes it after attention_sm90_bwd.cuh.
 //
-// Tiles as at head_dim 128 in the forward (flash_forward_wgmma_kernel with WgFwdConfig's D = 128): a 128-byte swizzled row holds 64 bf16, so
-// each K, V, Q, dO tile is two column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms
-// of 1024 bytes); Q and dO come by the TMA (head_rows_map with 2H heads: half c of head h is map head 2h + c),
-// K and V once per block by cp.async (load_tile_sw128 per half). The block: NWG warpgroups, each owning 64
-// keys of the block's BC = 64 NWG (warp w: keys 16w.., as wgmma's accumulators lay them), BR = 64 queries a
-// step. Per step (query tile i, head h), per warpgroup:
+// Tiles as in the head_dim 128 forward: a 128-byte swizzled row holds 64 bf16, so each K, V, Q, dO tile is two
+// column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms of 1024 bytes); Q and dO
+// come by the TMA (head_rows_map with 2H heads: half c of head h is map head 2h + c), K and V once per block
+// by cp.async (load_tile_sw128 per half). A block owns BC = 128 keys of one KV head and walks the query
+// tiles that see them (BR = 64 queries a step, from the last tile; the heads of the GQA group inner).
+// Per step, per compute warpgroup (64 of the keys; warp w: keys 16w.., as wgmma's accumulators lay them):
 //   S^T = K Q^T                  M = 64 keys, N = 64 queries, k = head dim: 8 k-steps, both K-major; steps 0-3
 //                                read half 0 of both operands (+32 bytes a step), 4-7 half 1. The accumulator
-//                                starts at -lse/scale (as at head_dim 64).
+//                                starts at -lse/scale.
 //   P^T                          in registers, masked as flash_backward_kernel, packed to bf16 A fragments
 //   dP^T = V dO^T, dV += P^T dO  issued together (two commit groups): dP^T as S^T (starting at -D); dV with A
 //                                from registers and B MN-major (n = head dim): per k-step of 16 queries two
@@ -31,46 +29,46 @@
 //   dS^T                         once dP^T has landed, while dV runs; bf16 A fragments, and into shared memory
 //                                [BC keys][64 queries] (one 128-byte half) for dQ
 //   dK += dS^T Q                 as dV
-//   dQ_part = dS K               A = dS^T (MN-major), B = K (MN-major, n = head dim), k = the block's BC keys;
-//                                with 2 warpgroups each computes one column half (64), with one both
-// (the head_dim 64 kernel issues S^T and dP^T together; here that would hold both in registers at once, and
-// dK, dV take 128). dQ_part is added to the fp32 tile in the workspace in the order of the key blocks
-// (counters), as flash_backward_wgmma_kernel does: the first contributor stores, the others red.global.add;
-// the diagonal block (the last) adds too, then reads the sum back and writes bf16 dq (flash_backward_wgmma_kernel
-// adds its own partial in registers instead; here, holding the partial and the loaded sum together spilled).
-// The tile's fp32
-// layout is this kernel's own: float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane.
-// Registers per thread: dK and dV 2 x 64 fp32, S^T or dP^T 32 fp32, P^T and dS^T 16 + 16 packed, so the
-// 255-register cap is needed: 2 warpgroups and 1 block per SM, or 1 warpgroup and 2 blocks per SM. The
-// descriptors of the products are made in the loop from opaque bases (else ptxas hoists ~50 of them into
-// registers and spills). TMA = false (Q and dO by cp.async) spills ~110 bytes: not in the harness.
+//   dQ_part = dS K               A = dS^T (MN-major), B = K (MN-major, n = head dim), k = all 128 keys: each
+//                                warpgroup computes one column half (64) of the partial
+// A block is three warpgroups (384 threads, 1 block per SM), and they wait only for what they need:
+//   warpgroup 0, the producer (setmaxnreg 24): its warp 0 loads each step's Q and dO halves by the TMA and the
+//     rows' lse, D and document starts into one of two stages (mbarriers full[s] / empty[s]); its warp 1
+//     (lane 0) adds each step's fp32 dq partial from shared memory into the tile in the workspace with
+//     cp.reduce.async.bulk (the first contributor stores), in the tile's turn (the key blocks' order, by the
+//     counters: the same bits run to run), and hands the buffer back once the TMA has read it (mbarriers
+//     dq_full[s] / dq_empty[s]).
+//   warpgroups 1, 2, the compute (setmaxnreg 240): every product on wgmma. They meet only where they must: a
+//     named barrier (256 threads) once both have written dS^T, before the dQ product reads all 128 keys of
+//     it, and one before dS^T is written again (the other's dQ product of the step before has read it). No
+//     compute thread waits for a dq tile's turn: on an H100 (dev v8 against v7, where the compute warps took
+//     the turns themselves) the backward went from 338 to 468 TFLOP/s at T = 8192.
+// dq in bf16 comes from dq_from_tiles after the kernel. Registers per compute thread: dK and dV 2 x 64 fp32,
+// S^T or dP^T 32 fp32, P^T and dS^T 16 + 16 packed, dQ_part 32. The descriptors are made in the loop from
+// opaque bases (else ptxas hoists ~50 of them into registers and spills).
 #pragma once
 
 namespace {
 
-template <int NWG_, int MINB_, bool TMA_ = true, DqMode DQ_ = kDqOrdered>
-struct WgBwdD128Config {  // NWG warpgroups per block (64 keys each), MINB blocks per SM asked of ptxas, TMA: Q and dO by the TMA
-    static constexpr int NWG = NWG_, MINB = MINB_;
-    static constexpr bool TMA = TMA_;
-    static constexpr DqMode DQ = DQ_;  // the library: kDqOrdered (the others: see DqMode)
-    static constexpr int D = 128, BR = 64, BC = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per row of a half
-    static constexpr int NC = 2 / NWG;                                                      // dQ column halves per warpgroup
-    static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;    // bytes of one column half
-    static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);  // bytes of one fp32 dq partial
-    static constexpr size_t smem = 1024                                  // room to align the tiles to 1024 bytes
-                                   + 4 * size_t(KV_HALF)                 // K, V: 2 halves each
-                                   + 8 * size_t(Q_HALF)                  // Q[2], dO[2]: 2 halves each
-                                   + size_t(BC) * ROW                    // dS^T [keys][64 queries]
-                                   + size_t(6) * BR * sizeof(float)      // lse, D, doc_start [2] each
-                                   + (DQ == kDqBulk ? 2 * size_t(DQ_TILE) : 0);  // kDqBulk: dq partials [2]
-    static_assert(NWG == 1 || NWG == 2, "64 or 128 keys per block");
-    static_assert(smem * MINB + MINB * 1024 <= 228 * 1024, "shared memory per SM");
+// The block's shape and shared memory: K, V (2 halves each), Q, dO (2 stages x 2 halves), dS^T, lse/D/starts
+// [2 stages], two 32 KB fp32 dq partials.
+struct WsBwdD128 {
+    static constexpr int D = 128, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
+    static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
+    static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);                 // one fp32 dq partial
+    static constexpr size_t smem = 1024                          // room to align the tiles to 1024 bytes
+                                   + 4 * size_t(KV_HALF)         // K, V: 2 halves each
+                                   + 8 * size_t(Q_HALF)          // Q[2], dO[2]: 2 halves each
+                                   + size_t(BC) * ROW            // dS^T [keys][64 queries]
+                                   + size_t(6) * BR * sizeof(float)  // lse, D, doc_start [2] each
+                                   + 2 * size_t(DQ_TILE);        // dq partials [2]
+    static_assert(smem <= 227 * 1024, "shared memory per block");
 };
 
 #if ATTENTION_WGMMA
-// The products of a step, as one warpgroup issues them (v7's kernel below and dev/attention_v8.cuh's share
-// them). Tiles are two 128-byte-swizzled column halves of 64; `rows_half`, `cols_half`: bytes from a tile's
-// half 0 to its half 1.
+// The products of a step, as one compute warpgroup issues them (dev/attention_v7.cuh's kernel shares them).
+// Tiles are two 128-byte-swizzled column halves of 64; `rows_half`, `cols_half`: bytes from a tile's half 0
+// to its half 1.
 // acc += rows cols^T over the head dim: 8 k-steps of 16, both K-major (S^T = K Q^T, dP^T = V dO^T)
 __device__ __forceinline__ void wg_dot_d128(float (&acc)[8][4], uint64_t rows, uint64_t cols, uint32_t rows_half, uint32_t cols_half) {
 #pragma unroll
@@ -114,130 +112,144 @@ __device__ __forceinline__ void store_dk_dv_d128(const BwdArgs& p, const float (
             }
     }
 }
+
+// bar.sync on barrier `id` (1..15; 0 is __syncthreads') for `threads` threads of the block
+__device__ __forceinline__ void named_barrier(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 #endif
 
-// tm_q, tm_do (W::TMA): q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column
-// half of one head (head_rows_map with 2H heads).
-template <class W>
-__global__ void __launch_bounds__(W::THREADS, W::MINB)
-    flash_backward_wgmma_d128_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+// tm_q, tm_do: q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column half of
+// one head (head_rows_map with 2H heads).
+__global__ void __launch_bounds__(384, 1)
+    flash_backward_ws_d128_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if ATTENTION_WGMMA
-    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NC = W::NC, D = W::D;
+    using W = WsBwdD128;
+    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, D = W::D;
     constexpr uint32_t KH = W::KV_HALF, QH = W::Q_HALF;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ int s_ticket;
-    __shared__ __align__(8) uint64_t qbar[2];  // W::TMA: buffer bb's Q and dO tiles have landed
-    // K [2 halves][BC][128 B], V the same, Q [2 buffers][2 halves][BR][128 B], dO the same, dS^T [BC][128 B]
+    __shared__ __align__(8) uint64_t bars[8];  // full[2], empty[2], dq_full[2], dq_empty[2]
+    const uint32_t full = smem_u32(bars), empty = full + 16, dq_full = full + 32, dq_empty = full + 48;  // stage s: + 8 s
     const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
     const uint32_t sK = base, sV = sK + 2 * KH, sQ = sV + 2 * KH, sdO = sQ + 4 * QH, sdS = sdO + 4 * QH;
     float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
     float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
     int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
-    const uint32_t sDQ = sdS + BC * ROW + 6 * BR * 4;                            // kDqBulk: [2][BR * D] fp32
+    const uint32_t sDQ = sdS + BC * ROW + 6 * BR * 4;                            // [2][BR * D] fp32
 
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gr = lane / 4, tq = lane % 4, wg = warp / 4;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
     const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
     if (tid == 0) {
         s_ticket = int(atomicAdd(p.ticket, 1u));
-        if constexpr (W::TMA) mbar_init(smem_u32(qbar), 1), mbar_init(smem_u32(qbar + 1), 1), mbar_init_fence();
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
+            mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
+            mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their part of the partial
+            mbar_init(dq_empty + 8 * s, 1);   // the writer's copy has read it
+        }
+        mbar_init_fence();
     }
     __syncthreads();
     const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
-    const int64_t q_stride = int64_t(H) * D, kv_stride = int64_t(KVH) * D;
+    const int64_t kv_stride = int64_t(KVH) * D;
     const int32_t* doc = p.doc ? p.doc + int64_t(b) * T : nullptr;
-
     const int i_lo = k0 / BR, i_hi = last_query_tile<BR, BC, THREADS>(doc, i_lo, nqt, j);  // query tiles that see these keys
     const int n_steps = (i_hi - i_lo + 1) * G;
-
-    auto load_step = [&](int step, int bb) {
-        const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
-        const uint32_t dq_ = sQ + bb * 2 * QH, ddo = sdO + bb * 2 * QH;  // buffer bb: half 0, half 1 at + QH
-        if constexpr (W::TMA) {  // one thread; rows past T arrive as zeros
-            if (tid == 0) {
-                const uint32_t bar = smem_u32(qbar + bb);
-                mbar_arrive_expect_tx(bar, 4 * QH);
-                tma_load_4d(dq_, &tm_q, bar, 0, 2 * h, q0, b);
-                tma_load_4d(dq_ + QH, &tm_q, bar, 0, 2 * h + 1, q0, b);
-                tma_load_4d(ddo, &tm_do, bar, 0, 2 * h, q0, b);
-                tma_load_4d(ddo + QH, &tm_do, bar, 0, 2 * h + 1, q0, b);
-            }
-        } else {
-            const int64_t off = (int64_t(b) * T + q0) * q_stride + int64_t(h) * D;
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                load_tile_sw128<BR, THREADS>(dq_ + c * QH, p.q + off + c * 64, q_stride, T - q0);
-                load_tile_sw128<BR, THREADS>(ddo + c * QH, p.dO + off + c * 64, q_stride, T - q0);
-            }
-        }
-        if (tid < BR) {
-            const bool ok = q0 + tid < T;
-            const int64_t rix = (int64_t(b) * H + h) * T + q0 + tid;
-            cp_async4(smem_u32(lse_s + bb * BR + tid), ok ? p.lse + rix : p.lse, ok ? 4 : 0);
-            cp_async4(smem_u32(dr_s + bb * BR + tid), ok ? p.Dr + rix : p.Dr, ok ? 4 : 0);
-            cp_async4(smem_u32(ds_s + bb * BR + tid), doc && ok ? static_cast<const void*>(doc + q0 + tid) : p.lse, doc && ok ? 4 : 0);
-        }
-    };
-    {
+    {  // K and V, once, by every thread
         const int64_t off = (int64_t(b) * T + k0) * kv_stride + int64_t(g) * D;
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
             load_tile_sw128<BC, THREADS>(sK + c * KH, p.k + off + c * 64, kv_stride, T - k0);
             load_tile_sw128<BC, THREADS>(sV + c * KH, p.v + off + c * 64, kv_stride, T - k0);
         }
+        cp_async_commit();
+        cp_async_wait_all();
+        fence_proxy_async();  // this thread's copies, visible to wgmma
     }
-    load_step(0, 0);
-    cp_async_commit();
+    __syncthreads();  // the last block-wide barrier
 
-    const int kw = warp * 16;                           // this warp's keys in the block
-    const int mq = (warp % 4) * 16;                     // this warp's dQ rows
-    const uint32_t sKg = sK + wg * 64 * ROW, sVg = sV + wg * 64 * ROW;  // this warpgroup's 64 keys (half 0; half 1 at + KH)
-    float dk[2][8][4], dv[2][8][4];                     // [column half][n-tile][4]
+    if (wg == 0) {  // ------------------------------------------------------------------------- the producer
+        setmaxnreg_dec<24>();
+        if (warp == 0) {  // step s's Q, dO, lse, D and starts into stage s % 2 once its step s - 2 is done
+            for (int step = 0; step < n_steps; ++step) {
+                const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+                if (step >= 2) mbar_wait(empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
+                if (lane == 0) {  // rows past T arrive as zeros
+                    const uint32_t bar = full + 8 * st, dq_ = sQ + st * 2 * QH, ddo = sdO + st * 2 * QH;
+                    mbar_arrive_expect_tx(bar, 4 * QH);
+                    tma_load_4d(dq_, &tm_q, bar, 0, 2 * h, q0, b);
+                    tma_load_4d(dq_ + QH, &tm_q, bar, 0, 2 * h + 1, q0, b);
+                    tma_load_4d(ddo, &tm_do, bar, 0, 2 * h, q0, b);
+                    tma_load_4d(ddo + QH, &tm_do, bar, 0, 2 * h + 1, q0, b);
+                }
+#pragma unroll
+                for (int r = lane; r < BR; r += 32) {
+                    const bool ok = q0 + r < T;
+                    const int64_t rix = (int64_t(b) * H + h) * T + q0 + r;
+                    lse_s[st * BR + r] = ok ? p.lse[rix] : 0.f;
+                    dr_s[st * BR + r] = ok ? p.Dr[rix] : 0.f;
+                    ds_s[st * BR + r] = doc && ok ? doc[q0 + r] : 0;
+                }
+                mbar_arrive(full + 8 * st);  // (release: the stores above, to the compute threads' wait)
+            }
+        } else if (warp == 1 && lane == 0) {  // the dq partials into their tiles, each in its turn
+            for (int step = 0; step < n_steps; ++step) {
+                const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+                const int jmin = doc ? doc[q0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
+                const int cidx = (b * H + h) * nqt + i;
+                mbar_wait(dq_full + 8 * st, uint32_t(step >> 1) & 1u);
+                bulk_add_partial<W::DQ_TILE>(p, cidx, j == jmin, unsigned(j - jmin), sDQ + uint32_t(st) * W::DQ_TILE);
+                bulk_wait_read<0>();
+                mbar_arrive(dq_empty + 8 * st);  // the compute warps may write the next partial here
+                bulk_wait<0>();                  // the add has completed: the tile is the next contributor's
+                if (j != jmax) st_release(p.counters + cidx, unsigned(j - jmin + 1));
+            }
+        }
+        return;
+    }
+
+    // ------------------------------------------------------------------------------------ the compute
+    setmaxnreg_inc<240>();
+    const int cw = wg - 1, cwarp = warp - 4, gr = lane / 4, tq = lane % 4;  // compute warpgroup 0/1, its warps 0..7
+    const int kw = cwarp * 16;                                              // this warp's keys in the block
+    const uint32_t sKg = sK + cw * 64 * ROW, sVg = sV + cw * 64 * ROW;     // this warpgroup's 64 keys (half 0; half 1 at + KH)
+    float dk[2][8][4], dv[2][8][4];                                         // [column half][n-tile][4]
 #pragma unroll
     for (int c = 0; c < 2; ++c)
 #pragma unroll
         for (int nd = 0; nd < 8; ++nd)
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
-    DqHandoff handoff;  // the dq partials' tiles not yet released to their next contributors
 
     for (int step = 0; step < n_steps; ++step) {
-        const int bb = step & 1;
-        cp_async_wait_all();
-        if constexpr (W::TMA) mbar_wait(smem_u32(qbar + bb), uint32_t(step >> 1) & 1u);  // use step/2 of buffer bb
-        fence_proxy_async();  // this thread's copies, visible to wgmma
-        __syncthreads();      // step's tiles landed; every product of the previous step is complete
-        handoff.after_barrier<W::DQ == kDqBulk>(p.counters, tid);  // (kDqBulk: and step - 2's buffer is free)
-        if (step + 1 < n_steps) {
-            load_step(step + 1, bb ^ 1);
-            cp_async_commit();
-        }
-        const int i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
-        const uint32_t sQb = sQ + bb * 2 * QH, sdOb = sdO + bb * 2 * QH;
-        const float* lse_b = lse_s + bb * BR;
-        const float* dr_b = dr_s + bb * BR;
-        const int* ds_b = ds_s + bb * BR;
+        const int st = step & 1, i = i_hi - step / G, q0 = i * BR;
+        mbar_wait(full + 8 * st, uint32_t(step >> 1) & 1u);  // the stage's tiles and rows have landed
+        const uint32_t sQb = sQ + st * 2 * QH, sdOb = sdO + st * 2 * QH;
+        const float* lse_b = lse_s + st * BR;
+        const float* dr_b = dr_s + st * BR;
+        const int* ds_b = ds_s + st * BR;
 
-        // S^T - lse/scale = K Q^T + (-lse/scale): both K-major, k = 128 in 8 steps (0-3: half 0, 4-7: half 1,
-        // 32 bytes apart in a half). dP^T is issued later, with dV: one of S^T and dP^T in registers at a time.
-        float st[NTQ][4];
-        start_at_minus(st, lse_b, p.lse_to_s, tq);
+        // S^T - lse/scale = K Q^T + (-lse/scale), as v7
+        float sT[NTQ][4];
+        start_at_minus(sT, lse_b, p.lse_to_s, tq);
         uint32_t kg = sKg, vg = sVg;
         asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
         const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
         wgmma_fence();
-        wg_dot_d128(st, dK0, dQ0, KH, QH);
+        wg_dot_d128(sT, dK0, dQ0, KH, QH);
         wgmma_commit();
-        wgmma_wait<0>();  // (no product is in flight across the branches below: ptxas would serialize them)
-        wgmma_pin(st);
+        wgmma_wait<0>();
+        wgmma_pin(sT);
 
-        // P^T, masked, packed to bf16 A fragments (as in flash_backward_kernel)
         const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
         uint32_t pa[BR / 16][4];
-        probs_as_fragments<BR>(st, pa, p.scale_log2, need_mask, k0 + kw + gr - q0, T - q0, q0, ds_b, tq);
+        probs_as_fragments<BR>(sT, pa, p.scale_log2, need_mask, k0 + kw + gr - q0, T - q0, q0, ds_b, tq);
 
-        // dP^T - D = V dO^T + (-D) (as S^T), then dV += P^T dO (B[k = query][n = d] = dO, MN-major; one n64
-        // product per column half): two groups; dS is formed once the first has landed, while dV runs
+        // dP^T - D = V dO^T + (-D), then dV += P^T dO: two groups, as v7
         float dpt[NTQ][4];
         start_at_minus(dpt, dr_b, 1.f, tq);
         const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
@@ -253,99 +265,46 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
         uint32_t dsa[BR / 16][4];
         ds_fragments(pa, dpt, dsa);
+        if (step > 0) named_barrier(1, 256);  // the other warpgroup's dq product of the last step has read dS^T
         store_ds(dsa, sdS, kw, gr, tq);
 
-        // dK += dS^T Q: B[k = query][n = d] = Q, MN-major; one n64 product per column half
+        // dK += dS^T Q (as v7), left running while the two warpgroups meet
         const uint64_t dQ0t = sw128_desc(sQb, true);
         wgmma_pin(dsa);
         wgmma_fence();
         wg_accumulate_d128(dk, dsa, dQ0t, QH);
         wgmma_commit();
-        wgmma_wait<0>();  // dV and dK
+        fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
+        named_barrier(2, 256);  // both warpgroups' dS^T are in
+
+        // dQ_part = dS K, column half cw: A[m = query][k = key] = dS^T, B[k = key][n = d] = K half, both MN-major
+        float dq[8][4];
+        uint32_t ks = sK + cw * KH, dss = sdS;
+        asm volatile("" : "+r"(ks), "+r"(dss));
+        const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
+        wgmma_fence();
+        wg_dq_d128<BC / 16>(dq, dS0, dKs, 0);
+        wgmma_commit();
+        wgmma_wait<0>();  // dV, dK and dQ_part
         wgmma_pin(dk[0]);
         wgmma_pin(dk[1]);
         wgmma_pin(dv[0]);
         wgmma_pin(dv[1]);
+        wgmma_pin(dq);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty + 8 * st);  // this warp is done with the stage (Q, dO, lse, D, starts)
 
-        if constexpr (W::DQ == kDqNone) continue;
-        // Our turn for this dq tile (see flash_backward_kernel)
-        const int jmin = doc ? ds_b[0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
-        const bool first = j == jmin, last = j == jmax;
-        const int cidx = (b * H + h) * nqt + i;
-        if (W::DQ == kDqOrdered && tid == 0 && !first) wait_counter(p.counters + cidx, unsigned(j - jmin));
-        fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
-        __syncthreads();      // dS^T complete; the counter seen
-
-        // dQ_part = dS K, column half(s) wg * NC + c of this warpgroup: A[m = query][k = key] = dS^T,
-        // B[k = key][n = d] = K half, both MN-major; k = the block's BC keys, 16 rows (2048 bytes) a step
-        float dq[NC][8][4];
-        uint32_t ks = sK + wg * NC * KH, dss = sdS;
-        asm volatile("" : "+r"(ks), "+r"(dss));  // (descriptors made here, not hoisted out of the loop: registers)
-        const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
-        wgmma_fence();
+        // The partial into buffer st once the writer has read what it held two steps ago (the tile's layout:
+        // float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane, half = cw)
+        if (step >= 2) mbar_wait(dq_empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
+        float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(st) * W::DQ_TILE - raw)) + lane;
 #pragma unroll
-        for (int c = 0; c < NC; ++c) wg_dq_d128<BC / 16>(dq[c], dS0, dKs, c * KH);
-        wgmma_commit();
-        wgmma_wait<0>();
-#pragma unroll
-        for (int c = 0; c < NC; ++c) wgmma_pin(dq[c]);
-
-        if constexpr (W::DQ == kDqBulk) {
-            // Into shared memory (the tile's layout, below), then one thread adds it to the tile in its turn with
-            // the TMA (the first contributor stores it); dq in bf16 comes from dq_from_tiles after the kernel.
-            float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(step & 1) * W::DQ_TILE - raw)) + lane;
-#pragma unroll
-            for (int c = 0; c < NC; ++c)
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
-                    buf[((wg * NC + c) * 4 + warp % 4) * 8 * 32 + nt * 32] = make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]);
-            fence_proxy_async();  // this thread's stores, visible to the TMA
-            __syncthreads();      // the partial complete
-            if (tid == 0) bulk_add_partial<W::DQ_TILE>(p, cidx, first, unsigned(j - jmin), sDQ + uint32_t(step & 1) * W::DQ_TILE);
-            if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
-            continue;
-        }
-        // Into the tile (float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane): the first contributor
-        // stores, the others add with reductions; the last (the diagonal block) then reads the sum back (its own
-        // reductions, same thread and address: ordered), scales and writes bf16 dq. (Adding in the L2 rather
-        // than in registers keeps the partial and the sum from being live together: registers.)
-        float4* acct = reinterpret_cast<float4*>(p.dq_acc + int64_t(cidx) * (BR * D)) + lane;
-        auto write_dq = [&](int ch, int nt, float4 sum) {
-            const int col = ch * 64 + nt * 8 + 2 * tq, row = q0 + mq + gr;
-            bf16* dst = p.dq + (int64_t(b) * T + row) * q_stride + int64_t(h) * D + col;
-            if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(sum.x * p.scale, sum.y * p.scale);
-            if (row + 8 < T)
-                *reinterpret_cast<__nv_bfloat162*>(dst + 8 * q_stride) = __floats2bfloat162_rn(sum.z * p.scale, sum.w * p.scale);
-        };
-        if (first && last) {  // the only contributor
-#pragma unroll
-            for (int c = 0; c < NC; ++c)
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) write_dq(wg * NC + c, nt, make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]));
-        } else {
-#pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                float4* accp = acct + ((wg * NC + c) * 4 + warp % 4) * 8 * 32;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const float4 part = make_float4(dq[c][nt][0], dq[c][nt][1], dq[c][nt][2], dq[c][nt][3]);
-                    if (first) __stcg(accp + nt * 32, part);
-                    else red_add_f32x4(accp + nt * 32, part);
-                }
-            }
-            if (last) {
-#pragma unroll
-                for (int c = 0; c < NC; ++c) {
-                    const float4* accp = acct + ((wg * NC + c) * 4 + warp % 4) * 8 * 32;
-#pragma unroll
-                    for (int nt = 0; nt < 8; ++nt) write_dq(wg * NC + c, nt, __ldcg(accp + nt * 32));
-                }
-            }
-        }
-        if (!last) handoff.hand(cidx, unsigned(j - jmin + 1));
+        for (int nt = 0; nt < 8; ++nt) buf[((cw * 4 + cwarp % 4) * 8 + nt) * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+        fence_proxy_async();  // this thread's stores, visible to the TMA
+        __syncwarp();
+        if (lane == 0) mbar_arrive(dq_full + 8 * st);
     }
-    __syncthreads();
-    handoff.finish<W::DQ == kDqBulk>(p.counters, tid);
+
     store_dk_dv_d128(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
@@ -357,29 +316,44 @@ bool wgmma_backward_d128_applies(const AttentionShape& a, std::initializer_list<
     return a.Dh == 128 && all_aligned(ptrs, 16) && wgmma_available();
 }
 
-// The launcher (the harness's BwdFn signature); the workspace is Lib<128>::Bwd's (BR 64, D 128).
-template <class W>
-void launch_backward_wgmma_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
-                                const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace,
-                                cudaStream_t stream) {
+// setmaxnreg moves 144 registers from each producer thread to 72 for each compute thread: the pool is exact
+// only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1) allows), else the compute
+// warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the mma.sync backward
+// runs instead (with a notice).
+bool ws_d128_registers_fit() {
+    static int fits = -1;
+    if (fits < 0) {
+        cudaFuncAttributes fa{};
+        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_d128_kernel), "cudaFuncGetAttributes(flash_backward_ws_d128_kernel)");
+        fits = fa.numRegs == 168;
+        if (!fits)
+            std::printf("notice: the head_dim 128 Hopper attention backward was built with %d registers a thread, not 168; "
+                        "using the mma.sync backward\n", fa.numRegs);
+    }
+    return fits == 1;
+}
+
+// The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<128>::Bwd's (BR 64, D 128).
+void launch_backward_ws_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                             const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+    using W = WsBwdD128;
     static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
     if (!wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}))
-        fail("flash attention: the head_dim 128 wgmma backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
+        fail("flash attention: the head_dim 128 Hopper backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    if (!ws_d128_registers_fit()) fail("flash attention: the head_dim 128 Hopper backward needs 168 registers a thread");
     static bool configured = false;
     if (!configured) {
-        check_cuda(cudaFuncSetAttribute(flash_backward_wgmma_d128_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
-                   "cudaFuncSetAttribute(flash_backward_wgmma_d128_kernel)");
+        check_cuda(cudaFuncSetAttribute(flash_backward_ws_d128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_ws_d128_kernel)");
         configured = true;
     }
     const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
-    CUtensorMap tm_q{}, tm_do{};
-    // Each head's 128 columns as two 64-column heads: column half c of head h is head 2h + c of the map.
-    if (W::TMA) tm_q = head_rows_map(q, a.B, a.T, 2 * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, 2 * a.H, W::BR);
+    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, 2 * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, 2 * a.H, W::BR);
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
-    flash_backward_wgmma_d128_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
-    check_launch("flash_backward_wgmma_d128_kernel");
-    if constexpr (W::DQ == kDqBulk) launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
+    flash_backward_ws_d128_kernel<<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    check_launch("flash_backward_ws_d128_kernel");
+    launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
 }
 
 }  // namespace
