@@ -9,14 +9,14 @@
 //   ./dev/attention --bench-only 8192             one T of the benchmark, no checks (for ncu)
 //   ./dev/attention --skip v7                      leave out the versions whose names start so (repeatable)
 //
-// Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 the
-// Hopper kernels of ../kernels/attention_sm90.cuh and attention_sm90_bwd.cuh, HopperFwd / HopperBwd, and at
-// head_dim 128 HopperFwdD128 and the warp-specialized backward (../kernels/attention_sm90_d128_bwd.cuh, dev v8 until
-// it won); elsewhere the
-// mma.sync kernels, whose tile configuration per head dim is Lib<D> in attention.cu; v1m names Lib<64> and Lib<128>, the mma.sync kernels that
-// those head dims run on other GPUs); v2, v3 are other tile configurations of the mma.sync templates, v5
-// other configurations of the Hopper ones (head_dim 64, sm_90a: hence GPU_ARCH sm_90a in dev/Makefile),
-// kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
+// Versions: v1 is the library (flash_attention_forward / _backward: on an H100/H200 at head_dim 64 and 128 the
+// Hopper forwards of ../kernels/attention_sm90.cuh, HopperFwd / HopperFwdD128, and the warp-specialized
+// backward of ../kernels/attention_sm90_ws_bwd.cuh, WsBwd<64> / WsBwd<128>, which were dev v9 / v8 until they
+// won; elsewhere the mma.sync kernels, whose tile configuration per head dim is Lib<D> in attention.cu; v1m
+// names Lib<64> and Lib<128>, the mma.sync kernels that those head dims run on other GPUs); v2, v3 are other
+// tile configurations of the mma.sync templates, v5 configurations of the Hopper forward and of head_dim 64's
+// Hopper backward before warp specialization (attention_sm90_bwd.cuh; "tma dq-bulk" was the library's and is
+// its fallback; sm_90a: hence GPU_ARCH sm_90a in dev/Makefile), kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
 // WgFwdConfig<2, 128, 3, 128>); v7 configurations of the head_dim 128 Hopper backward before warp specialization
 // (attention_v7.cuh; the library's until v8), each also checked for bitwise determinism on its own, "dq-bulk"
 // among them (dq added by the TMA); "dq-atomic" and "no-dq" are timing bounds of the mma.sync and Hopper backwards whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
@@ -503,7 +503,8 @@ int main(int argc, char** argv) {
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
         print_resources<WgBwdD128Config<2, 1, true, kDqBulk>>("v7 bwd D128 wgmma BC128 8w x1 tma dq-bulk", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true, kDqBulk>>);
-        print_resources<WsBwdD128>("v1 bwd D128 wgmma BC128 12w ws (library)", flash_backward_ws_d128_kernel);
+        print_resources<WsBwd<128>>("v1 bwd D128 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<128>);
+        print_resources<WsBwd<64>>("v1 bwd D64 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<64>);
     }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);

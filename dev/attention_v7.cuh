@@ -1,7 +1,7 @@
 // dev/attention_v7.cuh — v7: head_dim 128's Hopper backward before warp specialization (the library's from
-// 2026-12-06 until dev v8, now ../kernels/attention_sm90_d128_bwd.cuh, replaced it), kept for dev/attention.cu
+// 2026-12-06 until dev v8, now ../kernels/attention_sm90_ws_bwd.cuh, replaced it), kept for dev/attention.cu
 // to time beside the library. The math, tiles, products and masks are the library kernel's (its header says
-// them; the pieces of a step, wg_dot_d128 .. store_dk_dv_d128, are shared from there). What differs: every
+// them; the pieces of a step, wg_dot .. store_dk_dv, are shared from there). What differs: every
 // warp of the block computes; NWG warpgroups of 64 keys each (BC = 64 NWG), MINB blocks per SM; Q and dO by
 // the TMA into two buffers (one mbarrier each) or by cp.async; block-wide barriers between the steps; and the
 // compute threads add the dq partial themselves in the tile's turn (DqMode: kDqOrdered with red.global.add,
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
         const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
         wgmma_fence();
-        wg_dot_d128(st, dK0, dQ0, KH, QH);
+        wg_dot<2>(st, dK0, dQ0, KH, QH);
         wgmma_commit();
         wgmma_wait<0>();  // (no product is in flight across the branches below: ptxas would serialize them)
         wgmma_pin(st);
@@ -160,9 +160,9 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
         wgmma_pin(pa);
         wgmma_fence();
-        wg_dot_d128(dpt, dV0, dO0, KH, QH);
+        wg_dot<2>(dpt, dV0, dO0, KH, QH);
         wgmma_commit();
-        wg_accumulate_d128(dv, pa, dO0t, QH);
+        wg_accumulate(dv, pa, dO0t, QH);
         wgmma_commit();
         wgmma_wait<1>();  // dP^T
         wgmma_pin(dpt);
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const uint64_t dQ0t = sw128_desc(sQb, true);
         wgmma_pin(dsa);
         wgmma_fence();
-        wg_accumulate_d128(dk, dsa, dQ0t, QH);
+        wg_accumulate(dk, dsa, dQ0t, QH);
         wgmma_commit();
         wgmma_wait<0>();  // dV and dK
         wgmma_pin(dk[0]);
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
         const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
         wgmma_fence();
 #pragma unroll
-        for (int c = 0; c < NC; ++c) wg_dq_d128<BC / 16>(dq[c], dS0, dKs, c * KH);
+        for (int c = 0; c < NC; ++c) wg_dq<BC / 16>(dq[c], dS0, dKs, c * KH);
         wgmma_commit();
         wgmma_wait<0>();
 #pragma unroll
@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(W::THREADS, W::MINB)
     }
     __syncthreads();
     handoff.finish<W::DQ == kDqBulk>(p.counters, tid);
-    store_dk_dv_d128(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
+    store_dk_dv(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif
@@ -276,7 +276,7 @@ void launch_backward_wgmma_d128(const AttentionShape& a, const bf16* q, const bf
                                 cudaStream_t stream) {
     static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
-    if (!wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}))
+    if (!ws_backward_applies<128>(a, {q, k, v, dO, dq, dk, dv}))
         fail("flash attention: the head_dim 128 wgmma backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
     static bool configured = false;
     if (!configured) {

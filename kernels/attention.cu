@@ -1,7 +1,7 @@
 // kernels/attention.cu — the fused attention kernels behind attention.h's "fused path" (FlashAttention-2 on
 // mma.sync tensor cores): causal attention over documents packed in rows, grouped KV heads (GQA). On
-// Hopper, head_dim 64 and 128 run the same algorithm on wgmma and the TMA instead (attention_sm90.cuh; head_dim
-// 128's backward: attention_sm90_d128_bwd.cuh).
+// Hopper, head_dim 64 and 128 run the same algorithm on wgmma and the TMA instead (the forward:
+// attention_sm90.cuh; the backward, warp-specialized: attention_sm90_ws_bwd.cuh).
 // Owns: flash_attention_supported, flash_attention_backward_workspace, flash_attention_forward,
 // flash_attention_backward, and the `Attention` class at the end: the one call site, which takes this path
 // for the head dims it supports and the reference path (attention_ref.cu) otherwise. Nothing T x T is ever
@@ -831,18 +831,19 @@ void with_lib(int Dh, F&& f) {
 }  // namespace
 
 #include "kernels/attention_sm90.cuh"      // the Hopper forward for head_dim 64 and 128 (they build on the definitions above)
-#include "kernels/attention_sm90_bwd.cuh"  // head_dim 64's Hopper backward
-#include "kernels/attention_sm90_d128_bwd.cuh"  // head_dim 128's Hopper backward
+#include "kernels/attention_sm90_bwd.cuh"  // head_dim 64's Hopper backward before warp specialization (the fallback)
+#include "kernels/attention_sm90_ws_bwd.cuh"  // the Hopper backward for head_dim 64 and 128, warp-specialized
 
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
-// head_dim 64's backward: one warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA, dq partials added by
-// the TMA from shared memory (dev v5 dq-bulk: 4-7% faster than in-order reductions on an H100, T = 1k..16k)
+// The backward: WsBwd<64> and WsBwd<128> (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute
+// warpgroups per 128 keys (dev v9 at head_dim 64: 4.10 against 5.41 ms at T = 8192 on an H100). Where its
+// register budget does not hold (ws_registers_fit), head_dim 64 runs HopperBwd: one warpgroup per 64 keys,
+// 3 blocks per SM, Q and dO by the TMA, dq partials added by the TMA from shared memory (dev v5 dq-bulk).
 using HopperBwd = WgBwdConfig<1, 3, true, kDqBulk>;
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096)
-// head_dim 128's backward: WsBwdD128 (attention_sm90_d128_bwd.cuh), a producer warpgroup and two compute
-// warpgroups per 128 keys (dev v8: 468 against v7's 338 TFLOP/s at T = 8192 on an H100)
+// (head_dim 128: dev v8, 468 against v7's 338 TFLOP/s at T = 8192 on an H100; its fallback is the mma.sync backward)
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
 bool use_hopper = true;  // flash_attention_use_hopper
 }  // namespace
@@ -874,12 +875,16 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream) {
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
+    if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<64>()) {
+        launch_backward_ws<64>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        return;
+    }
     if (use_hopper && wgmma_applies(a, {q, k, v, dO})) {
         launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
-    if (use_hopper && wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}) && ws_d128_registers_fit()) {
-        launch_backward_ws_d128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if (use_hopper && ws_backward_applies<128>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<128>()) {
+        launch_backward_ws<128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
     with_lib(a.Dh, [&](auto lib) {

@@ -1,6 +1,6 @@
 // kernels/attention_sm90.cuh — the fused attention forward for Hopper (H100, H200; an sm_90a build), head_dim 64
-// and 128, and what the Hopper backwards share with it (their files: attention_sm90_bwd.cuh for head_dim 64,
-// attention_sm90_d128_bwd.cuh for 128): the same math, tiles' order and masks as attention.cu's mma.sync
+// and 128, and what the Hopper backwards share with it (their files: attention_sm90_ws_bwd.cuh, the library's
+// for both head dims, and attention_sm90_bwd.cuh, head_dim 64's before it): the same math, tiles' order and masks as attention.cu's mma.sync
 // kernels, with every product on wgmma (the warpgroup-wide asynchronous MMA reading its operands from 128-byte
 // swizzled shared memory) and the loads on the Tensor Memory Accelerator.
 //   forward   flash_forward_wgmma_kernel: head_dim 64: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA
@@ -132,13 +132,20 @@ __device__ __forceinline__ void wgmma_pin(uint32_t (&a)[N][4]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i][0]), "+r"(a[i][1]), "+r"(a[i][2]), "+r"(a[i][3])::"memory");
 }
-// d[64 x 32] += A B, A and B in shared memory
-template <int TA, int TB>
+// d[64 x 32] += A B (ACC = 1) or d = A B (ACC = 0, write-only accumulators as above), A and B in shared memory
+template <int TA, int TB, int ACC = 1>
 __device__ __forceinline__ void wgmma_64x32_ss(float (&d)[4][4], uint64_t a, uint64_t b) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %18, %19;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
-                 : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    if constexpr (ACC) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %18, %19;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    } else {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %18, %19;\n}\n"
+                     : "=f"(d[0][0]), "=f"(d[0][1]), "=f"(d[0][2]), "=f"(d[0][3]), "=f"(d[1][0]), "=f"(d[1][1]), "=f"(d[1][2]), "=f"(d[1][3]), "=f"(d[2][0]), "=f"(d[2][1]), "=f"(d[2][2]), "=f"(d[2][3]), "=f"(d[3][0]), "=f"(d[3][1]), "=f"(d[3][2]), "=f"(d[3][3])
+                     : "l"(a), "l"(b), "n"(TA), "n"(TB));
+    }
 }
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");

@@ -1,4 +1,5 @@
-// kernels/attention_sm90_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 64:
+// kernels/attention_sm90_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 64 before warp
+// specialization (the library's where attention_sm90_ws_bwd.cuh's cannot have its registers; dev v5):
 // flash_backward_kernel's steps, masks, GQA order and deterministic dq accumulation (attention.cu) with every
 // product on wgmma and each step's Q and dO tiles brought by the TMA; and, for both Hopper backwards, the
 // conversion of kDqBulk's fp32 dq tiles to bf16 (dq_from_tiles_kernel).
@@ -10,7 +11,7 @@
 // the descriptors, the wgmma wrappers, the mbarrier/TMA helpers, head_rows_map and wgmma_applies; from
 // attention.cu BwdArgs, prepare_backward, the steps' shared pieces (last_query_tile, start_at_minus,
 // probs_as_fragments) and the dq hand-off (wait_counter, DqHandoff, bulk_add_partial). attention.cu includes
-// it after attention_sm90.cuh (and before attention_sm90_d128_bwd.cuh, which uses launch_dq_from_tiles).
+// it after attention_sm90.cuh (and before attention_sm90_ws_bwd.cuh, which uses launch_dq_from_tiles).
 #pragma once
 
 namespace {

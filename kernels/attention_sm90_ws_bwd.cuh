@@ -1,36 +1,35 @@
-// kernels/attention_sm90_d128_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 128,
+// kernels/attention_sm90_ws_bwd.cuh — the Hopper (sm_90a) fused-attention backward for head_dim 64 and 128,
 // warp-specialized as FlashAttention-3's: the math, masks, GQA order and deterministic dq accumulation of
-// flash_backward_kernel (attention.cu) with every row of K, V, Q, dO 128 wide.
+// flash_backward_kernel (attention.cu) with every product on wgmma.
 //   D_t = dO_t . o_t,  dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t)
 //   dq_t = scale sum_j ds_tj k_j,  dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
-// Owns: WsBwdD128, the pieces of a step (wg_dot_d128, wg_accumulate_d128, wg_dq_d128, store_dk_dv_d128; dev v7,
-// the kernel before this one, uses them too), flash_backward_ws_d128_kernel, wgmma_backward_d128_applies,
-// ws_d128_registers_fit and launch_backward_ws_d128.
-// Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers (64x64 shared/shared and register/shared),
-// the mbarrier/TMA helpers and head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128, ds_fragments,
-// store_ds and launch_dq_from_tiles; from attention.cu BwdArgs, prepare_backward (counters zeroed,
-// D = rowsum(dO o)), the steps' shared pieces (last_query_tile, start_at_minus, probs_as_fragments), the dq
-// turns (bulk_add_partial, st_release) and the workspace layout (Lib<128>::Bwd: BR = 64, D = 128 fp32 dq tiles).
-// attention.cu includes it after attention_sm90_bwd.cuh.
+// Owns: WsBwd<D>, the pieces of a step (wg_dot, wg_accumulate, wg_dq, store_dk_dv; dev v7, head_dim 128's
+// kernel before this one, uses them too), flash_backward_ws_kernel<D>, ws_backward_applies, ws_registers_fit
+// and launch_backward_ws<D>.
+// Reuses from attention_sm90.cuh the descriptors, the wgmma wrappers, the mbarrier/TMA helpers and
+// head_rows_map; from attention_sm90_bwd.cuh load_tile_sw128, ds_fragments, store_ds and launch_dq_from_tiles;
+// from attention.cu BwdArgs, prepare_backward (counters zeroed, D = rowsum(dO o)), the steps' shared pieces
+// (last_query_tile, start_at_minus, probs_as_fragments), the dq turns (bulk_add_partial, st_release) and the
+// workspace layout (Lib<D>::Bwd: BR = 64, fp32 dq tiles). attention.cu includes it after attention_sm90_bwd.cuh.
 //
-// Tiles as in the head_dim 128 forward: a 128-byte swizzled row holds 64 bf16, so each K, V, Q, dO tile is two
-// column halves, each an ordinary 128-byte-swizzled tile of 64 columns (8-row atoms of 1024 bytes); Q and dO
-// come by the TMA (head_rows_map with 2H heads: half c of head h is map head 2h + c), K and V once per block
-// by cp.async (load_tile_sw128 per half). A block owns BC = 128 keys of one KV head and walks the query
-// tiles that see them (BR = 64 queries a step, from the last tile; the heads of the GQA group inner).
+// Tiles: a 128-byte swizzled row holds 64 bf16, so each K, V, Q, dO tile is NH = D / 64 column halves, each an
+// ordinary 128-byte-swizzled tile of 64 columns (8-row atoms of 1024 bytes); Q and dO come by the TMA
+// (head_rows_map with NH H heads: half c of head h is map head NH h + c), K and V once per block by cp.async
+// (load_tile_sw128 per half). A block owns BC = 128 keys of one KV head and walks the query tiles that see
+// them (BR = 64 queries a step, from the last tile; the heads of the GQA group inner).
 // Per step, per compute warpgroup (64 of the keys; warp w: keys 16w.., as wgmma's accumulators lay them):
-//   S^T = K Q^T                  M = 64 keys, N = 64 queries, k = head dim: 8 k-steps, both K-major; steps 0-3
-//                                read half 0 of both operands (+32 bytes a step), 4-7 half 1. The accumulator
-//                                starts at -lse/scale.
+//   S^T = K Q^T                  M = 64 keys, N = 64 queries, k = head dim: 4 NH k-steps, both K-major (steps
+//                                0-3 read half 0 of both operands, +32 bytes a step, 4-7 half 1). The
+//                                accumulator starts at -lse/scale.
 //   P^T                          in registers, masked as flash_backward_kernel, packed to bf16 A fragments
 //   dP^T = V dO^T, dV += P^T dO  issued together (two commit groups): dP^T as S^T (starting at -D); dV with A
-//                                from registers and B MN-major (n = head dim): per k-step of 16 queries two
-//                                m64n64k16, one per column half of dO, into dv[0] / dv[1]
+//                                from registers and B MN-major (n = head dim): per k-step of 16 queries one
+//                                m64n64k16 per column half of dO, into dv[c]
 //   dS^T                         once dP^T has landed, while dV runs; bf16 A fragments, and into shared memory
 //                                [BC keys][64 queries] (one 128-byte half) for dQ
 //   dK += dS^T Q                 as dV
 //   dQ_part = dS K               A = dS^T (MN-major), B = K (MN-major, n = head dim), k = all 128 keys: each
-//                                warpgroup computes one column half (64) of the partial
+//                                warpgroup computes D / 2 columns of the partial (m64n64 at 128, m64n32 at 64)
 // A block is three warpgroups (384 threads, 1 block per SM), and they wait only for what they need:
 //   warpgroup 0, the producer (setmaxnreg 24): its warp 0 loads each step's Q and dO halves by the TMA and the
 //     rows' lse, D and document starts into one of two stages (mbarriers full[s] / empty[s]); its warp 1
@@ -41,68 +40,81 @@
 //   warpgroups 1, 2, the compute (setmaxnreg 240): every product on wgmma. They meet only where they must: a
 //     named barrier (256 threads) once both have written dS^T, before the dQ product reads all 128 keys of
 //     it, and one before dS^T is written again (the other's dQ product of the step before has read it). No
-//     compute thread waits for a dq tile's turn: on an H100 (dev v8 against v7, where the compute warps took
-//     the turns themselves) the backward went from 338 to 468 TFLOP/s at T = 8192.
-// dq in bf16 comes from dq_from_tiles after the kernel. Registers per compute thread: dK and dV 2 x 64 fp32,
-// S^T or dP^T 32 fp32, P^T and dS^T 16 + 16 packed, dQ_part 32. The descriptors are made in the loop from
-// opaque bases (else ptxas hoists ~50 of them into registers and spills).
+//     compute thread waits for a dq tile's turn. On an H100 at T = 8192 (dev v8, v9 against the kernels
+//     before, where the compute warps took the turns themselves): head_dim 128 338 -> 468 TFLOP/s, head_dim
+//     64 254 -> 335.
+// dq in bf16 comes from dq_from_tiles after the kernel. Registers per compute thread at head_dim 128: dK and
+// dV 2 x 64 fp32, S^T or dP^T 32 fp32, P^T and dS^T 16 + 16 packed, dQ_part 32. The descriptors are made in
+// the loop from opaque bases (else ptxas hoists ~50 of them into registers and spills).
 #pragma once
 
 namespace {
 
-// The block's shape and shared memory: K, V (2 halves each), Q, dO (2 stages x 2 halves), dS^T, lse/D/starts
-// [2 stages], two 32 KB fp32 dq partials.
-struct WsBwdD128 {
-    static constexpr int D = 128, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
+// The block's shape and shared memory for head_dim D (NH = D / 64 column halves per row): K, V (NH halves
+// each), Q, dO (2 stages x NH halves), dS^T, lse/D/starts [2 stages], two fp32 dq partials (BR x D).
+template <int D_>
+struct WsBwd {
+    static constexpr int D = D_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
+    static constexpr int NTD = D / 16;  // dQ_part n-tiles of 8 columns per compute warpgroup (D / 2 columns)
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
     static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);                 // one fp32 dq partial
-    static constexpr size_t smem = 1024                          // room to align the tiles to 1024 bytes
-                                   + 4 * size_t(KV_HALF)         // K, V: 2 halves each
-                                   + 8 * size_t(Q_HALF)          // Q[2], dO[2]: 2 halves each
-                                   + size_t(BC) * ROW            // dS^T [keys][64 queries]
+    static constexpr size_t smem = 1024                              // room to align the tiles to 1024 bytes
+                                   + 2 * NH * size_t(KV_HALF)        // K, V
+                                   + 4 * NH * size_t(Q_HALF)         // Q[2], dO[2]
+                                   + size_t(BC) * ROW                // dS^T [keys][64 queries]
                                    + size_t(6) * BR * sizeof(float)  // lse, D, doc_start [2] each
-                                   + 2 * size_t(DQ_TILE);        // dq partials [2]
+                                   + 2 * size_t(DQ_TILE);            // dq partials [2]
+    static_assert(D == 64 || D == 128, "head_dim 64 or 128");
     static_assert(smem <= 227 * 1024, "shared memory per block");
 };
 
 #if ATTENTION_WGMMA
 // The products of a step, as one compute warpgroup issues them (dev/attention_v7.cuh's kernel shares them).
-// Tiles are two 128-byte-swizzled column halves of 64; `rows_half`, `cols_half`: bytes from a tile's half 0
+// Tiles are NH 128-byte-swizzled column halves of 64; `rows_half`, `cols_half`: bytes from a tile's half 0
 // to its half 1.
-// acc += rows cols^T over the head dim: 8 k-steps of 16, both K-major (S^T = K Q^T, dP^T = V dO^T)
-__device__ __forceinline__ void wg_dot_d128(float (&acc)[8][4], uint64_t rows, uint64_t cols, uint32_t rows_half, uint32_t cols_half) {
+// acc += rows cols^T over the head dim: 4 NH k-steps of 16, both K-major (S^T = K Q^T, dP^T = V dO^T)
+template <int NH>
+__device__ __forceinline__ void wg_dot(float (&acc)[8][4], uint64_t rows, uint64_t cols, uint32_t rows_half, uint32_t cols_half) {
 #pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
+    for (int kk = 0; kk < 4 * NH; ++kk)
         wgmma_64x64_ss<0, 0>(acc, sw128_desc_plus(rows, (kk / 4) * rows_half + (kk % 4) * 32), sw128_desc_plus(cols, (kk / 4) * cols_half + (kk % 4) * 32));
 }
 // acc[c] += a b, column half c of b: A from registers (k-steps of 16 queries), B[k = query][n = d] MN-major
 // (dV += P^T dO, dK += dS^T Q)
-template <int KQ>
-__device__ __forceinline__ void wg_accumulate_d128(float (&acc)[2][8][4], const uint32_t (&a)[KQ][4], uint64_t b_t, uint32_t b_half) {
+template <int NH, int KQ>
+__device__ __forceinline__ void wg_accumulate(float (&acc)[NH][8][4], const uint32_t (&a)[KQ][4], uint64_t b_t, uint32_t b_half) {
 #pragma unroll
     for (int kq = 0; kq < KQ; ++kq)
 #pragma unroll
-        for (int c = 0; c < 2; ++c) wgmma_64x64_rs<1>(acc[c], a[kq], sw128_desc_plus(b_t, c * b_half + kq * 16 * 128));
+        for (int c = 0; c < NH; ++c) wgmma_64x64_rs<1>(acc[c], a[kq], sw128_desc_plus(b_t, c * b_half + kq * 16 * 128));
 }
-// dQ_part = dS K for the column half of K `half_at` bytes from k: A[m = query][k = key] = dS^T, B[k = key][n = d],
-// both MN-major, k = KC steps of 16 keys (128-byte rows)
-template <int KC>
-__device__ __forceinline__ void wg_dq_d128(float (&dq)[8][4], uint64_t ds, uint64_t k, uint32_t half_at) {
-    wgmma_64x64_ss<1, 1, 0>(dq, ds, sw128_desc_plus(k, half_at));
+// dQ_part = dS K for the 8 NT columns of K `at` bytes from k (64 columns: a column half; 32: a quarter of
+// head_dim 64): A[m = query][k = key] = dS^T, B[k = key][n = d], both MN-major, k = KC steps of 16 keys
+// (128-byte rows)
+template <int KC, int NT>
+__device__ __forceinline__ void wg_dq(float (&dq)[NT][4], uint64_t ds, uint64_t k, uint32_t at) {
+    static_assert(NT == 8 || NT == 4, "64 or 32 columns");
+    if constexpr (NT == 8) wgmma_64x64_ss<1, 1, 0>(dq, ds, sw128_desc_plus(k, at));
+    else wgmma_64x32_ss<1, 1, 0>(dq, ds, sw128_desc_plus(k, at));
 #pragma unroll
-    for (int kc = 1; kc < KC; ++kc) wgmma_64x64_ss<1, 1, 1>(dq, sw128_desc_plus(ds, kc * 16 * 128), sw128_desc_plus(k, half_at + kc * 16 * 128));
+    for (int kc = 1; kc < KC; ++kc) {
+        const uint64_t a = sw128_desc_plus(ds, kc * 16 * 128), b = sw128_desc_plus(k, at + kc * 16 * 128);
+        if constexpr (NT == 8) wgmma_64x64_ss<1, 1, 1>(dq, a, b);
+        else wgmma_64x32_ss<1, 1, 1>(dq, a, b);
+    }
 }
-// dK (scaled) and dV of this lane's keys key0 and key0 + 8 (those before T) into the [B, T, KVH, 128] tensors
-// (kv_stride = KVH 128)
-__device__ __forceinline__ void store_dk_dv_d128(const BwdArgs& p, const float (&dk)[2][8][4], const float (&dv)[2][8][4], int b, int g,
-                                                 int key0, int tq, int T, int64_t kv_stride) {
+// dK (scaled) and dV of this lane's keys key0 and key0 + 8 (those before T) into the [B, T, KVH, 64 NH]
+// tensors (kv_stride = KVH 64 NH)
+template <int NH>
+__device__ __forceinline__ void store_dk_dv(const BwdArgs& p, const float (&dk)[NH][8][4], const float (&dv)[NH][8][4], int b, int g,
+                                            int key0, int tq, int T, int64_t kv_stride) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         const int key = key0 + 8 * hf;
         if (key >= T) continue;
-        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * 128;
+        const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * 64 * NH;
 #pragma unroll
-        for (int c = 0; c < 2; ++c)
+        for (int c = 0; c < NH; ++c)
 #pragma unroll
             for (int nd = 0; nd < 8; ++nd) {
                 const int col = c * 64 + nd * 8 + 2 * tq;
@@ -123,18 +135,19 @@ __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.
 
 // tm_q, tm_do: q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column half of
 // one head (head_rows_map with 2H heads).
+template <int D>
 __global__ void __launch_bounds__(384, 1)
-    flash_backward_ws_d128_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
+    flash_backward_ws_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if ATTENTION_WGMMA
-    using W = WsBwdD128;
-    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, D = W::D;
+    using W = WsBwd<D>;
+    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NH = W::NH, NTD = W::NTD;
     constexpr uint32_t KH = W::KV_HALF, QH = W::Q_HALF;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ int s_ticket;
     __shared__ __align__(8) uint64_t bars[8];  // full[2], empty[2], dq_full[2], dq_empty[2]
     const uint32_t full = smem_u32(bars), empty = full + 16, dq_full = full + 32, dq_empty = full + 48;  // stage s: + 8 s
     const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
-    const uint32_t sK = base, sV = sK + 2 * KH, sQ = sV + 2 * KH, sdO = sQ + 4 * QH, sdS = sdO + 4 * QH;
+    const uint32_t sK = base, sV = sK + NH * KH, sQ = sV + NH * KH, sdO = sQ + 2 * NH * QH, sdS = sdO + 2 * NH * QH;
     float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
     float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
     int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
@@ -162,7 +175,7 @@ __global__ void __launch_bounds__(384, 1)
     {  // K and V, once, by every thread
         const int64_t off = (int64_t(b) * T + k0) * kv_stride + int64_t(g) * D;
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
+        for (int c = 0; c < NH; ++c) {
             load_tile_sw128<BC, THREADS>(sK + c * KH, p.k + off + c * 64, kv_stride, T - k0);
             load_tile_sw128<BC, THREADS>(sV + c * KH, p.v + off + c * 64, kv_stride, T - k0);
         }
@@ -179,12 +192,13 @@ __global__ void __launch_bounds__(384, 1)
                 const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
                 if (step >= 2) mbar_wait(empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
                 if (lane == 0) {  // rows past T arrive as zeros
-                    const uint32_t bar = full + 8 * st, dq_ = sQ + st * 2 * QH, ddo = sdO + st * 2 * QH;
-                    mbar_arrive_expect_tx(bar, 4 * QH);
-                    tma_load_4d(dq_, &tm_q, bar, 0, 2 * h, q0, b);
-                    tma_load_4d(dq_ + QH, &tm_q, bar, 0, 2 * h + 1, q0, b);
-                    tma_load_4d(ddo, &tm_do, bar, 0, 2 * h, q0, b);
-                    tma_load_4d(ddo + QH, &tm_do, bar, 0, 2 * h + 1, q0, b);
+                    const uint32_t bar = full + 8 * st, sq = sQ + st * NH * QH, sdo = sdO + st * NH * QH;
+                    mbar_arrive_expect_tx(bar, 2 * NH * QH);
+#pragma unroll
+                    for (int c = 0; c < NH; ++c) {  // half c of head h is head NH h + c of the maps
+                        tma_load_4d(sq + c * QH, &tm_q, bar, 0, NH * h + c, q0, b);
+                        tma_load_4d(sdo + c * QH, &tm_do, bar, 0, NH * h + c, q0, b);
+                    }
                 }
 #pragma unroll
                 for (int r = lane; r < BR; r += 32) {
@@ -217,9 +231,9 @@ __global__ void __launch_bounds__(384, 1)
     const int cw = wg - 1, cwarp = warp - 4, gr = lane / 4, tq = lane % 4;  // compute warpgroup 0/1, its warps 0..7
     const int kw = cwarp * 16;                                              // this warp's keys in the block
     const uint32_t sKg = sK + cw * 64 * ROW, sVg = sV + cw * 64 * ROW;     // this warpgroup's 64 keys (half 0; half 1 at + KH)
-    float dk[2][8][4], dv[2][8][4];                                         // [column half][n-tile][4]
+    float dk[NH][8][4], dv[NH][8][4];                                       // [column half][n-tile][4]
 #pragma unroll
-    for (int c = 0; c < 2; ++c)
+    for (int c = 0; c < NH; ++c)
 #pragma unroll
         for (int nd = 0; nd < 8; ++nd)
 #pragma unroll
@@ -228,7 +242,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int step = 0; step < n_steps; ++step) {
         const int st = step & 1, i = i_hi - step / G, q0 = i * BR;
         mbar_wait(full + 8 * st, uint32_t(step >> 1) & 1u);  // the stage's tiles and rows have landed
-        const uint32_t sQb = sQ + st * 2 * QH, sdOb = sdO + st * 2 * QH;
+        const uint32_t sQb = sQ + st * NH * QH, sdOb = sdO + st * NH * QH;
         const float* lse_b = lse_s + st * BR;
         const float* dr_b = dr_s + st * BR;
         const int* ds_b = ds_s + st * BR;
@@ -240,7 +254,7 @@ __global__ void __launch_bounds__(384, 1)
         asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
         const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
         wgmma_fence();
-        wg_dot_d128(sT, dK0, dQ0, KH, QH);
+        wg_dot<NH>(sT, dK0, dQ0, KH, QH);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_pin(sT);
@@ -255,9 +269,9 @@ __global__ void __launch_bounds__(384, 1)
         const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
         wgmma_pin(pa);
         wgmma_fence();
-        wg_dot_d128(dpt, dV0, dO0, KH, QH);
+        wg_dot<NH>(dpt, dV0, dO0, KH, QH);
         wgmma_commit();
-        wg_accumulate_d128(dv, pa, dO0t, QH);
+        wg_accumulate(dv, pa, dO0t, QH);
         wgmma_commit();
         wgmma_wait<1>();  // dP^T
         wgmma_pin(dpt);
@@ -272,87 +286,93 @@ __global__ void __launch_bounds__(384, 1)
         const uint64_t dQ0t = sw128_desc(sQb, true);
         wgmma_pin(dsa);
         wgmma_fence();
-        wg_accumulate_d128(dk, dsa, dQ0t, QH);
+        wg_accumulate(dk, dsa, dQ0t, QH);
         wgmma_commit();
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
         named_barrier(2, 256);  // both warpgroups' dS^T are in
 
-        // dQ_part = dS K, column half cw: A[m = query][k = key] = dS^T, B[k = key][n = d] = K half, both MN-major
-        float dq[8][4];
-        uint32_t ks = sK + cw * KH, dss = sdS;
+        // dQ_part = dS K, this warpgroup's D / 2 columns (head_dim 128: column half cw; 64: columns 32 cw..):
+        // A[m = query][k = key] = dS^T, B[k = key][n = d] = K, both MN-major
+        float dq[NTD][4];
+        uint32_t ks = sK + (NH == 2 ? cw * KH : cw * 64), dss = sdS;
         asm volatile("" : "+r"(ks), "+r"(dss));
         const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
         wgmma_fence();
-        wg_dq_d128<BC / 16>(dq, dS0, dKs, 0);
+        wg_dq<BC / 16>(dq, dS0, dKs, 0);
         wgmma_commit();
         wgmma_wait<0>();  // dV, dK and dQ_part
-        wgmma_pin(dk[0]);
-        wgmma_pin(dk[1]);
-        wgmma_pin(dv[0]);
-        wgmma_pin(dv[1]);
+#pragma unroll
+        for (int c = 0; c < NH; ++c) wgmma_pin(dk[c]), wgmma_pin(dv[c]);
         wgmma_pin(dq);
         __syncwarp();
         if (lane == 0) mbar_arrive(empty + 8 * st);  // this warp is done with the stage (Q, dO, lse, D, starts)
 
         // The partial into buffer st once the writer has read what it held two steps ago (the tile's layout:
-        // float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane, half = cw)
+        // float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane; head_dim 128: half = cw, n-tiles 0..7;
+        // 64: half 0, n-tiles 4 cw..)
         if (step >= 2) mbar_wait(dq_empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
         float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(st) * W::DQ_TILE - raw)) + lane;
+        const int half = NH == 2 ? cw : 0, nt0 = NH == 2 ? 0 : NTD * cw;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) buf[((cw * 4 + cwarp % 4) * 8 + nt) * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+        for (int nt = 0; nt < NTD; ++nt) buf[((half * 4 + cwarp % 4) * 8 + nt0 + nt) * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
         fence_proxy_async();  // this thread's stores, visible to the TMA
         __syncwarp();
         if (lane == 0) mbar_arrive(dq_full + 8 * st);
     }
 
-    store_dk_dv_d128(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
+    store_dk_dv(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif
 }
 
-// Its conditions: head_dim 128 with 16-byte aligned rows, on a GPU that runs the sm_90a code.
-bool wgmma_backward_d128_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
-    return a.Dh == 128 && all_aligned(ptrs, 16) && wgmma_available();
+// Its conditions: head_dim D with 16-byte aligned rows, on a GPU that runs the sm_90a code.
+template <int D>
+bool ws_backward_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
+    return a.Dh == D && all_aligned(ptrs, 16) && wgmma_available();
 }
 
 // setmaxnreg moves 144 registers from each producer thread to 72 for each compute thread: the pool is exact
 // only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1) allows), else the compute
-// warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the mma.sync backward
+// warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the other backward
 // runs instead (with a notice).
-bool ws_d128_registers_fit() {
+template <int D>
+bool ws_registers_fit() {
     static int fits = -1;
     if (fits < 0) {
         cudaFuncAttributes fa{};
-        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_d128_kernel), "cudaFuncGetAttributes(flash_backward_ws_d128_kernel)");
+        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_kernel<D>), "cudaFuncGetAttributes(flash_backward_ws_kernel)");
         fits = fa.numRegs == 168;
         if (!fits)
-            std::printf("notice: the head_dim 128 Hopper attention backward was built with %d registers a thread, not 168; "
-                        "using the mma.sync backward\n", fa.numRegs);
+            std::printf("notice: the head_dim %d warp-specialized attention backward was built with %d registers a thread, not 168; "
+                        "using the other backward\n", D, fa.numRegs);
     }
     return fits == 1;
 }
 
-// The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<128>::Bwd's (BR 64, D 128).
-void launch_backward_ws_d128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
-                             const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
-    using W = WsBwdD128;
-    static_assert(W::BR == Lib<128>::Bwd::BR && W::D == Lib<128>::Bwd::D, "the same backward workspace");
+// The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<D>::Bwd's (BR 64, fp32 dq tiles).
+template <int D>
+void launch_backward_ws(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                        const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+    using W = WsBwd<D>;
+    static_assert(W::BR == Lib<D>::Bwd::BR && W::D == Lib<D>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
-    if (!wgmma_backward_d128_applies(a, {q, k, v, dO, dq, dk, dv}))
-        fail("flash attention: the head_dim 128 Hopper backward needs head_dim 128, 16-byte aligned rows and an sm_90a build on an H100/H200");
-    if (!ws_d128_registers_fit()) fail("flash attention: the head_dim 128 Hopper backward needs 168 registers a thread");
+    if (!ws_backward_applies<D>(a, {q, k, v, dO, dq, dk, dv}))
+        fail("flash attention: the warp-specialized backward needs head_dim " + std::to_string(D) +
+             ", 16-byte aligned rows and an sm_90a build on an H100/H200");
+    if (!ws_registers_fit<D>()) fail("flash attention: the warp-specialized backward needs 168 registers a thread");
     static bool configured = false;
     if (!configured) {
-        check_cuda(cudaFuncSetAttribute(flash_backward_ws_d128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
-                   "cudaFuncSetAttribute(flash_backward_ws_d128_kernel)");
+        check_cuda(cudaFuncSetAttribute(flash_backward_ws_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_ws_kernel)");
         configured = true;
     }
     const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
-    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, 2 * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, 2 * a.H, W::BR);
+    // q and dO as maps of 64-column heads: half c of head h is map head NH h + c
+    const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, W::NH * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, W::NH * a.H, W::BR);
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
-    flash_backward_ws_d128_kernel<<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
-    check_launch("flash_backward_ws_d128_kernel");
+    flash_backward_ws_kernel<D><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    check_launch("flash_backward_ws_kernel");
     launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
 }
 
