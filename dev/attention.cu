@@ -122,6 +122,19 @@ BwdVersion wgmma_d128_bwd_version() {
                   dq[W::DQ]);
     return {s, 128, launch_backward_wgmma_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, W::DQ == kDqAtomic || W::DQ == kDqNone, 128, true};
 }
+// The warp-specialized backward (sm_90a) in other configurations (v10): NS Q/dO stages, unordered adds. A configuration whose kernel does not start at 168 registers does not run (its
+// outputs stay poisoned: the validation fails and says so).
+template <class W>
+void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
+                       const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+    if (ws_registers_fit<W>()) launch_backward_ws<W>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+}
+template <class W>
+BwdVersion ws_version() {
+    char s[96];
+    std::snprintf(s, sizeof s, "v10 bwd D%d ws %dst%s", W::D, W::NS, W::DQ == kDqAtomic ? " dq-any-order" : "");
+    return {s, W::D, launch_ws_checked<W>, backward_workspace_bytes<typename Lib<W::D>::Bwd>, W::DQ == kDqAtomic, W::D, true};
+}
 std::vector<BwdVersion> bwd_versions() {
     return {{"v1 bwd library", 0, flash_attention_backward, flash_attention_backward_workspace},
             bwd_version<Lib<64>::Bwd>("v1m"),   // the mma.sync backward head_dim 64 runs on other GPUs
@@ -138,6 +151,9 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true>>(),   // 2 warpgroups, 128-key blocks
             wgmma_d128_bwd_version<WgBwdD128Config<1, 2, true>>(),   // 1 warpgroup, 64-key blocks, 2 blocks per SM
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true, kDqBulk>>(),  // dq partials added by the TMA
+            ws_version<WsBwd<64, 3>>(),
+            ws_version<WsBwd<64, 2, kDqAtomic>>(),   // unordered: non-deterministic, timed only
+            ws_version<WsBwd<128, 2, kDqAtomic>>(),
             // bounds: the library configurations with unordered atomics, and with no dq at all
             wgmma_version<WgBwdConfig<1, 3, true, kDqAtomic>>(),
             wgmma_version<WgBwdConfig<1, 3, true, kDqNone>>(),
@@ -503,8 +519,11 @@ int main(int argc, char** argv) {
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
         print_resources<WgBwdD128Config<2, 1, true, kDqBulk>>("v7 bwd D128 wgmma BC128 8w x1 tma dq-bulk", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true, kDqBulk>>);
-        print_resources<WsBwd<128>>("v1 bwd D128 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<128>);
-        print_resources<WsBwd<64>>("v1 bwd D64 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<64>);
+        print_resources<WsBwd<128>>("v1 bwd D128 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<WsBwd<128>>);
+        print_resources<WsBwd<64>>("v1 bwd D64 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<WsBwd<64>>);
+        print_resources<WsBwd<64, 3>>("v10 bwd D64 ws 3st", flash_backward_ws_kernel<WsBwd<64, 3>>);
+        print_resources<WsBwd<64, 2, kDqAtomic>>("v10 bwd D64 ws dq-any-order", flash_backward_ws_kernel<WsBwd<64, 2, kDqAtomic>>);
+        print_resources<WsBwd<128, 2, kDqAtomic>>("v10 bwd D128 ws dq-any-order", flash_backward_ws_kernel<WsBwd<128, 2, kDqAtomic>>);
     }
 
     std::printf("\nvalidation against the CPU reference (max |gpu - cpu| / max |cpu| per tensor, bound %.0e):\n", kBound);
@@ -524,14 +543,17 @@ int main(int argc, char** argv) {
     };
     if (check) {
         for (const Case& c : cases) validate(c, rng, stream);
-        std::printf("\nbitwise determinism (library forward + backward, 3 runs; then each v7 backward alone):\n");
+        std::printf("\nbitwise determinism (library forward + backward, 3 runs; then each dev Hopper backward alone):\n");
         check_determinism({2, 1536, 32, 8, 64, true, 1.f}, seed, stream);
         check_determinism({2, 2048, 32, 8, 64, false, 1.f}, seed + 7, stream);
         check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream);
-        for (const BwdVersion& bv : bwd_versions())  // the dev Hopper backwards at head_dim 128 (v7)
+        for (const BwdVersion& bv : bwd_versions())  // the dev Hopper backwards (v7, v10)
             if (bv.sm90a && bv.exact_dh == 128 && !bv.timing_only && runs(bv, 128)) {
                 check_determinism({1, 2048, 16, 4, 128, true, 1.f}, seed + 13, stream, &bv);
                 check_determinism({2, 1536, 16, 8, 128, false, 1.f}, seed + 17, stream, &bv);
+            } else if (bv.sm90a && bv.exact_dh == 64 && !bv.timing_only && runs(bv, 64)) {
+                check_determinism({2, 1536, 32, 8, 64, true, 1.f}, seed + 19, stream, &bv);
+                check_determinism({2, 2048, 32, 8, 64, false, 1.f}, seed + 23, stream, &bv);
             }
     }
 

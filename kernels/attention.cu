@@ -837,13 +837,15 @@ void with_lib(int Dh, F&& f) {
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
-// The backward: WsBwd<64> and WsBwd<128> (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute
-// warpgroups per 128 keys (dev v9 at head_dim 64: 4.10 against 5.41 ms at T = 8192 on an H100). Where its
-// register budget does not hold (ws_registers_fit), head_dim 64 runs HopperBwd: one warpgroup per 64 keys,
-// 3 blocks per SM, Q and dO by the TMA, dq partials added by the TMA from shared memory (dev v5 dq-bulk).
-using HopperBwd = WgBwdConfig<1, 3, true, kDqBulk>;
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096)
-// (head_dim 128: dev v8, 468 against v7's 338 TFLOP/s at T = 8192 on an H100; its fallback is the mma.sync backward)
+// The backward: WsBwd (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute warpgroups per 128
+// keys (on an H100 at T = 8192: dev v9 at head_dim 64, 4.10 against 5.41 ms; dev v8 at 128, 468 against v7's
+// 338 TFLOP/s). Where its register budget does not hold (ws_registers_fit), head_dim 64 runs HopperBwd (one
+// warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA, dq partials added by the TMA from shared
+// memory: dev v5 dq-bulk) and 128 the mma.sync backward.
+using HopperWsBwd64 = WsBwd<64>;
+using HopperWsBwd128 = WsBwd<128>;
+using HopperBwd = WgBwdConfig<1, 3, true, kDqBulk>;
 static_assert(HopperBwd::BR == Lib<64>::Bwd::BR && HopperBwd::D == Lib<64>::Bwd::D, "the same backward workspace");
 bool use_hopper = true;  // flash_attention_use_hopper
 }  // namespace
@@ -875,16 +877,16 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream) {
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
-    if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<64>()) {
-        launch_backward_ws<64>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<HopperWsBwd64>()) {
+        launch_backward_ws<HopperWsBwd64>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
     if (use_hopper && wgmma_applies(a, {q, k, v, dO})) {
         launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
-    if (use_hopper && ws_backward_applies<128>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<128>()) {
-        launch_backward_ws<128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if (use_hopper && ws_backward_applies<128>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<HopperWsBwd128>()) {
+        launch_backward_ws<HopperWsBwd128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;
     }
     with_lib(a.Dh, [&](auto lib) {

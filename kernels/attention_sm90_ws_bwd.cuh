@@ -51,20 +51,25 @@
 namespace {
 
 // The block's shape and shared memory for head_dim D (NH = D / 64 column halves per row): K, V (NH halves
-// each), Q, dO (2 stages x NH halves), dS^T, lse/D/starts [2 stages], two fp32 dq partials (BR x D).
-template <int D_>
+// each), Q, dO (NS stages x NH halves), dS^T, lse/D/starts [NS stages], two fp32 dq partials (BR x D).
+// DQ: kDqBulk, the partials added in the key blocks' order (deterministic; the library's), or kDqAtomic,
+// added as they come onto zeroed tiles (dev/attention.cu's bound: what the order costs; on an H100 nothing
+// now, dev/NOTES.md v10).
+template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk>
 struct WsBwd {
-    static constexpr int D = D_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
+    static constexpr int D = D_, NS = NS_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
+    static constexpr DqMode DQ = DQ_;
     static constexpr int NTD = D / 16;  // dQ_part n-tiles of 8 columns per compute warpgroup (D / 2 columns)
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
     static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);                 // one fp32 dq partial
     static constexpr size_t smem = 1024                              // room to align the tiles to 1024 bytes
                                    + 2 * NH * size_t(KV_HALF)        // K, V
-                                   + 4 * NH * size_t(Q_HALF)         // Q[2], dO[2]
+                                   + 2 * NS * NH * size_t(Q_HALF)    // Q[NS], dO[NS]
                                    + size_t(BC) * ROW                // dS^T [keys][64 queries]
-                                   + size_t(6) * BR * sizeof(float)  // lse, D, doc_start [2] each
+                                   + size_t(3 * NS) * BR * sizeof(float)  // lse, D, doc_start [NS] each
                                    + 2 * size_t(DQ_TILE);            // dq partials [2]
     static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+    static_assert(DQ == kDqBulk || DQ == kDqAtomic, "ordered or unordered bulk adds");
     static_assert(smem <= 227 * 1024, "shared memory per block");
 };
 
@@ -135,32 +140,33 @@ __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.
 
 // tm_q, tm_do: q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column half of
 // one head (head_rows_map with 2H heads).
-template <int D>
+template <class W>
 __global__ void __launch_bounds__(384, 1)
     flash_backward_ws_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if ATTENTION_WGMMA
-    using W = WsBwd<D>;
-    constexpr int BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NH = W::NH, NTD = W::NTD;
+    constexpr int D = W::D, NS = W::NS, BR = W::BR, BC = W::BC, THREADS = W::THREADS, ROW = W::ROW, NTQ = BR / 8, NH = W::NH, NTD = W::NTD;
     constexpr uint32_t KH = W::KV_HALF, QH = W::Q_HALF;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ int s_ticket;
-    __shared__ __align__(8) uint64_t bars[8];  // full[2], empty[2], dq_full[2], dq_empty[2]
-    const uint32_t full = smem_u32(bars), empty = full + 16, dq_full = full + 32, dq_empty = full + 48;  // stage s: + 8 s
+    __shared__ __align__(8) uint64_t bars[2 * NS + 4];  // full[NS], empty[NS], dq_full[2], dq_empty[2]
+    const uint32_t full = smem_u32(bars), empty = full + 8 * NS, dq_full = empty + 8 * NS, dq_empty = dq_full + 16;  // [s]: + 8 s
     const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
-    const uint32_t sK = base, sV = sK + NH * KH, sQ = sV + NH * KH, sdO = sQ + 2 * NH * QH, sdS = sdO + 2 * NH * QH;
-    float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [2][BR]
-    float* dr_s = lse_s + 2 * BR;                                                // [2][BR]
-    int* ds_s = reinterpret_cast<int*>(dr_s + 2 * BR);                           // [2][BR]
-    const uint32_t sDQ = sdS + BC * ROW + 6 * BR * 4;                            // [2][BR * D] fp32
+    const uint32_t sK = base, sV = sK + NH * KH, sQ = sV + NH * KH, sdO = sQ + NS * NH * QH, sdS = sdO + NS * NH * QH;
+    float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [NS][BR]
+    float* dr_s = lse_s + NS * BR;                                               // [NS][BR]
+    int* ds_s = reinterpret_cast<int*>(dr_s + NS * BR);                          // [NS][BR]
+    const uint32_t sDQ = sdS + BC * ROW + 3 * NS * BR * 4;                       // [2][BR * D] fp32
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
     const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
     if (tid == 0) {
         s_ticket = int(atomicAdd(p.ticket, 1u));
-        for (int s = 0; s < 2; ++s) {
+        for (int s = 0; s < NS; ++s) {
             mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
             mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
+        }
+        for (int s = 0; s < 2; ++s) {
             mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their part of the partial
             mbar_init(dq_empty + 8 * s, 1);   // the writer's copy has read it
         }
@@ -187,10 +193,10 @@ __global__ void __launch_bounds__(384, 1)
 
     if (wg == 0) {  // ------------------------------------------------------------------------- the producer
         setmaxnreg_dec<24>();
-        if (warp == 0) {  // step s's Q, dO, lse, D and starts into stage s % 2 once its step s - 2 is done
+        if (warp == 0) {  // step s's Q, dO, lse, D and starts into stage s % NS once its step s - NS is done
             for (int step = 0; step < n_steps; ++step) {
-                const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
-                if (step >= 2) mbar_wait(empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
+                const int st = step % NS, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+                if (step >= NS) mbar_wait(empty + 8 * st, uint32_t((step - NS) / NS) & 1u);
                 if (lane == 0) {  // rows past T arrive as zeros
                     const uint32_t bar = full + 8 * st, sq = sQ + st * NH * QH, sdo = sdO + st * NH * QH;
                     mbar_arrive_expect_tx(bar, 2 * NH * QH);
@@ -212,15 +218,21 @@ __global__ void __launch_bounds__(384, 1)
             }
         } else if (warp == 1 && lane == 0) {  // the dq partials into their tiles, each in its turn
             for (int step = 0; step < n_steps; ++step) {
-                const int st = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
+                const int db = step & 1, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
                 const int jmin = doc ? doc[q0] / BC : 0, jmax = min(q0 + BR - 1, T - 1) / BC;
                 const int cidx = (b * H + h) * nqt + i;
-                mbar_wait(dq_full + 8 * st, uint32_t(step >> 1) & 1u);
-                bulk_add_partial<W::DQ_TILE>(p, cidx, j == jmin, unsigned(j - jmin), sDQ + uint32_t(st) * W::DQ_TILE);
+                const uint32_t src = sDQ + uint32_t(db) * W::DQ_TILE;
+                mbar_wait(dq_full + 8 * db, uint32_t(step >> 1) & 1u);
+                if constexpr (W::DQ == kDqBulk) {
+                    bulk_add_partial<W::DQ_TILE>(p, cidx, j == jmin, unsigned(j - jmin), src);
+                } else {  // unordered, onto the zeroed tile
+                    bulk_reduce_add_f32(p.dq_acc + int64_t(cidx) * (BR * D), src, W::DQ_TILE);
+                    bulk_commit();
+                }
                 bulk_wait_read<0>();
-                mbar_arrive(dq_empty + 8 * st);  // the compute warps may write the next partial here
-                bulk_wait<0>();                  // the add has completed: the tile is the next contributor's
-                if (j != jmax) st_release(p.counters + cidx, unsigned(j - jmin + 1));
+                mbar_arrive(dq_empty + 8 * db);  // the compute warps may write the next partial here
+                bulk_wait<0>();  // the add has completed: the tile is the next contributor's
+                if (W::DQ == kDqBulk && j != jmax) st_release(p.counters + cidx, unsigned(j - jmin + 1));
             }
         }
         return;
@@ -240,8 +252,8 @@ __global__ void __launch_bounds__(384, 1)
             for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
 
     for (int step = 0; step < n_steps; ++step) {
-        const int st = step & 1, i = i_hi - step / G, q0 = i * BR;
-        mbar_wait(full + 8 * st, uint32_t(step >> 1) & 1u);  // the stage's tiles and rows have landed
+        const int st = step % NS, db = step & 1, i = i_hi - step / G, q0 = i * BR;  // Q/dO stage, dq buffer
+        mbar_wait(full + 8 * st, uint32_t(step / NS) & 1u);  // the stage's tiles and rows have landed
         const uint32_t sQb = sQ + st * NH * QH, sdOb = sdO + st * NH * QH;
         const float* lse_b = lse_s + st * BR;
         const float* dr_b = dr_s + st * BR;
@@ -307,17 +319,17 @@ __global__ void __launch_bounds__(384, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(empty + 8 * st);  // this warp is done with the stage (Q, dO, lse, D, starts)
 
-        // The partial into buffer st once the writer has read what it held two steps ago (the tile's layout:
+        // The partial into buffer db once the writer has read what it held two steps ago (the tile's layout:
         // float4 index ((half * 4 + warp % 4) * 8 + n-tile) * 32 + lane; head_dim 128: half = cw, n-tiles 0..7;
         // 64: half 0, n-tiles 4 cw..)
-        if (step >= 2) mbar_wait(dq_empty + 8 * st, uint32_t((step - 2) >> 1) & 1u);
-        float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(st) * W::DQ_TILE - raw)) + lane;
+        if (step >= 2) mbar_wait(dq_empty + 8 * db, uint32_t((step - 2) >> 1) & 1u);
+        float4* buf = reinterpret_cast<float4*>(smem_raw + (sDQ + uint32_t(db) * W::DQ_TILE - raw)) + lane;
         const int half = NH == 2 ? cw : 0, nt0 = NH == 2 ? 0 : NTD * cw;
 #pragma unroll
         for (int nt = 0; nt < NTD; ++nt) buf[((half * 4 + cwarp % 4) * 8 + nt0 + nt) * 32] = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
         fence_proxy_async();  // this thread's stores, visible to the TMA
         __syncwarp();
-        if (lane == 0) mbar_arrive(dq_full + 8 * st);
+        if (lane == 0) mbar_arrive(dq_full + 8 * db);
     }
 
     store_dk_dv(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
@@ -336,42 +348,45 @@ bool ws_backward_applies(const AttentionShape& a, std::initializer_list<const vo
 // only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1) allows), else the compute
 // warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the other backward
 // runs instead (with a notice).
-template <int D>
+template <class W>
 bool ws_registers_fit() {
     static int fits = -1;
     if (fits < 0) {
         cudaFuncAttributes fa{};
-        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_kernel<D>), "cudaFuncGetAttributes(flash_backward_ws_kernel)");
+        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_kernel<W>), "cudaFuncGetAttributes(flash_backward_ws_kernel)");
         fits = fa.numRegs == 168;
         if (!fits)
             std::printf("notice: the head_dim %d warp-specialized attention backward was built with %d registers a thread, not 168; "
-                        "using the other backward\n", D, fa.numRegs);
+                        "using the other backward\n", W::D, fa.numRegs);
     }
     return fits == 1;
 }
 
 // The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<D>::Bwd's (BR 64, fp32 dq tiles).
-template <int D>
+template <class W>
 void launch_backward_ws(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
                         const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
-    using W = WsBwd<D>;
+    constexpr int D = W::D;
     static_assert(W::BR == Lib<D>::Bwd::BR && W::D == Lib<D>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
     if (!ws_backward_applies<D>(a, {q, k, v, dO, dq, dk, dv}))
         fail("flash attention: the warp-specialized backward needs head_dim " + std::to_string(D) +
              ", 16-byte aligned rows and an sm_90a build on an H100/H200");
-    if (!ws_registers_fit<D>()) fail("flash attention: the warp-specialized backward needs 168 registers a thread");
+    if (!ws_registers_fit<W>()) fail("flash attention: the warp-specialized backward needs 168 registers a thread");
     static bool configured = false;
     if (!configured) {
-        check_cuda(cudaFuncSetAttribute(flash_backward_ws_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+        check_cuda(cudaFuncSetAttribute(flash_backward_ws_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
                    "cudaFuncSetAttribute(flash_backward_ws_kernel)");
         configured = true;
     }
     const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if constexpr (W::DQ == kDqAtomic)  // every contributor adds: the tiles start at zero
+        check_cuda(cudaMemsetAsync(p.dq_acc, 0, size_t(a.B) * a.H * ((a.T + W::BR - 1) / W::BR) * W::BR * D * sizeof(float), stream),
+                   "cudaMemsetAsync(dq tiles)");
     // q and dO as maps of 64-column heads: half c of head h is map head NH h + c
     const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, W::NH * a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, W::NH * a.H, W::BR);
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
-    flash_backward_ws_kernel<D><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    flash_backward_ws_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_ws_kernel");
     launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
 }
