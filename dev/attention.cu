@@ -19,11 +19,15 @@
 // its fallback; sm_90a: hence GPU_ARCH sm_90a in dev/Makefile), kept to time against them; v6 configurations of the Hopper forward for head_dim 128 (the library's is
 // WgFwdConfig<2, 128, 3, 128>); v7 configurations of the head_dim 128 Hopper backward before warp specialization
 // (attention_v7.cuh; the library's until v8), each also checked for bitwise determinism on its own, "dq-bulk"
-// among them (dq added by the TMA); "dq-atomic" and "no-dq" are timing bounds of the mma.sync and Hopper backwards whose dq is wrong (DqMode). dev/NOTES.md says what each measured. This file includes
+// among them (dq added by the TMA); v10 configurations of the warp-specialized backward (WsBwd: Q/dO stages,
+// unordered adds); v11 head_dim 64's warp-specialized backward with 128 queries a step (attention_v11.cuh,
+// checked for bitwise determinism on its own). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
 #include "attention_v7.cuh"
+#include "attention_v11.cuh"
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -122,7 +126,8 @@ BwdVersion wgmma_d128_bwd_version() {
                   dq[W::DQ]);
     return {s, 128, launch_backward_wgmma_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, W::DQ == kDqAtomic || W::DQ == kDqNone, 128, true};
 }
-// The warp-specialized backward (sm_90a) in other configurations (v10): NS Q/dO stages, unordered adds. A configuration whose kernel does not start at 168 registers does not run (its
+// The warp-specialized backward (sm_90a) in other configurations (v10): NS Q/dO stages, unordered adds, the
+// producer's registers (PREG). A configuration whose kernel does not start at 168 registers does not run (its
 // outputs stay poisoned: the validation fails and says so).
 template <class W>
 void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
@@ -132,7 +137,7 @@ void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, co
 template <class W>
 BwdVersion ws_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v10 bwd D%d ws %dst%s", W::D, W::NS, W::DQ == kDqAtomic ? " dq-any-order" : "");
+    std::snprintf(s, sizeof s, "v10 bwd D%d ws %dst p%d%s", W::D, W::NS, W::PREG, W::DQ == kDqAtomic ? " dq-any-order" : "");
     return {s, W::D, launch_ws_checked<W>, backward_workspace_bytes<typename Lib<W::D>::Bwd>, W::DQ == kDqAtomic, W::D, true};
 }
 std::vector<BwdVersion> bwd_versions() {
@@ -152,6 +157,8 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_d128_bwd_version<WgBwdD128Config<1, 2, true>>(),   // 1 warpgroup, 64-key blocks, 2 blocks per SM
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true, kDqBulk>>(),  // dq partials added by the TMA
             ws_version<WsBwd<64, 3>>(),
+            {"v11 bwd D64 BC128 BR128 12w ws", 64, launch_backward_ws64x128, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // attention_v11.cuh
+            ws_version<WsBwd<64, 2, kDqBulk, 40>>(),  // the producer at 40 registers, the compute at 232: no spills
             ws_version<WsBwd<64, 2, kDqAtomic>>(),   // unordered: non-deterministic, timed only
             ws_version<WsBwd<128, 2, kDqAtomic>>(),
             // bounds: the library configurations with unordered atomics, and with no dq at all
@@ -522,6 +529,8 @@ int main(int argc, char** argv) {
         print_resources<WsBwd<128>>("v1 bwd D128 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<WsBwd<128>>);
         print_resources<WsBwd<64>>("v1 bwd D64 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<WsBwd<64>>);
         print_resources<WsBwd<64, 3>>("v10 bwd D64 ws 3st", flash_backward_ws_kernel<WsBwd<64, 3>>);
+        print_resources<WsBwd<64, 2, kDqBulk, 40>>("v10 bwd D64 ws 2st p40", flash_backward_ws_kernel<WsBwd<64, 2, kDqBulk, 40>>);
+        print_resources<WsBwd64x128>("v11 bwd D64 wgmma BC128 BR128 12w ws", flash_backward_ws64x128_kernel);
         print_resources<WsBwd<64, 2, kDqAtomic>>("v10 bwd D64 ws dq-any-order", flash_backward_ws_kernel<WsBwd<64, 2, kDqAtomic>>);
         print_resources<WsBwd<128, 2, kDqAtomic>>("v10 bwd D128 ws dq-any-order", flash_backward_ws_kernel<WsBwd<128, 2, kDqAtomic>>);
     }

@@ -31,13 +31,13 @@
 //   dQ_part = dS K               A = dS^T (MN-major), B = K (MN-major, n = head dim), k = all 128 keys: each
 //                                warpgroup computes D / 2 columns of the partial (m64n64 at 128, m64n32 at 64)
 // A block is three warpgroups (384 threads, 1 block per SM), and they wait only for what they need:
-//   warpgroup 0, the producer (setmaxnreg 24): its warp 0 loads each step's Q and dO halves by the TMA and the
+//   warpgroup 0, the producer (setmaxnreg 24, WsBwd's PREG): its warp 0 loads each step's Q and dO halves by the TMA and the
 //     rows' lse, D and document starts into one of two stages (mbarriers full[s] / empty[s]); its warp 1
 //     (lane 0) adds each step's fp32 dq partial from shared memory into the tile in the workspace with
 //     cp.reduce.async.bulk (the first contributor stores), in the tile's turn (the key blocks' order, by the
 //     counters: the same bits run to run), and hands the buffer back once the TMA has read it (mbarriers
 //     dq_full[s] / dq_empty[s]).
-//   warpgroups 1, 2, the compute (setmaxnreg 240): every product on wgmma. They meet only where they must: a
+//   warpgroups 1, 2, the compute (setmaxnreg 240, the rest): every product on wgmma. They meet only where they must: a
 //     named barrier (256 threads) once both have written dS^T, before the dQ product reads all 128 keys of
 //     it, and one before dS^T is written again (the other's dQ product of the step before has read it). No
 //     compute thread waits for a dq tile's turn. On an H100 at T = 8192 (dev v8, v9 against the kernels
@@ -54,11 +54,13 @@ namespace {
 // each), Q, dO (NS stages x NH halves), dS^T, lse/D/starts [NS stages], two fp32 dq partials (BR x D).
 // DQ: kDqBulk, the partials added in the key blocks' order (deterministic; the library's), or kDqAtomic,
 // added as they come onto zeroed tiles (dev/attention.cu's bound: what the order costs; on an H100 nothing
-// now, dev/NOTES.md v10).
-template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk>
+// now, dev/NOTES.md v10). PREG: the producer warpgroup's registers after setmaxnreg; the compute warpgroups
+// get the rest of the 384 x 168 the block starts with (24: 240).
+template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24>
 struct WsBwd {
     static constexpr int D = D_, NS = NS_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
     static constexpr DqMode DQ = DQ_;
+    static constexpr int PREG = PREG_, CREG = (THREADS * 168 - 128 * PREG) / 256 / 8 * 8;  // multiples of 8
     static constexpr int NTD = D / 16;  // dQ_part n-tiles of 8 columns per compute warpgroup (D / 2 columns)
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
     static constexpr uint32_t DQ_TILE = uint32_t(BR) * D * sizeof(float);                 // one fp32 dq partial
@@ -70,6 +72,7 @@ struct WsBwd {
                                    + 2 * size_t(DQ_TILE);            // dq partials [2]
     static_assert(D == 64 || D == 128, "head_dim 64 or 128");
     static_assert(DQ == kDqBulk || DQ == kDqAtomic, "ordered or unordered bulk adds");
+    static_assert(PREG % 8 == 0 && PREG >= 24 && CREG <= 256, "setmaxnreg's range");
     static_assert(smem <= 227 * 1024, "shared memory per block");
 };
 
@@ -192,7 +195,7 @@ __global__ void __launch_bounds__(384, 1)
     __syncthreads();  // the last block-wide barrier
 
     if (wg == 0) {  // ------------------------------------------------------------------------- the producer
-        setmaxnreg_dec<24>();
+        setmaxnreg_dec<W::PREG>();
         if (warp == 0) {  // step s's Q, dO, lse, D and starts into stage s % NS once its step s - NS is done
             for (int step = 0; step < n_steps; ++step) {
                 const int st = step % NS, i = i_hi - step / G, h = g * G + step % G, q0 = i * BR;
@@ -239,7 +242,7 @@ __global__ void __launch_bounds__(384, 1)
     }
 
     // ------------------------------------------------------------------------------------ the compute
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<W::CREG>();
     const int cw = wg - 1, cwarp = warp - 4, gr = lane / 4, tq = lane % 4;  // compute warpgroup 0/1, its warps 0..7
     const int kw = cwarp * 16;                                              // this warp's keys in the block
     const uint32_t sKg = sK + cw * 64 * ROW, sVg = sV + cw * 64 * ROW;     // this warpgroup's 64 keys (half 0; half 1 at + KH)
@@ -344,9 +347,9 @@ bool ws_backward_applies(const AttentionShape& a, std::initializer_list<const vo
     return a.Dh == D && all_aligned(ptrs, 16) && wgmma_available();
 }
 
-// setmaxnreg moves 144 registers from each producer thread to 72 for each compute thread: the pool is exact
-// only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1) allows), else the compute
-// warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the other backward
+// setmaxnreg moves 168 - PREG registers from each producer thread to (168 - PREG) / 2 more for each compute
+// thread (24: 144 to 72): the pool is exact only when the kernel starts at 168 a thread (the most
+// __launch_bounds__(384, 1) allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the other backward
 // runs instead (with a notice).
 template <class W>
 bool ws_registers_fit() {
