@@ -36,6 +36,9 @@ struct WsBwd64x128 {
                                    + size_t(6) * BR * sizeof(float)  // lse, D, doc_start [2] each
                                    + 4 * size_t(DQ_TILE);            // dq partials [2 buffers][2 tiles]
     static_assert(smem <= 227 * 1024, "shared memory per block");
+    // the dq order below relies on these: a block's first query tile is its own (i_lo = j), and both 64-row
+    // tiles of query tile i have their last contributor at key block i
+    static_assert(BR == BC && BR == 2 * TILE_ROWS, "128 queries, 128 keys, 64-row dq tiles");
 };
 
 #if ATTENTION_WGMMA
