@@ -9,11 +9,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-20}
+window=$(( steps >= 4 ? steps / 2 : steps ))  # the last progress line: the second half of the steps (steady state)
 part=${2:-all}
 nvidia-smi --query-gpu=name --format=csv,noheader
 ours() {  # ours LABEL FLAGS...: the last progress line
     local label=$1; shift
-    ./train --preset llama-3.2-1b --lora-rank 16 --lora-alpha 32 --steps "$steps" --log-every 10 --sample 0 --out /tmp/bench_long --overwrite "$@" 2>&1 |
+    ./train --preset llama-3.2-1b --lora-rank 16 --lora-alpha 32 --steps "$steps" --log-every "$window" --sample 0 --out /tmp/bench_long --overwrite "$@" 2>&1 |
         grep -E "^step|^error" | tail -1 | sed "s/^/ours $label: /"
 }
 if [ "$part" = attention ] || [ "$part" = all ]; then

@@ -8,6 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-20}
+window=$(( steps >= 4 ? steps / 2 : steps ))  # the last progress line: the second half of the steps (steady state)
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 -c "
 import json, random
@@ -16,7 +17,7 @@ with open('/tmp/qwen3_rows.jsonl', 'w') as f:
     for _ in range(64): f.write(json.dumps({'input_ids': [r.randrange(151643) for _ in range(4096)]}) + '\\n')"
 ours() {  # ours LABEL FLAGS...: the last progress line's tokens/s, TFLOP/s and memory
     local label=$1; shift
-    ./train --preset qwen3-0.6b --data /tmp/qwen3_rows.jsonl --steps "$steps" --log-every 10 --sample 0 --out /tmp/bench_qwen3 --overwrite "$@" 2>&1 |
+    ./train --preset qwen3-0.6b --data /tmp/qwen3_rows.jsonl --steps "$steps" --log-every "$window" --sample 0 --out /tmp/bench_qwen3 --overwrite "$@" 2>&1 |
         grep -E "^step|^error" | tail -1 | sed "s/^/ours $label: /"
 }
 for shape in "1024 8" "4096 2"; do
