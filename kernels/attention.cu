@@ -332,7 +332,8 @@ struct BwdArgs {
 // How a block adds its dq partial. kDqOrdered: in the key blocks' order, with reductions; kDqBulk (the Hopper
 // backwards only; the library's at head_dim 64) keeps the order and has the TMA add the partial from shared
 // memory. kDqAtomic (FA2's unordered float atomics, no waits) and kDqNone (no dq) exist for dev/attention.cu
-// as timing bounds whose dq is wrong.
+// as timing bounds whose dq is wrong (the warp-specialized backward's kDqAtomic adds onto zeroed tiles: dq
+// right, the bits not the same run to run).
 enum DqMode { kDqOrdered, kDqAtomic, kDqNone, kDqBulk };
 
 // D: padded head dim; NW: warps (keys per block BC = 16 NW); BR: query rows per step; KV_REGS: K and V A
