@@ -127,7 +127,7 @@ BwdVersion wgmma_d128_bwd_version() {
     return {s, 128, launch_backward_wgmma_d128<W>, backward_workspace_bytes<Lib<128>::Bwd>, W::DQ == kDqAtomic || W::DQ == kDqNone, 128, true};
 }
 // The warp-specialized backward (sm_90a) in other configurations (v10): NS Q/dO stages, unordered adds, the
-// producer's registers (PREG). A configuration whose kernel does not start at 168 registers does not run (its
+// producer's registers (PREG), dP^T issued beside the softmax (EARLY_DP). A configuration whose kernel does not start at 168 registers does not run (its
 // outputs stay poisoned: the validation fails and says so).
 template <class W>
 void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
@@ -137,7 +137,8 @@ void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, co
 template <class W>
 BwdVersion ws_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v10 bwd D%d ws %dst p%d%s", W::D, W::NS, W::PREG, W::DQ == kDqAtomic ? " dq-any-order" : "");
+    std::snprintf(s, sizeof s, "v10 bwd D%d ws %dst p%d%s%s", W::D, W::NS, W::PREG, W::EARLY_DP ? " early-dp" : "",
+                  W::DQ == kDqAtomic ? " dq-any-order" : "");
     return {s, W::D, launch_ws_checked<W>, backward_workspace_bytes<typename Lib<W::D>::Bwd>, W::DQ == kDqAtomic, W::D, true};
 }
 std::vector<BwdVersion> bwd_versions() {
@@ -159,6 +160,8 @@ std::vector<BwdVersion> bwd_versions() {
             ws_version<WsBwd<64, 3>>(),
             {"v11 bwd D64 BC128 BR128 12w ws", 64, launch_backward_ws64x128, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // attention_v11.cuh
             ws_version<WsBwd<64, 2, kDqBulk, 40>>(),  // the producer at 40 registers, the compute at 232: no spills
+            ws_version<WsBwd<64, 2, kDqBulk, 40, true>>(),  // and dP^T beside the softmax
+            ws_version<WsBwd<128, 2, kDqBulk, 24, true>>(),
             ws_version<WsBwd<64, 2, kDqAtomic>>(),   // unordered: non-deterministic, timed only
             ws_version<WsBwd<128, 2, kDqAtomic>>(),
             // bounds: the library configurations with unordered atomics, and with no dq at all
@@ -530,6 +533,8 @@ int main(int argc, char** argv) {
         print_resources<WsBwd<64>>("v1 bwd D64 wgmma BC128 12w ws (library)", flash_backward_ws_kernel<WsBwd<64>>);
         print_resources<WsBwd<64, 3>>("v10 bwd D64 ws 3st", flash_backward_ws_kernel<WsBwd<64, 3>>);
         print_resources<WsBwd<64, 2, kDqBulk, 40>>("v10 bwd D64 ws 2st p40", flash_backward_ws_kernel<WsBwd<64, 2, kDqBulk, 40>>);
+        print_resources<WsBwd<64, 2, kDqBulk, 40, true>>("v10 bwd D64 ws 2st p40 early-dp", flash_backward_ws_kernel<WsBwd<64, 2, kDqBulk, 40, true>>);
+        print_resources<WsBwd<128, 2, kDqBulk, 24, true>>("v10 bwd D128 ws 2st p24 early-dp", flash_backward_ws_kernel<WsBwd<128, 2, kDqBulk, 24, true>>);
         print_resources<WsBwd64x128>("v11 bwd D64 wgmma BC128 BR128 12w ws", flash_backward_ws64x128_kernel);
         print_resources<WsBwd<64, 2, kDqAtomic>>("v10 bwd D64 ws dq-any-order", flash_backward_ws_kernel<WsBwd<64, 2, kDqAtomic>>);
         print_resources<WsBwd<128, 2, kDqAtomic>>("v10 bwd D128 ws dq-any-order", flash_backward_ws_kernel<WsBwd<128, 2, kDqAtomic>>);

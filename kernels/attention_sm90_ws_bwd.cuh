@@ -55,11 +55,13 @@ namespace {
 // DQ: kDqBulk, the partials added in the key blocks' order (deterministic; the library's), or kDqAtomic,
 // added as they come onto zeroed tiles (dev/attention.cu's bound: what the order costs; on an H100 nothing
 // now, dev/NOTES.md v10). PREG: the producer warpgroup's registers after setmaxnreg; the compute warpgroups
-// get the rest of the 384 x 168 the block starts with (24: 240).
-template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24>
+// get the rest of the 384 x 168 the block starts with (24: 240). EARLY_DP: dP^T issued right after S^T, to
+// run beside the softmax (else after it, with dV: S^T and dP^T then never hold registers at once).
+template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24, bool EARLY_DP_ = false>
 struct WsBwd {
     static constexpr int D = D_, NS = NS_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
     static constexpr DqMode DQ = DQ_;
+    static constexpr bool EARLY_DP = EARLY_DP_;
     static constexpr int PREG = PREG_, CREG = (THREADS * 168 - 128 * PREG) / 256 / 8 * 8;  // multiples of 8
     static constexpr int NTD = D / 16;  // dQ_part n-tiles of 8 columns per compute warpgroup (D / 2 columns)
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
@@ -263,29 +265,38 @@ __global__ void __launch_bounds__(384, 1)
         const int* ds_b = ds_s + st * BR;
 
         // S^T - lse/scale = K Q^T + (-lse/scale), as v7
-        float sT[NTQ][4];
+        float sT[NTQ][4], dpt[NTQ][4];
         start_at_minus(sT, lse_b, p.lse_to_s, tq);
+        if constexpr (W::EARLY_DP) start_at_minus(dpt, dr_b, 1.f, tq);
         uint32_t kg = sKg, vg = sVg;
         asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
         const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
         wgmma_fence();
         wg_dot<NH>(sT, dK0, dQ0, KH, QH);
         wgmma_commit();
-        wgmma_wait<0>();
+        if constexpr (W::EARLY_DP) {  // dP^T - D = V dO^T + (-D) now, to run beside the softmax below
+            wg_dot<NH>(dpt, sw128_desc(vg, false), sw128_desc(sdOb, false), KH, QH);
+            wgmma_commit();
+            wgmma_wait<1>();  // S^T
+        } else {
+            wgmma_wait<0>();
+        }
         wgmma_pin(sT);
 
         const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
         uint32_t pa[BR / 16][4];
         probs_as_fragments<BR>(sT, pa, p.scale_log2, need_mask, k0 + kw + gr - q0, T - q0, q0, ds_b, tq);
 
-        // dP^T - D = V dO^T + (-D), then dV += P^T dO: two groups, as v7
-        float dpt[NTQ][4];
-        start_at_minus(dpt, dr_b, 1.f, tq);
-        const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false), dO0t = sw128_desc(sdOb, true);
+        // dP^T - D = V dO^T + (-D), then dV += P^T dO: two groups, as v7 (EARLY_DP: dV alone, dP^T running)
+        const uint64_t dO0t = sw128_desc(sdOb, true);
+        if constexpr (!W::EARLY_DP) start_at_minus(dpt, dr_b, 1.f, tq);
+        const uint64_t dV0 = sw128_desc(vg, false), dO0 = sw128_desc(sdOb, false);
         wgmma_pin(pa);
         wgmma_fence();
-        wg_dot<NH>(dpt, dV0, dO0, KH, QH);
-        wgmma_commit();
+        if constexpr (!W::EARLY_DP) {
+            wg_dot<NH>(dpt, dV0, dO0, KH, QH);
+            wgmma_commit();
+        }
         wg_accumulate(dv, pa, dO0t, QH);
         wgmma_commit();
         wgmma_wait<1>();  // dP^T
