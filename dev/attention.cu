@@ -20,7 +20,7 @@
 // WgFwdConfig<2, 128, 3, 128>); v7 configurations of the head_dim 128 Hopper backward before warp specialization
 // (attention_v7.cuh; the library's until v8), each also checked for bitwise determinism on its own, "dq-bulk"
 // among them (dq added by the TMA); v10 configurations of the warp-specialized backward (WsBwd: Q/dO stages,
-// unordered adds); v11 head_dim 64's warp-specialized backward with 128 queries a step (attention_v11.cuh,
+// unordered adds, the producer's registers, dP^T beside the softmax); v11 head_dim 64's warp-specialized backward with 128 queries a step (attention_v11.cuh,
 // checked for bitwise determinism on its own). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
