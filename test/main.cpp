@@ -152,6 +152,30 @@ void check_golden_files(const Tokenizer& tok, const Json& files) {
     CHECK(checked > 100);
 }
 
+void check_golden_texts(const Tokenizer& tok, const Json& golden, int min_cases) {
+    int checked = 0;
+    for (const Json& c : golden.find("cases")->array) {
+        const std::string& text = c.find("text")->string;
+        CAPTURE(text);
+        std::vector<int32_t> expected = ids_of(*c.find("ids"));
+        CHECK(tok.encode(text) == expected);
+        CHECK(tok.encode_ordinary(text) == ids_of(*c.find("ordinary_ids")));
+        CHECK(tok.decode(expected) == c.find("decoded")->string);
+        ++checked;
+    }
+    CHECK(checked >= min_cases);
+    for (const Json& c : golden.find("decode")->array) {
+        CAPTURE(c.find("text")->string);
+        CHECK(tok.decode(ids_of(*c.find("ids"))) == c.find("text")->string);
+    }
+    for (const Json& c : golden.find("invalid_utf8")->array) {
+        std::string hex = c.find("bytes_hex")->string, bytes;
+        for (size_t i = 0; i + 1 < hex.size(); i += 2) bytes += char(std::stoi(hex.substr(i, 2), nullptr, 16));
+        CAPTURE(hex);
+        CHECK(tok.encode(bytes) == ids_of(*c.find("ids")));
+    }
+}
+
 int main(int argc, char** argv) {
     doctest::Context context;
     context.applyCommandLine(argc, argv);

@@ -42,8 +42,11 @@ const Tokenizer& qwen3_tokenizer();
 
 // Token-id golden files (test/make_golden_tokenizer*.py): an id list from a JSON array, the FNV-1a hash of
 // ids as the scripts write it (each id's 4 little-endian bytes), and the check of every default data
-// file's ids against the golden {"file", "count", "fnv1a"} entries.
+// file's ids against the golden {"file", "count", "fnv1a"} entries; check_golden_texts: a golden file's
+// "cases" (encode, encode_ordinary and decode of each text; at least min_cases of them), "decode" (ids to
+// text) and "invalid_utf8" (bytes given in hex to ids).
 struct Json;
 std::vector<int32_t> ids_of(const Json& array);
 std::string ids_fnv1a(const std::vector<int32_t>& ids);
 void check_golden_files(const Tokenizer& tok, const Json& files);
+void check_golden_texts(const Tokenizer& tok, const Json& golden, int min_cases);

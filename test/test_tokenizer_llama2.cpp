@@ -45,29 +45,7 @@ std::string byte_token(unsigned char b) {
 }  // namespace
 
 TEST_CASE("tokenizer llama2: ids, ids with specials as text, and decodes equal Hugging Face on the golden texts") {
-    const Tokenizer& tok = llama2();
-    int checked = 0;
-    for (const Json& c : golden().find("cases")->array) {
-        const std::string& text = c.find("text")->string;
-        CAPTURE(text);
-        std::vector<int32_t> expected = ids_of(*c.find("ids"));
-        CHECK(tok.encode(text) == expected);
-        CHECK(tok.encode_ordinary(text) == ids_of(*c.find("ordinary_ids")));
-        CHECK(tok.decode(expected) == c.find("decoded")->string);
-        ++checked;
-    }
-    CHECK(checked >= 130);
-    for (const Json& c : golden().find("decode")->array) {
-        std::vector<int32_t> v = ids_of(*c.find("ids"));
-        CAPTURE(c.find("text")->string);
-        CHECK(tok.decode(v) == c.find("text")->string);
-    }
-    for (const Json& c : golden().find("invalid_utf8")->array) {
-        std::string hex = c.find("bytes_hex")->string, bytes;
-        for (size_t i = 0; i + 1 < hex.size(); i += 2) bytes += char(std::stoi(hex.substr(i, 2), nullptr, 16));
-        CAPTURE(hex);
-        CHECK(tok.encode(bytes) == ids_of(*c.find("ids")));
-    }
+    check_golden_texts(llama2(), golden(), 130);
 }
 
 TEST_CASE("tokenizer llama2: every default data file equals HF id for id (count and hash)") {
