@@ -38,9 +38,8 @@ def tensors(T, H, KVH, Dh):
 def bench(T, H, KVH, Dh, reps=10):
     B, q, k, v, do = tensors(T, H, KVH, Dh)
 
-    def forward():
-        with torch.no_grad():
-            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    def forward():  # the training forward (grad enabled: it keeps what the backward needs, as ours writes lse)
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
     def run():
         q.grad = k.grad = v.grad = None  # the gradients written, not added to the last repetition's
