@@ -20,14 +20,13 @@
 // WgFwdConfig<2, 128, 3, 128>); v7 configurations of the head_dim 128 Hopper backward before warp specialization
 // (attention_v7.cuh; the library's until v8), each also checked for bitwise determinism on its own, "dq-bulk"
 // among them (dq added by the TMA); v10 configurations of the warp-specialized backward (WsBwd: Q/dO stages,
-// unordered adds, the producer's registers, dP^T beside the softmax); v11 head_dim 64's warp-specialized backward with 128 queries a step (attention_v11.cuh,
-// checked for bitwise determinism on its own). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// unordered adds, the producer's registers, dP^T beside the softmax); v11 head_dim 64's warp-specialized backward with 128 queries a step (../kernels/attention_sm90_ws64_bwd.cuh,
+// the library's since it ran; checked for bitwise determinism on its own). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
 #include "attention_v7.cuh"
-#include "attention_v11.cuh"
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -134,6 +133,11 @@ void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, co
                        const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
     if (ws_registers_fit<W>()) launch_backward_ws<W>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
 }
+// v11 likewise: not run where its kernel does not start at 168 registers.
+void v11_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
+                  const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+    if (ws64x128_registers_fit()) launch_backward_ws64x128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+}
 template <class W>
 BwdVersion ws_version() {
     char s[96];
@@ -158,7 +162,8 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_d128_bwd_version<WgBwdD128Config<1, 2, true>>(),   // 1 warpgroup, 64-key blocks, 2 blocks per SM
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true, kDqBulk>>(),  // dq partials added by the TMA
             ws_version<WsBwd<64, 3>>(),
-            {"v11 bwd D64 BC128 BR128 12w ws", 64, launch_backward_ws64x128, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // attention_v11.cuh
+            ws_version<WsBwd<64>>(),  // the library's at head_dim 64 before v11 (now its fallback)
+            {"v11 bwd D64 BC128 BR128 12w ws", 64, v11_backward, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // ../kernels/attention_sm90_ws64_bwd.cuh
             ws_version<WsBwd<64, 2, kDqBulk, 40>>(),  // the producer at 40 registers, the compute at 232: no spills
             ws_version<WsBwd<64, 2, kDqBulk, 40, true>>(),  // and dP^T beside the softmax
             ws_version<WsBwd<128, 2, kDqBulk, 24, true>>(),

@@ -834,6 +834,7 @@ void with_lib(int Dh, F&& f) {
 #include "kernels/attention_sm90.cuh"      // the Hopper forward for head_dim 64 and 128 (they build on the definitions above)
 #include "kernels/attention_sm90_bwd.cuh"  // head_dim 64's Hopper backward before warp specialization (the fallback)
 #include "kernels/attention_sm90_ws_bwd.cuh"  // the Hopper backward for head_dim 64 and 128, warp-specialized
+#include "kernels/attention_sm90_ws64_bwd.cuh"  // head_dim 64's, 128 queries a step (WsBwd<64> its fallback)
 
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
@@ -878,6 +879,10 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream) {
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
+    if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws64x128_registers_fit()) {
+        launch_backward_ws64x128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        return;
+    }
     if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<HopperWsBwd64>()) {
         launch_backward_ws<HopperWsBwd64>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
         return;

@@ -1,7 +1,7 @@
-// dev/attention_v11.cuh — v11: head_dim 64's warp-specialized backward with 128 queries a step (FlashAttention-3's
-// tile at head_dim 64), for dev/attention.cu to validate and time beside the library's WsBwd<64>
-// (../kernels/attention_sm90_ws_bwd.cuh: 64 queries a step). The math, masks, GQA order, the three warpgroups
-// and their mbarriers and named barriers are the library kernel's:
+// kernels/attention_sm90_ws64_bwd.cuh — head_dim 64's Hopper (sm_90a) attention backward: the warp-specialized
+// kernel of attention_sm90_ws_bwd.cuh (WsBwd) with 128 queries a step, FlashAttention-3's tile at head_dim 64
+// (dev v11; WsBwd<64>, 64 queries a step, is its fallback). The math, masks, GQA order, the three warpgroups
+// and their mbarriers and named barriers are WsBwd's:
 //   dp_tj = dO_t . v_j,  ds_tj = p_tj (dp_tj - D_t),  dq_t = scale sum_j ds_tj k_j,
 //   dk_j = scale sum_{t, h in group} ds_tj q_t,  dv_j = sum_{t, h} p_tj dO_t
 // What differs is the step: BR = 128 queries against the block's BC = 128 keys, so each step's products are
@@ -16,10 +16,12 @@
 // and the writer adds the step's two tiles, each in its own turn; a tile whose keys this block does not
 // see (documents: its first row's document starts after this block) is skipped, as its contributor range
 // (jmin .. jmax of that 64-row tile) says. dq_from_tiles converts them after the kernel, as for WsBwd<64>.
+// Owns: WsBwd64x128, flash_backward_ws64x128_kernel, ws64x128_registers_fit, launch_backward_ws64x128.
 // Shared memory: K, V 16 KB each; Q, dO 2 stages x 16 KB each; dS^T 32 KB; lse/D/starts [2][128]; the dq
 // partials 2 buffers x 2 tiles x 16 KB: ~196 KB, 1 block per SM. Registers: the producer warpgroup keeps 40
 // (the writer's two tiles a step spilled 104 bytes at 24), the compute warpgroups 232 (128 x 40 + 256 x 232 =
-// 384 x 168, the pool at launch); ptxas (CUDA 13.0): 8 bytes of spills.
+// 384 x 168, the pool at launch); ptxas (CUDA 13.0): 8 bytes of spills. attention.cu includes it after
+// attention_sm90_ws_bwd.cuh.
 #pragma once
 
 namespace {
@@ -246,26 +248,35 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-// The launcher (the harness's BwdFn signature); the workspace is Lib<64>::Bwd's (64-row fp32 dq tiles).
+// As ws_registers_fit: the kernel must start at 168 registers a thread for setmaxnreg's pool to be exact.
+inline bool ws64x128_registers_fit() {
+    static int fits = -1;
+    if (fits < 0) {
+        cudaFuncAttributes fa{};
+        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws64x128_kernel), "cudaFuncGetAttributes(flash_backward_ws64x128_kernel)");
+        fits = fa.numRegs == 168;
+        if (!fits)
+            std::printf("notice: the head_dim 64 attention backward of 128 queries a step was built with %d registers a thread, not 168; "
+                        "using the other backward\n", fa.numRegs);
+    }
+    return fits == 1;
+}
+
+// The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<64>::Bwd's (64-row fp32 dq tiles).
 void launch_backward_ws64x128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
                               const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
     using W = WsBwd64x128;
     static_assert(W::TILE_ROWS == Lib<64>::Bwd::BR && W::D == Lib<64>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
     if (!ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}))
-        fail("flash attention: v11 needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
-    static int ready = -1;  // 1: configured; 0: ptxas gave it other than 168 registers (setmaxnreg would wait for ever)
-    if (ready < 0) {
-        cudaFuncAttributes fa{};
-        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws64x128_kernel), "cudaFuncGetAttributes(flash_backward_ws64x128_kernel)");
-        ready = fa.numRegs == 168;
-        if (ready)
-            check_cuda(cudaFuncSetAttribute(flash_backward_ws64x128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
-                       "cudaFuncSetAttribute(flash_backward_ws64x128_kernel)");
-        else
-            std::printf("v11: the kernel starts at %d registers a thread, not 168: not run\n", fa.numRegs);
+        fail("flash attention: this backward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
+    if (!ws64x128_registers_fit()) fail("flash attention: this backward needs 168 registers a thread");
+    static bool configured = false;
+    if (!configured) {
+        check_cuda(cudaFuncSetAttribute(flash_backward_ws64x128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+                   "cudaFuncSetAttribute(flash_backward_ws64x128_kernel)");
+        configured = true;
     }
-    if (!ready) return;
     // prepare_backward with the workspace's 64-row tiles (its counters and fp32 tiles are per 64 rows)
     const BwdArgs p = prepare_backward(W::TILE_ROWS, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
     const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, a.H, W::BR);
