@@ -21,7 +21,8 @@
 // (attention_v7.cuh; the library's until v8), each also checked for bitwise determinism on its own, "dq-bulk"
 // among them (dq added by the TMA); v10 configurations of the warp-specialized backward (WsBwd: Q/dO stages,
 // unordered adds, the producer's registers, dP^T beside the softmax); v11 head_dim 64's warp-specialized backward with 128 queries a step (../kernels/attention_sm90_ws64_bwd.cuh,
-// the library's since it ran; checked for bitwise determinism on its own). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// the library's since it ran; checked for bitwise determinism on its own); v12 the Hopper forward with its
+// warpgroups issuing their products in turn (WgFwdConfig's PP, FlashAttention-3's pingpong). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
@@ -87,7 +88,8 @@ BwdVersion bwd_version(const char* v) {
 template <class W>
 FwdVersion wgmma_fwd_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma", W::D == 64 ? "v5" : "v6", W::D, W::BR, W::BC, W::THREADS / 32, W::NS);
+    std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma%s", W::PP ? "v12" : W::D == 64 ? "v5" : "v6", W::D, W::BR, W::BC,
+                  W::THREADS / 32, W::NS, W::PP ? " pingpong" : "");
     return {s, W::D, launch_forward_wgmma<W>, W::D, true};
 }
 std::vector<FwdVersion> fwd_versions() {
@@ -105,7 +107,9 @@ std::vector<FwdVersion> fwd_versions() {
             wgmma_fwd_version<WgFwdConfig<2, 128, 3, 128>>(),  // 2 warpgroups, 128-key blocks (225 KB)
             wgmma_fwd_version<WgFwdConfig<2, 64, 4, 128>>(),   // 2 warpgroups, 64-key blocks
             wgmma_fwd_version<WgFwdConfig<3, 64, 3, 128>>(),   // 3 warpgroups (168-register cap), 64-key blocks
-            wgmma_fwd_version<WgFwdConfig<3, 64, 4, 128>>()};
+            wgmma_fwd_version<WgFwdConfig<3, 64, 4, 128>>(),
+            wgmma_fwd_version<WgFwdConfig<3, 128, 3, 64, true>>(),    // v12: the library's tiles, the warpgroups' products in turn
+            wgmma_fwd_version<WgFwdConfig<2, 128, 3, 128, true>>()};
 }
 // The Hopper backward (Dh 64 only, sm_90a) with NWG warpgroups per block.
 template <class W>
@@ -531,6 +535,10 @@ int main(int argc, char** argv) {
         print_resources<WgFwdConfig<2, 64, 4, 128>>("v6 fwd D128 wgmma BR128 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<2, 64, 4, 128>>);
         print_resources<WgFwdConfig<3, 64, 3, 128>>("v6 fwd D128 wgmma BR192 BC64 3st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 3, 128>>);
         print_resources<WgFwdConfig<3, 64, 4, 128>>("v6 fwd D128 wgmma BR192 BC64 4st", flash_forward_wgmma_kernel<WgFwdConfig<3, 64, 4, 128>>);
+        print_resources<WgFwdConfig<3, 128, 3, 64, true>>("v12 fwd D64 wgmma BR192 BC128 3st pingpong",
+                                                           flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 3, 64, true>>);
+        print_resources<WgFwdConfig<2, 128, 3, 128, true>>("v12 fwd D128 wgmma BR128 BC128 3st pingpong",
+                                                            flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 3, 128, true>>);
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
         print_resources<WgBwdD128Config<2, 1, true, kDqBulk>>("v7 bwd D128 wgmma BC128 8w x1 tma dq-bulk", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true, kDqBulk>>);

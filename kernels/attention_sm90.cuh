@@ -147,6 +147,15 @@ __device__ __forceinline__ void wgmma_64x32_ss(float (&d)[4][4], uint64_t a, uin
                      : "l"(a), "l"(b), "n"(TA), "n"(TB));
     }
 }
+#if ATTENTION_WGMMA
+// bar.sync on barrier `id` (1..15; 0 is __syncthreads') for `threads` threads of the block; bar.arrive counts
+// this warp towards it without waiting
+__device__ __forceinline__ void named_barrier(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+#endif
+
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -254,9 +263,11 @@ bool wgmma_applies(const AttentionShape& a, std::initializer_list<const void*> p
 // k-steps per half; O += P V is one n64 product per half of V, into o[c] (columns 64c..64c+63). Registers per
 // thread at D 128: O 64, S BC/2, P BC/4, all live at once, so BC 128 fits 2 warpgroups (255 registers at
 // 256 threads), not 3 (168).
-template <int NWG_, int BC_, int NS_, int D_ = 64>
-struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages of K and V, head_dim D (64 or 128)
+template <int NWG_, int BC_, int NS_, int D_ = 64, bool PP_ = false>
+struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages of K and V, head_dim D (64 or 128),
+                      // PP: the warpgroups issue their products in turn (pingpong)
     static constexpr int NWG = NWG_, BC = BC_, NS = NS_, D = D_;
+    static constexpr bool PP = PP_;
     static constexpr int HALVES = D / 64, BR = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
     static constexpr uint32_t Q_HALF = uint32_t(BR) * ROW, KV_HALF = uint32_t(BC) * ROW;  // bytes of one 64-column half
     static constexpr uint32_t STAGE = 2 * HALVES * KV_HALF;                              // K's halves, then V's
@@ -413,13 +424,33 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         for (int c = 0; c < HV; ++c) wgmma_pin(o[c]);
     };
 
+    // PP (FlashAttention-3's pingpong): the warpgroups take turns to issue their products, so that one's
+    // softmax runs while the next one's products hold the tensor cores. Each warpgroup issues n_blocks + 1
+    // times (the first S, each step's S and P V, the last P V); warpgroup w waits for its turn at named
+    // barrier 1 + w (its 128 threads and the 128 of the warpgroup before it, which arrive after issuing) and
+    // hands it on to w + 1 (mod NWG). The last warpgroup opens warpgroup 0's first turn and skips its last
+    // hand-on, so every barrier's arrivals match its waits.
+    auto turn_wait = [&] {
+        if constexpr (W::PP) named_barrier(1 + wg, 256);
+    };
+    auto turn_pass = [&](bool last) {
+        if constexpr (W::PP)
+            if (!(last && wg == NWG - 1)) named_barrier_arrive(1 + (wg + 1) % NWG, 256);
+    };
+    if constexpr (W::PP)
+        if (wg == NWG - 1) named_barrier_arrive(1, 256);
+    // PP: the last warpgroup's first thread refills the stages (the others' turns do not wait for it)
+    const bool loader = tid == (W::PP ? (NWG - 1) * 128 : 0);
+
     mbar_wait(qbar, 0);
     mbar_wait(full, 0);
     {  // the first key block: S, softmax
         float s[NT][4];
+        turn_wait();
         wgmma_fence();
         wg_scores(s, desc_q, desc_k0, KH);
         wgmma_commit();
+        turn_pass(false);
         wgmma_wait<0>();
         wgmma_pin(s);
         float m_use[2];
@@ -438,11 +469,13 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         float s[NT][4], m_use[2];
         pin_o();  // (o *= alpha and the packing of pa stay above the fence)
         wgmma_pin(pa);
+        turn_wait();
         wgmma_fence();
         wg_scores(s, desc_q, stage_desc(desc_k0, n + 1), KH);
         wgmma_commit();
         pv(n);
         wgmma_commit();
+        turn_pass(false);
         wgmma_wait<1>();  // S
         wgmma_pin(s);
         wg_row_max<decltype(mask)::value>(s, m, alpha, m_use, p.scale_log2, (kt_begin + n + 1) * BC + 2 * tq, row0, row_ds, T);
@@ -457,8 +490,8 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         pack_fragments(s, pa);
     };
     for (int n = 0; n + 1 < n_blocks; ++n) {
-        // Thread 0 refills the stage of block n - 1 (every warp is past it) with block n - 1 + NS.
-        if (tid == 0 && n >= 1 && n - 1 + NS < n_blocks) {
+        // The loader refills the stage of block n - 1 (every warp is past it) with block n - 1 + NS.
+        if (loader && n >= 1 && n - 1 + NS < n_blocks) {
             mbar_wait(empty + 8 * ((n - 1) % NS), ((n - 1) / NS) & 1);
             load_block(n - 1 + NS);
         }
@@ -471,9 +504,11 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     // The last block's P V
     pin_o();
     wgmma_pin(pa);
+    turn_wait();
     wgmma_fence();
     pv(n_blocks - 1);
     wgmma_commit();
+    turn_pass(true);
     wgmma_wait<0>();
     pin_o();
 

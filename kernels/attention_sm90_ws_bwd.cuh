@@ -135,8 +135,6 @@ __device__ __forceinline__ void store_dk_dv(const BwdArgs& p, const float (&dk)[
     }
 }
 
-// bar.sync on barrier `id` (1..15; 0 is __syncthreads') for `threads` threads of the block
-__device__ __forceinline__ void named_barrier(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
 template <int N>
