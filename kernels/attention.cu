@@ -838,7 +838,7 @@ void with_lib(int Dh, F&& f) {
 
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
-using HopperFwd = WgFwdConfig<3, 128, 3, 64, true>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages, pingpong
+using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128, true>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096), pingpong
 // The backward: WsBwd (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute warpgroups per 128
 // keys (on an H100 at T = 8192: dev v9 at head_dim 64, 4.10 against 5.41 ms; dev v8 at 128, 468 against v7's
