@@ -4,8 +4,9 @@
 // kernels, with every product on wgmma (the warpgroup-wide asynchronous MMA reading its operands from 128-byte
 // swizzled shared memory) and the loads on the Tensor Memory Accelerator.
 //   forward   flash_forward_wgmma_kernel: head_dim 64: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA
-//             stages; head_dim 128: 2 warpgroups, each row as two 64-column halves; FlashAttention-3's overlap
-//             of one key block's softmax with the next block's products
+//             stages; head_dim 128: 2 warpgroups, each row as two 64-column halves, issuing their products in
+//             turn (FlashAttention-3's pingpong); FlashAttention-3's overlap of one key block's softmax with the
+//             next block's products
 // attention.cu includes this file after its own kernels (it uses FwdArgs, ...) and runs the Hopper kernels
 // where wgmma_applies() and the mma.sync ones elsewhere; what they measured against the mma.sync kernels, and
 // what would make them faster: dev/NOTES.md.
