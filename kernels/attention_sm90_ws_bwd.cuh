@@ -141,6 +141,25 @@ template <int N>
 __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 #endif
 
+#if ATTENTION_WGMMA
+// The warp-specialized backwards' start (thread 0): this block's ticket (its key block and chain, in the order
+// the blocks start) and the barriers: full / empty [stages] (the Q, dO stage's tiles and rows have landed /
+// the compute warps are done with it), dq_full / dq_empty [2] (the compute warps wrote the dq partial / the
+// writer's copies have read it).
+__device__ __forceinline__ int ws_start(const BwdArgs& p, uint32_t full, uint32_t empty, uint32_t dq_full, uint32_t dq_empty, int stages) {
+    for (int s = 0; s < stages; ++s) {
+        mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
+        mbar_init(empty + 8 * s, 8);      // the 8 compute warps
+    }
+    for (int s = 0; s < 2; ++s) {
+        mbar_init(dq_full + 8 * s, 8);   // the 8 compute warps
+        mbar_init(dq_empty + 8 * s, 1);  // the writer
+    }
+    mbar_init_fence();
+    return int(atomicAdd(p.ticket, 1u));
+}
+#endif
+
 // tm_q, tm_do: q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column half of
 // one head (head_rows_map with 2H heads).
 template <class W>
@@ -163,18 +182,7 @@ __global__ void __launch_bounds__(384, 1)
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
     const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
-    if (tid == 0) {
-        s_ticket = int(atomicAdd(p.ticket, 1u));
-        for (int s = 0; s < NS; ++s) {
-            mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
-            mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
-        }
-        for (int s = 0; s < 2; ++s) {
-            mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their part of the partial
-            mbar_init(dq_empty + 8 * s, 1);   // the writer's copy has read it
-        }
-        mbar_init_fence();
-    }
+    if (tid == 0) s_ticket = ws_start(p, full, empty, dq_full, dq_empty, NS);
     __syncthreads();
     const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
     const int64_t kv_stride = int64_t(KVH) * D;
