@@ -82,7 +82,16 @@ __global__ void __launch_bounds__(384, 1)
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
     const int nqt = (T + BR - 1) / BR, nqt64 = (T + TR - 1) / TR, nchains = p.B * KVH;
-    if (tid == 0) s_ticket = ws_start(p, full, empty, dq_full, dq_empty, 2);
+    if (tid == 0) {
+        s_ticket = int(atomicAdd(p.ticket, 1u));
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
+            mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
+            mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their tiles of the partial
+            mbar_init(dq_empty + 8 * s, 1);   // the writer's copies have read them
+        }
+        mbar_init_fence();
+    }
     __syncthreads();
     const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
     const int64_t kv_stride = int64_t(KVH) * D;
@@ -111,14 +120,7 @@ __global__ void __launch_bounds__(384, 1)
                     tma_load_4d(sQ + st * QT, &tm_q, bar, 0, h, q0, b);
                     tma_load_4d(sdO + st * QT, &tm_do, bar, 0, h, q0, b);
                 }
-#pragma unroll
-                for (int r = lane; r < BR; r += 32) {
-                    const bool ok = q0 + r < T;
-                    const int64_t rix = (int64_t(b) * H + h) * T + q0 + r;
-                    lse_s[st * BR + r] = ok ? p.lse[rix] : 0.f;
-                    dr_s[st * BR + r] = ok ? p.Dr[rix] : 0.f;
-                    ds_s[st * BR + r] = doc && ok ? doc[q0 + r] : 0;
-                }
+                ws_load_rows<BR>(p, doc, T, H, b, h, q0, lane, lse_s + st * BR, dr_s + st * BR, ds_s + st * BR);
                 mbar_arrive(full + 8 * st);  // (release: the stores above, to the compute threads' wait)
             }
         } else if (warp == 1 && lane == 0) {  // each step's two dq tiles into the workspace, each in its turn

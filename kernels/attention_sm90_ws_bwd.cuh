@@ -142,21 +142,19 @@ __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.
 #endif
 
 #if ATTENTION_WGMMA
-// The warp-specialized backwards' start (thread 0): this block's ticket (its key block and chain, in the order
-// the blocks start) and the barriers: full / empty [stages] (the Q, dO stage's tiles and rows have landed /
-// the compute warps are done with it), dq_full / dq_empty [2] (the compute warps wrote the dq partial / the
-// writer's copies have read it).
-__device__ __forceinline__ int ws_start(const BwdArgs& p, uint32_t full, uint32_t empty, uint32_t dq_full, uint32_t dq_empty, int stages) {
-    for (int s = 0; s < stages; ++s) {
-        mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
-        mbar_init(empty + 8 * s, 8);      // the 8 compute warps
+// The producer's rows of a step (one warp): lse, D and document starts of queries q0 .. q0 + BR of head h
+// (zeros past T).
+template <int BR>
+__device__ __forceinline__ void ws_load_rows(const BwdArgs& p, const int32_t* doc, int T, int H, int b, int h, int q0, int lane,
+                                             float* lse_s, float* dr_s, int* ds_s) {
+#pragma unroll
+    for (int r = lane; r < BR; r += 32) {
+        const bool ok = q0 + r < T;
+        const int64_t rix = (int64_t(b) * H + h) * T + q0 + r;
+        lse_s[r] = ok ? p.lse[rix] : 0.f;
+        dr_s[r] = ok ? p.Dr[rix] : 0.f;
+        ds_s[r] = doc && ok ? doc[q0 + r] : 0;
     }
-    for (int s = 0; s < 2; ++s) {
-        mbar_init(dq_full + 8 * s, 8);   // the 8 compute warps
-        mbar_init(dq_empty + 8 * s, 1);  // the writer
-    }
-    mbar_init_fence();
-    return int(atomicAdd(p.ticket, 1u));
 }
 #endif
 
@@ -182,7 +180,18 @@ __global__ void __launch_bounds__(384, 1)
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4;
     const int T = p.T, H = p.H, KVH = p.KVH, G = H / KVH;
     const int nqt = (T + BR - 1) / BR, nchains = p.B * KVH;
-    if (tid == 0) s_ticket = ws_start(p, full, empty, dq_full, dq_empty, NS);
+    if (tid == 0) {
+        s_ticket = int(atomicAdd(p.ticket, 1u));
+        for (int s = 0; s < NS; ++s) {
+            mbar_init(full + 8 * s, 1 + 32);  // the TMA's bytes (thread 0 of warp 0) and warp 0's 32 lanes (lse, D, starts)
+            mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
+        }
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their part of the partial
+            mbar_init(dq_empty + 8 * s, 1);   // the writer's copy has read it
+        }
+        mbar_init_fence();
+    }
     __syncthreads();
     const int j = s_ticket / nchains, bg = s_ticket % nchains, b = bg / KVH, g = bg % KVH, k0 = j * BC;
     const int64_t kv_stride = int64_t(KVH) * D;
@@ -217,14 +226,7 @@ __global__ void __launch_bounds__(384, 1)
                         tma_load_4d(sdo + c * QH, &tm_do, bar, 0, NH * h + c, q0, b);
                     }
                 }
-#pragma unroll
-                for (int r = lane; r < BR; r += 32) {
-                    const bool ok = q0 + r < T;
-                    const int64_t rix = (int64_t(b) * H + h) * T + q0 + r;
-                    lse_s[st * BR + r] = ok ? p.lse[rix] : 0.f;
-                    dr_s[st * BR + r] = ok ? p.Dr[rix] : 0.f;
-                    ds_s[st * BR + r] = doc && ok ? doc[q0 + r] : 0;
-                }
+                ws_load_rows<BR>(p, doc, T, H, b, h, q0, lane, lse_s + st * BR, dr_s + st * BR, ds_s + st * BR);
                 mbar_arrive(full + 8 * st);  // (release: the stores above, to the compute threads' wait)
             }
         } else if (warp == 1 && lane == 0) {  // the dq partials into their tiles, each in its turn
