@@ -842,9 +842,11 @@ using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128, true>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096), pingpong
 // The backward: WsBwd (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute warpgroups per 128
 // keys (on an H100 at T = 8192: dev v9 at head_dim 64, 4.10 against 5.41 ms; dev v8 at 128, 468 against v7's
-// 338 TFLOP/s). Where its register budget does not hold (ws_registers_fit), head_dim 64 runs HopperBwd (one
-// warpgroup per 64 keys, 3 blocks per SM, Q and dO by the TMA, dq partials added by the TMA from shared
-// memory: dev v5 dq-bulk) and 128 the mma.sync backward.
+// 338 TFLOP/s); at head_dim 64 first its variant of 128 queries a step (attention_sm90_ws64_bwd.cuh, dev v11:
+// 3.58 against WsBwd<64>'s 4.05 ms). Where a kernel's register budget does not hold (ws64x128_registers_fit,
+// ws_registers_fit), the next one runs: at head_dim 64 WsBwd<64>, then HopperBwd (one warpgroup per 64 keys,
+// 3 blocks per SM, Q and dO by the TMA, dq partials added by the TMA from shared memory: dev v5 dq-bulk); at
+// 128 the mma.sync backward.
 using HopperWsBwd64 = WsBwd<64>;
 using HopperWsBwd128 = WsBwd<128>;
 using HopperBwd = WgBwdConfig<1, 3, true, kDqBulk>;

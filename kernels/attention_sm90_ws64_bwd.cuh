@@ -243,16 +243,9 @@ __global__ void __launch_bounds__(384, 1)
 
 // As ws_registers_fit: the kernel must start at 168 registers a thread for setmaxnreg's pool to be exact.
 inline bool ws64x128_registers_fit() {
-    static int fits = -1;
-    if (fits < 0) {
-        cudaFuncAttributes fa{};
-        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws64x128_kernel), "cudaFuncGetAttributes(flash_backward_ws64x128_kernel)");
-        fits = fa.numRegs == 168;
-        if (!fits)
-            std::printf("notice: the head_dim 64 attention backward of 128 queries a step was built with %d registers a thread, not 168; "
-                        "using the other backward\n", fa.numRegs);
-    }
-    return fits == 1;
+    static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_backward_ws64x128_kernel),
+                                                     "head_dim 64 attention backward of 128 queries a step");
+    return fits;
 }
 
 // The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<64>::Bwd's (64-row fp32 dq tiles).

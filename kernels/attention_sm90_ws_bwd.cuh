@@ -368,20 +368,22 @@ bool ws_backward_applies(const AttentionShape& a, std::initializer_list<const vo
 
 // setmaxnreg moves 168 - PREG registers from each producer thread to (168 - PREG) / 2 more for each compute
 // thread (24: 144 to 72): the pool is exact only when the kernel starts at 168 a thread (the most
-// __launch_bounds__(384, 1) allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once; where ptxas chose otherwise, the other backward
-// runs instead (with a notice).
+// __launch_bounds__(384, 1) allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once per
+// kernel (the callers' statics); where ptxas chose otherwise, the next backward runs instead (with a notice
+// naming `what`).
+inline bool starts_at_168_registers(const void* kernel, const char* what) {
+    cudaFuncAttributes fa{};
+    check_cuda(cudaFuncGetAttributes(&fa, kernel), "cudaFuncGetAttributes(attention backward)");
+    if (fa.numRegs != 168)
+        std::printf("notice: the %s was built with %d registers a thread, not 168; using the next backward\n", what, fa.numRegs);
+    return fa.numRegs == 168;
+}
 template <class W>
 bool ws_registers_fit() {
-    static int fits = -1;
-    if (fits < 0) {
-        cudaFuncAttributes fa{};
-        check_cuda(cudaFuncGetAttributes(&fa, flash_backward_ws_kernel<W>), "cudaFuncGetAttributes(flash_backward_ws_kernel)");
-        fits = fa.numRegs == 168;
-        if (!fits)
-            std::printf("notice: the head_dim %d warp-specialized attention backward was built with %d registers a thread, not 168; "
-                        "using the other backward\n", W::D, fa.numRegs);
-    }
-    return fits == 1;
+    static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_backward_ws_kernel<W>),
+                                                     W::D == 64 ? "head_dim 64 warp-specialized attention backward"
+                                                                : "head_dim 128 warp-specialized attention backward");
+    return fits;
 }
 
 // The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<D>::Bwd's (BR 64, fp32 dq tiles).
