@@ -5,8 +5,9 @@
 // as llama.cu issues them) stand against the memory they must move, in GB/s. Operands hold random values
 // (zeros draw less power and run faster than training does). The two sides of a question alternate, 10
 // rounds of 10 products each, and each side keeps its median round: a sustained run slows as the GPU heats,
-// and alternating gives both sides the same clocks.
-//   make build/gemm_bench && ./build/gemm_bench
+// and alternating gives both sides the same clocks. A fourth: the lm_head's two products (logits = x E^T, dx =
+// dlogits E) over a whole step's tokens, chunk by chunk, at the chunk's row count llama.cu picks and others.
+//   make build/gemm_bench && ./build/gemm_bench [head]   (head: only the fourth question)
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -93,7 +94,8 @@ std::vector<LoraProduct> lora_products(int tokens, int D, int q, int kv, int F) 
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+    const bool head_only = argc > 1 && std::string(argv[1]) == "head";
     cudaStream_t stream;
     check_cuda(cudaStreamCreate(&stream), "stream");
     Gemm g = gemm_create(stream);
@@ -114,7 +116,7 @@ int main() {
                             {"1b k/v_proj, 8192 tokens", 8192, 512, 2048},      {"1b gate/up_proj, 8192 tokens", 8192, 8192, 2048},
                             {"1b down_proj, 8192 tokens", 8192, 2048, 8192}};
     std::printf("%-32s %10s %14s\n", "y = x W^T", "alone", "+ C (epilogue)");
-    for (const Shape& s : shapes) {
+    for (const Shape& s : head_only ? std::vector<Shape>{} : std::vector<Shape>(std::begin(shapes), std::end(shapes))) {
         double plain = 0, added = 0;
         time_pair(g, [&] { matmul_nt(g, y, x, w, s.M, s.N, s.K); }, [&] { matmul_nt_add(g, y, c, x, w, s.M, s.N, s.K); }, plain, added);
         std::printf("%-32s %10.1f %14.1f\n", s.name, tflops(s.M, s.N, s.K, plain), tflops(s.M, s.N, s.K, added));
@@ -130,6 +132,7 @@ int main() {
                             {"1b gate,up, 8192 tokens", 8192, 2048, 2, {8192, 8192, 0}}};
     std::printf("\n%-32s %10s %14s\n", "projection group", "separate", "one product");
     for (const Group& gr : groups) {
+        if (head_only) break;
         int total = 0;
         for (int i = 0; i < gr.n; ++i) total += gr.widths[i];
         auto separate = [&] {
@@ -152,6 +155,7 @@ int main() {
     };
     const Model models[] = {{"1b, 8192 tokens", 8192, 2048, 2048, 512, 8192, 16}, {"7b, 4096 tokens", 4096, 4096, 4096, 4096, 11008, 32}};
     for (const Model& m : models) {
+        if (head_only) break;
         std::printf("\nLoRA r=16, one layer of %-18s %9s %9s %9s\n", m.name, "us", "GB/s", "TFLOP/s");
         double total_ms = 0, total_bytes = 0;
         for (const LoraProduct& p : lora_products(m.tokens, m.D, m.q, m.kv, m.F)) {
@@ -173,6 +177,36 @@ int main() {
                     m.layers, total_ms * m.layers, total_bytes / 3.35e12 * 1e3 * m.layers);
     }
     device_free(f32);
+
+    // The head: both products over all tokens, head_rows at a time; the rows llama.cu picks (256 MiB of bf16
+    // logits: 1,046 at the 1B's vocabulary) against multiples of 128.
+    struct Head {
+        const char* name;
+        int tokens, D, V;
+        std::vector<int> rows;
+    };
+    const Head heads[] = {{"1b, 8192 tokens, vocab 128256", 8192, 2048, 128256, {1024, 2048, 4096, 8192}},
+                          {"7b, 4096 tokens, vocab 32000", 4096, 4096, 32000, {1024, 2048}}};
+    bf16* emb = random_matrix(size_t(128256) * 2048, 5);
+    bf16* logits = random_matrix(size_t(8192) * 128256, 6);
+    for (const Head& hd : heads) {
+        const int now = int(std::min<int64_t>(hd.tokens, (256ll << 20) / (int64_t(hd.V) * 2)));
+        auto head = [&](int rows) {
+            for (int r0 = 0; r0 < hd.tokens; r0 += rows) {
+                int n = std::min(rows, hd.tokens - r0);
+                matmul_nt(g, logits, x + size_t(r0) * hd.D, emb, n, hd.V, hd.D);
+                matmul_nn(g, y + size_t(r0) * hd.D, logits, emb, n, hd.D, hd.V);
+            }
+        };
+        const double flop = 4.0 * hd.tokens * double(hd.V) * hd.D;
+        std::printf("\nlm_head, %-30s %12s %12s   (ms, TFLOP/s of both products)\n", hd.name, "now", "rows");
+        for (int rows : hd.rows) {
+            double a = 0, b = 0;
+            time_pair(g, [&] { head(now); }, [&] { head(rows); }, a, b);
+            std::printf("  %5d rows now against %5d   %6.2f (%4.0f) %6.2f (%4.0f)\n", now, rows, a, flop / (a * 1e9), b, flop / (b * 1e9));
+        }
+    }
+    device_free(emb), device_free(logits);
     gemm_destroy(g);
     return 0;
 }
