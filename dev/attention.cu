@@ -22,15 +22,16 @@
 // among them (dq added by the TMA); v10 configurations of the warp-specialized backward (WsBwd: Q/dO stages,
 // unordered adds, the producer's registers, dP^T beside the softmax); v11 head_dim 64's warp-specialized backward with 128 queries a step (../kernels/attention_sm90_ws64_bwd.cuh,
 // the library's since it ran; checked for bitwise determinism on its own); v12 the Hopper forward with its
-// warpgroups issuing their products in turn (WgFwdConfig's PP, FlashAttention-3's pingpong); v13 the same
-// kernel with one block per SM, each walking its share of the tiles (the library's since; v5, v6 and v12 are
-// now that kernel launched with one block per tile; "7 blocks": a few blocks walking many tiles each, so that
-// the checks' small shapes run the ring of stages across tiles). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// warpgroups issuing their products in turn (WgFwdConfig's PP, FlashAttention-3's pingpong); v13 the forward
+// as a persistent kernel, one block per SM walking its share of the tiles (attention_v13.cuh; not kept: its
+// code is slower a key block; "7 blocks": a few blocks walking many tiles each, so that the checks' small
+// shapes run the ring of stages across tiles). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
 #include "kernels/attention.cu"
 #include "attention_v7.cuh"
+#include "attention_v13.cuh"
 #include "../test/reference.h"
 
 #include <algorithm>
@@ -86,13 +87,11 @@ BwdVersion bwd_version(const char* v) {
     return {bwd_name<C>(v), C::D, launch_backward<C>, backward_workspace_bytes<C>, C::DQ == kDqAtomic || C::DQ == kDqNone};
 }
 
-// The Hopper forward launched with one block per tile (v5, v6, v12: as it ran until v13) or one per SM (v13,
-// the library's since: each block walks its share of the tiles).
-// BLOCKS: launch_forward_wgmma's (0: one per tile, -1: one per SM, else that many).
-template <class W, int BLOCKS>
-void wgmma_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o, float* lse,
-                   cudaStream_t stream) {
-    launch_forward_wgmma<W>(a, q, k, v, doc_start, o, lse, stream, BLOCKS);
+// v13 (attention_v13.cuh): the persistent forward with BLOCKS blocks (-1: one per SM, 0: one per tile, else that many).
+template <class P, int BLOCKS>
+void persistent_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o,
+                        float* lse, cudaStream_t stream) {
+    launch_forward_persistent<P>(a, q, k, v, doc_start, o, lse, stream, BLOCKS);
 }
 // The Hopper forward (sm_90a) at head_dim W::D: NWG warpgroups (64 query rows each), BC keys per block, NS
 // stages; "v5" at head_dim 64, "v6" at 128.
@@ -101,28 +100,28 @@ FwdVersion wgmma_fwd_version() {
     char s[96];
     std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma%s", W::PP ? "v12" : W::D == 64 ? "v5" : "v6", W::D, W::BR, W::BC,
                   W::THREADS / 32, W::NS, W::PP ? " pingpong" : "");
-    return {s, W::D, wgmma_forward<W, 0>, W::D, true};
+    return {s, W::D, launch_forward_wgmma<W>, W::D, true};
 }
-template <class W>
+template <class P>
 FwdVersion persistent_fwd_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v13 fwd D%d BR%d BC%d %dw %dst %dq persistent%s", W::D, W::BR, W::BC, W::THREADS / 32, W::NS, W::QB,
-                  W::PP ? " pingpong" : "");
-    return {s, W::D, wgmma_forward<W, -1>, W::D, true};
+    std::snprintf(s, sizeof s, "v13 fwd D%d BR%d BC%d %dw %dst %dq persistent%s", P::D, P::BR, P::BC, P::THREADS / 32, P::NS, P::QB,
+                  P::PP ? " pingpong" : "");
+    return {s, P::D, persistent_forward<P, -1>, P::D, true};
 }
 // The same kernel with 7 blocks, so that the checks' small shapes (16 to 48 tiles) run many tiles a block:
 // the ring of stages across tiles, both Q buffers, the odd rounds walked backwards, the turns across tiles.
-template <class W>
+template <class P>
 FwdVersion few_blocks_fwd_version() {
-    FwdVersion v = persistent_fwd_version<W>();
+    FwdVersion v = persistent_fwd_version<P>();
     v.name += " 7 blocks";
-    v.run = wgmma_forward<W, 7>;
+    v.run = persistent_forward<P, 7>;
     return v;
 }
-using V13D64 = WgFwdConfig<3, 128, 3, 64, false, 2>;   // the library's head_dim 64 tiles, two Q buffers (the library's)
-using V13D64x2 = WgFwdConfig<2, 128, 4, 64, false, 2>;  // 128-row tiles (T = 1,024: no partial tile)
-using V13D128 = WgFwdConfig<2, 128, 3, 128, true>;      // the library's head_dim 128 tiles, one Q buffer (the library's)
-using V13D128q2 = WgFwdConfig<2, 128, 2, 128, true, 2>; // two stages, two Q buffers
+using V13D64 = PersistFwd<WgFwdConfig<3, 128, 3>, 2>;                // the library's head_dim 64 tiles, two Q buffers
+using V13D64x2 = PersistFwd<WgFwdConfig<2, 128, 4>, 2>;              // 128-row tiles (T = 1,024: no partial tile)
+using V13D128 = PersistFwd<WgFwdConfig<2, 128, 3, 128, true>, 1>;    // the library's head_dim 128 tiles, one Q buffer
+using V13D128q2 = PersistFwd<WgFwdConfig<2, 128, 2, 128, true>, 2>;  // two stages, two Q buffers
 std::vector<FwdVersion> fwd_versions() {
     return {{"v1 fwd library", 0, flash_attention_forward},
             fwd_version<Lib<64>::Fwd>("v1m"),                     // the mma.sync forward head_dim 64 runs on other GPUs
@@ -146,6 +145,7 @@ std::vector<FwdVersion> fwd_versions() {
             persistent_fwd_version<V13D128>(),
             persistent_fwd_version<V13D128q2>(),
             few_blocks_fwd_version<V13D64>(),
+            few_blocks_fwd_version<V13D64x2>(),
             few_blocks_fwd_version<V13D128>(),
             few_blocks_fwd_version<V13D128q2>()};
 }
@@ -577,10 +577,10 @@ int main(int argc, char** argv) {
                                                            flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 3, 64, true>>);
         print_resources<WgFwdConfig<2, 128, 3, 128, true>>("v12 fwd D128 wgmma BR128 BC128 3st pingpong",
                                                             flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 3, 128, true>>);
-        print_resources<V13D64>("v13 fwd D64 BR192 3st 2q persistent", flash_forward_wgmma_kernel<V13D64>);
-        print_resources<V13D64x2>("v13 fwd D64 BR128 4st 2q persistent", flash_forward_wgmma_kernel<V13D64x2>);
-        print_resources<V13D128>("v13 fwd D128 BR128 3st 1q persistent pp", flash_forward_wgmma_kernel<V13D128>);
-        print_resources<V13D128q2>("v13 fwd D128 BR128 2st 2q persistent pp", flash_forward_wgmma_kernel<V13D128q2>);
+        print_resources<V13D64>("v13 fwd D64 BR192 3st 2q persistent", flash_forward_persistent_kernel<V13D64>);
+        print_resources<V13D64x2>("v13 fwd D64 BR128 4st 2q persistent", flash_forward_persistent_kernel<V13D64x2>);
+        print_resources<V13D128>("v13 fwd D128 BR128 3st 1q persistent pp", flash_forward_persistent_kernel<V13D128>);
+        print_resources<V13D128q2>("v13 fwd D128 BR128 2st 2q persistent pp", flash_forward_persistent_kernel<V13D128q2>);
         print_resources<WgBwdD128Config<2, 1, true>>("v7 bwd D128 wgmma BC128 8w x1 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true>>);
         print_resources<WgBwdD128Config<1, 2, true>>("v7 bwd D128 wgmma BC64 4w x2 tma", flash_backward_wgmma_d128_kernel<WgBwdD128Config<1, 2, true>>);
         print_resources<WgBwdD128Config<2, 1, true, kDqBulk>>("v7 bwd D128 wgmma BC128 8w x1 tma dq-bulk", flash_backward_wgmma_d128_kernel<WgBwdD128Config<2, 1, true, kDqBulk>>);

@@ -838,7 +838,7 @@ void with_lib(int Dh, F&& f) {
 
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
-using HopperFwd = WgFwdConfig<3, 128, 3, 64, false, 2>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages, 2 Q buffers
+using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
 using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128, true>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096), pingpong
 // The backward: WsBwd (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute warpgroups per 128
 // keys (on an H100 at T = 8192: dev v9 at head_dim 64, 4.10 against 5.41 ms; dev v8 at 128, 468 against v7's
@@ -871,10 +871,9 @@ size_t flash_attention_backward_workspace(const AttentionShape& a) {
 void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start,
                              bf16* o, float* lse, cudaStream_t stream) {
     check_shape(a, {q, k, v, o});
-    if (use_hopper && wgmma_forward_applies<HopperFwd>(a, {q, k, v, o}))
-        launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream, -1);
+    if (use_hopper && wgmma_forward_applies<HopperFwd>(a, {q, k, v, o})) launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream);
     else if (use_hopper && wgmma_forward_applies<HopperFwdD128>(a, {q, k, v, o}))
-        launch_forward_wgmma<HopperFwdD128>(a, q, k, v, doc_start, o, lse, stream, -1);
+        launch_forward_wgmma<HopperFwdD128>(a, q, k, v, doc_start, o, lse, stream);
     else with_lib(a.Dh, [&](auto lib) { launch_forward<typename decltype(lib)::Fwd>(a, q, k, v, doc_start, o, lse, stream); });
 }
 
