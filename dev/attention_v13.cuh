@@ -241,25 +241,7 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         if (loader) top_up(j0, t + 1);
         __syncwarp();
 
-        // o = O / l, lse = (m + log2 l) ln 2
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            float lt = l[hf];
-            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-            const float inv = lt > 0.f ? 1.f / lt : 0.f;
-            const int row = row0 + 8 * hf;
-            if (row < T) {
-                bf16* orow = p.o + (int64_t(b) * T + row) * (int64_t(H) * W::D) + int64_t(h) * W::D;
-#pragma unroll
-                for (int c = 0; c < HV; ++c)
-#pragma unroll
-                    for (int nd = 0; nd < 8; ++nd)
-                        *reinterpret_cast<__nv_bfloat162*>(orow + c * 64 + nd * 8 + 2 * tq) =
-                            __floats2bfloat162_rn(o[c][nd][2 * hf] * inv, o[c][nd][2 * hf + 1] * inv);
-                if (tq == 0) p.lse[(int64_t(b) * H + h) * T + row] = m[hf] * kLn2 + logf(lt);
-            }
-        }
+        wg_store_o_lse<HV>(p, o, m, l, b, h, row0, tq);
     }
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there

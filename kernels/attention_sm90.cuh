@@ -354,6 +354,33 @@ __device__ __forceinline__ void wg_exp(float (&s)[NT][4], float (&l)[2], const f
 }
 #endif
 
+#if ATTENTION_WGMMA
+// The end of a tile, this thread's two rows (row0, row0 + 8): o = O / l (l summed over the quad), lse =
+// (m + log2 l) ln 2, rows past T not written.
+template <int HV>
+__device__ __forceinline__ void wg_store_o_lse(const FwdArgs& p, const float (&o)[HV][8][4], const float (&m)[2], const float (&l)[2],
+                                               int b, int h, int row0, int tq) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+        float lt = l[hf];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const int row = row0 + 8 * hf;
+        if (row < p.T) {
+            bf16* orow = p.o + (int64_t(b) * p.T + row) * (int64_t(p.H) * HV * 64) + int64_t(h) * HV * 64;
+#pragma unroll
+            for (int c = 0; c < HV; ++c)
+#pragma unroll
+                for (int nd = 0; nd < 8; ++nd)
+                    *reinterpret_cast<__nv_bfloat162*>(orow + c * 64 + nd * 8 + 2 * tq) =
+                        __floats2bfloat162_rn(o[c][nd][2 * hf] * inv, o[c][nd][2 * hf + 1] * inv);
+            if (tq == 0) p.lse[(int64_t(b) * p.H + h) * p.T + row] = m[hf] * kLn2 + logf(lt);
+        }
+    }
+}
+#endif
+
 // o[t] = sum_j softmax_j(scale q_t . k_j) v_j over doc_start[t] <= j <= t;  lse[t] = log sum_j exp(...)
 // tm_q, tm_k, tm_v: q, k, v as 4-D maps (64 columns, HALVES heads, t, b) whose boxes are BR (q) or BC (k, v)
 // tokens of one half of one head.
@@ -513,25 +540,7 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     wgmma_wait<0>();
     pin_o();
 
-    // o = O / l, lse = (m + log2 l) ln 2
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-        float lt = l[hf];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        const int row = row0 + 8 * hf;
-        if (row < T) {
-            bf16* orow = p.o + (int64_t(b) * T + row) * (int64_t(H) * W::D) + int64_t(h) * W::D;
-#pragma unroll
-            for (int c = 0; c < HV; ++c)
-#pragma unroll
-                for (int nd = 0; nd < 8; ++nd)
-                    *reinterpret_cast<__nv_bfloat162*>(orow + c * 64 + nd * 8 + 2 * tq) =
-                        __floats2bfloat162_rn(o[c][nd][2 * hf] * inv, o[c][nd][2 * hf + 1] * inv);
-            if (tq == 0) p.lse[(int64_t(b) * H + h) * T + row] = m[hf] * kLn2 + logf(lt);
-        }
-    }
+    wg_store_o_lse<HV>(p, o, m, l, b, h, row0, tq);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
 #endif
