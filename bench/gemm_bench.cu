@@ -6,7 +6,8 @@
 // (zeros draw less power and run faster than training does). The two sides of a question alternate, 10
 // rounds of 10 products each, and each side keeps its median round: a sustained run slows as the GPU heats,
 // and alternating gives both sides the same clocks. A fourth: the lm_head's two products (logits = x E^T, dx =
-// dlogits E) over a whole step's tokens, chunk by chunk, at the chunk's row count llama.cu picks and others.
+// dlogits E) over a whole step's tokens, chunk by chunk, at the rows of a 256 MiB chunk (what llama.cu took
+// before 2026-12-07: 1,046 at the 1B's vocabulary) against multiples of 128 (llama.cu now: 2,048 there).
 //   make build/gemm_bench && ./build/gemm_bench [head]   (head: only the fourth question)
 #include <algorithm>
 #include <cstdio>
@@ -116,7 +117,8 @@ int main(int argc, char** argv) {
                             {"1b k/v_proj, 8192 tokens", 8192, 512, 2048},      {"1b gate/up_proj, 8192 tokens", 8192, 8192, 2048},
                             {"1b down_proj, 8192 tokens", 8192, 2048, 8192}};
     std::printf("%-32s %10s %14s\n", "y = x W^T", "alone", "+ C (epilogue)");
-    for (const Shape& s : head_only ? std::vector<Shape>{} : std::vector<Shape>(std::begin(shapes), std::end(shapes))) {
+    for (const Shape& s : shapes) {
+        if (head_only) break;
         double plain = 0, added = 0;
         time_pair(g, [&] { matmul_nt(g, y, x, w, s.M, s.N, s.K); }, [&] { matmul_nt_add(g, y, c, x, w, s.M, s.N, s.K); }, plain, added);
         std::printf("%-32s %10.1f %14.1f\n", s.name, tflops(s.M, s.N, s.K, plain), tflops(s.M, s.N, s.K, added));
@@ -178,8 +180,8 @@ int main(int argc, char** argv) {
     }
     device_free(f32);
 
-    // The head: both products over all tokens, head_rows at a time; the rows llama.cu picks (256 MiB of bf16
-    // logits: 1,046 at the 1B's vocabulary) against multiples of 128.
+    // The head: both products over all tokens, a chunk of rows at a time: a 256 MiB chunk of bf16 logits (1,046
+    // rows at the 1B's vocabulary) against multiples of 128.
     struct Head {
         const char* name;
         int tokens, D, V;
@@ -190,7 +192,7 @@ int main(int argc, char** argv) {
     bf16* emb = random_matrix(size_t(128256) * 2048, 5);
     bf16* logits = random_matrix(size_t(8192) * 128256, 6);
     for (const Head& hd : heads) {
-        const int now = int(std::min<int64_t>(hd.tokens, (256ll << 20) / (int64_t(hd.V) * 2)));
+        const int mib256 = int(std::min<int64_t>(hd.tokens, (256ll << 20) / (int64_t(hd.V) * 2)));
         auto head = [&](int rows) {
             for (int r0 = 0; r0 < hd.tokens; r0 += rows) {
                 int n = std::min(rows, hd.tokens - r0);
@@ -199,11 +201,11 @@ int main(int argc, char** argv) {
             }
         };
         const double flop = 4.0 * hd.tokens * double(hd.V) * hd.D;
-        std::printf("\nlm_head, %-30s %12s %12s   (ms, TFLOP/s of both products)\n", hd.name, "now", "rows");
+        std::printf("\nlm_head, %-30s %12s %12s   (ms, TFLOP/s of both products)\n", hd.name, "256 MiB", "rows");
         for (int rows : hd.rows) {
             double a = 0, b = 0;
-            time_pair(g, [&] { head(now); }, [&] { head(rows); }, a, b);
-            std::printf("  %5d rows now against %5d   %6.2f (%4.0f) %6.2f (%4.0f)\n", now, rows, a, flop / (a * 1e9), b, flop / (b * 1e9));
+            time_pair(g, [&] { head(mib256); }, [&] { head(rows); }, a, b);
+            std::printf("  %5d rows against %5d       %6.2f (%4.0f) %6.2f (%4.0f)\n", mib256, rows, a, flop / (a * 1e9), b, flop / (b * 1e9));
         }
     }
     device_free(emb), device_free(logits);
