@@ -25,7 +25,8 @@
 // warpgroups issuing their products in turn (WgFwdConfig's PP, FlashAttention-3's pingpong); v13 the forward
 // as a persistent kernel, one block per SM walking its share of the tiles (attention_v13.cuh; not kept: its
 // code is slower a key block; "7 blocks": a few blocks walking many tiles each, so that the checks' small
-// shapes run the ring of stages across tiles). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// shapes run the ring of stages across tiles); v14 the warp-specialized backwards (v11 at head_dim 64,
+// WsBwd<128>) with each step issuing the next step's S^T early (NEXT_S), each checked for bitwise determinism. "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
@@ -175,15 +176,16 @@ void launch_ws_checked(const AttentionShape& a, const bf16* q, const bf16* k, co
                        const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
     if (ws_registers_fit<W>()) launch_backward_ws<W>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
 }
-// v11 likewise: not run where its kernel does not start at 168 registers.
+// v11 likewise: not run where its kernel does not start at 168 registers (NEXT_S: v14, the next S^T early).
+template <bool NEXT_S = false>
 void v11_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
                   const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
-    if (ws64x128_registers_fit()) launch_backward_ws64x128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    if (ws64x128_registers_fit<NEXT_S>()) launch_backward_ws64x128<NEXT_S>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
 }
 template <class W>
 BwdVersion ws_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "v10 bwd D%d ws %dst p%d%s%s", W::D, W::NS, W::PREG, W::EARLY_DP ? " early-dp" : "",
+    std::snprintf(s, sizeof s, "%s bwd D%d ws %dst p%d%s%s", W::NEXT_S ? "v14" : "v10", W::D, W::NS, W::PREG, W::EARLY_DP ? " early-dp" : "",
                   W::DQ == kDqAtomic ? " dq-any-order" : "");
     return {s, W::D, launch_ws_checked<W>, backward_workspace_bytes<typename Lib<W::D>::Bwd>, W::DQ == kDqAtomic, W::D, true};
 }
@@ -205,7 +207,9 @@ std::vector<BwdVersion> bwd_versions() {
             wgmma_d128_bwd_version<WgBwdD128Config<2, 1, true, kDqBulk>>(),  // dq partials added by the TMA
             ws_version<WsBwd<64, 3>>(),
             ws_version<WsBwd<64>>(),  // the library's at head_dim 64 before v11 (now its fallback)
-            {"v11 bwd D64 BC128 BR128 12w ws", 64, v11_backward, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // ../kernels/attention_sm90_ws64_bwd.cuh
+            {"v11 bwd D64 BC128 BR128 12w ws", 64, v11_backward<false>, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // ../kernels/attention_sm90_ws64_bwd.cuh
+            {"v14 bwd D64 BC128 BR128 12w ws next-s", 64, v11_backward<true>, backward_workspace_bytes<Lib<64>::Bwd>, false, 64, true},  // v11, the next S^T early
+            ws_version<WsBwd<128, 2, kDqBulk, 24, false, true>>(),  // v14: the library's head_dim 128, the next S^T early
             ws_version<WsBwd<64, 2, kDqBulk, 40>>(),  // the producer at 40 registers, the compute at 232: no spills
             ws_version<WsBwd<64, 2, kDqBulk, 40, true>>(),  // and dP^T beside the softmax
             ws_version<WsBwd<128, 2, kDqBulk, 24, true>>(),
@@ -590,7 +594,9 @@ int main(int argc, char** argv) {
         print_resources<WsBwd<64, 2, kDqBulk, 40>>("v10 bwd D64 ws 2st p40", flash_backward_ws_kernel<WsBwd<64, 2, kDqBulk, 40>>);
         print_resources<WsBwd<64, 2, kDqBulk, 40, true>>("v10 bwd D64 ws 2st p40 early-dp", flash_backward_ws_kernel<WsBwd<64, 2, kDqBulk, 40, true>>);
         print_resources<WsBwd<128, 2, kDqBulk, 24, true>>("v10 bwd D128 ws 2st p24 early-dp", flash_backward_ws_kernel<WsBwd<128, 2, kDqBulk, 24, true>>);
-        print_resources<WsBwd64x128>("v11 bwd D64 wgmma BC128 BR128 12w ws", flash_backward_ws64x128_kernel);
+        print_resources<WsBwd64x128>("v11 bwd D64 wgmma BC128 BR128 12w ws", flash_backward_ws64x128_kernel<false>);
+        print_resources<WsBwd64x128>("v14 bwd D64 wgmma BC128 BR128 12w ws next-s", flash_backward_ws64x128_kernel<true>);
+        print_resources<WsBwd<128, 2, kDqBulk, 24, false, true>>("v14 bwd D128 ws 2st p24 next-s", flash_backward_ws_kernel<WsBwd<128, 2, kDqBulk, 24, false, true>>);
         print_resources<WsBwd<64, 2, kDqAtomic>>("v10 bwd D64 ws dq-any-order", flash_backward_ws_kernel<WsBwd<64, 2, kDqAtomic>>);
         print_resources<WsBwd<128, 2, kDqAtomic>>("v10 bwd D128 ws dq-any-order", flash_backward_ws_kernel<WsBwd<128, 2, kDqAtomic>>);
     }

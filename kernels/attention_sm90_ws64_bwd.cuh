@@ -16,7 +16,8 @@
 // and the writer adds the step's two tiles, each in its own turn; a tile whose keys this block does not
 // see (documents: its first row's document starts after this block) is skipped, as its contributor range
 // (jmin .. jmax of that 64-row tile) says. dq_from_tiles converts them after the kernel, as for WsBwd<64>.
-// Owns: WsBwd64x128, flash_backward_ws64x128_kernel, ws64x128_registers_fit, launch_backward_ws64x128.
+// Owns: WsBwd64x128, flash_backward_ws64x128_kernel, ws64x128_registers_fit, launch_backward_ws64x128 (each
+// with NEXT_S: dev v14, the next step's S^T issued early, as WsBwd's; the library runs NEXT_S off).
 // Shared memory: K, V 16 KB each; Q, dO 2 stages x 16 KB each; dS^T 32 KB; lse/D/starts [2][128]; the dq
 // partials 2 buffers x 2 tiles x 16 KB: ~196 KB, 1 block per SM. Registers: the producer warpgroup keeps 40
 // (the writer's two tiles a step spilled 104 bytes at 24), the compute warpgroups 232 (128 x 40 + 256 x 232 =
@@ -59,9 +60,21 @@ __device__ __forceinline__ void store_ds_128(const uint32_t (&dsa)[8][4], uint32
     store_ds(lo, sdS, kw, gr, tq);
     store_ds(hi, sdS + half_bytes, kw, gr, tq);
 }
+
+// S^T - lse/scale = K Q^T + (-lse/scale) issued as one commit group (not waited for): 64 keys (`k`) x the
+// stage's 128 queries (`q`, their lse at lse_b)
+__device__ __forceinline__ void wg_issue_st_n128(float (&sT)[16][4], const float* lse_b, float lse_to_s, int tq, uint32_t k, uint32_t q) {
+    start_at_minus(sT, lse_b, lse_to_s, tq);
+    asm volatile("" : "+r"(k), "+r"(q));  // (descriptors made here, not hoisted out of the loop: registers)
+    wgmma_fence();
+    wg_dot_n128(sT, sw128_desc(k, false), sw128_desc(q, false));
+    wgmma_commit();
+}
 #endif
 
 // tm_q, tm_do: q and dO as 4-D maps (64 columns, H heads, t, b) whose boxes are 128 tokens of one head.
+// NEXT_S: each step issues the next step's S^T once its own products are done (WsBwd's NEXT_S; dev v14).
+template <bool NEXT_S = false>
 __global__ void __launch_bounds__(384, 1)
     flash_backward_ws64x128_kernel(const BwdArgs p, const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_do) {
 #if ATTENTION_WGMMA
@@ -159,23 +172,34 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[0][nd][e] = dv[0][nd][e] = 0.f;
 
+    float sT_next[NTQ][4];  // NEXT_S: S^T of the step, issued by the step before (the first one here)
+    if constexpr (NEXT_S) {  // (every block has a step: its first query tile holds its first key)
+        mbar_wait(full, 0u);
+        wg_issue_st_n128(sT_next, lse_s, p.lse_to_s, tq, sKg, sQ);
+    }
     for (int step = 0; step < n_steps; ++step) {
         const int st = step & 1, i = i_hi - step / G, q0 = i * BR;
-        mbar_wait(full + 8 * st, uint32_t(step >> 1) & 1u);  // the stage's tiles and rows have landed
+        float sT_own[NTQ][4];
+        float(&sT)[NTQ][4] = NEXT_S ? sT_next : sT_own;
+        if constexpr (!NEXT_S) mbar_wait(full + 8 * st, uint32_t(step >> 1) & 1u);  // the stage's tiles and rows have landed
         const uint32_t sQb = sQ + st * QT, sdOb = sdO + st * QT;
         const float* lse_b = lse_s + st * BR;
         const float* dr_b = dr_s + st * BR;
         const int* ds_b = ds_s + st * BR;
 
         // S^T - lse/scale = K Q^T + (-lse/scale): 64 keys x 128 queries
-        float sT[NTQ][4];
-        start_at_minus(sT, lse_b, p.lse_to_s, tq);
-        uint32_t kg = sKg, vg = sVg;
-        asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
-        wgmma_fence();
-        wg_dot_n128(sT, sw128_desc(kg, false), sw128_desc(sQb, false));
-        wgmma_commit();
-        wgmma_wait<0>();
+        uint32_t vg = sVg;
+        if constexpr (NEXT_S) {
+            asm volatile("" : "+r"(vg));
+        } else {
+            start_at_minus(sT, lse_b, p.lse_to_s, tq);
+            uint32_t kg = sKg;
+            asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
+            wgmma_fence();
+            wg_dot_n128(sT, sw128_desc(kg, false), sw128_desc(sQb, false));
+            wgmma_commit();
+        }
+        wgmma_wait<0>();  // (NEXT_S: issued at the end of the step before)
         wgmma_pin(sT);
 
         const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
@@ -217,7 +241,15 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_fence();
         wg_dq<BC / 16>(dq, sw128_desc(dss, true), sw128_desc(ks, true), 0);
         wgmma_commit();
-        wgmma_wait<0>();  // dV, dK and dQ_part
+        wgmma_wait<0>();  // dV, dK and dQ_part (their A fragments in registers are free only then)
+        if constexpr (NEXT_S) {  // the next step's S^T, left running while the partial is written (after the last
+                                 // step, this step's again: every warp issues the same products, none waits in a
+                                 // divergent path)
+            const bool more = step + 1 < n_steps;
+            const int st1 = more ? (step + 1) & 1 : st;
+            if (more) mbar_wait(full + 8 * st1, uint32_t((step + 1) >> 1) & 1u);  // its stage's tiles and rows have landed
+            wg_issue_st_n128(sT, lse_s + st1 * BR, p.lse_to_s, tq, sKg, sQ + st1 * QT);
+        }
         wgmma_pin(dk[0]);
         wgmma_pin(dv[0]);
         wgmma_pin(dq);
@@ -235,6 +267,7 @@ __global__ void __launch_bounds__(384, 1)
         if (lane == 0) mbar_arrive(dq_full + 8 * st);
     }
 
+    if constexpr (NEXT_S) wgmma_wait<0>();  // the extra S^T of the last step
     store_dk_dv(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
@@ -242,13 +275,15 @@ __global__ void __launch_bounds__(384, 1)
 }
 
 // As ws_registers_fit: the kernel must start at 168 registers a thread for setmaxnreg's pool to be exact.
-inline bool ws64x128_registers_fit() {
-    static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_backward_ws64x128_kernel),
+template <bool NEXT_S = false>
+bool ws64x128_registers_fit() {
+    static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_backward_ws64x128_kernel<NEXT_S>),
                                                      "head_dim 64 attention backward of 128 queries a step");
     return fits;
 }
 
 // The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<64>::Bwd's (64-row fp32 dq tiles).
+template <bool NEXT_S = false>
 void launch_backward_ws64x128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
                               const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
     using W = WsBwd64x128;
@@ -256,10 +291,10 @@ void launch_backward_ws64x128(const AttentionShape& a, const bf16* q, const bf16
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
     if (!ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}))
         fail("flash attention: this backward needs head_dim 64, 16-byte aligned rows and an sm_90a build on an H100/H200");
-    if (!ws64x128_registers_fit()) fail("flash attention: this backward needs 168 registers a thread");
+    if (!ws64x128_registers_fit<NEXT_S>()) fail("flash attention: this backward needs 168 registers a thread");
     static bool configured = false;
     if (!configured) {
-        check_cuda(cudaFuncSetAttribute(flash_backward_ws64x128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
+        check_cuda(cudaFuncSetAttribute(flash_backward_ws64x128_kernel<NEXT_S>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
                    "cudaFuncSetAttribute(flash_backward_ws64x128_kernel)");
         configured = true;
     }
@@ -267,7 +302,7 @@ void launch_backward_ws64x128(const AttentionShape& a, const bf16* q, const bf16
     const BwdArgs p = prepare_backward(W::TILE_ROWS, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
     const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, a.H, W::BR);
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
-    flash_backward_ws64x128_kernel<<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
+    flash_backward_ws64x128_kernel<NEXT_S><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_ws64x128_kernel");
     launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
 }

@@ -56,12 +56,15 @@ namespace {
 // added as they come onto zeroed tiles (dev/attention.cu's bound: what the order costs; on an H100 nothing
 // now, dev/NOTES.md v10). PREG: the producer warpgroup's registers after setmaxnreg; the compute warpgroups
 // get the rest of the 384 x 168 the block starts with (24: 240). EARLY_DP: dP^T issued right after S^T, to
-// run beside the softmax (else after it, with dV: S^T and dP^T then never hold registers at once).
-template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24, bool EARLY_DP_ = false>
+// run beside the softmax (else after it, with dV: S^T and dP^T then never hold registers at once). NEXT_S:
+// each step issues the next step's S^T once its own products are done, so the tensor cores run it while the
+// warps write their dq partial and start the next step (else each step issues its own S^T and waits for it;
+// dev v14).
+template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24, bool EARLY_DP_ = false, bool NEXT_S_ = false>
 struct WsBwd {
     static constexpr int D = D_, NS = NS_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
     static constexpr DqMode DQ = DQ_;
-    static constexpr bool EARLY_DP = EARLY_DP_;
+    static constexpr bool EARLY_DP = EARLY_DP_, NEXT_S = NEXT_S_;
     static constexpr int PREG = PREG_, CREG = (THREADS * 168 - 128 * PREG) / 256 / 8 * 8;  // multiples of 8
     static constexpr int NTD = D / 16;  // dQ_part n-tiles of 8 columns per compute warpgroup (D / 2 columns)
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
@@ -76,6 +79,7 @@ struct WsBwd {
     static_assert(DQ == kDqBulk || DQ == kDqAtomic, "ordered or unordered bulk adds");
     static_assert(PREG % 8 == 0 && PREG >= 24 && CREG <= 256, "setmaxnreg's range");
     static_assert(smem <= 227 * 1024, "shared memory per block");
+    static_assert(!(EARLY_DP && NEXT_S), "dP^T beside the softmax or the next S^T beside the dq partial, not both");
 };
 
 #if ATTENTION_WGMMA
@@ -88,6 +92,17 @@ __device__ __forceinline__ void wg_dot(float (&acc)[8][4], uint64_t rows, uint64
 #pragma unroll
     for (int kk = 0; kk < 4 * NH; ++kk)
         wgmma_64x64_ss<0, 0>(acc, sw128_desc_plus(rows, (kk / 4) * rows_half + (kk % 4) * 32), sw128_desc_plus(cols, (kk / 4) * cols_half + (kk % 4) * 32));
+}
+// S^T - lse/scale = K Q^T + (-lse/scale) issued as one commit group (not waited for): 64 keys (`k`) x the
+// stage's queries (`q`, their lse at lse_b)
+template <int NH, int NTQ>
+__device__ __forceinline__ void wg_issue_st(float (&sT)[NTQ][4], const float* lse_b, float lse_to_s, int tq, uint32_t k, uint32_t q,
+                                            uint32_t k_half, uint32_t q_half) {
+    start_at_minus(sT, lse_b, lse_to_s, tq);
+    asm volatile("" : "+r"(k), "+r"(q));  // (descriptors made here, not hoisted out of the loop: registers)
+    wgmma_fence();
+    wg_dot<NH>(sT, sw128_desc(k, false), sw128_desc(q, false), k_half, q_half);
+    wgmma_commit();
 }
 // acc[c] += a b, column half c of b: A from registers (k-steps of 16 queries), B[k = query][n = d] MN-major
 // (dV += P^T dO, dK += dS^T Q)
@@ -264,31 +279,42 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
 
+    float sT[NTQ][4];  // S^T of the step (NEXT_S: issued by the step before; the first one here)
+    if constexpr (W::NEXT_S) {  // (every block has a step: its first query tile holds its first key)
+        mbar_wait(full, 0u);
+        wg_issue_st<NH>(sT, lse_s, p.lse_to_s, tq, sKg, sQ, KH, QH);
+    }
     for (int step = 0; step < n_steps; ++step) {
         const int st = step % NS, db = step & 1, i = i_hi - step / G, q0 = i * BR;  // Q/dO stage, dq buffer
-        mbar_wait(full + 8 * st, uint32_t(step / NS) & 1u);  // the stage's tiles and rows have landed
+        if constexpr (!W::NEXT_S) mbar_wait(full + 8 * st, uint32_t(step / NS) & 1u);  // the stage's tiles and rows have landed
         const uint32_t sQb = sQ + st * NH * QH, sdOb = sdO + st * NH * QH;
         const float* lse_b = lse_s + st * BR;
         const float* dr_b = dr_s + st * BR;
         const int* ds_b = ds_s + st * BR;
 
         // S^T - lse/scale = K Q^T + (-lse/scale), as v7
-        float sT[NTQ][4], dpt[NTQ][4];
-        start_at_minus(sT, lse_b, p.lse_to_s, tq);
-        if constexpr (W::EARLY_DP) start_at_minus(dpt, dr_b, 1.f, tq);
-        uint32_t kg = sKg, vg = sVg;
-        asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
-        const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
-        wgmma_fence();
-        wg_dot<NH>(sT, dK0, dQ0, KH, QH);
-        wgmma_commit();
-        if constexpr (W::EARLY_DP) {  // dP^T - D = V dO^T + (-D) now, to run beside the softmax below
-            wg_dot<NH>(dpt, sw128_desc(vg, false), sw128_desc(sdOb, false), KH, QH);
-            wgmma_commit();
-            wgmma_wait<1>();  // S^T
+        float dpt[NTQ][4];
+        uint32_t vg = sVg;
+        if constexpr (W::NEXT_S) {
+            wgmma_wait<0>();  // S^T, issued at the end of the step before
         } else {
-            wgmma_wait<0>();
+            start_at_minus(sT, lse_b, p.lse_to_s, tq);
+            if constexpr (W::EARLY_DP) start_at_minus(dpt, dr_b, 1.f, tq);
+            uint32_t kg = sKg;
+            asm volatile("" : "+r"(kg), "+r"(vg));  // (descriptors made here, not hoisted out of the loop: registers)
+            const uint64_t dK0 = sw128_desc(kg, false), dQ0 = sw128_desc(sQb, false);
+            wgmma_fence();
+            wg_dot<NH>(sT, dK0, dQ0, KH, QH);
+            wgmma_commit();
+            if constexpr (W::EARLY_DP) {  // dP^T - D = V dO^T + (-D) now, to run beside the softmax below
+                wg_dot<NH>(dpt, sw128_desc(vg, false), sw128_desc(sdOb, false), KH, QH);
+                wgmma_commit();
+                wgmma_wait<1>();  // S^T
+            } else {
+                wgmma_wait<0>();
+            }
         }
+        if constexpr (W::NEXT_S) asm volatile("" : "+r"(vg));
         wgmma_pin(sT);
 
         const bool need_mask = k0 + BC - 1 > q0 || q0 + BR > T || k0 < ds_b[BR - 1];
@@ -334,7 +360,15 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_fence();
         wg_dq<BC / 16>(dq, dS0, dKs, 0);
         wgmma_commit();
-        wgmma_wait<0>();  // dV, dK and dQ_part
+        wgmma_wait<0>();  // dV, dK and dQ_part (their A fragments in registers are free only then)
+        if constexpr (W::NEXT_S) {  // the next step's S^T, left running while the partial is written (after the last
+                                 // step, this step's again: every warp issues the same products, none waits in a
+                                 // divergent path)
+            const bool more = step + 1 < n_steps;
+            const int st1 = more ? (step + 1) % NS : st;
+            if (more) mbar_wait(full + 8 * st1, uint32_t((step + 1) / NS) & 1u);  // its stage's tiles and rows have landed
+            wg_issue_st<NH>(sT, lse_s + st1 * BR, p.lse_to_s, tq, sKg, sQ + st1 * NH * QH, KH, QH);
+        }
 #pragma unroll
         for (int c = 0; c < NH; ++c) wgmma_pin(dk[c]), wgmma_pin(dv[c]);
         wgmma_pin(dq);
@@ -354,6 +388,7 @@ __global__ void __launch_bounds__(384, 1)
         if (lane == 0) mbar_arrive(dq_full + 8 * db);
     }
 
+    if constexpr (W::NEXT_S) wgmma_wait<0>();  // the extra S^T of the last step
     store_dk_dv(p, dk, dv, b, g, k0 + kw + gr, tq, T, kv_stride);
 #else
     __trap();  // launched only where wgmma_available() says the sm_90a code is there
