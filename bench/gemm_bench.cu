@@ -8,7 +8,10 @@
 // and alternating gives both sides the same clocks. A fourth: the lm_head's two products (logits = x E^T, dx =
 // dlogits E) over a whole step's tokens, chunk by chunk, at the rows of a 256 MiB chunk (what llama.cu took
 // before 2026-12-07: 1,046 at the 1B's vocabulary) against multiples of 128 (llama.cu now: 2,048 there).
-//   make build/gemm_bench && ./build/gemm_bench [head]   (head: only the fourth question)
+// A fifth: LoRA's two products that read one member's dy (dB += s dy^T u, du = s dy B) over all tokens, as
+// two products, against a chunk of rows at a time, both products per chunk (so the second reads the chunk
+// from L2, where a whole dy larger than L2 comes from memory twice).
+//   make build/gemm_bench && ./build/gemm_bench [head|dy]   (head: only the fourth question; dy: the fifth)
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -96,7 +99,8 @@ std::vector<LoraProduct> lora_products(int tokens, int D, int q, int kv, int F) 
 }  // namespace
 
 int main(int argc, char** argv) {
-    const bool head_only = argc > 1 && std::string(argv[1]) == "head";
+    const std::string only = argc > 1 ? argv[1] : "";
+    const bool head_only = only == "head" || only == "dy";
     cudaStream_t stream;
     check_cuda(cudaStreamCreate(&stream), "stream");
     Gemm g = gemm_create(stream);
@@ -179,6 +183,39 @@ int main(int argc, char** argv) {
                     m.layers, total_ms * m.layers, total_bytes / 3.35e12 * 1e3 * m.layers);
     }
     device_free(f32);
+
+    // dy's two LoRA products, whole against row chunks (u: [tokens, 16] columns of a 48-wide matrix, as q's)
+    struct Member {
+        const char* name;
+        int tokens, out;
+    };
+    const Member members[] = {{"1b gate, 8192 tokens", 8192, 8192}, {"1b q, 8192 tokens", 8192, 2048},
+                              {"7b gate, 4096 tokens", 4096, 11008}, {"7b q, 4096 tokens", 4096, 4096}};
+    float* dB = device_alloc<float>(size_t(16) * 11008, "dB");
+    for (const Member& m : members) {
+        if (only == "head") break;
+        const int r = 16, ld = 48;
+        auto products = [&](int rows) {
+            for (int r0 = 0; r0 < m.tokens; r0 += rows) {
+                const int n = std::min(rows, m.tokens - r0);
+                const bf16* dy = y + size_t(r0) * m.out;
+                matmul_tn(g, dB, dy, x + size_t(r0) * ld, m.out, r, n, 1.0f, 1.0f, {}, {0, ld, 0});         // dB += s dy^T u
+                matmul_nn(g, c + size_t(r0) * ld, dy, w, n, r, m.out, 1.0f, 0.0f, {}, {0, 0, ld});          // du = s dy B
+            }
+        };
+        const double dy_gb = 2.0 * m.tokens * m.out / 1e9;
+        std::printf("\ndB and du of %-22s (dy %.0f MB)  us, whole against row chunks\n", m.name, dy_gb * 1e3);
+        for (int rows : {512, 1024, 2048}) {
+            double whole = 0, chunked = 0;
+            time_pair(g, [&] { products(m.tokens); }, [&] { products(rows); }, whole, chunked);
+            std::printf("  %5d rows: %8.1f %8.1f  (%.2f x)\n", rows, whole * 1e3, chunked * 1e3, whole / chunked);
+        }
+    }
+    device_free(dB);
+    if (only == "dy") {
+        gemm_destroy(g);
+        return 0;
+    }
 
     // The head: both products over all tokens, a chunk of rows at a time: a 256 MiB chunk of bf16 logits (1,046
     // rows at the 1B's vocabulary) against multiples of 128.
