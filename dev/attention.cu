@@ -26,7 +26,8 @@
 // as a persistent kernel, one block per SM walking its share of the tiles (attention_v13.cuh; not kept: its
 // code is slower a key block; "7 blocks": a few blocks walking many tiles each, so that the checks' small
 // shapes run the ring of stages across tiles); v14 the warp-specialized backwards (v11 at head_dim 64,
-// WsBwd<128>) with each step issuing the next step's S^T early (NEXT_S), each checked for bitwise determinism. "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// WsBwd<128>) with each step issuing the next step's S^T early (NEXT_S), each checked for bitwise determinism;
+// v15 the Hopper forward with a producer warpgroup (WgFwdConfig's WS, FlashAttention-3's forward). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.
@@ -99,8 +100,8 @@ void persistent_forward(const AttentionShape& a, const bf16* q, const bf16* k, c
 template <class W>
 FwdVersion wgmma_fwd_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma%s", W::PP ? "v12" : W::D == 64 ? "v5" : "v6", W::D, W::BR, W::BC,
-                  W::THREADS / 32, W::NS, W::PP ? " pingpong" : "");
+    std::snprintf(s, sizeof s, "%s fwd D%d BR%d BC%d %dw %dst wgmma%s%s", W::WS ? "v15" : W::PP ? "v12" : W::D == 64 ? "v5" : "v6", W::D,
+                  W::BR, W::BC, W::THREADS / 32, W::NS, W::PP ? " pingpong" : "", W::WS ? " ws" : "");
     return {s, W::D, launch_forward_wgmma<W>, W::D, true};
 }
 template <class P>
@@ -141,6 +142,8 @@ std::vector<FwdVersion> fwd_versions() {
             wgmma_fwd_version<WgFwdConfig<3, 64, 4, 128>>(),
             wgmma_fwd_version<WgFwdConfig<3, 128, 3, 64, true>>(),    // v12: the library's tiles, the warpgroups' products in turn
             wgmma_fwd_version<WgFwdConfig<2, 128, 3, 128, true>>(),
+            wgmma_fwd_version<WgFwdConfig<2, 128, 3, 128, true, true>>(),  // v15: the library's head_dim 128 tiles, a producer warpgroup
+            wgmma_fwd_version<WgFwdConfig<2, 128, 4, 64, false, true>>(),  // v15 at head_dim 64: 128-row tiles, a producer warpgroup
             persistent_fwd_version<V13D64>(),      // v13: each block walks its share of the tiles
             persistent_fwd_version<V13D64x2>(),
             persistent_fwd_version<V13D128>(),
@@ -581,6 +584,10 @@ int main(int argc, char** argv) {
                                                            flash_forward_wgmma_kernel<WgFwdConfig<3, 128, 3, 64, true>>);
         print_resources<WgFwdConfig<2, 128, 3, 128, true>>("v12 fwd D128 wgmma BR128 BC128 3st pingpong",
                                                             flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 3, 128, true>>);
+        print_resources<WgFwdConfig<2, 128, 3, 128, true, true>>("v15 fwd D128 wgmma BR128 BC128 3st pingpong ws",
+                                                                  flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 3, 128, true, true>>);
+        print_resources<WgFwdConfig<2, 128, 4, 64, false, true>>("v15 fwd D64 wgmma BR128 BC128 4st ws",
+                                                                  flash_forward_wgmma_kernel<WgFwdConfig<2, 128, 4, 64, false, true>>);
         print_resources<V13D64>("v13 fwd D64 BR192 3st 2q persistent", flash_forward_persistent_kernel<V13D64>);
         print_resources<V13D64x2>("v13 fwd D64 BR128 4st 2q persistent", flash_forward_persistent_kernel<V13D64x2>);
         print_resources<V13D128>("v13 fwd D128 BR128 3st 1q persistent pp", flash_forward_persistent_kernel<V13D128>);

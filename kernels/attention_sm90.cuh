@@ -6,7 +6,7 @@
 //   forward   flash_forward_wgmma_kernel: head_dim 64: 3 warpgroups x 64 query rows, 128-key blocks in 3 TMA
 //             stages; head_dim 128: 2 warpgroups, each row as two 64-column halves, issuing their products in
 //             turn (FlashAttention-3's pingpong); FlashAttention-3's overlap of one key block's softmax with the
-//             next block's products
+//             next block's products; dev v15 (WgFwdConfig's WS): a producer warpgroup does the loads
 // attention.cu includes this file after its own kernels (it uses FwdArgs, ...) and runs the Hopper kernels
 // where wgmma_applies() and the mma.sync ones elsewhere; what they measured against the mma.sync kernels, and
 // what would make them faster: dev/NOTES.md.
@@ -149,6 +149,12 @@ __device__ __forceinline__ void wgmma_64x32_ss(float (&d)[4][4], uint64_t a, uin
     }
 }
 #if ATTENTION_WGMMA
+// setmaxnreg: a warpgroup gives back registers (dec) or takes more (inc), all its warps at once (the
+// warp-specialized kernels: a producer warpgroup at few registers, the compute warpgroups at the rest)
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 // bar.sync on barrier `id` (1..15; 0 is __syncthreads') for `threads` threads of the block; bar.arrive counts
 // this warp towards it without waiting
 __device__ __forceinline__ void named_barrier(int id, int threads) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory"); }
@@ -249,7 +255,7 @@ bool wgmma_applies(const AttentionShape& a, std::initializer_list<const void*> p
 //   O += P V     A = P from registers, B = V: MN-major (Dh is n, contiguous)
 // FlashAttention-3's intra-warpgroup overlap: S of the next key block and P V of this one are issued together,
 // the softmax of the next block runs while P V is on the tensor cores, O is rescaled once P V has landed.
-// Loads: thread 0 issues one bulk tensor copy per tile (Q once; K and V of a key block into one of NS stages);
+// Loads: thread 0 (WS: the producer warpgroup's) issues one bulk tensor copy per tile (Q once; K and V of a key block into one of NS stages);
 // the TMA writes them 128-byte swizzled, zero-filled past T, and completes the stage's "full" mbarrier by
 // byte count. A warpgroup waits only for the stage it needs and hands it back through the stage's "empty"
 // mbarrier (one arrival per warp once its products on the stage are complete); thread 0 refills a stage once
@@ -264,12 +270,17 @@ bool wgmma_applies(const AttentionShape& a, std::initializer_list<const void*> p
 // k-steps per half; O += P V is one n64 product per half of V, into o[c] (columns 64c..64c+63). Registers per
 // thread at D 128: O 64, S BC/2, P BC/4, all live at once, so BC 128 fits 2 warpgroups (255 registers at
 // 256 threads), not 3 (168).
-template <int NWG_, int BC_, int NS_, int D_ = 64, bool PP_ = false>
+// WS (dev v15; FlashAttention-3's forward): a producer warpgroup before the compute warpgroups, its thread 0
+// the only loader (the refills wait for the empty stages there, not in a compute warp's loop), registers
+// moved to the compute warpgroups by setmaxnreg (24 for the producer, 240 for two compute warpgroups).
+template <int NWG_, int BC_, int NS_, int D_ = 64, bool PP_ = false, bool WS_ = false>
 struct WgFwdConfig {  // NWG warpgroups per block, BC keys per block, NS stages of K and V, head_dim D (64 or 128),
-                      // PP: the warpgroups issue their products in turn (pingpong)
+                      // PP: the warpgroups issue their products in turn (pingpong); WS: a producer warpgroup too
     static constexpr int NWG = NWG_, BC = BC_, NS = NS_, D = D_;
-    static constexpr bool PP = PP_;
-    static constexpr int HALVES = D / 64, BR = 64 * NWG, THREADS = 128 * NWG, ROW = 128;  // ROW: bytes per tile row
+    static constexpr bool PP = PP_, WS = WS_;
+    static constexpr int HALVES = D / 64, BR = 64 * NWG, THREADS = 128 * (NWG + WS), ROW = 128;  // ROW: bytes per tile row
+    static constexpr int PREG = 24, CREG = (THREADS * 168 - 128 * PREG) / (128 * NWG) / 8 * 8;  // WS: after setmaxnreg
+    static_assert(!WS || NWG == 2, "warp-specialized: two compute warpgroups (384 threads, 168 registers each at launch)");
     static constexpr uint32_t Q_HALF = uint32_t(BR) * ROW, KV_HALF = uint32_t(BC) * ROW;  // bytes of one 64-column half
     static constexpr uint32_t STAGE = 2 * HALVES * KV_HALF;                              // K's halves, then V's
     static constexpr size_t smem = 1024 + HALVES * size_t(Q_HALF) + size_t(NS) * STAGE;  // alignment; Q; stages
@@ -397,7 +408,9 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sS = sQ + HV * QH;
     const uint32_t full = smem_u32(bars), empty = full + 8 * NS, qbar = full + 16 * NS;
 
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4, tq = lane % 4;
+    // wg, cwarp: the compute warpgroup and warp (WS: after the producer warpgroup; -1 and 0 there)
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, wg = warp / 4 - int(W::WS), tq = lane % 4;
+    const int cwarp = W::WS ? max(warp - 4, 0) : warp;
     const int T = p.T, H = p.H;
     const int bh = blockIdx.x, b = bh / H, h = bh % H, g = h / (H / p.KVH);
     const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * BR;  // longest key ranges first
@@ -406,7 +419,7 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     const int last_row = min(q0 + BR - 1, T - 1);
     const int ds_first = doc ? doc[q0] : 0, ds_last = doc ? doc[last_row] : 0;
     const int kt_begin = ds_first / BC, n_blocks = last_row / BC - kt_begin + 1;  // key blocks kt_begin + n
-    const int row0 = q0 + 16 * warp + lane / 4;  // this thread's rows: row0, row0 + 8
+    const int row0 = q0 + 16 * cwarp + lane / 4;  // this thread's rows: row0, row0 + 8
     const int row_ds[2] = {doc ? doc[min(row0, T - 1)] : 0, doc ? doc[min(row0 + 8, T - 1)] : 0};
     // Masks where a key may fall outside [doc_start[t], t] or beyond T.
     auto need_mask = [&](int kt) { return kt * BC + BC - 1 > q0 || kt * BC < ds_last || kt * BC + BC > T; };
@@ -430,6 +443,18 @@ __global__ void __launch_bounds__(W::THREADS, 1)
         mbar_arrive_expect_tx(qbar, HV * QH);
         for (int c = 0; c < HV; ++c) tma_load_4d(sQ + c * QH, &tm_q, qbar, 0, HV * h + c, q0, b);
         for (int n = 0; n < min(NS, n_blocks); ++n) load_block(n);
+    }
+    if constexpr (W::WS) {
+        if (wg < 0) {  // the producer: its thread 0 refills each stage once every compute warp has handed it back
+            setmaxnreg_dec<W::PREG>();
+            if (tid == 0)
+                for (int n = NS; n < n_blocks; ++n) {
+                    mbar_wait(empty + 8 * (n % NS), uint32_t((n - NS) / NS) & 1u);  // block n - NS is done with
+                    load_block(n);
+                }
+            return;
+        }
+        setmaxnreg_inc<W::CREG>();
     }
     uint64_t desc_q[HV];  // this warpgroup's Q rows, half by half
 #pragma unroll
@@ -467,8 +492,8 @@ __global__ void __launch_bounds__(W::THREADS, 1)
     };
     if constexpr (W::PP)
         if (wg == NWG - 1) named_barrier_arrive(1, 256);
-    // PP: the last warpgroup's first thread refills the stages (the others' turns do not wait for it)
-    const bool loader = tid == (W::PP ? (NWG - 1) * 128 : 0);
+    // PP: the last warpgroup's first thread refills the stages (the others' turns do not wait for it); WS: the producer
+    const bool loader = !W::WS && tid == (W::PP ? (NWG - 1) * 128 : 0);
 
     mbar_wait(qbar, 0);
     mbar_wait(full, 0);
@@ -546,6 +571,18 @@ __global__ void __launch_bounds__(W::THREADS, 1)
 #endif
 }
 
+// The warp-specialized kernels (384 threads: a producer warpgroup and two compute warpgroups): setmaxnreg moves
+// 168 - PREG registers from each producer thread to (168 - PREG) / 2 more for each compute thread (24: 144 to
+// 72): the pool is exact only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1)
+// allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once per kernel (the callers'
+// statics); where ptxas chose otherwise, the next kernel runs instead (with a notice naming `what`).
+inline bool starts_at_168_registers(const void* kernel, const char* what) {
+    cudaFuncAttributes fa{};
+    check_cuda(cudaFuncGetAttributes(&fa, kernel), "cudaFuncGetAttributes(attention)");
+    if (fa.numRegs != 168)
+        std::printf("notice: the %s was built with %d registers a thread, not 168; using the next kernel\n", what, fa.numRegs);
+    return fa.numRegs == 168;
+}
 // The forward's conditions: Dh = W::D with 16-byte aligned rows, on a GPU that runs the sm_90a code.
 template <class W>
 bool wgmma_forward_applies(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
@@ -558,6 +595,11 @@ void launch_forward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k,
     if (!wgmma_forward_applies<W>(a, {q, k, v, o}))
         fail("flash attention: this wgmma forward needs head_dim " + std::to_string(W::D) +
              ", 16-byte aligned rows and an sm_90a build on an H100/H200");
+    if constexpr (W::WS) {
+        static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_forward_wgmma_kernel<W>),
+                                                         "warp-specialized attention forward");
+        if (!fits) fail("flash attention: the warp-specialized forward needs 168 registers a thread");
+    }
     static bool configured = false;
     if (!configured) {
         check_cuda(cudaFuncSetAttribute(flash_forward_wgmma_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),

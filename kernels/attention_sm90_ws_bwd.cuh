@@ -150,10 +150,6 @@ __device__ __forceinline__ void store_dk_dv(const BwdArgs& p, const float (&dk)[
     }
 }
 
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
 #endif
 
 #if ATTENTION_WGMMA
@@ -401,18 +397,7 @@ bool ws_backward_applies(const AttentionShape& a, std::initializer_list<const vo
     return a.Dh == D && all_aligned(ptrs, 16) && wgmma_available();
 }
 
-// setmaxnreg moves 168 - PREG registers from each producer thread to (168 - PREG) / 2 more for each compute
-// thread (24: 144 to 72): the pool is exact only when the kernel starts at 168 a thread (the most
-// __launch_bounds__(384, 1) allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once per
-// kernel (the callers' statics); where ptxas chose otherwise, the next backward runs instead (with a notice
-// naming `what`).
-inline bool starts_at_168_registers(const void* kernel, const char* what) {
-    cudaFuncAttributes fa{};
-    check_cuda(cudaFuncGetAttributes(&fa, kernel), "cudaFuncGetAttributes(attention backward)");
-    if (fa.numRegs != 168)
-        std::printf("notice: the %s was built with %d registers a thread, not 168; using the next backward\n", what, fa.numRegs);
-    return fa.numRegs == 168;
-}
+// ws_registers_fit: starts_at_168_registers (attention_sm90.cuh) for WsBwd<...>'s kernel.
 template <class W>
 bool ws_registers_fit() {
     static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_backward_ws_kernel<W>),
