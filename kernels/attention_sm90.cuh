@@ -575,12 +575,13 @@ __global__ void __launch_bounds__(W::THREADS, 1)
 // 168 - PREG registers from each producer thread to (168 - PREG) / 2 more for each compute thread (24: 144 to
 // 72): the pool is exact only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1)
 // allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once per kernel (the callers'
-// statics); where ptxas chose otherwise, the next kernel runs instead (with a notice naming `what`).
+// statics); where ptxas chose otherwise, the kernel does not run (a notice names `what`): the backwards fall
+// back to the next kernel, the dev forward fails.
 inline bool starts_at_168_registers(const void* kernel, const char* what) {
     cudaFuncAttributes fa{};
     check_cuda(cudaFuncGetAttributes(&fa, kernel), "cudaFuncGetAttributes(attention)");
     if (fa.numRegs != 168)
-        std::printf("notice: the %s was built with %d registers a thread, not 168; using the next kernel\n", what, fa.numRegs);
+        std::printf("notice: the %s was built with %d registers a thread, not 168, so it does not run\n", what, fa.numRegs);
     return fa.numRegs == 168;
 }
 // The forward's conditions: Dh = W::D with 16-byte aligned rows, on a GPU that runs the sm_90a code.

@@ -173,9 +173,11 @@ __global__ void __launch_bounds__(384, 1)
         for (int e = 0; e < 4; ++e) dk[0][nd][e] = dv[0][nd][e] = 0.f;
 
     float sT_next[NTQ][4];  // NEXT_S: S^T of the step, issued by the step before (the first one here)
-    if constexpr (NEXT_S) {  // (every block has a step: its first query tile holds its first key)
-        mbar_wait(full, 0u);
-        wg_issue_st_n128(sT_next, lse_s, p.lse_to_s, tq, sKg, sQ);
+    if constexpr (NEXT_S) {  // (every block has a step, its first query tile holding its first key, where doc_start[t] <= t)
+        if (n_steps > 0) {
+            mbar_wait(full, 0u);
+            wg_issue_st_n128(sT_next, lse_s, p.lse_to_s, tq, sKg, sQ);
+        }
     }
     for (int step = 0; step < n_steps; ++step) {
         const int st = step & 1, i = i_hi - step / G, q0 = i * BR;

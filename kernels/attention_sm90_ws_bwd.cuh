@@ -276,9 +276,11 @@ __global__ void __launch_bounds__(384, 1)
             for (int e = 0; e < 4; ++e) dk[c][nd][e] = dv[c][nd][e] = 0.f;
 
     float sT[NTQ][4];  // S^T of the step (NEXT_S: issued by the step before; the first one here)
-    if constexpr (W::NEXT_S) {  // (every block has a step: its first query tile holds its first key)
-        mbar_wait(full, 0u);
-        wg_issue_st<NH>(sT, lse_s, p.lse_to_s, tq, sKg, sQ, KH, QH);
+    if constexpr (W::NEXT_S) {  // (every block has a step, its first query tile holding its first key, where doc_start[t] <= t)
+        if (n_steps > 0) {
+            mbar_wait(full, 0u);
+            wg_issue_st<NH>(sT, lse_s, p.lse_to_s, tq, sKg, sQ, KH, QH);
+        }
     }
     for (int step = 0; step < n_steps; ++step) {
         const int st = step % NS, db = step & 1, i = i_hi - step / G, q0 = i * BR;  // Q/dO stage, dq buffer
