@@ -203,8 +203,8 @@ int main(int argc, char** argv) {
                 matmul_nn(g, c + size_t(r0) * ld, dy, w, n, r, m.out, 1.0f, 0.0f, {}, {0, 0, ld});          // du = s dy B
             }
         };
-        const double dy_gb = 2.0 * m.tokens * m.out / 1e9;
-        std::printf("\ndB and du of %-22s (dy %.0f MB)  us, whole against row chunks\n", m.name, dy_gb * 1e3);
+        const double dy_mb = 2.0 * m.tokens * m.out / 1e6;
+        std::printf("\ndB and du of %-22s (dy %.0f MB)  us, whole against row chunks\n", m.name, dy_mb);
         for (int rows : {512, 1024, 2048}) {
             double whole = 0, chunked = 0;
             time_pair(g, [&] { products(m.tokens); }, [&] { products(rows); }, whole, chunked);
