@@ -11,7 +11,10 @@
 // A fifth: LoRA's two products that read one member's dy (dB += s dy^T u, du = s dy B) over all tokens, as
 // two products, against a chunk of rows at a time, both products per chunk (so the second reads the chunk
 // from L2, where a whole dy larger than L2 comes from memory twice).
-//   make build/gemm_bench && ./build/gemm_bench [head|dy]   (head: only the fourth question; dy: the fifth)
+// A sixth: LoRA's B term folded into the base product by concatenating along K (y = [x | s u] [W | B]^T,
+// and in the backward [dx | d(s u)] = dy [W | B]), against the products llama.cu issues today (y = s u B^T
+// written, then y = x W^T + y read in the epilogue; du = s dy B beside dx = dy W), a layer of each model.
+//   make build/gemm_bench && ./build/gemm_bench [head|dy|concat]   (only the fourth, the fifth, the sixth question)
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -100,7 +103,7 @@ std::vector<LoraProduct> lora_products(int tokens, int D, int q, int kv, int F) 
 
 int main(int argc, char** argv) {
     const std::string only = argc > 1 ? argv[1] : "";
-    const bool head_only = only == "head" || only == "dy";
+    const bool head_only = only == "head" || only == "dy" || only == "concat";
     cudaStream_t stream;
     check_cuda(cudaStreamCreate(&stream), "stream");
     Gemm g = gemm_create(stream);
@@ -183,6 +186,64 @@ int main(int argc, char** argv) {
                     m.layers, total_ms * m.layers, total_bytes / 3.35e12 * 1e3 * m.layers);
     }
     device_free(f32);
+
+    // LoRA's B term inside the base product (K-concatenation) against apart, a layer's members: forward and backward.
+    // A member of a group whose u has P = 16 x members columns: x' = [x | s u] is [tokens, in + P]; W' = [W | 0 .. B .. 0]
+    // is [out, in + P] (B in the member's slot); dx' = [dx | d(s u)] is [tokens, in + P], the members adding into it.
+    struct ConcatModel {
+        const char* name;
+        int tokens, D, q, kv, F, layers;
+    };
+    const ConcatModel concat_models[] = {{"1b, 8192 tokens", 8192, 2048, 2048, 512, 8192, 16}, {"7b, 4096 tokens", 4096, 4096, 4096, 4096, 11008, 32}};
+    for (const ConcatModel& m : concat_models) {
+        if (only != "" && only != "concat") break;
+        struct Group {
+            const char* name;
+            int in;
+            std::vector<int> outs;
+            bool residual;
+        };
+        const Group groups[] = {{"q,k,v", m.D, {m.q, m.kv, m.kv}, false}, {"o", m.q, {m.D}, true}, {"gate,up", m.D, {m.F, m.F}, false},
+                                {"down", m.F, {m.D}, true}};
+        std::printf("\nLoRA's B term, a layer of %-18s  us apart / in the base product (forward; backward)\n", m.name);
+        double apart_ms = 0, folded_ms = 0;
+        for (const Group& gr : groups) {
+            const int r = 16, P = r * int(gr.outs.size()), wide = gr.in + P;
+            double fa = 0, ff = 0, ba = 0, bf = 0;
+            auto forward_apart = [&] {
+                for (int out : gr.outs) {
+                    if (gr.residual) matmul_nt_add(g, y, c, x + gr.in, w, m.tokens, out, r, 1.0f, {wide, 0, 0});  // y = s u B^T + residual
+                    else matmul_nt(g, y, x + gr.in, w, m.tokens, out, r, 1.0f, 0.0f, {}, {wide, 0, 0});           // y = s u B^T
+                    matmul_nt_add(g, y, y, x, w, m.tokens, out, gr.in, 1.0f, {wide, wide, 0});                     // y = x W^T + y
+                }
+            };
+            auto forward_folded = [&] {
+                for (int out : gr.outs) {
+                    if (gr.residual) matmul_nt_add(g, y, c, x, w, m.tokens, out, wide, 1.0f, {wide, wide, 0});  // y = x' W'^T + residual
+                    else matmul_nt(g, y, x, w, m.tokens, out, wide, 1.0f, 0.0f, {}, {wide, wide, 0});            // y = x' W'^T
+                }
+            };
+            auto backward_apart = [&] {
+                for (int out : gr.outs) {
+                    matmul_nn(g, c + gr.in, y, w, m.tokens, r, out, 1.0f, 0.0f, {}, {0, 0, wide});  // du = s dy B (B [out, r] of its own)
+                    matmul_nn(g, c, y, w, m.tokens, gr.in, out, 1.0f, 1.0f, {}, {0, wide, wide});   // dx = dy W + dx
+                }
+            };
+            auto backward_folded = [&] {
+                for (int out : gr.outs) matmul_nn(g, c, y, w, m.tokens, wide, out, 1.0f, 1.0f, {}, {0, wide, wide});  // dx' = dy W' + dx'
+            };
+            time_pair(g, forward_apart, forward_folded, fa, ff);
+            time_pair(g, backward_apart, backward_folded, ba, bf);
+            apart_ms += fa + ba, folded_ms += ff + bf;
+            std::printf("  %-8s in %5d + %2d: %8.1f / %8.1f ; %8.1f / %8.1f\n", gr.name, gr.in, P, fa * 1e3, ff * 1e3, ba * 1e3, bf * 1e3);
+        }
+        std::printf("  a layer: %.1f / %.1f us;  x %d layers: %.2f / %.2f ms (saved %.2f ms a step)\n", apart_ms * 1e3, folded_ms * 1e3, m.layers,
+                    apart_ms * m.layers, folded_ms * m.layers, (apart_ms - folded_ms) * m.layers);
+    }
+    if (only == "concat") {
+        gemm_destroy(g);
+        return 0;
+    }
 
     // dy's two LoRA products, whole against row chunks (u: [tokens, 16] columns of a 48-wide matrix, as q's)
     struct Member {
