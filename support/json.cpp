@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <unordered_set>
 
 #include "support/common.h"
 
@@ -83,15 +84,30 @@ struct JsonParser {
         i += word.size();
         return true;
     }
+    // Whether key is already among v's keys (a linear scan for a few, then a hash set).
+    static bool repeated(const Json& v, std::unordered_set<std::string>& keys, const std::string& key) {
+        if (v.object.size() < 8) {
+            for (const auto& kv : v.object)
+                if (kv.first == key) return true;
+            return false;
+        }
+        if (keys.empty())
+            for (const auto& kv : v.object) keys.insert(kv.first);
+        return !keys.insert(key).second;
+    }
     void parse_object(Json& v) {
         v.type = Json::Object;
         ++i;
         skip_space();
         if (i < s.size() && s[i] == '}') { ++i; return; }
+        std::unordered_set<std::string> keys;  // (objects of more than 8 keys: a tokenizer's vocabulary has 128k)
         for (;;) {
             skip_space();
             if (i >= s.size() || s[i] != '"') error("expected a string key" + found(), i);
+            const size_t key_at = i;
             std::string key = parse_string();
+            if (repeated(v, keys, key))  // Python's json keeps the last, DeepSpeed and HF read it so: say which is meant
+                error("the key \"" + key + "\" appears twice in this object (keep one)", key_at);
             skip_space();
             expect(':');
             v.object.emplace_back(std::move(key), value());

@@ -66,6 +66,9 @@ TEST_CASE("json: broken input names file, line and column") {
         {"tru", "f.json:1:1: expected a value"},
         {"\"\xff\"", "f.json:1:1: string is not valid UTF-8"},
         {"\n\n   nul", "f.json:3:4: expected a value"},
+        {"{\"a\": 1, \"a\": 2}", "f.json:1:10: the key \"a\" appears twice"},
+        {"{\"z\": {\"stage\": 1},\n \"z\": {\"stage\": 3}}", "f.json:2:2: the key \"z\" appears twice"},
+        {"{\"k0\":0,\"k1\":1,\"k2\":2,\"k3\":3,\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k3\":9}", "f.json:1:65: the key \"k3\" appears twice"},
     };
     for (const Case& c : cases) {
         CAPTURE(c.text);
