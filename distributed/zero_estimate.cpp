@@ -13,6 +13,7 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
     MemoryReport m;
     LoraLayout layout = lora_layout(c, lora);
     double biggest = 0, biggest_train = 0;
+    int sharded_units = 0;
     std::vector<int64_t> offloaded;  // the shards the CPU optimizer holds
     for (int u = 0; u < num_units(c); ++u) {
         int64_t base = unit_layout(c, u).numel, ad = (lora.rank > 0 && u >= 1 && u <= c.num_hidden_layers) ? layout.per_layer : 0;
@@ -22,6 +23,7 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
             Shard s = make_shard(numel, N);
             m.base += double(sharded ? s.size : s.padded) * 2;
         }
+        sharded_units += sharded;
         if (sharded) biggest = std::max(biggest, double(align_up(make_shard(base, N).padded) + (ad ? make_shard(ad, N).padded : 0)));
         int64_t t = z.inference ? 0 : lora.rank > 0 ? ad : base;
         if (!t) continue;
@@ -33,7 +35,11 @@ MemoryReport ZeroStore::estimate(const LlamaConfig& c, const LoraConfig& lora, c
         biggest_train = std::max(biggest_train, double(s.padded));
     }
     if (!offloaded.empty()) m.host = offload_host_bytes(offloaded);  // + the transit ring
-    if (z.stage == 3 && !gathers_in_place(z, N)) m.gathered = biggest * 2 * kGatherSlots;
+    // Gather slots, each big enough for any unit (ZeroStore::free_slot): kGatherSlots at once, or with
+    // keep_gathered one per sharded unit (a unit's slot is held from its forward to its backward, so at the end
+    // of the forward every unit holds one).
+    const int slots = z.keep_gathered ? sharded_units : kGatherSlots;
+    if (z.stage == 3 && !gathers_in_place(z, N)) m.gathered = biggest * 2 * slots;
     if (z.stage >= 2) m.grad_buffers = biggest_train * 4 * (lora.rank > 0 || !c.tie_word_embeddings ? kGradBuffers - 1 : kGradBuffers);
     return m;
 }

@@ -128,6 +128,11 @@ TEST_CASE("zero: the memory estimate follows the paper's 2 + 2 + K split by stag
     CHECK(ZeroStore::estimate(c, lora, z3, 1).gathered == 0);  // one rank reads its shards in place
     z3.copy_gathers = true;
     CHECK(ZeroStore::estimate(c, lora, z3, 1).gathered == doctest::Approx(m.gathered).epsilon(0.01));  // a buffer holds a whole unit at any N
+    // --keep-gathered: every sharded unit's slot held from its forward to its backward (all but the final norm's
+    // unit, 2,048 elements with the head tied: under the persistence threshold)
+    z3.copy_gathers = false, z3.keep_gathered = true;
+    CHECK(ZeroStore::estimate(c, lora, z3, 4).gathered == doctest::Approx(m.gathered * (num_units(c) - 1) / kGatherSlots).epsilon(0.001));
+    z3.keep_gathered = false;
     CHECK(m.master == doctest::Approx(4.0 * 11272192 / 4).epsilon(0.01));  // only the adapters train
     CHECK(m.base == doctest::Approx((2 * psi + 2.0 * 11272192) / 4).epsilon(0.01));
 }

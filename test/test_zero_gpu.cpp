@@ -236,11 +236,14 @@ TEST_CASE("gpu: the memory the store allocates is the ZeRO estimate") {
 TEST_CASE("gpu: stage 3 prefetches, gradient buffers alternate, and the buffers made during a step are the estimate's") {
     if (!need_gpu()) return;
     Golden s = golden_setup();
-    for (auto [rank, copies] : {std::pair{8, true}, std::pair{0, true}, std::pair{8, false}}) {
+    struct Case { int rank; bool copies, keep; };  // keep: every unit's slot held from its forward to its backward
+    for (Case k : {Case{8, true, false}, Case{0, true, false}, Case{8, false, false}, Case{8, true, true}}) {
+        const int rank = k.rank;
+        const bool copies = k.copies;
         LoraConfig lora;
         lora.rank = rank, lora.alpha = 16;
         ZeroOptions z;
-        z.stage = 3, z.persistence_threshold = 0, z.copy_gathers = copies;
+        z.stage = 3, z.persistence_threshold = 0, z.copy_gathers = copies, z.keep_gathered = k.keep;
         z.prefetch_bucket_size = 1;  // smaller than any unit: a unit is still prefetched whole
         Trace t = run(s, lora, z, false, 1, 2);
         ZeroStore store(s.config, lora, z, test_world(), nullptr);
@@ -257,6 +260,7 @@ TEST_CASE("gpu: stage 3 prefetches, gradient buffers alternate, and the buffers 
         MemoryReport got = store.memory(), want = ZeroStore::estimate(s.config, lora, z, 1);
         CAPTURE(rank);
         CAPTURE(copies);
+        CAPTURE(k.keep);
         if (copies) {
             CHECK(store.prefetched_units() > 0);                                     // before: a unit over the bucket never was
             CHECK(got.gathered > 0);
