@@ -195,6 +195,23 @@ std::vector<int32_t> id_array(const Json& row, const char* key, const std::strin
     return ids;
 }
 
+// A pre-tokenized row's "attention_mask" (a tokenizer's padding: 1 keeps a token, 0 marks a pad): the
+// tokens it masks are dropped with their labels, so the row trains as it would have without the padding.
+void drop_masked(Example& ex, const Json& row, const std::string& where) {
+    const Json* mask = row.find("attention_mask");
+    if (mask->type != Json::Array || mask->array.size() != ex.ids.size())
+        fail(where + ": field \"attention_mask\" must be a list of 0 and 1 as long as \"input_ids\" (" + std::to_string(ex.ids.size()) + ")");
+    size_t kept = 0;
+    for (size_t i = 0; i < ex.ids.size(); ++i) {
+        const Json& m = mask->array[i];
+        if (!m.is_int() || (m.integer != 0 && m.integer != 1))
+            fail(where + ": field \"attention_mask\" holds " + (m.is_int() ? std::to_string(m.integer) : json_type_name(m.type)) + ", not 0 or 1");
+        if (m.integer == 1) ex.ids[kept] = ex.ids[i], ex.labels[kept] = ex.labels[i], ++kept;
+    }
+    if (kept == 0) fail(where + ": field \"attention_mask\" masks every token");
+    ex.ids.resize(kept), ex.labels.resize(kept);
+}
+
 // ---------------------------------------------------------------------------------------- prompt templates
 
 // A piece of a rendered prompt template: a special token (id >= 0) or text, which is encoded as ordinary
@@ -321,6 +338,7 @@ Row row_example(const Json& row, const std::string& where, const Tokenizer* tok,
         if (out.ex.labels.size() != out.ex.ids.size())
             fail(where + ": \"labels\" has " + std::to_string(out.ex.labels.size()) + " entries but \"input_ids\" has " +
                  std::to_string(out.ex.ids.size()));
+        if (row.find("attention_mask")) drop_masked(out.ex, row, where);
         return out;
     }
     if (!tok) fail(where + ": a text row " + kNeedsTokenizer);

@@ -106,7 +106,7 @@ struct Dataset {
 // JSON). A directory's non-hidden files, sorted, are all JSON (their rows, file by file) or all plain text (a
 // corpus of documents). Row forms, by their fields (a row has one form's fields; other fields are not read,
 // but fields of two forms are an error, except Alpaca's rendered "text" and a "prompt" beside "messages"):
-//   {"input_ids"[,"labels"]}                  pre-tokenized, -100 = no loss
+//   {"input_ids"[,"labels","attention_mask"]} pre-tokenized, -100 = no loss; attention_mask 0 = padding, dropped
 //   {"messages": [{"role","content"},...]}    chat (TRL/HF): the model's chat template, loss on assistant turns
 //   {"prompt","completion"}                   TRL prompt/completion: strings, or lists of messages
 //                                             (conversational: the chat template, loss on the completion's

@@ -234,6 +234,13 @@ struct RunPlan {
 RunPlan plan_run(const Options& o, const Inputs& in, int ranks) {
     RunPlan p;
     p.micro_batches_per_epoch = Loader(in.train, o.micro_batch, o.seq, 0, ranks, o.seed, true, in.tokens.pad).micro_batches_per_epoch();
+    if (o.grad_accum > p.micro_batches_per_epoch) {  // one step would take more than an epoch's rows, some twice
+        std::string source = o.given.count("--grad-accum") || o.config_file.empty() ? "--grad-accum " + std::to_string(o.grad_accum)
+                                                                                     : o.config_file + ": gradient accumulation " + std::to_string(o.grad_accum);
+        fail(source + " is more than the " + std::to_string(p.micro_batches_per_epoch) + " micro-batches of an epoch (" + o.data + " at --micro-batch " +
+             std::to_string(o.micro_batch) + (ranks > 1 ? " on each of " + std::to_string(ranks) + " ranks" : "") +
+             "): lower the accumulation or the micro-batch");
+    }
     p.steps_per_epoch = std::max<int64_t>(1, p.micro_batches_per_epoch / o.grad_accum);
     p.steps = o.steps ? o.steps : p.steps_per_epoch * std::max(1, o.epochs);
     if (!in.resume.empty()) {

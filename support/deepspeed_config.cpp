@@ -411,12 +411,17 @@ void ConfigReader::scheduler(const Json& v) {
             if (whole(e, key, -1, 1 << 30) != -1) error(key, "must be -1: a run continues its schedule from a checkpoint with --resume");
         }
     }
-    if (t == "WarmupDecayLR" && !ours && !max_lr_given && unset("--lr")) {  // DeepSpeed's default (WarmupLR's: the optimizer's lr)
+    if (t != "WarmupCosineLR" && !ours && !max_lr_given && unset("--lr")) {  // DeepSpeed's default (WarmupCosineLR scales the optimizer's lr)
         o.lr = 0.001f;
-        note("scheduler.params.warmup_max_lr: absent -> 0.001 (DeepSpeed's WarmupDecayLR default)");
+        note("scheduler.params.warmup_max_lr: absent -> 0.001 (DeepSpeed's " + t + " default; the optimizer's lr does not count)");
     }
-    if (!ours && !(p && p->find("warmup_num_steps")) && unset("--warmup-steps"))
+    if (!ours && !(p && p->find("warmup_num_steps")) && unset("--warmup-steps")) {
+        o.warmup_absent = true;
         note("scheduler.params.warmup_num_steps: absent -> 1000 (DeepSpeed's default)");
+    }
+    if (o.schedule_steps > 0 && o.warmup_steps > o.schedule_steps)  // DeepSpeed warns and runs it so
+        note("scheduler.params.total_num_steps " + std::to_string(o.schedule_steps) + " is shorter than the warmup's " +
+             std::to_string(o.warmup_steps) + " steps: the lr decays before it has warmed up");
     if (ours) note("scheduler: --lr-schedule " + o.schedule + " replaces " + t + " (its params still apply where they exist)");
 }
 

@@ -34,7 +34,8 @@ struct LlamaConfig {
 LlamaConfig load_config(const std::string& path);
 // Named shapes for random initialisation (and --dry-run plans): "tiny" (the default base), "llama-3.2-1b",
 // "llama-3.1-8b", "llama-3.1-70b", "llama-2-7b", "llama-2-13b" (the Llama-2 vocabulary of 32,000: their
-// default tokenizer is data/llama2_tokenizer.json) and "qwen3-0.6b".
+// default tokenizer is data/llama2_tokenizer.json) and "qwen3-0.6b" (data/qwen3_tokenizer.json, the Qwen3
+// chat template).
 LlamaConfig preset_config(const std::string& name);
 // An HF config.json for `c` (what transformers' from_pretrained reads: LlamaForCausalLM or Qwen3ForCausalLM).
 std::string config_json(const LlamaConfig& c);

@@ -38,9 +38,9 @@ LoRA:
                          an --adapter's own value unless given)
 Data:
   --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json;
-                         data/llama2_tokenizer.json for the llama-2 presets)
+                         data/llama2_tokenizer.json for the llama-2 presets, data/qwen3_tokenizer.json for qwen3)
   --data PATH[,PATH..]   training data: .jsonl rows {"text"}, {"question","answer"[,"context"]},
-                         {"prompt","completion"} or {"input_ids"[,"labels"]}; or plain text (a file or a
+                         {"prompt","completion"} or {"input_ids"[,"labels","attention_mask"]}; or plain text (a file or a
                          directory, packed). Default: data/qa_train.jsonl
   --eval-data PATH       evaluation data, same forms (default: data/qa_eval.jsonl with the default data)
   --eval-fraction F      split this fraction of --data off for evaluation instead (0 < F < 1)
@@ -262,8 +262,9 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     if (o.merge && o.lora_rank == 0 && o.adapter.empty()) fail("--merge merges LoRA adapters into the base: it needs LoRA (--lora-rank 0 writes OUT/model anyway)");
     Schedule s = make_schedule(o, 1);
     check_schedule(s, source("--lr-schedule", "scheduler"));
-    bool llama2 = o.preset.rfind("llama-2-", 0) == 0;  // the Llama-2 shapes take the Llama-2 vocabulary
-    if (o.tokenizer.empty()) o.tokenizer = default_path(llama2 ? "data/llama2_tokenizer.json" : "data/tokenizer.json");
+    bool llama2 = o.preset.rfind("llama-2-", 0) == 0, qwen3 = o.preset.rfind("qwen3-", 0) == 0;  // their own vocabularies
+    if (o.tokenizer.empty())
+        o.tokenizer = default_path(llama2 ? "data/llama2_tokenizer.json" : qwen3 ? "data/qwen3_tokenizer.json" : "data/tokenizer.json");
     if (o.data.empty()) {
         o.data = default_path("data/qa_train.jsonl");
         if (o.eval_data.empty() && o.eval_fraction == 0) o.eval_data = default_path("data/qa_eval.jsonl");
@@ -359,6 +360,8 @@ void check_adapter_flags(const Options& o, const LoraConfig& adapter) {
 void check_warmup(const Options& o, int64_t steps) {
     if (o.warmup_steps <= steps) return;
     std::string source = o.given.count("--warmup-steps") || o.config_file.empty() ? "--warmup-steps " + std::to_string(o.warmup_steps)
-                                                                                     : o.config_file + ": scheduler.params.warmup_num_steps " + std::to_string(o.warmup_steps);
+                         : o.warmup_absent ? o.config_file + ": the scheduler's warmup of " + std::to_string(o.warmup_steps) +
+                                                 " steps (DeepSpeed's default: the file has no scheduler.params.warmup_num_steps)"
+                                           : o.config_file + ": scheduler.params.warmup_num_steps " + std::to_string(o.warmup_steps);
     fail(source + " is longer than the run's " + std::to_string(steps) + " steps");
 }

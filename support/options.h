@@ -29,6 +29,7 @@ struct Options {
     std::string schedule = "warmup-cosine";  // this trainer's kinds, or DeepSpeed's (adamw.h: Schedule)
     std::string warmup_type = "log";          // DeepSpeed's schedules: "log" or "linear"
     int64_t schedule_steps = 0;               // scheduler.params.total_num_steps; 0: the run's length
+    bool warmup_absent = false;               // warmup_steps is DeepSpeed's default: the config's scheduler has no warmup_num_steps
     bool train_on_prompt = false, chat_template = false, pack = true, dry_run = false;
     int log_every = 10, eval_every = 0, sample = 3;
     bool score_answers = false;   // greedy answers to every eval question, scored before and after training

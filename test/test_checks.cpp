@@ -371,7 +371,19 @@ TEST_CASE("checks: flags: empty strings, non-finite numbers, products that overf
     check_error(args + " --warmup-steps 50 --steps 10", "--warmup-steps 50 is longer than the run's 10 steps");
     std::string ds = temp_file("checks_ds_warmup.json", R"({"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 50}}})");
     check_error(args + " --steps 10 --config " + ds, "checks_ds_warmup.json: scheduler.params.warmup_num_steps 50 is longer than the run's 10 steps");
+    std::string absent = temp_file("checks_ds_warmup_absent.json", R"({"scheduler": {"type": "WarmupLR"}})");  // the error names no key the file lacks
+    check_error(args + " --steps 50 --config " + absent,
+                "checks_ds_warmup_absent.json: the scheduler's warmup of 1000 steps (DeepSpeed's default: the file has no scheduler.params.warmup_num_steps) is longer than the run's 50 steps");
     check_passes(args + " --warmup-steps 10 --steps 10");
+    // an accumulation longer than an epoch would take some rows twice in one step
+    std::string rows = temp_file("checks_four_rows.jsonl", R"({"input_ids": [1, 5, 6, 2]}
+{"input_ids": [1, 7, 8, 2]}
+{"input_ids": [1, 9, 10, 2]}
+{"input_ids": [1, 11, 12, 2]}
+)");
+    std::string few = model_args(good_model("f_model")) + " --out " + fresh_out() + " --data " + rows + " --no-pack --micro-batch 1";
+    check_error(few + " --grad-accum 5", "--grad-accum 5 is more than the 4 micro-batches of an epoch");
+    check_passes(few + " --grad-accum 4");
 }
 
 TEST_CASE("checks: running out of host memory anywhere in the checks is one error line, never a crash") {

@@ -48,9 +48,10 @@ TEST_CASE("cli: help, tokenize and a dry run succeed") {
     Run dry = run("--preset tiny --seq 128 --dry-run --out " + temp_dir("cli_dry"));
     CHECK(dry.status == 0);
     CHECK(dry.output.find("dry run: inputs are valid") != std::string::npos);
-    Run qwen3 = run("--preset qwen3-0.6b --seq 128 --dry-run");  // Qwen3-0.6B's shape
+    Run qwen3 = run("--preset qwen3-0.6b --seq 128 --dry-run --chat-template");  // Qwen3-0.6B's shape, its tokenizer and template
     CHECK(qwen3.status == 0);
     CHECK(qwen3.output.find("model qwen3-0.6b, 596,049,920 parameters") != std::string::npos);
+    CHECK(qwen3.output.find("(question/answer in the Qwen3 chat template)") != std::string::npos);
     // a 13B's full fine-tuning on one GPU, estimated without one (its Llama-2 vocabulary: the default
     // Llama-2-family tokenizer)
     std::string rows = temp_file("dry_13b.jsonl", "{\"text\": \"a harbor is a sheltered port\"}\n");

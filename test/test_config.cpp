@@ -152,8 +152,14 @@ TEST_CASE("config: DeepSpeed's scheduler semantics, never the run's length") {
     CHECK(s.min_ratio == 0.1f);
     CHECK(s.warmup_type == "linear");
 
-    Options d = with_config(R"({"scheduler": {"type": "WarmupLR"}})");  // DeepSpeed's defaults for absent params
+    Options d = with_config(R"({"optimizer": {"type": "AdamW", "params": {"lr": 3e-5}}, "scheduler": {"type": "WarmupLR"}})");  // DeepSpeed's defaults for absent params
     CHECK(d.warmup_steps == 1000);
+    CHECK(d.lr == 0.001f);  // WarmupLR's warmup_max_lr default, as WarmupDecayLR's: the optimizer's lr does not count
+    CHECK(noted(d, "warmup_max_lr: absent -> 0.001 (DeepSpeed's WarmupLR default"));
+    CHECK(d.warmup_absent);
+    Options short_total = with_config(R"({"scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 3, "warmup_num_steps": 5}}})");
+    CHECK(noted(short_total, "total_num_steps 3 is shorter than the warmup's 5 steps"));  // DeepSpeed warns and runs it
+    CHECK(!noted(with_config(R"({"scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 5, "warmup_num_steps": 5}}})"), "shorter"));
     CHECK(d.warmup_type == "log");
     CHECK(d.warmup_min_lr == 0.0f);
     Options decay = with_config(R"({"optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "scheduler": {"type": "WarmupDecayLR"}})");

@@ -205,6 +205,24 @@ TEST_CASE("data: pre-tokenized rows need no tokenizer; text without one is one e
     temp_file("corpus_no_tok/a.txt", "text");
     CHECK_THROWS_WITH_AS(load_dataset(dir, nullptr, 1000, opt), doctest::Contains("is plain text: it needs a tokenizer"), Error);
     CHECK_THROWS_WITH_AS(load_dataset(dir, nullptr, 0, opt), doctest::Contains("no vocabulary size"), Error);
+    // a tokenizer's padding: the tokens attention_mask masks are dropped with their labels (not trained on)
+    Dataset padded = load_dataset(temp_file("ids_mask.jsonl", "{\"input_ids\": [1, 9, 8, 2, 0, 0], \"attention_mask\": [1, 1, 1, 1, 0, 0]}\n"
+                                                               "{\"input_ids\": [0, 1, 7], \"labels\": [-100, -100, 7], \"attention_mask\": [0, 1, 1]}\n"),
+                                  nullptr, 1000, opt);
+    CHECK(padded.rows[0].ids == std::vector<int32_t>{1, 9, 8, 2});
+    CHECK(padded.rows[0].labels == std::vector<int32_t>{1, 9, 8, 2});
+    CHECK(padded.rows[1].ids == std::vector<int32_t>{1, 7});
+    CHECK(padded.rows[1].labels == std::vector<int32_t>{-100, 7});
+    const std::pair<const char*, const char*> bad_masks[] = {
+        {"{\"input_ids\": [1, 2], \"attention_mask\": [1]}", "ids_bad_mask.jsonl:1: field \"attention_mask\" must be a list of 0 and 1 as long as \"input_ids\" (2)"},
+        {"{\"input_ids\": [1, 2], \"attention_mask\": \"11\"}", "field \"attention_mask\" must be a list of 0 and 1"},
+        {"{\"input_ids\": [1, 2], \"attention_mask\": [1, 2]}", "ids_bad_mask.jsonl:1: field \"attention_mask\" holds 2, not 0 or 1"},
+        {"{\"input_ids\": [1, 2], \"attention_mask\": [1, true]}", "field \"attention_mask\" holds a boolean, not 0 or 1"},
+        {"{\"input_ids\": [1, 2], \"attention_mask\": [0, 0]}", "ids_bad_mask.jsonl:1: field \"attention_mask\" masks every token"}};
+    for (const auto& [row, message] : bad_masks) {
+        CAPTURE(row);
+        CHECK_THROWS_WITH_AS(load_dataset(temp_file("ids_bad_mask.jsonl", std::string(row) + "\n"), nullptr, 1000, opt), doctest::Contains(message), Error);
+    }
     // the model's vocabulary, not the tokenizer's, bounds the ids
     CHECK_THROWS_WITH_AS(load_dataset(temp_file("ids_model.jsonl", "{\"input_ids\": [5, 600]}\n"), &default_tokenizer(), 512, opt),
                          doctest::Contains("not a token id in [0, 512)"), Error);
