@@ -105,6 +105,25 @@ Dataset load_datasets(const std::string& paths, const std::string& flag, const I
     return all;
 }
 
+// The flags that act on the evaluation set, given where they would do nothing: --eval-every without
+// evaluation data, --score-answers or --sample without evaluation rows that hold a prompt apart from its
+// answer (or without a tokenizer to show them). Giving --data drops the default evaluation set.
+void check_eval_flags(const Options& o, const Inputs& in) {
+    const std::string how = " (--eval-data FILE or --eval-fraction F; giving --data drops the default evaluation set)";
+    if (o.given.count("--eval-every") && o.eval_every > 0 && in.eval.rows.empty()) fail("--eval-every needs evaluation data" + how);
+    if (!o.score_answers && !(o.given.count("--sample") && o.sample > 0)) return;
+    const std::string flag = o.score_answers ? "--score-answers" : "--sample";
+    if (!in.tok) fail(flag + " shows answers as text: it needs a tokenizer (--tokenizer), which pre-tokenized data alone does not name");
+    bool prompted = std::any_of(in.eval.rows.begin(), in.eval.rows.end(), [](const Example& ex) {
+        size_t p = 0;
+        while (p < ex.labels.size() && ex.labels[p] == kIgnoreIndex) ++p;
+        return p > 0 && p < ex.ids.size();
+    });
+    if (!prompted)
+        fail(flag + " needs evaluation rows with a prompt and an answer (question/answer, prompt/completion, chat or Alpaca rows)" +
+             (o.train_on_prompt ? std::string(": --train-on-prompt puts the loss on the prompts too, so no row keeps one apart") : how));
+}
+
 // Reads and checks every input on this rank, in the order a run needs them; no collectives (the ranks
 // agree on the outcome afterwards: world_agree). `chief` prints the data summary and notes.
 Inputs load_inputs(const Options& o, bool chief) {
@@ -155,6 +174,7 @@ Inputs load_inputs(const Options& o, bool chief) {
         std::printf("%s\n", data_summary("train", in.train).c_str());
         if (!in.eval.rows.empty()) std::printf("%s\n", data_summary("eval ", in.eval).c_str());
     }
+    check_eval_flags(o, in);
     // the checkpoint to continue, every rank's file of it; OUT, where nothing of a previous run is lost unasked
     in.resume = find_checkpoint(o.out + "/checkpoints", o.resume);
     if (!in.resume.empty()) check_checkpoint(in.resume, c, in.lora);

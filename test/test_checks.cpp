@@ -384,6 +384,20 @@ TEST_CASE("checks: flags: empty strings, non-finite numbers, products that overf
     std::string few = model_args(good_model("f_model")) + " --out " + fresh_out() + " --data " + rows + " --no-pack --micro-batch 1";
     check_error(few + " --grad-accum 5", "--grad-accum 5 is more than the 4 micro-batches of an epoch");
     check_passes(few + " --grad-accum 4");
+    // flags that act on an evaluation set there is none of (or none with questions)
+    std::string qa = temp_file("checks_qa.jsonl", R"({"question": "a harbor is", "answer": "a port"}
+)");
+    std::string text = temp_file("checks_text.jsonl", R"({"text": "a harbor is a port"}
+)");
+    std::string own = "--preset tiny --seq 64 --micro-batch 1 --lora-rank 2 --dry-run --out " + fresh_out() + " --data " + qa;
+    check_error(own + " --eval-every 5", "--eval-every needs evaluation data (--eval-data FILE or --eval-fraction F");
+    check_error(own + " --score-answers", "--score-answers needs evaluation rows with a prompt and an answer");
+    check_error(own + " --sample 3 --eval-data " + text, "--sample needs evaluation rows with a prompt and an answer");
+    check_error(own + " --score-answers --eval-data " + qa + " --train-on-prompt", "--train-on-prompt puts the loss on the prompts too");
+    check_error(model_args(good_model("f_model")) + " --out " + fresh_out() + " --sample 2 --eval-data " + rows_file(),
+                "--sample shows answers as text: it needs a tokenizer");
+    check_passes(own + " --score-answers --eval-every 5 --sample 2 --eval-data " + qa);
+    check_passes(own + " --sample 0");
 }
 
 TEST_CASE("checks: running out of host memory anywhere in the checks is one error line, never a crash") {
