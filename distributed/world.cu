@@ -292,7 +292,7 @@ void untracked_measure_begin(const World& w);  // below, with rank_gpu_bytes
 
 void world_start_gpu(World& w, Transport requested) {
     int gpus = 0;
-    if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) fail("no CUDA GPU is visible (--dry-run checks the inputs without one)");
+    if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) fail("no CUDA GPU is visible (training's --dry-run checks its inputs without one; generate needs a GPU)");
     w.gpu = w.local_rank % gpus;
     cudaDeviceProp p;
     check_cuda(cudaGetDeviceProperties(&p, w.gpu), "cudaGetDeviceProperties");

@@ -140,6 +140,7 @@ double parse_real(const std::string& flag, const std::string& text) {
 float parse_float(const std::string& flag, const std::string& text) {
     double v = parse_real(flag, text);
     if (!std::isfinite(float(v))) fail(flag + " " + text + " is beyond the range of a 32-bit float");
+    if (v != 0 && float(v) == 0) fail(flag + " " + text + " is too small for a 32-bit float (it rounds to 0)");
     return float(v);
 }
 
@@ -236,6 +237,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         fail(source("--offload", "zero_optimization.offload_optimizer") + ": optimizer offload needs ZeRO stage 1, 2 or 3 (the optimizer state "
              "must be partitioned; the stage is 0" + (o.given.count("--zero-stage") || o.config_file.empty() ? "" : " in " + o.config_file) + ")");
     if (o.zero.copy_gathers && o.zero.stage != 3) fail("--copy-gathers applies to ZeRO stage 3 only (the stage is " + std::to_string(o.zero.stage) + ")");
+    if (o.zero.keep_gathered && o.zero.stage != 3) fail("--keep-gathered applies to ZeRO stage 3 only (the stage is " + std::to_string(o.zero.stage) + ")");
     if (!o.zero.overlap_update && o.zero.offload)
         fail(source("--offload", "zero_optimization.offload_optimizer") + ": --serial-update applies to the GPU optimizer (the CPU's "
              "update always runs beside the next forward)");
@@ -254,6 +256,9 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     if (!(o.lr > 0)) fail(source("--lr", "optimizer.params.lr") + " must be positive");
     if (o.weight_decay < 0) fail(source("--weight-decay", "optimizer.params.weight_decay") + " must be >= 0");
     if (o.clip < 0) fail(source("--clip", "gradient_clipping") + " must be >= 0");
+    if (o.lora_rank == 0 && o.adapter.empty())  // full fine-tuning: the adapters' flags would do nothing
+        for (const char* flag : {"--lora-alpha", "--lora-targets", "--lora-dropout"})
+            if (o.given.count(flag)) fail(std::string(flag) + " applies to LoRA adapters: --lora-rank 0 trains every weight instead");
     if (o.lora_rank > 0 && !(o.lora_alpha > 0)) fail("--lora-alpha must be positive");
     if (!(o.lora_dropout >= 0 && o.lora_dropout < 1)) fail("--lora-dropout must be in [0, 1)");
     if (!o.model.empty() && !exists(o.model + "/config.json")) fail("--model " + o.model + ": no config.json there");
