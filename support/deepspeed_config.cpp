@@ -463,6 +463,7 @@ void ConfigReader::zero_optimization(const Json& v) {
             if (!is_auto(e)) o.zero.overlap_comm = boolean(e, key);
         } else if (k == "reduce_bucket_size") {
             bucket(o.zero.reduce_bucket_size, 1, int64_t(hidden_size()) * hidden_size(), "hidden_size²");
+            if (o.zero.stage >= 2) no_effect(key, "stages 2 and 3 reduce-scatter each unit's gradient whole; the buckets are stages 0 and 1's all-reduce");
         } else if (k == "allgather_bucket_size") {
             if (!is_auto(e)) o.zero.allgather_bucket_size = whole(e, key, 1);
             no_effect(key, kZeroNoEffect.at(k));

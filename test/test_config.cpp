@@ -107,6 +107,8 @@ TEST_CASE("config: numbers written as 5e8, \"auto\" resolved, DeepSpeed's key na
     CHECK(o.zero.persistence_threshold == 10000);
     CHECK(o.zero.allgather_bucket_size == 200000000);
     CHECK(noted(o, "no effect here: zero_optimization.sub_group_size ("));
+    CHECK(noted(with_config(R"({"zero_optimization": {"stage": 2, "reduce_bucket_size": 1000}})"), "no effect here: zero_optimization.reduce_bucket_size (stages 2 and 3"));
+    CHECK(!noted(with_config(R"({"zero_optimization": {"stage": 1, "reduce_bucket_size": 1000}})"), "no effect here: zero_optimization.reduce_bucket_size"));
 
     // "auto" where HF's templates put it: flags win, else defaults; the ZeRO sizes from hidden_size (tiny: 256)
     Options a = with_config(R"({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
