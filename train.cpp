@@ -144,7 +144,8 @@ Inputs load_inputs(const Options& o, bool chief) {
         in.tokens.bos = c.bos_token_id;
         in.tokens.eos.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
         in.tokens.pad = in.tokens.eos.empty() ? 0 : in.tokens.eos[0];
-        in.tokens.source = config_path + " (bos_token_id, eos_token_id; 128000 and 128001 where absent)";
+        in.tokens.source = config_path + " (bos_token_id, eos_token_id; where absent " +
+                           (c.model_type == std::string("llama") ? "1 and 2, HF's LlamaConfig defaults)" : "128000 and 128001)");
     }
     check_model_tokens(in.tokens, c.vocab_size, config_path);
     // the adapters: from --adapter (its r, alpha and targets), or new ones as the flags say

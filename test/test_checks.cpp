@@ -260,8 +260,10 @@ TEST_CASE("checks: sizes read from config.json are bounded, and the special toke
     check_error(config("c_eos", {{"eos_token_id", "600"}}), "eos_token_id 600 is outside the vocabulary (vocab_size 512)");
     check_error(config("c_eos_list", {{"eos_token_id", "[2, 512]"}}), "eos_token_id 512 is outside the vocabulary");
     check_error(config("c_bos", {{"bos_token_id", "9999"}}), "bos_token_id 9999 is outside the vocabulary");
-    // without an eos_token_id the pad id falls back to 128001, which this vocabulary lacks
-    check_error(config("c_no_eos", {}, "eos_token_id"), "the EOS id 128001");
+    // without an eos_token_id (or bos_token_id) a "llama" config takes HF's LlamaConfig defaults, 2 (and 1), inside
+    // this vocabulary: the checks go on to the weights (this fixture's empty file)
+    check_error(config("c_no_eos", {}, "eos_token_id"), "model.safetensors: not a safetensors file");
+    check_error(config("c_no_bos", {}, "bos_token_id"), "model.safetensors: not a safetensors file");
     // a pre-tokenized id the embedding lacks
     std::string rows = temp_file("checks_bad_ids.jsonl", "{\"input_ids\": [1, 512, 2]}\n");
     check_error("--model " + good_model("c_rows") + " --data " + rows + " --seq 64 --dry-run --out " + fresh_out(), "512");

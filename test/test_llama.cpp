@@ -51,6 +51,11 @@ TEST_CASE("llama: transformers 5 rope_parameters and defaults") {
     CHECK(c.rope_llama3);
     CHECK(c.rope_original_max_position == 64);
     CHECK(c.eos_token_ids == std::vector<int>{5});
+    CHECK(c.bos_token_id == 1);  // absent: HF's LlamaConfig default
+    LlamaConfig bare = load_config(temp_file("config5_ids.json", R"({"model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 300})"));
+    CHECK(bare.bos_token_id == 1);  // a Llama-2-family config without its ids reads as HF reads it
+    CHECK(bare.eos_token_ids == std::vector<int>{2});
     CHECK_FALSE(c.tie_word_embeddings);
     std::vector<TensorSpec> specs = parameter_specs(c);
     CHECK(specs.back().name == "lm_head.weight");
