@@ -411,7 +411,7 @@ Row row_example(const Json& row, const std::string& where, const Tokenizer* tok,
         } else {
             out.format = "question/answer";
             reply = nonempty("answer");
-            context = string_field(row, "context", where, false);
+            context = string_field(row, "context", where, false, true);  // null: none (`datasets` writes a missing column so)
         }
         prompt = qa_prompt(question, context);  // "Question: ...\nContext: ...\nAnswer:" then " " + the answer
         answer = " " + reply;

@@ -170,6 +170,10 @@ TEST_CASE("data formats: SQuAD's nested answers, WikiQA's labels (label 0 rows d
         CHECK(data_summary("eval", eval).find("rows dropped") == std::string::npos);
     }
 
+    // a null context (how `datasets` writes a column a row lacks) is no context, as Alpaca's null input is no input
+    Dataset nulls = load("fmt_null_context.jsonl", R"({"question": "how are glacier caves formed?", "answer": "Sentence 0.", "context": null})" "\n");
+    CHECK(nulls.rows[0].ids == w.rows[0].ids);
+
     const struct { const char* row; const char* message; } bad[] = {
         {R"({"question": "q", "answer": "a", "label": 2})", "fmt_bad_qa.jsonl:1: field \"label\" must be 0 or 1"},
         {R"({"question": "q", "answer": "a", "label": "1"})", "fmt_bad_qa.jsonl:1: field \"label\" must be 0 or 1"},
