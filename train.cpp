@@ -57,8 +57,8 @@ MemoryStats memory_stats(const MemorySampler::Stats& s) { return {s.peak, s.mean
 int run_tokenize(const std::vector<std::string>& args) {
     std::string path;
     for (size_t i = 0; i < args.size(); ++i) {
-        if (args[i] == "--tokenizer" && i + 1 < args.size()) path = args[++i];
-        else if (args[i] == "--tokenizer") fail("--tokenizer needs a value");
+        if (args[i] == "--tokenizer" && i + 1 < args.size() && !args[i + 1].empty()) path = args[++i];
+        else if (args[i] == "--tokenizer") fail(i + 1 < args.size() ? "--tokenizer needs a value, not an empty string" : "--tokenizer needs a value");
         else fail("unknown option " + args[i] + " for tokenize (usage: ./train tokenize [--tokenizer PATH])");
     }
     Tokenizer tok = load_tokenizer(path.empty() ? default_path("data/tokenizer.json") : path);

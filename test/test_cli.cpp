@@ -81,6 +81,7 @@ TEST_CASE("cli: each bad flag is one error line") {
     check_error("--adapter /nonexistent", "--adapter /nonexistent: no adapter_config.json there");
     check_error("tokenize --tokenizer /nonexistent/tokenizer.json", "tokenizer /nonexistent/tokenizer.json not found");
     check_error("tokenize --bogus", "unknown option --bogus for tokenize");
+    check_error("tokenize --tokenizer ''", "--tokenizer needs a value, not an empty string");  // as the training command says
 }
 
 TEST_CASE("cli: bad config files, model directories and data files") {
