@@ -544,7 +544,10 @@ Dataset load_dataset(const std::string& path, const Tokenizer* tok, int vocab_si
     if (data.rows.empty() && !data.stats.dropped.empty())
         fail("dataset " + path + " has no rows to train on" + dropped_text(data.stats));
     if (data.rows.empty()) fail("dataset " + path + " is empty");
-    if (data.stats.target_tokens == 0) fail("dataset " + path + " has no tokens that take loss (all labels are -100)");
+    if (data.stats.target_tokens == 0)
+        fail("dataset " + path + " has no tokens that take loss (all labels are -100" +
+             (data.stats.truncated_rows ? "; " + thousands(data.stats.truncated_rows) + " rows were cut at --seq " + std::to_string(options.seq_len) +
+                                              ", before their answers" : std::string()) + ")");
     pack_sequences(data);
     return data;
 }

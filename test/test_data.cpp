@@ -459,6 +459,10 @@ TEST_CASE("data: each bad input is one error naming file, line and field") {
         CAPTURE(c.jsonl);
         CHECK_THROWS_WITH_AS(load_rows("bad.jsonl", c.jsonl), doctest::Contains(c.message), Error);
     }
+    DataOptions short_rows;  // the truncation named where it took every answer
+    short_rows.seq_len = 3;
+    CHECK_THROWS_WITH_AS(load_rows("cut.jsonl", "{\"question\": \"a harbor is what\", \"answer\": \"a port\"}\n", short_rows),
+                         doctest::Contains("has no tokens that take loss (all labels are -100; 1 rows were cut at --seq 3, before their answers)"), Error);
     const Tokenizer& tok = default_tokenizer();
     CHECK_THROWS_WITH_AS(load_dataset("/nonexistent/train.jsonl", tok, DataOptions()),
                          doctest::Contains("cannot read dataset /nonexistent/train.jsonl"), Error);
