@@ -27,7 +27,8 @@ struct Json {
 
 const char* json_type_name(Json::Type type);
 
-// Parses `text` strictly (RFC 8259: no comments, no trailing commas), with one extension: the literals
+// Parses `text` strictly (RFC 8259: no comments, no trailing commas; and no key twice in one object, which
+// Python keeps the last of and DeepSpeed and HF read so), with one extension: the literals
 // Infinity, -Infinity and NaN that Python's json module writes for non-finite floats (accelerate's
 // DeepSpeed config holds "steps_per_print": Infinity). Errors name `source:LINE:COL`.
 Json parse_json(std::string_view text, const std::string& source, int first_line = 1);
