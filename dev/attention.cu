@@ -27,7 +27,8 @@
 // code is slower a key block; "7 blocks": a few blocks walking many tiles each, so that the checks' small
 // shapes run the ring of stages across tiles); v14 the warp-specialized backwards (v11 at head_dim 64,
 // WsBwd<128>) with each step issuing the next step's S^T early (NEXT_S), each checked for bitwise determinism;
-// v15 the Hopper forward with a producer warpgroup (WgFwdConfig's WS, FlashAttention-3's forward). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
+// v15 the Hopper forward with a producer warpgroup (WgFwdConfig's WS, FlashAttention-3's forward; the library's
+// HopperFwdD128 since it ran; head_dim 64 at T <= 1,024 runs the 128-row tiles of v5 BR128, HopperFwdShort). "dq-atomic", "dq-any-order" and "no-dq" are timing bounds
 // (DqMode; the first and last with dq wrong). dev/NOTES.md says what each measured. This file includes
 // ../attention.cu to reach them.
 // FLOPs are counted as FlashAttention does: forward 4 B H T^2 Dh / 2 (causal), backward 2.5x forward.

@@ -839,7 +839,11 @@ void with_lib(int Dh, F&& f) {
 namespace {
 // The configurations the library runs on Hopper (dev/attention.cu times them against others).
 using HopperFwd = WgFwdConfig<3, 128, 3>;  // 3 warpgroups x 64 query rows, 128-key blocks, 3 TMA stages
-using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128, true>;  // head_dim 128: 2 warpgroups, 128-key blocks, 3 stages (dev v6: fastest from T = 4096), pingpong
+using HopperFwdShort = WgFwdConfig<2, 128, 4>;  // head_dim 64 at T <= 1024: 128-row tiles (dev v5 BR128: 0.290 against 0.313 ms at T = 1024)
+// head_dim 128: 2 compute warpgroups, 128-key blocks, 3 stages (dev v6), pingpong (v12), and a producer
+// warpgroup loading K and V (v15: on an H100 at T = 4096 / 8192 / 16384, 521 / 596 / 661 against 483 / 515 / 565 TFLOP/s)
+using HopperFwdD128 = WgFwdConfig<2, 128, 3, 128, true, true>;
+using HopperFwdD128Plain = WgFwdConfig<2, 128, 3, 128, true>;  // the same without the producer: where it does not start at 168 registers
 // The backward: WsBwd (attention_sm90_ws_bwd.cuh), a producer warpgroup and two compute warpgroups per 128
 // keys (on an H100 at T = 8192: dev v9 at head_dim 64, 4.10 against 5.41 ms; dev v8 at 128, 468 against v7's
 // 338 TFLOP/s); at head_dim 64 first its variant of 128 queries a step (attention_sm90_ws64_bwd.cuh, dev v11:
@@ -871,9 +875,13 @@ size_t flash_attention_backward_workspace(const AttentionShape& a) {
 void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start,
                              bf16* o, float* lse, cudaStream_t stream) {
     check_shape(a, {q, k, v, o});
-    if (use_hopper && wgmma_forward_applies<HopperFwd>(a, {q, k, v, o})) launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream);
-    else if (use_hopper && wgmma_forward_applies<HopperFwdD128>(a, {q, k, v, o}))
+    if (use_hopper && a.T <= 1024 && wgmma_forward_applies<HopperFwdShort>(a, {q, k, v, o}))
+        launch_forward_wgmma<HopperFwdShort>(a, q, k, v, doc_start, o, lse, stream);
+    else if (use_hopper && wgmma_forward_applies<HopperFwd>(a, {q, k, v, o})) launch_forward_wgmma<HopperFwd>(a, q, k, v, doc_start, o, lse, stream);
+    else if (use_hopper && wgmma_forward_applies<HopperFwdD128>(a, {q, k, v, o}) && forward_registers_fit<HopperFwdD128>())
         launch_forward_wgmma<HopperFwdD128>(a, q, k, v, doc_start, o, lse, stream);
+    else if (use_hopper && wgmma_forward_applies<HopperFwdD128Plain>(a, {q, k, v, o}))
+        launch_forward_wgmma<HopperFwdD128Plain>(a, q, k, v, doc_start, o, lse, stream);
     else with_lib(a.Dh, [&](auto lib) { launch_forward<typename decltype(lib)::Fwd>(a, q, k, v, doc_start, o, lse, stream); });
 }
 

@@ -575,8 +575,8 @@ __global__ void __launch_bounds__(W::THREADS, 1)
 // 168 - PREG registers from each producer thread to (168 - PREG) / 2 more for each compute thread (24: 144 to
 // 72): the pool is exact only when the kernel starts at 168 a thread (the most __launch_bounds__(384, 1)
 // allows), else the compute warps' setmaxnreg.inc would wait for ever. Asked once per kernel (the callers'
-// statics); where ptxas chose otherwise, the kernel does not run (a notice names `what`): the backwards fall
-// back to the next kernel, the dev forward fails.
+// statics); where ptxas chose otherwise, the kernel does not run (a notice names `what`): the backwards and
+// the library's head_dim 128 forward fall back to the next kernel, a dev forward fails.
 inline bool starts_at_168_registers(const void* kernel, const char* what) {
     cudaFuncAttributes fa{};
     check_cuda(cudaFuncGetAttributes(&fa, kernel), "cudaFuncGetAttributes(attention)");
@@ -590,17 +590,24 @@ bool wgmma_forward_applies(const AttentionShape& a, std::initializer_list<const 
     return a.Dh == W::D && all_aligned(ptrs, 16) && wgmma_available();
 }
 
+// Whether W's kernel can run: always, but for a warp-specialized one (WS) only where it starts at 168 registers.
+template <class W>
+bool forward_registers_fit() {
+    if constexpr (W::WS) {
+        static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_forward_wgmma_kernel<W>),
+                                                         "warp-specialized attention forward");
+        return fits;
+    }
+    return true;
+}
+
 template <class W>
 void launch_forward_wgmma(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o,
                           float* lse, cudaStream_t stream) {
     if (!wgmma_forward_applies<W>(a, {q, k, v, o}))
         fail("flash attention: this wgmma forward needs head_dim " + std::to_string(W::D) +
              ", 16-byte aligned rows and an sm_90a build on an H100/H200");
-    if constexpr (W::WS) {
-        static const bool fits = starts_at_168_registers(reinterpret_cast<const void*>(flash_forward_wgmma_kernel<W>),
-                                                         "warp-specialized attention forward");
-        if (!fits) fail("flash attention: the warp-specialized forward needs 168 registers a thread");
-    }
+    if (!forward_registers_fit<W>()) fail("flash attention: the warp-specialized forward needs 168 registers a thread");
     static bool configured = false;
     if (!configured) {
         check_cuda(cudaFuncSetAttribute(flash_forward_wgmma_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(W::smem)),
