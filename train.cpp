@@ -105,6 +105,14 @@ Dataset load_datasets(const std::string& paths, const std::string& flag, const I
     return all;
 }
 
+// An evaluation row's prompt: the tokens before its first target, when there are some and an answer after
+// them (0 otherwise: nothing to ask).
+size_t prompt_length(const Example& ex) {
+    size_t p = 0;
+    while (p < ex.labels.size() && ex.labels[p] == kIgnoreIndex) ++p;
+    return p < ex.ids.size() ? p : 0;
+}
+
 // The flags that act on the evaluation set, given where they would do nothing: --eval-every without
 // evaluation data, --score-answers or --sample without evaluation rows that hold a prompt apart from its
 // answer (or without a tokenizer to show them). Giving --data drops the default evaluation set.
@@ -114,11 +122,7 @@ void check_eval_flags(const Options& o, const Inputs& in) {
     if (!o.score_answers && !(o.given.count("--sample") && o.sample > 0)) return;
     const std::string flag = o.score_answers ? "--score-answers" : "--sample";
     if (!in.tok) fail(flag + " shows answers as text: it needs a tokenizer (--tokenizer), which pre-tokenized data alone does not name");
-    bool prompted = std::any_of(in.eval.rows.begin(), in.eval.rows.end(), [](const Example& ex) {
-        size_t p = 0;
-        while (p < ex.labels.size() && ex.labels[p] == kIgnoreIndex) ++p;
-        return p > 0 && p < ex.ids.size();
-    });
+    bool prompted = std::any_of(in.eval.rows.begin(), in.eval.rows.end(), [](const Example& ex) { return prompt_length(ex) > 0; });
     if (!prompted)
         fail(flag + " needs evaluation rows with a prompt and an answer (question/answer, prompt/completion, chat or Alpaca rows)" +
              (o.train_on_prompt ? std::string(": --train-on-prompt puts the loss on the prompts too, so no row keeps one apart") : how));
@@ -145,7 +149,7 @@ Inputs load_inputs(const Options& o, bool chief) {
         in.tokens.eos.assign(c.eos_token_ids.begin(), c.eos_token_ids.end());
         in.tokens.pad = in.tokens.eos.empty() ? 0 : in.tokens.eos[0];
         in.tokens.source = config_path + " (bos_token_id, eos_token_id; where absent " +
-                           (c.model_type == std::string("llama") ? "1 and 2, HF's LlamaConfig defaults)" : "128000 and 128001)");
+                           (c.model_type == "llama" ? "1 and 2, HF's LlamaConfig defaults)" : "128000 and 128001)");
     }
     check_model_tokens(in.tokens, c.vocab_size, config_path);
     // the adapters: from --adapter (its r, alpha and targets), or new ones as the flags say
@@ -623,9 +627,8 @@ AnswerScore Trainer::answer_questions(const char* when, int limit) {
     std::vector<std::vector<int32_t>> prompts, refs;
     for (const Example& ex : in_.eval.rows) {
         if (limit >= 0 && int(prompts.size()) >= limit) break;
-        size_t p = 0;
-        while (p < ex.labels.size() && ex.labels[p] == kIgnoreIndex) ++p;
-        if (p == 0 || p >= ex.ids.size()) continue;
+        const size_t p = prompt_length(ex);
+        if (p == 0) continue;
         prompts.emplace_back(ex.ids.begin(), ex.ids.begin() + long(p));
         refs.emplace_back(ex.ids.begin() + long(p), ex.ids.end());
     }

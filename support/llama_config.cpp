@@ -167,7 +167,7 @@ LlamaConfig load_config(const std::string& path) {
     refuse_sliding_window(j, c, path);
     if (const Json* tie = j.find("tie_word_embeddings"); tie && tie->type == Json::Bool) c.tie_word_embeddings = tie->boolean;
     // Absent ids: HF's LlamaConfig defaults (1, 2) for "llama"; Qwen3's config has none of its own (these stand).
-    const bool llama = c.model_type == std::string("llama");
+    const bool llama = c.model_type == "llama";
     if (llama) c.eos_token_ids = {2};
     c.bos_token_id = int_field(j, "bos_token_id", path, llama ? 1 : 128000, false);
     if (const Json* bos = j.find("bos_token_id"); bos && bos->type != Json::Null) check_token_id(c.bos_token_id, "bos_token_id", c, path);
