@@ -7,6 +7,8 @@
 // Qwen3 (config qk_norm) is this model with q_proj(n) -> q_norm(q_proj(n)) and k likewise before RoPE: an
 // RMSNorm over each head's head_dim, its weight shared by the heads (HF's Qwen3ForCausalLM).
 // Every projection may carry a LoRA adapter:  y = x W^T + s (x_d A^T) B^T  (lora.h; x_d: x after dropout).
+// Where the layout gives the weights room (lora.h with_lora_slots: training's all but o_proj), the adapter's
+// term rides in the base product: y = [x | u] [W | s B]^T, and in backward [dx | du] = dy [W | s B].
 // The call order of a training micro-batch (forward_backward), each unit gathered for its turn:
 //   embedding_forward, layer_forward for l = 0..L-1, head (final norm, lm_head, cross-entropy and their
 //   backward, chunk by chunk), then for l = L-1..0: layer_forward again when recomputing, layer_backward,
@@ -26,7 +28,7 @@
 
 struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows N = B*T)
     const bf16* h = nullptr;          // [N, D] input (a slice of hidden_)
-    bf16* n = nullptr;                // [N, D] rmsnorm(h)
+    bf16* n = nullptr;                // [N, D + P] rmsnorm(h), and x A^T of q, k, v in the P columns when folded (fold_columns)
     float* rstd1 = nullptr;           // [N]
     bf16* q = nullptr;                // [N, H*Dh] q_proj(n) (then q_norm), rotated
     bf16* k = nullptr;                // [N, KVH*Dh] k_proj(n) (then k_norm), rotated
@@ -36,17 +38,17 @@ struct LlamaModel::Layer {  // what backward needs of one layer's forward (rows 
     bf16* o = nullptr;                // [N, H*Dh] attention output
     float* lse = nullptr;             // [B, H, T] log-sum-exp of each attention row
     bf16* a = nullptr;                // [N, D] h + o_proj(o)
-    bf16* m = nullptr;                // [N, D] rmsnorm(a)
+    bf16* m = nullptr;                // [N, D + P] rmsnorm(a), and x A^T of gate, up in the P columns when folded
     float* rstd2 = nullptr;           // [N]
     bf16 *g = nullptr, *u = nullptr;  // [N, F] gate_proj(m), up_proj(m)
-    bf16* act = nullptr;              // [N, F] silu(g) * u
-    bf16* lora_u[kGroups] = {};       // [N, c * group size] x A^T of each adapted projection, by input group (c = lora_columns())
+    bf16* act = nullptr;              // [N, F + P] silu(g) * u, and x A^T of down in the P columns when folded
+    bf16* lora_u[kGroups] = {};       // [N, c * group size] x A^T of each adapted projection, by input group (c = lora_columns()); null when folded
 };
 
 struct LlamaModel::GradScratch {  // gradients flowing back through one layer, reused by every layer
     bf16* h = nullptr;                // [N, D] in: d h_out; out: d h_in
-    bf16 *a = nullptr, *n = nullptr;  // [N, D] d a, d n (and d m)
-    bf16 *act = nullptr, *g = nullptr, *u = nullptr;  // [N, F]
+    bf16 *a = nullptr, *n = nullptr;  // [N, D] d a; [N, D + P] d n (and d m), and d u in the P columns when folded
+    bf16 *act = nullptr, *g = nullptr, *u = nullptr;  // [N, F + P] d act (and d u of down when folded); [N, F] d g, d u
     bf16 *q = nullptr, *o = nullptr;  // [N, H*Dh] d q, d o
     bf16 *k = nullptr, *v = nullptr;  // [N, KVH*Dh]
     bf16* lora_u = nullptr;           // [N, 3 c] d u of the adapters of the group being differentiated
@@ -65,15 +67,16 @@ void LlamaModel::carve(char* base) {
             KVd = int64_t(c_.num_key_value_heads) * c_.head_dim, L = c_.num_hidden_layers, r = lora_.rank, V = c_.vocab_size;
     take(hidden_, (L + 1) * N * D);
     for (Layer& a : layers_) {
-        take(a.n, N * D), take(a.rstd1, N), take(a.q, N * Hd), take(a.k, N * KVd), take(a.v, N * KVd), take(a.o, N * Hd);
-        take(a.lse, N * H), take(a.a, N * D), take(a.m, N * D), take(a.rstd2, N);
-        take(a.g, N * F), take(a.u, N * F), take(a.act, N * F);
+        take(a.n, N * (D + fold_columns(kGroupQKV))), take(a.rstd1, N), take(a.q, N * Hd), take(a.k, N * KVd), take(a.v, N * KVd), take(a.o, N * Hd);
+        take(a.lse, N * H), take(a.a, N * D), take(a.m, N * (D + fold_columns(kGroupGateUp))), take(a.rstd2, N);
+        take(a.g, N * F), take(a.u, N * F), take(a.act, N * (F + fold_columns(kGroupDown)));
         if (c_.qk_norm) take(a.qp, N * Hd), take(a.kp, N * KVd), take(a.rstd_q, N * H), take(a.rstd_k, N * KVd / c_.head_dim);
         if (r > 0)
-            for (int g = 0; g < kGroups; ++g) take(a.lora_u[g], N * lora_columns() * kGroup[g].size);
+            for (int g = 0; g < kGroups; ++g)
+                if (!fold_columns(g)) take(a.lora_u[g], N * lora_columns() * kGroup[g].size);
     }
     GradScratch& d = *grad_;
-    take(d.h, N * D), take(d.a, N * D), take(d.n, N * D), take(d.act, N * F), take(d.g, N * F), take(d.u, N * F);
+    take(d.h, N * D), take(d.a, N * D), take(d.n, N * (D + std::max(fold_columns(kGroupQKV), fold_columns(kGroupGateUp)))), take(d.act, N * (F + fold_columns(kGroupDown))), take(d.g, N * F), take(d.u, N * F);
     take(d.q, N * Hd), take(d.o, N * Hd), take(d.k, N * KVd), take(d.v, N * KVd);
     if (r > 0) take(d.lora_u, N * lora_columns() * 3);
     if (r > 0 && lora_.dropout > 0) take(lora_x_, N * std::max({D, F, Hd})), take(lora_dx_, N * std::max({D, F, Hd}));
@@ -90,6 +93,8 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, bool 
     : c_(c), lora_(lora), B_(B), T_(T), N_(B * T), max_position_(std::max(T, max_position)), recompute_(recompute) {
     for (int t = 0; t < kLayerTensors; ++t) layer_offset_[t] = layer_tensor_offset(c, LayerTensor(t));
     for (int t = 0; t < kTargets; ++t) projection_out_[t] = int(layer_tensor_shape(c, kProjection[t])[0]);  // W: [out, in]
+    for (int t = 0; t < kLayerTensors; ++t)
+        if (c.row_pad[t] && lora.rank == 0) exit_with_error("LlamaModel: weights with padded rows need the LoRA adapters they make room for");
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
     layers_.resize(recompute ? 1 : size_t(c.num_hidden_layers));  // with recompute, one set serves every layer
     grad_ = new GradScratch();
@@ -114,6 +119,7 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, cudaS
     gemm_ = gemm_create(stream);
     attention_ = new Attention({B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim}, gemm_);
     arena_ = device_alloc<char>(arena_bytes_, "activations");
+    check_cuda(cudaMemset(arena_, 0, arena_bytes_), "memset activations");  // x's columns between adapters' u (r < c) stay 0
     carve(arena_);
     check_cuda(cudaMemset(loss_sum_, 0, sizeof(float)), "memset loss");
     std::vector<int32_t> t_of_row(static_cast<size_t>(N_));
@@ -135,9 +141,9 @@ LlamaModel::~LlamaModel() {
 
 // The adapter's input: x, or in training with LoRA dropout x * mask / (1 - p) (the mask of this layer,
 // target and micro-batch, regenerated identically in backward).
-const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in) {
+const bf16* LlamaModel::dropped(int l, LoraTarget t, const bf16* x, int in, int ldx) {
     if (!training_ || lora_.dropout <= 0) return x;
-    lora_dropout(x, lora_x_, int64_t(N_) * in, lora_.seed, l, int(t), dropout_step, lora_.dropout, stream_);
+    lora_dropout(x, lora_x_, int64_t(N_) * in, in, ldx ? ldx : in, lora_.seed, l, int(t), dropout_step, lora_.dropout, stream_);
     return lora_x_;
 }
 
@@ -169,8 +175,9 @@ LlamaModel::Adapters LlamaModel::adapters(int group, const LoraLayerView& lora, 
 // backward (x_d: x, or x with LoRA dropout in training). The adapter's term is written first, so the base
 // product adds it (and the residual) in its epilogue: y is written once by each product and never read
 // back outside them.
-void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
+void LlamaModel::group_forward(int l, int group, bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
                                const LoraLayerView& lora, bf16* u) {
+    if (fold_columns(group)) return folded_forward(l, group, x, in, w, y, residual, lora);
     const int r = lora_.rank;
     Adapters p = adapters(group, lora, in);
     if (p.n > 0) {
@@ -206,6 +213,7 @@ void LlamaModel::group_forward(int l, int group, const bf16* x, int in, const La
 // group when batched) and the base products add to it (beta = 1).
 void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
                                 float dx_beta, const LoraLayerView& lora, const bf16* u) {
+    if (fold_columns(group)) return folded_backward(l, group, x, in, w, dy, dx, lora);  // (dx_beta 0 where folded)
     const int r = lora_.rank;
     Adapters p = adapters(group, lora, in);
     bool masked = training_ && lora_.dropout > 0;
@@ -247,8 +255,106 @@ void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const L
     Region region(profiler, Family::lora);
     for (int k = 0; k < p.n; ++k) {  // dx += mask(du_k A) / (1 - p)
         matmul_nn(gemm_, lora_dx_, du + k * p.col, lora.A[p.t[k]], N_, in, r, 1.0f, 0.0f, {}, {p.ld, 0, 0});
-        lora_dropout_backward(lora_dx_, dx, int64_t(N_) * in, lora_.seed, l, int(p.t[k]), dropout_step, lora_.dropout, stream_);
+        lora_dropout_backward(lora_dx_, dx, int64_t(N_) * in, in, in, lora_.seed, l, int(p.t[k]), dropout_step, lora_.dropout, stream_);
     }
+}
+
+int LlamaModel::fold_columns(int group) const {
+    if (lora_.rank == 0 || group == kGroupO) return 0;
+    int P = 0;
+    for (int k = 0; k < kGroup[group].size; ++k) P = std::max(P, c_.row_pad[kProjection[kGroup[group].t[k]]]);
+    return P;
+}
+
+// A group whose weights carry s B in padded rows (lora.h with_lora_slots), forward. x has rows of ld = in + P;
+// u_k = x_d A_k^T of the k-th adapted member goes to its columns in + k c (c = lora_columns()), then one
+// product per member reads x and the u's up to its own:
+//   y_t = [x | u_0 .. u_k] [W_t | 0 .. s B_t]^T = x W_t^T + s u_k B_t^T
+// so the adapter's term is never written apart and read back.
+void LlamaModel::folded_forward(int l, int group, bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
+                                const LoraLayerView& lora) {
+    const int r = lora_.rank, P = fold_columns(group), ld = in + P;
+    Adapters p = adapters(group, lora, in);
+    for (int k = 0; k < kGroup[group].size; ++k)
+        if (LoraTarget t = kGroup[group].t[k]; c_.row_pad[kProjection[t]] != (lora.A[t] ? p.n * p.col : 0))
+            exit_with_error("LlamaModel: the weights' LoRA columns do not match the adapters (lora.h with_lora_slots)");
+    const int x_ld = training_ && lora_.dropout > 0 ? in : ld;  // dropped() hands back x, or x_d with rows of in
+    bf16* u = x + in;
+    {
+        Region region(profiler, Family::lora);
+        if (p.batched) matmul_nt(gemm_, u, x, lora.A[p.t[0]], N_, p.n * r, in, 1.0f, 0.0f, {}, {ld, 0, ld});  // u = x [A_0; A_1; ..]^T
+        else
+            for (int k = 0; k < p.n; ++k)
+                matmul_nt(gemm_, u + k * p.col, dropped(l, p.t[k], x, in, ld), lora.A[p.t[k]], N_, r, in, 1.0f, 0.0f, {}, {x_ld, 0, ld});
+    }
+    GemvOut base[kGemvMaxGroup];
+    for (int m = 0, k = 0; m < kGroup[group].size; ++m) {
+        LoraTarget t = kGroup[group].t[m];
+        base[m] = {w.w[kProjection[t]], y[m], residual, projection_out_[t]};  // (+ residual: down's)
+        if (lora.A[t]) base[m].K = in + ++k * p.col, base[m].ldw = ld;
+    }
+    Region region(profiler, Family::base_gemm);
+    matmul_nt_group(gemm_, x, N_, in, base, kGroup[group].size, ld);
+}
+
+// The same group, backward. The adapted members' products first (they write every column), then the others:
+//   [dx | du] = sum_t dy_t [W_t | 0 .. s B_t ..]      du_k = s dy_k B_k lands in columns in + k c of dx
+// then  dB += s dy^T u_k,  dA += du_k^T x_d,  dx += du_k A_k  (through the dropout's mask when there is one).
+void LlamaModel::folded_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
+                                 const LoraLayerView& lora) {
+    const int r = lora_.rank, P = fold_columns(group), ld = in + P;
+    Adapters p = adapters(group, lora, in);
+    bool masked = training_ && lora_.dropout > 0;
+    const bf16* u = x + in;
+    bf16* du = dx + in;
+    {
+        Region region(profiler, Family::base_gemm);
+        float beta = 0.0f;
+        for (bool adapted : {true, false})
+            for (int m = 0; m < kGroup[group].size; ++m) {
+                LoraTarget t = kGroup[group].t[m];
+                if (bool(lora.A[t]) != adapted) continue;
+                if (w.dw[kProjection[t]]) exit_with_error("LlamaModel: LoRA's folded products with trainable base weights");
+                int cols = adapted ? ld : in;
+                matmul_nn(gemm_, dx, dy[m], w.w[kProjection[t]], N_, cols, projection_out_[t], 1.0f, beta, {}, {0, cols, ld});  // [dx | du] (+)= dy W'
+                beta = 1.0f;
+            }
+    }
+    Region region(profiler, Family::lora);
+    for (int m = 0, k = 0; m < kGroup[group].size; ++m)
+        if (LoraTarget t = kGroup[group].t[m]; lora.A[t])
+            matmul_tn(gemm_, lora.dB[t], dy[m], u + k++ * p.col, projection_out_[t], r, N_, lora_.scale, 1.0f, {}, {0, ld, 0});  // dB += s dy^T u_k
+    if (p.batched) {
+        matmul_tn(gemm_, lora.dA[p.t[0]], du, x, p.n * r, in, N_, 1.0f, 1.0f, {}, {ld, ld, 0});  // dA_0.. += du^T x
+        matmul_nn(gemm_, dx, du, lora.A[p.t[0]], N_, in, p.n * r, 1.0f, 1.0f, {}, {ld, 0, ld});   // dx += du [A_0; A_1; ..]
+        return;
+    }
+    for (int k = 0; k < p.n; ++k) {
+        const bf16* xd = dropped(l, p.t[k], x, in, ld);
+        matmul_tn(gemm_, lora.dA[p.t[k]], du + k * p.col, xd, r, in, N_, 1.0f, 1.0f, {}, {ld, masked ? in : ld, 0});  // dA += du_k^T x_d
+        if (!masked) {
+            matmul_nn(gemm_, dx, du + k * p.col, lora.A[p.t[k]], N_, in, r, 1.0f, 1.0f, {}, {ld, 0, ld});  // dx += du_k A
+            continue;
+        }
+        matmul_nn(gemm_, lora_dx_, du + k * p.col, lora.A[p.t[k]], N_, in, r, 1.0f, 0.0f, {}, {ld, 0, 0});  // dx += mask(du_k A) / (1 - p)
+        lora_dropout_backward(lora_dx_, dx, int64_t(N_) * in, in, ld, lora_.seed, l, int(p.t[k]), dropout_step, lora_.dropout, stream_);
+    }
+}
+
+// s B of every adapter of a folded group into its columns of the weight's padded rows, on the weights as
+// gathered (a gather buffer holds whatever the shards' gaps held; B changes with every update).
+void LlamaModel::fill_lora_slots(const LayerWeights& w, const LoraLayerView& lora) {
+    LoraSlot slots[kMaxLoraSlots];
+    int n = 0;
+    for (int g : {kGroupQKV, kGroupGateUp, kGroupDown}) {
+        int P = fold_columns(g), in = g == kGroupDown ? c_.intermediate_size : c_.hidden_size;
+        for (int m = 0, k = 0; P && m < kGroup[g].size; ++m)
+            if (LoraTarget t = kGroup[g].t[m]; lora.B[t])
+                slots[n++] = {lora.B[t], const_cast<bf16*>(w.w[kProjection[t]]), projection_out_[t], in + P, in + k++ * lora_columns()};
+    }
+    if (n == 0) return;
+    Region region(profiler, Family::lora);
+    lora_fill_slots(slots, n, lora_.rank, lora_.scale, stream_);
 }
 
 // ================================================================================================ a layer
@@ -266,10 +372,11 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
         Dh = c_.head_dim, Hd = H * Dh, KVd = KVH * Dh;
     const int32_t* positions = batch.positions ? batch.positions : positions_;
     a.h = h_in;
+    fill_lora_slots(w, lora);
     // Attention block:  a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
     {
         Region r(profiler, Family::norm);
-        rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_);
+        rmsnorm_forward(h_in, w.w[kInputNorm], a.n, a.rstd1, N_, D, c_.rms_norm_eps, stream_, D + fold_columns(kGroupQKV));
     }
     bf16* qkv[3] = {c_.qk_norm ? a.qp : a.q, c_.qk_norm ? a.kp : a.k, a.v};
     group_forward(l, kGroupQKV, a.n, D, w, qkv, nullptr, lora, a.lora_u[kGroupQKV]);
@@ -296,13 +403,13 @@ void LlamaModel::layer_forward(int l, const UnitView& uv, const bf16* h_in, bf16
     // MLP block:  h_out = a + down_proj(silu(gate_proj(m)) * up_proj(m)),  m = rmsnorm(a)
     {
         Region r(profiler, Family::norm);
-        rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_);
+        rmsnorm_forward(a.a, w.w[kPostNorm], a.m, a.rstd2, N_, D, c_.rms_norm_eps, stream_, D + fold_columns(kGroupGateUp));
     }
     bf16* gu[2] = {a.g, a.u};
     group_forward(l, kGroupGateUp, a.m, D, w, gu, nullptr, lora, a.lora_u[kGroupGateUp]);
     {
         Region r(profiler, Family::swiglu);
-        swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_);
+        swiglu_forward(a.g, a.u, a.act, int64_t(N_) * F, stream_, F, F + fold_columns(kGroupDown));
     }
     group_forward(l, kGroupDown, a.act, F, w, &h_out, a.a, lora, a.lora_u[kGroupDown]);  // h_out = a + down_proj(act)
 }
@@ -316,18 +423,20 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
     int D = c_.hidden_size, F = c_.intermediate_size, H = c_.num_attention_heads, KVH = c_.num_key_value_heads,
         Dh = c_.head_dim, Hd = H * Dh;
     const int32_t* positions = batch.positions ? batch.positions : positions_;
+    fill_lora_slots(w, lora);
     // MLP: h_out = a + down(silu(gate(m)) * up(m)),  m = rmsnorm(a)
     const bf16* d_down[1] = {dh};
     group_backward(l, kGroupDown, a.act, F, w, d_down, d.act, 0.0f, lora, a.lora_u[kGroupDown]);
     {
         Region r(profiler, Family::swiglu);
-        swiglu_backward(a.g, a.u, d.act, d.g, d.u, int64_t(N_) * F, stream_);
+        swiglu_backward(a.g, a.u, d.act, d.g, d.u, int64_t(N_) * F, stream_, F, F + fold_columns(kGroupDown));
     }
     const bf16* d_gu[2] = {d.g, d.u};
     group_backward(l, kGroupGateUp, a.m, D, w, d_gu, d.n, 0.0f, lora, a.lora_u[kGroupGateUp]);
     {
         Region r(profiler, Family::norm);
-        rmsnorm_backward(a.a, w.w[kPostNorm], a.rstd2, d.n, dh, d.a, w.dw[kPostNorm], norm_partial_, N_, D, stream_);  // + residual
+        rmsnorm_backward(a.a, w.w[kPostNorm], a.rstd2, d.n, dh, d.a, w.dw[kPostNorm], norm_partial_, N_, D, stream_,
+                         D + fold_columns(kGroupGateUp));  // + residual
     }
     // Attention: a = h + o_proj(attention(rope(q), rope(k), v)),  q, k, v = projections of n = rmsnorm(h)
     const bf16* d_o[1] = {d.a};
@@ -350,7 +459,8 @@ void LlamaModel::layer_backward(int l, const UnitView& uv, const DeviceBatch& ba
     group_backward(l, kGroupQKV, a.n, D, w, d_qkv, d.n, 0.0f, lora, a.lora_u[kGroupQKV]);
     {
         Region r(profiler, Family::norm);
-        rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_);  // + residual
+        rmsnorm_backward(a.h, w.w[kInputNorm], a.rstd1, d.n, d.a, dh, w.dw[kInputNorm], norm_partial_, N_, D, stream_,
+                         D + fold_columns(kGroupQKV));  // + residual
     }
 }
 

@@ -154,11 +154,19 @@ class LlamaModel {
     };
     int lora_columns() const { return (lora_.rank + 7) / 8 * 8; }  // u's columns per adapter (16-byte rows)
     Adapters adapters(int group, const LoraLayerView& lora, int in) const;
-    void group_forward(int l, int group, const bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
+    // Columns after each row of the group's input (and of its gradient) where x A^T rides beside x: P of lora.h's
+    // with_lora_slots when the layout gives the group's weights room for s B (c_.row_pad), else 0.
+    int fold_columns(int group) const;
+    void group_forward(int l, int group, bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
                        const LoraLayerView& lora, bf16* u);
+    void folded_forward(int l, int group, bf16* x, int in, const LayerWeights& w, bf16* const* y, const bf16* residual,
+                        const LoraLayerView& lora);
+    void folded_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
+                         const LoraLayerView& lora);
+    void fill_lora_slots(const LayerWeights& w, const LoraLayerView& lora);
     void group_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
                         float dx_beta, const LoraLayerView& lora, const bf16* u);
-    const bf16* dropped(int l, LoraTarget t, const bf16* x, int in);  // x with LoRA dropout applied (or x)
+    const bf16* dropped(int l, LoraTarget t, const bf16* x, int in, int ldx = 0);  // x with LoRA dropout applied (rows of in), or x
 
     LlamaConfig c_;
     LoraShape lora_;

@@ -58,6 +58,19 @@ LoraLayout lora_layout(const LlamaConfig& m, const LoraConfig& lora) {
     return l;
 }
 
+LlamaConfig with_lora_slots(const LlamaConfig& c, const LoraConfig& lora) {
+    LlamaConfig out = c;
+    for (LayerTensor t : {kQProj, kKProj, kVProj, kGateProj, kUpProj, kDownProj}) out.row_pad[t] = 0;
+    if (lora.rank == 0) return out;
+    for (int g : {kGroupQKV, kGroupGateUp, kGroupDown}) {
+        int adapted = 0;
+        for (int k = 0; k < kGroup[g].size; ++k) adapted += lora.target[kGroup[g].t[k]];
+        for (int k = 0; k < kGroup[g].size; ++k)
+            if (lora.target[kGroup[g].t[k]]) out.row_pad[kProjection[kGroup[g].t[k]]] = lora_slot_columns(lora.rank) * adapted;
+    }
+    return out;
+}
+
 LoraLayerView lora_view(const LoraConfig& lora, const LoraLayout& layout, const bf16* weights, float* grads) {
     LoraLayerView v;
     if (lora.rank == 0) return v;

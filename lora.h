@@ -47,6 +47,15 @@ void load_peft_adapter(const std::string& dir, const LlamaConfig& model, LoraCon
                        std::vector<std::vector<float>>& layers);
 std::string peft_key(int layer, LoraTarget t, char which);  // which = 'A' or 'B'
 
+// The layout training uses: c with row_pad set so that each adapted projection of the groups whose input the
+// model writes with room beside it (q, k, v and gate, up: RMSNorm's output; down: SwiGLU's) carries P =
+// c x (the group's adapted members) columns after each row of W, member k's s B in columns in + k c .. in +
+// k c + r (c = r rounded up to 8). The model then writes x A^T beside x (rows of in + P) and one product per
+// member makes y = [x | u] [W | s B]^T, and in backward [dx | du] = dy [W | s B] (llama.cu). o_proj (its
+// input is the attention kernels' output) keeps the adapter's own products.
+LlamaConfig with_lora_slots(const LlamaConfig& c, const LoraConfig& lora);
+inline int lora_slot_columns(int rank) { return (rank + 7) / 8 * 8; }
+
 // W += s * B A for every adapted projection of one layer: `weights` is the layer unit in fp32.
 void merge_lora_layer(const LlamaConfig& model, const LoraConfig& lora, const float* adapters, float* weights);
 // The same for one target t: W is its projection's weight [out, in] in fp32.

@@ -161,6 +161,7 @@ Inputs load_inputs(const Options& o, bool chief) {
         in.lora.rank = o.lora_rank, in.lora.alpha = o.lora_alpha, in.lora.dropout = o.lora_dropout;
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
+    c = with_lora_slots(c, in.lora);  // the layout: adapted q, k, v, gate, up weights with room for s B in their rows
     // the weights: every tensor's name, shape, dtype and bytes, from the headers
     if (!o.model.empty() && (!o.dry_run || has_weights(o.model))) {  // a dry run plans from config.json alone
         SafetensorsReader weights(o.model);

@@ -96,6 +96,10 @@ struct ZeroStore::Unit {
 ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOptions& z, const World& world, cudaStream_t stream)
     : c_(c), lora_(lora), z_(z), w_(world), layout_(lora_layout(c, lora)), stream_(stream) {
     int N = w_.size, r = w_.rank;
+    LlamaConfig slots = with_lora_slots(c, lora);
+    for (int t = 0; t < kLayerTensors; ++t)  // padded rows: LoRA's layout, the base frozen (it never trains padded)
+        if (c.row_pad[t] && (z.inference || slots.row_pad[t] != c.row_pad[t]))
+            exit_with_error("ZeroStore: weights with padded rows are LoRA training's layout (lora.h with_lora_slots) only");
     if (z.offload && !z.inference) cpu_ = std::make_unique<CpuOptimizer>(w_, z.offload_threads, z.pin_memory, stream_, comm_stream());
     for (int u = 0; u < num_units(c); ++u) {
         Unit* U = new Unit();
@@ -119,8 +123,8 @@ ZeroStore::ZeroStore(const LlamaConfig& c, const LoraConfig& lora, const ZeroOpt
             s.opt_grad = z.stage <= 1 ? s.grad + s.opt_begin : s.grad;
             mem_.grads += double(g) * 4;
             n_train_ += s.numel;
-            for_each_tensor(u, k, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t, int64_t soff, int64_t n) {
-                bool decays = t.shape.size() > 1;  // matrices; norm weights never decay
+            for_each_tensor(u, k, s.opt_begin, s.opt_begin + s.opt_len, [&](const UnitTensor& t, int64_t, int64_t soff, int64_t n) {
+                bool decays = t.spec.shape.size() > 1;  // matrices; norm weights never decay
                 int64_t at = soff - s.opt_begin;
                 if (!s.runs.empty() && s.runs.back().decays == decays && s.runs.back().offset + s.runs.back().count == at) s.runs.back().count += n;
                 else s.runs.push_back({at, n, decays});
@@ -460,10 +464,12 @@ void ZeroStore::zero_gradient(Segment& s) {
 
 // ================================================================================================ weights in and out
 
-// Calls fn(spec, tensor_offset, segment_offset, count) for each parameter tensor of the unit's base
-// segment overlapping [begin, end), or each LoRA tensor (A, B per target) of its adapter segment.
+// Calls fn(tensor, tensor_offset, segment_offset, count) for each parameter tensor of the unit's base
+// segment overlapping [begin, end), or each LoRA tensor (A, B per target) of its adapter segment: elements
+// tensor_offset.. of the tensor, the first at segment_offset (the rest contiguous, or rows apart where the
+// tensor's rows carry a pad: frozen base weights under LoRA only).
 void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
-                                const std::function<void(const TensorSpec&, int64_t, int64_t, int64_t)>& fn) const {
+                                const std::function<void(const UnitTensor&, int64_t, int64_t, int64_t)>& fn) const {
     std::vector<UnitTensor> tensors;
     if (seg == 0) {
         tensors = unit_layout(c_, unit).tensors;
@@ -474,8 +480,8 @@ void ZeroStore::for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
             if (lora_.target[t]) tensors.push_back({{peft_key(unit - 1, LoraTarget(t), 'B'), {layout_.out[t], lora_.rank}}, layout_.b_offset[t]});
     }
     for (const UnitTensor& t : tensors) {
-        int64_t lo = std::max(begin, t.offset), hi = std::min(end, t.offset + t.spec.numel());
-        if (lo < hi) fn(t.spec, lo - t.offset, lo, hi - lo);
+        int64_t lo = t.first(begin), hi = t.first(end);
+        if (lo < hi) fn(t, lo, t.at(lo), hi - lo);
     }
 }
 
@@ -496,16 +502,21 @@ void ZeroStore::init_random(uint64_t seed) {
         Segment& s = units_[size_t(u)]->seg[0];
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
         bf16* resident = s.sharded ? s.shard16 : s.full16;
-        for_each_tensor(u, 0, lo, hi, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            bool norm = t.shape.size() == 1;
-            init_normal(resident + (soff - lo), nullptr, n, name_seed(seed, t.name), toff, norm ? 0.0f : 0.02f, 1.0f, stream_);
+        for_each_tensor(u, 0, lo, hi, [&](const UnitTensor& t, int64_t toff, int64_t soff, int64_t n) {
+            float std = t.spec.shape.size() == 1 ? 0.0f : 0.02f;
+            if (!t.pad) return init_normal(resident + (soff - lo), nullptr, n, name_seed(seed, t.spec.name), toff, std, 1.0f, stream_);
+            bf16* staged = device_alloc<bf16>(size_t(n), "init staging");  // drawn contiguously, then laid into its rows
+            init_normal(staged, nullptr, n, name_seed(seed, t.spec.name), toff, std, 1.0f, stream_);
+            check_cuda(copy_into_rows(resident + (soff - lo), staged, toff, n, t.cols(), t.pad, cudaMemcpyDeviceToDevice, stream_), "copy");
+            check_cuda(cudaStreamSynchronize(stream_), "init");
+            device_free(staged);
         });
         if (!s.trainable) continue;
         float* dev = z_.offload ? device_alloc<float>(size_t(std::max<int64_t>(1, s.opt_len)), "init staging") : s.master;
         if (z_.offload) check_cuda(cudaMemsetAsync(dev, 0, size_t(s.opt_len) * 4, stream_), "memset");
-        for_each_tensor(u, 0, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
-            bool norm = t.shape.size() == 1;
-            init_normal(nullptr, dev + (soff - s.opt_begin), n, name_seed(seed, t.name), toff, norm ? 0.0f : 0.02f, 1.0f, stream_);
+        for_each_tensor(u, 0, s.opt_begin, s.opt_begin + s.opt_len, [&](const UnitTensor& t, int64_t toff, int64_t soff, int64_t n) {
+            bool norm = t.spec.shape.size() == 1;
+            init_normal(nullptr, dev + (soff - s.opt_begin), n, name_seed(seed, t.spec.name), toff, norm ? 0.0f : 0.02f, 1.0f, stream_);
         });
         if (z_.offload) {
             check_cuda(cudaMemcpyAsync(s.master, dev, size_t(s.opt_len) * 4, cudaMemcpyDeviceToHost, stream_), "copy master");
@@ -586,9 +597,9 @@ std::vector<OwnedSlice> ZeroStore::owned_slices() {
         Unit& U = *units_[size_t(u)];
         if (U.trainable < 0) continue;
         Segment& s = U.seg[U.trainable];
-        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const TensorSpec& t, int64_t toff, int64_t soff, int64_t n) {
+        for_each_tensor(u, U.trainable, s.opt_begin, s.opt_begin + s.opt_len, [&](const UnitTensor& t, int64_t toff, int64_t soff, int64_t n) {
             int64_t at = soff - s.opt_begin;
-            out.push_back({t.name, toff, n, s.master + at, s.m + at, s.v + at, z_.offload});
+            out.push_back({t.spec.name, toff, n, s.master + at, s.m + at, s.v + at, z_.offload});
         });
     }
     return out;

@@ -138,7 +138,7 @@ class ZeroStore : public UnitStore {
     struct Segment;
     struct Unit;
     void for_each_tensor(int unit, int seg, int64_t begin, int64_t end,
-                         const std::function<void(const TensorSpec&, int64_t, int64_t, int64_t)>& fn) const;
+                         const std::function<void(const UnitTensor&, int64_t, int64_t, int64_t)>& fn) const;
     int64_t slot_numel(const Unit& U) const;
     int free_slot(int64_t numel);
     void all_gather_unit(int unit);  // stage 3: into a free slot, on the comm stream

@@ -343,8 +343,12 @@ void save_hf(ZeroStore& store, const std::string& dir, const LlamaConfig& c, con
                 for (size_t i = 0; i < tensors.size() && lora.target[t]; ++i)
                     if (tensors[i].offset == layer_tensor_offset(c, kProjection[t])) adapted[i] = t;
         for (size_t i = 0; i < tensors.size(); ++i) {
-            const uint16_t* w16 = weights.data() + tensors[i].offset;
-            size_t n = size_t(tensors[i].spec.numel());
+            const UnitTensor& t = tensors[i];
+            const uint16_t* w16 = weights.data() + t.offset;
+            size_t n = size_t(t.spec.numel());
+            std::vector<uint16_t> rows;  // a tensor with padded rows (LoRA training's layout), its rows back to back
+            for (int64_t e = 0; t.pad && e < t.spec.numel(); e += t.cols()) rows.insert(rows.end(), w16 + (t.at(e) - t.offset), w16 + (t.at(e) - t.offset) + t.cols());
+            if (t.pad) w16 = rows.data();
             done += double(n) * 2;
             if (adapted[i] < 0) {
                 out->write(w16, n * 2);

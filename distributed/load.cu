@@ -27,19 +27,48 @@
 uint64_t FileRead::offset() const { return tensor->offset + uint64_t(first) * element_bytes(tensor->dtype); }
 uint64_t FileRead::bytes() const { return uint64_t(count) * element_bytes(tensor->dtype); }
 
+namespace {
+int64_t row_place(int64_t e, int64_t cols, int64_t pad) { return pad ? e / cols * (cols + pad) + e % cols : e; }
+}  // namespace
+
+int64_t FileRead::place(int64_t k) const { return row_place(first + k, cols, pad) - row_place(first, cols, pad); }
+
+cudaError_t copy_into_rows(bf16* dst, const void* src, int64_t first, int64_t count, int64_t cols, int64_t pad,
+                           cudaMemcpyKind kind, cudaStream_t stream) {
+    if (!pad) return cudaMemcpyAsync(dst, src, size_t(count) * 2, kind, stream);
+    const char* from = static_cast<const char*>(src);
+    int64_t base = row_place(first, cols, pad);
+    for (int64_t e = first, end = first + count; e < end;) {
+        bf16* to = dst + (row_place(e, cols, pad) - base);
+        int64_t n = std::min(end - e, cols - e % cols);
+        cudaError_t status;
+        if (e % cols == 0 && end - e >= cols) {  // whole rows
+            int64_t rows = (end - e) / cols;
+            n = rows * cols;
+            status = cudaMemcpy2DAsync(to, size_t(cols + pad) * 2, from, size_t(cols) * 2, size_t(cols) * 2, size_t(rows), kind, stream);
+        } else {
+            status = cudaMemcpyAsync(to, from, size_t(n) * 2, kind, stream);
+        }
+        if (status != cudaSuccess) return status;
+        from += n * 2, e += n;
+    }
+    return cudaSuccess;
+}
+
 std::vector<FileRead> plan_unit_reads(const LlamaConfig& c, const SafetensorsReader& files, int unit, int64_t lo, int64_t hi,
                                       const std::vector<int64_t>& cuts) {
     std::vector<FileRead> reads;
     for (const UnitTensor& t : unit_layout(c, unit).tensors) {
-        int64_t a = std::max(lo, t.offset), b = std::min(hi, t.offset + t.spec.numel());
+        int64_t a = t.first(lo), b = t.first(hi);  // the tensor's elements inside [lo, hi)
         if (a >= b) continue;
         const SafeTensor& f = files.checked(t.spec.name, t.spec.shape);
         std::vector<int64_t> points = {a, b};
         for (int64_t x : cuts)
-            if (a < x && x < b) points.push_back(x);
+            if (int64_t e = t.first(x); a < e && e < b) points.push_back(e);
         std::sort(points.begin(), points.end());
         points.erase(std::unique(points.begin(), points.end()), points.end());
-        for (size_t k = 0; k + 1 < points.size(); ++k) reads.push_back({&f, points[k] - t.offset, points[k + 1] - points[k], points[k]});
+        for (size_t k = 0; k + 1 < points.size(); ++k)
+            reads.push_back({&f, points[k], points[k + 1] - points[k], t.at(points[k]), t.cols(), t.pad});
     }
     return reads;
 }
@@ -73,6 +102,7 @@ struct Staging {
     char* pinned[2] = {};
     cudaEvent_t read_out[2] = {};  // the GPU copy that last read pinned[i] is done
     void* device = nullptr;
+    bf16* device16 = nullptr;  // a converted chunk on its way into padded rows
     cudaStream_t stream = nullptr;
     explicit Staging(int gpu) {
         cuda_or_throw(cudaSetDevice(gpu), "cudaSetDevice");  // the device is per thread
@@ -85,11 +115,15 @@ struct Staging {
     ~Staging() {
         if (stream) cudaStreamSynchronize(stream), cudaStreamDestroy(stream);
         for (int i = 0; i < 2; ++i) cudaFreeHost(pinned[i]), cudaEventDestroy(read_out[i]);
-        device_free(device);
+        device_free(device), device_free(device16);
     }
     void* device_buffer() {
         if (!device) device = device_alloc<char>(kChunkBytes, "load staging");
         return device;
+    }
+    bf16* device16_buffer() {
+        if (!device16) device16 = device_alloc<bf16>(kChunkBytes / 2, "load staging");
+        return device16;
     }
 };
 
@@ -102,9 +136,20 @@ void load_chunk(const WeightCopy& w, const Chunk& ch, Staging& st, int slot) {
     cuda_or_throw(cudaEventSynchronize(st.read_out[slot]), "the last copy out of a load buffer");   // 1
     read_tensor_bytes(*r.tensor, uint64_t(r.first + ch.first) * es, bytes, pinned);                  // 2
     if (w.to32 && w.to32_host) to_float(pinned, dtype, w.to32 + ch.first, size_t(ch.count));        // 3
-    bf16* to16 = w.to16 ? w.to16 + ch.first : nullptr;                                                // 4
+    bf16* to16 = w.to16 ? w.to16 + r.place(ch.first) : nullptr;                                       // 4
     float* to32 = w.to32 && !w.to32_host ? w.to32 + ch.first : nullptr;
-    if (to16 && dtype == "BF16") {
+    if (r.pad && w.to32) fail("load: fp32 copies of a tensor with padded rows (" + r.tensor->name + ")");  // only frozen weights are padded
+    if (r.pad && to16) {  // rows apart: copied (converted first, where stored otherwise) in pieces
+        const void* from = pinned;
+        cudaMemcpyKind kind = cudaMemcpyHostToDevice;
+        if (dtype != "BF16") {
+            void* staged = st.device_buffer();
+            cuda_or_throw(cudaMemcpyAsync(staged, pinned, bytes, cudaMemcpyHostToDevice, st.stream), "copy weights");
+            convert_weights(staged, weight_type(dtype), st.device16_buffer(), nullptr, ch.count, st.stream);
+            from = st.device16, kind = cudaMemcpyDeviceToDevice;
+        }
+        cuda_or_throw(copy_into_rows(to16, from, r.first + ch.first, ch.count, r.cols, r.pad, kind, st.stream), "copy weights");
+    } else if (to16 && dtype == "BF16") {
         cuda_or_throw(cudaMemcpyAsync(to16, pinned, bytes, cudaMemcpyHostToDevice, st.stream), "copy weights");
         convert_weights(to16, WeightType::bf16, nullptr, to32, ch.count, st.stream);
     } else if (to16 || to32) {

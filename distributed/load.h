@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #include "support/llama_config.h"
 #include "support/safetensors.h"
@@ -24,12 +25,22 @@ using bf16 = __nv_bfloat16;
 
 // Elements [first, first + count) of one tensor, stored at file offset tensor->offset + first * element
 // size, which fill elements [at, at + count) of a unit's flat buffer.
+// A tensor whose unit rows carry a pad (llama_config.h UnitTensor) is read the same way, contiguously from
+// the file, and lands row by row: element first + k at `at` + place(k).
 struct FileRead {
     const SafeTensor* tensor = nullptr;
     int64_t first = 0, count = 0, at = 0;
-    uint64_t offset() const;  // in the file
+    int64_t cols = 0, pad = 0;  // the unit's rows: cols elements, then pad (0: the elements are contiguous)
+    uint64_t offset() const;    // in the file
     uint64_t bytes() const;
+    int64_t place(int64_t k) const;  // where read element k lands, from `at`
 };
+
+// Copies `count` bf16 elements, contiguous at src, to tensor elements first, first + 1, .. of a buffer whose
+// rows of `cols` lie `cols + pad` apart; dst is element first's place. At most three copies (the partial first
+// row, the whole rows in one 2-D copy, the partial last row); one without pad.
+cudaError_t copy_into_rows(bf16* dst, const void* src, int64_t first, int64_t count, int64_t cols, int64_t pad,
+                           cudaMemcpyKind kind, cudaStream_t stream);
 
 // The reads that fill elements [lo, hi) of unit `unit` (llama_config.h's layout; its gaps are read from
 // nowhere), in the unit's order, each cut at every point of `cuts` inside it. Fails naming the file and

@@ -60,12 +60,14 @@ void gemv_nt(const bf16* x, int ldx, const bf16* W, int ldw, void* y, bool y_fp3
 
 // The products of one input x [M, K] (a group of projections: q, k, v; gate, up): y_i = x W_i^T (+ c_i when
 // set), each W_i [N_i, K], y_i and c_i [M, N_i] contiguous. Where gemv_nt applies to all (M ≤ g.gemv_rows)
-// they run as one launch, else one product at a time.
+// they run as one launch, else one product at a time. A product may read more of x than K (K_i: LoRA's
+// columns beside x, lora.h with_lora_slots) from W_i's rows of ldw_i; x's rows are ldx apart (0: K).
 constexpr int kGemvMaxGroup = 3;
 struct GemvOut {
     const bf16* W;
     bf16* y;
     const bf16* c;  // added in the epilogue, or null
     int N;
+    int K = 0, ldw = 0;  // this product's inner size and W's row stride (0: the group's K)
 };
-void matmul_nt_group(const Gemm& g, const bf16* x, int M, int K, const GemvOut* out, int count);
+void matmul_nt_group(const Gemm& g, const bf16* x, int M, int K, const GemvOut* out, int count, int ldx = 0);

@@ -127,18 +127,21 @@ void gemv_nt(const bf16* x, int ldx, const bf16* W, int ldw, void* y, bool y_fp3
     else dispatch(x, ldx, W, ldw, static_cast<bf16*>(y), ldy, c, M, N, K, alpha, beta, stream);
 }
 
-void matmul_nt_group(const Gemm& g, const bf16* x, int M, int K, const GemvOut* out, int count) {
+void matmul_nt_group(const Gemm& g, const bf16* x, int M, int K, const GemvOut* out, int count, int ldx) {
     if (count < 1 || count > kGemvMaxGroup) exit_with_error("matmul_nt_group: " + std::to_string(count) + " products (1 to " + std::to_string(kGemvMaxGroup) + ")");
+    if (!ldx) ldx = K;
     bool together = M <= g.gemv_rows;
-    for (int i = 0; i < count; ++i) together &= gemv_applies(M, K, x, K, out[i].W, K);
+    for (int i = 0; i < count; ++i) together &= (!out[i].K || out[i].K == K) && (!out[i].ldw || out[i].ldw == K) && gemv_applies(M, K, x, ldx, out[i].W, K);
     if (!together) {  // one product at a time (cuBLASLt, or gemv_nt through gemm.cu)
         for (int i = 0; i < count; ++i) {
-            if (out[i].c) matmul_nt_add(g, out[i].y, out[i].c, x, out[i].W, M, out[i].N, K);
-            else matmul_nt(g, out[i].y, x, out[i].W, M, out[i].N, K);
+            int k = out[i].K ? out[i].K : K;
+            Ld ld{ldx, out[i].ldw ? out[i].ldw : k, 0};
+            if (out[i].c) matmul_nt_add(g, out[i].y, out[i].c, x, out[i].W, M, out[i].N, k, 1.0f, ld);
+            else matmul_nt(g, out[i].y, x, out[i].W, M, out[i].N, k, 1.0f, 0.0f, {}, ld);
         }
         return;
     }
-    GroupArgs a{x, K, K, count, {}, {}};
+    GroupArgs a{x, ldx, K, count, {}, {}};
     for (int i = 0; i < count; ++i) a.out[i] = out[i], a.first_block[i + 1] = a.first_block[i] + (out[i].N + kWarps - 1) / kWarps;
     const unsigned blocks = unsigned(a.first_block[count]);
     if (M == 1) gemv_nt_group_kernel<1><<<blocks, kWarps * 32, 0, g.stream>>>(a);

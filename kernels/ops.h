@@ -31,13 +31,13 @@ void embedding_forward(const int32_t* ids, const bf16* E, bf16* h, int64_t N, in
 void embedding_backward(const int32_t* ids, const bf16* dh, float* dE, int64_t N, int D, cudaStream_t s);
 
 // ---------------------------------------------------------------------- kernels/rmsnorm.cu
-// y = w * x * rstd, rstd [N] = 1 / sqrt(mean(x^2) + eps) of each row of D
-void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s);
+// y = w * x * rstd, rstd [N] = 1 / sqrt(mean(x^2) + eps) of each row of D (y's rows ldy apart; 0: D)
+void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s, int ldy = 0);
 // dx = residual + d rmsnorm / dx (residual may be null);  dw += d rmsnorm / dw when dw is not null
-// (dw_partial: kNormPartials * D floats of scratch)
+// (dw_partial: kNormPartials * D floats of scratch; dy's rows ldy apart, 0: D)
 constexpr int kNormPartials = 256;
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
-                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s);
+                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s, int ldy = 0);
 // Per-head RMSNorm (Qwen3's q_norm, k_norm): x [N, heads*Dh] normalised over each head's Dh with one weight
 // [Dh] for every head, rstd [N*heads]; its forward is rmsnorm_forward on N*heads rows of Dh. Backward in
 // place: d holds d y on entry, d x on exit;  dw += d / dw when dw is not null (dw_partial: kNormPartials *
@@ -52,9 +52,11 @@ void rope(bf16* x, const int32_t* positions, const float* cos_t, const float* si
           cudaStream_t s);
 
 // ---------------------------------------------------------------------- kernels/swiglu.cu
-void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s);  // act = silu(g) * u
-// dg = dact * u * silu'(g),  du = dact * silu(g)
-void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s);
+// act = silu(g) * u over n elements; act's rows of cols elements ld apart (0, 0: contiguous)
+void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s, int cols = 0, int ld = 0);
+// dg = dact * u * silu'(g),  du = dact * silu(g)  (dact's rows as act's)
+void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s, int cols = 0,
+                     int ld = 0);
 
 // ---------------------------------------------------------------------- kernels/lora_dropout.cu
 // LoRA dropout's mask: whether element `index` of the adapter input of (layer, target) in micro-batch
@@ -66,11 +68,22 @@ __host__ __device__ inline bool lora_dropout_keep(uint64_t seed, int layer, int 
     z = splitmix64(z + uint64_t(index) * kGoldenGamma);
     return float(z >> 40) * (1.0f / 16777216.0f) >= p;
 }
-// x_d = x * keep / (1 - p) with keep = lora_dropout_keep(seed, layer, target, step, i, p) for element i.
-void lora_dropout(const bf16* x, bf16* xd, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p, cudaStream_t s);
-// dx += g * keep / (1 - p): the backward, through the same mask.
-void lora_dropout_backward(const bf16* g, bf16* dx, int64_t n, uint64_t seed, int layer, int target, uint64_t step, float p,
-                           cudaStream_t s);
+// x_d = x * keep / (1 - p) with keep = lora_dropout_keep(seed, layer, target, step, i, p) for element i of
+// x [n / cols, cols] (x's rows ldx apart; x_d contiguous).
+void lora_dropout(const bf16* x, bf16* xd, int64_t n, int cols, int ldx, uint64_t seed, int layer, int target, uint64_t step, float p,
+                  cudaStream_t s);
+// dx += g * keep / (1 - p): the backward, through the same mask (dx's rows ldx apart; g contiguous).
+void lora_dropout_backward(const bf16* g, bf16* dx, int64_t n, int cols, int ldx, uint64_t seed, int layer, int target, uint64_t step,
+                           float p, cudaStream_t s);
+// The adapters' s B into the padded rows of their weights (lora.h with_lora_slots): for each of `count`
+// members, W[o, col + j] = bf16(s B[o, j]) for o < out, j < r, W's rows ldw apart.
+struct LoraSlot {
+    const bf16* B;  // [out, r]
+    bf16* W;        // the weight's first row
+    int out, ldw, col;
+};
+constexpr int kMaxLoraSlots = 6;  // every projection but o_proj
+void lora_fill_slots(const LoraSlot* slots, int count, int r, float s, cudaStream_t stream);
 
 // ---------------------------------------------------------------------- kernels/cross_entropy.cu
 // targets[n] = labels[n + 1] within each row of T, -100 at its last position

@@ -24,9 +24,9 @@ namespace {
 // y = w * (x * rstd),  rstd = 1 / sqrt(mean(x^2) + eps)   (one block per row; x̂ rounded to bf16 as HF does;
 // W elements per access)
 template <int W>
-__global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, float* rstd, int D, float eps) {
+__global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, float* rstd, int D, int ldy, float eps) {
     const bf16* xr = x + int64_t(blockIdx.x) * D;
-    bf16* yr = y + int64_t(blockIdx.x) * D;
+    bf16* yr = y + int64_t(blockIdx.x) * ldy;
     float ss = 0, xv[W], wv[W];
     for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
         load_bf16<W>(xr + i, xv);
@@ -41,19 +41,20 @@ __global__ void rmsnorm_forward_kernel(const bf16* x, const bf16* w, bf16* y, fl
     }
 }
 
-// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd   (residual null: none)
+// dx = residual + rstd * (g - x̂ * mean(g * x̂)),  g = dy * w,  x̂ = x * rstd   (residual null: none; dy's
+// rows ldy apart)
 template <int W>
 __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const float* rstd, const bf16* dy,
-                                        const bf16* residual, bf16* dx, int D) {
-    int64_t row = int64_t(blockIdx.x) * D;
+                                        const bf16* residual, bf16* dx, int D, int ldy) {
+    int64_t row = int64_t(blockIdx.x) * D, dy_row = int64_t(blockIdx.x) * ldy;
     float r = rstd[blockIdx.x], dot = 0, xv[W], wv[W], dv[W], rv[W];
     for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
-        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
+        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + dy_row + i, dv);
         for (int k = 0; k < W; ++k) dot += dv[k] * wv[k] * xv[k] * r;
     }
     float mean = block_sum(dot) / float(D);
     for (int i = W * threadIdx.x; i < D; i += W * blockDim.x) {
-        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + row + i, dv);
+        load_bf16<W>(x + row + i, xv), load_bf16<W>(w + i, wv), load_bf16<W>(dy + dy_row + i, dv);
         if (residual) load_bf16<W>(residual + row + i, rv);
         for (int k = 0; k < W; ++k) xv[k] = (residual ? rv[k] : 0.0f) + r * (dv[k] * wv[k] - xv[k] * r * mean);
         store_bf16<W>(dx + row + i, xv);
@@ -64,13 +65,13 @@ __global__ void rmsnorm_backward_kernel(const bf16* x, const bf16* w, const floa
 // (R = gridDim.y; a row of D holds D / Dn normalised pieces of Dn, rstd [N * D / Dn]; W columns a thread)
 template <int W>
 __global__ void rmsnorm_weight_partial_kernel(const bf16* x, const float* rstd, const bf16* dy, float* partial, int64_t N, int D,
-                                              int Dn) {
+                                              int Dn, int ldy) {
     int i = W * (blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= D) return;
     int pieces = D / Dn, piece = i / Dn;
     float acc[W] = {}, xv[W], dv[W];
     for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
-        load_bf16<W>(x + n * D + i, xv), load_bf16<W>(dy + n * D + i, dv);
+        load_bf16<W>(x + n * D + i, xv), load_bf16<W>(dy + n * ldy + i, dv);
         float r = rstd[n * pieces + piece];
         for (int k = 0; k < W; ++k) acc[k] += dv[k] * __bfloat162float(__float2bfloat16(xv[k] * r));
     }
@@ -102,11 +103,11 @@ unsigned row_threads(int D, int W) { return unsigned(std::min(kThreads, std::max
 
 // dw += sum over the N rows of dy * x̂; rows of D in pieces of Dn that share the weight [Dn]
 void weight_gradient(const bf16* x, const float* rstd, const bf16* dy, float* dw, float* partial, int64_t N, int D, int Dn,
-                     cudaStream_t s) {
-    if (Dn % 8 == 0)
-        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, partial, N, D, Dn);
+                     cudaStream_t s, int ldy) {
+    if (Dn % 8 == 0 && ldy % 8 == 0)
+        rmsnorm_weight_partial_kernel<8><<<dim3(blocks_for(D / 8), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, partial, N, D, Dn, ldy);
     else
-        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, partial, N, D, Dn);
+        rmsnorm_weight_partial_kernel<1><<<dim3(blocks_for(D), kNormPartials), kThreads, 0, s>>>(x, rstd, dy, partial, N, D, Dn, ldy);
     check_launch("rmsnorm_weight_partial_kernel");
     bool shared = Dn < D;  // the pieces' column totals go to partial's row 0, then fold into dw
     rmsnorm_weight_sum_kernel<<<blocks_for(D), kThreads, 0, s>>>(partial, shared ? partial : dw, kNormPartials, D, !shared);
@@ -118,26 +119,28 @@ void weight_gradient(const bf16* x, const float* rstd, const bf16* dy, float* dw
 
 // dx = residual + d rmsnorm / dx over rows of D (dx may be dy: each thread reads its elements before writing them)
 void input_gradient(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx, int64_t N,
-                    int D, cudaStream_t s) {
-    if (D % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), row_threads(D, 8), 0, s>>>(x, w, rstd, dy, residual, dx, D);
-    else rmsnorm_backward_kernel<1><<<unsigned(N), row_threads(D, 1), 0, s>>>(x, w, rstd, dy, residual, dx, D);
+                    int D, cudaStream_t s, int ldy) {
+    if (D % 8 == 0 && ldy % 8 == 0) rmsnorm_backward_kernel<8><<<unsigned(N), row_threads(D, 8), 0, s>>>(x, w, rstd, dy, residual, dx, D, ldy);
+    else rmsnorm_backward_kernel<1><<<unsigned(N), row_threads(D, 1), 0, s>>>(x, w, rstd, dy, residual, dx, D, ldy);
     check_launch("rmsnorm_backward_kernel");
 }
 
 }  // namespace
 
-void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s) {
-    if (D % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), row_threads(D, 8), 0, s>>>(x, w, y, rstd, D, eps);
-    else rmsnorm_forward_kernel<1><<<unsigned(N), row_threads(D, 1), 0, s>>>(x, w, y, rstd, D, eps);
+void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int64_t N, int D, float eps, cudaStream_t s, int ldy) {
+    if (!ldy) ldy = D;
+    if (D % 8 == 0 && ldy % 8 == 0) rmsnorm_forward_kernel<8><<<unsigned(N), row_threads(D, 8), 0, s>>>(x, w, y, rstd, D, ldy, eps);
+    else rmsnorm_forward_kernel<1><<<unsigned(N), row_threads(D, 1), 0, s>>>(x, w, y, rstd, D, ldy, eps);
     check_launch("rmsnorm_forward_kernel");
 }
 void rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, const bf16* dy, const bf16* residual, bf16* dx,
-                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s) {
-    input_gradient(x, w, rstd, dy, residual, dx, N, D, s);
-    if (dw) weight_gradient(x, rstd, dy, dw, dw_partial, N, D, D, s);
+                      float* dw, float* dw_partial, int64_t N, int D, cudaStream_t s, int ldy) {
+    if (!ldy) ldy = D;
+    input_gradient(x, w, rstd, dy, residual, dx, N, D, s, ldy);
+    if (dw) weight_gradient(x, rstd, dy, dw, dw_partial, N, D, D, s, ldy);
 }
 void head_rmsnorm_backward(const bf16* x, const bf16* w, const float* rstd, bf16* d, float* dw, float* dw_partial, int64_t N,
                            int heads, int Dh, cudaStream_t s) {
-    if (dw) weight_gradient(x, rstd, d, dw, dw_partial, N, heads * Dh, Dh, s);  // first: d still holds d y
-    input_gradient(x, w, rstd, d, nullptr, d, N * heads, Dh, s);
+    if (dw) weight_gradient(x, rstd, d, dw, dw_partial, N, heads * Dh, Dh, s, heads * Dh);  // first: d still holds d y
+    input_gradient(x, w, rstd, d, nullptr, d, N * heads, Dh, s, Dh);
 }

@@ -3,6 +3,7 @@
 // into units (llama_config.h).
 #include "support/llama_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -344,19 +345,27 @@ int64_t layer_tensor_offset(const LlamaConfig& c, LayerTensor t) {
 
 int num_units(const LlamaConfig& c) { return c.num_hidden_layers + 2; }
 
+int64_t UnitTensor::first(int64_t x) const {
+    int64_t rel = x - offset, n = spec.numel();
+    if (rel <= 0) return 0;
+    if (!pad) return std::min(rel, n);
+    int64_t row = rel / (cols() + pad), col = rel % (cols() + pad);
+    return std::min(n, row * cols() + std::min(col, cols()));
+}
+
 UnitLayout unit_layout(const LlamaConfig& c, int unit) {
     UnitLayout u;
-    auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    auto add = [&](const std::string& name, std::vector<int64_t> shape, int64_t pad = 0) {
         u.numel = align_up(u.numel);
-        u.tensors.push_back({{name, std::move(shape)}, u.numel});
-        u.numel += u.tensors.back().spec.numel();
+        u.tensors.push_back({{name, std::move(shape)}, u.numel, pad});
+        u.numel += u.tensors.back().span();
     };
     int L = c.num_hidden_layers;
     if (unit == 0) {
         add("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
     } else if (unit <= L) {
         std::string prefix = "model.layers." + std::to_string(unit - 1) + ".";
-        for (LayerTensor t : layer_tensors(c)) add(prefix + kLayerTensorNames[t], layer_tensor_shape(c, t));
+        for (LayerTensor t : layer_tensors(c)) add(prefix + kLayerTensorNames[t], layer_tensor_shape(c, t), c.row_pad[t]);
     } else {
         add("model.norm.weight", {c.hidden_size});
         if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, c.hidden_size});

@@ -7,6 +7,10 @@
 #include <string>
 #include <vector>
 
+enum LayerTensor {
+    kInputNorm, kQProj, kKProj, kVProj, kOProj, kQNorm, kKNorm, kPostNorm, kGateProj, kUpProj, kDownProj, kLayerTensors
+};
+
 struct LlamaConfig {
     // The family, as config.json's model_type names it: "llama", or "qwen3" (a Llama whose q and k are
     // RMS-normalised per head before RoPE). How a family differs from Llama is a flag each (below).
@@ -24,6 +28,11 @@ struct LlamaConfig {
     int bos_token_id = 128000;
     std::vector<int> eos_token_ids{128001};
     std::string name;  // the preset or config.json it came from
+    // Not the model's but its layout's: extra elements at the end of each row of a layer tensor inside its
+    // unit (0: rows back to back). LoRA training gives an adapted projection's weight W [out, in] rows of
+    // in + P, the adapter's s B riding in the last P columns, so the base product adds the adapter's term
+    // (lora.h: with_lora_slots; llama.cu). config_json and the files never see it.
+    int row_pad[kLayerTensors] = {};
 
     int64_t num_parameters() const;
 };
@@ -67,9 +76,7 @@ struct TensorSpec {
 //   mlp.gate_proj.weight             [F, D]
 //   mlp.up_proj.weight               [F, D]
 //   mlp.down_proj.weight             [D, F]
-enum LayerTensor {
-    kInputNorm, kQProj, kKProj, kVProj, kOProj, kQNorm, kKNorm, kPostNorm, kGateProj, kUpProj, kDownProj, kLayerTensors
-};
+// (LayerTensor, the rows of a layer's table: below, with the table)
 const char* layer_tensor_name(LayerTensor t);                                 // "self_attn.q_proj.weight"
 std::vector<int64_t> layer_tensor_shape(const LlamaConfig& c, LayerTensor t);  // {Q, D}
 std::vector<LayerTensor> layer_tensors(const LlamaConfig& c);                 // the rows c's layers have, in order
@@ -86,9 +93,17 @@ int64_t layer_tensor_offset(const LlamaConfig& c, LayerTensor t);              /
 constexpr int64_t kAlign = 8;
 inline int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
+// A tensor's place in its unit: element e of the tensor (row-major, rows of `cols`) sits at
+// offset + (e / cols) * (cols + pad) + e % cols; without pad its elements are contiguous from offset.
 struct UnitTensor {
     TensorSpec spec;
-    int64_t offset;  // first element inside the unit's flat buffer
+    int64_t offset;   // first element inside the unit's flat buffer
+    int64_t pad = 0;  // elements after each row that belong to no tensor (LlamaConfig::row_pad)
+    int64_t cols() const { return spec.shape.back(); }
+    int64_t span() const { return spec.numel() / cols() * (cols() + pad); }  // unit elements it covers
+    int64_t at(int64_t e) const { return offset + (pad ? e / cols() * (cols() + pad) + e % cols() : e); }
+    // The first tensor element at or after unit element `x`: elements [first(lo), first(hi)) lie in [lo, hi).
+    int64_t first(int64_t x) const;
 };
 struct UnitLayout {
     std::vector<UnitTensor> tensors;

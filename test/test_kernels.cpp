@@ -310,10 +310,27 @@ TEST_CASE("gpu: LoRA dropout keeps 1 - p of the elements, scaled by 1 / (1 - p),
         uint64_t seed = rng.next();
         DeviceFree keep;
         bf16* xd = keep(poisoned<bf16>(size_t(n)));
-        lora_dropout(keep(to_device_bf16(x)), xd, n, seed, 3, kV, 17, p, nullptr);
-        bf16* dx = keep(to_device_bf16(dx0));  // backward: dx += g * keep / (1 - p), the same mask
-        lora_dropout_backward(keep(to_device_bf16(g)), dx, n, seed, 3, kV, 17, p, nullptr);
-        std::vector<float> got = from_device_bf16(xd, size_t(n)), got_dx = from_device_bf16(dx, size_t(n));
+        // x and dx in rows of 1,024 elements 1,040 apart (the adapter's input beside its u columns, llama.cu);
+        // the 16 columns after each row must stay as they were
+        const int cols = 1024, ld = 1040;
+        auto spread = [&](const std::vector<float>& v) {
+            std::vector<float> out(size_t(n / cols * ld), 7.0f);
+            for (int64_t i = 0; i < n; ++i) out[size_t(i / cols * ld + i % cols)] = v[size_t(i)];
+            return out;
+        };
+        auto gather = [&](const std::vector<float>& v, int64_t& pad_changed) {
+            std::vector<float> out(static_cast<size_t>(n));
+            for (int64_t i = 0; i < int64_t(v.size()); ++i)
+                if (i % ld < cols) out[size_t(i / ld * cols + i % ld)] = v[size_t(i)];
+                else pad_changed += v[size_t(i)] != 7.0f;
+            return out;
+        };
+        lora_dropout(keep(to_device_bf16(spread(x))), xd, n, cols, ld, seed, 3, kV, 17, p, nullptr);
+        bf16* dx = keep(to_device_bf16(spread(dx0)));  // backward: dx += g * keep / (1 - p), the same mask
+        lora_dropout_backward(keep(to_device_bf16(g)), dx, n, cols, ld, seed, 3, kV, 17, p, nullptr);
+        int64_t pad_changed = 0;
+        std::vector<float> got = from_device_bf16(xd, size_t(n)), got_dx = gather(from_device_bf16(dx, size_t(n / cols * ld)), pad_changed);
+        CHECK(pad_changed == 0);
         int64_t kept = 0, mismatched = 0, other_step = 0, mismatched_dx = 0;
         for (int64_t i = 0; i < n; ++i) {
             bool k = lora_dropout_keep(seed, 3, kV, 17, i, p);
@@ -336,20 +353,30 @@ TEST_CASE("gpu: LoRA dropout keeps 1 - p of the elements, scaled by 1 / (1 - p),
 TEST_CASE("gpu: swiglu forward and backward") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
-    for (size_t n : {1001, 4096}) {  // one element per access, and 8 (16-byte loads)
+    // one element per access, and 8 (16-byte loads); contiguous, and act, dact in rows of cols ld apart
+    struct Shape { size_t n; int cols, ld; };
+    for (Shape sh : {Shape{1001, 0, 0}, Shape{4096, 0, 0}, Shape{4096, 128, 144}, Shape{1001, 143, 151}}) {
+    size_t n = sh.n, rows = sh.cols ? n / size_t(sh.cols) : 1, cols = sh.cols ? size_t(sh.cols) : n, ld = sh.cols ? size_t(sh.ld) : n;
     CAPTURE(n);
+    CAPTURE(sh.ld);
     std::vector<float> g = bf16_round(random_vector(n, rng, 4.0f)), u = bf16_round(random_vector(n, rng)),
-                       d = bf16_round(random_vector(n, rng));
+                       d = bf16_round(random_vector(n, rng)), d_rows(rows * ld, 0.0f);
+    for (size_t i = 0; i < n; ++i) d_rows[i / cols * ld + i % cols] = d[i];
     DeviceFree keep;
-    bf16 *act = keep(poisoned<bf16>(n)), *dg = keep(poisoned<bf16>(n)), *du = keep(poisoned<bf16>(n));
+    bf16 *act = keep(poisoned<bf16>(rows * ld)), *dg = keep(poisoned<bf16>(n)), *du = keep(poisoned<bf16>(n));
     bf16 *dgi = keep(to_device_bf16(g)), *dui = keep(to_device_bf16(u));
-    swiglu_forward(dgi, dui, act, int64_t(n), nullptr);
-    swiglu_backward(dgi, dui, keep(to_device_bf16(d)), dg, du, int64_t(n), nullptr);
+    swiglu_forward(dgi, dui, act, int64_t(n), nullptr, sh.cols, sh.ld);
+    swiglu_backward(dgi, dui, keep(to_device_bf16(d_rows)), dg, du, int64_t(n), nullptr, sh.cols, sh.ld);
     Vec ref_dg, ref_du;
     std::vector<float> wa = to_float(swiglu_forward_ref(to_double(g), to_double(u)));
     swiglu_backward_ref(to_double(g), to_double(u), to_double(d), ref_dg, ref_du);
-    std::vector<float> wg = to_float(ref_dg), wu = to_float(ref_du);
-    CHECK(rel_error(from_device_bf16(act, n), wa) < 1e-2);
+    std::vector<float> wg = to_float(ref_dg), wu = to_float(ref_du), act_rows = from_device_bf16(act, rows * ld), got_act(n);
+    size_t pads_written = 0;  // the columns after each row are left alone (poisoned stays poisoned)
+    for (size_t i = 0; i < rows * ld; ++i)
+        if (i % ld < cols) got_act[i / ld * cols + i % ld] = act_rows[i];
+        else pads_written += !std::isnan(act_rows[i]);
+    CHECK(pads_written == 0);
+    CHECK(rel_error(got_act, wa) < 1e-2);
     CHECK(rel_error(from_device_bf16(dg, n), wg) < 1e-2);
     CHECK(rel_error(from_device_bf16(du, n), wu) < 1e-2);
     }

@@ -12,6 +12,7 @@
 #include <map>
 
 #include "distributed/load.h"
+#include "lora.h"
 #include "kernels/ops.h"
 #include "support/json.h"
 
@@ -26,6 +27,20 @@ LlamaConfig small_config() {
     c.hidden_size = 24, c.intermediate_size = 40, c.num_hidden_layers = 2;
     c.num_attention_heads = 3, c.num_key_value_heads = 1, c.head_dim = 8;
     c.vocab_size = 37, c.max_position_embeddings = 64, c.tie_word_embeddings = false;
+    return c;
+}
+
+// small_config in LoRA training's layout: r = 3 on q, v and gate (8 columns each: q, v's rows carry 16, gate's 8).
+LlamaConfig padded_config() {
+    LoraConfig lora;
+    lora.rank = 3;
+    parse_lora_targets("q,v,gate", lora, "test");
+    LlamaConfig c = with_lora_slots(small_config(), lora);
+    REQUIRE(c.row_pad[kQProj] == 16);
+    REQUIRE(c.row_pad[kKProj] == 0);
+    REQUIRE(c.row_pad[kGateProj] == 8);
+    REQUIRE(c.row_pad[kOProj] == 0);
+    REQUIRE(unit_layout(c, 1).numel > unit_layout(small_config(), 1).numel);
     return c;
 }
 
@@ -78,11 +93,13 @@ TEST_CASE("load: each rank reads the bytes of its shard; all ranks read every te
     uint64_t seed = fresh_seed();
     CAPTURE(seed);
     Rng rng(seed);
-    LlamaConfig c = small_config();
-    std::string dir = write_model("load_plan", c, rng);
+    std::string dir = write_model("load_plan", small_config(), rng);
     SafetensorsReader files(dir);
-    for (int N = 1; N <= 5; ++N) {
+    for (int N = 1; N <= 5; ++N)
+    for (bool padded : {false, true}) {  // padded: LoRA training's layout (rows of q, v, gate with room for s B)
+        LlamaConfig c = padded ? padded_config() : small_config();
         CAPTURE(N);
+        CAPTURE(padded);
         for (int u = 0; u < num_units(c); ++u) {
             CAPTURE(u);
             UnitLayout layout = unit_layout(c, u);
@@ -94,13 +111,17 @@ TEST_CASE("load: each rank reads the bytes of its shard; all ranks read every te
                 int64_t lo = shard.begin(r), hi = lo + shard.owned(r);
                 for (const FileRead& read : plan_unit_reads(c, files, u, lo, hi)) {
                     const SafeTensor& t = *read.tensor;
-                    int64_t offset_in_unit = -1;
+                    const UnitTensor* owner = nullptr;
                     for (const UnitTensor& ut : layout.tensors)
-                        if (ut.spec.name == t.name) offset_in_unit = ut.offset;
-                    CHECK(read.at == offset_in_unit + read.first);      // the element of the unit it fills
-                    CHECK(read.at >= lo);                                // inside this rank's shard
-                    CHECK(read.at + read.count <= hi);
+                        if (ut.spec.name == t.name) owner = &ut;
+                    REQUIRE(owner);
                     CHECK(read.count > 0);
+                    for (int64_t k : {int64_t(0), read.count / 2, read.count - 1}) {
+                        CHECK(read.at + read.place(k) == owner->at(read.first + k));  // the element of the unit it fills
+                        CHECK(read.at + read.place(k) >= lo);                          // inside this rank's shard
+                        CHECK(read.at + read.place(k) < hi);
+                    }
+                    CHECK(read.pad == owner->pad);
                     CHECK(read.offset() == t.offset + uint64_t(read.first) * element_bytes(t.dtype));  // its own dtype's bytes
                     CHECK(read.bytes() == uint64_t(read.count) * element_bytes(t.dtype));
                     CHECK(read.offset() + read.bytes() <= t.offset + t.bytes);
@@ -123,9 +144,11 @@ TEST_CASE("load: a rank's reads, run on the host, put read_float's values in the
     uint64_t seed = fresh_seed();
     CAPTURE(seed);
     Rng rng(seed);
-    LlamaConfig c = small_config();
-    SafetensorsReader files(write_model("load_host", c, rng));
-    for (int u = 0; u < num_units(c); ++u) {
+    SafetensorsReader files(write_model("load_host", small_config(), rng));
+    for (bool padded : {false, true})
+    for (int u = 0; u < num_units(small_config()); ++u) {
+        LlamaConfig c = padded ? padded_config() : small_config();
+        CAPTURE(padded);
         UnitLayout layout = unit_layout(c, u);
         Shard shard = make_shard(layout.numel, 3);
         int64_t lo = shard.begin(1), hi = lo + shard.owned(1);
@@ -135,18 +158,22 @@ TEST_CASE("load: a rank's reads, run on the host, put read_float's values in the
             for (int64_t x : cuts) CHECK_FALSE((read.at < x && x < read.at + read.count));  // never across a cut
             std::vector<char> raw(read.bytes());
             read_tensor_bytes(*read.tensor, uint64_t(read.first) * element_bytes(read.tensor->dtype), read.bytes(), raw.data());
-            to_float(raw.data(), read.tensor->dtype, part.data() + (read.at - lo), size_t(read.count));
+            std::vector<float> values(size_t(read.count));
+            to_float(raw.data(), read.tensor->dtype, values.data(), values.size());
+            for (int64_t k = 0; k < read.count; ++k) part[size_t(read.at - lo + read.place(k))] = values[size_t(k)];
         }
         for (int64_t i = lo; i < hi; ++i) {
-            const UnitTensor* owner = nullptr;
+            const UnitTensor* owner = nullptr;  // the tensor whose element sits at i (none in gaps and row pads)
             for (const UnitTensor& t : layout.tensors)
-                if (i >= t.offset && i < t.offset + t.spec.numel()) owner = &t;
+                if (i >= t.offset && i < t.offset + t.span() && (i - t.offset) % (t.cols() + t.pad) < t.cols()) owner = &t;
             float got = part[size_t(i - lo)];
             if (!owner) {
                 CHECK(std::isnan(got));
                 continue;
             }
-            float want = files.read_float(owner->spec.name, owner->spec.shape)[size_t(i - owner->offset)];
+            int64_t e = (i - owner->offset) / (owner->cols() + owner->pad) * owner->cols() + (i - owner->offset) % (owner->cols() + owner->pad);
+            CHECK(owner->at(e) == i);
+            float want = files.read_float(owner->spec.name, owner->spec.shape)[size_t(e)];
             CHECK(std::memcmp(&got, &want, 4) == 0);
         }
     }
@@ -284,8 +311,11 @@ TEST_CASE("gpu: the store loads mixed dtypes across files to the host reference'
     std::string dir = write_model("load_store", c, rng);
     SafetensorsReader files(dir);
     struct Variant { int stage; bool offload, inference; int lora; };
+    // LoRA training (lora > 0, not inference) loads into the padded layout (lora.h with_lora_slots); generation's
+    // adapters (inference) leave the rows as they are
     for (Variant v : {Variant{0, false, false, 0}, Variant{1, true, false, 0}, Variant{2, false, false, 0}, Variant{3, false, false, 0},
-                      Variant{3, true, false, 0}, Variant{3, false, false, 4}, Variant{0, false, true, 0}, Variant{0, false, true, 4}}) {
+                      Variant{3, true, false, 0}, Variant{3, false, false, 4}, Variant{1, false, false, 3}, Variant{0, false, true, 0},
+                      Variant{0, false, true, 4}}) {
         CAPTURE(v.stage);
         CAPTURE(v.offload);
         CAPTURE(v.inference);
@@ -294,6 +324,7 @@ TEST_CASE("gpu: the store loads mixed dtypes across files to the host reference'
         z.stage = v.stage, z.offload = v.offload, z.inference = v.inference, z.persistence_threshold = 0;
         LoraConfig lora;
         lora.rank = v.lora;
+        const LlamaConfig c = v.lora && !v.inference ? with_lora_slots(small_config(), lora) : small_config();
         ZeroStore store(c, lora, z, test_world(), nullptr);
         LoadReport r = store.load(dir);
         CHECK(r.bytes > 0);
@@ -303,16 +334,55 @@ TEST_CASE("gpu: the store loads mixed dtypes across files to the host reference'
             CAPTURE(u);
             std::vector<uint16_t> w16 = store.unit_weights16(u);
             std::vector<float> w32 = v.lora || v.inference ? std::vector<float>() : store.unit_weights(u);  // the fp32 masters
-            size_t bad16 = 0, bad32 = 0;
+            size_t bad16 = 0, bad32 = 0, pads = 0;
+            std::vector<bool> owned(w16.size());
             for (const UnitTensor& t : unit_layout(c, u).tensors) {
                 std::vector<float> want = files.read_float(t.spec.name, t.spec.shape);
+                pads += t.pad > 0;
                 for (size_t i = 0; i < want.size(); ++i) {
-                    bad16 += w16[size_t(t.offset) + i] != float_to_bf16(want[i]);
-                    if (!w32.empty()) bad32 += std::memcmp(&w32[size_t(t.offset) + i], &want[i], 4) != 0;
+                    size_t at = size_t(t.at(int64_t(i)));
+                    owned[at] = true;
+                    bad16 += w16[at] != float_to_bf16(want[i]);
+                    if (!w32.empty()) bad32 += std::memcmp(&w32[at], &want[i], 4) != 0;
                 }
             }
+            size_t nonzero_gaps = 0;  // the gaps and row pads are zeros, not weights
+            for (size_t i = 0; i < w16.size(); ++i) nonzero_gaps += !owned[i] && w16[i] != 0;
             CHECK(bad16 == 0);
             CHECK(bad32 == 0);
+            CHECK(nonzero_gaps == 0);
+            CHECK((pads > 0) == (v.lora && !v.inference && u >= 1 && u <= c.num_hidden_layers));
+        }
+    }
+}
+
+TEST_CASE("gpu: a random init in LoRA training's padded layout draws the same weights as in the plain layout, at stages 0 and 3") {
+    if (!need_gpu()) return;
+    uint64_t seed = fresh_seed();
+    CAPTURE(seed);
+    LoraConfig lora;
+    lora.rank = 3;
+    parse_lora_targets("q,v,gate,up", lora, "test");
+    for (int stage : {0, 3}) {
+        CAPTURE(stage);
+        ZeroOptions z;
+        z.stage = stage, z.persistence_threshold = 0;
+        LlamaConfig plain = small_config(), padded = with_lora_slots(plain, lora);
+        ZeroStore a(plain, lora, z, test_world(), nullptr), b(padded, lora, z, test_world(), nullptr);
+        a.init_random(seed), b.init_random(seed);
+        for (int u = 0; u < num_units(plain); ++u) {
+            CAPTURE(u);
+            std::vector<uint16_t> wa = a.unit_weights16(u), wb = b.unit_weights16(u);
+            std::vector<UnitTensor> ta = unit_layout(plain, u).tensors, tb = unit_layout(padded, u).tensors;
+            REQUIRE(ta.size() == tb.size());
+            size_t bad = 0, drawn = 0;
+            for (size_t k = 0; k < ta.size(); ++k)
+                for (int64_t e = 0; e < ta[k].spec.numel(); ++e) {
+                    bad += wa[size_t(ta[k].at(e))] != wb[size_t(tb[k].at(e))];
+                    drawn += wb[size_t(tb[k].at(e))] != 0;
+                }
+            CHECK(bad == 0);
+            CHECK(drawn > 0);
         }
     }
 }

@@ -48,11 +48,14 @@ void check_against_hf(const std::string& name) {
     if (!load_golden(name, g))
         FAIL("missing golden files test/golden/" << name << " (make them with python3 test/make_golden_model.py test/golden " << name
                                                   << " on a GPU machine with transformers and PEFT)");
-    const LlamaConfig& c = g.config;
     LoraConfig lora;
     std::vector<std::vector<float>> adapter;
-    load_peft_adapter(g.dir + "/adapter", c, lora, adapter);
+    load_peft_adapter(g.dir + "/adapter", g.config, lora, adapter);
     REQUIRE(lora.rank == 8);
+    // LoRA in training's layout (each adapter's s B in its weight's padded rows, lora.h with_lora_slots);
+    // the full fine-tuning run below has no adapters, so its layout is the plain one
+    const LlamaConfig c = with_lora_slots(g.config, lora);
+    REQUIRE(c.row_pad[kQProj] > 0);
     SafetensorsReader gold(g.dir + "/golden.safetensors");
     int64_t targets = g.targets;
     DeviceFree keep;
@@ -120,9 +123,9 @@ void check_against_hf(const std::string& name) {
     }
     {  // full fine-tuning: 10 AdamW steps on every weight
         LoraConfig none;
-        ZeroStore store(c, none, ZeroOptions(), test_world(), stream);
+        ZeroStore store(g.config, none, ZeroOptions(), test_world(), stream);
         store.load(g.dir);
-        LlamaModel m(c, {}, g.B, g.T, stream);
+        LlamaModel m(g.config, {}, g.B, g.T, stream);
         std::vector<float> ours = trajectory(m, store, batch, targets, 10, lr);
         const Json& want = *g.meta.find("full_losses");
         for (size_t s = 0; s < ours.size(); ++s) {
