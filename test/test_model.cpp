@@ -1,8 +1,9 @@
 // test/test_model.cpp — the whole model against Hugging Face transformers + PEFT (golden files made by
 // test/make_golden_model.py): logits, loss, LoRA gradients, and 10-step AdamW loss trajectories for LoRA
-// and full fine-tuning, of two Llamas and a Qwen3 (qwen3_tied: q/k norms, head_dim apart from hidden /
-// heads). Bounds: logits max-norm relative error 2e-2 (bf16 activations through the whole model), loss 1e-2
-// relative, gradients 5e-2 in the 2-norm, every trajectory step 1% (the bound).
+// (in the plain and the folded layout, lora.h with_lora_slots) and full fine-tuning, of two Llamas and a
+// Qwen3 (qwen3_tied: q/k norms, head_dim apart from hidden / heads). Bounds: logits max-norm relative error
+// 2e-2 (bf16 activations through the whole model), loss 1e-2 relative, gradients 5e-2 in the 2-norm, every
+// trajectory step 1% (the bound).
 #include "gpu.h"
 
 #include <sys/stat.h>
@@ -52,74 +53,76 @@ void check_against_hf(const std::string& name) {
     std::vector<std::vector<float>> adapter;
     load_peft_adapter(g.dir + "/adapter", g.config, lora, adapter);
     REQUIRE(lora.rank == 8);
-    // LoRA in training's layout (each adapter's s B in its weight's padded rows, lora.h with_lora_slots);
-    // the full fine-tuning run below has no adapters, so its layout is the plain one
-    const LlamaConfig c = with_lora_slots(g.config, lora);
-    REQUIRE(c.row_pad[kQProj] > 0);
     SafetensorsReader gold(g.dir + "/golden.safetensors");
     int64_t targets = g.targets;
     DeviceFree keep;
     DeviceBatch batch{g.B, g.T, keep(to_device(g.ids)), keep(to_device(g.labels))};
     cudaStream_t stream = nullptr;
     float lr = float(g.meta.find("lr")->number);
-    {
-        ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
-        store.load(g.dir);
-        store.set_lora(adapter);
-        LlamaModel m(c, {lora.rank, lora.scale()}, g.B, g.T, stream);
-        float* logits = keep(poisoned<float>(size_t(g.B) * g.T * c.vocab_size));
-        m.forward(batch, store, logits);
-        std::vector<float> want = gold.read_float("logits", {g.B, g.T, c.vocab_size});
-        double err = rel_error(from_device(logits, want.size()), want);
-        MESSAGE(name << ": logits max-norm relative error " << err);
-        CHECK(err < 2e-2);
-        float loss = read_loss(m) / float(targets);
-        CHECK(loss == doctest::Approx(g.meta.find("loss")->number).epsilon(1e-2));
+    // LoRA in both layouts: the plain one (the adapters' own products) and the folded one (each adapter's s B
+    // in its weight's padded rows, lora.h with_lora_slots); the full fine-tuning run below has no adapters
+    for (const LlamaConfig& c : {g.config, with_lora_slots(g.config, lora)}) {
+        const bool folded = c.row_pad[kQProj] > 0;
+        CAPTURE(folded);
+        {
+            ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
+            store.load(g.dir);
+            store.set_lora(adapter);
+            LlamaModel m(c, {lora.rank, lora.scale()}, g.B, g.T, stream);
+            float* logits = keep(poisoned<float>(size_t(g.B) * g.T * c.vocab_size));
+            m.forward(batch, store, logits);
+            std::vector<float> want = gold.read_float("logits", {g.B, g.T, c.vocab_size});
+            double err = rel_error(from_device(logits, want.size()), want);
+            MESSAGE(name << ": logits max-norm relative error " << err);
+            CHECK(err < 2e-2);
+            float loss = read_loss(m) / float(targets);
+            CHECK(loss == doctest::Approx(g.meta.find("loss")->number).epsilon(1e-2));
 
-        store.begin_step();
-        m.forward_backward(batch, store, float(targets));
-        read_loss(m);
-        check_cuda(cudaDeviceSynchronize(), "sync");
-        // gradients: the store's fp32 grads for the adapters, by PEFT name
-        LoraLayout layout = lora_layout(c, lora);
-        std::vector<float> grads = store.trainable_grads();
-        double worst = 0;
-        for (int l = 0; l < c.num_hidden_layers; ++l)
-            for (int t = 0; t < kTargets; ++t)
-                for (char which : {'A', 'B'}) {
-                    std::string key = "grad." + peft_key(l, LoraTarget(t), which);
-                    int rows = which == 'A' ? lora.rank : layout.out[t], cols = which == 'A' ? layout.in[t] : lora.rank;
-                    std::vector<float> w = gold.read_float(key, {rows, cols});
-                    int64_t off = int64_t(l) * layout.per_layer + (which == 'A' ? layout.a_offset[t] : layout.b_offset[t]);
-                    std::vector<float> got(grads.begin() + off, grads.begin() + off + int64_t(w.size()));
-                    double e = norm_error(got, w);
-                    worst = std::max(worst, e);
-                    CAPTURE(key);
-                    CHECK(e < 5e-2);
-                }
-        MESSAGE(name << ": worst LoRA gradient 2-norm relative error " << worst);
+            store.begin_step();
+            m.forward_backward(batch, store, float(targets));
+            read_loss(m);
+            check_cuda(cudaDeviceSynchronize(), "sync");
+            // gradients: the store's fp32 grads for the adapters, by PEFT name
+            LoraLayout layout = lora_layout(c, lora);
+            std::vector<float> grads = store.trainable_grads();
+            double worst = 0;
+            for (int l = 0; l < c.num_hidden_layers; ++l)
+                for (int t = 0; t < kTargets; ++t)
+                    for (char which : {'A', 'B'}) {
+                        std::string key = "grad." + peft_key(l, LoraTarget(t), which);
+                        int rows = which == 'A' ? lora.rank : layout.out[t], cols = which == 'A' ? layout.in[t] : lora.rank;
+                        std::vector<float> w = gold.read_float(key, {rows, cols});
+                        int64_t off = int64_t(l) * layout.per_layer + (which == 'A' ? layout.a_offset[t] : layout.b_offset[t]);
+                        std::vector<float> got(grads.begin() + off, grads.begin() + off + int64_t(w.size()));
+                        double e = norm_error(got, w);
+                        worst = std::max(worst, e);
+                        CAPTURE(key);
+                        CHECK(e < 5e-2);
+                    }
+            MESSAGE(name << ": worst LoRA gradient 2-norm relative error " << worst);
 
-        if (const char* out = std::getenv("LLAMA_EXPORT_DIR")) {  // for test/check_export.py (PEFT loading ours)
-            std::string dir = std::string(out) + "/" + name;
-            mkdir(out, 0755), mkdir(dir.c_str(), 0755);
-            save_peft_adapter(dir + "/adapter", c, lora, store.lora_layers(), g.dir);
-            save_hf(store, dir + "/merged", c, lora);
-            std::vector<float> ours = from_device(logits, want.size());
-            write_safetensors(dir + "/our_logits.safetensors", {{"logits", "F32", {g.B, g.T, c.vocab_size}, ours.data()}});
+            if (const char* out = folded ? std::getenv("LLAMA_EXPORT_DIR") : nullptr) {  // for test/check_export.py (PEFT loading ours)
+                std::string dir = std::string(out) + "/" + name;
+                mkdir(out, 0755), mkdir(dir.c_str(), 0755);
+                save_peft_adapter(dir + "/adapter", c, lora, store.lora_layers(), g.dir);
+                save_hf(store, dir + "/merged", c, lora);
+                std::vector<float> ours = from_device(logits, want.size());
+                write_safetensors(dir + "/our_logits.safetensors", {{"logits", "F32", {g.B, g.T, c.vocab_size}, ours.data()}});
+            }
         }
-    }
-    {  // LoRA: 10 AdamW steps from the same adapter
-        ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
-        store.load(g.dir);
-        store.set_lora(adapter);
-        LlamaModel m(c, {lora.rank, lora.scale()}, g.B, g.T, stream);
-        std::vector<float> ours = trajectory(m, store, batch, targets, 10, lr);
-        const Json& want = *g.meta.find("lora_losses");
-        for (size_t s = 0; s < ours.size(); ++s) {
-            CAPTURE(s);
-            CHECK(ours[s] == doctest::Approx(want.array[s].number).epsilon(1e-2));
+        {  // LoRA: 10 AdamW steps from the same adapter
+            ZeroStore store(c, lora, ZeroOptions(), test_world(), stream);
+            store.load(g.dir);
+            store.set_lora(adapter);
+            LlamaModel m(c, {lora.rank, lora.scale()}, g.B, g.T, stream);
+            std::vector<float> ours = trajectory(m, store, batch, targets, 10, lr);
+            const Json& want = *g.meta.find("lora_losses");
+            for (size_t s = 0; s < ours.size(); ++s) {
+                CAPTURE(s);
+                CHECK(ours[s] == doctest::Approx(want.array[s].number).epsilon(1e-2));
+            }
+            MESSAGE(name << (folded ? " (folded)" : "") << ": LoRA step 10 loss " << ours.back() << " vs HF " << want.array.back().number);
         }
-        MESSAGE(name << ": LoRA step 10 loss " << ours.back() << " vs HF " << want.array.back().number);
     }
     {  // full fine-tuning: 10 AdamW steps on every weight
         LoraConfig none;
