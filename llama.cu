@@ -93,8 +93,9 @@ LlamaModel::LlamaModel(const LlamaConfig& c, LoraShape lora, int B, int T, bool 
     : c_(c), lora_(lora), B_(B), T_(T), N_(B * T), max_position_(std::max(T, max_position)), recompute_(recompute) {
     for (int t = 0; t < kLayerTensors; ++t) layer_offset_[t] = layer_tensor_offset(c, LayerTensor(t));
     for (int t = 0; t < kTargets; ++t) projection_out_[t] = int(layer_tensor_shape(c, kProjection[t])[0]);  // W: [out, in]
-    for (int t = 0; t < kLayerTensors; ++t)
-        if (c.row_pad[t] && lora.rank == 0) exit_with_error("LlamaModel: weights with padded rows need the LoRA adapters they make room for");
+    for (int t = 0; t < kLayerTensors; ++t)  // padded rows only where fold_columns reads them: with adapters, not o_proj's
+        if (c.row_pad[t] && (lora.rank == 0 || t == kOProj || layer_tensor_shape(c, LayerTensor(t)).size() != 2))
+            exit_with_error("LlamaModel: weights with padded rows are LoRA's folded layout (lora.h with_lora_slots) only");
     if (!c.tie_word_embeddings) lm_head_offset_ = unit_layout(c, c.num_hidden_layers + 1).tensors[1].offset;
     layers_.resize(recompute ? 1 : size_t(c.num_hidden_layers));  // with recompute, one set serves every layer
     grad_ = new GradScratch();
@@ -213,7 +214,10 @@ void LlamaModel::group_forward(int l, int group, bf16* x, int in, const LayerWei
 // group when batched) and the base products add to it (beta = 1).
 void LlamaModel::group_backward(int l, int group, const bf16* x, int in, const LayerWeights& w, const bf16* const* dy, bf16* dx,
                                 float dx_beta, const LoraLayerView& lora, const bf16* u) {
-    if (fold_columns(group)) return folded_backward(l, group, x, in, w, dy, dx, lora);  // (dx_beta 0 where folded)
+    if (fold_columns(group)) {
+        if (dx_beta != 0.0f) exit_with_error("LlamaModel: a folded group's backward writes dx (dx_beta 0)");
+        return folded_backward(l, group, x, in, w, dy, dx, lora);
+    }
     const int r = lora_.rank;
     Adapters p = adapters(group, lora, in);
     bool masked = training_ && lora_.dropout > 0;

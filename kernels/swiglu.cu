@@ -45,13 +45,15 @@ __global__ void swiglu_backward_kernel(const bf16* g, const bf16* u, const bf16*
 }  // namespace
 
 void swiglu_forward(const bf16* g, const bf16* u, bf16* act, int64_t n, cudaStream_t s, int cols, int ld) {
-    if (!cols) cols = ld = int(std::min<int64_t>(n, 1 << 30));  // contiguous
+    if (!cols) cols = int(std::min<int64_t>(n, 1 << 30));  // contiguous
+    if (!ld) ld = cols;
     if (n % 8 == 0 && cols % 8 == 0 && ld % 8 == 0) swiglu_forward_kernel<8><<<blocks_for(n / 8), kThreads, 0, s>>>(g, u, act, n, cols, ld);
     else swiglu_forward_kernel<1><<<blocks_for(n), kThreads, 0, s>>>(g, u, act, n, cols, ld);
     check_launch("swiglu_forward_kernel");
 }
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dact, bf16* dg, bf16* du, int64_t n, cudaStream_t s, int cols, int ld) {
-    if (!cols) cols = ld = int(std::min<int64_t>(n, 1 << 30));  // contiguous
+    if (!cols) cols = int(std::min<int64_t>(n, 1 << 30));  // contiguous
+    if (!ld) ld = cols;
     if (n % 8 == 0 && cols % 8 == 0 && ld % 8 == 0) swiglu_backward_kernel<8><<<blocks_for(n / 8), kThreads, 0, s>>>(g, u, dact, dg, du, n, cols, ld);
     else swiglu_backward_kernel<1><<<blocks_for(n), kThreads, 0, s>>>(g, u, dact, dg, du, n, cols, ld);
     check_launch("swiglu_backward_kernel");
