@@ -503,10 +503,10 @@ void ZeroStore::init_random(uint64_t seed) {
         int64_t lo = s.sharded ? s.shard.begin(w_.rank) : 0, hi = s.sharded ? lo + s.shard.owned(w_.rank) : s.numel;
         bf16* resident = s.sharded ? s.shard16 : s.full16;
         for_each_tensor(u, 0, lo, hi, [&](const UnitTensor& t, int64_t toff, int64_t soff, int64_t n) {
-            float std = t.spec.shape.size() == 1 ? 0.0f : 0.02f;
-            if (!t.pad) return init_normal(resident + (soff - lo), nullptr, n, name_seed(seed, t.spec.name), toff, std, 1.0f, stream_);
+            float stddev = t.spec.shape.size() == 1 ? 0.0f : 0.02f;
+            if (!t.pad) return init_normal(resident + (soff - lo), nullptr, n, name_seed(seed, t.spec.name), toff, stddev, 1.0f, stream_);
             bf16* staged = device_alloc<bf16>(size_t(n), "init staging");  // drawn contiguously, then laid into its rows
-            init_normal(staged, nullptr, n, name_seed(seed, t.spec.name), toff, std, 1.0f, stream_);
+            init_normal(staged, nullptr, n, name_seed(seed, t.spec.name), toff, stddev, 1.0f, stream_);
             check_cuda(copy_into_rows(resident + (soff - lo), staged, toff, n, t.cols(), t.pad, cudaMemcpyDeviceToDevice, stream_), "copy");
             check_cuda(cudaStreamSynchronize(stream_), "init");
             device_free(staged);

@@ -347,7 +347,10 @@ void save_hf(ZeroStore& store, const std::string& dir, const LlamaConfig& c, con
             const uint16_t* w16 = weights.data() + t.offset;
             size_t n = size_t(t.spec.numel());
             std::vector<uint16_t> rows;  // a tensor with padded rows (LoRA training's layout), its rows back to back
-            for (int64_t e = 0; t.pad && e < t.spec.numel(); e += t.cols()) rows.insert(rows.end(), w16 + (t.at(e) - t.offset), w16 + (t.at(e) - t.offset) + t.cols());
+            for (int64_t e = 0; t.pad && e < t.spec.numel(); e += t.cols()) {
+                const uint16_t* row = weights.data() + t.at(e);
+                rows.insert(rows.end(), row, row + t.cols());
+            }
             if (t.pad) w16 = rows.data();
             done += double(n) * 2;
             if (adapted[i] < 0) {

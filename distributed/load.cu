@@ -27,10 +27,6 @@
 uint64_t FileRead::offset() const { return tensor->offset + uint64_t(first) * element_bytes(tensor->dtype); }
 uint64_t FileRead::bytes() const { return uint64_t(count) * element_bytes(tensor->dtype); }
 
-namespace {
-int64_t row_place(int64_t e, int64_t cols, int64_t pad) { return pad ? e / cols * (cols + pad) + e % cols : e; }
-}  // namespace
-
 int64_t FileRead::place(int64_t k) const { return row_place(first + k, cols, pad) - row_place(first, cols, pad); }
 
 cudaError_t copy_into_rows(bf16* dst, const void* src, int64_t first, int64_t count, int64_t cols, int64_t pad,

@@ -17,6 +17,9 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
     return unsigned(b < 1 ? 1 : (b > (1 << 30) ? (1 << 30) : b));
 }
 
+// Where element i of a [n / cols, cols] matrix sits when its rows lie ld apart (ld == cols: contiguous).
+__device__ inline int64_t row_at(int64_t i, int cols, int ld) { return ld == cols ? i : i / cols * ld + i % cols; }
+
 // The sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total, summed
 // in a fixed order (deterministic).
 __device__ inline float block_sum(float v) {

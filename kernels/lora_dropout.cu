@@ -18,7 +18,7 @@ __global__ void lora_dropout_kernel(const bf16* x, bf16* xd, int64_t n, int cols
                                     uint64_t step, float p) {
     float scale = 1.0f / (1.0f - p);
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        float v = __bfloat162float(x[ldx == cols ? i : i / cols * ldx + i % cols]);
+        float v = __bfloat162float(x[row_at(i, cols, ldx)]);
         xd[i] = __float2bfloat16(lora_dropout_keep(seed, layer, target, step, i, p) ? v * scale : 0.0f);
     }
 }
@@ -29,7 +29,7 @@ __global__ void lora_dropout_backward_kernel(const bf16* g, bf16* dx, int64_t n,
     float scale = 1.0f / (1.0f - p);
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
         if (!lora_dropout_keep(seed, layer, target, step, i, p)) continue;
-        bf16& d = dx[ldx == cols ? i : i / cols * ldx + i % cols];
+        bf16& d = dx[row_at(i, cols, ldx)];
         d = __float2bfloat16(__bfloat162float(d) + __bfloat162float(g[i]) * scale);
     }
 }

@@ -13,9 +13,6 @@
 
 namespace {
 
-// Where element i of a [n / cols, cols] matrix with rows ld apart sits.
-__device__ inline int64_t row_at(int64_t i, int cols, int ld) { return ld == cols ? i : i / cols * ld + i % cols; }
-
 // act = silu(g) * u,  silu(g) = g * sigmoid(g)   (W elements per thread and step)
 template <int W>
 __global__ void swiglu_forward_kernel(const bf16* g, const bf16* u, bf16* act, int64_t n, int cols, int ld) {

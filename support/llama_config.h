@@ -76,7 +76,7 @@ struct TensorSpec {
 //   mlp.gate_proj.weight             [F, D]
 //   mlp.up_proj.weight               [F, D]
 //   mlp.down_proj.weight             [D, F]
-// (LayerTensor, the rows of a layer's table: below, with the table)
+// (LayerTensor, the table's rows, is declared above LlamaConfig, whose row_pad it indexes.)
 const char* layer_tensor_name(LayerTensor t);                                 // "self_attn.q_proj.weight"
 std::vector<int64_t> layer_tensor_shape(const LlamaConfig& c, LayerTensor t);  // {Q, D}
 std::vector<LayerTensor> layer_tensors(const LlamaConfig& c);                 // the rows c's layers have, in order
@@ -93,15 +93,18 @@ int64_t layer_tensor_offset(const LlamaConfig& c, LayerTensor t);              /
 constexpr int64_t kAlign = 8;
 inline int64_t align_up(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// A tensor's place in its unit: element e of the tensor (row-major, rows of `cols`) sits at
-// offset + (e / cols) * (cols + pad) + e % cols; without pad its elements are contiguous from offset.
+// Where element e of a row-major tensor with rows of `cols` sits when each row is followed by `pad` elements.
+inline int64_t row_place(int64_t e, int64_t cols, int64_t pad) { return pad ? e / cols * (cols + pad) + e % cols : e; }
+
+// A tensor's place in its unit: element e of the tensor sits at offset + row_place(e, cols, pad); without pad
+// its elements are contiguous from offset.
 struct UnitTensor {
     TensorSpec spec;
     int64_t offset;   // first element inside the unit's flat buffer
     int64_t pad = 0;  // elements after each row that belong to no tensor (LlamaConfig::row_pad)
     int64_t cols() const { return spec.shape.back(); }
     int64_t span() const { return spec.numel() / cols() * (cols() + pad); }  // unit elements it covers
-    int64_t at(int64_t e) const { return offset + (pad ? e / cols() * (cols() + pad) + e % cols() : e); }
+    int64_t at(int64_t e) const { return offset + row_place(e, cols(), pad); }
     // The first tensor element at or after unit element `x`: elements [first(lo), first(hi)) lie in [lo, hi).
     int64_t first(int64_t x) const;
 };
