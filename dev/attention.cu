@@ -429,7 +429,7 @@ void check_determinism(const Case& c, uint32_t seed, cudaStream_t stream, const 
     if (c.docs) upload(doc, random_docs(rng, c.B, c.T));
     const int32_t* doc_ptr = c.docs ? doc.as<int32_t>() : nullptr;
     auto forward = [&] { flash_attention_forward(a, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), doc_ptr, o.as<bf16>(), lse.as<float>(), stream); };
-    const BwdFn backward = bv ? bv->run : flash_attention_backward;
+    const BwdFn backward = bv ? bv->run : static_cast<BwdFn>(flash_attention_backward);
     std::vector<DevBuf*> outs = {&dq, &dk, &dv};
     if (bv) forward();
     else outs.insert(outs.begin(), {&o, &lse});

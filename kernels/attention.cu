@@ -5,7 +5,9 @@
 // Owns: flash_attention_supported, flash_attention_backward_workspace, flash_attention_forward,
 // flash_attention_backward, and the `Attention` class at the end: the one call site, which takes this path
 // for the head dims it supports and the reference path (attention_ref.cu) otherwise. Nothing T x T is ever
-// stored; the forward saves only o and lse.
+// stored; the forward saves only o and lse. Given RoPE's tables (Rotation), the backward hands dq and dk
+// back through the rotation: the warp-specialized Hopper backwards as they write them (store_dk_dv,
+// dq_from_tiles_rotated_kernel), the other paths with rope.cu's kernel after.
 //
 // Math (per batch b, query head h, kv head g = h / (H/KVH), scale = 1/sqrt(Dh)):
 //   s_tj = scale * q_t . k_j   allowed for doc_start[t] <= j <= t
@@ -57,6 +59,7 @@
 
 #include "support/cuda_calls.h"
 #include "kernels/gemm.h"
+#include "kernels/ops.h"
 
 #include <cstdio>
 
@@ -327,7 +330,16 @@ struct BwdArgs {
     int B, T, H, KVH, Dh;
     float scale, scale_log2, lse_to_s;  // lse_to_s = 1 / scale: lse in units of the raw score q.k
     bool vec16;
+    Rotation rope = {};  // set: dq, dk written rotated back by -θ (the warp-specialized Hopper backwards)
 };
+
+// A gradient's pair (x1 at column i, x2 at i + Dh/2) rotated back by -θ, as rope.cu's inverse:
+//   (x1, x2) -> (x1 cos θ + x2 sin θ,  x2 cos θ - x1 sin θ)
+__device__ __forceinline__ void rotate_back(float& x1, float& x2, float c, float s) {
+    const float a = x1;
+    x1 = a * c + x2 * s;
+    x2 = x2 * c - a * s;
+}
 
 // How a block adds its dq partial. kDqOrdered: in the key blocks' order, with reductions; kDqBulk (the Hopper
 // backwards only; the library's at head_dim 64) keeps the order and has the TMA add the partial from shared
@@ -784,7 +796,7 @@ BwdArgs prepare_backward(int BR, int D, const AttentionShape& a, const bf16* q, 
     const float scale = float(1.0 / std::sqrt(double(a.Dh)));
     return BwdArgs{q, k, v, dO, lse, doc_start, dq, dk, dv, w.dq_acc, w.Dr, w.counters, w.counters + size_t(a.B) * a.H *
                    ((a.T + BR - 1) / BR), a.B, a.T, a.H, a.KVH, a.Dh, scale, scale * kLog2e, 1.f / scale,
-                   a.Dh % 8 == 0 && all_aligned({q, k, v, dO}, 16)};
+                   a.Dh % 8 == 0 && all_aligned({q, k, v, dO}, 16), Rotation{}};
 }
 
 // One backward launch: D = rowsum(dO o), then the kernel (BR query rows per step, BC keys per block).
@@ -885,29 +897,43 @@ void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16*
     else with_lib(a.Dh, [&](auto lib) { launch_forward<typename decltype(lib)::Fwd>(a, q, k, v, doc_start, o, lse, stream); });
 }
 
+namespace {
+// dq, dk rotated back by RoPE's -θ (rope.cu) after a backward that wrote them unrotated
+void rotate_back_after(const AttentionShape& a, const Rotation& r, bf16* dq, bf16* dk, cudaStream_t stream) {
+    if (!r.cos) return;
+    rope(dq, r.positions, r.cos, r.sin, int64_t(a.B) * a.T, a.H, a.Dh, true, stream);
+    rope(dk, r.positions, r.cos, r.sin, int64_t(a.B) * a.T, a.KVH, a.Dh, true, stream);
+}
+}  // namespace
+
 void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
-                              void* workspace, cudaStream_t stream) {
+                              void* workspace, cudaStream_t stream, const Rotation& rope) {
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
     if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws64x128_registers_fit()) {
-        launch_backward_ws64x128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        launch_backward_ws64x128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream, rope);
         return;
     }
     if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<HopperWsBwd64>()) {
-        launch_backward_ws<HopperWsBwd64>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
-        return;
-    }
-    if (use_hopper && wgmma_applies(a, {q, k, v, dO})) {
-        launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        launch_backward_ws<HopperWsBwd64>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream, rope);
         return;
     }
     if (use_hopper && ws_backward_applies<128>(a, {q, k, v, dO, dq, dk, dv}) && ws_registers_fit<HopperWsBwd128>()) {
-        launch_backward_ws<HopperWsBwd128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        launch_backward_ws<HopperWsBwd128>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream, rope);
         return;
     }
-    with_lib(a.Dh, [&](auto lib) {
-        launch_backward<typename decltype(lib)::Bwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
-    });
+    if (use_hopper && wgmma_applies(a, {q, k, v, dO})) launch_backward_wgmma<HopperBwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    else
+        with_lib(a.Dh, [&](auto lib) {
+            launch_backward<typename decltype(lib)::Bwd>(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+        });
+    rotate_back_after(a, rope, dq, dk, stream);
+}
+
+void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
+                              const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
+                              void* workspace, cudaStream_t stream) {
+    flash_attention_backward(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream, Rotation{});
 }
 
 // ================================================================================================ the call site
@@ -936,7 +962,8 @@ void Attention::forward(const bf16* q, const bf16* k, const bf16* v, const int32
 }
 
 void Attention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
-                         const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv) {
-    if (fused_) flash_attention_backward(a_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_, gemm_.stream);
-    else ReferenceAttention(a_).backward(gemm_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_);
+                         const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, const Rotation& rope) {
+    if (fused_) return flash_attention_backward(a_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_, gemm_.stream, rope);
+    ReferenceAttention(a_).backward(gemm_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_);
+    rotate_back_after(a_, rope, dq, dk, gemm_.stream);
 }

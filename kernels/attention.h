@@ -23,6 +23,15 @@ struct AttentionShape {
     int B = 0, T = 0, H = 0, KVH = 0, Dh = 0;
 };
 
+// RoPE's rotation (kernels/ops.h rope) that q and k went through after their projections. Given to a backward,
+// dq and dk come back through it (rotated by -θ), as the gradients of q and k before the rotation; the Hopper
+// backwards do it where they write dq and dk, the others with rope() after.
+struct Rotation {
+    const float* cos = nullptr;  // [positions, Dh/2]
+    const float* sin = nullptr;
+    const int32_t* positions = nullptr;  // [B, T]
+};
+
 // Scratch the attention of one layer needs beyond its inputs and outputs (reference path: score chunks;
 // fused path: the backward's dq accumulator), allocated once by the model.
 class Attention {
@@ -33,9 +42,9 @@ class Attention {
     Attention& operator=(const Attention&) = delete;
 
     void forward(const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, bf16* o, float* lse);
-    // dq, dk, dv are written (not accumulated).
+    // dq, dk, dv are written (not accumulated); with `rope`, dq and dk of q and k before the rotation.
     void backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
-                  const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv);
+                  const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, const Rotation& rope = {});
 
   private:
     AttentionShape a_;
@@ -56,6 +65,10 @@ void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16*
 void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream);
+// The same, dq and dk handed back through RoPE's rotation (Rotation above).
+void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o,
+                              const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
+                              void* workspace, cudaStream_t stream, const Rotation& rope);
 
 // Generation, B sequences one new token each. kv_cache_write: row b's k, v [B, KVH*Dh] into one layer's
 // cache (k_cache, v_cache [B, max_len, KVH*Dh]) at position positions[b]. decode_attention: row b's query

@@ -34,12 +34,48 @@ __global__ void dq_from_tiles_kernel(const float4* acc, bf16* dq, int T, int H, 
     }
 }
 
-// dq in bf16 from the fp32 tiles after a kDqBulk backward (the tiles of B H heads of T rows, BR = 64)
+// The same, each pair (column i, i + D/2) rotated back by RoPE's -θ of its row (rotate_back): a thread takes
+// a float4 of the first half and its partner PAIR float4s on (the same rows; columns + D/2: at D = 128 the
+// other 64-column half, at 64 the n-tile 4 on). n counts the pairs.
 template <int D>
-void launch_dq_from_tiles(const float* dq_acc, bf16* dq, const AttentionShape& a, float scale, cudaStream_t stream) {
+__global__ void dq_from_tiles_rotated_kernel(const float4* acc, bf16* dq, int T, int H, int nqt, int64_t n, float scale, Rotation rope) {
+    constexpr int BR = 64, PER_TILE = BR * D / 4, PAIR = D == 128 ? 1024 : 128, HALF = D / 2;
+    for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < n; g += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t tile = g / (PER_TILE / 2);
+        const int first = int(g % (PER_TILE / 2)), e = first / PAIR * 2 * PAIR + first % PAIR;  // e: in the first half
+        const int lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024;
+        const int i = int(tile % nqt), h = int(tile / nqt % H), b = int(tile / nqt / H);
+        const int row = i * BR + rows16 * 16 + lane / 4, col = half * 64 + nt * 8 + 2 * (lane % 4);
+        const float4 x1 = acc[tile * PER_TILE + e], x2 = acc[tile * PER_TILE + e + PAIR];
+        float lo[2][2] = {{x1.x, x1.y}, {x1.z, x1.w}}, hi[2][2] = {{x2.x, x2.y}, {x2.z, x2.w}};
+        for (int r = 0; r < 2; ++r) {
+            const int t = row + 8 * r;
+            if (t >= T) continue;
+            const int64_t pos = rope.positions[int64_t(b) * T + t];
+            for (int j = 0; j < 2; ++j) {
+                lo[r][j] *= scale, hi[r][j] *= scale;
+                rotate_back(lo[r][j], hi[r][j], rope.cos[pos * HALF + col + j], rope.sin[pos * HALF + col + j]);
+            }
+            bf16* dst = dq + (int64_t(b) * T + t) * H * D + int64_t(h) * D + col;
+            *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo[r][0], lo[r][1]);
+            *reinterpret_cast<__nv_bfloat162*>(dst + HALF) = __floats2bfloat162_rn(hi[r][0], hi[r][1]);
+        }
+    }
+}
+
+// dq in bf16 from the fp32 tiles after a kDqBulk backward (the tiles of B H heads of T rows, BR = 64); with
+// `rope` set, rotated back (dq of q before RoPE)
+template <int D>
+void launch_dq_from_tiles(const float* dq_acc, bf16* dq, const AttentionShape& a, float scale, cudaStream_t stream, const Rotation& rope = {}) {
     const int nqt = (a.T + 63) / 64;
     const int64_t n = int64_t(a.B) * a.H * nqt * (64 * D / 4);
-    dq_from_tiles_kernel<D><<<unsigned(std::min<int64_t>((n + 255) / 256, 65535)), 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_acc), dq, a.T, a.H, nqt, n, scale);
+    const auto* acc = reinterpret_cast<const float4*>(dq_acc);
+    if (rope.cos) {
+        dq_from_tiles_rotated_kernel<D><<<unsigned(std::min<int64_t>((n / 2 + 255) / 256, 65535)), 256, 0, stream>>>(acc, dq, a.T, a.H, nqt, n / 2, scale, rope);
+        check_launch("dq_from_tiles_rotated_kernel");
+        return;
+    }
+    dq_from_tiles_kernel<D><<<unsigned(std::min<int64_t>((n + 255) / 256, 65535)), 256, 0, stream>>>(acc, dq, a.T, a.H, nqt, n, scale);
     check_launch("dq_from_tiles_kernel");
 }
 

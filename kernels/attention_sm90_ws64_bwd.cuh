@@ -287,7 +287,8 @@ bool ws64x128_registers_fit() {
 // The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<64>::Bwd's (64-row fp32 dq tiles).
 template <bool NEXT_S = false>
 void launch_backward_ws64x128(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
-                              const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+                              const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream,
+                              const Rotation& rope = {}) {
     using W = WsBwd64x128;
     static_assert(W::TILE_ROWS == Lib<64>::Bwd::BR && W::D == Lib<64>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
@@ -301,12 +302,13 @@ void launch_backward_ws64x128(const AttentionShape& a, const bf16* q, const bf16
         configured = true;
     }
     // prepare_backward with the workspace's 64-row tiles (its counters and fp32 tiles are per 64 rows)
-    const BwdArgs p = prepare_backward(W::TILE_ROWS, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    BwdArgs p = prepare_backward(W::TILE_ROWS, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    p.rope = rope;
     const CUtensorMap tm_q = head_rows_map(q, a.B, a.T, a.H, W::BR), tm_do = head_rows_map(dO, a.B, a.T, a.H, W::BR);
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
     flash_backward_ws64x128_kernel<NEXT_S><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_ws64x128_kernel");
-    launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
+    launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream, rope);
 }
 
 }  // namespace

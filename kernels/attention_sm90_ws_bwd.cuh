@@ -128,25 +128,34 @@ __device__ __forceinline__ void wg_dq(float (&dq)[NT][4], uint64_t ds, uint64_t 
         else wgmma_64x32_ss<1, 1, 1>(dq, a, b);
     }
 }
-// dK (scaled) and dV of this lane's keys key0 and key0 + 8 (those before T) into the [B, T, KVH, 64 NH]
-// tensors (kv_stride = KVH 64 NH)
+// dK (scaled; with p.rope, rotated back by RoPE's -θ of its key) and dV of this lane's keys key0 and key0 + 8
+// (those before T) into the [B, T, KVH, 64 NH] tensors (kv_stride = KVH 64 NH). The lane's n-tile j (of 8 NH,
+// columns 8 j + 2 tq and the next) pairs with j + 4 NH, D/2 columns on: the rotation's pairs stay in the lane.
 template <int NH>
 __device__ __forceinline__ void store_dk_dv(const BwdArgs& p, const float (&dk)[NH][8][4], const float (&dv)[NH][8][4], int b, int g,
                                             int key0, int tq, int T, int64_t kv_stride) {
+    constexpr int NT = 8 * NH, HALF = 32 * NH;
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
         const int key = key0 + 8 * hf;
         if (key >= T) continue;
         const int64_t off = (int64_t(b) * T + key) * kv_stride + int64_t(g) * 64 * NH;
+        float x[NT][2];
 #pragma unroll
-        for (int c = 0; c < NH; ++c)
+        for (int j = 0; j < NT; ++j) x[j][0] = dk[j / 8][j % 8][2 * hf] * p.scale, x[j][1] = dk[j / 8][j % 8][2 * hf + 1] * p.scale;
+        if (p.rope.cos) {
+            const int64_t at = int64_t(p.rope.positions[int64_t(b) * T + key]) * HALF + 2 * tq;
 #pragma unroll
-            for (int nd = 0; nd < 8; ++nd) {
-                const int col = c * 64 + nd * 8 + 2 * tq;
-                *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) =
-                    __floats2bfloat162_rn(dk[c][nd][2 * hf] * p.scale, dk[c][nd][2 * hf + 1] * p.scale);
-                *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[c][nd][2 * hf], dv[c][nd][2 * hf + 1]);
-            }
+            for (int j = 0; j < NT / 2; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) rotate_back(x[j][e], x[j + NT / 2][e], p.rope.cos[at + 8 * j + e], p.rope.sin[at + 8 * j + e]);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const int col = j * 8 + 2 * tq;
+            *reinterpret_cast<__nv_bfloat162*>(p.dk + off + col) = __floats2bfloat162_rn(x[j][0], x[j][1]);
+            *reinterpret_cast<__nv_bfloat162*>(p.dv + off + col) = __floats2bfloat162_rn(dv[j / 8][j % 8][2 * hf], dv[j / 8][j % 8][2 * hf + 1]);
+        }
     }
 }
 
@@ -411,7 +420,8 @@ bool ws_registers_fit() {
 // The launcher (dev/attention.cu's BwdFn signature); the workspace is Lib<D>::Bwd's (BR 64, fp32 dq tiles).
 template <class W>
 void launch_backward_ws(const AttentionShape& a, const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO,
-                        const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream) {
+                        const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream,
+                        const Rotation& rope = {}) {
     constexpr int D = W::D;
     static_assert(W::BR == Lib<D>::Bwd::BR && W::D == Lib<D>::Bwd::D, "the same backward workspace");
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
@@ -425,7 +435,8 @@ void launch_backward_ws(const AttentionShape& a, const bf16* q, const bf16* k, c
                    "cudaFuncSetAttribute(flash_backward_ws_kernel)");
         configured = true;
     }
-    const BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    BwdArgs p = prepare_backward(W::BR, W::D, a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream);
+    p.rope = rope;
     if constexpr (W::DQ == kDqAtomic)  // every contributor adds: the tiles start at zero
         check_cuda(cudaMemsetAsync(p.dq_acc, 0, size_t(a.B) * a.H * ((a.T + W::BR - 1) / W::BR) * W::BR * D * sizeof(float), stream),
                    "cudaMemsetAsync(dq tiles)");
@@ -434,7 +445,7 @@ void launch_backward_ws(const AttentionShape& a, const bf16* q, const bf16* k, c
     const unsigned blocks = unsigned((a.T + W::BC - 1) / W::BC) * unsigned(a.B * a.KVH);
     flash_backward_ws_kernel<W><<<blocks, unsigned(W::THREADS), W::smem, stream>>>(p, tm_q, tm_do);
     check_launch("flash_backward_ws_kernel");
-    launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream);
+    launch_dq_from_tiles<W::D>(p.dq_acc, dq, a, p.scale, stream, rope);
 }
 
 }  // namespace

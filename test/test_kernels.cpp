@@ -551,6 +551,57 @@ TEST_CASE("gpu: attention at its call site (fused where supported), and the deco
     gemm_destroy(g);
 }
 
+// Given RoPE's tables, the backward returns dq and dk of q and k before the rotation: the reference's dq, dk
+// rotated back at each row's position (positions restart with each document). Every path: the Hopper kernels
+// rotate as they write, the mma.sync kernels and the reference path with rope() after.
+TEST_CASE("gpu: attention's backward hands dq and dk back through RoPE's rotation, on every path") {
+    if (!need_gpu()) return;
+    Rng rng(fresh_seed());
+    Gemm g = gemm_create(nullptr);
+    for (const AttentionShape& a : kAttentionShapes) {
+        const int64_t nq = int64_t(a.B) * a.T * a.H * a.Dh, nk = int64_t(a.B) * a.T * a.KVH * a.Dh, N = int64_t(a.B) * a.T;
+        const int half = a.Dh / 2;
+        std::vector<float> q = bf16_round(random_vector(size_t(nq), rng)), k = bf16_round(random_vector(size_t(nk), rng)),
+                           v = bf16_round(random_vector(size_t(nk), rng)), dO = bf16_round(random_vector(size_t(nq), rng));
+        std::vector<int32_t> docs = random_documents(a.B, a.T, rng), pos(static_cast<size_t>(N));
+        for (int64_t n = 0; n < N; ++n) pos[size_t(n)] = int32_t(n % a.T - docs[size_t(n)]);
+        std::vector<float> inv(static_cast<size_t>(half)), cos_t(static_cast<size_t>(a.T * half)), sin_t(cos_t.size());
+        for (int i = 0; i < half; ++i) inv[size_t(i)] = float(std::pow(10000.0, -2.0 * i / a.Dh));
+        for (int p = 0; p < a.T; ++p)
+            for (int i = 0; i < half; ++i)
+                cos_t[size_t(p * half + i)] = float(std::cos(double(p) * inv[size_t(i)])), sin_t[size_t(p * half + i)] = float(std::sin(double(p) * inv[size_t(i)]));
+        Vec o, lse, dq, dk, dv;
+        AttentionDims dims{a.B, a.T, a.H, a.KVH, a.Dh};
+        attention_backward_ref(dims, to_double(q), to_double(k), to_double(v), to_double(dO), docs, dq, dk, dv);
+        rope_ref(dq, pos, inv, int(N), a.H, a.Dh, true);
+        rope_ref(dk, pos, inv, int(N), a.KVH, a.Dh, true);
+        DeviceFree keep;
+        bf16 *gq = keep(to_device_bf16(q)), *gk = keep(to_device_bf16(k)), *gv = keep(to_device_bf16(v)), *gdO = keep(to_device_bf16(dO));
+        int32_t *gdocs = keep(to_device(docs)), *gpos = keep(to_device(pos));
+        const Rotation rope{keep(to_device(cos_t)), keep(to_device(sin_t)), gpos};
+        for (int path = 0; path < 3; ++path) {  // the Hopper kernels (where they run), the mma.sync kernels, the reference
+            const bool hopper = flash_attention_use_hopper(path == 0);
+            if (path == 0 && !hopper) continue;  // not this GPU or build
+            Attention attention(a, g, path < 2);
+            bf16* go = keep(poisoned<bf16>(size_t(nq)));
+            float* glse = keep(poisoned<float>(size_t(a.B) * a.H * a.T));
+            bf16 *gdq = keep(poisoned<bf16>(size_t(nq))), *gdk = keep(poisoned<bf16>(size_t(nk))), *gdv = keep(poisoned<bf16>(size_t(nk)));
+            attention.forward(gq, gk, gv, gdocs, go, glse);
+            attention.backward(gq, gk, gv, go, gdO, glse, gdocs, gdq, gdk, gdv, rope);
+            CAPTURE(a.T);
+            CAPTURE(a.H);
+            CAPTURE(a.KVH);
+            CAPTURE(a.Dh);
+            CAPTURE(path);
+            CHECK(rel_error(from_device_bf16(gdq, size_t(nq)), to_float(dq)) < 2e-2);
+            CHECK(rel_error(from_device_bf16(gdk, size_t(nk)), to_float(dk)) < 2e-2);
+            CHECK(rel_error(from_device_bf16(gdv, size_t(nk)), to_float(dv)) < 2e-2);
+        }
+    }
+    flash_attention_use_hopper(true);
+    gemm_destroy(g);
+}
+
 TEST_CASE("gpu: AdamW on the GPU equals the CPU version, with clipping") {
     if (!need_gpu()) return;
     Rng rng(fresh_seed());
