@@ -161,9 +161,9 @@ Inputs load_inputs(const Options& o, bool chief) {
         in.lora.rank = o.lora_rank, in.lora.alpha = o.lora_alpha, in.lora.dropout = o.lora_dropout;
         parse_lora_targets(o.lora_targets, in.lora, "--lora-targets");
     }
-    // LoRA's folded layout (lora.h with_lora_slots: each adapter's s B in its weight's padded rows, one product a
-    // member) becomes the trainer's with  c = with_lora_slots(c, in.lora);  once its GPU checks and step timings
-    // have run (bench/PROFILE.md). The GPU tests run it now (test_model.cpp, test_gradcheck.cpp, test_load.cpp).
+    // --lora-layout folded (lora.h with_lora_slots): each adapter's s B rides in its weight's padded rows, one
+    // product a member (bench/PROFILE.md, "LoRA"); the GPU tests run both layouts
+    if (o.lora_folded) c = with_lora_slots(c, in.lora);
     // the weights: every tensor's name, shape, dtype and bytes, from the headers
     if (!o.model.empty() && (!o.dry_run || has_weights(o.model))) {  // a dry run plans from config.json alone
         SafetensorsReader weights(o.model);

@@ -36,6 +36,9 @@ LoRA:
   --lora-targets LIST    comma list of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all (default all)
   --lora-dropout P       PEFT's lora_dropout: dropout on each adapter's input while training (default 0;
                          an --adapter's own value unless given)
+  --lora-layout L        plain: each adapter's products beside the base's (the default); folded: s B in padded
+                         rows of the weight it adapts (q, k, v, gate, up, down), so one product makes
+                         x W^T + s (x A^T) B^T (bench/PROFILE.md, "LoRA"); the same model and adapter files
 Data:
   --tokenizer PATH       HF tokenizer.json (default: the model directory's, or for a preset data/tokenizer.json;
                          data/llama2_tokenizer.json for the llama-2 presets, data/qwen3_tokenizer.json for qwen3)
@@ -137,6 +140,12 @@ double parse_real(const std::string& flag, const std::string& text) {
     return v;
 }
 
+// --lora-layout: whether LoRA's B term rides in the base products (folded) or has products of its own (plain)
+bool parse_lora_layout(const std::string& text) {
+    if (text != "folded" && text != "plain") fail("--lora-layout must be folded or plain, not \"" + text + "\"");
+    return text == "folded";
+}
+
 float parse_float(const std::string& flag, const std::string& text) {
     double v = parse_real(flag, text);
     if (!std::isfinite(float(v))) fail(flag + " " + text + " is beyond the range of a 32-bit float");
@@ -180,6 +189,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
         else if (a == "--lora-alpha") o.lora_alpha = parse_float(a, value());
         else if (a == "--lora-targets") o.lora_targets = value();
         else if (a == "--lora-dropout") o.lora_dropout = parse_float(a, value());
+        else if (a == "--lora-layout") o.lora_folded = parse_lora_layout(value());
         else if (a == "--seq") o.seq = int(parse_int(a, value(), 2, 1 << 17));
         else if (a == "--micro-batch") o.micro_batch = int(parse_int(a, value(), 1, 1 << 16));
         else if (a == "--grad-accum") o.grad_accum = int(parse_int(a, value(), 1, 1 << 20));
@@ -257,7 +267,7 @@ Options parse_options(const std::vector<std::string>& args, int world) {
     if (o.weight_decay < 0) fail(source("--weight-decay", "optimizer.params.weight_decay") + " must be >= 0");
     if (o.clip < 0) fail(source("--clip", "gradient_clipping") + " must be >= 0");
     if (o.lora_rank == 0 && o.adapter.empty())  // full fine-tuning: the adapters' flags would do nothing
-        for (const char* flag : {"--lora-alpha", "--lora-targets", "--lora-dropout"})
+        for (const char* flag : {"--lora-alpha", "--lora-targets", "--lora-dropout", "--lora-layout"})
             if (o.given.count(flag)) fail(std::string(flag) + " applies to LoRA adapters: --lora-rank 0 trains every weight instead");
     if (o.lora_rank > 0 && !(o.lora_alpha > 0)) fail("--lora-alpha must be positive");
     if (!(o.lora_dropout >= 0 && o.lora_dropout < 1)) fail("--lora-dropout must be in [0, 1)");

@@ -22,6 +22,7 @@ struct Options {
     int lora_rank = 16;
     float lora_alpha = 32, lora_dropout = 0;
     std::string lora_targets = "all";
+    bool lora_folded = false;  // --lora-layout folded: each adapter's s B inside its base weight's padded rows (lora.h with_lora_slots)
     double eval_fraction = 0;
     int seq = 1024, micro_batch = 8, grad_accum = 1, steps = 0, epochs = 0, warmup_steps = -1;
     float lr = 2e-4f, weight_decay = 0.0f, clip = 1.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;

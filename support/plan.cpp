@@ -137,9 +137,10 @@ Plan make_plan(const Options& o, const LlamaConfig& c, const LoraConfig& lora, c
 void print_run_plan(FILE* out, const Plan& p, const Options& o, const LlamaConfig& c, const LoraConfig& lora) {
     double share = 100.0 * double(p.trainable) / double(c.num_parameters());
     if (lora.rank > 0)
-        std::fprintf(out, "plan: %s, %s parameters; LoRA r=%d, alpha %g (scale %g)%s, dropout %g, on %s: %s trainable (%.2f%%)\n", c.name.c_str(),
+        std::fprintf(out, "plan: %s, %s parameters; LoRA r=%d, alpha %g (scale %g)%s, dropout %g, on %s: %s trainable (%.2f%%)%s\n", c.name.c_str(),
                      thousands(c.num_parameters()).c_str(), lora.rank, double(lora.alpha), double(lora.scale()), lora.use_rslora ? ", rsLoRA" : "",
-                     double(lora.dropout), targets(lora).c_str(), thousands(p.trainable).c_str(), share);
+                     double(lora.dropout), targets(lora).c_str(), thousands(p.trainable).c_str(), share,
+                     o.lora_folded ? "; s B folded into the base products (--lora-layout folded)" : "");
     else
         std::fprintf(out, "plan: %s, %s parameters; full fine-tuning: every weight trains\n", c.name.c_str(), thousands(c.num_parameters()).c_str());
     std::fprintf(out, "plan: batch %lld sequences of %d tokens per step = micro-batch %d x accumulation %d x %d rank%s (%s tokens)%s\n",

@@ -368,6 +368,7 @@ TEST_CASE("checks: flags: empty strings, non-finite numbers, products that overf
     check_error("--resume '' --dry-run", "--resume needs a checkpoint directory, not an empty string");
     check_error("--lr 1e39 --dry-run", "--lr 1e39 is beyond the range of a 32-bit float");
     check_error("--lora-alpha 1e300 --dry-run", "--lora-alpha 1e300 is beyond the range of a 32-bit float");
+    check_error("--lora-layout fused --dry-run", "--lora-layout must be folded or plain, not \"fused\"");
     check_error("--lr 1e-50 --dry-run", "--lr 1e-50 is too small for a 32-bit float (it rounds to 0)");
     check_error("--micro-batch 65536 --seq 65536 --dry-run", "--micro-batch 65536 x --seq 65536 = 4,294,967,296 tokens per micro-batch");
     std::string args = model_args(good_model("f_model")) + " --out " + fresh_out();
@@ -404,7 +405,7 @@ TEST_CASE("checks: flags: empty strings, non-finite numbers, products that overf
     // flags that would do nothing where they are given
     check_error(own + " --keep-gathered --zero-stage 2", "--keep-gathered applies to ZeRO stage 3 only (the stage is 2)");
     check_passes(own + " --keep-gathered --zero-stage 3");
-    for (const char* flag : {"--lora-alpha 8", "--lora-targets q_proj", "--lora-dropout 0.1"})
+    for (const char* flag : {"--lora-alpha 8", "--lora-targets q_proj", "--lora-dropout 0.1", "--lora-layout folded"})
         check_error(own + " --lora-rank 0 " + flag, std::string(flag).substr(0, std::string(flag).find(' ')) + " applies to LoRA adapters: --lora-rank 0 trains every weight");
 }
 
