@@ -899,6 +899,9 @@ void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16*
 
 namespace {
 // dq, dk rotated back by RoPE's -θ (rope.cu) after a backward that wrote them unrotated
+void check_rotation(const Rotation& r) {
+    if (r.cos && (!r.sin || !r.positions)) fail("attention backward: RoPE's rotation needs its cos and sin tables and the positions");
+}
 void rotate_back_after(const AttentionShape& a, const Rotation& r, bf16* dq, bf16* dk, cudaStream_t stream) {
     if (!r.cos) return;
     rope(dq, r.positions, r.cos, r.sin, int64_t(a.B) * a.T, a.H, a.Dh, true, stream);
@@ -910,6 +913,7 @@ void flash_attention_backward(const AttentionShape& a, const bf16* q, const bf16
                               const bf16* dO, const float* lse, const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv,
                               void* workspace, cudaStream_t stream, const Rotation& rope) {
     check_shape(a, {q, k, v, o, dO, dq, dk, dv});
+    check_rotation(rope);
     if (use_hopper && ws_backward_applies<64>(a, {q, k, v, dO, dq, dk, dv}) && ws64x128_registers_fit()) {
         launch_backward_ws64x128(a, q, k, v, o, dO, lse, doc_start, dq, dk, dv, workspace, stream, rope);
         return;
@@ -964,6 +968,7 @@ void Attention::forward(const bf16* q, const bf16* k, const bf16* v, const int32
 void Attention::backward(const bf16* q, const bf16* k, const bf16* v, const bf16* o, const bf16* dO, const float* lse,
                          const int32_t* doc_start, bf16* dq, bf16* dk, bf16* dv, const Rotation& rope) {
     if (fused_) return flash_attention_backward(a_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_, gemm_.stream, rope);
+    check_rotation(rope);
     ReferenceAttention(a_).backward(gemm_, q, k, v, o, dO, lse, doc_start, dq, dk, dv, scratch_);
     rotate_back_after(a_, rope, dq, dk, gemm_.stream);
 }

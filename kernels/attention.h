@@ -24,8 +24,8 @@ struct AttentionShape {
 };
 
 // RoPE's rotation (kernels/ops.h rope) that q and k went through after their projections. Given to a backward,
-// dq and dk come back through it (rotated by -θ), as the gradients of q and k before the rotation; the Hopper
-// backwards do it where they write dq and dk, the others with rope() after.
+// dq and dk come back through it (rotated by -θ), as the gradients of q and k before the rotation; the
+// warp-specialized Hopper backwards do it where they write dq and dk, the other paths with rope() after.
 struct Rotation {
     const float* cos = nullptr;  // [positions, Dh/2]
     const float* sin = nullptr;

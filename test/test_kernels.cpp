@@ -570,7 +570,7 @@ TEST_CASE("gpu: attention's backward hands dq and dk back through RoPE's rotatio
         for (int p = 0; p < a.T; ++p)
             for (int i = 0; i < half; ++i)
                 cos_t[size_t(p * half + i)] = float(std::cos(double(p) * inv[size_t(i)])), sin_t[size_t(p * half + i)] = float(std::sin(double(p) * inv[size_t(i)]));
-        Vec o, lse, dq, dk, dv;
+        Vec dq, dk, dv;
         AttentionDims dims{a.B, a.T, a.H, a.KVH, a.Dh};
         attention_backward_ref(dims, to_double(q), to_double(k), to_double(v), to_double(dO), docs, dq, dk, dv);
         rope_ref(dq, pos, inv, int(N), a.H, a.Dh, true);
