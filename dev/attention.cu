@@ -189,8 +189,8 @@ void v11_backward(const AttentionShape& a, const bf16* q, const bf16* k, const b
 template <class W>
 BwdVersion ws_version() {
     char s[96];
-    std::snprintf(s, sizeof s, "%s bwd D%d ws %dst p%d%s%s", W::NEXT_S ? "v14" : "v10", W::D, W::NS, W::PREG, W::EARLY_DP ? " early-dp" : "",
-                  W::DQ == kDqAtomic ? " dq-any-order" : "");
+    std::snprintf(s, sizeof s, "%s bwd D%d ws %dst p%d%s%s%s", W::KSPLIT ? "v16" : W::NEXT_S ? "v14" : "v10", W::D, W::NS, W::PREG,
+                  W::EARLY_DP ? " early-dp" : "", W::DQ == kDqAtomic ? " dq-any-order" : "", W::KSPLIT ? " ksplit" : "");
     return {s, W::D, launch_ws_checked<W>, backward_workspace_bytes<typename Lib<W::D>::Bwd>, W::DQ == kDqAtomic, W::D, true};
 }
 std::vector<BwdVersion> bwd_versions() {
@@ -219,6 +219,9 @@ std::vector<BwdVersion> bwd_versions() {
             ws_version<WsBwd<128, 2, kDqBulk, 24, true>>(),
             ws_version<WsBwd<64, 2, kDqAtomic>>(),   // unordered: non-deterministic, timed only
             ws_version<WsBwd<128, 2, kDqAtomic>>(),
+            ws_version<WsBwd<128, 2, kDqBulk, 24, false, false, true>>(),  // v16: dQ_part split by keys, no barrier between the warpgroups
+            ws_version<WsBwd<64, 2, kDqBulk, 24, false, false, true>>(),
+            ws_version<WsBwd<64, 2, kDqBulk, 40, false, false, true>>(),
             // bounds: the library configurations with unordered atomics, and with no dq at all
             wgmma_version<WgBwdConfig<1, 3, true, kDqAtomic>>(),
             wgmma_version<WgBwdConfig<1, 3, true, kDqNone>>(),

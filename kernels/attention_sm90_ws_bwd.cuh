@@ -59,12 +59,15 @@ namespace {
 // run beside the softmax (else after it, with dV: S^T and dP^T then never hold registers at once). NEXT_S:
 // each step issues the next step's S^T once its own products are done, so the tensor cores run it while the
 // warps write their dq partial and start the next step (else each step issues its own S^T and waits for it;
-// dev v14).
-template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24, bool EARLY_DP_ = false, bool NEXT_S_ = false>
+// dev v14). KSPLIT: each compute warpgroup's dQ_part over its own 64 keys and every column (dS^T and K of its
+// own rows), the two summed in the shared-memory partial (warpgroup 0 writes it, warpgroup 1 adds to it), so
+// the warpgroups never wait for each other within a step, only warpgroup 1 for warpgroup 0's partial (else
+// each computes D / 2 columns over all 128 keys, behind two 256-thread barriers a step; dev v16).
+template <int D_, int NS_ = 2, DqMode DQ_ = kDqBulk, int PREG_ = 24, bool EARLY_DP_ = false, bool NEXT_S_ = false, bool KSPLIT_ = false>
 struct WsBwd {
     static constexpr int D = D_, NS = NS_, NH = D / 64, BR = 64, BC = 128, THREADS = 384, ROW = 128, MINB = 1;
     static constexpr DqMode DQ = DQ_;
-    static constexpr bool EARLY_DP = EARLY_DP_, NEXT_S = NEXT_S_;
+    static constexpr bool EARLY_DP = EARLY_DP_, NEXT_S = NEXT_S_, KSPLIT = KSPLIT_;
     static constexpr int PREG = PREG_, CREG = (THREADS * 168 - 128 * PREG) / 256 / 8 * 8;  // multiples of 8
     static constexpr int NTD = D / 16;  // dQ_part n-tiles of 8 columns per compute warpgroup (D / 2 columns)
     static constexpr uint32_t KV_HALF = uint32_t(BC) * ROW, Q_HALF = uint32_t(BR) * ROW;  // bytes of one column half
@@ -80,6 +83,7 @@ struct WsBwd {
     static_assert(PREG % 8 == 0 && PREG >= 24 && CREG <= 256, "setmaxnreg's range");
     static_assert(smem <= 227 * 1024, "shared memory per block");
     static_assert(!(EARLY_DP && NEXT_S), "dP^T beside the softmax or the next S^T beside the dq partial, not both");
+    static_assert(!(KSPLIT && NEXT_S), "the key-split dQ_part is written without the next S^T early");
 };
 
 #if ATTENTION_WGMMA
@@ -178,6 +182,56 @@ __device__ __forceinline__ void ws_load_rows(const BwdArgs& p, const int32_t* do
 }
 #endif
 
+#if ATTENTION_WGMMA
+// KSPLIT's end of a step, one compute warpgroup (cw), its dS^T [its 64 keys][64 queries] in shared memory:
+//   dQ_part(cw) = dS(:, keys of cw) K(keys of cw, :)      column half by column half (head_dim 128: two)
+// after the first (dK and dV done too) the stage goes back to the producer; warpgroup 0 writes its part into the
+// partial buffer (once the writer has read what it held two steps ago), warpgroup 1 waits for that and adds
+// its own, then hands the buffer to the writer. The partial's layout is the tile's (float4 ((half * 4 + warp)
+// * 8 + n-tile) * 32 + lane), so a thread of warpgroup 1 adds to exactly what its twin in warpgroup 0 wrote.
+template <class W>
+__device__ __forceinline__ void ksplit_dq_part(uint32_t sdS, uint32_t sK, unsigned char* sdq, int cw, int cwarp, int lane, int step, int st,
+                                               uint32_t empty, uint32_t dq_empty, uint32_t dq_half, uint32_t dq_full,
+                                               float (&dk)[W::NH][8][4], float (&dv)[W::NH][8][4]) {
+    constexpr int NH = W::NH, ROW = W::ROW;
+    constexpr uint32_t KH = W::KV_HALF;
+    const int db = step & 1;
+    uint32_t ks = sK + uint32_t(cw) * 64 * ROW, dss = sdS + uint32_t(cw) * 64 * ROW;
+    asm volatile("" : "+r"(ks), "+r"(dss));  // (descriptors made here, not hoisted out of the loop: registers)
+    const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
+    float4* buf = reinterpret_cast<float4*>(sdq + size_t(db) * W::DQ_TILE) + lane;
+#pragma unroll
+    for (int c = 0; c < NH; ++c) {
+        float dq[8][4];
+        wgmma_fence();
+        wg_dq<4>(dq, dS0, dKs, uint32_t(c) * KH);  // 64 keys: 4 k-steps of 16
+        wgmma_commit();
+        wgmma_wait<0>();  // (the first: dV and dK too, so their A fragments in registers are free)
+        wgmma_pin(dq);
+        if (c == 0) {
+#pragma unroll
+            for (int h = 0; h < NH; ++h) wgmma_pin(dk[h]), wgmma_pin(dv[h]);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + 8 * st);  // this warp is done with the stage (Q, dO, lse, D, starts)
+            if (cw == 0 && step >= 2) mbar_wait(dq_empty + 8 * db, uint32_t((step - 2) >> 1) & 1u);
+            if (cw == 1) mbar_wait(dq_half + 8 * db, uint32_t(step >> 1) & 1u);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            float4& at = buf[((c * 4 + cwarp % 4) * 8 + nt) * 32];
+            if (cw == 0) at = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
+            else {
+                const float4 o = at;
+                at = make_float4(o.x + dq[nt][0], o.y + dq[nt][1], o.z + dq[nt][2], o.w + dq[nt][3]);
+            }
+        }
+    }
+    if (cw == 1) fence_proxy_async();  // the sums, visible to the writer's TMA
+    __syncwarp();
+    if (lane == 0) mbar_arrive((cw == 0 ? dq_half : dq_full) + 8 * db);
+}
+#endif
+
 // tm_q, tm_do: q and dO as 4-D maps (64 columns, 2H heads, t, b) whose boxes are BR tokens of one column half of
 // one head (head_rows_map with 2H heads).
 template <class W>
@@ -188,8 +242,9 @@ __global__ void __launch_bounds__(384, 1)
     constexpr uint32_t KH = W::KV_HALF, QH = W::Q_HALF;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ int s_ticket;
-    __shared__ __align__(8) uint64_t bars[2 * NS + 4];  // full[NS], empty[NS], dq_full[2], dq_empty[2]
+    __shared__ __align__(8) uint64_t bars[2 * NS + (W::KSPLIT ? 6 : 4)];  // full[NS], empty[NS], dq_full[2], dq_empty[2] (, dq_half[2])
     const uint32_t full = smem_u32(bars), empty = full + 8 * NS, dq_full = empty + 8 * NS, dq_empty = dq_full + 16;  // [s]: + 8 s
+    const uint32_t dq_half = dq_empty + 16;  // KSPLIT: warpgroup 0's part of the partial is in buffer [s]
     const uint32_t raw = smem_u32(smem_raw), base = (raw + 1023u) & ~1023u;
     const uint32_t sK = base, sV = sK + NH * KH, sQ = sV + NH * KH, sdO = sQ + NS * NH * QH, sdS = sdO + NS * NH * QH;
     float* lse_s = reinterpret_cast<float*>(smem_raw + (sdS + BC * ROW - raw));  // [NS][BR]
@@ -207,8 +262,10 @@ __global__ void __launch_bounds__(384, 1)
             mbar_init(empty + 8 * s, 8);      // the 8 compute warps are done with the stage
         }
         for (int s = 0; s < 2; ++s) {
-            mbar_init(dq_full + 8 * s, 8);    // the 8 compute warps wrote their part of the partial
+            mbar_init(dq_full + 8 * s, W::KSPLIT ? 4 : 8);  // the 8 compute warps wrote their part of the partial
+                                                            // (KSPLIT: warpgroup 1's 4 added theirs to warpgroup 0's)
             mbar_init(dq_empty + 8 * s, 1);   // the writer's copy has read it
+            if constexpr (W::KSPLIT) mbar_init(dq_half + 8 * s, 4);  // warpgroup 0's 4 warps wrote their part
         }
         mbar_init_fence();
     }
@@ -346,8 +403,8 @@ __global__ void __launch_bounds__(384, 1)
         // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
         uint32_t dsa[BR / 16][4];
         ds_fragments(pa, dpt, dsa);
-        if (step > 0) named_barrier(1, 256);  // the other warpgroup's dq product of the last step has read dS^T
-        store_ds(dsa, sdS, kw, gr, tq);
+        if (!W::KSPLIT && step > 0) named_barrier(1, 256);  // the other warpgroup's dq product of the last step has read dS^T
+        store_ds(dsa, sdS, kw, gr, tq);  // (KSPLIT: rows of this warpgroup's keys, read only by its own products)
 
         // dK += dS^T Q (as v7), left running while the two warpgroups meet
         const uint64_t dQ0t = sw128_desc(sQb, true);
@@ -356,6 +413,12 @@ __global__ void __launch_bounds__(384, 1)
         wg_accumulate(dk, dsa, dQ0t, QH);
         wgmma_commit();
         fence_proxy_async();  // this thread's dS^T stores, visible to wgmma
+        if constexpr (W::KSPLIT) {
+            if (cw == 0) named_barrier(1, 128);  // this warpgroup's dS^T is in
+            else named_barrier(2, 128);
+            ksplit_dq_part<W>(sdS, sK, smem_raw + (sDQ - raw), cw, cwarp, lane, step, st, empty, dq_empty, dq_half, dq_full, dk, dv);
+            continue;
+        }
         named_barrier(2, 256);  // both warpgroups' dS^T are in
 
         // dQ_part = dS K, this warpgroup's D / 2 columns (head_dim 128: column half cw; 64: columns 32 cw..):
