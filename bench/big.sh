@@ -3,7 +3,8 @@
 # init (bench/make_big_model.py, 13.5 GB of bf16 safetensors; kept for later runs), then
 #   gen      ours: the start-up line (load time and GB/s, page cache warm; GPU memory), greedy generation of
 #            128 new tokens at batch 1 (two prompts one after another: the second's rate), 16 and 64
-#   lora     ours, LoRA r=16, seq 4096: micro-batch 1 and 2; stage 3 + CPU optimizer offload; activation
+#   lora     ours, LoRA r=16, seq 4096: micro-batch 1 (in both LoRA layouts, --lora-layout plain and folded)
+#            and 2; stage 3 + CPU optimizer offload; activation
 #            checkpointing
 #   full     ours, full fine-tuning with stage 3 + offload + activation checkpointing: tokens/s, GPU and host
 #            memory beside the estimate, and the streamed export of the 13.5 GB model at the end
@@ -72,6 +73,7 @@ fi
 if wants lora; then
     part "lora: ours, LoRA r=16, seq 4096"
     ours 60 "LoRA mb 1               " --micro-batch 1 --steps 12 --log-every 6
+    ours 60 "LoRA mb 1, folded       " --micro-batch 1 --steps 12 --log-every 6 --lora-layout folded
     ours 60 "LoRA mb 2               " --micro-batch 2 --steps 8 --log-every 4
     ours 60 "LoRA mb 1, stage 3 + off" --micro-batch 1 --steps 12 --log-every 6 --zero-stage 3 --offload
     ours 60 "LoRA mb 1, act. ckpt    " --micro-batch 1 --steps 12 --log-every 6 --checkpoint-activations
