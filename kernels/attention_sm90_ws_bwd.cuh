@@ -42,7 +42,8 @@
 //     it, and one before dS^T is written again (the other's dQ product of the step before has read it). No
 //     compute thread waits for a dq tile's turn. On an H100 at T = 8192 (dev v8, v9 against the kernels
 //     before, where the compute warps took the turns themselves): head_dim 128 338 -> 468 TFLOP/s, head_dim
-//     64 254 -> 335.
+//     64 254 -> 335. (dev v16, WsBwd's KSPLIT: each computes dQ_part over its own 64 keys instead, and the
+//     two meet only in the shared-memory partial: ksplit_dq_part.)
 // dq in bf16 comes from dq_from_tiles after the kernel. Registers per compute thread at head_dim 128: dK and
 // dV 2 x 64 fp32, S^T or dP^T 32 fp32, P^T and dS^T 16 + 16 packed, dQ_part 32. The descriptors are made in
 // the loop from opaque bases (else ptxas hoists ~50 of them into registers and spills).
@@ -403,7 +404,11 @@ __global__ void __launch_bounds__(384, 1)
         // dS^T = P^T (dP^T - D) as bf16 A fragments, and into shared memory for dQ
         uint32_t dsa[BR / 16][4];
         ds_fragments(pa, dpt, dsa);
-        if (!W::KSPLIT && step > 0) named_barrier(1, 256);  // the other warpgroup's dq product of the last step has read dS^T
+        if (step > 0) {  // the dq products of the last step have read dS^T (KSPLIT: this warpgroup's own rows)
+            if constexpr (!W::KSPLIT) named_barrier(1, 256);
+            else if (cw == 0) named_barrier(1, 128);
+            else named_barrier(2, 128);
+        }
         store_ds(dsa, sdS, kw, gr, tq);  // (KSPLIT: rows of this warpgroup's keys, read only by its own products)
 
         // dK += dS^T Q (as v7), left running while the two warpgroups meet
