@@ -191,7 +191,7 @@ __device__ __forceinline__ void ws_load_rows(const BwdArgs& p, const int32_t* do
 // its own, then hands the buffer to the writer. The partial's layout is the tile's (float4 ((half * 4 + warp)
 // * 8 + n-tile) * 32 + lane), so a thread of warpgroup 1 adds to exactly what its twin in warpgroup 0 wrote.
 template <class W>
-__device__ __forceinline__ void ksplit_dq_part(uint32_t sdS, uint32_t sK, unsigned char* sdq, int cw, int cwarp, int lane, int step, int st,
+__device__ __forceinline__ void ksplit_dq_part(uint32_t sdS, uint32_t sK, uint32_t sdq, int cw, int cwarp, int lane, int step, int st,
                                                uint32_t empty, uint32_t dq_empty, uint32_t dq_half, uint32_t dq_full,
                                                float (&dk)[W::NH][8][4], float (&dv)[W::NH][8][4]) {
     constexpr int NH = W::NH, ROW = W::ROW;
@@ -200,7 +200,7 @@ __device__ __forceinline__ void ksplit_dq_part(uint32_t sdS, uint32_t sK, unsign
     uint32_t ks = sK + uint32_t(cw) * 64 * ROW, dss = sdS + uint32_t(cw) * 64 * ROW;
     asm volatile("" : "+r"(ks), "+r"(dss));  // (descriptors made here, not hoisted out of the loop: registers)
     const uint64_t dS0 = sw128_desc(dss, true), dKs = sw128_desc(ks, true);
-    float4* buf = reinterpret_cast<float4*>(sdq + size_t(db) * W::DQ_TILE) + lane;
+    const uint32_t buf = sdq + uint32_t(db) * W::DQ_TILE + uint32_t(lane) * 16;  // this lane's float4s, 512 bytes apart
 #pragma unroll
     for (int c = 0; c < NH; ++c) {
         float dq[8][4];
@@ -219,12 +219,11 @@ __device__ __forceinline__ void ksplit_dq_part(uint32_t sdS, uint32_t sK, unsign
         }
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
-            float4& at = buf[((c * 4 + cwarp % 4) * 8 + nt) * 32];
-            if (cw == 0) at = make_float4(dq[nt][0], dq[nt][1], dq[nt][2], dq[nt][3]);
-            else {
-                const float4 o = at;
-                at = make_float4(o.x + dq[nt][0], o.y + dq[nt][1], o.z + dq[nt][2], o.w + dq[nt][3]);
-            }
+            const uint32_t at = buf + uint32_t((c * 4 + cwarp % 4) * 8 + nt) * 512;
+            float o[4] = {0.f, 0.f, 0.f, 0.f};
+            if (cw == 1) asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(o[0]), "=f"(o[1]), "=f"(o[2]), "=f"(o[3]) : "r"(at) : "memory");
+            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "f"(o[0] + dq[nt][0]), "f"(o[1] + dq[nt][1]), "f"(o[2] + dq[nt][2]),
+                         "f"(o[3] + dq[nt][3]) : "memory");
         }
     }
     if (cw == 1) fence_proxy_async();  // the sums, visible to the writer's TMA
@@ -421,7 +420,7 @@ __global__ void __launch_bounds__(384, 1)
         if constexpr (W::KSPLIT) {
             if (cw == 0) named_barrier(1, 128);  // this warpgroup's dS^T is in
             else named_barrier(2, 128);
-            ksplit_dq_part<W>(sdS, sK, smem_raw + (sDQ - raw), cw, cwarp, lane, step, st, empty, dq_empty, dq_half, dq_full, dk, dv);
+            ksplit_dq_part<W>(sdS, sK, sDQ, cw, cwarp, lane, step, st, empty, dq_empty, dq_half, dq_full, dk, dv);
             continue;
         }
         named_barrier(2, 256);  // both warpgroups' dS^T are in
