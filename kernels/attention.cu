@@ -58,6 +58,7 @@
 #include "kernels/attention.h"
 
 #include "support/cuda_calls.h"
+#include "kernels/cuda_common.cuh"
 #include "kernels/gemm.h"
 #include "kernels/ops.h"
 
@@ -332,14 +333,6 @@ struct BwdArgs {
     bool vec16;
     Rotation rope = {};  // set: dq, dk written rotated back by -θ (the warp-specialized Hopper backwards)
 };
-
-// A gradient's pair (x1 at column i, x2 at i + Dh/2) rotated back by -θ, as rope.cu's inverse:
-//   (x1, x2) -> (x1 cos θ + x2 sin θ,  x2 cos θ - x1 sin θ)
-__device__ __forceinline__ void rotate_back(float& x1, float& x2, float c, float s) {
-    const float a = x1;
-    x1 = a * c + x2 * s;
-    x2 = x2 * c - a * s;
-}
 
 // How a block adds its dq partial. kDqOrdered: in the key blocks' order, with reductions; kDqBulk (the Hopper
 // backwards only; the library's at head_dim 64) keeps the order and has the TMA add the partial from shared
@@ -898,10 +891,10 @@ void flash_attention_forward(const AttentionShape& a, const bf16* q, const bf16*
 }
 
 namespace {
-// dq, dk rotated back by RoPE's -θ (rope.cu) after a backward that wrote them unrotated
 void check_rotation(const Rotation& r) {
     if (r.cos && (!r.sin || !r.positions)) fail("attention backward: RoPE's rotation needs its cos and sin tables and the positions");
 }
+// dq, dk rotated back by RoPE's -θ (rope.cu) after a backward that wrote them unrotated
 void rotate_back_after(const AttentionShape& a, const Rotation& r, bf16* dq, bf16* dk, cudaStream_t stream) {
     if (!r.cos) return;
     rope(dq, r.positions, r.cos, r.sin, int64_t(a.B) * a.T, a.H, a.Dh, true, stream);

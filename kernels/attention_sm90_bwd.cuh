@@ -16,47 +16,52 @@
 
 namespace {
 
-// dq[b, t, h, :] = scale * the fp32 sum of tile (b H + h) nqt + t / 64 in acc (kDqBulk), in the Hopper backwards'
-// layout: float4 ((half * 4 + rows16) * 8 + n-tile) * 32 + lane holds row 16 rows16 + lane / 4 (x, y) and 8 rows
-// on (z, w), columns 64 half + 8 n-tile + 2 (lane % 4) and the next (half: 0 at D = 64, 0 and 1 at 128)
+// Where float4 e of dq tile `tile` (kDqBulk's fp32 tiles, in the Hopper backwards' layout) belongs: float4
+// ((half * 4 + rows16) * 8 + n-tile) * 32 + lane holds row 16 rows16 + lane / 4 (x, y) and 8 rows on (z, w),
+// columns 64 half + 8 n-tile + 2 (lane % 4) and the next (half: 0 at D = 64, 0 and 1 at 128); tile =
+// (b H + h) nqt + t / 64.
+struct DqTilePlace {
+    int b, h, row, col;
+};
+__device__ __forceinline__ DqTilePlace dq_tile_place(int64_t tile, int e, int H, int nqt) {
+    const int lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024, i = int(tile % nqt);
+    return {int(tile / nqt / H), int(tile / nqt % H), i * 64 + rows16 * 16 + lane / 4, half * 64 + nt * 8 + 2 * (lane % 4)};
+}
+
+// dq[b, t, h, :] = scale * the fp32 sum of its tile in acc
 template <int D>
 __global__ void dq_from_tiles_kernel(const float4* acc, bf16* dq, int T, int H, int nqt, int64_t n, float scale) {
-    constexpr int BR = 64, PER_TILE = BR * D / 4;
+    constexpr int PER_TILE = 64 * D / 4;
     for (int64_t f = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; f < n; f += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t tile = f / PER_TILE;
-        const int e = int(f % PER_TILE), lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024;
-        const int i = int(tile % nqt), h = int(tile / nqt % H), b = int(tile / nqt / H);
-        const int row = i * BR + rows16 * 16 + lane / 4, col = half * 64 + nt * 8 + 2 * (lane % 4);
+        const DqTilePlace at = dq_tile_place(f / PER_TILE, int(f % PER_TILE), H, nqt);
         const float4 v = acc[f];
-        bf16* dst = dq + (int64_t(b) * T + row) * H * D + int64_t(h) * D + col;
-        if (row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
-        if (row + 8 < T) *reinterpret_cast<__nv_bfloat162*>(dst + int64_t(8) * H * D) = __floats2bfloat162_rn(v.z * scale, v.w * scale);
+        bf16* dst = dq + (int64_t(at.b) * T + at.row) * H * D + int64_t(at.h) * D + at.col;
+        if (at.row < T) *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v.x * scale, v.y * scale);
+        if (at.row + 8 < T) *reinterpret_cast<__nv_bfloat162*>(dst + int64_t(8) * H * D) = __floats2bfloat162_rn(v.z * scale, v.w * scale);
     }
 }
 
-// The same, each pair (column i, i + D/2) rotated back by RoPE's -θ of its row (rotate_back): a thread takes
+// The same, each pair (column i, i + D/2) rotated back by RoPE's -θ of its row (rotate_pair): a thread takes
 // a float4 of the first half and its partner PAIR float4s on (the same rows; columns + D/2: at D = 128 the
 // other 64-column half, at 64 the n-tile 4 on). n counts the pairs.
 template <int D>
 __global__ void dq_from_tiles_rotated_kernel(const float4* acc, bf16* dq, int T, int H, int nqt, int64_t n, float scale, Rotation rope) {
-    constexpr int BR = 64, PER_TILE = BR * D / 4, PAIR = D == 128 ? 1024 : 128, HALF = D / 2;
+    constexpr int PER_TILE = 64 * D / 4, PAIR = D == 128 ? 1024 : 128, HALF = D / 2;
     for (int64_t g = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; g < n; g += int64_t(gridDim.x) * blockDim.x) {
         const int64_t tile = g / (PER_TILE / 2);
         const int first = int(g % (PER_TILE / 2)), e = first / PAIR * 2 * PAIR + first % PAIR;  // e: in the first half
-        const int lane = e % 32, nt = (e / 32) % 8, rows16 = (e / 256) % 4, half = e / 1024;
-        const int i = int(tile % nqt), h = int(tile / nqt % H), b = int(tile / nqt / H);
-        const int row = i * BR + rows16 * 16 + lane / 4, col = half * 64 + nt * 8 + 2 * (lane % 4);
+        const DqTilePlace at = dq_tile_place(tile, e, H, nqt);
         const float4 x1 = acc[tile * PER_TILE + e], x2 = acc[tile * PER_TILE + e + PAIR];
         float lo[2][2] = {{x1.x, x1.y}, {x1.z, x1.w}}, hi[2][2] = {{x2.x, x2.y}, {x2.z, x2.w}};
         for (int r = 0; r < 2; ++r) {
-            const int t = row + 8 * r;
+            const int t = at.row + 8 * r;
             if (t >= T) continue;
-            const int64_t pos = rope.positions[int64_t(b) * T + t];
+            const int64_t pos = rope.positions[int64_t(at.b) * T + t];
             for (int j = 0; j < 2; ++j) {
                 lo[r][j] *= scale, hi[r][j] *= scale;
-                rotate_back(lo[r][j], hi[r][j], rope.cos[pos * HALF + col + j], rope.sin[pos * HALF + col + j]);
+                rotate_pair(lo[r][j], hi[r][j], rope.cos[pos * HALF + at.col + j], -rope.sin[pos * HALF + at.col + j]);
             }
-            bf16* dst = dq + (int64_t(b) * T + t) * H * D + int64_t(h) * D + col;
+            bf16* dst = dq + (int64_t(at.b) * T + t) * H * D + int64_t(at.h) * D + at.col;
             *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo[r][0], lo[r][1]);
             *reinterpret_cast<__nv_bfloat162*>(dst + HALF) = __floats2bfloat162_rn(hi[r][0], hi[r][1]);
         }

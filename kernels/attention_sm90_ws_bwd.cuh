@@ -153,7 +153,7 @@ __device__ __forceinline__ void store_dk_dv(const BwdArgs& p, const float (&dk)[
 #pragma unroll
             for (int j = 0; j < NT / 2; ++j)
 #pragma unroll
-                for (int e = 0; e < 2; ++e) rotate_back(x[j][e], x[j + NT / 2][e], p.rope.cos[at + 8 * j + e], p.rope.sin[at + 8 * j + e]);
+                for (int e = 0; e < 2; ++e) rotate_pair(x[j][e], x[j + NT / 2][e], p.rope.cos[at + 8 * j + e], -p.rope.sin[at + 8 * j + e]);
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {

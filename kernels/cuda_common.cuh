@@ -20,6 +20,14 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 // Where element i of a [n / cols, cols] matrix sits when its rows lie ld apart (ld == cols: contiguous).
 __device__ inline int64_t row_at(int64_t i, int cols, int ld) { return ld == cols ? i : i / cols * ld + i % cols; }
 
+// RoPE's rotation of one pair (x1 at column i, x2 at i + Dh/2) by the angle whose cos and sin are c, s (-s:
+// back, the backward):  (x1, x2) -> (x1 c - x2 s,  x2 c + x1 s)
+__device__ inline void rotate_pair(float& x1, float& x2, float c, float s) {
+    const float a = x1;
+    x1 = a * c - x2 * s;
+    x2 = x2 * c + a * s;
+}
+
 // The sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total, summed
 // in a fixed order (deterministic).
 __device__ inline float block_sum(float v) {

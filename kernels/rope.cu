@@ -27,11 +27,7 @@ __global__ void rope_kernel(bf16* x, const int32_t* positions, const float* cos_
         int64_t p = positions[row / nh];
         bf16* r = x + row * Dh;
         load_bf16<W>(r + i, x1), load_bf16<W>(r + i + half, x2);
-        for (int k = 0; k < W; ++k) {
-            float c = cos_t[p * half + i + k], sn = sign * sin_t[p * half + i + k], a = x1[k];
-            x1[k] = a * c - x2[k] * sn;
-            x2[k] = x2[k] * c + a * sn;
-        }
+        for (int k = 0; k < W; ++k) rotate_pair(x1[k], x2[k], cos_t[p * half + i + k], sign * sin_t[p * half + i + k]);
         store_bf16<W>(r + i, x1), store_bf16<W>(r + i + half, x2);
     }
 }
